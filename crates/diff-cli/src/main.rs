@@ -1,0 +1,47 @@
+//! The `burn-diffusers` command-line tool.
+//!
+//! Each subcommand lives in its own module under `cmd/` with an `Args` struct (clap) and a
+//! `run(args) -> anyhow::Result<()>` function. `anyhow` is used here only: the library crates
+//! have typed errors, the binary just reports them.
+//!
+//! Dependencies: `clap` (argument parsing), `indicatif` (progress bars on downloads and
+//! denoising loops), `tracing-subscriber` (log output, `RUST_LOG`), `anyhow` (error reporting).
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Hugging Face diffusers' pipelines, in one native binary.
+#[derive(Parser)]
+#[command(name = "burn-diffusers", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what a diffusers repository or folder holds and which files would be loaded.
+    Inspect(cmd::inspect::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => cmd::inspect::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Config structs: clip (being written).

@@ -1,0 +1,1 @@
+//! Config structs: scheduler (being written).

@@ -1,0 +1,1 @@
+//! Config structs: tokenizer (being written).

@@ -1,0 +1,1 @@
+//! Config structs: unet (being written).

@@ -1,0 +1,1 @@
+//! Config structs: vae (being written).

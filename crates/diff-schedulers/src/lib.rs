@@ -1,0 +1,2 @@
+//! `diff-schedulers`: placeholder, filled in by its issue.
+#![deny(missing_docs)]

@@ -1,0 +1,40 @@
+//! `cargo xtask`: project tasks that are not part of the library.
+//!
+//! - `fixtures [--only NAME]...`: create `.venv-fixtures/` (torch, diffusers, transformers,
+//!   open-clip-torch from `tests/fixtures/requirements.txt`) and run every
+//!   `tests/fixtures/<case>/generate.py`, in name order, from the repository root.
+//!
+//! Dependencies: `anyhow` only; this binary must stay cheap to build.
+
+mod fixtures;
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "fixtures" => fixtures::run(&rest),
+        "" | "help" | "--help" | "-h" => {
+            println!("{}", USAGE);
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`\n{USAGE}"),
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  fixtures [--only CASE]...   regenerate tests/fixtures/ with real diffusers (needs network to PyPI)";
+
+/// The repository root (the parent of this crate's folder).
+pub fn repo_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(|p| p.to_path_buf())
+        .context("xtask's manifest folder has no parent")
+}
