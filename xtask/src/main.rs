@@ -3,9 +3,11 @@
 //! - `fixtures [--only NAME]...`: create `.venv-fixtures/` (torch, diffusers, transformers,
 //!   open-clip-torch from `tests/fixtures/requirements.txt`) and run every
 //!   `tests/fixtures/<case>/generate.py`, in name order, from the repository root.
+//! - `bench [--threads N] [--dev]`: UNet / VAE / CLIP speed and memory, ours against PyTorch.
 //!
 //! Dependencies: `anyhow` only; this binary must stay cheap to build.
 
+mod bench;
 mod fixtures;
 
 use anyhow::{Context, Result, bail};
@@ -17,6 +19,9 @@ fn main() -> Result<()> {
     let rest: Vec<String> = args.collect();
     match task.as_str() {
         "fixtures" => fixtures::run(&rest),
+        "hub-server" => hub_server::run(&rest),
+        "e2e" => e2e::run(&rest),
+        "bench" => bench::run(&rest),
         "" | "help" | "--help" | "-h" => {
             println!("{}", USAGE);
             Ok(())
@@ -28,7 +33,8 @@ fn main() -> Result<()> {
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  fixtures [--only CASE]...   regenerate tests/fixtures/ with real diffusers (needs network to PyPI)";
+  fixtures [--only CASE]...   regenerate tests/fixtures/ with real diffusers (needs network to PyPI)
+  bench [--threads N] [--dev] time SD 1.5 UNet/VAE/CLIP, ours vs PyTorch (makes 3.4 GB of weights)";
 
 /// The repository root (the parent of this crate's folder).
 pub fn repo_root() -> Result<PathBuf> {

@@ -23,6 +23,16 @@ struct Cli {
 enum Command {
     /// Show what a diffusers repository or folder holds and which files would be loaded.
     Inspect(cmd::inspect::Args),
+    /// Download a pipeline (or a whole repo) into the Hugging Face cache; prints the snapshot folder.
+    Download(cmd::download::Args),
+    /// Upload a folder to a Hub repo (one commit or a pull request); prints the URL.
+    Push(cmd::push::Args),
+    /// Re-save a pipeline (folder or repo id) in the diffusers layout (variant, dtype, shards).
+    Save(cmd::save::Args),
+    /// Convert an original SD / SDXL single-file checkpoint to a diffusers folder.
+    Convert(cmd::convert::Args),
+    /// Run a Stable Diffusion / SDXL pipeline (text-to-image, img2img, inpaint) and write images.
+    Generate(cmd::generate::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +46,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Download(args) => cmd::download::run(args),
+        Command::Push(args) => cmd::push::run(args),
+        Command::Save(args) => cmd::save::run(args),
+        Command::Convert(args) => cmd::convert::run(args),
+        Command::Generate(args) => cmd::generate::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,2 +1,38 @@
-//! `diff-convert`: placeholder, filled in by its issue.
+//! `diff-convert`: from a diffusers folder or an original single-file checkpoint to a saved
+//! diffusers folder.
+//!
+//! Owns:
+//! - [`save`]: `save_pretrained` at the raw-tensor level (weights, variants, dtype cast, sharding,
+//!   shard index, the stale-index trap, atomic folder replacement) for models and pipelines;
+//! - [`shard`]: huggingface_hub's size parsing and shard assignment, diffusers' file names;
+//! - [`cast`]: f32/f16/bf16 casts bit-identical to torch;
+//! - [`single_file`]: `from_single_file` for original SD 1.x / 2.x / SDXL (base, refiner) and
+//!   inpainting checkpoints (`.safetensors` or `.ckpt`), family detection, key conversion;
+//! - [`order`]: PyTorch `state_dict()` order of the known model families (shard boundaries);
+//! - [`tensors`]: raw tensors read from safetensors files, shard indexes and pickle checkpoints
+//!   (through `diff_format::pickle`, the restricted reader: nothing is executed).
+//!
+//! **Must not know:** the network (publishing goes through `diff-hub`), burn's maths: saving and
+//! converting move bytes and JSON only.
+//!
+//! Dependencies: `diff-format` (JSON writer byte-identical to Python's `json.dumps`, the pickle
+//! reader, config constants), `safetensors` (reading and writing weights, the same Rust code the
+//! Python `safetensors` package binds), `half` (f16 rounding identical to torch), `serde_json`
+//! (configs and indexes), `thiserror` (the typed [`ConvertError`]), `tracing` (logs).
+//! `diff-hub`, `diff-models`, `diff-pipelines` and `burn` are declared for the publishing and
+//! validation steps of the issue.
 #![deny(missing_docs)]
+
+pub mod cast;
+mod error;
+pub mod order;
+pub mod save;
+pub mod shard;
+pub mod single_file;
+pub mod tensors;
+
+pub use cast::SaveDtype;
+pub use error::ConvertError;
+pub use save::{Library, SaveOptions, save_component, save_pipeline, save_weights};
+pub use single_file::{Checkpoint, ModelType, convert_single_file, infer_model_type};
+pub use tensors::{RawTensor, StateDict};

@@ -16,4 +16,77 @@ pub enum ModelError {
         /// Why, or what is supported.
         reason: String,
     },
+    /// A file could not be opened, mapped or read.
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        /// The file or folder involved.
+        path: String,
+        /// The operating-system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A weight file or shard index is malformed (corrupt safetensors header, bad JSON,
+    /// out-of-range offsets, a shard name that escapes the folder).
+    #[error("invalid weight file `{path}`: {reason}")]
+    WeightFile {
+        /// The file involved.
+        path: String,
+        /// What is wrong, with expected vs got where it applies.
+        reason: String,
+    },
+    /// No weight file for the requested variant exists in a component folder.
+    #[error("no weights in `{folder}` for variant {variant:?}: looked for {tried}")]
+    NoWeights {
+        /// The component folder.
+        folder: String,
+        /// The requested variant (`None` = the plain files).
+        variant: Option<String>,
+        /// The file names that were looked for, comma separated.
+        tried: String,
+    },
+    /// A tensor in a weight file has a dtype the loader cannot convert to the model's dtype.
+    #[error("tensor `{key}` in `{path}` has dtype {got}; expected one of {expected}")]
+    UnsupportedDtype {
+        /// The file involved.
+        path: String,
+        /// The tensor name.
+        key: String,
+        /// The dtype found on disk.
+        got: String,
+        /// The dtypes that are accepted.
+        expected: String,
+    },
+    /// A sharded PyTorch pickle checkpoint (`*.bin.index.json`) was selected; only single
+    /// `.bin` files are read.
+    #[error("`{path}` indexes sharded PyTorch pickle checkpoints, which are not supported (convert them to safetensors)")]
+    PickleNotSupported {
+        /// The file involved.
+        path: String,
+    },
+    /// The checkpoint's keys or shapes do not match the model (strict loading).
+    #[error("cannot load {model} from `{path}`: {summary}")]
+    StateDictMismatch {
+        /// The model class.
+        model: String,
+        /// The component folder or weight file.
+        path: String,
+        /// Missing, unexpected and mis-shaped keys with expected vs got shapes and hints.
+        summary: String,
+    },
+    /// A forward input has the wrong shape, length or value.
+    #[error("{model}: invalid input: {reason}")]
+    InvalidInput {
+        /// The model class.
+        model: String,
+        /// What is wrong, with expected vs got.
+        reason: String,
+    },
+    /// A config file could not be parsed.
+    #[error("invalid config `{path}`: {reason}")]
+    Config {
+        /// The config file.
+        path: String,
+        /// The parse error.
+        reason: String,
+    },
 }

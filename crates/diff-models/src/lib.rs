@@ -9,5 +9,29 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod weights;
+
+// CLIP text/vision, safety checker, image preprocessing (WEIGHTS+CLIP engineer).
+pub mod clip;
+pub mod clip_vision;
+pub mod image_processor;
+pub mod safety_checker;
+
+// UNet and VAE (UNET+VAE engineer).
+pub mod attention;
+pub mod autoencoder_kl;
+pub mod downsampling;
+pub mod embeddings;
+pub mod resnet;
+pub mod unet_2d_blocks;
+pub mod unet_2d_condition;
+pub mod upsampling;
+pub mod vae;
 
 pub use error::ModelError;
+pub use clip::{CLIPTextModel, CLIPTextModelWithProjection};
+pub use clip_vision::{CLIPVisionModel, CLIPVisionModelWithProjection};
+pub use image_processor::CLIPImageProcessor;
+pub use safety_checker::StableDiffusionSafetyChecker;
+pub use autoencoder_kl::AutoencoderKL;
+pub use unet_2d_condition::{UNet2DConditionInput, UNet2DConditionModel};

@@ -1,2 +1,46 @@
-//! `diff-pipelines`: placeholder, filled in by its issue.
+//! `diff-pipelines`: diffusers' pipelines on burn.
+//!
+//! Owns `DiffusionPipeline` loading (`model_index.json` -> the pipeline its `_class_name`
+//! names, components passed in or dropped, scheduler swapping, `from_pipe` sharing), the Stable
+//! Diffusion / SDXL `__call__` flows (text-to-image, img2img, inpaint), the CLIP tokenizer and
+//! diffusers' `VaeImageProcessor`.
+//!
+//! **Must not know:** the network protocol (diff-hub resolves repo ids to folders), weight file
+//! layouts (diff-models loads them), scheduler math (diff-schedulers), the CLI.
+//!
+//! Dependencies: `diff-format` (model_index.json and configs), `diff-hub` (repo id -> folder),
+//! `diff-schedulers`, `diff-models`, `burn` (tensors), `image` (decode/encode PNG and JPEG, resize),
+//! `serde`/`serde_json` (configs), `thiserror` (the typed error), `tracing` (warnings diffusers
+//! prints, such as the truncated-prompt and safety-checker ones), `safetensors` and `half` (`--out-array` float images and `--latents` input files, as the
+//! models' weights already use), `regex` (the CLIP
+//! pre-tokenizer's Unicode-class split; already in the build through tracing-subscriber) and
+//! `unicode-normalization` (NFC, the first step of CLIP's normalizer; small, no dependencies of
+//! its own).
+//!
+//! The CLIP tokenizer is our own ~500-line BPE rather than the `tokenizers` crate: transformers 5's
+//! CLIPTokenizer is a fixed tokenizers pipeline (NFC, whitespace, lower-case, one regex split,
+//! byte-level BPE with `</w>`), so a direct implementation is short, checked id for id against
+//! transformers on the fixture prompts, and avoids `tokenizers`' compile cost (onig or
+//! fancy-regex, rayon, esaxx, several dozen crates).
 #![deny(missing_docs)]
+
+pub mod call;
+pub mod clip_tokenizer;
+mod error;
+pub mod image_processor;
+pub mod outputs;
+pub mod pipeline;
+mod stable_diffusion;
+mod stable_diffusion_xl;
+
+pub use call::{CallArgs, Generators, OutputType, PipelineOutput, StepCallback, StepControl, StepInfo};
+pub use clip_tokenizer::ClipTokenizer;
+pub use error::PipelineError;
+pub use image_processor::{FloatImages, VaeImageProcessor};
+pub use pipeline::{
+    Components, DiffusionPipeline, LoadOptions, Passed, PassedComponents, PipelineClass,
+    SUPPORTED_PIPELINES,
+};
+pub use stable_diffusion_xl::XlEmbeds;
+/// burn's dtype and device types, re-exported for callers that pick them (the CLI).
+pub use burn::tensor::{DType, Device};

@@ -1,3 +1,8 @@
 //! One module per subcommand.
 
+pub mod download;
+pub mod convert;
+pub mod generate;
 pub mod inspect;
+pub mod push;
+pub mod save;

@@ -1,0 +1,146 @@
+//! `burn-diffusers download REPO`: fetch exactly the files a pipeline needs (diffusers' selection
+//! rules for the variant) into the standard Hugging Face cache and print the snapshot folder.
+//!
+//! Also home of the pieces every command shares to accept a repo id where it takes a folder:
+//! [`HubArgs`] (flatten it into a command's arguments) and [`resolve_source`].
+
+use anyhow::{Context, Result};
+use burn_diffusers::format::SelectionOptions;
+use burn_diffusers::hub::{HubApi, HubConfig, Progress, SnapshotOptions};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+/// Hub options shared by every command that accepts a repo id.
+#[derive(Parser, Debug, Clone)]
+pub struct HubArgs {
+    /// Branch, tag, full commit hash or refs/pr/N.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// Hub endpoint (default: $HF_ENDPOINT, else https://huggingface.co).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Use only the local cache; make no request (like HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for HubArgs {
+    /// `main`, the environment's endpoint and cache, online.
+    fn default() -> Self {
+        Self {
+            revision: "main".into(),
+            endpoint: None,
+            offline: false,
+            cache_dir: None,
+        }
+    }
+}
+
+impl HubArgs {
+    /// The client these options describe (environment first, flags on top). The token comes
+    /// from HF_TOKEN or the token file only, never from the command line.
+    pub fn api(&self) -> Result<HubApi> {
+        let mut config = HubConfig::from_env().context("reading the Hugging Face environment")?;
+        if let Some(endpoint) = &self.endpoint {
+            config.endpoint = endpoint.trim_end_matches('/').to_string();
+        }
+        if let Some(dir) = &self.cache_dir {
+            config.cache_dir = dir.clone();
+        }
+        config.offline |= self.offline;
+        Ok(HubApi::new(config))
+    }
+}
+
+/// A local folder as is, or a repo id downloaded (pipeline selection for `variant`) into the
+/// cache; returns the folder to load from.
+pub fn resolve_source(source: &str, hub: &HubArgs, variant: Option<&str>) -> Result<PathBuf> {
+    if std::path::Path::new(source).is_dir() {
+        return Ok(PathBuf::from(source));
+    }
+    let api = hub.api()?;
+    let selection = SelectionOptions {
+        variant: variant.map(str::to_string),
+        ..Default::default()
+    };
+    let bar = Bar::new();
+    let folder = api
+        .resolve(source, &hub.revision, &selection, &bar)
+        .with_context(|| format!("resolving `{source}`"))?;
+    bar.0.finish_and_clear();
+    Ok(folder)
+}
+
+/// Arguments of `download`.
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// Repo id, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5.
+    pub repo: String,
+    /// Weight variant to select (e.g. fp16).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Download every file of the repo instead of the pipeline's selection.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+/// An indicatif bar driven by diff-hub's progress callbacks.
+pub struct Bar(pub ProgressBar);
+
+impl Bar {
+    /// A byte-count bar on stderr (hidden when stderr is not a terminal).
+    pub fn new() -> Self {
+        let bar = ProgressBar::new(0);
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Self(bar)
+    }
+}
+
+impl Default for Bar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress for Bar {
+    fn on_start(&self, files: usize, bytes: u64) {
+        self.0.set_length(bytes);
+        self.0.set_message(format!("{files} files"));
+    }
+    fn on_bytes(&self, _path: &str, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+/// Runs `download`: prints the snapshot folder on stdout.
+pub fn run(args: Args) -> Result<()> {
+    let api = args.hub.api()?;
+    let bar = Bar::new();
+    let folder = if args.all {
+        let options = SnapshotOptions {
+            revision: args.hub.revision.clone(),
+            ..Default::default()
+        };
+        api.snapshot_download(&args.repo, &options, &bar)
+    } else {
+        let selection = SelectionOptions {
+            variant: args.variant.clone(),
+            ..Default::default()
+        };
+        api.download_pipeline(&args.repo, &args.hub.revision, &selection, &bar)
+    }
+    .with_context(|| format!("downloading `{}` at `{}`", args.repo, args.hub.revision))?;
+    bar.0.finish_and_clear();
+    println!("{}", folder.display());
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! `burn-diffusers generate --model REPO_OR_DIR --prompt TEXT [...]`: run a Stable Diffusion /
+//! SDXL pipeline and write PNGs and/or a float array.
+//!
+//! The pipeline class comes from `model_index.json`; `--image` switches SD / SDXL text-to-image
+//! checkpoints to their img2img class and `--mask` to the inpaint class, as a diffusers user
+//! would pick `StableDiffusionImg2ImgPipeline.from_pretrained(same repo)`. `--scheduler CLASS`
+//! builds `CLASS.from_config(pipe.scheduler.config, **overrides)`; each `--scheduler-set k=v`
+//! value is read as JSON when it parses (`0.5`, `true`, `"linear"`, `[1, 2]`) and as a plain
+//! string otherwise (`linear`).
+
+use anyhow::{Context, Result, bail};
+use burn_diffusers::pipelines::image_processor::load_image;
+use burn_diffusers::pipelines::outputs::{load_latents, save_float_images, save_png};
+use burn_diffusers::pipelines::{
+    CallArgs, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
+    StepControl, StepInfo,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// Arguments of `generate`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A local diffusers pipeline folder (Hub repo ids once diff-hub is wired in).
+    #[arg(long)]
+    pub model: String,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// The negative prompt.
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Denoising steps (`num_inference_steps`).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Classifier-free guidance scale (default 7.5, SDXL 5.0); CFG only when > 1.
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Seed of the torch-compatible CPU generator (random when absent).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output height (multiple of 8; default from the UNet config or the input image).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Output width (multiple of 8).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Replace the scheduler with this class built from the loaded scheduler config.
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// `key=value` override for `--scheduler` (repeatable).
+    #[arg(long = "scheduler-set", value_name = "KEY=VALUE", requires = "scheduler")]
+    pub scheduler_set: Vec<String>,
+    /// Weight variant (`fp16`, ...).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Model dtype.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub dtype: String,
+    /// Device backend.
+    #[arg(long, default_value = "flex", value_parser = ["flex", "wgpu", "cuda"])]
+    pub device: String,
+    /// Init image for img2img / inpaint.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// img2img / inpaint strength in [0, 1].
+    #[arg(long, requires = "image")]
+    pub strength: Option<f32>,
+    /// Inpaint mask (white = repaint).
+    #[arg(long, requires = "image")]
+    pub mask: Option<PathBuf>,
+    /// Initial latents (safetensors, tensor `latents` or the only tensor).
+    #[arg(long)]
+    pub latents: Option<PathBuf>,
+    /// Images to generate (`num_images_per_prompt`).
+    #[arg(long, default_value_t = 1)]
+    pub num_images: usize,
+    /// Do not load the safety checker (diffusers' `safety_checker=None`).
+    #[arg(long)]
+    pub no_safety_checker: bool,
+    /// Output PNG; with several images, `-1`, `-2` ... are inserted before the extension.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the float images in [0, 1], [N, H, W, 3], under the key `images`.
+    #[arg(long)]
+    pub out_array: Option<PathBuf>,
+}
+
+fn parse_override(item: &str) -> Result<(String, Value)> {
+    let (k, v) = item
+        .split_once('=')
+        .with_context(|| format!("--scheduler-set `{item}`: expected KEY=VALUE"))?;
+    let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+    Ok((k.trim().to_string(), value))
+}
+
+fn numbered(path: &Path, index: usize, count: usize) -> PathBuf {
+    if count == 1 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
+    path.with_file_name(format!("{stem}-{}.{ext}", index + 1))
+}
+
+/// Runs `generate`.
+pub fn run(args: Args) -> Result<()> {
+    if args.out.is_none() && args.out_array.is_none() {
+        bail!("nothing to write: pass --out OUT.png and/or --out-array OUT.safetensors");
+    }
+    if args.device != "flex" {
+        bail!(
+            "--device {} is not compiled into this binary (burn's `{}` backend is an optional feature); use --device flex",
+            args.device,
+            args.device
+        );
+    }
+    if let Some(h) = args.height.filter(|h| h % 8 != 0) {
+        bail!("--height {h} is not a multiple of 8");
+    }
+    if let Some(w) = args.width.filter(|w| w % 8 != 0) {
+        bail!("--width {w} is not a multiple of 8");
+    }
+    // Read inputs before loading models, so a bad file fails fast.
+    let image = match &args.image {
+        Some(p) => Some(load_image(p).with_context(|| format!("reading --image {}", p.display()))?),
+        None => None,
+    };
+    let mask = match &args.mask {
+        Some(p) => Some(load_image(p).with_context(|| format!("reading --mask {}", p.display()))?),
+        None => None,
+    };
+    let dtype = match args.dtype.as_str() {
+        "f16" => burn_diffusers::pipelines::DType::F16,
+        "bf16" => burn_diffusers::pipelines::DType::BF16,
+        _ => burn_diffusers::pipelines::DType::F32,
+    };
+    let mut options = LoadOptions {
+        variant: args.variant.clone(),
+        dtype,
+        ..LoadOptions::default()
+    };
+    if args.no_safety_checker {
+        options.components.safety_checker = Passed::Drop;
+    }
+    let latents = match &args.latents {
+        Some(p) => Some(load_latents(p, &options.device).with_context(|| format!("reading --latents {}", p.display()))?),
+        None => None,
+    };
+    let mut pipe = DiffusionPipeline::from_pretrained(&args.model, &options)
+        .with_context(|| format!("loading {}", args.model))?;
+    let wanted = match (pipe.class(), image.is_some(), mask.is_some()) {
+        (c, _, true) if c.is_xl() => bail!("--mask: SDXL inpainting is not supported"),
+        (_, _, true) => Some(PipelineClass::StableDiffusionInpaint),
+        (c, true, false) if c.is_xl() => Some(PipelineClass::StableDiffusionXLImg2Img),
+        (PipelineClass::StableDiffusion, true, false) => Some(PipelineClass::StableDiffusionImg2Img),
+        _ => None,
+    };
+    if let Some(class) = wanted.filter(|c| *c != pipe.class()) {
+        pipe = pipe.from_pipe(class, &Default::default(), &Default::default())?;
+    }
+    if let Some(class) = &args.scheduler {
+        let mut overrides = Map::new();
+        for item in &args.scheduler_set {
+            let (k, v) = parse_override(item)?;
+            overrides.insert(k, v);
+        }
+        pipe.swap_scheduler(class, &overrides)
+            .with_context(|| format!("--scheduler {class}"))?;
+    }
+    let call = CallArgs {
+        prompt: vec![args.prompt.clone()],
+        negative_prompt: args.negative_prompt.clone().map(|n| vec![n]),
+        num_inference_steps: args.steps,
+        guidance_scale: args.guidance,
+        height: args.height,
+        width: args.width,
+        generator: args.seed.map_or(Generators::Random, Generators::Seed),
+        strength: args.strength,
+        image: image.map(|i| vec![i]),
+        mask_image: mask.map(|m| vec![m]),
+        latents,
+        num_images_per_prompt: args.num_images.max(1),
+        output_type: OutputType::Np,
+        ..CallArgs::default()
+    };
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} denoising [{bar:30}] {pos}/{len} step, t={msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut on_step = |info: &StepInfo<'_>| {
+        bar.set_length(info.total as u64);
+        bar.set_position(info.step as u64 + 1);
+        bar.set_message(format!("{}", info.timestep));
+        StepControl::Continue
+    };
+    let out = pipe.call(&call, Some(&mut on_step))?;
+    bar.finish_and_clear();
+    let images = out.images.as_ref().context("the pipeline returned no images")?;
+    if let Some(path) = &args.out {
+        for (i, img) in images.to_rgb8_all().iter().enumerate() {
+            let p = numbered(path, i, images.count);
+            save_png(&p, img)?;
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    if let Some(path) = &args.out_array {
+        save_float_images(path, images)?;
+        eprintln!("wrote {} ([{}, {}, {}, 3] float32 under `images`)", path.display(), images.count, images.height, images.width);
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! `burn-diffusers save SRC --out DIR [--variant V] [--dtype f32|f16|bf16] [--max-shard-size S]`.
+//!
+//! Re-saves a pipeline (a local folder with `model_index.json`, or a Hub repo id, downloaded
+//! through diff-hub first) in the diffusers layout, as `DiffusionPipeline.save_pretrained` writes
+//! it; see `diff_convert::save` for the rules (variants, casts, sharding, atomic replacement).
+
+use anyhow::{Context, Result, bail};
+use burn_diffusers::convert::{SaveDtype, SaveOptions, save_pipeline};
+use std::path::{Path, PathBuf};
+
+/// Arguments of `save`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A local diffusers pipeline folder or a Hub repo id.
+    pub src: String,
+    /// The folder to write (created, or updated atomically if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write the weights under this variant name (`fp16`, `non_ema`, ...) beside existing ones.
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Cast floating-point weights on save: f32, f16 or bf16 (ints are never cast).
+    #[arg(long, value_name = "f32|f16|bf16")]
+    pub dtype: Option<String>,
+    /// Shard weights larger than this ("10GB", "200KB" or bytes); default: each library's own
+    /// (10GB diffusers, 50GB transformers).
+    #[arg(long, value_name = "SIZE")]
+    pub max_shard_size: Option<String>,
+    /// Hub revision (branch, tag or commit) when SRC is a repo id.
+    #[arg(long)]
+    pub revision: Option<String>,
+}
+
+/// Turns SRC into a local folder: a folder as is, otherwise a repo id resolved by diff-hub.
+pub fn resolve_pipeline_source(src: &str, variant: Option<&str>, revision: Option<&str>) -> Result<PathBuf> {
+    let local = Path::new(src);
+    if local.is_dir() {
+        return Ok(local.to_path_buf());
+    }
+    if local.exists() {
+        bail!("{src} is a file; expected a diffusers pipeline folder (with model_index.json) or a repo id");
+    }
+    let api = burn_diffusers::hub::HubApi::from_env().context("configuring the Hub client")?;
+    let selection = burn_diffusers::format::SelectionOptions {
+        variant: variant.map(str::to_string),
+        ..Default::default()
+    };
+    api.download_pipeline(src, revision.unwrap_or("main"), &selection, &burn_diffusers::hub::NoProgress)
+        .with_context(|| format!("downloading {src}"))
+}
+
+/// Runs `save`.
+pub fn run(args: Args) -> Result<()> {
+    let dtype = match args.dtype.as_deref() {
+        None => None,
+        Some(d) => Some(SaveDtype::parse(d).with_context(|| format!("unknown --dtype `{d}` (expected f32, f16 or bf16)"))?),
+    };
+    let mut options = SaveOptions {
+        variant: args.variant.clone(),
+        dtype,
+        max_shard_size: None,
+        name_or_path: Some(args.src.clone()),
+    };
+    if let Some(size) = &args.max_shard_size {
+        options = options.with_max_shard_size(size)?;
+    }
+    let src = resolve_pipeline_source(&args.src, args.variant.as_deref(), args.revision.as_deref())?;
+    save_pipeline(&src, &args.out, &options)
+        .with_context(|| format!("saving {} to {}", args.src, args.out.display()))?;
+    eprintln!("saved {} to {}", args.src, args.out.display());
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! `burn-diffusers inspect --json` on the tiny fixture pipelines lists exactly the weight files
+//! that diffusers 0.42.1 selected and opened, as recorded by
+//! `tests/fixtures/00-pipelines/generate.py` in `tests/fixtures/format/pipeline_selections.json`.
+//! Comparison: exact file sets.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn inspect(args: &[&str]) -> (bool, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_burn-diffusers"))
+        .arg("inspect")
+        .args(args)
+        .output()
+        .expect("running burn-diffusers");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (out.status.success(), json, stderr)
+}
+
+fn set(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn inspect_lists_the_files_diffusers_loads_for_every_fixture_and_variant() {
+    let text = std::fs::read_to_string(fixtures().join("format/pipeline_selections.json")).unwrap();
+    let records: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let mut checked = 0;
+    for record in &records {
+        let pipeline = record["pipeline"].as_str().unwrap();
+        let folder = fixtures().join(pipeline);
+        let folder = folder.to_str().unwrap();
+        let mut args = vec![folder, "--json"];
+        if let Some(v) = record["variant"].as_str() {
+            args.extend(["--variant", v]);
+        }
+        match record["use_safetensors"].as_bool() {
+            Some(true) => args.extend(["--use-safetensors", "true"]),
+            Some(false) => args.extend(["--use-safetensors", "false"]),
+            None => {}
+        }
+        let (ok, report, stderr) = inspect(&args);
+        assert!(ok, "inspect {args:?} failed: {stderr}");
+        assert_eq!(
+            set(&report["weight_files"]),
+            set(&record["loaded_files"]),
+            "{pipeline} variant={} use_safetensors={}",
+            record["variant"],
+            record["use_safetensors"]
+        );
+        assert_eq!(set(&report["selected_files"]), set(&record["model_filenames"]), "{pipeline}");
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} recorded selections");
+}
+
+#[test]
+fn inspect_reports_components_scheduler_and_tensor_statistics() {
+    let folder = fixtures().join("tiny-sd");
+    let (ok, report, stderr) = inspect(&[folder.to_str().unwrap(), "--json", "--variant", "fp16"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(report["pipeline_class"], "StableDiffusionPipeline");
+    let components = report["components"].as_array().unwrap();
+    let unet = components.iter().find(|c| c["name"] == "unet").unwrap();
+    assert_eq!(unet["library"], "diffusers");
+    assert_eq!(unet["class"], "UNet2DConditionModel");
+    // Every tensor of the fp16 variant is F16; the tensor count equals the header's entries.
+    let dtypes = unet["dtypes"].as_object().unwrap();
+    assert_eq!(dtypes.keys().collect::<Vec<_>>(), ["F16"]);
+    assert_eq!(dtypes["F16"], unet["tensors"]);
+    assert!(unet["parameters"].as_u64().unwrap() > 0);
+    let image_encoder = components.iter().find(|c| c["name"] == "image_encoder").unwrap();
+    assert_eq!(image_encoder["class"], Value::Null);
+    assert_eq!(report["scheduler"]["config"]["_class_name"], "PNDMScheduler");
+    assert_eq!(report["scheduler"]["config"]["beta_start"], 0.00085);
+}
+
+#[test]
+fn inspect_fails_clearly_for_a_missing_variant() {
+    let folder = fixtures().join("tiny-sd-inpaint");
+    let (ok, _, stderr) = inspect(&[folder.to_str().unwrap(), "--variant", "fp16"]);
+    assert!(!ok);
+    assert!(stderr.contains("variant=fp16"), "{stderr}");
+}

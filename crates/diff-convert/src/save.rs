@@ -1,0 +1,490 @@
+//! `save_pretrained` at the raw-tensor level: model weights, component folders, pipelines.
+//!
+//! # What diffusers does, and what we do
+//! - Weights are `diffusion_pytorch_model[.variant].safetensors` (diffusers models) or
+//!   `model[.variant].safetensors` (transformers models), with safetensors metadata
+//!   `{"format": "pt"}`, sharded by [`crate::shard`] when larger than `max_shard_size`
+//!   (diffusers' default `"10GB"`; transformers 5's `"50GB"`). The index is written with
+//!   `json.dumps(indent=2, sort_keys=True) + "\n"`; transformers adds `total_parameters`.
+//! - A `variant` save writes only the variant's files; other files in the folder are kept.
+//! - Before writing, diffusers deletes files whose name starts with the weights stem and that
+//!   look like shards (`…-00001-of-00002`) unless they are about to be written; so a non-variant
+//!   save also deletes *variant* shards. We do the same.
+//! - **The stale-index trap.** diffusers leaves an old index (and an old single file) in place.
+//!   Re-saving a formerly sharded model unsharded therefore leaves
+//!   `diffusion_pytorch_model.safetensors.index.json` pointing at shards it just deleted, and the
+//!   next `from_pretrained` (which tries the index first) fails. We remove the index of the same
+//!   variant when writing a single file, and the single file of the same variant when writing
+//!   shards, so the folder always loads the weights just written.
+//! - **Atomicity.** diffusers writes in place. We build the new folder beside the destination
+//!   (`.<name>.incomplete-<pid>`), hard-linking (or copying) the files of an existing destination
+//!   that are kept, then swap it in with two renames: the old folder is renamed aside, the new one
+//!   renamed to the destination, the old one deleted. A failure at any point before the swap
+//!   leaves the destination untouched; the swap itself leaves either the old or the new folder
+//!   under the destination name (or, if the process dies between the two renames, the old one
+//!   under `.<name>.previous-<pid>`).
+
+use crate::ConvertError;
+use crate::cast::{SaveDtype, cast};
+use crate::order::{sort_state_dict_keys, sort_transformers_keys};
+use crate::shard::{
+    add_variant, index_name, is_shard_stem, parse_size_to_int, shard_pattern, split_into_shards,
+    weights_name,
+};
+use crate::tensors::{RawTensor, StateDict, read_index, read_pickle, read_safetensors};
+use safetensors::tensor::TensorView;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// diffusers' default `max_shard_size` for its models.
+pub const DIFFUSERS_MAX_SHARD_SIZE: u64 = 10_000_000_000;
+/// transformers 5's default `max_shard_size`.
+pub const TRANSFORMERS_MAX_SHARD_SIZE: u64 = 50_000_000_000;
+
+/// Options of a save.
+#[derive(Debug, Clone, Default)]
+pub struct SaveOptions {
+    /// Save under this variant name (`fp16`, `non_ema`, ...): only renames the files.
+    pub variant: Option<String>,
+    /// Cast floating tensors to this dtype (`None`: keep each tensor's dtype).
+    pub dtype: Option<SaveDtype>,
+    /// Shard limit in bytes; `None` uses each library's default (10GB diffusers, 50GB
+    /// transformers), as `DiffusionPipeline.save_pretrained(max_shard_size=None)` does.
+    pub max_shard_size: Option<u64>,
+    /// `_name_or_path` to record (the repo id or folder the pipeline was loaded from).
+    pub name_or_path: Option<String>,
+}
+
+impl SaveOptions {
+    /// Parses and sets `max_shard_size` from a string such as `"10GB"` or `"200KB"`.
+    pub fn with_max_shard_size(mut self, size: &str) -> Result<Self, ConvertError> {
+        self.max_shard_size = Some(parse_size_to_int(size)?);
+        Ok(self)
+    }
+}
+
+fn check_variant(variant: Option<&str>) -> Result<(), ConvertError> {
+    if let Some(v) = variant
+        && (v.is_empty()
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        return Err(ConvertError::InvalidVariant(v.to_string()));
+    }
+    Ok(())
+}
+
+/// Which library a model folder belongs to decides file names and index metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Library {
+    /// diffusers `ModelMixin` (`diffusion_pytorch_model*.safetensors`).
+    Diffusers,
+    /// transformers `PreTrainedModel` (`model*.safetensors`).
+    Transformers,
+}
+
+/// Writes a model's weights into `dir` (which must exist) as diffusers / transformers
+/// `save_pretrained` would. `state_dict` must be in PyTorch `state_dict()` order for shard
+/// boundaries to match (see [`crate::order`]). Returns the file names written.
+pub fn save_weights(
+    dir: &Path,
+    library: Library,
+    state_dict: StateDict,
+    options: &SaveOptions,
+) -> Result<Vec<String>, ConvertError> {
+    let variant = options.variant.as_deref();
+    check_variant(variant)?;
+    let transformers = library == Library::Transformers;
+    let max = options.max_shard_size.unwrap_or(if transformers {
+        TRANSFORMERS_MAX_SHARD_SIZE
+    } else {
+        DIFFUSERS_MAX_SHARD_SIZE
+    });
+    let mut tensors = Vec::with_capacity(state_dict.len());
+    for (name, t) in state_dict {
+        let t = match options.dtype {
+            Some(d) => cast(&name, t, d)?,
+            None => t,
+        };
+        tensors.push((name, t));
+    }
+    let name = weights_name(transformers, variant);
+    let sizes: Vec<(String, u64)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.data.len() as u64))
+        .collect();
+    let plan = split_into_shards(&sizes, max, &shard_pattern(&name));
+    let written: Vec<String> = plan.shards.iter().map(|(f, _)| f.clone()).collect();
+
+    // 1. Clean the folder as diffusers does, plus the stale-index fix (module doc).
+    let stem = name.trim_end_matches(".safetensors").to_string();
+    let index = index_name(transformers, variant);
+    for entry in std::fs::read_dir(dir).map_err(|e| ConvertError::io(dir, e))? {
+        let entry = entry.map_err(|e| ConvertError::io(dir, e))?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if written.contains(&file) || !entry.path().is_file() {
+            continue;
+        }
+        let bare = file.replace(".bin", "").replace(".safetensors", "");
+        let stale_shard = file.starts_with(&stem) && is_shard_stem(&bare);
+        let stale_index = !plan.is_sharded() && file == index;
+        let stale_single = plan.is_sharded() && file == name;
+        if stale_shard || stale_index || stale_single {
+            tracing::debug!(file = %entry.path().display(), "removing stale weights file");
+            std::fs::remove_file(entry.path()).map_err(|e| ConvertError::io(entry.path(), e))?;
+        }
+    }
+
+    // 2. Write each shard.
+    let by_name: BTreeMap<&str, &RawTensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let metadata: Option<std::collections::HashMap<String, String>> =
+        Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+    for (file, names) in &plan.shards {
+        let path = dir.join(file);
+        let mut views = Vec::with_capacity(names.len());
+        for n in names {
+            let t = by_name[n.as_str()];
+            let view = TensorView::new(t.dtype, t.shape.clone(), &t.data).map_err(|e| {
+                ConvertError::Safetensors {
+                    path: path.clone(),
+                    reason: format!("tensor `{n}`: {e}"),
+                }
+            })?;
+            views.push((n.clone(), view));
+        }
+        let bytes = safetensors::serialize(views, metadata.clone()).map_err(|e| {
+            ConvertError::Safetensors {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        write_file(&path, &bytes)?;
+    }
+
+    // 3. The index.
+    if plan.is_sharded() {
+        let mut meta = Map::new();
+        if transformers {
+            let params: usize = tensors.iter().map(|(_, t)| t.numel()).sum();
+            meta.insert("total_parameters".into(), Value::from(params as u64));
+        }
+        meta.insert("total_size".into(), Value::from(plan.total_size));
+        let mut weight_map = Map::new();
+        for (file, names) in &plan.shards {
+            for n in names {
+                weight_map.insert(n.clone(), Value::String(file.clone()));
+            }
+        }
+        let mut root = Map::new();
+        root.insert("metadata".into(), Value::Object(meta));
+        root.insert("weight_map".into(), Value::Object(weight_map));
+        let text = diff_format::json::to_config_string(&Value::Object(root));
+        write_file(&dir.join(&index), text.as_bytes())?;
+    }
+    Ok(written)
+}
+
+/// Writes `bytes` to `path` through a temporary sibling and a rename. Never writes into an
+/// existing file: inside [`atomic_folder`] existing files are hard links to the previous folder's
+/// files, and writing into them would change the previous folder.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ConvertError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.partial"));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ConvertError::io(path, e));
+    }
+    Ok(())
+}
+
+/// Copies `from` to `to` without writing into an existing `to` (see [`write_file`]).
+fn copy_file(from: &Path, to: &Path) -> Result<(), ConvertError> {
+    let bytes = std::fs::read(from).map_err(|e| ConvertError::io(from, e))?;
+    write_file(to, &bytes)
+}
+
+/// Reads a component folder's weights (for a variant, or the plain files), in PyTorch
+/// `state_dict()` order. Looks for, in diffusers' order of preference: the safetensors index,
+/// the single safetensors file, then the pickle `.bin` (index or single file).
+pub fn read_component_weights(
+    folder: &Path,
+    variant: Option<&str>,
+) -> Result<Option<(Library, StateDict)>, ConvertError> {
+    let candidates = [
+        (Library::Diffusers, "diffusion_pytorch_model"),
+        (Library::Transformers, "model"),
+        (Library::Transformers, "pytorch_model"),
+    ];
+    for (library, stem) in candidates {
+        let st = add_variant(&format!("{stem}.safetensors"), variant);
+        let st_index = add_variant(&format!("{stem}.safetensors.index.json"), variant);
+        let bin = add_variant(&format!("{stem}.bin"), variant);
+        let bin_index = add_variant(&format!("{stem}.bin.index.json"), variant);
+        let mut tensors: StateDict = if folder.join(&st_index).is_file() {
+            read_index(&folder.join(&st_index))?.into_iter().collect()
+        } else if folder.join(&st).is_file() {
+            read_safetensors(&folder.join(&st))?.0.into_iter().collect()
+        } else if folder.join(&bin_index).is_file() {
+            read_index(&folder.join(&bin_index))?.into_iter().collect()
+        } else if folder.join(&bin).is_file() {
+            read_pickle(&folder.join(&bin))?
+        } else {
+            continue;
+        };
+        match library {
+            Library::Diffusers => sort_state_dict_keys(&mut tensors),
+            Library::Transformers => sort_transformers_keys(&mut tensors),
+        }
+        return Ok(Some((library, tensors)));
+    }
+    Ok(None)
+}
+
+/// The JSON files a component folder may carry, and how each library writes them.
+const JSON_FILES: &[&str] = &[
+    "config.json",
+    "scheduler_config.json",
+    "preprocessor_config.json",
+    "generation_config.json",
+];
+
+/// Re-serialises a config the way diffusers / transformers write it: `json.dumps(indent=2,
+/// sort_keys=True) + "\n"`, `_diffusers_version` set to the version we reproduce (diffusers
+/// stamps its own version on save) and, for diffusers model configs, `_name_or_path`.
+pub(crate) fn rewrite_config(
+    src: &Path,
+    dst: &Path,
+    name_or_path: Option<&str>,
+    dtype: Option<SaveDtype>,
+) -> Result<(), ConvertError> {
+    let text = std::fs::read_to_string(src).map_err(|e| ConvertError::io(src, e))?;
+    let mut map: Map<String, Value> = match serde_json::from_str(&text) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => {
+            return Err(ConvertError::BadJson {
+                path: src.to_path_buf(),
+                reason: "not a JSON object".into(),
+            });
+        }
+        Err(e) => {
+            return Err(ConvertError::BadJson {
+                path: src.to_path_buf(),
+                reason: format!("invalid JSON: {e}"),
+            });
+        }
+    };
+    for key in diff_format::config::DROPPED_ON_SAVE {
+        map.remove(key);
+    }
+    if map.contains_key("_diffusers_version") {
+        map.insert(
+            "_diffusers_version".into(),
+            Value::String(diff_format::DIFFUSERS_VERSION.into()),
+        );
+        // Models record where they were loaded from; schedulers (scheduler_config.json) do not.
+        if let Some(n) = name_or_path
+            && dst.file_name().is_some_and(|f| f == "config.json")
+        {
+            map.insert("_name_or_path".into(), Value::String(n.to_string()));
+        }
+    }
+    // transformers records the dtype the weights were saved in (`dtype`, `torch_dtype` before
+    // 4.56); a cast on save changes it, as saving a model loaded in that dtype would.
+    if let Some(d) = dtype {
+        let name = match d {
+            SaveDtype::F32 => "float32",
+            SaveDtype::F16 => "float16",
+            SaveDtype::BF16 => "bfloat16",
+        };
+        for key in ["dtype", "torch_dtype"] {
+            if map.contains_key(key) && !map.contains_key("_diffusers_version") {
+                map.insert(key.into(), Value::String(name.into()));
+            }
+        }
+    }
+    let out = diff_format::json::to_config_string(&Value::Object(map));
+    write_file(dst, out.as_bytes())
+}
+
+/// Saves one component folder `src` into `dst` (which must exist): configs re-serialised,
+/// weights re-written per `options`, other files (tokenizer files) copied unchanged.
+///
+/// With a variant, the component's weights are read from the variant files if present, else
+/// from the plain ones (as diffusers loads them), and written under the variant name.
+pub fn save_component(
+    src: &Path,
+    dst: &Path,
+    options: &SaveOptions,
+    name_or_path: Option<&str>,
+) -> Result<(), ConvertError> {
+    let weights = match read_component_weights(src, options.variant.as_deref())? {
+        Some(w) => Some(w),
+        None => read_component_weights(src, None)?,
+    };
+    for entry in std::fs::read_dir(src).map_err(|e| ConvertError::io(src, e))? {
+        let entry = entry.map_err(|e| ConvertError::io(src, e))?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if !path.is_file() || is_weights_file(&file) {
+            continue;
+        }
+        if JSON_FILES.contains(&file.as_str()) {
+            rewrite_config(&path, &dst.join(&file), name_or_path, options.dtype)?;
+        } else {
+            copy_file(&path, &dst.join(&file))?;
+        }
+    }
+    if let Some((library, tensors)) = weights {
+        save_weights(dst, library, tensors, options)?;
+    }
+    Ok(())
+}
+
+/// Whether a file name is a weights file or index (any variant, any shard).
+fn is_weights_file(name: &str) -> bool {
+    let prefixes = ["diffusion_pytorch_model", "model", "pytorch_model"];
+    let exts = [".safetensors", ".bin", ".json"];
+    prefixes.iter().any(|p| name.starts_with(&format!("{p}.")) || name.starts_with(&format!("{p}-")))
+        && exts.iter().any(|e| name.ends_with(e))
+        && (name.ends_with(".safetensors") || name.ends_with(".bin") || name.contains(".index"))
+}
+
+/// Re-saves a pipeline folder `src` (with `model_index.json`) into `dst` in the diffusers layout.
+///
+/// `model_index.json` is re-serialised with `_diffusers_version` and `_name_or_path` set as
+/// diffusers' `save_pretrained` writes them (`_name_or_path` is [`SaveOptions::name_or_path`],
+/// defaulting to `src` as given). Every component folder named in it is saved with
+/// [`save_component`]; `[null, null]` components are skipped. The whole save is atomic (module
+/// doc): `dst` is replaced only once everything has been written.
+pub fn save_pipeline(src: &Path, dst: &Path, options: &SaveOptions) -> Result<(), ConvertError> {
+    check_variant(options.variant.as_deref())?;
+    let index_path = src.join("model_index.json");
+    let text = std::fs::read_to_string(&index_path).map_err(|e| ConvertError::io(&index_path, e))?;
+    let mut index: Map<String, Value> = match serde_json::from_str(&text) {
+        Ok(Value::Object(m)) => m,
+        _ => {
+            return Err(ConvertError::BadJson {
+                path: index_path,
+                reason: "not a JSON object".into(),
+            });
+        }
+    };
+    let name_or_path = options
+        .name_or_path
+        .clone()
+        .unwrap_or_else(|| src.display().to_string());
+    let components: Vec<String> = index
+        .iter()
+        .filter(|(k, v)| {
+            !k.starts_with('_')
+                && matches!(v, Value::Array(a) if a.len() == 2 && a.iter().all(Value::is_string))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for name in &components {
+        if !is_plain_name(name) {
+            return Err(ConvertError::BadJson {
+                path: src.join("model_index.json"),
+                reason: format!("component name `{name}` is not a plain folder name"),
+            });
+        }
+    }
+    atomic_folder(dst, |tmp| {
+        for name in &components {
+            let from = src.join(name);
+            if !from.is_dir() {
+                tracing::warn!(component = %name, "component folder missing in {}", src.display());
+                continue;
+            }
+            let to = tmp.join(name);
+            std::fs::create_dir_all(&to).map_err(|e| ConvertError::io(&to, e))?;
+            let component_path = format!("{name_or_path}/{name}");
+            save_component(&from, &to, options, Some(&component_path))?;
+        }
+        // model_index.json last, as diffusers writes it.
+        index.insert(
+            "_diffusers_version".into(),
+            Value::String(diff_format::DIFFUSERS_VERSION.into()),
+        );
+        index.insert("_name_or_path".into(), Value::String(name_or_path.clone()));
+        let out = diff_format::json::to_config_string(&Value::Object(index.clone()));
+        write_file(&tmp.join("model_index.json"), out.as_bytes())
+    })
+}
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\\')
+}
+
+/// Runs `fill` on a fresh temporary folder seeded with links to `dst`'s current files, then
+/// swaps it in place of `dst` (see the module doc).
+pub fn atomic_folder(
+    dst: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), ConvertError>,
+) -> Result<(), ConvertError> {
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| ConvertError::io(&parent, e))?;
+    let base = dst
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let pid = std::process::id();
+    let tmp = parent.join(format!(".{base}.incomplete-{pid}"));
+    let old = parent.join(format!(".{base}.previous-{pid}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| ConvertError::io(&tmp, e))?;
+    }
+    let result = (|| {
+        if dst.is_dir() {
+            link_tree(dst, &tmp)?;
+        } else {
+            std::fs::create_dir_all(&tmp).map_err(|e| ConvertError::io(&tmp, e))?;
+        }
+        fill(&tmp)
+    })();
+    if let Err(e) = result {
+        // Best effort: the temporary folder is garbage either way.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dst.exists() {
+        std::fs::rename(dst, &old).map_err(|e| ConvertError::io(dst, e))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, dst) {
+        // Put the previous folder back so the destination is never lost.
+        let _ = std::fs::rename(&old, dst);
+        return Err(ConvertError::io(dst, e));
+    }
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| ConvertError::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// Recreates `src`'s tree at `dst`, hard-linking files (copying where links are impossible).
+/// Files are later replaced by writing new files (never by writing into the linked inode), so
+/// the original folder's files are never modified.
+fn link_tree(src: &Path, dst: &Path) -> Result<(), ConvertError> {
+    std::fs::create_dir_all(dst).map_err(|e| ConvertError::io(dst, e))?;
+    for entry in std::fs::read_dir(src).map_err(|e| ConvertError::io(src, e))? {
+        let entry = entry.map_err(|e| ConvertError::io(src, e))?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let kind = entry.file_type().map_err(|e| ConvertError::io(&from, e))?;
+        if kind.is_dir() {
+            link_tree(&from, &to)?;
+        } else if kind.is_file() && std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).map_err(|e| ConvertError::io(&from, e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Re-saving a pipeline against what diffusers 0.42.1 / transformers 5.23 saved for the same
+//! pipeline (`tests/fixtures/50-convert/gen_save.py`). Every comparison is exact: file lists,
+//! config bytes and weight-file bytes must be identical.
+
+use diff_convert::save::{SaveOptions, save_pipeline};
+use diff_convert::{SaveDtype, cast};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/50-convert/save")
+}
+
+/// Every file under `root`, relative path → bytes.
+fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Compares our output with diffusers'. transformers 5.23 adds its loading state
+/// (`"is_local": true, "local_files_only": true`) to `tokenizer_config.json` when it re-saves a
+/// tokenizer loaded from a folder; we copy tokenizer files unchanged, so that one file is
+/// compared with the source instead.
+fn assert_same_tree(ours: &Path, theirs: &Path) {
+    assert_same_tree_from(ours, theirs, &fixtures().join("src"));
+}
+
+fn assert_same_tree_from(ours: &Path, theirs: &Path, source: &Path) {
+    let a = tree(ours);
+    let b = tree(theirs);
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "file lists differ"
+    );
+    let src = tree(source);
+    for (name, bytes) in &a {
+        let expected = if name == "tokenizer/tokenizer_config.json" {
+            &src[name]
+        } else {
+            &b[name]
+        };
+        assert!(
+            bytes == expected,
+            "{name} differs (exact comparison):\nours:\n{}\ntheirs:\n{}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(600)]),
+            String::from_utf8_lossy(&expected[..expected.len().min(600)])
+        );
+    }
+}
+
+fn options() -> SaveOptions {
+    SaveOptions {
+        name_or_path: Some("src".into()),
+        ..SaveOptions::default()
+    }
+}
+
+#[test]
+fn plain_save_matches_diffusers_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("plain");
+    save_pipeline(&fixtures().join("src"), &out, &options()).unwrap();
+    assert_same_tree(&out, &fixtures().join("plain"));
+}
+
+#[test]
+fn fp16_variant_is_written_beside_the_full_weights_without_touching_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("variant");
+    save_pipeline(&fixtures().join("src"), &out, &options()).unwrap();
+    let before = tree(&out);
+    let fp16 = SaveOptions {
+        variant: Some("fp16".into()),
+        dtype: Some(SaveDtype::F16),
+        ..options()
+    };
+    save_pipeline(&fixtures().join("src"), &out, &fp16).unwrap();
+    let after = tree(&out);
+    for (name, bytes) in &before {
+        if name.ends_with(".safetensors") {
+            assert_eq!(&after[name], bytes, "{name} was modified by the variant save");
+        }
+    }
+    assert_same_tree(&out, &fixtures().join("variant"));
+}
+
+#[test]
+fn sharded_save_matches_diffusers_shards_and_indexes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sharded");
+    let opts = options().with_max_shard_size("40KB").unwrap();
+    save_pipeline(&fixtures().join("src"), &out, &opts).unwrap();
+    assert_same_tree(&out, &fixtures().join("sharded"));
+}
+
+#[test]
+fn resharding_a_sharded_folder_reproduces_it() {
+    // Reading shards back loses the state-dict order; `diff_convert::order` restores it.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("again");
+    let opts = SaveOptions {
+        name_or_path: Some("src".into()),
+        ..SaveOptions::default()
+    }
+    .with_max_shard_size("40KB")
+    .unwrap();
+    save_pipeline(&fixtures().join("sharded"), &out, &opts).unwrap();
+    assert_same_tree_from(&out, &fixtures().join("sharded"), &fixtures().join("sharded"));
+}
+
+#[test]
+fn unsharded_save_over_sharded_folder_leaves_no_stale_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    let sharded = options().with_max_shard_size("40KB").unwrap();
+    save_pipeline(&fixtures().join("src"), &out, &sharded).unwrap();
+    assert!(out.join("unet/diffusion_pytorch_model.safetensors.index.json").is_file());
+    save_pipeline(&fixtures().join("src"), &out, &options()).unwrap();
+    // diffusers would leave the index behind, pointing at deleted shards; we remove it.
+    assert_same_tree(&out, &fixtures().join("plain"));
+}
+
+#[test]
+fn failed_save_leaves_previous_folder_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    save_pipeline(&fixtures().join("src"), &out, &options()).unwrap();
+    let before = tree(&out);
+    // A source whose VAE weights are corrupt: the save fails after other components were
+    // already written to the temporary folder.
+    let bad = tmp.path().join("bad");
+    for (name, bytes) in tree(&fixtures().join("src")) {
+        let p = bad.join(&name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let bytes = if name == "vae/diffusion_pytorch_model.safetensors" {
+            bytes[..100].to_vec()
+        } else {
+            bytes
+        };
+        std::fs::write(p, bytes).unwrap();
+    }
+    let err = save_pipeline(&bad, &out, &options().with_max_shard_size("40KB").unwrap()).unwrap_err();
+    assert!(err.to_string().contains("vae"), "{err}");
+    assert_eq!(tree(&out), before, "the previous folder changed");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary folders left: {leftovers:?}");
+}
+
+#[test]
+fn invalid_variant_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = SaveOptions {
+        variant: Some("../x".into()),
+        ..options()
+    };
+    let err = save_pipeline(&fixtures().join("src"), &tmp.path().join("o"), &opts).unwrap_err();
+    assert!(matches!(err, diff_convert::ConvertError::InvalidVariant(_)));
+}
+
+#[test]
+fn state_dict_order_matches_torch() {
+    let order: BTreeMap<String, Vec<String>> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("order.json")).unwrap())
+            .unwrap();
+    for (model, keys) in order {
+        let mut items: Vec<(String, ())> = keys.iter().map(|k| (k.clone(), ())).collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        diff_convert::order::sort_state_dict_keys(&mut items);
+        let got: Vec<String> = items.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(got, keys, "{model}: state_dict order");
+    }
+}
+
+#[test]
+fn dtype_cast_matches_torch_bit_for_bit() {
+    let (t, _) = diff_convert::tensors::read_safetensors(&fixtures().join("cast.safetensors")).unwrap();
+    for (src, to, expected) in [
+        ("f32", SaveDtype::F16, "f16"),
+        ("f32", SaveDtype::BF16, "bf16"),
+        ("f64", SaveDtype::F16, "f64_to_f16"),
+        ("f64", SaveDtype::BF16, "f64_to_bf16"),
+        ("f16", SaveDtype::F32, "f32_from_f16"),
+    ] {
+        if expected == "f32_from_f16" {
+            // Widening is exact: f16 -> f32 -> f16 must give the same bits back.
+            let wide = cast::cast(src, t[src].clone(), to).unwrap();
+            let back = cast::cast(src, wide, SaveDtype::F16).unwrap();
+            assert_eq!(back.data, t[src].data);
+            continue;
+        }
+        let got = cast::cast(src, t[src].clone(), to).unwrap();
+        assert_eq!(got.dtype, t[expected].dtype);
+        assert_eq!(got.data, t[expected].data, "{src} -> {to:?} (exact)");
+    }
+}

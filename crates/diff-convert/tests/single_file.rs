@@ -1,0 +1,160 @@
+//! `from_single_file` parity: tiny original-layout checkpoints converted by us and by diffusers
+//! 0.42.1 (`tests/fixtures/50-convert/gen_single_file.py`) must give identical folders: file
+//! lists, config bytes, and weight-file bytes (so tensor names, shapes, dtypes and values are
+//! exact; tolerance: none).
+
+use diff_convert::save::SaveOptions;
+use diff_convert::tensors::RawTensor;
+use diff_convert::{Checkpoint, ModelType, convert_single_file, infer_model_type};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn case_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/50-convert/single_file")
+        .join(case)
+}
+
+fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn check_case(case: &str, checkpoint: &str) {
+    let dir = case_dir(case);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    convert_single_file(&dir.join(checkpoint), &dir.join("config"), &out, &SaveOptions::default())
+        .unwrap();
+    let ours = tree(&out);
+    let theirs = tree(&dir.join("expected"));
+    let config = tree(&dir.join("config"));
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "{case}: file list");
+    for (name, bytes) in &ours {
+        // transformers 5.23 adds its loading state (`is_local`, `local_files_only`) to a
+        // re-saved tokenizer_config.json; we copy the config folder's file unchanged.
+        let expected = if name.ends_with("tokenizer_config.json") { &config[name] } else { &theirs[name] };
+        assert!(bytes == expected, "{case}: {name} differs from diffusers' from_single_file + save_pretrained");
+    }
+}
+
+#[test]
+fn sd1_ckpt_converts_like_diffusers() {
+    check_case("sd1", "model.ckpt");
+}
+
+#[test]
+fn sd1_inpainting_safetensors_converts_like_diffusers() {
+    check_case("sd1_inpaint", "model.safetensors");
+}
+
+#[test]
+fn sd2_v_prediction_open_clip_ckpt_converts_like_diffusers() {
+    check_case("sd2_v", "model.ckpt");
+}
+
+#[test]
+fn sdxl_base_converts_like_diffusers() {
+    check_case("sdxl_base", "model.safetensors");
+}
+
+#[test]
+fn sdxl_refiner_converts_like_diffusers() {
+    check_case("sdxl_refiner", "model.safetensors");
+}
+
+#[test]
+fn converted_weights_can_be_saved_as_fp16_variant_shards() {
+    let dir = case_dir("sd1");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let options = SaveOptions {
+        variant: Some("fp16".into()),
+        dtype: Some(diff_convert::SaveDtype::F16),
+        ..SaveOptions::default()
+    }
+    .with_max_shard_size("100KB")
+    .unwrap();
+    convert_single_file(&dir.join("model.ckpt"), &dir.join("config"), &out, &options).unwrap();
+    assert!(out.join("unet/diffusion_pytorch_model.safetensors.index.fp16.json").is_file());
+    assert!(out.join("unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors").is_file());
+    assert!(out.join("text_encoder/model.fp16.safetensors").is_file());
+    let te: String = std::fs::read_to_string(out.join("text_encoder/config.json")).unwrap();
+    assert!(te.contains("\"dtype\": \"float16\""), "{te}");
+}
+
+fn synthetic(keys: &[(&str, &[usize])]) -> Checkpoint {
+    Checkpoint {
+        path: PathBuf::from("synthetic.safetensors"),
+        tensors: keys
+            .iter()
+            .map(|(k, s)| {
+                let n: usize = s.iter().product();
+                (k.to_string(), RawTensor::new(safetensors::Dtype::F16, s.to_vec(), vec![0; n * 2]).unwrap())
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn family_is_detected_from_keys_and_shapes_as_diffusers_does() {
+    let v2 = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight";
+    let conv_in = "model.diffusion_model.input_blocks.0.0.weight";
+    let xl = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias";
+    let refiner = "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias";
+    let cases: [(&[(&str, &[usize])], ModelType); 7] = [
+        (&[(conv_in, &[320, 4, 3, 3]), (v2, &[320, 768])], ModelType::V1),
+        (&[(conv_in, &[320, 4, 3, 3]), (v2, &[320, 1024])], ModelType::V2),
+        (&[(conv_in, &[320, 9, 3, 3]), (v2, &[320, 768])], ModelType::Inpainting),
+        (&[(conv_in, &[320, 9, 3, 3]), (v2, &[320, 1024])], ModelType::InpaintingV2),
+        (&[(conv_in, &[320, 4, 3, 3]), (xl, &[1280])], ModelType::XlBase),
+        (&[(conv_in, &[320, 9, 3, 3]), (xl, &[1280])], ModelType::XlInpaint),
+        (&[(conv_in, &[384, 4, 3, 3]), (refiner, &[1280])], ModelType::XlRefiner),
+    ];
+    for (keys, expected) in cases {
+        assert_eq!(infer_model_type(&synthetic(keys)), expected, "{keys:?}");
+    }
+    assert_eq!(ModelType::XlBase.default_config_repo(), "stabilityai/stable-diffusion-xl-base-1.0");
+}
+
+#[test]
+fn sdxl_config_on_sd1_checkpoint_names_the_missing_key_and_writes_nothing() {
+    let dir = case_dir("sd1");
+    let tmp = tempfile::tempdir().unwrap();
+    // The SDXL UNet config asks for `add_embedding`, which an SD 1 checkpoint lacks.
+    let err = convert_single_file(
+        &dir.join("model.ckpt"),
+        &case_dir("sdxl_base").join("config"),
+        &tmp.path().join("out"),
+        &SaveOptions::default(),
+    )
+    .unwrap_err();
+    match &err {
+        diff_convert::ConvertError::MissingKey { key, .. } => {
+            assert_eq!(key, "model.diffusion_model.label_emb.0.0.weight")
+        }
+        other => panic!("expected MissingKey, got {other}"),
+    }
+    assert!(!tmp.path().join("out").exists(), "a failed conversion must not leave an output folder");
+}
+
+#[test]
+fn checkpoint_without_text_encoder_is_a_typed_error() {
+    let ckpt = synthetic(&[("model.diffusion_model.input_blocks.0.0.weight", &[8, 4, 3, 3])]);
+    let config = serde_json::json!({"hidden_size": 16, "num_hidden_layers": 2});
+    let err = diff_convert::single_file::convert_component(&ckpt, "CLIPTextModel", config.as_object().unwrap())
+        .unwrap_err();
+    assert!(matches!(err, diff_convert::ConvertError::UnknownArchitecture { .. }), "{err}");
+}

@@ -1,0 +1,333 @@
+//! The arguments of the pipelines' `__call__`, their output, the per-step callback, and the
+//! pieces of the denoising flow the pipelines share (noise, guidance, timesteps, decoding).
+
+use crate::error::PipelineError;
+use crate::image_processor::{FloatImages, VaeImageProcessor};
+use crate::pipeline::{DiffusionPipeline, PipelineClass};
+use burn::tensor::{Device, Tensor};
+use diff_models::AutoencoderKL;
+use diff_schedulers::{NoiseDtype, Scheduler, TorchGenerator, randn_tensor, to_tensor};
+use image::RgbImage;
+
+/// Where the random numbers come from: diffusers' `generator=`.
+#[derive(Debug, Clone)]
+pub enum Generators {
+    /// One `torch.Generator("cpu").manual_seed(seed)` for the whole batch.
+    Seed(u64),
+    /// One generator per image (`generator=[g0, g1, ...]`), each seeded.
+    Seeds(Vec<u64>),
+    /// No seed: a generator seeded from the OS (`generator=None`).
+    Random,
+}
+
+impl Generators {
+    pub(crate) fn build(&self) -> Vec<TorchGenerator> {
+        match self {
+            Generators::Seed(s) => vec![TorchGenerator::new(*s)],
+            Generators::Seeds(seeds) => seeds.iter().map(|s| TorchGenerator::new(*s)).collect(),
+            Generators::Random => vec![TorchGenerator::from_entropy()],
+        }
+    }
+}
+
+/// What a pipeline returns (`output_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputType {
+    /// 8-bit images (`"pil"`).
+    #[default]
+    Pil,
+    /// Float images in [0, 1], `[N, H, W, 3]` (`"np"`).
+    Np,
+    /// The final latents, not decoded (`"latent"`).
+    Latent,
+}
+
+/// The arguments of `__call__` that users use, with diffusers' defaults where `None`.
+#[derive(Debug, Clone)]
+pub struct CallArgs {
+    /// `prompt`: one string per batch item (ignored when `prompt_embeds` is given).
+    pub prompt: Vec<String>,
+    /// SDXL `prompt_2` (defaults to `prompt`).
+    pub prompt_2: Option<Vec<String>>,
+    /// `negative_prompt`: one string (used for every prompt) or one per prompt.
+    pub negative_prompt: Option<Vec<String>>,
+    /// SDXL `negative_prompt_2` (defaults to `negative_prompt`).
+    pub negative_prompt_2: Option<Vec<String>>,
+    /// Precomputed `prompt_embeds` `[B, 77, C]`.
+    pub prompt_embeds: Option<Tensor<3>>,
+    /// Precomputed `negative_prompt_embeds`.
+    pub negative_prompt_embeds: Option<Tensor<3>>,
+    /// SDXL precomputed `pooled_prompt_embeds` `[B, P]`.
+    pub pooled_prompt_embeds: Option<Tensor<2>>,
+    /// SDXL precomputed `negative_pooled_prompt_embeds`.
+    pub negative_pooled_prompt_embeds: Option<Tensor<2>>,
+    /// `num_images_per_prompt` (default 1).
+    pub num_images_per_prompt: usize,
+    /// `height` (default `unet.sample_size * vae_scale_factor`; must be a multiple of 8).
+    pub height: Option<usize>,
+    /// `width` (as height).
+    pub width: Option<usize>,
+    /// `num_inference_steps` (default 50).
+    pub num_inference_steps: usize,
+    /// `guidance_scale` (default 7.5, SDXL 5.0); classifier-free guidance when > 1.
+    pub guidance_scale: Option<f32>,
+    /// `guidance_rescale` (default 0).
+    pub guidance_rescale: f32,
+    /// `clip_skip`.
+    pub clip_skip: Option<usize>,
+    /// `generator`.
+    pub generator: Generators,
+    /// Initial `latents` `[B*n, C, h, w]` (not yet scaled by `init_noise_sigma`).
+    pub latents: Option<Tensor<4>>,
+    /// `eta` (DDIM).
+    pub eta: f32,
+    /// img2img / inpaint `strength` (default 0.8 SD img2img, 0.3 SDXL img2img, 1.0 inpaint).
+    pub strength: Option<f32>,
+    /// img2img / inpaint `image`.
+    pub image: Option<Vec<RgbImage>>,
+    /// inpaint `mask_image` (white = repaint).
+    pub mask_image: Option<Vec<RgbImage>>,
+    /// SDXL `original_size` (height, width); default (H, W).
+    pub original_size: Option<(usize, usize)>,
+    /// SDXL `crops_coords_top_left`; default (0, 0).
+    pub crops_coords_top_left: (usize, usize),
+    /// SDXL `target_size`; default (H, W).
+    pub target_size: Option<(usize, usize)>,
+    /// SDXL `negative_original_size`.
+    pub negative_original_size: Option<(usize, usize)>,
+    /// SDXL `negative_crops_coords_top_left`.
+    pub negative_crops_coords_top_left: (usize, usize),
+    /// SDXL `negative_target_size`.
+    pub negative_target_size: Option<(usize, usize)>,
+    /// SDXL img2img `aesthetic_score` (default 6.0).
+    pub aesthetic_score: f32,
+    /// SDXL img2img `negative_aesthetic_score` (default 2.5).
+    pub negative_aesthetic_score: f32,
+    /// `output_type`.
+    pub output_type: OutputType,
+}
+
+impl Default for CallArgs {
+    fn default() -> Self {
+        Self {
+            prompt: Vec::new(),
+            prompt_2: None,
+            negative_prompt: None,
+            negative_prompt_2: None,
+            prompt_embeds: None,
+            negative_prompt_embeds: None,
+            pooled_prompt_embeds: None,
+            negative_pooled_prompt_embeds: None,
+            num_images_per_prompt: 1,
+            height: None,
+            width: None,
+            num_inference_steps: 50,
+            guidance_scale: None,
+            guidance_rescale: 0.0,
+            clip_skip: None,
+            generator: Generators::Random,
+            latents: None,
+            eta: 0.0,
+            strength: None,
+            image: None,
+            mask_image: None,
+            original_size: None,
+            crops_coords_top_left: (0, 0),
+            target_size: None,
+            negative_original_size: None,
+            negative_crops_coords_top_left: (0, 0),
+            negative_target_size: None,
+            aesthetic_score: 6.0,
+            negative_aesthetic_score: 2.5,
+            output_type: OutputType::Pil,
+        }
+    }
+}
+
+impl CallArgs {
+    /// Arguments for one prompt with everything else at its default.
+    pub fn prompt(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: vec![prompt.into()],
+            ..Self::default()
+        }
+    }
+}
+
+/// What `__call__` returns.
+#[derive(Debug, Clone)]
+pub struct PipelineOutput {
+    /// Float images in [0, 1] (for `Pil` and `Np`), `None` for `Latent`.
+    pub images: Option<FloatImages>,
+    /// The final latents `[N, C, h, w]` (always kept: cheap, and what `Latent` returns).
+    pub latents: Tensor<4>,
+    /// The safety checker's flags, `None` when no checker ran.
+    pub nsfw_content_detected: Option<Vec<bool>>,
+    /// Whether the callback stopped the loop early.
+    pub interrupted: bool,
+}
+
+impl PipelineOutput {
+    /// The images as 8-bit RGB (empty for `Latent`).
+    pub fn rgb8(&self) -> Vec<RgbImage> {
+        self.images.as_ref().map(FloatImages::to_rgb8_all).unwrap_or_default()
+    }
+}
+
+/// What the per-step callback sees (`callback_on_step_end(pipe, i, t, {"latents": ...})`).
+#[derive(Debug)]
+pub struct StepInfo<'a> {
+    /// Step index `i` (0-based).
+    pub step: usize,
+    /// Number of steps in the loop.
+    pub total: usize,
+    /// The timestep `t`.
+    pub timestep: f64,
+    /// The latents after this step.
+    pub latents: &'a Tensor<4>,
+}
+
+/// What the callback tells the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepControl {
+    /// Go on.
+    Continue,
+    /// Stop after this step (`pipe._interrupt = True`).
+    Stop,
+}
+
+/// A per-step callback.
+pub type StepCallback<'a> = dyn FnMut(&StepInfo<'_>) -> StepControl + 'a;
+
+/// Draws `randn_tensor(shape, generator)` as a float32 tensor on `device`.
+pub(crate) fn randn(
+    shape: [usize; 4],
+    generators: &mut [TorchGenerator],
+    device: &Device,
+) -> Result<Tensor<4>, PipelineError> {
+    let values = randn_tensor(&shape, generators, NoiseDtype::Float32)?;
+    Ok(to_tensor(values, shape, device)?)
+}
+
+/// `noise_pred_uncond + g * (noise_pred_text - noise_pred_uncond)`, then `rescale_noise_cfg`
+/// when `guidance_rescale > 0`.
+pub(crate) fn guide(noise: Tensor<4>, guidance_scale: f32, guidance_rescale: f32) -> Tensor<4> {
+    let half = noise.dims()[0] / 2;
+    let uncond = noise.clone().narrow(0, 0, half);
+    let text = noise.narrow(0, half, half);
+    let cfg = uncond.clone() + (text.clone() - uncond).mul_scalar(guidance_scale);
+    if guidance_rescale > 0.0 {
+        rescale_noise_cfg(cfg, text, guidance_rescale)
+    } else {
+        cfg
+    }
+}
+
+/// diffusers' `rescale_noise_cfg`: std over all but the batch dim, unbiased.
+fn rescale_noise_cfg(cfg: Tensor<4>, text: Tensor<4>, phi: f32) -> Tensor<4> {
+    let std = |x: Tensor<4>| {
+        let [b, c, h, w] = x.dims();
+        let flat = x.reshape([b, c * h * w]);
+        let n = (c * h * w) as f32;
+        let mean = flat.clone().mean_dim(1);
+        let var = (flat - mean).powi_scalar(2).sum_dim(1).div_scalar((n - 1.0).max(1.0));
+        var.sqrt().reshape([b, 1, 1, 1])
+    };
+    let std_text = std(text);
+    let std_cfg = std(cfg.clone());
+    let rescaled = cfg.clone() * (std_text / std_cfg);
+    rescaled.mul_scalar(phi) + cfg.mul_scalar(1.0 - phi)
+}
+
+/// img2img's `get_timesteps`: the tail of the schedule for `strength`, and sets the
+/// scheduler's begin index. Returns the timesteps to run.
+pub(crate) fn strength_timesteps(
+    scheduler: &mut Scheduler,
+    num_inference_steps: usize,
+    strength: f32,
+) -> Vec<f64> {
+    let init = ((num_inference_steps as f64 * f64::from(strength)) as usize).min(num_inference_steps);
+    let t_start = num_inference_steps.saturating_sub(init);
+    let order = scheduler.order();
+    let all = scheduler.timesteps().to_vec();
+    let begin = (t_start * order).min(all.len());
+    scheduler.set_begin_index(begin);
+    all.get(begin..).map(<[f64]>::to_vec).unwrap_or_default()
+}
+
+/// `vae.encode(image).latent_dist.sample(generator)`: one sample for the batch with one
+/// generator, or item by item with a list (as `retrieve_latents` per `image[i:i+1]`).
+pub(crate) fn encode_vae_image(
+    vae: &AutoencoderKL,
+    image: Tensor<4>,
+    generators: &mut [TorchGenerator],
+    device: &Device,
+) -> Result<Tensor<4>, PipelineError> {
+    let encode_one = |img: Tensor<4>, gens: &mut [TorchGenerator]| -> Result<Tensor<4>, PipelineError> {
+        let dist = vae.encode(img)?;
+        let shape = dist.mean.dims();
+        let noise = randn(shape, gens, device)?;
+        dist.sample(noise)
+            .ok_or_else(|| PipelineError::arg("image", "VAE posterior and noise shapes differ"))
+    };
+    let latents = if generators.len() > 1 {
+        let n = image.dims()[0];
+        let mut parts = Vec::with_capacity(n);
+        for (i, g) in generators.iter_mut().enumerate().take(n) {
+            parts.push(encode_one(image.clone().narrow(0, i, 1), std::slice::from_mut(g))?);
+        }
+        Tensor::cat(parts, 0)
+    } else {
+        encode_one(image, generators)?
+    };
+    Ok(latents.mul_scalar(vae.scaling_factor() as f32))
+}
+
+/// Decodes final latents and post-processes them (`output_type` `Pil` / `Np`).
+pub(crate) fn decode_latents(
+    pipe: &DiffusionPipeline,
+    vae: &AutoencoderKL,
+    latents: Tensor<4>,
+) -> Result<FloatImages, PipelineError> {
+    let device = latents.device();
+    let mut z = latents;
+    // VAEs with latents_mean / latents_std (some SDXL fine-tunes): latents * std / sf + mean.
+    let stats = |key: &str| -> Option<Vec<f32>> {
+        pipe.config_value("vae", key)?
+            .as_array()?
+            .iter()
+            .map(|v| v.as_f64().map(|f| f as f32))
+            .collect()
+    };
+    let sf = vae.scaling_factor() as f32;
+    match (stats("latents_mean"), stats("latents_std")) {
+        (Some(mean), Some(std)) if pipe.class().is_xl() => {
+            let c = mean.len();
+            let mean = to_tensor(mean, [1, c, 1, 1], &device)?;
+            let std = to_tensor(std, [1, c, 1, 1], &device)?;
+            z = z * std.div_scalar(sf) + mean;
+        }
+        _ => z = z.div_scalar(sf),
+    }
+    if let Some(shift) = vae.shift_factor() {
+        z = z.add_scalar(shift as f32);
+    }
+    let image = vae.decode(z)?;
+    VaeImageProcessor::new(pipe.vae_scale_factor()).postprocess(image.cast(burn::tensor::DType::F32), None)
+}
+
+/// diffusers' `check_inputs` for the sizes: both multiples of 8.
+pub(crate) fn check_size(height: usize, width: usize) -> Result<(), PipelineError> {
+    if !height.is_multiple_of(8) || !width.is_multiple_of(8) || height == 0 || width == 0 {
+        return Err(PipelineError::arg(
+            "height/width",
+            format!("`height` and `width` have to be divisible by 8 but are {height} and {width}."),
+        ));
+    }
+    Ok(())
+}
+
+/// The default guidance scale of a class.
+pub(crate) fn default_guidance(class: PipelineClass) -> f32 {
+    if class.is_xl() { 5.0 } else { 7.5 }
+}

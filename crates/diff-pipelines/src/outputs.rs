@@ -1,0 +1,99 @@
+//! Reading and writing what the pipelines take and give: PNG images, float image arrays and
+//! latents as safetensors. Every write goes to a temporary name in the target folder and is
+//! renamed into place, so a failed run never leaves a half-written file.
+
+use crate::error::PipelineError;
+use crate::image_processor::FloatImages;
+use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), PipelineError>) -> Result<(), PipelineError> {
+    let tmp = temp_name(path);
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        PipelineError::io(path, e)
+    })
+}
+
+/// Writes an RGB image as PNG.
+pub fn save_png(path: &Path, image: &RgbImage) -> Result<(), PipelineError> {
+    write_atomic(path, |tmp| {
+        image
+            .save_with_format(tmp, image::ImageFormat::Png)
+            .map_err(|e| PipelineError::Image {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+    })
+}
+
+/// Writes float images `[N, H, W, 3]` in `[0, 1]` as a safetensors file with one float32
+/// tensor under the key `images` (what `--out-array` writes).
+pub fn save_float_images(path: &Path, images: &FloatImages) -> Result<(), PipelineError> {
+    let bytes: Vec<u8> = images.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let shape = vec![images.count, images.height, images.width, 3];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
+        .map_err(|e| PipelineError::arg("images", format!("cannot build the `images` tensor: {e}")))?;
+    let data = safetensors::serialize([("images", view)], None).map_err(|e| {
+        PipelineError::arg("images", format!("cannot serialize {}: {e}", path.display()))
+    })?;
+    write_atomic(path, |tmp| std::fs::write(tmp, &data).map_err(|e| PipelineError::io(tmp, e)))
+}
+
+/// Reads initial latents `[N, C, h, w]` (float32, float16 or bfloat16) from a safetensors file:
+/// the tensor named `latents`, or the only tensor in the file.
+pub fn load_latents(path: &Path, device: &Device) -> Result<Tensor<4>, PipelineError> {
+    let bytes = std::fs::read(path).map_err(|e| PipelineError::io(path, e))?;
+    let bad = |message: String| PipelineError::Json {
+        path: path.to_path_buf(),
+        message,
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let names = st.names();
+    let name = if names.contains(&"latents") {
+        "latents".to_string()
+    } else if names.len() == 1 {
+        names.first().map(|n| n.to_string()).unwrap_or_default()
+    } else {
+        return Err(bad(format!(
+            "expected a tensor named `latents` (or a single tensor), found {names:?}"
+        )));
+    };
+    let view = st.tensor(&name).map_err(|e| bad(e.to_string()))?;
+    let shape: [usize; 4] = view.shape().try_into().map_err(|_| {
+        bad(format!("`{name}` has shape {:?}; expected 4 dimensions [N, C, h, w]", view.shape()))
+    })?;
+    let data = view.data();
+    let values: Vec<f32> = match view.dtype() {
+        safetensors::Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        safetensors::Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        safetensors::Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(bad(format!("`{name}` has dtype {other:?}; expected F32, F16 or BF16")));
+        }
+    };
+    Ok(Tensor::from_data(TensorData::new(values, shape), device))
+}

@@ -1,0 +1,428 @@
+//! `StableDiffusionPipeline`, `StableDiffusionImg2ImgPipeline` and
+//! `StableDiffusionInpaintPipeline` `__call__`, in diffusers' order of random draws and
+//! arithmetic:
+//!
+//! - text-to-image: encode prompt -> `set_timesteps` -> latents `randn * init_noise_sigma` ->
+//!   loop -> decode;
+//! - img2img: encode prompt -> `set_timesteps` + strength tail -> VAE posterior sample (first
+//!   draw) -> noise (second draw) -> `add_noise` -> loop -> decode;
+//! - inpaint: as img2img for the init latents (the image is encoded only for the legacy
+//!   4-channel UNet or when strength < 1), then the masked image is VAE-encoded (another draw),
+//!   and the loop either feeds `[latents, mask, masked_image_latents]` to a 9-channel UNet or,
+//!   for a 4-channel one, blends the known region back after each step.
+
+use crate::call::{
+    CallArgs, OutputType, PipelineOutput, StepCallback, StepControl, StepInfo, check_size,
+    decode_latents, default_guidance, encode_vae_image, guide, randn, strength_timesteps,
+};
+use crate::clip_tokenizer::ClipTokenizer;
+use crate::error::PipelineError;
+use crate::image_processor::VaeImageProcessor;
+use crate::pipeline::{DiffusionPipeline, PipelineClass};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use diff_models::{CLIPTextModel, UNet2DConditionInput};
+use diff_schedulers::StepOptions;
+
+/// Tokenizes a batch as diffusers' `encode_prompt` does (max-length padding, truncation with
+/// diffusers' warning) and returns the ids tensor `[B, 77]`.
+pub(crate) fn tokenize(
+    tokenizer: &ClipTokenizer,
+    prompts: &[String],
+    device: &Device,
+) -> Tensor<2, Int> {
+    let (ids, removed) = tokenizer.encode_for_pipeline(prompts);
+    if let Some(removed) = removed {
+        tracing::warn!(
+            "The following part of your input was truncated because CLIP can only handle sequences up to {} tokens: {:?}",
+            tokenizer.model_max_length().unwrap_or(77),
+            removed
+        );
+    }
+    let seq = ids.first().map_or(0, Vec::len);
+    let flat: Vec<i64> = ids.iter().flatten().map(|&i| i64::from(i)).collect();
+    Tensor::from_data(TensorData::new(flat, [prompts.len(), seq]), device)
+}
+
+/// `[B, S, C]` -> `[B * n, S, C]` with each prompt's copies next to each other
+/// (`repeat(1, n, 1).view(B * n, S, C)`).
+pub(crate) fn repeat_per_prompt(x: Tensor<3>, n: usize) -> Tensor<3> {
+    if n == 1 {
+        return x;
+    }
+    let [b, s, c] = x.dims();
+    x.unsqueeze_dim::<4>(1).repeat_dim(1, n).reshape([b * n, s, c])
+}
+
+/// `[B, C]` -> `[B * n, C]`, each row's copies together.
+pub(crate) fn repeat_rows(x: Tensor<2>, n: usize) -> Tensor<2> {
+    if n == 1 {
+        return x;
+    }
+    let [b, c] = x.dims();
+    x.unsqueeze_dim::<3>(1).repeat_dim(1, n).reshape([b * n, c])
+}
+
+/// The negative prompts for a batch of `batch` prompts: `""` each when none is given, one
+/// string for all, or one per prompt.
+pub(crate) fn negative_prompts(
+    negative: Option<&Vec<String>>,
+    batch: usize,
+) -> Result<Vec<String>, PipelineError> {
+    match negative {
+        None => Ok(vec![String::new(); batch]),
+        Some(v) if v.len() == 1 => Ok(vec![v.first().cloned().unwrap_or_default(); batch]),
+        Some(v) if v.len() == batch => Ok(v.clone()),
+        Some(v) => Err(PipelineError::arg(
+            "negative_prompt",
+            format!(
+                "`negative_prompt` has batch size {}, but `prompt` has batch size {batch}; they must match",
+                v.len()
+            ),
+        )),
+    }
+}
+
+fn encode_text(
+    encoder: &CLIPTextModel,
+    ids: Tensor<2, Int>,
+    clip_skip: Option<usize>,
+) -> Result<Tensor<3>, PipelineError> {
+    let out = encoder.forward(ids)?;
+    match clip_skip {
+        None => Ok(out.last_hidden_state),
+        Some(k) => {
+            // hidden_states[-(k + 1)], then the final layer norm.
+            let idx = out.hidden_states.len().checked_sub(k + 1).ok_or_else(|| {
+                PipelineError::arg(
+                    "clip_skip",
+                    format!("clip_skip {k} is deeper than the text encoder's {} layers", out.hidden_states.len().saturating_sub(1)),
+                )
+            })?;
+            let h = out
+                .hidden_states
+                .get(idx)
+                .cloned()
+                .ok_or_else(|| PipelineError::arg("clip_skip", "no such hidden state"))?;
+            Ok(encoder.final_layer_norm.forward(h))
+        }
+    }
+}
+
+/// `guidance_scale - 1` embedded as LCM's `get_guidance_scale_embedding`.
+fn guidance_embedding(w: f32, dim: usize, batch: usize, device: &Device) -> Tensor<2> {
+    let half = dim / 2;
+    let w = (w - 1.0) * 1000.0;
+    let scale = (10000f32).ln() / (half.saturating_sub(1).max(1)) as f32;
+    let mut row: Vec<f32> = Vec::with_capacity(dim);
+    let freqs: Vec<f32> = (0..half).map(|i| (-(i as f32) * scale).exp() * w).collect();
+    row.extend(freqs.iter().map(|f| f.sin()));
+    row.extend(freqs.iter().map(|f| f.cos()));
+    row.resize(dim, 0.0);
+    let data: Vec<f32> = (0..batch).flat_map(|_| row.iter().copied()).collect();
+    Tensor::from_data(TensorData::new(data, [batch, dim]), device)
+}
+
+impl DiffusionPipeline {
+    /// Runs the pipeline's `__call__` with `args`; `callback` sees every step and may stop the
+    /// loop early (the output then holds the latents reached).
+    pub fn call(
+        &self,
+        args: &CallArgs,
+        callback: Option<&mut StepCallback<'_>>,
+    ) -> Result<PipelineOutput, PipelineError> {
+        if self.class().is_xl() {
+            self.call_xl(args, callback)
+        } else {
+            self.call_sd(args, callback)
+        }
+    }
+
+    /// SD 1.x/2.x `encode_prompt`: `(prompt_embeds, negative_prompt_embeds)`, both repeated
+    /// `num_images_per_prompt` times; the negative is `None` without CFG.
+    pub fn encode_prompt(
+        &self,
+        args: &CallArgs,
+        do_cfg: bool,
+    ) -> Result<(Tensor<3>, Option<Tensor<3>>), PipelineError> {
+        let device = self.device();
+        let n = args.num_images_per_prompt.max(1);
+        let cond = match &args.prompt_embeds {
+            Some(e) => e.clone(),
+            None => {
+                let tok = self.require(self.tokenizer(), "tokenizer")?;
+                let te = self.require(self.text_encoder(), "text_encoder")?;
+                encode_text(te, tokenize(tok, &args.prompt, device), args.clip_skip)?
+            }
+        };
+        let batch = cond.dims()[0];
+        let uncond = if do_cfg {
+            Some(match &args.negative_prompt_embeds {
+                Some(e) => e.clone(),
+                None => {
+                    let tok = self.require(self.tokenizer(), "tokenizer")?;
+                    let te = self.require(self.text_encoder(), "text_encoder")?;
+                    let neg = negative_prompts(args.negative_prompt.as_ref(), batch)?;
+                    // diffusers never applies clip_skip to the negative prompt.
+                    encode_text(te, tokenize(tok, &neg, device), None)?
+                }
+            })
+        } else {
+            None
+        };
+        Ok((repeat_per_prompt(cond, n), uncond.map(|u| repeat_per_prompt(u, n))))
+    }
+
+    fn call_sd(
+        &self,
+        args: &CallArgs,
+        mut callback: Option<&mut StepCallback<'_>>,
+    ) -> Result<PipelineOutput, PipelineError> {
+        let class = self.class();
+        let device = self.device().clone();
+        let unet = self.require(self.unet(), "unet")?;
+        let vae = self.require(self.vae(), "vae")?;
+        let factor = self.vae_scale_factor();
+        let processor = VaeImageProcessor::new(factor);
+        let sample_size = self.config_usize("unet", "sample_size").unwrap_or(64);
+        let unet_channels = self.config_usize("unet", "in_channels").unwrap_or(4);
+        let latent_channels = self.config_usize("vae", "latent_channels").unwrap_or(4);
+        let time_cond_dim = self.config_usize("unet", "time_cond_proj_dim");
+
+        // Sizes: img2img takes the image's size (rounded down to the scale factor); the others
+        // default to sample_size * vae_scale_factor.
+        let (height, width) = match (class, &args.image) {
+            (PipelineClass::StableDiffusionImg2Img, Some(images)) => {
+                let first = images
+                    .first()
+                    .ok_or_else(|| PipelineError::arg("image", "no image given"))?;
+                processor.default_height_width(first.dimensions(), args.height, args.width)
+            }
+            _ => (
+                args.height.unwrap_or(sample_size * factor),
+                args.width.unwrap_or(sample_size * factor),
+            ),
+        };
+        check_size(height, width)?;
+        let strength = args.strength.unwrap_or(match class {
+            PipelineClass::StableDiffusionImg2Img => 0.8,
+            _ => 1.0,
+        });
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(PipelineError::arg(
+                "strength",
+                format!("the value of strength should be in [0.0, 1.0] but is {strength}"),
+            ));
+        }
+        let guidance = args.guidance_scale.unwrap_or(default_guidance(class));
+        let do_cfg = guidance > 1.0 && time_cond_dim.is_none();
+
+        let (cond, uncond) = self.encode_prompt(args, do_cfg)?;
+        let total = cond.dims()[0];
+        let embeds = match uncond {
+            Some(u) => Tensor::cat(vec![u, cond], 0),
+            None => cond,
+        };
+
+        let mut gens = args.generator.build();
+        if gens.len() > 1 && gens.len() != total {
+            return Err(PipelineError::arg(
+                "generator",
+                format!(
+                    "You have passed a list of generators of length {}, but requested an effective batch size of {total}. Make sure the batch size matches the length of the generators.",
+                    gens.len()
+                ),
+            ));
+        }
+
+        let mut scheduler = self.require(self.scheduler(), "scheduler")?.clone();
+        scheduler.set_timesteps(args.num_inference_steps)?;
+        let timesteps = match class {
+            PipelineClass::StableDiffusion => scheduler.timesteps().to_vec(),
+            _ => strength_timesteps(&mut scheduler, args.num_inference_steps, strength),
+        };
+        if timesteps.is_empty() {
+            return Err(PipelineError::arg(
+                "strength",
+                format!(
+                    "After adjusting the num_inference_steps by strength parameter: {strength}, the number of pipeline steps is 0 which is < 1 and not appropriate for this pipeline."
+                ),
+            ));
+        }
+        let shape = [total, latent_channels, height / factor, width / factor];
+        let sigma0 = scheduler.init_noise_sigma();
+        let first_t = timesteps.first().copied().unwrap_or(0.0);
+
+        // Inpaint state: mask and masked-image latents (doubled for CFG), the clean image
+        // latents and the noise for the legacy 4-channel blend.
+        let mut inpaint: Option<(Tensor<4>, Tensor<4>, Option<Tensor<4>>, Tensor<4>)> = None;
+
+        let mut latents = match class {
+            PipelineClass::StableDiffusion => match &args.latents {
+                Some(l) => l.clone().mul_scalar(sigma0),
+                None => randn(shape, &mut gens, &device)?.mul_scalar(sigma0),
+            },
+            PipelineClass::StableDiffusionImg2Img => {
+                let images = args
+                    .image
+                    .as_ref()
+                    .ok_or_else(|| PipelineError::arg("image", "img2img needs an `image`"))?;
+                let mut image = processor.preprocess(images, Some(height), Some(width), &device)?;
+                let n_img = image.dims()[0];
+                if gens.len() > 1 && n_img < total {
+                    if total % n_img != 0 {
+                        return Err(PipelineError::arg("image", format!("Cannot duplicate `image` of batch size {n_img} to effective batch_size {total}")));
+                    }
+                    image = image.repeat_dim(0, total / n_img);
+                }
+                let mut init = encode_vae_image(vae, image, &mut gens, &device)?;
+                let n_lat = init.dims()[0];
+                if total > n_lat {
+                    if total % n_lat != 0 {
+                        return Err(PipelineError::arg("image", format!("Cannot duplicate `image` of batch size {n_lat} to {total} text prompts.")));
+                    }
+                    init = init.repeat_dim(0, total / n_lat);
+                }
+                let noise = randn(init.dims(), &mut gens, &device)?;
+                scheduler.add_noise(init, noise, &vec![first_t; total])?
+            }
+            PipelineClass::StableDiffusionInpaint => {
+                let images = args
+                    .image
+                    .as_ref()
+                    .ok_or_else(|| PipelineError::arg("image", "inpainting needs an `image`"))?;
+                let masks = args
+                    .mask_image
+                    .as_ref()
+                    .ok_or_else(|| PipelineError::arg("mask_image", "inpainting needs a `mask_image`"))?;
+                if unet_channels != 4 && unet_channels != 4 + 1 + latent_channels {
+                    return Err(PipelineError::arg(
+                        "unet",
+                        format!("The unet should have either 4 or 9 input channels, not {unet_channels}."),
+                    ));
+                }
+                let init_image = processor.preprocess(images, Some(height), Some(width), &device)?;
+                let is_strength_max = strength == 1.0;
+                let return_image_latents = unet_channels == 4;
+                let image_latents = if return_image_latents || (args.latents.is_none() && !is_strength_max) {
+                    let l = encode_vae_image(vae, init_image.clone(), &mut gens, &device)?;
+                    let n_lat = l.dims()[0];
+                    Some(l.repeat_dim(0, (total / n_lat.max(1)).max(1)))
+                } else {
+                    None
+                };
+                let (latents, noise) = match &args.latents {
+                    Some(l) => (l.clone().mul_scalar(sigma0), l.clone()),
+                    None => {
+                        let noise = randn(shape, &mut gens, &device)?;
+                        let latents = if is_strength_max {
+                            noise.clone().mul_scalar(sigma0)
+                        } else {
+                            let il = image_latents.clone().ok_or_else(|| PipelineError::arg("image", "no image latents"))?;
+                            scheduler.add_noise(il, noise.clone(), &vec![first_t; total])?
+                        };
+                        (latents, noise)
+                    }
+                };
+                let mask_condition = processor.preprocess_mask(masks, height, width, &device)?;
+                let keep = mask_condition.clone().lower_elem(0.5).float();
+                let masked_image = init_image * keep;
+                let mask = nearest_downsample(mask_condition, height / factor, width / factor);
+                let masked_latents = encode_vae_image(vae, masked_image, &mut gens, &device)?;
+                let dup = |t: Tensor<4>| {
+                    let n = t.dims()[0];
+                    let t = t.repeat_dim(0, (total / n.max(1)).max(1));
+                    if do_cfg { Tensor::cat(vec![t.clone(), t], 0) } else { t }
+                };
+                inpaint = Some((dup(mask), dup(masked_latents), image_latents, noise));
+                latents
+            }
+            _ => unreachable_class(class)?,
+        };
+
+        let step_options = StepOptions {
+            eta: Some(args.eta),
+            ..StepOptions::default()
+        };
+        let timestep_cond = time_cond_dim.map(|d| guidance_embedding(guidance, d, total, &device));
+        let mut interrupted = false;
+        let steps = timesteps.len();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let input = if do_cfg {
+                Tensor::cat(vec![latents.clone(), latents.clone()], 0)
+            } else {
+                latents.clone()
+            };
+            let mut input = scheduler.scale_model_input(input, t)?;
+            if let (Some((mask, masked, _, _)), 9..) = (&inpaint, unet_channels) {
+                input = Tensor::cat(vec![input, mask.clone(), masked.clone()], 1);
+            }
+            let tt = Tensor::<1>::from_data(TensorData::new(vec![t as f32], [1]), &device);
+            let mut unet_in = UNet2DConditionInput::new(input, tt, embeds.clone());
+            unet_in.timestep_cond = timestep_cond.clone();
+            let noise_pred = unet.forward(unet_in)?.cast(burn::tensor::DType::F32);
+            let noise_pred = if do_cfg {
+                guide(noise_pred, guidance, args.guidance_rescale)
+            } else {
+                noise_pred
+            };
+            latents = scheduler
+                .step(noise_pred, t, latents, &step_options, Some(&mut gens))?
+                .prev_sample;
+            if let (Some((mask, _, Some(image_latents), noise)), 4) = (&inpaint, unet_channels) {
+                let init_mask = mask.clone().narrow(0, 0, total);
+                let mut proper = image_latents.clone();
+                if let Some(&next_t) = timesteps.get(i + 1) {
+                    proper = scheduler.add_noise(proper, noise.clone(), &[next_t])?;
+                }
+                latents = init_mask.clone().neg().add_scalar(1.0) * proper + init_mask * latents;
+            }
+            if let Some(cb) = callback.as_mut() {
+                let info = StepInfo { step: i, total: steps, timestep: t, latents: &latents };
+                if cb(&info) == StepControl::Stop {
+                    interrupted = true;
+                    break;
+                }
+            }
+        }
+
+        let images = match args.output_type {
+            OutputType::Latent => None,
+            _ => Some(decode_latents(self, vae, latents.clone())?),
+        };
+        Ok(PipelineOutput {
+            images,
+            latents,
+            nsfw_content_detected: None,
+            interrupted,
+        })
+    }
+}
+
+/// `F.interpolate(mask, size=(h, w))` (mode "nearest": source index `floor(i * in / out)`).
+pub(crate) fn nearest_downsample(mask: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
+    let [b, c, ih, iw] = mask.dims();
+    let device = mask.device();
+    let values: Vec<f32> = mask
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(b * c * h * w);
+    for plane in 0..b * c {
+        for y in 0..h {
+            let sy = (y * ih) / h.max(1);
+            for x in 0..w {
+                let sx = (x * iw) / w.max(1);
+                out.push(values.get((plane * ih + sy) * iw + sx).copied().unwrap_or(0.0));
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(out, [b, c, h, w]), &device)
+}
+
+fn unreachable_class(class: PipelineClass) -> Result<Tensor<4>, PipelineError> {
+    Err(PipelineError::arg(
+        "pipeline",
+        format!("{} is not a Stable Diffusion 1.x/2.x pipeline", class.name()),
+    ))
+}

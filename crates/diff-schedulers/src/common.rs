@@ -1,0 +1,665 @@
+//! Machinery shared by the schedulers: beta schedules, numpy/torch-faithful table maths,
+//! sigma conversions, timestep spacings, prediction conversions and thresholding.
+//!
+//! Tables are built on the host. Where diffusers uses float32 torch tensors (betas,
+//! `alphas_cumprod`, training sigmas) the maths is `f32` with torch's quirks (FMA `linspace`,
+//! double-accumulated `cumprod`); where it uses numpy float64 (`set_timesteps`) it is `f64`
+//! with numpy's formulas (`linspace`, `interp`, round-half-to-even).
+
+use crate::SchedulerError;
+use burn::tensor::{Tensor, TensorData};
+
+/// What the model predicts (`prediction_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    /// `epsilon`: the noise.
+    Epsilon,
+    /// `sample`: the denoised sample x0.
+    Sample,
+    /// `v_prediction`: the velocity.
+    VPrediction,
+    /// `flow_prediction`: the flow (DPM-Solver / UniPC / DEIS with flow sigmas).
+    Flow,
+}
+
+impl Prediction {
+    /// Parses `prediction_type`, allowing only the values `allowed` (diffusers raises for the
+    /// others).
+    pub(crate) fn parse(
+        class: &'static str,
+        value: &str,
+        allowed: &[Prediction],
+    ) -> Result<Self, SchedulerError> {
+        let p = match value {
+            "epsilon" => Prediction::Epsilon,
+            "sample" | "original_sample" => Prediction::Sample,
+            "v_prediction" => Prediction::VPrediction,
+            "flow_prediction" => Prediction::Flow,
+            _ => return Err(unsupported(class, "prediction_type", value)),
+        };
+        if allowed.contains(&p) {
+            Ok(p)
+        } else {
+            Err(unsupported(class, "prediction_type", value))
+        }
+    }
+}
+
+/// `timestep_spacing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spacing {
+    /// `linspace`: evenly spread over [0, T-1].
+    Linspace,
+    /// `leading`: multiples of T // n, plus `steps_offset`.
+    Leading,
+    /// `trailing`: counted down from T, minus one.
+    Trailing,
+}
+
+impl Spacing {
+    pub(crate) fn parse(class: &'static str, value: &str) -> Result<Self, SchedulerError> {
+        match value {
+            "linspace" => Ok(Spacing::Linspace),
+            "leading" => Ok(Spacing::Leading),
+            "trailing" => Ok(Spacing::Trailing),
+            _ => Err(unsupported(class, "timestep_spacing", value)),
+        }
+    }
+}
+
+/// The typed error for an option value this port does not support (or diffusers rejects).
+pub(crate) fn unsupported(class: &'static str, key: &'static str, value: &str) -> SchedulerError {
+    SchedulerError::Unsupported {
+        class,
+        key,
+        value: value.to_string(),
+    }
+}
+
+/// `torch.linspace(start, end, n, dtype=float32)` on the CPU, bit-exact: both halves use a
+/// single-rounding FMA from their end, as torch's vectorised kernel compiled with FMA does.
+pub(crate) fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+    match n {
+        0 => Vec::new(),
+        1 => vec![start],
+        _ => {
+            let step = (end - start) / (n - 1) as f32;
+            let half = n / 2;
+            (0..n)
+                .map(|i| {
+                    if i < half {
+                        step.mul_add(i as f32, start)
+                    } else {
+                        (-step).mul_add((n - 1 - i) as f32, end)
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// `np.linspace(start, stop, n)` (endpoint included) in float64: `i * step + start` with the
+/// last element pinned to `stop`.
+pub(crate) fn np_linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
+    match n {
+        0 => Vec::new(),
+        1 => vec![start],
+        _ => {
+            let step = (stop - start) / (n - 1) as f64;
+            let mut v: Vec<f64> = (0..n).map(|i| i as f64 * step + start).collect();
+            v[n - 1] = stop;
+            v
+        }
+    }
+}
+
+/// `np.linspace(start, stop, n, endpoint=False)` in float64.
+pub(crate) fn np_linspace_open(start: f64, stop: f64, n: usize) -> Vec<f64> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let step = (stop - start) / n as f64;
+    (0..n).map(|i| i as f64 * step + start).collect()
+}
+
+/// `np.arange(start, stop, step)` for a float step: `ceil((stop - start) / step)` elements,
+/// each `start + i * step`.
+pub(crate) fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let len = ((stop - start) / step).ceil();
+    if !(len > 0.0) {
+        return Vec::new();
+    }
+    (0..len as usize).map(|i| start + i as f64 * step).collect()
+}
+
+/// numpy's `round` (half to even).
+pub(crate) fn np_round(x: f64) -> f64 {
+    x.round_ties_even()
+}
+
+/// `torch.cumprod` on the CPU: a double accumulator, each output rounded to f32.
+pub(crate) fn torch_cumprod(values: &[f32]) -> Vec<f32> {
+    let mut acc = 1.0f64;
+    values
+        .iter()
+        .map(|v| {
+            acc *= f64::from(*v);
+            acc as f32
+        })
+        .collect()
+}
+
+/// `betas_for_alpha_bar` (Python doubles, then float32).
+pub(crate) fn betas_for_alpha_bar(n: usize, transform: &str) -> Vec<f32> {
+    let alpha_bar = |t: f64| -> f64 {
+        match transform {
+            "exp" => (t * -12.0).exp(),
+            "laplace" => {
+                let lmb = -0.5 * (0.5 - t).signum() * (1.0 - 2.0 * (0.5 - t).abs() + 1e-6).ln();
+                let snr = lmb.exp();
+                (snr / (1.0 + snr)).sqrt()
+            }
+            _ => ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2),
+        }
+    };
+    (0..n)
+        .map(|i| {
+            let t1 = i as f64 / n as f64;
+            let t2 = (i + 1) as f64 / n as f64;
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+        })
+        .collect()
+}
+
+/// The betas of a config (`trained_betas` or `beta_schedule`), as float32 torch makes them.
+/// `extra_schedules` lists the schedules beyond linear / scaled_linear / squaredcos_cap_v2
+/// that the class accepts (`"exp"` for Heun, `"sigmoid"` for DDPM).
+pub(crate) fn make_betas(
+    class: &'static str,
+    schedule: &str,
+    beta_start: f64,
+    beta_end: f64,
+    n: usize,
+    trained: Option<&[f64]>,
+    extra_schedules: &[&str],
+) -> Result<Vec<f32>, SchedulerError> {
+    if let Some(trained) = trained {
+        return Ok(trained.iter().map(|b| *b as f32).collect());
+    }
+    match schedule {
+        "linear" => Ok(torch_linspace_f32(beta_start as f32, beta_end as f32, n)),
+        "scaled_linear" => Ok(torch_linspace_f32(
+            beta_start.sqrt() as f32,
+            beta_end.sqrt() as f32,
+            n,
+        )
+        .into_iter()
+        .map(|b| b * b)
+        .collect()),
+        "squaredcos_cap_v2" => Ok(betas_for_alpha_bar(n, "cosine")),
+        "exp" if extra_schedules.contains(&"exp") => Ok(betas_for_alpha_bar(n, "exp")),
+        "sigmoid" if extra_schedules.contains(&"sigmoid") => {
+            let xs = torch_linspace_f32(-6.0, 6.0, n);
+            let (start, end) = (beta_start as f32, beta_end as f32);
+            Ok(xs
+                .into_iter()
+                .map(|x| (1.0 / (1.0 + (-x).exp())) * (end - start) + start)
+                .collect())
+        }
+        other => Err(unsupported(class, "beta_schedule", other)),
+    }
+}
+
+/// `rescale_zero_terminal_snr(betas)`, float32 as torch does it.
+pub(crate) fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
+    let cumprod = torch_cumprod(&alphas);
+    let mut sqrt: Vec<f32> = cumprod.iter().map(|a| a.sqrt()).collect();
+    let (Some(&s0), Some(&st)) = (sqrt.first(), sqrt.last()) else {
+        return Vec::new();
+    };
+    let scale = s0 / (s0 - st);
+    for v in sqrt.iter_mut() {
+        *v -= st;
+        *v *= scale;
+    }
+    let bar: Vec<f32> = sqrt.iter().map(|v| v * v).collect();
+    let mut out = Vec::with_capacity(bar.len());
+    out.push(1.0 - bar[0]);
+    for i in 1..bar.len() {
+        out.push(1.0 - bar[i] / bar[i - 1]);
+    }
+    out
+}
+
+/// `alphas_cumprod` from betas: `cumprod(1 - betas)` in torch's way.
+pub(crate) fn alphas_cumprod(betas: &[f32]) -> Vec<f32> {
+    let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
+    torch_cumprod(&alphas)
+}
+
+/// Training sigmas `((1 - ᾱ) / ᾱ) ** 0.5` in float32, ascending in t.
+pub(crate) fn train_sigmas(alphas_cumprod: &[f32]) -> Vec<f32> {
+    alphas_cumprod
+        .iter()
+        .map(|a| ((1.0 - a) / a).sqrt())
+        .collect()
+}
+
+/// `np.interp(x, arange(len(fp)), fp)` in float64, with numpy's slope formula.
+pub(crate) fn np_interp(xs: &[f64], fp: &[f32]) -> Vec<f64> {
+    let n = fp.len();
+    xs.iter()
+        .map(|&x| {
+            if n == 0 {
+                return f64::NAN;
+            }
+            if x <= 0.0 {
+                return f64::from(fp[0]);
+            }
+            if x >= (n - 1) as f64 {
+                return f64::from(fp[n - 1]);
+            }
+            let j = (x.floor() as usize).min(n.saturating_sub(2));
+            if x == j as f64 {
+                return f64::from(fp[j]);
+            }
+            let (a, b) = (f64::from(fp[j]), f64::from(fp[j + 1]));
+            let slope = (b - a) / 1.0;
+            slope * (x - j as f64) + a
+        })
+        .collect()
+}
+
+/// numpy's float32 `log` on x86-64 with AVX2+FMA3 or AVX512F (numpy 2.x
+/// `simd_log_FLOAT`): a 5/5 rational approximation on the mantissa with fused multiply-adds.
+/// It is not correctly rounded (up to ~4 ulp), and diffusers' `np.log` of float32 sigma arrays
+/// goes through it, so timesteps derived from `log_sigmas` need this exact function.
+#[allow(clippy::excessive_precision)]
+pub(crate) fn numpy_log_f32(x: f32) -> f32 {
+    if x.is_nan() {
+        return f32::NAN;
+    }
+    if x < 0.0 {
+        return -f32::NAN;
+    }
+    if x == 0.0 {
+        return f32::NEG_INFINITY;
+    }
+    if x == f32::INFINITY {
+        return f32::INFINITY;
+    }
+    // Denormals are scaled by 2^100 first, as numpy's AVX2 path does.
+    let (v, bias) = if x < f32::MIN_POSITIVE { (x * f32::from_bits(0x7180_0000), 100.0) } else { (x, 0.0) };
+    let bits = v.to_bits();
+    let mut exponent = ((bits >> 23) as i32 - 0x7e) as f32 - bias;
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | (126 << 23));
+    if m <= std::f32::consts::FRAC_1_SQRT_2 {
+        m += m;
+        exponent -= 1.0;
+    }
+    let m = m - 1.0;
+    const P: [f32; 6] = [
+        0.000000000000000000000e+00,
+        9.999999999999998702752e-01,
+        2.112677543073053063722e+00,
+        1.480000633576506585156e+00,
+        3.808837741388407920751e-01,
+        2.589979117907922693523e-02,
+    ];
+    const Q: [f32; 6] = [
+        1.000000000000000000000e+00,
+        2.612677543073109236779e+00,
+        2.453006071784736363091e+00,
+        9.864942958519418960339e-01,
+        1.546476374983906719538e-01,
+        5.875095403124574342950e-03,
+    ];
+    let mut num = P[5].mul_add(m, P[4]);
+    let mut den = Q[5].mul_add(m, Q[4]);
+    for k in (0..4).rev() {
+        num = num.mul_add(m, P[k]);
+        den = den.mul_add(m, Q[k]);
+    }
+    exponent.mul_add(std::f32::consts::LN_2, num / den)
+}
+
+/// `_sigma_to_t(sigma, log_sigmas)` with float32 `log_sigmas` and float64 maths.
+pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
+    let n = log_sigmas.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let log_sigma = sigma.max(1e-10).ln();
+    // argmax of the cumulative count of (log_sigma - log_sigmas >= 0): the last index where
+    // the running count reaches its maximum first, i.e. the index of the last `true`.
+    let mut count = 0usize;
+    let mut best = 0usize;
+    let mut best_idx = 0usize;
+    for (i, ls) in log_sigmas.iter().enumerate() {
+        if log_sigma - f64::from(*ls) >= 0.0 {
+            count += 1;
+        }
+        if count > best {
+            best = count;
+            best_idx = i;
+        }
+    }
+    let low_idx = best_idx.min(n - 2);
+    let high_idx = low_idx + 1;
+    let (low32, high32) = (log_sigmas[low_idx], log_sigmas[high_idx]);
+    // numpy: the numerator mixes a float64 scalar and is float64; the denominator subtracts
+    // two float32 elements and stays float32.
+    let denominator = f64::from(low32 - high32);
+    let w = ((f64::from(low32) - log_sigma) / denominator).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * high_idx as f64
+}
+
+/// `_convert_to_karras` (rho = 7), float64.
+pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize, rho: f64) -> Vec<f64> {
+    let ramp = np_linspace(0.0, 1.0, n);
+    let min_inv = sigma_min.powf(1.0 / rho);
+    let max_inv = sigma_max.powf(1.0 / rho);
+    ramp.iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+        .collect()
+}
+
+/// `_convert_to_exponential`, float64.
+pub(crate) fn exponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    np_linspace(sigma_max.ln(), sigma_min.ln(), n)
+        .into_iter()
+        .map(f64::exp)
+        .collect()
+}
+
+/// Checks that at most one of karras / exponential / beta sigmas is set and that beta sigmas
+/// (which need scipy's beta inverse CDF) are not requested.
+pub(crate) fn check_sigma_flags(
+    class: &'static str,
+    karras: bool,
+    exponential: bool,
+    beta: bool,
+) -> Result<(), SchedulerError> {
+    if [karras, exponential, beta].iter().filter(|b| **b).count() > 1 {
+        return Err(SchedulerError::InvalidConfig {
+            class,
+            message: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` \
+                      can be used"
+                .into(),
+        });
+    }
+    if beta {
+        return Err(unsupported(class, "use_beta_sigmas", "true"));
+    }
+    Ok(())
+}
+
+/// Family-A timesteps (DDIM, DDPM, PNDM, LMS, Euler, Heun, KDPM2): float64 values, before the
+/// caller's cast. `round` rounds the linspace spacing (integer schedulers).
+pub(crate) fn spacing_timesteps(
+    spacing: Spacing,
+    train_steps: usize,
+    n: usize,
+    steps_offset: i64,
+    round_linspace: bool,
+) -> Vec<f64> {
+    match spacing {
+        Spacing::Linspace => {
+            let mut v = np_linspace(0.0, (train_steps - 1) as f64, n);
+            if round_linspace {
+                v.iter_mut().for_each(|x| *x = np_round(*x));
+            }
+            v.reverse();
+            v
+        }
+        Spacing::Leading => {
+            let ratio = train_steps.checked_div(n).unwrap_or(0);
+            (0..n)
+                .rev()
+                .map(|i| (i * ratio) as f64 + steps_offset as f64)
+                .collect()
+        }
+        Spacing::Trailing => {
+            let ratio = train_steps as f64 / n as f64;
+            np_arange(train_steps as f64, 0.0, -ratio)
+                .into_iter()
+                .map(|x| np_round(x) - 1.0)
+                .collect()
+        }
+    }
+}
+
+/// The index of `timestep` in `schedule` as diffusers' `index_for_timestep`: the second match
+/// when there are several (so a restart in the middle of a second-order pair works), else
+/// the first.
+pub(crate) fn index_for_timestep(schedule: &[f64], timestep: f64) -> Result<usize, SchedulerError> {
+    let matches: Vec<usize> = schedule
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == timestep)
+        .map(|(i, _)| i)
+        .collect();
+    match matches.as_slice() {
+        [] => Err(SchedulerError::UnknownTimestep(timestep)),
+        [only] => Ok(*only),
+        [_, second, ..] => Ok(*second),
+    }
+}
+
+/// Dynamic thresholding (`_threshold_sample`): per batch item, s = quantile(|x0|, ratio)
+/// clamped to [1, max], then x0 = clamp(x0, -s, s) / s.
+pub(crate) fn threshold_sample<const D: usize>(
+    sample: Tensor<D>,
+    ratio: f64,
+    max_value: f64,
+) -> Result<Tensor<D>, SchedulerError> {
+    let dims = sample.dims();
+    let device = sample.device();
+    let values = tensor_values(&sample)?;
+    let batch = dims[0].max(1);
+    let per = values.len() / batch;
+    let mut out = Vec::with_capacity(values.len());
+    for item in values.chunks(per.max(1)) {
+        let mut abs: Vec<f32> = item.iter().map(|v| v.abs()).collect();
+        abs.sort_by(|a, b| a.total_cmp(b));
+        // torch.quantile's default linear interpolation, computed in float32 on CPU.
+        let pos = ratio * (abs.len().saturating_sub(1)) as f64;
+        let lo = pos.floor() as usize;
+        let hi = (lo + 1).min(abs.len().saturating_sub(1));
+        let frac = (pos - lo as f64) as f32;
+        let q = abs[lo] + (abs[hi] - abs[lo]) * frac;
+        let s = q.clamp(1.0, max_value as f32);
+        out.extend(item.iter().map(|v| v.clamp(-s, s) / s));
+    }
+    Ok(Tensor::from_data(TensorData::new(out, dims), &device))
+}
+
+/// The flat f32 values of a tensor.
+pub(crate) fn tensor_values<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>, SchedulerError> {
+    t.to_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| SchedulerError::Shape(format!("cannot read tensor values: {e:?}")))
+}
+
+/// Converts a model output to x0 in the DDPM formulation (§3.0 of the spec): `alpha_prod` is
+/// ᾱ_t as a float32 scalar.
+pub(crate) fn ddpm_x0<const D: usize>(
+    prediction: Prediction,
+    model_output: Tensor<D>,
+    sample: Tensor<D>,
+    alpha_prod: f32,
+) -> Tensor<D> {
+    let beta_prod = 1.0 - alpha_prod;
+    match prediction {
+        Prediction::Epsilon | Prediction::Flow => (sample - model_output.mul_scalar(beta_prod.sqrt()))
+            .div_scalar(alpha_prod.sqrt()),
+        Prediction::Sample => model_output,
+        Prediction::VPrediction => {
+            sample.mul_scalar(alpha_prod.sqrt()) - model_output.mul_scalar(beta_prod.sqrt())
+        }
+    }
+}
+
+/// Draws `randn(shape)` from the generators (or a fresh clock-seeded one when none is given,
+/// as torch would use its global generator) as a burn tensor on `like`'s device.
+pub(crate) fn noise_like<const D: usize>(
+    like: &Tensor<D>,
+    generators: Option<&mut [crate::TorchGenerator]>,
+    dtype: crate::NoiseDtype,
+) -> Result<Tensor<D>, SchedulerError> {
+    let dims = like.dims();
+    let values = match generators {
+        Some(gens) => crate::randn_tensor(&dims, gens, dtype)?,
+        None => {
+            let mut g = crate::TorchGenerator::from_entropy();
+            crate::randn_tensor(&dims, std::slice::from_mut(&mut g), dtype)?
+        }
+    };
+    crate::to_tensor(values, dims, &like.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_linear_betas_give_sd_alphas_cumprod() {
+        let betas = make_betas("t", "scaled_linear", 0.00085, 0.012, 1000, None, &[]).unwrap();
+        let ac = alphas_cumprod(&betas);
+        // Reference values from the spec (float32 torch).
+        assert_eq!(ac[999], 0.004_660_095);
+        let s = train_sigmas(&ac);
+        assert_eq!(s[999], 14.614_647);
+        // torch gives 0.029167533 (the spec rounds it to ...535), see the Euler fixture cases.
+        assert_eq!(s[0], 0.029_167_533);
+    }
+}
+
+/// The sigma schedule of the k-diffusion style schedulers (LMS, Heun, KDPM2, KDPM2 ancestral):
+/// family-A float32 timesteps, sigmas interpolated in float64, optionally replaced by karras /
+/// exponential sigmas with timesteps re-derived by `_sigma_to_t` (rounded when `round_karras`).
+/// Returns (timesteps, sigmas without the final entry, float32 log training sigmas).
+pub(crate) fn k_schedule(
+    spacing: Spacing,
+    alphas_cumprod: &[f32],
+    n: usize,
+    steps_offset: i64,
+    karras: bool,
+    exponential: bool,
+    round_karras: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f32>) {
+    let train_steps = alphas_cumprod.len();
+    let mut ts: Vec<f64> = spacing_timesteps(spacing, train_steps, n, steps_offset, false)
+        .into_iter()
+        .map(|t| f64::from(t as f32))
+        .collect();
+    let train = train_sigmas(alphas_cumprod);
+    let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
+    let mut sig = np_interp(&ts, &train);
+    let (min, max) = (
+        sig.last().copied().unwrap_or(0.0),
+        sig.first().copied().unwrap_or(0.0),
+    );
+    if karras {
+        sig = karras_sigmas(min, max, n, 7.0);
+        ts = sig
+            .iter()
+            .map(|s| {
+                let t = sigma_to_t(*s, &log_sigmas);
+                if round_karras { np_round(t) } else { t }
+            })
+            .collect();
+    } else if exponential {
+        sig = exponential_sigmas(min, max, n);
+        ts = sig.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
+    }
+    (ts, sig, log_sigmas)
+}
+
+/// `_sigma_to_t` for a float32 torch sigma: numpy then computes the log and the weight in
+/// float32 (the interpolated sigmas of KDPM2).
+pub(crate) fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
+    let n = log_sigmas.len();
+    if n < 2 || sigma.is_nan() {
+        return f64::NAN;
+    }
+    let log_sigma = numpy_log_f32(sigma.max(1e-10));
+    let mut count = 0usize;
+    let mut best = 0usize;
+    let mut best_idx = 0usize;
+    for (i, ls) in log_sigmas.iter().enumerate() {
+        if log_sigma - *ls >= 0.0 {
+            count += 1;
+        }
+        if count > best {
+            best = count;
+            best_idx = i;
+        }
+    }
+    let low_idx = best_idx.min(n - 2);
+    let (low, high) = (log_sigmas[low_idx], log_sigmas[low_idx + 1]);
+    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
+    f64::from(1.0 - w) * low_idx as f64 + f64::from(w) * (low_idx + 1) as f64
+}
+
+/// `torch.lerp(start, end, 0.5)` on the CPU: `end - (end - start) * 0.5`.
+pub(crate) fn lerp_half(start: f32, end: f32) -> f32 {
+    end - (end - start) * 0.5
+}
+
+/// diffusers' `repeat_interleave` layout of second-order schedulers:
+/// `cat([v[:1], v[1:].repeat_interleave(2), v[-1:]])`.
+pub(crate) fn interleave_pairs(v: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(v.len() * 2);
+    if let Some(first) = v.first() {
+        out.push(*first);
+    }
+    for x in v.iter().skip(1) {
+        out.push(*x);
+        out.push(*x);
+    }
+    if let Some(last) = v.last() {
+        out.push(*last);
+    }
+    out
+}
+
+/// The x0 of the k-diffusion schedulers for a σ: eps x − σ·ε, v-prediction, or the output.
+pub(crate) fn k_x0<const D: usize>(
+    prediction: Prediction,
+    model_output: Tensor<D>,
+    sample: Tensor<D>,
+    sigma: f32,
+) -> Tensor<D> {
+    match prediction {
+        Prediction::Sample => model_output,
+        Prediction::VPrediction => {
+            model_output.mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt())
+                + sample.div_scalar(sigma * sigma + 1.0)
+        }
+        _ => sample - model_output.mul_scalar(sigma),
+    }
+}
+
+/// Builds the betas and `alphas_cumprod` of the k-diffusion schedulers without zero-SNR.
+pub(crate) fn k_alphas(
+    class: &'static str,
+    schedule: &str,
+    beta_start: f64,
+    beta_end: f64,
+    n: usize,
+    trained: Option<&[f64]>,
+    extra_schedules: &[&str],
+) -> Result<Vec<f32>, SchedulerError> {
+    Ok(alphas_cumprod(&make_betas(
+        class,
+        schedule,
+        beta_start,
+        beta_end,
+        n,
+        trained,
+        extra_schedules,
+    )?))
+}

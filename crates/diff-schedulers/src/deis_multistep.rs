@@ -1,0 +1,345 @@
+//! `DEISMultistepScheduler`: diffusion exponential integrator sampler (log-ρ multistep, up to
+//! third order).
+
+use crate::common::{
+    Prediction, Spacing, alphas_cumprod, check_sigma_flags, exponential_sigmas, karras_sigmas,
+    make_betas, np_arange, np_interp, np_linspace, np_round, numpy_log_f32, sigma_to_t,
+    threshold_sample, train_sigmas, unsupported,
+};
+use crate::dpmsolver_multistep::{alpha_sigma, dpm_add_noise, lambda};
+use crate::{SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator};
+use burn::tensor::Tensor;
+use diff_format::configs::scheduler::DEISMultistepSchedulerConfig;
+
+const CLASS: &str = "DEISMultistepScheduler";
+
+/// diffusers' `DEISMultistepScheduler`.
+#[derive(Debug, Clone)]
+pub struct DEISMultistepScheduler {
+    config: DEISMultistepSchedulerConfig,
+    prediction: Prediction,
+    spacing: Spacing,
+    alphas_cumprod: Vec<f32>,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f32>,
+    model_outputs: Vec<Option<Tensor<1>>>,
+    lower_order_nums: usize,
+    num_inference_steps: Option<usize>,
+    index: StepIndex,
+}
+
+impl DEISMultistepScheduler {
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    pub fn new(mut config: DEISMultistepSchedulerConfig) -> Result<Self, SchedulerError> {
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction, Prediction::Flow],
+        )?;
+        let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
+        check_sigma_flags(
+            CLASS,
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+        )?;
+        // diffusers rewrites the names used by compatible classes.
+        if matches!(config.algorithm_type.as_str(), "dpmsolver" | "dpmsolver++") {
+            config.algorithm_type = "deis".into();
+        }
+        if matches!(config.solver_type.as_str(), "midpoint" | "heun" | "bh1" | "bh2") {
+            config.solver_type = "logrho".into();
+        }
+        if config.algorithm_type != "deis" {
+            return Err(unsupported(CLASS, "algorithm_type", &config.algorithm_type));
+        }
+        if config.solver_type != "logrho" {
+            return Err(unsupported(CLASS, "solver_type", &config.solver_type));
+        }
+        if config.solver_order == 0 || config.solver_order > 3 {
+            return Err(unsupported(CLASS, "solver_order", &config.solver_order.to_string()));
+        }
+        let ac = alphas_cumprod(&make_betas(
+            CLASS,
+            &config.beta_schedule,
+            config.beta_start,
+            config.beta_end,
+            config.num_train_timesteps,
+            config.trained_betas.as_deref(),
+            &[],
+        )?);
+        let sigmas = train_sigmas(&ac);
+        let order = config.solver_order;
+        let timesteps = np_linspace(0.0, (config.num_train_timesteps - 1) as f64, config.num_train_timesteps)
+            .into_iter()
+            .rev()
+            .map(|t| f64::from(t as f32))
+            .collect();
+        Ok(Self {
+            config,
+            prediction,
+            spacing,
+            alphas_cumprod: ac,
+            timesteps,
+            sigmas,
+            model_outputs: vec![None; order],
+            lower_order_nums: 0,
+            num_inference_steps: None,
+            index: StepIndex::default(),
+        })
+    }
+
+    /// The config, for re-save.
+    pub fn config(&self) -> &DEISMultistepSchedulerConfig {
+        &self.config
+    }
+
+    /// `set_timesteps(num_inference_steps, mu)`.
+    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        if request.timesteps.is_some() || request.sigmas.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}.set_timesteps takes only num_inference_steps"
+            )));
+        }
+        if let Some(mu) = request.mu {
+            if !self.config.use_dynamic_shifting {
+                return Err(SchedulerError::InvalidArgument(format!("{CLASS}: `mu` needs use_dynamic_shifting")));
+            }
+            self.config.flow_shift = mu.exp();
+        }
+        let n = request.resolved_steps(CLASS)?;
+        let c = &self.config;
+        let t_train = c.num_train_timesteps;
+        let mut ts: Vec<f64> = match self.spacing {
+            Spacing::Linspace => {
+                let mut v: Vec<f64> =
+                    np_linspace(0.0, (t_train - 1) as f64, n + 1).into_iter().map(np_round).collect();
+                v.reverse();
+                v.pop();
+                v
+            }
+            Spacing::Leading => {
+                let ratio = t_train / (n + 1);
+                let mut v: Vec<f64> = (0..=n).map(|i| (i * ratio) as f64).collect();
+                v.reverse();
+                v.pop();
+                v.into_iter().map(|t| t + c.steps_offset as f64).collect()
+            }
+            Spacing::Trailing => {
+                let ratio = t_train as f64 / n as f64;
+                np_arange(t_train as f64, 0.0, -ratio).into_iter().map(|x| np_round(x) - 1.0).collect()
+            }
+        };
+        let train = train_sigmas(&self.alphas_cumprod);
+        let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
+        let (smin, smax) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
+        let mut sig: Vec<f64> = if c.use_karras_sigmas || c.use_exponential_sigmas {
+            let s = if c.use_karras_sigmas {
+                karras_sigmas(smin, smax, n, 7.0)
+            } else {
+                exponential_sigmas(smin, smax, n)
+            };
+            ts = s
+                .iter()
+                .map(|v| {
+                    let t = sigma_to_t(*v, &log_sigmas);
+                    if c.use_karras_sigmas { np_round(t) } else { t }
+                })
+                .collect();
+            let last = s.last().copied().unwrap_or(0.0);
+            let mut s = s;
+            s.push(last);
+            s
+        } else if c.use_flow_sigmas {
+            let shift = c.flow_shift;
+            let mut s: Vec<f64> = np_linspace(1.0, 1.0 / t_train as f64, n + 1)
+                .into_iter()
+                .map(|a| {
+                    let v = 1.0 - a;
+                    shift * v / (1.0 + (shift - 1.0) * v)
+                })
+                .collect();
+            s.reverse();
+            s.pop();
+            ts = s.iter().map(|v| v * t_train as f64).collect();
+            let last = s.last().copied().unwrap_or(0.0);
+            s.push(last);
+            s
+        } else {
+            let mut s = np_interp(&ts, &train);
+            let a0 = self.alphas_cumprod[0];
+            s.push(f64::from(((1.0 - a0) / a0).sqrt()));
+            s
+        };
+        if sig.is_empty() {
+            sig.push(0.0);
+        }
+        self.sigmas = sig.into_iter().map(|s| s as f32).collect();
+        self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
+        self.num_inference_steps = Some(self.timesteps.len());
+        self.model_outputs = vec![None; c.solver_order];
+        self.lower_order_nums = 0;
+        self.index = StepIndex::default();
+        Ok(())
+    }
+
+    /// The inference timesteps (integers).
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// The sigmas, one more than the timesteps (the last is σ_min, not 0, by default).
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    /// `init_noise_sigma` (1.0).
+    pub fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    /// The index bookkeeping.
+    pub fn step_index(&mut self) -> &mut StepIndex {
+        &mut self.index
+    }
+
+    /// `scale_model_input`: the identity.
+    pub fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        _timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        Ok(sample)
+    }
+
+    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
+        self.sigmas
+            .get(i)
+            .copied()
+            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+    }
+
+    fn alpha_sigma_at(&self, i: usize) -> Result<(f32, f32), SchedulerError> {
+        Ok(alpha_sigma(self.sigma_at(i)?, self.config.use_flow_sigmas))
+    }
+
+    fn history(&self, back: usize) -> Result<Tensor<1>, SchedulerError> {
+        let n = self.model_outputs.len();
+        n.checked_sub(1 + back)
+            .and_then(|k| self.model_outputs.get(k).cloned().flatten())
+            .ok_or_else(|| SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history")))
+    }
+
+    /// `convert_model_output`: ε recovered from the x0 prediction.
+    fn convert<const D: usize>(&self, model_output: Tensor<D>, sample: Tensor<D>, i: usize) -> Result<Tensor<D>, SchedulerError> {
+        let c = &self.config;
+        let sigma = self.sigma_at(i)?;
+        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
+        let x0 = match self.prediction {
+            Prediction::Epsilon => (sample.clone() - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t),
+            Prediction::Sample => model_output,
+            Prediction::VPrediction => sample.clone().mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t),
+            Prediction::Flow => sample.clone() - model_output.mul_scalar(sigma),
+        };
+        let x0 = if c.thresholding {
+            threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)?
+        } else {
+            x0
+        };
+        Ok((sample - x0.mul_scalar(alpha_t)).div_scalar(sigma_t))
+    }
+
+    /// One DEIS step.
+    pub fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        _options: &StepOptions,
+        _generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        if self.num_inference_steps.is_none() {
+            return Err(SchedulerError::NotInitialised(CLASS));
+        }
+        if self.index.step_index.is_none() {
+            let i = match self.index.begin_index {
+                Some(b) => b,
+                None => crate::common::index_for_timestep(&self.timesteps, timestep)
+                    .unwrap_or(self.timesteps.len().saturating_sub(1)),
+            };
+            self.index.step_index = Some(i);
+        }
+        let i = self.index.step_index.unwrap_or(0);
+        let len = self.timesteps.len();
+        let c = &self.config;
+        let lower_order_final = i + 1 == len && c.lower_order_final && len < 15;
+        let lower_order_second = i + 2 == len && c.lower_order_final && len < 15;
+        let dims = sample.dims();
+        let m = self.convert(model_output, sample.clone(), i)?.flatten::<1>(0, D - 1);
+        self.model_outputs.rotate_left(1);
+        if let Some(slot) = self.model_outputs.last_mut() {
+            *slot = Some(m.clone());
+        }
+        let x = sample.flatten::<1>(0, D - 1);
+        let order = c.solver_order;
+        let (alpha_t, sigma_t) = self.alpha_sigma_at(i + 1)?;
+        let (alpha_s0, sigma_s0) = self.alpha_sigma_at(i)?;
+        let ln = numpy_log_f32;
+        let prev = if order == 1 || self.lower_order_nums < 1 || lower_order_final {
+            let h = lambda(alpha_t, sigma_t) - lambda(alpha_s0, sigma_s0);
+            x.mul_scalar(alpha_t / alpha_s0) - m.mul_scalar(sigma_t * (h.exp() - 1.0))
+        } else if order == 2 || self.lower_order_nums < 2 || lower_order_second {
+            let (alpha_s1, sigma_s1) = self.alpha_sigma_at(i - 1)?;
+            let (rho_t, rho_s0, rho_s1) = (sigma_t / alpha_t, sigma_s0 / alpha_s0, sigma_s1 / alpha_s1);
+            let ind = |t: f32, b: f32, c: f32| t * (-ln(c) + ln(t) - 1.0) / (ln(b) - ln(c));
+            let coef1 = ind(rho_t, rho_s0, rho_s1) - ind(rho_s0, rho_s0, rho_s1);
+            let coef2 = ind(rho_t, rho_s1, rho_s0) - ind(rho_s0, rho_s1, rho_s0);
+            (x.div_scalar(alpha_s0) + m.mul_scalar(coef1) + self.history(1)?.mul_scalar(coef2)).mul_scalar(alpha_t)
+        } else {
+            let (alpha_s1, sigma_s1) = self.alpha_sigma_at(i - 1)?;
+            let (alpha_s2, sigma_s2) = self.alpha_sigma_at(i - 2)?;
+            let (rho_t, rho_s0, rho_s1, rho_s2) =
+                (sigma_t / alpha_t, sigma_s0 / alpha_s0, sigma_s1 / alpha_s1, sigma_s2 / alpha_s2);
+            let ind = |t: f32, b: f32, c: f32, d: f32| {
+                let num = t
+                    * (ln(c) * (ln(d) - ln(t) + 1.0) - ln(d) * ln(t) + ln(d) + ln(t) * ln(t) - 2.0 * ln(t)
+                        + 2.0);
+                let den = (ln(b) - ln(c)) * (ln(b) - ln(d));
+                num / den
+            };
+            let coef1 = ind(rho_t, rho_s0, rho_s1, rho_s2) - ind(rho_s0, rho_s0, rho_s1, rho_s2);
+            let coef2 = ind(rho_t, rho_s1, rho_s2, rho_s0) - ind(rho_s0, rho_s1, rho_s2, rho_s0);
+            let coef3 = ind(rho_t, rho_s2, rho_s0, rho_s1) - ind(rho_s0, rho_s2, rho_s0, rho_s1);
+            (x.div_scalar(alpha_s0)
+                + m.mul_scalar(coef1)
+                + self.history(1)?.mul_scalar(coef2)
+                + self.history(2)?.mul_scalar(coef3))
+            .mul_scalar(alpha_t)
+        };
+        if self.lower_order_nums < order {
+            self.lower_order_nums += 1;
+        }
+        self.index.advance(1);
+        Ok(SchedulerOutput { prev_sample: prev.reshape(dims), pred_original_sample: None })
+    }
+
+    /// `add_noise`: α_t·x0 + σ_t·z.
+    pub fn add_noise<const D: usize>(
+        &self,
+        original: Tensor<D>,
+        noise: Tensor<D>,
+        timesteps: &[f64],
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let idx = self.index.noise_indices(&self.timesteps, timesteps)?;
+        let pairs = idx
+            .into_iter()
+            .map(|i| self.alpha_sigma_at(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        dpm_add_noise(original, noise, &pairs)
+    }
+
+    /// `order`.
+    pub fn order(&self) -> usize {
+        1
+    }
+}

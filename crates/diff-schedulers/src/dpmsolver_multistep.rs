@@ -1,0 +1,649 @@
+//! `DPMSolverMultistepScheduler`: DPM-Solver and DPM-Solver++ (1st to 3rd order multistep,
+//! midpoint or Heun, ODE or SDE variants), the most used SD sampler ("DPM++ 2M (Karras)").
+
+use crate::common::{
+    Prediction, Spacing, alphas_cumprod, check_sigma_flags, exponential_sigmas, karras_sigmas,
+    make_betas, noise_like, np_arange, np_interp, np_linspace, np_round,
+    rescale_zero_terminal_snr, sigma_to_t, threshold_sample, train_sigmas, unsupported,
+};
+use crate::{
+    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
+    TorchGenerator,
+};
+use burn::tensor::Tensor;
+use diff_format::configs::scheduler::DPMSolverMultistepSchedulerConfig;
+
+const CLASS: &str = "DPMSolverMultistepScheduler";
+
+/// The solver family (`algorithm_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Algorithm {
+    /// `dpmsolver` (noise prediction, deprecated in diffusers).
+    DpmSolver,
+    /// `dpmsolver++` (data prediction).
+    DpmSolverPP,
+    /// `sde-dpmsolver` (deprecated in diffusers).
+    SdeDpmSolver,
+    /// `sde-dpmsolver++`.
+    SdeDpmSolverPP,
+}
+
+impl Algorithm {
+    fn is_pp(self) -> bool {
+        matches!(self, Algorithm::DpmSolverPP | Algorithm::SdeDpmSolverPP)
+    }
+    fn is_sde(self) -> bool {
+        matches!(self, Algorithm::SdeDpmSolver | Algorithm::SdeDpmSolverPP)
+    }
+}
+
+/// α_t and σ_t of a sigma (VP form, or flow form).
+pub(crate) fn alpha_sigma(sigma: f32, flow: bool) -> (f32, f32) {
+    if flow {
+        (1.0 - sigma, sigma)
+    } else {
+        let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+        (alpha, sigma * alpha)
+    }
+}
+
+/// λ = log α − log σ in float32.
+pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
+    alpha.ln() - sigma.ln()
+}
+
+/// diffusers' `DPMSolverMultistepScheduler`.
+#[derive(Debug, Clone)]
+pub struct DPMSolverMultistepScheduler {
+    config: DPMSolverMultistepSchedulerConfig,
+    prediction: Prediction,
+    spacing: Spacing,
+    algorithm: Algorithm,
+    heun: bool,
+    alphas_cumprod: Vec<f32>,
+    lambda_t: Vec<f32>,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f32>,
+    model_outputs: Vec<Option<Tensor<1>>>,
+    lower_order_nums: usize,
+    num_inference_steps: Option<usize>,
+    index: StepIndex,
+}
+
+impl DPMSolverMultistepScheduler {
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    pub fn new(mut config: DPMSolverMultistepSchedulerConfig) -> Result<Self, SchedulerError> {
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction, Prediction::Flow],
+        )?;
+        let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
+        check_sigma_flags(
+            CLASS,
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+        )?;
+        // diffusers rewrites the config for DEIS / UniPC names of compatible classes.
+        if config.algorithm_type == "deis" {
+            config.algorithm_type = "dpmsolver++".into();
+        }
+        if matches!(config.solver_type.as_str(), "logrho" | "bh1" | "bh2") {
+            config.solver_type = "midpoint".into();
+        }
+        let algorithm = match config.algorithm_type.as_str() {
+            "dpmsolver" => Algorithm::DpmSolver,
+            "dpmsolver++" => Algorithm::DpmSolverPP,
+            "sde-dpmsolver" => Algorithm::SdeDpmSolver,
+            "sde-dpmsolver++" => Algorithm::SdeDpmSolverPP,
+            other => return Err(unsupported(CLASS, "algorithm_type", other)),
+        };
+        let heun = match config.solver_type.as_str() {
+            "midpoint" => false,
+            "heun" => true,
+            other => return Err(unsupported(CLASS, "solver_type", other)),
+        };
+        if prediction == Prediction::Flow && !algorithm.is_pp() {
+            return Err(unsupported(CLASS, "prediction_type", "flow_prediction"));
+        }
+        if !algorithm.is_pp() && config.final_sigmas_type == "zero" {
+            return Err(SchedulerError::InvalidConfig {
+                class: CLASS,
+                message: format!(
+                    "`final_sigmas_type` zero is not supported for `algorithm_type` {}; use \
+                     `sigma_min`",
+                    config.algorithm_type
+                ),
+            });
+        }
+        if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
+            return Err(unsupported(CLASS, "final_sigmas_type", &config.final_sigmas_type));
+        }
+        if let Some(v) = &config.variance_type
+            && !matches!(v.as_str(), "learned" | "learned_range")
+        {
+            return Err(unsupported(CLASS, "variance_type", v));
+        }
+        if config.use_dynamic_shifting && config.time_shift_type != "exponential" {
+            return Err(unsupported(CLASS, "time_shift_type", &config.time_shift_type));
+        }
+        if config.solver_order == 0 || config.solver_order > 3 {
+            return Err(unsupported(CLASS, "solver_order", &config.solver_order.to_string()));
+        }
+        let mut betas = make_betas(
+            CLASS,
+            &config.beta_schedule,
+            config.beta_start,
+            config.beta_end,
+            config.num_train_timesteps,
+            config.trained_betas.as_deref(),
+            &[],
+        )?;
+        if config.rescale_betas_zero_snr {
+            betas = rescale_zero_terminal_snr(&betas);
+        }
+        let mut ac = alphas_cumprod(&betas);
+        if config.rescale_betas_zero_snr
+            && let Some(last) = ac.last_mut()
+        {
+            *last = 2f32.powi(-24);
+        }
+        let lambda_t = ac
+            .iter()
+            .map(|a| a.sqrt().ln() - (1.0 - a).sqrt().ln())
+            .collect();
+        let sigmas = train_sigmas(&ac);
+        let order = config.solver_order;
+        let timesteps = np_linspace(0.0, (config.num_train_timesteps - 1) as f64, config.num_train_timesteps)
+            .into_iter()
+            .rev()
+            .map(|t| f64::from(t as f32))
+            .collect();
+        Ok(Self {
+            config,
+            prediction,
+            spacing,
+            algorithm,
+            heun,
+            alphas_cumprod: ac,
+            lambda_t,
+            timesteps,
+            sigmas,
+            model_outputs: vec![None; order],
+            lower_order_nums: 0,
+            num_inference_steps: None,
+            index: StepIndex::default(),
+        })
+    }
+
+    /// The config, for re-save.
+    pub fn config(&self) -> &DPMSolverMultistepSchedulerConfig {
+        &self.config
+    }
+
+    /// `set_timesteps(num_inference_steps | timesteps, mu)`.
+    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        if request.sigmas.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!("{CLASS} takes no custom sigmas")));
+        }
+        request.check_exclusive(CLASS)?;
+        if let Some(mu) = request.mu {
+            if !self.config.use_dynamic_shifting {
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "{CLASS}: `mu` needs use_dynamic_shifting"
+                )));
+            }
+            self.config.flow_shift = mu.exp();
+        }
+        let c = &self.config;
+        if request.timesteps.is_some()
+            && (c.use_karras_sigmas || c.use_lu_lambdas || c.use_exponential_sigmas)
+        {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}: custom timesteps cannot be used with karras / lu / exponential sigmas"
+            )));
+        }
+        let t_train = c.num_train_timesteps;
+        let mut ts: Vec<f64> = if let Some(custom) = &request.timesteps {
+            custom.iter().map(|t| (*t as i64) as f64).collect()
+        } else {
+            let n = request.resolved_steps(CLASS)?;
+            // searchsorted(flip(lambda_t), lambda_min_clipped): entries below the clip.
+            let clipped = self
+                .lambda_t
+                .iter()
+                .filter(|l| f64::from(**l) < c.lambda_min_clipped)
+                .count();
+            let last = t_train.saturating_sub(clipped);
+            match self.spacing {
+                Spacing::Linspace => {
+                    let mut v: Vec<f64> = np_linspace(0.0, last as f64 - 1.0, n + 1)
+                        .into_iter()
+                        .map(np_round)
+                        .collect();
+                    v.reverse();
+                    v.pop();
+                    v
+                }
+                Spacing::Leading => {
+                    let ratio = last / (n + 1);
+                    let mut v: Vec<f64> = (0..=n).map(|i| (i * ratio) as f64).collect();
+                    v.reverse();
+                    v.pop();
+                    v.into_iter().map(|t| t + c.steps_offset as f64).collect()
+                }
+                Spacing::Trailing => {
+                    let ratio = t_train as f64 / n as f64;
+                    np_arange(last as f64, 0.0, -ratio)
+                        .into_iter()
+                        .map(|x| np_round(x) - 1.0)
+                        .collect()
+                }
+            }
+        };
+        let n = ts.len();
+        let train = train_sigmas(&self.alphas_cumprod);
+        let log_sigmas: Vec<f32> = train.iter().map(|s| crate::common::numpy_log_f32(*s)).collect();
+        let round_ts = c.beta_schedule != "squaredcos_cap_v2";
+        let (sigma_min, sigma_max) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
+        let mut sig: Vec<f64> = if c.use_karras_sigmas {
+            let s = karras_sigmas(sigma_min, sigma_max, n, 7.0);
+            ts = s
+                .iter()
+                .map(|v| {
+                    let t = sigma_to_t(*v, &log_sigmas);
+                    if round_ts { np_round(t) } else { t }
+                })
+                .collect();
+            s
+        } else if c.use_lu_lambdas {
+            let lambda_min = f64::from(log_sigmas[0]);
+            let lambda_max = f64::from(log_sigmas[log_sigmas.len() - 1]);
+            let lambdas: Vec<f64> = np_linspace(0.0, 1.0, n)
+                .into_iter()
+                .map(|r| lambda_max + r * (lambda_min - lambda_max))
+                .collect();
+            let s: Vec<f64> = lambdas.into_iter().map(f64::exp).collect();
+            ts = s
+                .iter()
+                .map(|v| {
+                    let t = sigma_to_t(*v, &log_sigmas);
+                    if round_ts { np_round(t) } else { t }
+                })
+                .collect();
+            s
+        } else if c.use_exponential_sigmas {
+            let s = exponential_sigmas(sigma_min, sigma_max, n);
+            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
+            s
+        } else if c.use_flow_sigmas {
+            let shift = c.flow_shift;
+            let alphas = np_linspace(1.0, 1.0 / t_train as f64, n + 1);
+            let mut s: Vec<f64> = alphas
+                .into_iter()
+                .map(|a| {
+                    let s = 1.0 - a;
+                    shift * s / (1.0 + (shift - 1.0) * s)
+                })
+                .collect();
+            s.reverse();
+            s.pop();
+            ts = s.iter().map(|v| v * t_train as f64).collect();
+            s
+        } else {
+            np_interp(&ts, &train)
+        };
+        let last = if c.final_sigmas_type == "sigma_min" {
+            let a0 = self.alphas_cumprod[0];
+            f64::from(((1.0 - a0) / a0).sqrt())
+        } else {
+            0.0
+        };
+        sig.push(last);
+        // `.to(torch.int64)` truncates.
+        self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
+        self.sigmas = sig.into_iter().map(|s| s as f32).collect();
+        self.num_inference_steps = Some(self.timesteps.len());
+        self.model_outputs = vec![None; c.solver_order];
+        self.lower_order_nums = 0;
+        self.index = StepIndex::default();
+        Ok(())
+    }
+
+    /// The inference timesteps (integers).
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// The sigmas, one more than the timesteps.
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    /// `init_noise_sigma` (1.0: the VP formulation does not scale latents).
+    pub fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    /// The index bookkeeping.
+    pub fn step_index(&mut self) -> &mut StepIndex {
+        &mut self.index
+    }
+
+    /// `scale_model_input`: the identity.
+    pub fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        _timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        Ok(sample)
+    }
+
+    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
+        self.sigmas
+            .get(i)
+            .copied()
+            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+    }
+
+    /// `convert_model_output`: x0 for the ++ algorithms, ε otherwise.
+    fn convert<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        sample: Tensor<D>,
+        i: usize,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let c = &self.config;
+        let model_output = if c.variance_type.is_some() && self.prediction == Prediction::Epsilon {
+            model_output.narrow(1, 0, 3)
+        } else {
+            model_output
+        };
+        let sigma = self.sigma_at(i)?;
+        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
+        if self.algorithm.is_pp() {
+            let x0 = match self.prediction {
+                Prediction::Epsilon => (sample - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t),
+                Prediction::Sample => model_output,
+                Prediction::VPrediction => sample.mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t),
+                Prediction::Flow => sample - model_output.mul_scalar(sigma),
+            };
+            if c.thresholding {
+                threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
+            } else {
+                Ok(x0)
+            }
+        } else {
+            let eps = match self.prediction {
+                Prediction::Sample => (sample.clone() - model_output.mul_scalar(alpha_t)).div_scalar(sigma_t),
+                Prediction::VPrediction => {
+                    model_output.mul_scalar(alpha_t) + sample.clone().mul_scalar(sigma_t)
+                }
+                _ => model_output,
+            };
+            if c.thresholding {
+                let x0 = (sample.clone() - eps.mul_scalar(sigma_t)).div_scalar(alpha_t);
+                let x0 = threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)?;
+                Ok((sample - x0.mul_scalar(alpha_t)).div_scalar(sigma_t))
+            } else {
+                Ok(eps)
+            }
+        }
+    }
+
+    /// One multistep DPM-Solver step.
+    pub fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        _options: &StepOptions,
+        generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        if self.num_inference_steps.is_none() {
+            return Err(SchedulerError::NotInitialised(CLASS));
+        }
+        if self.index.step_index.is_none() {
+            // diffusers falls back to the last index for a timestep not in the schedule.
+            let i = match self.index.begin_index {
+                Some(b) => b,
+                None => crate::common::index_for_timestep(&self.timesteps, timestep)
+                    .unwrap_or(self.timesteps.len().saturating_sub(1)),
+            };
+            self.index.step_index = Some(i);
+        }
+        let i = self.index.step_index.unwrap_or(0);
+        let c = &self.config;
+        let len = self.timesteps.len();
+        let lower_order_final = i + 1 == len
+            && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == "zero");
+        let lower_order_second = i + 2 == len && c.lower_order_final && len < 15;
+        let dims = sample.dims();
+        let converted = self.convert(model_output, sample.clone(), i)?;
+        let out_dims = converted.dims();
+        let m = converted.flatten::<1>(0, D - 1);
+        self.model_outputs.rotate_left(1);
+        if let Some(last) = self.model_outputs.last_mut() {
+            *last = Some(m.clone());
+        }
+        let x = sample.flatten::<1>(0, D - 1);
+        let noise = if self.algorithm.is_sde() {
+            let like = Tensor::<D>::zeros(out_dims, &x.device());
+            Some(noise_like(&like, generator, NoiseDtype::Float32)?.flatten::<1>(0, D - 1))
+        } else {
+            None
+        };
+        let order = c.solver_order;
+        let prev = if order == 1 || self.lower_order_nums < 1 || lower_order_final {
+            self.first_order(m, x, noise, i)?
+        } else if order == 2 || self.lower_order_nums < 2 || lower_order_second {
+            self.second_order(x, noise, i)?
+        } else {
+            self.third_order(x, noise, i)?
+        };
+        if self.lower_order_nums < order {
+            self.lower_order_nums += 1;
+        }
+        self.index.advance(1);
+        Ok(SchedulerOutput { prev_sample: prev.reshape(dims), pred_original_sample: None })
+    }
+
+    fn alpha_sigma_lambda(&self, i: usize) -> Result<(f32, f32, f32), SchedulerError> {
+        let (a, s) = alpha_sigma(self.sigma_at(i)?, self.config.use_flow_sigmas);
+        Ok((a, s, lambda(a, s)))
+    }
+
+    fn history(&self, back: usize) -> Result<Tensor<1>, SchedulerError> {
+        let n = self.model_outputs.len();
+        n.checked_sub(1 + back)
+            .and_then(|k| self.model_outputs.get(k).cloned().flatten())
+            .ok_or_else(|| SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history")))
+    }
+
+    fn first_order(
+        &self,
+        m0: Tensor<1>,
+        x: Tensor<1>,
+        noise: Option<Tensor<1>>,
+        i: usize,
+    ) -> Result<Tensor<1>, SchedulerError> {
+        let (alpha_t, sigma_t, lambda_t) = self.alpha_sigma_lambda(i + 1)?;
+        let (alpha_s, sigma_s, lambda_s) = self.alpha_sigma_lambda(i)?;
+        let h = lambda_t - lambda_s;
+        Ok(match (self.algorithm, noise) {
+            (Algorithm::DpmSolverPP, _) => {
+                x.mul_scalar(sigma_t / sigma_s) - m0.mul_scalar(alpha_t * ((-h).exp() - 1.0))
+            }
+            (Algorithm::DpmSolver, _) => {
+                x.mul_scalar(alpha_t / alpha_s) - m0.mul_scalar(sigma_t * (h.exp() - 1.0))
+            }
+            (Algorithm::SdeDpmSolverPP, Some(z)) => {
+                x.mul_scalar(sigma_t / sigma_s * (-h).exp())
+                    + m0.mul_scalar(alpha_t * (1.0 - (-2.0 * h).exp()))
+                    + z.mul_scalar(sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())
+            }
+            (Algorithm::SdeDpmSolver, Some(z)) => {
+                x.mul_scalar(alpha_t / alpha_s) - m0.mul_scalar(2.0 * (sigma_t * (h.exp() - 1.0)))
+                    + z.mul_scalar(sigma_t * ((2.0 * h).exp() - 1.0).sqrt())
+            }
+            _ => return Err(SchedulerError::InvalidArgument("SDE step without noise".into())),
+        })
+    }
+
+    fn second_order(
+        &self,
+        x: Tensor<1>,
+        noise: Option<Tensor<1>>,
+        i: usize,
+    ) -> Result<Tensor<1>, SchedulerError> {
+        let (alpha_t, sigma_t, lambda_t) = self.alpha_sigma_lambda(i + 1)?;
+        let (alpha_s0, sigma_s0, lambda_s0) = self.alpha_sigma_lambda(i)?;
+        let (_, _, lambda_s1) = self.alpha_sigma_lambda(i.checked_sub(1).ok_or(
+            SchedulerError::InvalidArgument(format!("{CLASS}: second order at step 0")),
+        )?)?;
+        let m0 = self.history(0)?;
+        let m1 = self.history(1)?;
+        let h = lambda_t - lambda_s0;
+        let h0 = lambda_s0 - lambda_s1;
+        let r0 = h0 / h;
+        let d0 = m0.clone();
+        let d1 = (m0 - m1).mul_scalar(1.0 / r0);
+        let e = (-h).exp() - 1.0;
+        Ok(match (self.algorithm, self.heun, noise) {
+            (Algorithm::DpmSolverPP, false, _) => {
+                x.mul_scalar(sigma_t / sigma_s0) - d0.mul_scalar(alpha_t * e)
+                    - d1.mul_scalar(0.5 * (alpha_t * e))
+            }
+            (Algorithm::DpmSolverPP, true, _) => {
+                x.mul_scalar(sigma_t / sigma_s0) - d0.mul_scalar(alpha_t * e)
+                    + d1.mul_scalar(alpha_t * (e / h + 1.0))
+            }
+            (Algorithm::DpmSolver, heun, _) => {
+                let eh = h.exp() - 1.0;
+                let base = x.mul_scalar(alpha_t / alpha_s0) - d0.mul_scalar(sigma_t * eh);
+                if heun {
+                    base - d1.mul_scalar(sigma_t * (eh / h - 1.0))
+                } else {
+                    base - d1.mul_scalar(0.5 * (sigma_t * eh))
+                }
+            }
+            (Algorithm::SdeDpmSolverPP, heun, Some(z)) => {
+                let e2 = 1.0 - (-2.0 * h).exp();
+                let base = x.mul_scalar(sigma_t / sigma_s0 * (-h).exp()) + d0.mul_scalar(alpha_t * e2);
+                let d1_term = if heun {
+                    d1.mul_scalar(alpha_t * (e2 / (-2.0 * h) + 1.0))
+                } else {
+                    d1.mul_scalar(0.5 * (alpha_t * e2))
+                };
+                base + d1_term + z.mul_scalar(sigma_t * e2.sqrt())
+            }
+            (Algorithm::SdeDpmSolver, heun, Some(z)) => {
+                let eh = h.exp() - 1.0;
+                let base = x.mul_scalar(alpha_t / alpha_s0) - d0.mul_scalar(2.0 * (sigma_t * eh));
+                let d1_term = if heun {
+                    d1.mul_scalar(2.0 * (sigma_t * (eh / h - 1.0)))
+                } else {
+                    d1.mul_scalar(sigma_t * eh)
+                };
+                base - d1_term + z.mul_scalar(sigma_t * ((2.0 * h).exp() - 1.0).sqrt())
+            }
+            _ => return Err(SchedulerError::InvalidArgument("SDE step without noise".into())),
+        })
+    }
+
+    fn third_order(
+        &self,
+        x: Tensor<1>,
+        noise: Option<Tensor<1>>,
+        i: usize,
+    ) -> Result<Tensor<1>, SchedulerError> {
+        let too_early = || SchedulerError::InvalidArgument(format!("{CLASS}: third order too early"));
+        let (alpha_t, sigma_t, lambda_t) = self.alpha_sigma_lambda(i + 1)?;
+        let (alpha_s0, sigma_s0, lambda_s0) = self.alpha_sigma_lambda(i)?;
+        let (_, _, lambda_s1) = self.alpha_sigma_lambda(i.checked_sub(1).ok_or_else(too_early)?)?;
+        let (_, _, lambda_s2) = self.alpha_sigma_lambda(i.checked_sub(2).ok_or_else(too_early)?)?;
+        let (m0, m1, m2) = (self.history(0)?, self.history(1)?, self.history(2)?);
+        let h = lambda_t - lambda_s0;
+        let h0 = lambda_s0 - lambda_s1;
+        let h1 = lambda_s1 - lambda_s2;
+        let (r0, r1) = (h0 / h, h1 / h);
+        let d0 = m0.clone();
+        let d1_0 = (m0 - m1.clone()).mul_scalar(1.0 / r0);
+        let d1_1 = (m1 - m2).mul_scalar(1.0 / r1);
+        let d1 = d1_0.clone() + (d1_0.clone() - d1_1.clone()).mul_scalar(r0 / (r0 + r1));
+        let d2 = (d1_0 - d1_1).mul_scalar(1.0 / (r0 + r1));
+        Ok(match (self.algorithm, noise) {
+            (Algorithm::DpmSolverPP, _) => {
+                let e = (-h).exp() - 1.0;
+                x.mul_scalar(sigma_t / sigma_s0) - d0.mul_scalar(alpha_t * e)
+                    + d1.mul_scalar(alpha_t * (e / h + 1.0))
+                    - d2.mul_scalar(alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5))
+            }
+            (Algorithm::DpmSolver, _) => {
+                let e = h.exp() - 1.0;
+                x.mul_scalar(alpha_t / alpha_s0) - d0.mul_scalar(sigma_t * e)
+                    - d1.mul_scalar(sigma_t * (e / h - 1.0))
+                    - d2.mul_scalar(sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5))
+            }
+            (Algorithm::SdeDpmSolverPP, Some(z)) => {
+                let e2 = 1.0 - (-2.0 * h).exp();
+                x.mul_scalar(sigma_t / sigma_s0 * (-h).exp())
+                    + d0.mul_scalar(alpha_t * e2)
+                    + d1.mul_scalar(alpha_t * (e2 / (-2.0 * h) + 1.0))
+                    + d2.mul_scalar(alpha_t * ((e2 - 2.0 * h) / ((2.0 * h) * (2.0 * h)) - 0.5))
+                    + z.mul_scalar(sigma_t * e2.sqrt())
+            }
+            _ => {
+                return Err(unsupported(CLASS, "algorithm_type", "sde-dpmsolver (third order)"));
+            }
+        })
+    }
+
+    /// `add_noise`: α_t·x0 + σ_t·z at the timesteps' sigma.
+    pub fn add_noise<const D: usize>(
+        &self,
+        original: Tensor<D>,
+        noise: Tensor<D>,
+        timesteps: &[f64],
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let idx = self.index.noise_indices(&self.timesteps, timesteps)?;
+        let flow = self.config.use_flow_sigmas;
+        let pairs = idx
+            .into_iter()
+            .map(|i| self.sigma_at(i).map(|s| alpha_sigma(s, flow)))
+            .collect::<Result<Vec<_>, _>>()?;
+        dpm_add_noise(original, noise, &pairs)
+    }
+
+    /// `order` (1: one model call per step).
+    pub fn order(&self) -> usize {
+        1
+    }
+}
+
+/// α·x0 + σ·z per batch item.
+pub(crate) fn dpm_add_noise<const D: usize>(
+    original: Tensor<D>,
+    noise: Tensor<D>,
+    pairs: &[(f32, f32)],
+) -> Result<Tensor<D>, SchedulerError> {
+    let batch = original.dims()[0];
+    if pairs.len() == 1 || pairs.iter().all(|p| *p == pairs[0]) {
+        let (a, s) = pairs.first().copied().ok_or_else(|| {
+            SchedulerError::InvalidArgument("add_noise needs at least one timestep".into())
+        })?;
+        return Ok(original.mul_scalar(a) + noise.mul_scalar(s));
+    }
+    if pairs.len() != batch {
+        return Err(SchedulerError::Shape(format!("add_noise: {} timesteps for batch {batch}", pairs.len())));
+    }
+    let parts = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (a, s))| {
+            original.clone().narrow(0, i, 1).mul_scalar(*a) + noise.clone().narrow(0, i, 1).mul_scalar(*s)
+        })
+        .collect();
+    Ok(Tensor::cat(parts, 0))
+}

@@ -1,0 +1,202 @@
+//! `EulerAncestralDiscreteScheduler`: Euler steps with ancestral noise at every step
+//! (including the last, where σ_up = 0 but the generator is still advanced).
+
+use crate::common::{
+    Prediction, Spacing, alphas_cumprod, make_betas, noise_like, np_interp,
+    rescale_zero_terminal_snr, spacing_timesteps, train_sigmas,
+};
+use crate::{
+    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
+    TorchGenerator,
+};
+use burn::tensor::Tensor;
+use diff_format::configs::scheduler::EulerAncestralDiscreteSchedulerConfig;
+
+const CLASS: &str = "EulerAncestralDiscreteScheduler";
+
+/// diffusers' `EulerAncestralDiscreteScheduler`.
+#[derive(Debug, Clone)]
+pub struct EulerAncestralDiscreteScheduler {
+    config: EulerAncestralDiscreteSchedulerConfig,
+    prediction: Prediction,
+    spacing: Spacing,
+    alphas_cumprod: Vec<f32>,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f32>,
+    index: StepIndex,
+}
+
+impl EulerAncestralDiscreteScheduler {
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    pub fn new(config: EulerAncestralDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
+        // diffusers raises NotImplementedError for `sample`.
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[Prediction::Epsilon, Prediction::VPrediction],
+        )?;
+        let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
+        let mut betas = make_betas(
+            CLASS,
+            &config.beta_schedule,
+            config.beta_start,
+            config.beta_end,
+            config.num_train_timesteps,
+            config.trained_betas.as_deref(),
+            &[],
+        )?;
+        if config.rescale_betas_zero_snr {
+            betas = rescale_zero_terminal_snr(&betas);
+        }
+        let mut ac = alphas_cumprod(&betas);
+        if config.rescale_betas_zero_snr
+            && let Some(last) = ac.last_mut()
+        {
+            *last = 2f32.powi(-24);
+        }
+        let mut sigmas = train_sigmas(&ac);
+        sigmas.reverse();
+        sigmas.push(0.0);
+        let timesteps = crate::common::np_linspace(
+            0.0,
+            (config.num_train_timesteps - 1) as f64,
+            config.num_train_timesteps,
+        )
+        .into_iter()
+        .rev()
+        .map(|t| f64::from(t as f32))
+        .collect();
+        Ok(Self {
+            config,
+            prediction,
+            spacing,
+            alphas_cumprod: ac,
+            timesteps,
+            sigmas,
+            index: StepIndex::default(),
+        })
+    }
+
+    /// The config, for re-save.
+    pub fn config(&self) -> &EulerAncestralDiscreteSchedulerConfig {
+        &self.config
+    }
+
+    /// `set_timesteps(num_inference_steps)`.
+    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        if request.timesteps.is_some() || request.sigmas.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}.set_timesteps takes only num_inference_steps"
+            )));
+        }
+        let n = request.resolved_steps(CLASS)?;
+        let c = &self.config;
+        let ts: Vec<f64> =
+            spacing_timesteps(self.spacing, c.num_train_timesteps, n, c.steps_offset, false)
+                .into_iter()
+                .map(|t| f64::from(t as f32))
+                .collect();
+        let train = train_sigmas(&self.alphas_cumprod);
+        let mut sig: Vec<f32> = np_interp(&ts, &train).into_iter().map(|s| s as f32).collect();
+        sig.push(0.0);
+        self.timesteps = ts;
+        self.sigmas = sig;
+        self.index = StepIndex::default();
+        Ok(())
+    }
+
+    /// The inference timesteps (float32 values).
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// The sigmas, one more than the timesteps.
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
+    pub fn init_noise_sigma(&self) -> f32 {
+        let max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        match self.spacing {
+            Spacing::Linspace | Spacing::Trailing => max,
+            Spacing::Leading => (max * max + 1.0).sqrt(),
+        }
+    }
+
+    /// The index bookkeeping.
+    pub fn step_index(&mut self) -> &mut StepIndex {
+        &mut self.index
+    }
+
+    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
+        self.sigmas
+            .get(i)
+            .copied()
+            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+    }
+
+    /// `scale_model_input`: x / √(σ² + 1).
+    pub fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let i = self.index.current(&self.timesteps, timestep)?;
+        let sigma = self.sigma_at(i)?;
+        Ok(sample.div_scalar((sigma * sigma + 1.0).sqrt()))
+    }
+
+    /// One ancestral Euler step; always draws `randn(model_output.shape)`.
+    pub fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        _options: &StepOptions,
+        generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        let i = self.index.current(&self.timesteps, timestep)?;
+        let sigma = self.sigma_at(i)?;
+        let sigma_to = self.sigma_at(i + 1)?;
+        let pred = match self.prediction {
+            Prediction::VPrediction => {
+                model_output.clone().mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt())
+                    + sample.clone().div_scalar(sigma * sigma + 1.0)
+            }
+            _ => sample.clone() - model_output.clone().mul_scalar(sigma),
+        };
+        let s2 = sigma * sigma;
+        let t2 = sigma_to * sigma_to;
+        let sigma_up = (t2 * (s2 - t2) / s2).sqrt();
+        let sigma_down = (t2 - sigma_up * sigma_up).sqrt();
+        let derivative = (sample.clone() - pred.clone()).div_scalar(sigma);
+        let dt = sigma_down - sigma;
+        let prev = sample + derivative.mul_scalar(dt);
+        let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+        let prev = prev + noise.mul_scalar(sigma_up);
+        self.index.advance(1);
+        Ok(SchedulerOutput { prev_sample: prev, pred_original_sample: Some(pred) })
+    }
+
+    /// `add_noise`: x0 + z·σ.
+    pub fn add_noise<const D: usize>(
+        &self,
+        original: Tensor<D>,
+        noise: Tensor<D>,
+        timesteps: &[f64],
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let sigmas = self
+            .index
+            .noise_indices(&self.timesteps, timesteps)?
+            .into_iter()
+            .map(|i| self.sigma_at(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
+    }
+
+    /// `order`.
+    pub fn order(&self) -> usize {
+        1
+    }
+}

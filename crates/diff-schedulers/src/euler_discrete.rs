@@ -1,0 +1,291 @@
+//! `EulerDiscreteScheduler`: Euler steps on the k-diffusion sigma schedule, with optional
+//! churn (noise) and karras / exponential sigmas.
+
+use crate::common::{
+    Prediction, Spacing, alphas_cumprod, check_sigma_flags, exponential_sigmas, karras_sigmas,
+    make_betas, noise_like, np_interp, rescale_zero_terminal_snr, sigma_to_t, spacing_timesteps,
+    torch_linspace_f32, train_sigmas, unsupported,
+};
+use crate::{
+    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
+    TorchGenerator,
+};
+use burn::tensor::Tensor;
+use diff_format::configs::scheduler::EulerDiscreteSchedulerConfig;
+
+const CLASS: &str = "EulerDiscreteScheduler";
+
+/// diffusers' `EulerDiscreteScheduler`.
+#[derive(Debug, Clone)]
+pub struct EulerDiscreteScheduler {
+    config: EulerDiscreteSchedulerConfig,
+    prediction: Prediction,
+    spacing: Spacing,
+    continuous: bool,
+    alphas_cumprod: Vec<f32>,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f32>,
+    num_inference_steps: Option<usize>,
+    index: StepIndex,
+}
+
+impl EulerDiscreteScheduler {
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    pub fn new(config: EulerDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+        )?;
+        let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
+        check_sigma_flags(
+            CLASS,
+            config.use_karras_sigmas.unwrap_or(false),
+            config.use_exponential_sigmas.unwrap_or(false),
+            config.use_beta_sigmas.unwrap_or(false),
+        )?;
+        if !matches!(config.interpolation_type.as_str(), "linear" | "log_linear") {
+            return Err(unsupported(CLASS, "interpolation_type", &config.interpolation_type));
+        }
+        if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
+            return Err(unsupported(CLASS, "final_sigmas_type", &config.final_sigmas_type));
+        }
+        let continuous = match config.timestep_type.as_str() {
+            "discrete" => false,
+            "continuous" => prediction == Prediction::VPrediction,
+            other => return Err(unsupported(CLASS, "timestep_type", other)),
+        };
+        let mut betas = make_betas(
+            CLASS,
+            &config.beta_schedule,
+            config.beta_start,
+            config.beta_end,
+            config.num_train_timesteps,
+            config.trained_betas.as_deref(),
+            &[],
+        )?;
+        if config.rescale_betas_zero_snr {
+            betas = rescale_zero_terminal_snr(&betas);
+        }
+        let mut ac = alphas_cumprod(&betas);
+        if config.rescale_betas_zero_snr
+            && let Some(last) = ac.last_mut()
+        {
+            *last = 2f32.powi(-24);
+        }
+        let mut sigmas: Vec<f32> = train_sigmas(&ac);
+        sigmas.reverse();
+        let timesteps: Vec<f64> = if continuous {
+            sigmas.iter().map(|s| f64::from(0.25 * s.ln())).collect()
+        } else {
+            crate::common::np_linspace(0.0, (config.num_train_timesteps - 1) as f64, config.num_train_timesteps)
+                .into_iter()
+                .rev()
+                .map(|t| f64::from(t as f32))
+                .collect()
+        };
+        sigmas.push(0.0);
+        Ok(Self {
+            config,
+            prediction,
+            spacing,
+            continuous,
+            alphas_cumprod: ac,
+            timesteps,
+            sigmas,
+            num_inference_steps: None,
+            index: StepIndex::default(),
+        })
+    }
+
+    /// The config, for re-save.
+    pub fn config(&self) -> &EulerDiscreteSchedulerConfig {
+        &self.config
+    }
+
+    /// `set_timesteps(num_inference_steps | timesteps | sigmas)`.
+    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        let c = &self.config;
+        let karras = c.use_karras_sigmas.unwrap_or(false);
+        let exponential = c.use_exponential_sigmas.unwrap_or(false);
+        request.check_exclusive(CLASS)?;
+        if request.timesteps.is_some() && (karras || exponential) {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}: cannot set `timesteps` with karras or exponential sigmas"
+            )));
+        }
+        if request.timesteps.is_some() && self.continuous {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}: cannot set `timesteps` with continuous v-prediction timesteps"
+            )));
+        }
+        let train = train_sigmas(&self.alphas_cumprod);
+        let log_sigmas: Vec<f32> = train.iter().map(|s| crate::common::numpy_log_f32(*s)).collect();
+        let (timesteps, sigmas): (Vec<f64>, Vec<f32>) = if let Some(custom) = &request.sigmas {
+            let sig: Vec<f32> = custom.iter().map(|s| *s as f32).collect();
+            let ts = sig[..sig.len().saturating_sub(1)]
+                .iter()
+                .map(|s| sigma_to_t(f64::from(*s), &log_sigmas))
+                .collect();
+            (ts, sig)
+        } else {
+            let n = request.resolved_steps(CLASS)?;
+            let mut ts: Vec<f64> = match &request.timesteps {
+                Some(custom) => custom.clone(),
+                None => spacing_timesteps(
+                    self.spacing,
+                    c.num_train_timesteps,
+                    n,
+                    c.steps_offset,
+                    false,
+                ),
+            };
+            ts.iter_mut().for_each(|t| *t = f64::from(*t as f32));
+            let mut sig: Vec<f64> = if c.interpolation_type == "log_linear" {
+                let (Some(first), Some(last)) = (train.first(), train.last()) else {
+                    return Err(SchedulerError::InvalidConfig {
+                        class: CLASS,
+                        message: "no training timesteps".into(),
+                    });
+                };
+                torch_linspace_f32(last.ln(), first.ln(), n + 1)
+                    .into_iter()
+                    .map(|v| f64::from(v.exp()))
+                    .collect()
+            } else {
+                np_interp(&ts, &train)
+            };
+            let range = (
+                c.sigma_min.unwrap_or_else(|| sig.last().copied().unwrap_or(0.0)),
+                c.sigma_max.unwrap_or_else(|| sig.first().copied().unwrap_or(0.0)),
+            );
+            if karras {
+                sig = karras_sigmas(range.0, range.1, n, 7.0);
+                ts = sig.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
+            } else if exponential {
+                sig = exponential_sigmas(range.0, range.1, n);
+                ts = sig.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
+            }
+            let last = if c.final_sigmas_type == "sigma_min" {
+                let a0 = self.alphas_cumprod[0];
+                f64::from(((1.0 - a0) / a0).sqrt())
+            } else {
+                0.0
+            };
+            sig.push(last);
+            (ts, sig.into_iter().map(|s| s as f32).collect())
+        };
+        self.timesteps = if self.continuous {
+            sigmas[..sigmas.len().saturating_sub(1)]
+                .iter()
+                .map(|s| f64::from(0.25 * s.ln()))
+                .collect()
+        } else {
+            timesteps.into_iter().map(|t| f64::from(t as f32)).collect()
+        };
+        self.num_inference_steps = Some(self.timesteps.len());
+        self.sigmas = sigmas;
+        self.index = StepIndex::default();
+        Ok(())
+    }
+
+    /// The inference timesteps (float32 values).
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// The sigmas, one more than the timesteps.
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
+    pub fn init_noise_sigma(&self) -> f32 {
+        let max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        match self.spacing {
+            Spacing::Linspace | Spacing::Trailing => max,
+            Spacing::Leading => (max * max + 1.0).sqrt(),
+        }
+    }
+
+    /// The index bookkeeping (`step_index`, `begin_index`).
+    pub fn step_index(&mut self) -> &mut StepIndex {
+        &mut self.index
+    }
+
+    /// `scale_model_input`: x / √(σ² + 1).
+    pub fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let i = self.index.current(&self.timesteps, timestep)?;
+        let sigma = self.sigma_at(i)?;
+        Ok(sample.div_scalar((sigma * sigma + 1.0).sqrt()))
+    }
+
+    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
+        self.sigmas
+            .get(i)
+            .copied()
+            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+    }
+
+    /// One Euler step (with churn when `options.s_churn > 0`).
+    pub fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        options: &StepOptions,
+        generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        let i = self.index.current(&self.timesteps, timestep)?;
+        let sigma = self.sigma_at(i)?;
+        let sigma_next = self.sigma_at(i + 1)?;
+        let gamma = if options.s_tmin <= sigma && sigma <= options.s_tmax {
+            (options.s_churn / (self.sigmas.len() - 1) as f32).min(2f32.sqrt() - 1.0)
+        } else {
+            0.0
+        };
+        let sigma_hat = sigma * (gamma + 1.0);
+        let mut sample = sample;
+        if gamma > 0.0 {
+            let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+            let eps = noise.mul_scalar(options.s_noise);
+            sample = sample + eps.mul_scalar((sigma_hat * sigma_hat - sigma * sigma).sqrt());
+        }
+        let pred = match self.prediction {
+            Prediction::Sample => model_output.clone(),
+            Prediction::VPrediction => {
+                model_output.clone().mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt())
+                    + sample.clone().div_scalar(sigma * sigma + 1.0)
+            }
+            _ => sample.clone() - model_output.clone().mul_scalar(sigma_hat),
+        };
+        let derivative = (sample.clone() - pred.clone()).div_scalar(sigma_hat);
+        let dt = sigma_next - sigma_hat;
+        let prev = sample + derivative.mul_scalar(dt);
+        self.index.advance(1);
+        Ok(SchedulerOutput { prev_sample: prev, pred_original_sample: Some(pred) })
+    }
+
+    /// `add_noise`: x0 + z·σ at the timesteps' (or the begin index's) sigma.
+    pub fn add_noise<const D: usize>(
+        &self,
+        original: Tensor<D>,
+        noise: Tensor<D>,
+        timesteps: &[f64],
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let sigmas = self.index.noise_indices(&self.timesteps, timesteps)?
+            .into_iter()
+            .map(|i| self.sigma_at(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
+    }
+
+    /// `order`.
+    pub fn order(&self) -> usize {
+        1
+    }
+}

@@ -1,0 +1,116 @@
+//! `KDPM2AncestralDiscreteScheduler`: DPM-Solver-2 with ancestral noise in every second stage
+//! (the machinery is shared with `k_dpm_2_discrete`).
+
+use crate::common::k_alphas;
+use crate::k_dpm_2_discrete::KDpm2Core;
+use crate::{SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator};
+use burn::tensor::Tensor;
+use diff_format::configs::scheduler::KDPM2AncestralDiscreteSchedulerConfig;
+
+const CLASS: &str = "KDPM2AncestralDiscreteScheduler";
+
+/// diffusers' `KDPM2AncestralDiscreteScheduler`.
+#[derive(Debug, Clone)]
+pub struct KDPM2AncestralDiscreteScheduler {
+    config: KDPM2AncestralDiscreteSchedulerConfig,
+    core: KDpm2Core,
+}
+
+impl KDPM2AncestralDiscreteScheduler {
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    pub fn new(config: KDPM2AncestralDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
+        let alphas = k_alphas(
+            CLASS,
+            &config.beta_schedule,
+            config.beta_start,
+            config.beta_end,
+            config.num_train_timesteps,
+            config.trained_betas.as_deref(),
+            &[],
+        );
+        let mut core = KDpm2Core::new(
+            CLASS,
+            true,
+            &config.prediction_type,
+            &config.timestep_spacing,
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+            alphas,
+        )?;
+        core.set_timesteps(
+            &TimestepsRequest::steps(config.num_train_timesteps),
+            config.steps_offset,
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+        )?;
+        Ok(Self { config, core })
+    }
+
+    /// The config, for re-save.
+    pub fn config(&self) -> &KDPM2AncestralDiscreteSchedulerConfig {
+        &self.config
+    }
+
+    /// `set_timesteps(num_inference_steps)`.
+    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        let c = &self.config;
+        self.core.set_timesteps(request, c.steps_offset, c.use_karras_sigmas, c.use_exponential_sigmas)
+    }
+
+    /// The inference timesteps (2n − 1 entries, midpoints interleaved).
+    pub fn timesteps(&self) -> &[f64] {
+        &self.core.timesteps
+    }
+
+    /// The sigmas (2n + 2 entries, as diffusers lays them out).
+    pub fn sigmas(&self) -> &[f32] {
+        &self.core.sigmas
+    }
+
+    /// `init_noise_sigma`.
+    pub fn init_noise_sigma(&self) -> f32 {
+        self.core.init_noise_sigma()
+    }
+
+    /// The index bookkeeping.
+    pub fn step_index(&mut self) -> &mut StepIndex {
+        &mut self.core.index
+    }
+
+    /// `scale_model_input`: x / √(σ² + 1) with the stage's σ.
+    pub fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        self.core.scale_model_input(sample, timestep)
+    }
+
+    /// One DPM2 stage (the second stage draws `randn(model_output.shape)`).
+    pub fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        _options: &StepOptions,
+        generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        self.core.step(model_output, timestep, sample, generator)
+    }
+
+    /// `add_noise`: x0 + z·σ.
+    pub fn add_noise<const D: usize>(
+        &self,
+        original: Tensor<D>,
+        noise: Tensor<D>,
+        timesteps: &[f64],
+    ) -> Result<Tensor<D>, SchedulerError> {
+        self.core.add_noise(original, noise, timesteps)
+    }
+
+    /// `order` (2).
+    pub fn order(&self) -> usize {
+        2
+    }
+}

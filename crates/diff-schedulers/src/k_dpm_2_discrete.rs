@@ -1,0 +1,365 @@
+//! `KDPM2DiscreteScheduler`: DPM-Solver-2 in k-diffusion form (a half step to the geometric
+//! midpoint sigma, then the full step with the midpoint derivative). The ancestral variant in
+//! `k_dpm_2_ancestral_discrete` shares the machinery here.
+
+use crate::common::{
+    Prediction, Spacing, check_sigma_flags, interleave_pairs, k_alphas, k_schedule, k_x0,
+    lerp_half, noise_like, sigma_to_t_f32,
+};
+use crate::{
+    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
+    TorchGenerator,
+};
+use burn::tensor::Tensor;
+use diff_format::configs::scheduler::KDPM2DiscreteSchedulerConfig;
+
+const CLASS: &str = "KDPM2DiscreteScheduler";
+
+/// The tables and state shared by KDPM2 and KDPM2 ancestral.
+#[derive(Debug, Clone)]
+pub(crate) struct KDpm2Core {
+    pub(crate) class: &'static str,
+    pub(crate) ancestral: bool,
+    pub(crate) prediction: Prediction,
+    pub(crate) spacing: Spacing,
+    pub(crate) alphas_cumprod: Vec<f32>,
+    pub(crate) timesteps: Vec<f64>,
+    pub(crate) sigmas: Vec<f32>,
+    pub(crate) sigmas_interpol: Vec<f32>,
+    pub(crate) sigmas_up: Vec<f32>,
+    pub(crate) sigmas_down: Vec<f32>,
+    /// The sample stored by the first stage (diffusers' `self.sample`), flattened.
+    pub(crate) stored: Option<Tensor<1>>,
+    pub(crate) index: StepIndex,
+}
+
+impl KDpm2Core {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        class: &'static str,
+        ancestral: bool,
+        prediction_type: &str,
+        spacing: &str,
+        karras: bool,
+        exponential: bool,
+        beta: bool,
+        alphas: Result<Vec<f32>, SchedulerError>,
+    ) -> Result<Self, SchedulerError> {
+        let prediction = Prediction::parse(
+            class,
+            prediction_type,
+            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+        )?;
+        if prediction == Prediction::Sample {
+            // diffusers raises NotImplementedError for `sample` in both KDPM2 schedulers.
+            return Err(crate::common::unsupported(class, "prediction_type", prediction_type));
+        }
+        let spacing = Spacing::parse(class, spacing)?;
+        check_sigma_flags(class, karras, exponential, beta)?;
+        Ok(Self {
+            class,
+            ancestral,
+            prediction,
+            spacing,
+            alphas_cumprod: alphas?,
+            timesteps: Vec::new(),
+            sigmas: Vec::new(),
+            sigmas_interpol: Vec::new(),
+            sigmas_up: Vec::new(),
+            sigmas_down: Vec::new(),
+            stored: None,
+            index: StepIndex::default(),
+        })
+    }
+
+    pub(crate) fn set_timesteps(
+        &mut self,
+        request: &TimestepsRequest,
+        steps_offset: i64,
+        karras: bool,
+        exponential: bool,
+    ) -> Result<(), SchedulerError> {
+        if request.timesteps.is_some() || request.sigmas.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{}.set_timesteps takes only num_inference_steps",
+                self.class
+            )));
+        }
+        let n = request.resolved_steps(self.class)?;
+        let (ts, sig, log_sigmas) =
+            k_schedule(self.spacing, &self.alphas_cumprod, n, steps_offset, karras, exponential, true);
+        let mut s: Vec<f32> = sig.into_iter().map(|v| v as f32).collect();
+        s.push(0.0);
+        let len = s.len();
+        let (interpol, up, down) = if self.ancestral {
+            let next: Vec<f32> = (0..len).map(|i| if i + 1 < len { s[i + 1] } else { 0.0 }).collect();
+            let up: Vec<f32> = s
+                .iter()
+                .zip(&next)
+                .map(|(a, b)| (b * b * (a * a - b * b) / (a * a)).sqrt())
+                .collect();
+            let mut down: Vec<f32> = next.iter().zip(&up).map(|(b, u)| (b * b - u * u).sqrt()).collect();
+            down[len - 1] = 0.0;
+            let mut interpol: Vec<f32> =
+                s.iter().zip(&down).map(|(a, d)| lerp_half(a.ln(), d.ln()).exp()).collect();
+            for v in interpol.iter_mut().skip(len.saturating_sub(2)) {
+                *v = 0.0;
+            }
+            (interpol, up, down)
+        } else {
+            let interpol: Vec<f32> = (0..len)
+                .map(|i| {
+                    let rolled = s[(i + len - 1) % len];
+                    lerp_half(s[i].ln(), rolled.ln()).exp()
+                })
+                .collect();
+            (interpol, Vec::new(), Vec::new())
+        };
+        // Interpolated timesteps: float32 `_sigma_to_t`, cast to the timesteps' dtype.
+        let ti: Vec<f64> = interpol.iter().map(|v| sigma_to_t_f32(*v, &log_sigmas)).collect();
+        // The schedule ends up as float32, whatever the path.
+        let cast = |t: f64| f64::from(t as f32);
+        let t_main: Vec<f64> = ts.iter().map(|t| cast(*t)).collect();
+        let mut timesteps = vec![t_main[0]];
+        let picked: Vec<f64> = if self.ancestral {
+            ti[..ti.len().saturating_sub(2)].to_vec()
+        } else {
+            ti[1..ti.len().saturating_sub(1)].to_vec()
+        };
+        for (a, b) in picked.iter().zip(&t_main[1..]) {
+            timesteps.push(cast(*a));
+            timesteps.push(*b);
+        }
+        self.timesteps = timesteps;
+        self.sigmas = interleave_pairs(&s);
+        self.sigmas_interpol = interleave_pairs(&interpol);
+        self.sigmas_up = interleave_pairs(&up);
+        self.sigmas_down = interleave_pairs(&down);
+        self.stored = None;
+        self.index = StepIndex::default();
+        Ok(())
+    }
+
+    pub(crate) fn init_noise_sigma(&self) -> f32 {
+        let max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        match self.spacing {
+            Spacing::Linspace | Spacing::Trailing => max,
+            Spacing::Leading => (max * max + 1.0).sqrt(),
+        }
+    }
+
+    fn at(table: &[f32], i: Option<usize>) -> Result<f32, SchedulerError> {
+        i.and_then(|i| table.get(i).copied())
+            .ok_or(SchedulerError::StepOutOfRange { index: i.unwrap_or(0), len: table.len() })
+    }
+
+    pub(crate) fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let i = self.index.current(&self.timesteps, timestep)?;
+        let sigma = if self.stored.is_none() {
+            Self::at(&self.sigmas, Some(i))?
+        } else if self.ancestral {
+            Self::at(&self.sigmas_interpol, i.checked_sub(1))?
+        } else {
+            Self::at(&self.sigmas_interpol, Some(i))?
+        };
+        Ok(sample.div_scalar((sigma * sigma + 1.0).sqrt()))
+    }
+
+    pub(crate) fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        let i = self.index.current(&self.timesteps, timestep)?;
+        let first = self.stored.is_none();
+        let prev_i = i.checked_sub(1);
+        let (sigma, sigma_interpol, sigma_next, sigma_up, sigma_down) = if self.ancestral {
+            if first {
+                (
+                    Self::at(&self.sigmas, Some(i))?,
+                    Self::at(&self.sigmas_interpol, Some(i))?,
+                    0.0,
+                    Self::at(&self.sigmas_up, Some(i))?,
+                    // diffusers reads sigmas_down[step_index - 1] (index -1 wraps in Python).
+                    Self::at(&self.sigmas_down, Some(prev_i.unwrap_or(self.sigmas_down.len() - 1)))?,
+                )
+            } else {
+                (
+                    Self::at(&self.sigmas, prev_i)?,
+                    Self::at(&self.sigmas_interpol, prev_i)?,
+                    0.0,
+                    Self::at(&self.sigmas_up, prev_i)?,
+                    Self::at(&self.sigmas_down, prev_i)?,
+                )
+            }
+        } else if first {
+            (
+                Self::at(&self.sigmas, Some(i))?,
+                Self::at(&self.sigmas_interpol, Some(i + 1))?,
+                Self::at(&self.sigmas, Some(i + 1))?,
+                0.0,
+                0.0,
+            )
+        } else {
+            (
+                Self::at(&self.sigmas, prev_i)?,
+                Self::at(&self.sigmas_interpol, Some(i))?,
+                Self::at(&self.sigmas, Some(i))?,
+                0.0,
+                0.0,
+            )
+        };
+        let sigma_hat = sigma;
+        let sigma_input = if first { sigma_hat } else { sigma_interpol };
+        let dims = sample.dims();
+        let x0 = k_x0(self.prediction, model_output.clone(), sample.clone(), sigma_input);
+        let x = sample.flatten::<1>(0, D - 1);
+        let x0f = x0.clone().flatten::<1>(0, D - 1);
+        let prev = if first {
+            let derivative = (x.clone() - x0f).div_scalar(sigma_hat);
+            let dt = sigma_interpol - sigma_hat;
+            self.stored = Some(x.clone());
+            x + derivative.mul_scalar(dt)
+        } else {
+            let derivative = (x - x0f).div_scalar(sigma_interpol);
+            let dt = if self.ancestral { sigma_down - sigma_hat } else { sigma_next - sigma_hat };
+            let stored = self.stored.take().ok_or(SchedulerError::NotInitialised(self.class))?;
+            let prev = stored + derivative.mul_scalar(dt);
+            if self.ancestral {
+                let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+                prev + noise.flatten::<1>(0, D - 1).mul_scalar(sigma_up)
+            } else {
+                prev
+            }
+        };
+        self.index.advance(1);
+        Ok(SchedulerOutput { prev_sample: prev.reshape(dims), pred_original_sample: Some(x0) })
+    }
+
+    pub(crate) fn add_noise<const D: usize>(
+        &self,
+        original: Tensor<D>,
+        noise: Tensor<D>,
+        timesteps: &[f64],
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let sigmas = self
+            .index
+            .noise_indices(&self.timesteps, timesteps)?
+            .into_iter()
+            .map(|i| Self::at(&self.sigmas, Some(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
+    }
+}
+
+/// diffusers' `KDPM2DiscreteScheduler`.
+#[derive(Debug, Clone)]
+pub struct KDPM2DiscreteScheduler {
+    config: KDPM2DiscreteSchedulerConfig,
+    core: KDpm2Core,
+}
+
+impl KDPM2DiscreteScheduler {
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    pub fn new(config: KDPM2DiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
+        let alphas = k_alphas(
+            CLASS,
+            &config.beta_schedule,
+            config.beta_start,
+            config.beta_end,
+            config.num_train_timesteps,
+            config.trained_betas.as_deref(),
+            &[],
+        );
+        let mut core = KDpm2Core::new(
+            CLASS,
+            false,
+            &config.prediction_type,
+            &config.timestep_spacing,
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+            alphas,
+        )?;
+        core.set_timesteps(
+            &TimestepsRequest::steps(config.num_train_timesteps),
+            config.steps_offset,
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+        )?;
+        Ok(Self { config, core })
+    }
+
+    /// The config, for re-save.
+    pub fn config(&self) -> &KDPM2DiscreteSchedulerConfig {
+        &self.config
+    }
+
+    /// `set_timesteps(num_inference_steps)`.
+    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        let c = &self.config;
+        self.core.set_timesteps(request, c.steps_offset, c.use_karras_sigmas, c.use_exponential_sigmas)
+    }
+
+    /// The inference timesteps (2n − 1 entries, midpoints interleaved).
+    pub fn timesteps(&self) -> &[f64] {
+        &self.core.timesteps
+    }
+
+    /// The sigmas (2n + 2 entries, as diffusers lays them out).
+    pub fn sigmas(&self) -> &[f32] {
+        &self.core.sigmas
+    }
+
+    /// `init_noise_sigma`.
+    pub fn init_noise_sigma(&self) -> f32 {
+        self.core.init_noise_sigma()
+    }
+
+    /// The index bookkeeping.
+    pub fn step_index(&mut self) -> &mut StepIndex {
+        &mut self.core.index
+    }
+
+    /// `scale_model_input`: x / √(σ² + 1) with the stage's σ.
+    pub fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        self.core.scale_model_input(sample, timestep)
+    }
+
+    /// One DPM2 stage.
+    pub fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        _options: &StepOptions,
+        generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        self.core.step(model_output, timestep, sample, generator)
+    }
+
+    /// `add_noise`: x0 + z·σ.
+    pub fn add_noise<const D: usize>(
+        &self,
+        original: Tensor<D>,
+        noise: Tensor<D>,
+        timesteps: &[f64],
+    ) -> Result<Tensor<D>, SchedulerError> {
+        self.core.add_noise(original, noise, timesteps)
+    }
+
+    /// `order` (2).
+    pub fn order(&self) -> usize {
+        2
+    }
+}

@@ -1,0 +1,230 @@
+//! `LCMScheduler`: latent consistency models (multi-step consistency sampling, noise at every
+//! step but the last).
+
+use crate::common::{Prediction, ddpm_x0, noise_like, np_linspace_open};
+use crate::ddim::{add_noise_ddpm, clip_or_threshold, ddpm_family_alphas};
+use crate::{
+    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
+    TorchGenerator,
+};
+use burn::tensor::Tensor;
+use diff_format::configs::scheduler::LCMSchedulerConfig;
+
+const CLASS: &str = "LCMScheduler";
+
+/// The LCM / TCD timestep selection: custom timesteps (validated, cut by `strength`) or `n`
+/// entries picked evenly from the reversed origin schedule.
+pub(crate) fn consistency_timesteps(
+    class: &'static str,
+    origin: Vec<i64>,
+    train_steps: usize,
+    request: &TimestepsRequest,
+    limit: usize,
+) -> Result<Vec<f64>, SchedulerError> {
+    let strength = request.strength.unwrap_or(1.0);
+    if let Some(custom) = &request.timesteps {
+        if custom.windows(2).any(|w| w[1] >= w[0]) {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{class}: custom timesteps must be in descending order"
+            )));
+        }
+        if custom.first().is_some_and(|t| *t >= train_steps as f64) {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{class}: timesteps must start before num_train_timesteps ({train_steps})"
+            )));
+        }
+        if custom.len() > limit {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{class}: {} custom timesteps exceed {limit}",
+                custom.len()
+            )));
+        }
+        let n = custom.len();
+        let init = ((n as f64 * strength) as usize).min(n);
+        let t_start = n.saturating_sub(init);
+        return Ok(custom[t_start..].iter().map(|t| (*t as i64) as f64).collect());
+    }
+    let n = request.resolved_steps(class)?;
+    if n > train_steps || n > limit {
+        return Err(SchedulerError::InvalidArgument(format!(
+            "{class}: num_inference_steps {n} exceeds the {limit} available timesteps"
+        )));
+    }
+    if origin.len() / n < 1 {
+        return Err(SchedulerError::InvalidArgument(format!(
+            "{class}: strength leaves {} timesteps, fewer than num_inference_steps {n}",
+            origin.len()
+        )));
+    }
+    let mut rev = origin;
+    rev.reverse();
+    np_linspace_open(0.0, rev.len() as f64, n)
+        .into_iter()
+        .map(|x| {
+            rev.get(x.floor() as usize)
+                .map(|t| *t as f64)
+                .ok_or_else(|| SchedulerError::InvalidArgument(format!("{class}: index out of range")))
+        })
+        .collect()
+}
+
+/// diffusers' `LCMScheduler`.
+#[derive(Debug, Clone)]
+pub struct LCMScheduler {
+    config: LCMSchedulerConfig,
+    prediction: Prediction,
+    alphas_cumprod: Vec<f32>,
+    final_alpha_cumprod: f32,
+    timesteps: Vec<f64>,
+    num_inference_steps: Option<usize>,
+    index: StepIndex,
+}
+
+impl LCMScheduler {
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    pub fn new(config: LCMSchedulerConfig) -> Result<Self, SchedulerError> {
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+        )?;
+        let ac = ddpm_family_alphas(
+            CLASS,
+            &config.beta_schedule,
+            config.beta_start,
+            config.beta_end,
+            config.num_train_timesteps,
+            config.trained_betas.as_deref(),
+            config.rescale_betas_zero_snr,
+            &[],
+        )?;
+        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { ac[0] };
+        let timesteps = (0..config.num_train_timesteps).rev().map(|t| t as f64).collect();
+        Ok(Self {
+            config,
+            prediction,
+            alphas_cumprod: ac,
+            final_alpha_cumprod,
+            timesteps,
+            num_inference_steps: None,
+            index: StepIndex::default(),
+        })
+    }
+
+    /// The config, for re-save.
+    pub fn config(&self) -> &LCMSchedulerConfig {
+        &self.config
+    }
+
+    /// `set_timesteps(num_inference_steps | timesteps, original_inference_steps, strength)`.
+    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        if request.sigmas.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!("{CLASS} takes no custom sigmas")));
+        }
+        request.check_exclusive(CLASS)?;
+        let t = self.config.num_train_timesteps;
+        let original = request.original_inference_steps.unwrap_or(self.config.original_inference_steps);
+        if original == 0 || original > t {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}: original_inference_steps {original} must be in 1..={t}"
+            )));
+        }
+        let k = (t / original) as i64;
+        let strength = request.strength.unwrap_or(1.0);
+        let origin: Vec<i64> = (1..=((original as f64 * strength) as i64)).map(|i| i * k - 1).collect();
+        self.timesteps = consistency_timesteps(CLASS, origin, t, request, original)?;
+        self.num_inference_steps = Some(self.timesteps.len());
+        self.index = StepIndex::default();
+        Ok(())
+    }
+
+    /// The inference timesteps (integers).
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// `init_noise_sigma` (1.0).
+    pub fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    /// The index bookkeeping.
+    pub fn step_index(&mut self) -> &mut StepIndex {
+        &mut self.index
+    }
+
+    /// `scale_model_input`: the identity.
+    pub fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        _timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        Ok(sample)
+    }
+
+    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
+        if t < 0 {
+            return Ok(self.final_alpha_cumprod);
+        }
+        usize::try_from(t)
+            .ok()
+            .and_then(|i| self.alphas_cumprod.get(i).copied())
+            .ok_or(SchedulerError::UnknownTimestep(t as f64))
+    }
+
+    /// One consistency step.
+    pub fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        _options: &StepOptions,
+        generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        let n = self.num_inference_steps.ok_or(SchedulerError::NotInitialised(CLASS))?;
+        let i = self.index.current(&self.timesteps, timestep)?;
+        let prev_t = self.timesteps.get(i + 1).copied().unwrap_or(timestep) as i64;
+        let t = timestep as i64;
+        let alpha_t = self.alpha(t)?;
+        let alpha_prev = self.alpha(prev_t)?;
+        let beta_prev = 1.0 - alpha_prev;
+        // The timestep is an int64 tensor; times a Python float it becomes float32.
+        let scaled = t as f32 * self.config.timestep_scaling as f32;
+        let c_skip = 0.25f32 / (scaled * scaled + 0.25);
+        let c_out = scaled / (scaled * scaled + 0.25).sqrt();
+        let c = &self.config;
+        let x0 = ddpm_x0(self.prediction, model_output.clone(), sample.clone(), alpha_t);
+        let x0 = clip_or_threshold(
+            x0,
+            c.thresholding,
+            c.clip_sample,
+            c.clip_sample_range,
+            c.dynamic_thresholding_ratio,
+            c.sample_max_value,
+        )?;
+        let denoised = x0.mul_scalar(c_out) + sample.mul_scalar(c_skip);
+        let prev = if i + 1 != n {
+            let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+            denoised.clone().mul_scalar(alpha_prev.sqrt()) + noise.mul_scalar(beta_prev.sqrt())
+        } else {
+            denoised.clone()
+        };
+        self.index.advance(1);
+        Ok(SchedulerOutput { prev_sample: prev, pred_original_sample: Some(denoised) })
+    }
+
+    /// `add_noise`: √ᾱ_t·x0 + √(1-ᾱ_t)·z.
+    pub fn add_noise<const D: usize>(
+        &self,
+        original: Tensor<D>,
+        noise: Tensor<D>,
+        timesteps: &[f64],
+    ) -> Result<Tensor<D>, SchedulerError> {
+        add_noise_ddpm(&self.alphas_cumprod, original, noise, timesteps)
+    }
+
+    /// `order`.
+    pub fn order(&self) -> usize {
+        1
+    }
+}

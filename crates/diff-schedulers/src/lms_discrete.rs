@@ -1,0 +1,231 @@
+//! `LMSDiscreteScheduler`: the linear multistep method on the k-diffusion sigmas (up to
+//! fourth order, coefficients from integrating the Lagrange basis between sigmas).
+
+use crate::common::{Prediction, Spacing, check_sigma_flags, k_alphas, k_schedule, k_x0};
+use crate::{SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator};
+use burn::tensor::Tensor;
+use diff_format::configs::scheduler::LMSDiscreteSchedulerConfig;
+
+const CLASS: &str = "LMSDiscreteScheduler";
+/// diffusers' default `order` argument of `step`.
+const LMS_ORDER: usize = 4;
+
+/// diffusers' `LMSDiscreteScheduler`.
+#[derive(Debug, Clone)]
+pub struct LMSDiscreteScheduler {
+    config: LMSDiscreteSchedulerConfig,
+    prediction: Prediction,
+    spacing: Spacing,
+    alphas_cumprod: Vec<f32>,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f32>,
+    derivatives: Vec<Tensor<1>>,
+    index: StepIndex,
+}
+
+impl LMSDiscreteScheduler {
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    pub fn new(config: LMSDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+        )?;
+        let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
+        check_sigma_flags(
+            CLASS,
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+        )?;
+        let ac = k_alphas(
+            CLASS,
+            &config.beta_schedule,
+            config.beta_start,
+            config.beta_end,
+            config.num_train_timesteps,
+            config.trained_betas.as_deref(),
+            &[],
+        )?;
+        let mut sigmas = crate::common::train_sigmas(&ac);
+        sigmas.reverse();
+        sigmas.push(0.0);
+        let timesteps = crate::common::np_linspace(
+            0.0,
+            (config.num_train_timesteps - 1) as f64,
+            config.num_train_timesteps,
+        )
+        .into_iter()
+        .rev()
+        .map(|t| f64::from(t as f32))
+        .collect();
+        Ok(Self {
+            config,
+            prediction,
+            spacing,
+            alphas_cumprod: ac,
+            timesteps,
+            sigmas,
+            derivatives: Vec::new(),
+            index: StepIndex::default(),
+        })
+    }
+
+    /// The config, for re-save.
+    pub fn config(&self) -> &LMSDiscreteSchedulerConfig {
+        &self.config
+    }
+
+    /// `set_timesteps(num_inference_steps)`.
+    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        if request.timesteps.is_some() || request.sigmas.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}.set_timesteps takes only num_inference_steps"
+            )));
+        }
+        let n = request.resolved_steps(CLASS)?;
+        let c = &self.config;
+        let (ts, sig, _) = k_schedule(
+            self.spacing,
+            &self.alphas_cumprod,
+            n,
+            c.steps_offset,
+            c.use_karras_sigmas,
+            c.use_exponential_sigmas,
+            false,
+        );
+        let mut sigmas: Vec<f32> = sig.into_iter().map(|v| v as f32).collect();
+        sigmas.push(0.0);
+        self.timesteps = ts.into_iter().map(|t| f64::from(t as f32)).collect();
+        self.sigmas = sigmas;
+        self.derivatives.clear();
+        self.index = StepIndex::default();
+        Ok(())
+    }
+
+    /// The inference timesteps (float32 values).
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// The sigmas, one more than the timesteps.
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
+    pub fn init_noise_sigma(&self) -> f32 {
+        let max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        match self.spacing {
+            Spacing::Linspace | Spacing::Trailing => max,
+            Spacing::Leading => (max * max + 1.0).sqrt(),
+        }
+    }
+
+    /// The index bookkeeping.
+    pub fn step_index(&mut self) -> &mut StepIndex {
+        &mut self.index
+    }
+
+    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
+        self.sigmas
+            .get(i)
+            .copied()
+            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+    }
+
+    /// `scale_model_input`: x / √(σ² + 1).
+    pub fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let i = self.index.current(&self.timesteps, timestep)?;
+        let sigma = self.sigma_at(i)?;
+        Ok(sample.div_scalar((sigma * sigma + 1.0).sqrt()))
+    }
+
+    /// `get_lms_coefficient`: ∫ from σ_t to σ_{t+1} of the Lagrange basis polynomial of
+    /// `current` among the last `order` sigmas. diffusers integrates with `scipy.quad`; the
+    /// integrand is a polynomial of degree ≤ 3, which 3-point Gauss–Legendre integrates
+    /// exactly, so the results agree to rounding (float32 evaluation in diffusers).
+    fn lms_coefficient(&self, order: usize, t: usize, current: usize) -> Result<f64, SchedulerError> {
+        let s = |i: usize| -> Result<f64, SchedulerError> { Ok(f64::from(self.sigma_at(i)?)) };
+        let basis = |tau: f64| -> Result<f64, SchedulerError> {
+            let mut prod = 1.0;
+            for k in 0..order {
+                if k == current {
+                    continue;
+                }
+                let sk = s(t - k)?;
+                prod *= (tau - sk) / (s(t - current)? - sk);
+            }
+            Ok(prod)
+        };
+        let (a, b) = (s(t)?, s(t + 1)?);
+        let half = (b - a) / 2.0;
+        let mid = (a + b) / 2.0;
+        let node = (3.0f64 / 5.0).sqrt();
+        let sum = 5.0 / 9.0 * basis(mid - half * node)? + 8.0 / 9.0 * basis(mid)?
+            + 5.0 / 9.0 * basis(mid + half * node)?;
+        Ok(sum * half)
+    }
+
+    /// One LMS step (order 4, lower while the history fills).
+    pub fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        _options: &StepOptions,
+        _generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        let i = self.index.current(&self.timesteps, timestep)?;
+        let sigma = self.sigma_at(i)?;
+        let dims = sample.dims();
+        let x0 = k_x0(self.prediction, model_output, sample.clone(), sigma);
+        let x = sample.flatten::<1>(0, D - 1);
+        let derivative = (x.clone() - x0.clone().flatten::<1>(0, D - 1)).div_scalar(sigma);
+        self.derivatives.push(derivative);
+        if self.derivatives.len() > LMS_ORDER {
+            self.derivatives.remove(0);
+        }
+        let order = (i + 1).min(LMS_ORDER);
+        let mut acc: Option<Tensor<1>> = None;
+        for (current, d) in self.derivatives.iter().rev().take(order).enumerate() {
+            let coeff = self.lms_coefficient(order, i, current)? as f32;
+            let term = d.clone().mul_scalar(coeff);
+            acc = Some(match acc {
+                Some(a) => a + term,
+                None => term,
+            });
+        }
+        let prev = match acc {
+            Some(a) => x + a,
+            None => x,
+        };
+        self.index.advance(1);
+        Ok(SchedulerOutput { prev_sample: prev.reshape(dims), pred_original_sample: Some(x0) })
+    }
+
+    /// `add_noise`: x0 + z·σ.
+    pub fn add_noise<const D: usize>(
+        &self,
+        original: Tensor<D>,
+        noise: Tensor<D>,
+        timesteps: &[f64],
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let sigmas = self
+            .index
+            .noise_indices(&self.timesteps, timesteps)?
+            .into_iter()
+            .map(|i| self.sigma_at(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
+    }
+
+    /// `order`.
+    pub fn order(&self) -> usize {
+        1
+    }
+}

@@ -1,0 +1,265 @@
+//! The parity gate: every scheduler case recorded with real diffusers 0.42.1 by
+//! `tests/fixtures/10-schedulers/generate.py` is replayed here.
+//!
+//! Per case: the config diffusers built by `Class.from_config(sd15_config, **overrides)` must
+//! equal ours key by key; timesteps must be identical; sigmas and `init_noise_sigma` within
+//! 1e-5 relative; the loop samples (after the first step and at the end) within 1e-5 of the
+//! sample's scale, i.e. max |rust - python| / max(1, max |python|) <= 1e-5.
+//!
+//! The loop is seed-driven (see the generator's docstring), so no model outputs are stored.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use diff_schedulers::{Scheduler, StepOptions, TorchGenerator, NoiseDtype};
+use serde_json::{Map, Value};
+use std::sync::OnceLock;
+
+const TOLERANCE: f64 = 1e-5;
+
+fn cases() -> &'static Value {
+    static CASES: OnceLock<Value> = OnceLock::new();
+    CASES.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/10-schedulers/cases.json");
+        let text = std::fs::read_to_string(path).expect("fixture cases.json is committed");
+        serde_json::from_str(&text).expect("cases.json is valid JSON")
+    })
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+}
+
+/// max |a - b| / max(1, max |b|).
+fn scaled_error(rust: &[f64], python: &[f64]) -> f64 {
+    assert_eq!(rust.len(), python.len(), "length differs");
+    let scale = python.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    rust.iter().zip(python).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale
+}
+
+/// max |a - b| / |b| element-wise (|b| floored at 1e-30), for schedule tables.
+fn relative_error(rust: &[f64], python: &[f64]) -> f64 {
+    assert_eq!(rust.len(), python.len(), "length differs");
+    rust.iter()
+        .zip(python)
+        .map(|(a, b)| {
+            if a == b {
+                0.0
+            } else {
+                (a - b).abs() / b.abs().max(1e-30)
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+fn values<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
+    t.to_data().convert::<f32>().iter::<f32>().map(f64::from).collect()
+}
+
+fn step_options(kw: &Map<String, Value>) -> StepOptions {
+    let mut o = StepOptions::default();
+    if let Some(v) = kw.get("eta").and_then(Value::as_f64) {
+        o.eta = Some(v as f32);
+    }
+    if let Some(v) = kw.get("s_churn").and_then(Value::as_f64) {
+        o.s_churn = v as f32;
+    }
+    o
+}
+
+/// Compares the Python config (init keys and kept keys) with ours.
+fn config_mismatches(rust: &Map<String, Value>, python: &Map<String, Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, pv) in python {
+        let rv = rust.get(k).unwrap_or(&Value::Null);
+        let same = match (rv, pv) {
+            (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+            // diffusers' -inf default is stored as null by the generator.
+            (Value::Number(a), Value::Null) => a.as_f64().is_some_and(|v| !v.is_finite()),
+            (a, b) => a == b,
+        };
+        if !same {
+            out.push(format!("{k}: rust {rv} vs python {pv}"));
+        }
+    }
+    out
+}
+
+/// The errors of one case, or a description of why it failed.
+struct CaseResult {
+    name: String,
+    sigma_err: f64,
+    sample_err: f64,
+}
+
+fn run_case(case: &Value, device: &Device) -> Result<CaseResult, String> {
+    let name = case["name"].as_str().unwrap_or("?").to_string();
+    let class = case["class"].as_str().unwrap_or_default();
+    let base = cases()["base_config"].as_object().cloned().unwrap_or_default();
+    let overrides = case["overrides"].as_object().cloned().unwrap_or_default();
+    let mut sched = Scheduler::from_config_as(class, &base, &overrides).map_err(|e| format!("{name}: build: {e}"))?;
+    let mismatches = config_mismatches(
+        &sched.config_json().map_err(|e| e.to_string())?,
+        case["config"].as_object().ok_or("no config")?,
+    );
+    if !mismatches.is_empty() {
+        return Err(format!("{name}: config differs: {mismatches:?}"));
+    }
+    let steps = case["steps"].as_u64().unwrap_or(0) as usize;
+    sched.set_timesteps(steps).map_err(|e| format!("{name}: set_timesteps: {e}"))?;
+    let ts_py = floats(&case["timesteps"]);
+    let ts_rs: Vec<f64> = sched.timesteps().to_vec();
+    // Timesteps must be identical. The one allowance: float timesteps that diffusers derives
+    // from sigmas with `_sigma_to_t` (karras / exponential sigmas, and the KDPM2 midpoints,
+    // whose sigmas torch computes with its vectorised SLEEF `log`/`exp`) may differ by 2 ulp
+    // of float32; integer-valued timesteps must still match exactly.
+    let sigma_derived = overrides.contains_key("use_karras_sigmas")
+        || overrides.contains_key("use_exponential_sigmas")
+        || class.starts_with("KDPM2");
+    let ulps = |a: f64, b: f64| ((a as f32).to_bits() as i64 - (b as f32).to_bits() as i64).abs();
+    let same = ts_rs.len() == ts_py.len()
+        && ts_rs.iter().zip(&ts_py).all(|(a, b)| a == b || (sigma_derived && ulps(*a, *b) <= 2));
+    if !same {
+        return Err(format!("{name}: timesteps differ:\n rust   {ts_rs:?}\n python {ts_py:?}"));
+    }
+    let mut sigma_err = 0.0;
+    if case["sigmas"].is_array() {
+        let sig_rs: Vec<f64> = sched.sigmas().ok_or(format!("{name}: no sigmas"))?.iter().map(|v| f64::from(*v)).collect();
+        let sig_py = floats(&case["sigmas"]);
+        if sig_rs.len() != sig_py.len() {
+            return Err(format!("{name}: {} sigmas vs {}", sig_rs.len(), sig_py.len()));
+        }
+        sigma_err = relative_error(&sig_rs, &sig_py);
+    }
+    let init_py = case["init_noise_sigma"].as_f64().unwrap_or(1.0);
+    let init_rs = f64::from(sched.init_noise_sigma());
+    sigma_err = sigma_err.max(relative_error(&[init_rs], &[init_py]));
+    if sigma_err > TOLERANCE {
+        return Err(format!("{name}: sigma / init_noise_sigma error {sigma_err:e}"));
+    }
+
+    let shape: [usize; 4] = {
+        let s = floats(&cases()["shape"]);
+        [s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize]
+    };
+    let numel: usize = shape.iter().product();
+    let tensor = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), device);
+    let latents = tensor(TorchGenerator::new(0).randn(numel, NoiseDtype::Float32));
+    let mut x = latents.mul_scalar(sched.init_noise_sigma());
+    let mut noise_gen = [TorchGenerator::new(7)];
+    let options = step_options(case["step_kwargs"].as_object().ok_or("no step_kwargs")?);
+    let mut first = None;
+    for (i, t) in ts_rs.iter().enumerate() {
+        let inp = sched.scale_model_input(x.clone(), *t).map_err(|e| format!("{name}: scale {i}: {e}"))?;
+        let base = tensor(TorchGenerator::new(1000 + i as u64).randn(numel, NoiseDtype::Float32));
+        let model_output = inp.mul_scalar(0.3) + base.mul_scalar(0.7);
+        x = sched
+            .step(model_output, *t, x, &options, Some(&mut noise_gen))
+            .map_err(|e| format!("{name}: step {i}: {e}"))?
+            .prev_sample;
+        if first.is_none() {
+            first = Some(values(&x));
+        }
+    }
+    let first_err = scaled_error(&first.unwrap_or_default(), &floats(&case["first_step"]));
+    let final_err = scaled_error(&values(&x), &floats(&case["final"]));
+    let sample_err = first_err.max(final_err);
+    if !(sample_err <= TOLERANCE) {
+        return Err(format!("{name}: sample error first {first_err:e} final {final_err:e}"));
+    }
+    Ok(CaseResult { name, sigma_err, sample_err })
+}
+
+/// Runs every recorded case of `class`; fails listing all failing cases.
+fn check_class(class: &str) {
+    let device = Device::default();
+    let all = cases()["cases"].as_array().expect("cases array");
+    let mine: Vec<&Value> = all.iter().filter(|c| c["class"] == class).collect();
+    assert!(!mine.is_empty(), "the fixture has no case for {class}");
+    let mut failures = Vec::new();
+    for case in mine {
+        match run_case(case, &device) {
+            Ok(r) => eprintln!("PARITY {} sigma_rel={:.2e} sample_rel={:.2e}", r.name, r.sigma_err, r.sample_err),
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn ddim_matches_diffusers() {
+    check_class("DDIMScheduler");
+}
+
+#[test]
+fn ddpm_matches_diffusers() {
+    check_class("DDPMScheduler");
+}
+
+#[test]
+fn euler_discrete_matches_diffusers() {
+    check_class("EulerDiscreteScheduler");
+}
+
+#[test]
+fn euler_ancestral_discrete_matches_diffusers() {
+    check_class("EulerAncestralDiscreteScheduler");
+}
+
+#[test]
+fn pndm_matches_diffusers() {
+    check_class("PNDMScheduler");
+}
+
+#[test]
+fn dpmsolver_multistep_matches_diffusers() {
+    check_class("DPMSolverMultistepScheduler");
+}
+
+#[test]
+fn lcm_matches_diffusers() {
+    check_class("LCMScheduler");
+}
+
+#[test]
+fn tcd_matches_diffusers() {
+    check_class("TCDScheduler");
+}
+
+#[test]
+fn flow_match_euler_discrete_matches_diffusers() {
+    check_class("FlowMatchEulerDiscreteScheduler");
+}
+
+#[test]
+fn heun_discrete_matches_diffusers() {
+    check_class("HeunDiscreteScheduler");
+}
+
+#[test]
+fn k_dpm_2_discrete_matches_diffusers() {
+    check_class("KDPM2DiscreteScheduler");
+}
+
+#[test]
+fn k_dpm_2_ancestral_discrete_matches_diffusers() {
+    check_class("KDPM2AncestralDiscreteScheduler");
+}
+
+#[test]
+fn lms_discrete_matches_diffusers() {
+    check_class("LMSDiscreteScheduler");
+}
+
+#[test]
+fn edm_euler_matches_diffusers() {
+    check_class("EDMEulerScheduler");
+}
+
+#[test]
+fn unipc_multistep_matches_diffusers() {
+    check_class("UniPCMultistepScheduler");
+}
+
+#[test]
+fn deis_multistep_matches_diffusers() {
+    check_class("DEISMultistepScheduler");
+}
