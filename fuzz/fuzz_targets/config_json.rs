@@ -10,12 +10,17 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let origin = Path::new("fuzz.json");
-    if let Ok(file) = ConfigFile::<serde_json::Map<String, serde_json::Value>>::from_json_str(text, origin) {
+    if let Ok(file) =
+        ConfigFile::<serde_json::Map<String, serde_json::Value>>::from_json_str(text, origin)
+    {
         let saved = file.to_json_string().expect("a map always serializes");
-        let again = ConfigFile::<serde_json::Map<String, serde_json::Value>>::from_json_str(&saved, origin)
-            .expect("our own output parses");
+        let again =
+            ConfigFile::<serde_json::Map<String, serde_json::Value>>::from_json_str(&saved, origin)
+                .expect("our own output parses");
         assert_eq!(again.to_json_string().expect("serializes"), saved);
     }
     let _ = ModelIndex::from_json_str(text, origin).map(|i| i.to_json_string());

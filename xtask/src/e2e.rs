@@ -43,7 +43,14 @@ impl Server {
         cmd.arg("hub-server")
             .arg("--root")
             .arg(root)
-            .args(["--port", "0", "--token", TOKEN, "--multipart-chunk-size", "1048576"])
+            .args([
+                "--port",
+                "0",
+                "--token",
+                TOKEN,
+                "--multipart-chunk-size",
+                "1048576",
+            ])
             .arg("--log")
             .arg(&log)
             .arg("--ready-file")
@@ -55,8 +62,15 @@ impl Server {
         loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
                 let v: Value = serde_json::from_str(&text).context("parsing the ready file")?;
-                let endpoint = v["endpoint"].as_str().context("ready file has no endpoint")?.to_string();
-                return Ok(Self { child, endpoint, log });
+                let endpoint = v["endpoint"]
+                    .as_str()
+                    .context("ready file has no endpoint")?
+                    .to_string();
+                return Ok(Self {
+                    child,
+                    endpoint,
+                    log,
+                });
             }
             if let Some(status) = child.try_wait()? {
                 bail!("the hub server exited before listening ({status})");
@@ -107,7 +121,13 @@ struct Peers {
 
 impl Peers {
     fn env(&self, cmd: &mut Command, endpoint: &str, cache: &Path, offline: bool) {
-        for var in ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH"] {
+        for var in [
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+            "HF_HUB_CACHE",
+            "HUGGINGFACE_HUB_CACHE",
+            "HF_TOKEN_PATH",
+        ] {
             cmd.env_remove(var);
         }
         cmd.env("HF_ENDPOINT", endpoint)
@@ -130,9 +150,16 @@ impl Peers {
         cmd.arg(&self.script).args(args);
         self.env(&mut cmd, endpoint, cache, offline);
         let out = run_bounded(cmd, Duration::from_secs(120))?;
-        ensure!(out.status.success(), "python peer {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "python peer {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout.lines().last().context("python peer printed nothing")?;
+        let line = stdout
+            .lines()
+            .last()
+            .context("python peer printed nothing")?;
         serde_json::from_str(line).with_context(|| format!("python peer output {line:?}"))
     }
 
@@ -145,7 +172,11 @@ impl Peers {
 
     fn cli_ok(&self, args: &[&str], endpoint: &str, cache: &Path) -> Result<String> {
         let out = self.cli(args, endpoint, cache)?;
-        ensure!(out.status.success(), "burn-diffusers {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "burn-diffusers {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }
@@ -153,7 +184,11 @@ impl Peers {
 /// Runs a command with a time limit (the child is killed past it).
 fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output> {
     use std::io::Read;
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("spawning")?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning")?;
     let reader = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -163,8 +198,18 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output> {
             buf
         })
     };
-    let out = reader(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = reader(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -179,7 +224,11 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output> {
     };
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
-    Ok(Output { status, stdout, stderr })
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 fn files_under(dir: &Path) -> Result<Vec<String>> {
@@ -207,7 +256,8 @@ fn same_files(got: &Path, want: &Path, what: &str) -> Result<Vec<String>> {
     ensure!(!files.is_empty(), "{what}: {} is empty", got.display());
     for rel in &files {
         let a = std::fs::read(got.join(rel))?;
-        let b = std::fs::read(want.join(rel)).with_context(|| format!("{what}: {rel} is not in {}", want.display()))?;
+        let b = std::fs::read(want.join(rel))
+            .with_context(|| format!("{what}: {rel} is not in {}", want.display()))?;
         ensure!(a == b, "{what}: {rel} differs from {}", want.display());
     }
     Ok(files)
@@ -237,21 +287,41 @@ fn pseudo_random(len: usize, mut x: u64) -> Vec<u8> {
 
 fn ensure_venv(target: &Path) -> Result<PathBuf> {
     let venv = target.join("e2e-venv");
-    let python = if cfg!(windows) { venv.join("Scripts/python.exe") } else { venv.join("bin/python") };
+    let python = if cfg!(windows) {
+        venv.join("Scripts/python.exe")
+    } else {
+        venv.join("bin/python")
+    };
     let stamp = venv.join(format!(".huggingface_hub-{HF_HUB_VERSION}"));
     if stamp.exists() {
         return Ok(python);
     }
-    eprintln!("xtask e2e: creating {} (huggingface_hub=={HF_HUB_VERSION} only)", venv.display());
+    eprintln!(
+        "xtask e2e: creating {} (huggingface_hub=={HF_HUB_VERSION} only)",
+        venv.display()
+    );
     let interpreter = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let status = Command::new(&interpreter).args(["-m", "venv"]).arg(&venv).status().with_context(|| format!("running {interpreter} -m venv"))?;
+    let status = Command::new(&interpreter)
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .with_context(|| format!("running {interpreter} -m venv"))?;
     ensure!(status.success(), "creating the venv failed");
     let status = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .arg(format!("huggingface_hub=={HF_HUB_VERSION}"))
         .status()
         .context("pip install huggingface_hub")?;
-    ensure!(status.success(), "pip install huggingface_hub=={HF_HUB_VERSION} failed");
+    ensure!(
+        status.success(),
+        "pip install huggingface_hub=={HF_HUB_VERSION} failed"
+    );
     std::fs::write(&stamp, b"")?;
     Ok(python)
 }
@@ -263,21 +333,39 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let started = Instant::now();
     let root = crate::repo_root()?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask e2e: building burn-diffusers");
-    let status = Command::new(&cargo).args(["build", "-p", "diff-cli", "--bin", "burn-diffusers"]).current_dir(&root).status()?;
+    let status = Command::new(&cargo)
+        .args(["build", "-p", "diff-cli", "--bin", "burn-diffusers"])
+        .current_dir(&root)
+        .status()?;
     ensure!(status.success(), "building burn-diffusers failed");
-    let cli = target.join("debug").join(if cfg!(windows) { "burn-diffusers.exe" } else { "burn-diffusers" });
+    let cli = target.join("debug").join(if cfg!(windows) {
+        "burn-diffusers.exe"
+    } else {
+        "burn-diffusers"
+    });
     let python = ensure_venv(&target)?;
     let work = target.join("e2e-work");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let peers = Peers { python, script: root.join("tests/e2e/peer.py"), cli, home: work.join("hf-home") };
+    let peers = Peers {
+        python,
+        script: root.join("tests/e2e/peer.py"),
+        cli,
+        home: work.join("hf-home"),
+    };
     std::fs::create_dir_all(&peers.home)?;
     let hub_root = work.join("hub");
     let fixture = root.join("tests/fixtures/tiny-sd");
-    ensure!(fixture.join("model_index.json").is_file(), "{} is missing", fixture.display());
+    ensure!(
+        fixture.join("model_index.json").is_file(),
+        "{} is missing",
+        fixture.display()
+    );
     let scenarios = Instant::now();
 
     // 1. Python uploads; we download; Python reads our cache offline. And the reverse.
@@ -285,12 +373,21 @@ pub fn run(args: &[String]) -> Result<()> {
     let ep = server.endpoint.clone();
     let c1 = work.join("cache-rust");
     let c2 = work.join("cache-python");
-    let up = peers.python(&["upload", REPO_PY, &fixture.to_string_lossy()], &ep, &work.join("cache-unused"), false)?;
-    eprintln!("  python upload_folder -> commit {}", up["commit"].as_str().unwrap_or("?"));
+    let up = peers.python(
+        &["upload", REPO_PY, &fixture.to_string_lossy()],
+        &ep,
+        &work.join("cache-unused"),
+        false,
+    )?;
+    eprintln!(
+        "  python upload_folder -> commit {}",
+        up["commit"].as_str().unwrap_or("?")
+    );
     let ours = PathBuf::from(peers.cli_ok(&["download", REPO_PY], &ep, &c1)?);
     let selected = same_files(&ours, &fixture, "burn-diffusers download")?;
     ensure!(
-        selected.contains(&"unet/diffusion_pytorch_model.safetensors".to_string()) && !selected.iter().any(|f| f.contains(".fp16.")),
+        selected.contains(&"unet/diffusion_pytorch_model.safetensors".to_string())
+            && !selected.iter().any(|f| f.contains(".fp16.")),
         "pipeline selection: {selected:?}"
     );
     let before = server.requests().len();
@@ -300,71 +397,176 @@ pub fn run(args: &[String]) -> Result<()> {
         py_args.push(f);
     }
     let py_offline = peers.python(&py_args, &ep, &c1, true)?;
-    ensure!(Path::new(py_offline["path"].as_str().unwrap_or("")) == ours, "python offline snapshot path {py_offline} vs {}", ours.display());
+    ensure!(
+        Path::new(py_offline["path"].as_str().unwrap_or("")) == ours,
+        "python offline snapshot path {py_offline} vs {}",
+        ours.display()
+    );
     let scan = peers.python(&["scan"], &ep, &c1, true)?;
-    ensure!(scan["warnings"].as_array().is_some_and(|w| w.is_empty()), "scan_cache_dir warnings: {scan}");
-    let scanned: Vec<String> = scan["repos"][0]["files"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
-    ensure!(scanned == selected, "scan_cache_dir files {scanned:?} vs {selected:?}");
-    ensure!(scan["repos"][0]["refs"] == serde_json::json!(["main"]), "refs: {scan}");
-    ensure!(server.requests().len() == before, "python offline made requests");
-    eprintln!("  [1a] python offline snapshot_download found all {} files burn-diffusers downloaded; scan_cache_dir clean", selected.len());
+    ensure!(
+        scan["warnings"].as_array().is_some_and(|w| w.is_empty()),
+        "scan_cache_dir warnings: {scan}"
+    );
+    let scanned: Vec<String> = scan["repos"][0]["files"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ensure!(
+        scanned == selected,
+        "scan_cache_dir files {scanned:?} vs {selected:?}"
+    );
+    ensure!(
+        scan["repos"][0]["refs"] == serde_json::json!(["main"]),
+        "refs: {scan}"
+    );
+    ensure!(
+        server.requests().len() == before,
+        "python offline made requests"
+    );
+    eprintln!(
+        "  [1a] python offline snapshot_download found all {} files burn-diffusers downloaded; scan_cache_dir clean",
+        selected.len()
+    );
     let theirs = peers.python(&["snapshot", REPO_PY], &ep, &c2, false)?;
     let theirs = PathBuf::from(theirs["path"].as_str().context("python snapshot path")?);
     let before = server.requests().len();
-    let ours_offline = PathBuf::from(peers.cli_ok(&["download", REPO_PY, "--offline"], &ep, &c2)?);
-    ensure!(ours_offline == theirs, "offline resolution {} vs python {}", ours_offline.display(), theirs.display());
+    let ours_offline =
+        PathBuf::from(peers.cli_ok(&["download", REPO_PY, "--offline"], &ep, &c2)?);
+    ensure!(
+        ours_offline == theirs,
+        "offline resolution {} vs python {}",
+        ours_offline.display(),
+        theirs.display()
+    );
     same_files(&ours_offline, &fixture, "python download")?;
-    ensure!(server.requests().len() == before, "burn-diffusers --offline made requests");
-    eprintln!("  [1b] burn-diffusers --offline resolved python's cache ({}), zero requests", theirs.display());
+    ensure!(
+        server.requests().len() == before,
+        "burn-diffusers --offline made requests"
+    );
+    eprintln!(
+        "  [1b] burn-diffusers --offline resolved python's cache ({}), zero requests",
+        theirs.display()
+    );
 
     // 2. We push (LFS basic + multipart); Python downloads; byte-identical. Then a PR.
     let push_src = work.join("push-src");
     copy_dir(&fixture, &push_src)?;
     std::fs::create_dir_all(push_src.join("extra"))?;
-    std::fs::write(push_src.join("extra/big.safetensors"), pseudo_random(3 * 1024 * 1024 + 17, 42))?;
-    let url = peers.cli_ok(&["push", &push_src.to_string_lossy(), "--repo", REPO_RS], &ep, &c1)?;
-    ensure!(url.contains("/user/e2e-from-rust/commit/"), "push printed {url}");
+    std::fs::write(
+        push_src.join("extra/big.safetensors"),
+        pseudo_random(3 * 1024 * 1024 + 17, 42),
+    )?;
+    let url = peers.cli_ok(
+        &["push", &push_src.to_string_lossy(), "--repo", REPO_RS],
+        &ep,
+        &c1,
+    )?;
+    ensure!(
+        url.contains("/user/e2e-from-rust/commit/"),
+        "push printed {url}"
+    );
     let requests = server.requests();
-    let parts = requests.iter().filter(|r| r["url"].as_str().is_some_and(|u| u.contains("/part/"))).count();
-    ensure!(parts >= 4, "expected a multipart upload, saw {parts} part PUTs");
-    let pulled = peers.python(&["snapshot", REPO_RS], &ep, &work.join("cache-python-2"), false)?;
+    let parts = requests
+        .iter()
+        .filter(|r| r["url"].as_str().is_some_and(|u| u.contains("/part/")))
+        .count();
+    ensure!(
+        parts >= 4,
+        "expected a multipart upload, saw {parts} part PUTs"
+    );
+    let pulled = peers.python(
+        &["snapshot", REPO_RS],
+        &ep,
+        &work.join("cache-python-2"),
+        false,
+    )?;
     let pulled = PathBuf::from(pulled["path"].as_str().context("python snapshot path")?);
     let mut pushed_files = files_under(&push_src)?;
     pushed_files.retain(|f| f != ".gitattributes");
     let mut got_files = same_files(&pulled, &push_src, "python download of our push")?;
     got_files.retain(|f| f != ".gitattributes");
-    ensure!(got_files == pushed_files, "python got {got_files:?}, we pushed {pushed_files:?}");
-    eprintln!("  [2a] burn-diffusers push ({parts} multipart parts) -> python snapshot_download: {} files byte-identical", got_files.len());
+    ensure!(
+        got_files == pushed_files,
+        "python got {got_files:?}, we pushed {pushed_files:?}"
+    );
+    eprintln!(
+        "  [2a] burn-diffusers push ({parts} multipart parts) -> python snapshot_download: {} files byte-identical",
+        got_files.len()
+    );
     let pr_src = work.join("push-pr");
     std::fs::create_dir_all(&pr_src)?;
     std::fs::write(pr_src.join("notes.txt"), b"proposed change\n")?;
-    let pr_url = peers.cli_ok(&["push", &pr_src.to_string_lossy(), "--repo", REPO_RS, "--create-pr"], &ep, &c1)?;
-    ensure!(pr_url.ends_with("/user/e2e-from-rust/discussions/1"), "PR push printed {pr_url}");
-    let pr_file = peers.python(&["file", REPO_RS, "notes.txt", "--revision", "refs/pr/1"], &ep, &work.join("cache-python-3"), false)?;
+    let pr_url = peers.cli_ok(
+        &[
+            "push",
+            &pr_src.to_string_lossy(),
+            "--repo",
+            REPO_RS,
+            "--create-pr",
+        ],
+        &ep,
+        &c1,
+    )?;
+    ensure!(
+        pr_url.ends_with("/user/e2e-from-rust/discussions/1"),
+        "PR push printed {pr_url}"
+    );
+    let pr_file = peers.python(
+        &["file", REPO_RS, "notes.txt", "--revision", "refs/pr/1"],
+        &ep,
+        &work.join("cache-python-3"),
+        false,
+    )?;
     let pr_bytes = std::fs::read(pr_file["path"].as_str().context("path")?)?;
     ensure!(pr_bytes == b"proposed change\n", "PR file content");
     let mut cmd = Command::new(&peers.python);
     cmd.arg(&peers.script).args(["file", REPO_RS, "notes.txt"]);
     peers.env(&mut cmd, &ep, &work.join("cache-python-3"), false);
-    ensure!(!run_bounded(cmd, Duration::from_secs(60))?.status.success(), "the PR must not touch main");
-    eprintln!("  [2b] burn-diffusers push --create-pr -> {pr_url}; python reads it at refs/pr/1, main untouched");
+    ensure!(
+        !run_bounded(cmd, Duration::from_secs(60))?.status.success(),
+        "the PR must not touch main"
+    );
+    eprintln!(
+        "  [2b] burn-diffusers push --create-pr -> {pr_url}; python reads it at refs/pr/1, main untouched"
+    );
     drop(server);
 
     // 3. The server dies mid-file; the next run resumes with Range and verifies the blob.
     let big = pseudo_random(BIG_SIZE, 7);
     std::fs::create_dir_all(hub_root.join(REPO_BIG))?;
     std::fs::write(hub_root.join(REPO_BIG).join("big.safetensors"), &big)?;
-    std::fs::write(hub_root.join(REPO_BIG).join("config.json"), b"{\"size\": 6291456}\n")?;
+    std::fs::write(
+        hub_root.join(REPO_BIG).join("config.json"),
+        b"{\"size\": 6291456}\n",
+    )?;
     let c4 = work.join("cache-resume");
-    let mut dying = Server::start(&work, &hub_root, "dying", &["--exit-after-bytes", "2000000"])?;
-    let out = peers.cli(&["download", REPO_BIG, "--all"], &dying.endpoint.clone(), &c4)?;
-    ensure!(!out.status.success(), "the download should fail when the server dies");
+    let mut dying = Server::start(
+        &work,
+        &hub_root,
+        "dying",
+        &["--exit-after-bytes", "2000000"],
+    )?;
+    let out = peers.cli(
+        &["download", REPO_BIG, "--all"],
+        &dying.endpoint.clone(),
+        &c4,
+    )?;
+    ensure!(
+        !out.status.success(),
+        "the download should fail when the server dies"
+    );
     dying.wait_exit(Duration::from_secs(10))?;
     let blobs = c4.join("models--user--e2e-big/blobs");
     let partial: Vec<(String, u64)> = files_under(&blobs)?
         .into_iter()
         .map(|f| {
-            let len = std::fs::metadata(blobs.join(&f)).map(|m| m.len()).unwrap_or(0);
+            let len = std::fs::metadata(blobs.join(&f))
+                .map(|m| m.len())
+                .unwrap_or(0);
             (f, len)
         })
         .filter(|(f, _)| f.ends_with(".incomplete"))
@@ -372,24 +574,49 @@ pub fn run(args: &[String]) -> Result<()> {
     let [(incomplete, partial_len)] = partial.as_slice() else {
         bail!("expected one .incomplete file, found {partial:?}");
     };
-    ensure!(*partial_len > 0 && (*partial_len as usize) < BIG_SIZE, "partial length {partial_len}");
+    ensure!(
+        *partial_len > 0 && (*partial_len as usize) < BIG_SIZE,
+        "partial length {partial_len}"
+    );
     let sha = incomplete.trim_end_matches(".incomplete").to_string();
-    ensure!(!blobs.join(&sha).exists(), "a cut download must not leave a blob");
-    eprintln!("  [3a] server exited mid-file: {partial_len} of {BIG_SIZE} bytes kept as {incomplete}");
+    ensure!(
+        !blobs.join(&sha).exists(),
+        "a cut download must not leave a blob"
+    );
+    eprintln!(
+        "  [3a] server exited mid-file: {partial_len} of {BIG_SIZE} bytes kept as {incomplete}"
+    );
     let server = Server::start(&work, &hub_root, "restarted", &[])?;
-    let folder = PathBuf::from(peers.cli_ok(&["download", REPO_BIG, "--all"], &server.endpoint, &c4)?);
-    ensure!(std::fs::read(folder.join("big.safetensors"))? == big, "resumed file differs");
+    let folder =
+        PathBuf::from(peers.cli_ok(&["download", REPO_BIG, "--all"], &server.endpoint, &c4)?);
+    ensure!(
+        std::fs::read(folder.join("big.safetensors"))? == big,
+        "resumed file differs"
+    );
     ensure!(std::fs::read(blobs.join(&sha))? == big, "blob differs");
     ensure!(!blobs.join(incomplete).exists(), ".incomplete left behind");
     let wanted = format!("bytes={partial_len}-");
     let resumed = server.requests().iter().any(|r| {
         r["method"] == "GET"
-            && r["headers"].as_array().is_some_and(|h| h.iter().any(|kv| kv[0] == "range" && kv[1] == wanted.as_str()))
+            && r["headers"].as_array().is_some_and(|h| {
+                h.iter()
+                    .any(|kv| kv[0] == "range" && kv[1] == wanted.as_str())
+            })
     });
     ensure!(resumed, "no GET with Range: {wanted} in the server log");
-    let py = peers.python(&["file", REPO_BIG, "big.safetensors"], &server.endpoint, &c4, true)?;
-    ensure!(std::fs::read(py["path"].as_str().context("path")?)? == big, "python offline read of the resumed blob");
-    eprintln!("  [3b] restarted: resumed with Range: {wanted}; blob {sha} verified (sha256); python offline reads it");
+    let py = peers.python(
+        &["file", REPO_BIG, "big.safetensors"],
+        &server.endpoint,
+        &c4,
+        true,
+    )?;
+    ensure!(
+        std::fs::read(py["path"].as_str().context("path")?)? == big,
+        "python offline read of the resumed blob"
+    );
+    eprintln!(
+        "  [3b] restarted: resumed with Range: {wanted}; blob {sha} verified (sha256); python offline reads it"
+    );
     drop(server);
     eprintln!(
         "xtask e2e: all scenarios passed in {:.1} s ({:.1} s total including build and venv)",

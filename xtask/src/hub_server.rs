@@ -20,28 +20,43 @@ pub fn parse(args: &[String]) -> Result<(ServerConfig, Option<PathBuf>)> {
     let mut ready = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value")).cloned();
+        let mut value = |name: &str| {
+            it.next()
+                .with_context(|| format!("{name} needs a value"))
+                .cloned()
+        };
         match arg.as_str() {
             "--root" => root = Some(PathBuf::from(value("--root")?)),
             "--port" => port = Some(value("--port")?.parse().context("--port")?),
-            "--storage-port" => storage_port = Some(value("--storage-port")?.parse().context("--storage-port")?),
+            "--storage-port" => {
+                storage_port = Some(value("--storage-port")?.parse().context("--storage-port")?)
+            }
             "--token" => config.write_tokens.push(value("--token")?),
             "--read-token" => config.read_tokens.push(value("--read-token")?),
             "--log" => config.log_file = Some(PathBuf::from(value("--log")?)),
             "--multipart-chunk-size" => {
-                config.multipart_chunk_size = value("--multipart-chunk-size")?.parse().context("--multipart-chunk-size")?
+                config.multipart_chunk_size = value("--multipart-chunk-size")?
+                    .parse()
+                    .context("--multipart-chunk-size")?
             }
             "--exit-after-bytes" => {
-                config.exit_after_bytes = Some(value("--exit-after-bytes")?.parse().context("--exit-after-bytes")?)
+                config.exit_after_bytes = Some(
+                    value("--exit-after-bytes")?
+                        .parse()
+                        .context("--exit-after-bytes")?,
+                )
             }
             "--ready-file" => ready = Some(PathBuf::from(value("--ready-file")?)),
-            other => bail!("unknown argument `{other}`\nusage: cargo xtask hub-server --root DIR --port PORT [options]"),
+            other => bail!(
+                "unknown argument `{other}`\nusage: cargo xtask hub-server --root DIR --port PORT [options]"
+            ),
         }
     }
     config.root = root.context("--root DIR is required")?;
     let port = port.context("--port PORT is required (0 picks a free one)")?;
     config.port = port;
-    config.storage_port = storage_port.unwrap_or(if port == 0 { 0 } else { port.saturating_add(1) });
+    config.storage_port =
+        storage_port.unwrap_or(if port == 0 { 0 } else { port.saturating_add(1) });
     Ok((config, ready))
 }
 
@@ -49,7 +64,8 @@ pub fn parse(args: &[String]) -> Result<(ServerConfig, Option<PathBuf>)> {
 pub fn run(args: &[String]) -> Result<()> {
     let (config, ready) = parse(args)?;
     let root = config.root.clone();
-    let server = HubServer::start(config).with_context(|| format!("starting the hub server on {}", root.display()))?;
+    let server = HubServer::start(config)
+        .with_context(|| format!("starting the hub server on {}", root.display()))?;
     eprintln!(
         "hub-server: serving {} at {} (storage {}); stop with Ctrl-C",
         root.display(),

@@ -4,11 +4,17 @@
 //!   open-clip-torch from `tests/fixtures/requirements.txt`) and run every
 //!   `tests/fixtures/<case>/generate.py`, in name order, from the repository root.
 //! - `bench [--threads N] [--dev]`: UNet / VAE / CLIP speed and memory, ours against PyTorch.
+//! - `hub-server --root DIR --port PORT`: the local Hub server (`diff-hub-server`).
+//! - `e2e`: burn-diffusers against Python `huggingface_hub` through that server (loopback only).
 //!
-//! Dependencies: `anyhow` only; this binary must stay cheap to build.
+//! Dependencies: `anyhow`; `diff-hub-server` (tiny_http, for `hub-server` and `e2e`) and
+//! `serde_json` (the server's log and the Python peer's answers). This binary must stay cheap
+//! to build.
 
 mod bench;
+mod e2e;
 mod fixtures;
+mod hub_server;
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -34,7 +40,10 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   fixtures [--only CASE]...   regenerate tests/fixtures/ with real diffusers (needs network to PyPI)
-  bench [--threads N] [--dev] time SD 1.5 UNet/VAE/CLIP, ours vs PyTorch (makes 3.4 GB of weights)";
+  bench [--threads N] [--dev] time SD 1.5 UNet/VAE/CLIP, ours vs PyTorch (makes 3.4 GB of weights)
+  hub-server --root DIR --port PORT [--token T] [--log FILE] ...
+                              serve DIR/<org>/<name>/ folders as Hub model repos on 127.0.0.1
+  e2e                         Python huggingface_hub <-> burn-diffusers through hub-server (loopback)";
 
 /// The repository root (the parent of this crate's folder).
 pub fn repo_root() -> Result<PathBuf> {

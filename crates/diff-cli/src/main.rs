@@ -31,8 +31,12 @@ enum Command {
     Save(cmd::save::Args),
     /// Convert an original SD / SDXL single-file checkpoint to a diffusers folder.
     Convert(cmd::convert::Args),
+    /// Compare a saved pipeline with its original: configs and every tensor.
+    Validate(cmd::validate::Args),
     /// Run a Stable Diffusion / SDXL pipeline (text-to-image, img2img, inpaint) and write images.
-    Generate(cmd::generate::Args),
+    Generate(Box<cmd::generate::Args>),
+    /// Print a scheduler's timesteps and sigmas from a scheduler_config.json, or replay a trace.
+    Schedule(cmd::schedule::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,7 +54,9 @@ fn main() -> std::process::ExitCode {
         Command::Push(args) => cmd::push::run(args),
         Command::Save(args) => cmd::save::run(args),
         Command::Convert(args) => cmd::convert::run(args),
-        Command::Generate(args) => cmd::generate::run(args),
+        Command::Validate(args) => cmd::validate::run(args),
+        Command::Generate(args) => cmd::generate::run(*args),
+        Command::Schedule(args) => cmd::schedule::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

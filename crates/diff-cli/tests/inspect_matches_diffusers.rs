@@ -26,7 +26,11 @@ fn inspect(args: &[&str]) -> (bool, Value, String) {
 
 fn set(v: &Value) -> BTreeSet<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -57,7 +61,11 @@ fn inspect_lists_the_files_diffusers_loads_for_every_fixture_and_variant() {
             record["variant"],
             record["use_safetensors"]
         );
-        assert_eq!(set(&report["selected_files"]), set(&record["model_filenames"]), "{pipeline}");
+        assert_eq!(
+            set(&report["selected_files"]),
+            set(&record["model_filenames"]),
+            "{pipeline}"
+        );
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} recorded selections");
@@ -78,9 +86,15 @@ fn inspect_reports_components_scheduler_and_tensor_statistics() {
     assert_eq!(dtypes.keys().collect::<Vec<_>>(), ["F16"]);
     assert_eq!(dtypes["F16"], unet["tensors"]);
     assert!(unet["parameters"].as_u64().unwrap() > 0);
-    let image_encoder = components.iter().find(|c| c["name"] == "image_encoder").unwrap();
+    let image_encoder = components
+        .iter()
+        .find(|c| c["name"] == "image_encoder")
+        .unwrap();
     assert_eq!(image_encoder["class"], Value::Null);
-    assert_eq!(report["scheduler"]["config"]["_class_name"], "PNDMScheduler");
+    assert_eq!(
+        report["scheduler"]["config"]["_class_name"],
+        "PNDMScheduler"
+    );
     assert_eq!(report["scheduler"]["config"]["beta_start"], 0.00085);
 }
 
@@ -90,4 +104,55 @@ fn inspect_fails_clearly_for_a_missing_variant() {
     let (ok, _, stderr) = inspect(&[folder.to_str().unwrap(), "--variant", "fp16"]);
     assert!(!ok);
     assert!(stderr.contains("variant=fp16"), "{stderr}");
+}
+
+#[test]
+fn inspect_warns_when_a_model_component_would_load_nothing() {
+    // tiny-sd ships safetensors only; diffusers with use_safetensors=False selects no weights.
+    let folder = fixtures().join("tiny-sd");
+    let (ok, report, stderr) = inspect(&[
+        folder.to_str().unwrap(),
+        "--json",
+        "--use-safetensors",
+        "false",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(set(&report["weight_files"]).is_empty());
+    let warnings = set(&report["warnings"]);
+    for component in ["safety_checker", "text_encoder", "unet", "vae"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("`{component}`"))),
+            "no warning for {component}: {warnings:?}"
+        );
+    }
+}
+
+#[test]
+fn inspect_reads_pickle_weights_without_executing_them() {
+    // Recorded by the generator with torch.load(weights_only=True): exact counts.
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("format/bin_vae.json")).unwrap(),
+    )
+    .unwrap();
+    let folder = fixtures().join("format/bin-vae");
+    let (ok, report, stderr) = inspect(&[folder.to_str().unwrap(), "--json"]);
+    assert!(ok, "{stderr}");
+    let file = want["file"].as_str().unwrap().to_owned();
+    assert_eq!(set(&report["weight_files"]), BTreeSet::from([file]));
+    let vae = &report["components"][0];
+    assert_eq!(vae["name"], "vae");
+    assert_eq!(vae["tensors"], want["tensors"]);
+    assert_eq!(vae["parameters"], want["parameters"]);
+    assert_eq!(vae["fully_inspected"], true);
+    assert_eq!(want["dtypes"], serde_json::json!(["torch.float32"]));
+    assert_eq!(
+        vae["dtypes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["F32"]
+    );
 }

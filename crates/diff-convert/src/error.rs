@@ -15,7 +15,9 @@ pub enum ConvertError {
         source: std::io::Error,
     },
     /// A `max_shard_size` string could not be parsed (huggingface_hub's `parse_size_to_int` rules).
-    #[error("invalid max_shard_size `{value}`: {reason} (expected e.g. \"10GB\", \"200KB\" or a number of bytes)")]
+    #[error(
+        "invalid max_shard_size `{value}`: {reason} (expected e.g. \"10GB\", \"200KB\" or a number of bytes)"
+    )]
     InvalidSize {
         /// The string given.
         value: String,
@@ -57,7 +59,9 @@ pub enum ConvertError {
         to: String,
     },
     /// A variant name that would escape the folder or break file-name parsing.
-    #[error("invalid variant `{0}`: it must be non-empty and contain only letters, digits, `_` and `-`")]
+    #[error(
+        "invalid variant `{0}`: it must be non-empty and contain only letters, digits, `_` and `-`"
+    )]
     InvalidVariant(String),
     /// Reading a PyTorch pickle checkpoint failed.
     #[error(transparent)]
@@ -100,6 +104,9 @@ pub enum ConvertError {
         /// What was expected.
         expected: String,
     },
+    /// A Hub operation (create, download, upload) failed.
+    #[error("hub: {0}")]
+    Hub(String),
     /// Saved and original differ (validation).
     #[error("validation failed: {0}")]
     Mismatch(String),

@@ -8,6 +8,10 @@
 //! - [`cast`]: f32/f16/bf16 casts bit-identical to torch;
 //! - [`single_file`]: `from_single_file` for original SD 1.x / 2.x / SDXL (base, refiner) and
 //!   inpainting checkpoints (`.safetensors` or `.ckpt`), family detection, key conversion;
+//! - [`card`]: the `README.md` model card (Hub metadata, usage), keeping an existing card;
+//! - [`publish`]: `push_to_hub` (save to a temporary folder, model card, one commit or PR);
+//! - [`validate`]: compares an original and a saved pipeline (configs and every tensor, exact or
+//!   exact-after-cast);
 //! - [`order`]: PyTorch `state_dict()` order of the known model families (shard boundaries);
 //! - [`tensors`]: raw tensors read from safetensors files, shard indexes and pickle checkpoints
 //!   (through `diff_format::pickle`, the restricted reader: nothing is executed).
@@ -19,17 +23,21 @@
 //! reader, config constants), `safetensors` (reading and writing weights, the same Rust code the
 //! Python `safetensors` package binds), `half` (f16 rounding identical to torch), `serde_json`
 //! (configs and indexes), `thiserror` (the typed [`ConvertError`]), `tracing` (logs).
-//! `diff-hub`, `diff-models`, `diff-pipelines` and `burn` are declared for the publishing and
-//! validation steps of the issue.
+//! `diff-hub` (repo creation, model-card download, folder upload for `push_to_hub`).
+//! Forward-pass validation (`diff-models`, burn) is not wired in, so burn is not a dependency:
+//! saving, converting and publishing compile without it.
 #![deny(missing_docs)]
 
+pub mod card;
 pub mod cast;
 mod error;
 pub mod order;
+pub mod publish;
 pub mod save;
 pub mod shard;
 pub mod single_file;
 pub mod tensors;
+pub mod validate;
 
 pub use cast::SaveDtype;
 pub use error::ConvertError;

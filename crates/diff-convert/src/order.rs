@@ -161,7 +161,10 @@ fn natural_parts(key: &str) -> Vec<NaturalPart<'_>> {
             } else {
                 let text = part.trim_end_matches(|c: char| c.is_ascii_digit());
                 let digits = &part[text.len()..];
-                NaturalPart::Text(text, (!digits.is_empty()).then(|| digits.parse().unwrap_or(u128::MAX)))
+                NaturalPart::Text(
+                    text,
+                    (!digits.is_empty()).then(|| digits.parse().unwrap_or(u128::MAX)),
+                )
             }
         })
         .collect()

@@ -138,9 +138,13 @@ pub fn save_weights(
     }
 
     // 2. Write each shard.
-    let by_name: BTreeMap<&str, &RawTensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let metadata: Option<std::collections::HashMap<String, String>> =
-        Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+    let by_name: BTreeMap<&str, &RawTensor> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let metadata: Option<std::collections::HashMap<String, String>> = Some(
+        [("format".to_string(), "pt".to_string())]
+            .into_iter()
+            .collect(),
+    );
     for (file, names) in &plan.shards {
         let path = dir.join(file);
         let mut views = Vec::with_capacity(names.len());
@@ -350,7 +354,9 @@ pub fn save_component(
 fn is_weights_file(name: &str) -> bool {
     let prefixes = ["diffusion_pytorch_model", "model", "pytorch_model"];
     let exts = [".safetensors", ".bin", ".json"];
-    prefixes.iter().any(|p| name.starts_with(&format!("{p}.")) || name.starts_with(&format!("{p}-")))
+    prefixes
+        .iter()
+        .any(|p| name.starts_with(&format!("{p}.")) || name.starts_with(&format!("{p}-")))
         && exts.iter().any(|e| name.ends_with(e))
         && (name.ends_with(".safetensors") || name.ends_with(".bin") || name.contains(".index"))
 }
@@ -365,7 +371,8 @@ fn is_weights_file(name: &str) -> bool {
 pub fn save_pipeline(src: &Path, dst: &Path, options: &SaveOptions) -> Result<(), ConvertError> {
     check_variant(options.variant.as_deref())?;
     let index_path = src.join("model_index.json");
-    let text = std::fs::read_to_string(&index_path).map_err(|e| ConvertError::io(&index_path, e))?;
+    let text =
+        std::fs::read_to_string(&index_path).map_err(|e| ConvertError::io(&index_path, e))?;
     let mut index: Map<String, Value> = match serde_json::from_str(&text) {
         Ok(Value::Object(m)) => m,
         _ => {

@@ -63,7 +63,11 @@ impl ShardPlan {
 
 /// Assigns tensors, given in state-dict order as `(name, byte size)`, to shards named from
 /// `pattern` (which contains `{suffix}`).
-pub fn split_into_shards(tensors: &[(String, u64)], max_shard_size: u64, pattern: &str) -> ShardPlan {
+pub fn split_into_shards(
+    tensors: &[(String, u64)],
+    max_shard_size: u64,
+    pattern: &str,
+) -> ShardPlan {
     let mut shards: Vec<Vec<String>> = Vec::new();
     let mut current: Vec<String> = Vec::new();
     let mut current_size = 0u64;
@@ -87,7 +91,10 @@ pub fn split_into_shards(tensors: &[(String, u64)], max_shard_size: u64, pattern
     }
     let n = shards.len();
     let named = if n <= 1 {
-        vec![(pattern.replace("{suffix}", ""), shards.pop().unwrap_or_default())]
+        vec![(
+            pattern.replace("{suffix}", ""),
+            shards.pop().unwrap_or_default(),
+        )]
     } else {
         shards
             .into_iter()
@@ -186,12 +193,18 @@ mod tests {
 
     #[test]
     fn variant_names_follow_diffusers() {
-        assert_eq!(weights_name(false, Some("fp16")), "diffusion_pytorch_model.fp16.safetensors");
+        assert_eq!(
+            weights_name(false, Some("fp16")),
+            "diffusion_pytorch_model.fp16.safetensors"
+        );
         assert_eq!(
             shard_pattern(&weights_name(false, Some("fp16"))),
             "diffusion_pytorch_model.fp16{suffix}.safetensors"
         );
-        assert_eq!(index_name(true, Some("fp16")), "model.safetensors.index.fp16.json");
+        assert_eq!(
+            index_name(true, Some("fp16")),
+            "model.safetensors.index.fp16.json"
+        );
         assert!(is_shard_stem("model.fp16-00001-of-00002"));
         assert!(!is_shard_stem("model.fp16"));
     }

@@ -55,7 +55,7 @@ impl RawTensor {
 /// Bytes per element, `None` for sub-byte types (packed fp4 and the like).
 pub fn element_size(dtype: Dtype) -> Option<usize> {
     let bits = dtype.bitsize();
-    (bits % 8 == 0).then_some(bits / 8)
+    bits.is_multiple_of(8).then_some(bits / 8)
 }
 
 /// A component's tensors in state-dict order.
@@ -80,10 +80,13 @@ pub fn dtype_from_storage(d: StorageDtype) -> Option<Dtype> {
     })
 }
 
+/// A safetensors file's `__metadata__` (string to string).
+pub type Metadata = BTreeMap<String, String>;
+
 /// Reads every tensor of one `.safetensors` file, sorted by name, with the file's metadata.
 pub fn read_safetensors(
     path: &Path,
-) -> Result<(BTreeMap<String, RawTensor>, Option<BTreeMap<String, String>>), ConvertError> {
+) -> Result<(BTreeMap<String, RawTensor>, Option<Metadata>), ConvertError> {
     let bytes = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| ConvertError::BadWeights {
         path: path.to_path_buf(),
@@ -103,7 +106,10 @@ pub fn read_safetensors(
         )?;
         out.insert(name, t);
     }
-    Ok((out, meta.metadata().clone().map(|m| m.into_iter().collect())))
+    Ok((
+        out,
+        meta.metadata().clone().map(|m| m.into_iter().collect()),
+    ))
 }
 
 /// Reads the state dict of a PyTorch pickle checkpoint (restricted reader, nothing executed), in

@@ -19,7 +19,11 @@ fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
             if p.is_dir() {
                 walk(root, &p, out);
             } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                let rel = p
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 out.insert(rel, std::fs::read(&p).unwrap());
             }
         }
@@ -91,7 +95,10 @@ fn fp16_variant_is_written_beside_the_full_weights_without_touching_them() {
     let after = tree(&out);
     for (name, bytes) in &before {
         if name.ends_with(".safetensors") {
-            assert_eq!(&after[name], bytes, "{name} was modified by the variant save");
+            assert_eq!(
+                &after[name], bytes,
+                "{name} was modified by the variant save"
+            );
         }
     }
     assert_same_tree(&out, &fixtures().join("variant"));
@@ -101,7 +108,7 @@ fn fp16_variant_is_written_beside_the_full_weights_without_touching_them() {
 fn sharded_save_matches_diffusers_shards_and_indexes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("sharded");
-    let opts = options().with_max_shard_size("40KB").unwrap();
+    let opts = options().with_max_shard_size("20KB").unwrap();
     save_pipeline(&fixtures().join("src"), &out, &opts).unwrap();
     assert_same_tree(&out, &fixtures().join("sharded"));
 }
@@ -115,19 +122,26 @@ fn resharding_a_sharded_folder_reproduces_it() {
         name_or_path: Some("src".into()),
         ..SaveOptions::default()
     }
-    .with_max_shard_size("40KB")
+    .with_max_shard_size("20KB")
     .unwrap();
     save_pipeline(&fixtures().join("sharded"), &out, &opts).unwrap();
-    assert_same_tree_from(&out, &fixtures().join("sharded"), &fixtures().join("sharded"));
+    assert_same_tree_from(
+        &out,
+        &fixtures().join("sharded"),
+        &fixtures().join("sharded"),
+    );
 }
 
 #[test]
 fn unsharded_save_over_sharded_folder_leaves_no_stale_index() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("model");
-    let sharded = options().with_max_shard_size("40KB").unwrap();
+    let sharded = options().with_max_shard_size("20KB").unwrap();
     save_pipeline(&fixtures().join("src"), &out, &sharded).unwrap();
-    assert!(out.join("unet/diffusion_pytorch_model.safetensors.index.json").is_file());
+    assert!(
+        out.join("unet/diffusion_pytorch_model.safetensors.index.json")
+            .is_file()
+    );
     save_pipeline(&fixtures().join("src"), &out, &options()).unwrap();
     // diffusers would leave the index behind, pointing at deleted shards; we remove it.
     assert_same_tree(&out, &fixtures().join("plain"));
@@ -152,7 +166,8 @@ fn failed_save_leaves_previous_folder_intact() {
         };
         std::fs::write(p, bytes).unwrap();
     }
-    let err = save_pipeline(&bad, &out, &options().with_max_shard_size("40KB").unwrap()).unwrap_err();
+    let err =
+        save_pipeline(&bad, &out, &options().with_max_shard_size("20KB").unwrap()).unwrap_err();
     assert!(err.to_string().contains("vae"), "{err}");
     assert_eq!(tree(&out), before, "the previous folder changed");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
@@ -160,7 +175,10 @@ fn failed_save_leaves_previous_folder_intact() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.'))
         .collect();
-    assert!(leftovers.is_empty(), "temporary folders left: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temporary folders left: {leftovers:?}"
+    );
 }
 
 #[test]
@@ -190,7 +208,8 @@ fn state_dict_order_matches_torch() {
 
 #[test]
 fn dtype_cast_matches_torch_bit_for_bit() {
-    let (t, _) = diff_convert::tensors::read_safetensors(&fixtures().join("cast.safetensors")).unwrap();
+    let (t, _) =
+        diff_convert::tensors::read_safetensors(&fixtures().join("cast.safetensors")).unwrap();
     for (src, to, expected) in [
         ("f32", SaveDtype::F16, "f16"),
         ("f32", SaveDtype::BF16, "bf16"),
@@ -209,4 +228,51 @@ fn dtype_cast_matches_torch_bit_for_bit() {
         assert_eq!(got.dtype, t[expected].dtype);
         assert_eq!(got.data, t[expected].data, "{src} -> {to:?} (exact)");
     }
+}
+
+#[test]
+fn validate_accepts_faithful_saves_and_reports_a_changed_tensor() {
+    use diff_convert::validate::validate_pipeline;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("variant");
+    let fp16 = SaveOptions {
+        variant: Some("fp16".into()),
+        dtype: Some(SaveDtype::F16),
+        ..options()
+    };
+    save_pipeline(&fixtures().join("src"), &out, &fp16).unwrap();
+    let reports = validate_pipeline(&fixtures().join("src"), &out, Some("fp16")).unwrap();
+    assert!(reports.iter().all(|r| r.ok()), "{reports:#?}");
+    let unet = reports.iter().find(|r| r.name == "unet").unwrap();
+    assert_eq!((unet.tensors, unet.cast), (208, 208));
+    // diffusers' own saves validate too (plain: exact).
+    let plain =
+        validate_pipeline(&fixtures().join("src"), &fixtures().join("plain"), None).unwrap();
+    assert!(plain.iter().all(|r| r.ok()), "{plain:#?}");
+    // One changed value is reported, naming the tensor.
+    let copy = tmp.path().join("copy");
+    save_pipeline(&fixtures().join("src"), &copy, &options()).unwrap();
+    let (mut t, _) = diff_convert::tensors::read_safetensors(
+        &copy.join("vae/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    t.get_mut("quant_conv.bias").unwrap().data[0] ^= 1;
+    let views: Vec<_> = t
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        copy.join("vae/diffusion_pytorch_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let reports = validate_pipeline(&fixtures().join("src"), &copy, None).unwrap();
+    let vae = reports.iter().find(|r| r.name == "vae").unwrap();
+    assert_eq!(vae.problems.len(), 1, "{vae:#?}");
+    assert!(vae.problems[0].contains("quant_conv.bias"), "{vae:#?}");
 }

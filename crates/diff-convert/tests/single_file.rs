@@ -22,7 +22,11 @@ fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
             if p.is_dir() {
                 walk(root, &p, out);
             } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                let rel = p
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 out.insert(rel, std::fs::read(&p).unwrap());
             }
         }
@@ -36,17 +40,33 @@ fn check_case(case: &str, checkpoint: &str) {
     let dir = case_dir(case);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    convert_single_file(&dir.join(checkpoint), &dir.join("config"), &out, &SaveOptions::default())
-        .unwrap();
+    convert_single_file(
+        &dir.join(checkpoint),
+        &dir.join("config"),
+        &out,
+        &SaveOptions::default(),
+    )
+    .unwrap();
     let ours = tree(&out);
     let theirs = tree(&dir.join("expected"));
     let config = tree(&dir.join("config"));
-    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "{case}: file list");
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>(),
+        "{case}: file list"
+    );
     for (name, bytes) in &ours {
         // transformers 5.23 adds its loading state (`is_local`, `local_files_only`) to a
         // re-saved tokenizer_config.json; we copy the config folder's file unchanged.
-        let expected = if name.ends_with("tokenizer_config.json") { &config[name] } else { &theirs[name] };
-        assert!(bytes == expected, "{case}: {name} differs from diffusers' from_single_file + save_pretrained");
+        let expected = if name.ends_with("tokenizer_config.json") {
+            &config[name]
+        } else {
+            &theirs[name]
+        };
+        assert!(
+            bytes == expected,
+            "{case}: {name} differs from diffusers' from_single_file + save_pretrained"
+        );
     }
 }
 
@@ -85,24 +105,48 @@ fn converted_weights_can_be_saved_as_fp16_variant_shards() {
         dtype: Some(diff_convert::SaveDtype::F16),
         ..SaveOptions::default()
     }
-    .with_max_shard_size("100KB")
+    .with_max_shard_size("15KB")
     .unwrap();
     convert_single_file(&dir.join("model.ckpt"), &dir.join("config"), &out, &options).unwrap();
-    assert!(out.join("unet/diffusion_pytorch_model.safetensors.index.fp16.json").is_file());
-    assert!(out.join("unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors").is_file());
-    assert!(out.join("text_encoder/model.fp16.safetensors").is_file());
+    for (component, index) in [
+        (
+            "unet",
+            "diffusion_pytorch_model.safetensors.index.fp16.json",
+        ),
+        ("vae", "diffusion_pytorch_model.safetensors.index.fp16.json"),
+        ("text_encoder", "model.safetensors.index.fp16.json"),
+    ] {
+        let index: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(component).join(index)).unwrap(),
+        )
+        .unwrap();
+        for shard in index["weight_map"].as_object().unwrap().values() {
+            let shard = shard.as_str().unwrap();
+            assert!(shard.contains(".fp16-0000"), "{shard}");
+            assert!(
+                out.join(component).join(shard).is_file(),
+                "{component}/{shard}"
+            );
+        }
+    }
     let te: String = std::fs::read_to_string(out.join("text_encoder/config.json")).unwrap();
     assert!(te.contains("\"dtype\": \"float16\""), "{te}");
 }
 
-fn synthetic(keys: &[(&str, &[usize])]) -> Checkpoint {
+/// Key names with shapes.
+type Keys<'a> = &'a [(&'a str, &'a [usize])];
+
+fn synthetic(keys: Keys<'_>) -> Checkpoint {
     Checkpoint {
         path: PathBuf::from("synthetic.safetensors"),
         tensors: keys
             .iter()
             .map(|(k, s)| {
                 let n: usize = s.iter().product();
-                (k.to_string(), RawTensor::new(safetensors::Dtype::F16, s.to_vec(), vec![0; n * 2]).unwrap())
+                (
+                    k.to_string(),
+                    RawTensor::new(safetensors::Dtype::F16, s.to_vec(), vec![0; n * 2]).unwrap(),
+                )
             })
             .collect(),
     }
@@ -114,19 +158,43 @@ fn family_is_detected_from_keys_and_shapes_as_diffusers_does() {
     let conv_in = "model.diffusion_model.input_blocks.0.0.weight";
     let xl = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias";
     let refiner = "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias";
-    let cases: [(&[(&str, &[usize])], ModelType); 7] = [
-        (&[(conv_in, &[320, 4, 3, 3]), (v2, &[320, 768])], ModelType::V1),
-        (&[(conv_in, &[320, 4, 3, 3]), (v2, &[320, 1024])], ModelType::V2),
-        (&[(conv_in, &[320, 9, 3, 3]), (v2, &[320, 768])], ModelType::Inpainting),
-        (&[(conv_in, &[320, 9, 3, 3]), (v2, &[320, 1024])], ModelType::InpaintingV2),
-        (&[(conv_in, &[320, 4, 3, 3]), (xl, &[1280])], ModelType::XlBase),
-        (&[(conv_in, &[320, 9, 3, 3]), (xl, &[1280])], ModelType::XlInpaint),
-        (&[(conv_in, &[384, 4, 3, 3]), (refiner, &[1280])], ModelType::XlRefiner),
+    let cases: [(Keys<'_>, ModelType); 7] = [
+        (
+            &[(conv_in, &[320, 4, 3, 3]), (v2, &[320, 768])],
+            ModelType::V1,
+        ),
+        (
+            &[(conv_in, &[320, 4, 3, 3]), (v2, &[320, 1024])],
+            ModelType::V2,
+        ),
+        (
+            &[(conv_in, &[320, 9, 3, 3]), (v2, &[320, 768])],
+            ModelType::Inpainting,
+        ),
+        (
+            &[(conv_in, &[320, 9, 3, 3]), (v2, &[320, 1024])],
+            ModelType::InpaintingV2,
+        ),
+        (
+            &[(conv_in, &[320, 4, 3, 3]), (xl, &[1280])],
+            ModelType::XlBase,
+        ),
+        (
+            &[(conv_in, &[320, 9, 3, 3]), (xl, &[1280])],
+            ModelType::XlInpaint,
+        ),
+        (
+            &[(conv_in, &[384, 4, 3, 3]), (refiner, &[1280])],
+            ModelType::XlRefiner,
+        ),
     ];
     for (keys, expected) in cases {
         assert_eq!(infer_model_type(&synthetic(keys)), expected, "{keys:?}");
     }
-    assert_eq!(ModelType::XlBase.default_config_repo(), "stabilityai/stable-diffusion-xl-base-1.0");
+    assert_eq!(
+        ModelType::XlBase.default_config_repo(),
+        "stabilityai/stable-diffusion-xl-base-1.0"
+    );
 }
 
 #[test]
@@ -147,14 +215,79 @@ fn sdxl_config_on_sd1_checkpoint_names_the_missing_key_and_writes_nothing() {
         }
         other => panic!("expected MissingKey, got {other}"),
     }
-    assert!(!tmp.path().join("out").exists(), "a failed conversion must not leave an output folder");
+    assert!(
+        !tmp.path().join("out").exists(),
+        "a failed conversion must not leave an output folder"
+    );
 }
 
 #[test]
 fn checkpoint_without_text_encoder_is_a_typed_error() {
-    let ckpt = synthetic(&[("model.diffusion_model.input_blocks.0.0.weight", &[8, 4, 3, 3])]);
+    let ckpt = synthetic(&[(
+        "model.diffusion_model.input_blocks.0.0.weight",
+        &[8, 4, 3, 3],
+    )]);
     let config = serde_json::json!({"hidden_size": 16, "num_hidden_layers": 2});
-    let err = diff_convert::single_file::convert_component(&ckpt, "CLIPTextModel", config.as_object().unwrap())
-        .unwrap_err();
-    assert!(matches!(err, diff_convert::ConvertError::UnknownArchitecture { .. }), "{err}");
+    let err = diff_convert::single_file::convert_component(
+        &ckpt,
+        "CLIPTextModel",
+        config.as_object().unwrap(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, diff_convert::ConvertError::UnknownArchitecture { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn half_precision_checkpoint_converts_to_float32_like_diffusers() {
+    // diffusers' from_single_file without `torch_dtype` loads an fp16 checkpoint into float32
+    // models (verified with diffusers 0.42.1). Our fp16 checkpoint is the f32 fixture cast with
+    // torch's rounding (`cast` is bit-identical to torch, see save_pretrained.rs), so diffusers'
+    // result is the f32 expectation rounded to f16 and widened back: compared exactly.
+    use diff_convert::SaveDtype;
+    use diff_convert::cast::cast;
+    let dir = case_dir("sd1_inpaint");
+    let tmp = tempfile::tempdir().unwrap();
+    let (tensors, _) =
+        diff_convert::tensors::read_safetensors(&dir.join("model.safetensors")).unwrap();
+    let half: Vec<(String, RawTensor)> = tensors
+        .into_iter()
+        .map(|(k, t)| {
+            let t = cast(&k, t, SaveDtype::F16).unwrap();
+            (k, t)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = half
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
+            )
+        })
+        .collect();
+    let ckpt = tmp.path().join("half.safetensors");
+    std::fs::write(&ckpt, safetensors::serialize(views, None).unwrap()).unwrap();
+    let out = tmp.path().join("out");
+    convert_single_file(&ckpt, &dir.join("config"), &out, &SaveOptions::default()).unwrap();
+    for file in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ] {
+        let (ours, _) = diff_convert::tensors::read_safetensors(&out.join(file)).unwrap();
+        let (theirs, _) =
+            diff_convert::tensors::read_safetensors(&dir.join("expected").join(file)).unwrap();
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>(),
+            "{file}"
+        );
+        for (k, t) in theirs {
+            let expected = cast(&k, cast(&k, t, SaveDtype::F16).unwrap(), SaveDtype::F32).unwrap();
+            assert_eq!(ours[&k], expected, "{file}: {k} (exact)");
+        }
+    }
 }

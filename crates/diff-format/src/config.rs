@@ -192,7 +192,6 @@ impl<T: DeserializeOwned> ConfigFile<T> {
             origin: origin.to_path_buf(),
         })
     }
-
 }
 
 impl<T> ConfigFile<T> {
@@ -233,7 +232,6 @@ impl<T> ConfigFile<T> {
     pub fn original(&self) -> &Map<String, Value> {
         &self.original
     }
-
 }
 
 impl<T: Serialize> ConfigFile<T> {
@@ -244,10 +242,11 @@ impl<T: Serialize> ConfigFile<T> {
 
     /// The JSON object to write, with an explicit rule for keys the loaded file lacked.
     pub fn to_json_value_with(&self, fill: Fill<'_>) -> Result<Value, FormatError> {
-        let typed = serde_json::to_value(&self.config).map_err(|e| FormatError::ConfigSerialize {
-            what: self.origin.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let typed =
+            serde_json::to_value(&self.config).map_err(|e| FormatError::ConfigSerialize {
+                what: self.origin.display().to_string(),
+                message: e.to_string(),
+            })?;
         let Value::Object(typed) = typed else {
             return Err(FormatError::ConfigSerialize {
                 what: self.origin.display().to_string(),
@@ -319,8 +318,7 @@ pub fn same_value(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
         }
         _ => a == b,
@@ -358,10 +356,14 @@ mod tests {
 
     #[test]
     fn resave_keeps_raw_number_spelling_and_fills_missing_defaults() {
-        let text = r#"{"_class_name": "Demo", "scale": 1, "layers": 3, "eps": 1e-06, "foo": [1.0]}"#;
+        let text =
+            r#"{"_class_name": "Demo", "scale": 1, "layers": 3, "eps": 1e-06, "foo": [1.0]}"#;
         let file = ConfigFile::<Demo>::from_json_str(text, "demo.json").unwrap();
         assert_eq!(file.config.scale, 1.0);
-        assert_eq!(file.config.extra.get("foo"), Some(&serde_json::json!([1.0])));
+        assert_eq!(
+            file.config.extra.get("foo"),
+            Some(&serde_json::json!([1.0]))
+        );
         let out = file.to_json_string().unwrap();
         assert_eq!(
             out,
@@ -402,7 +404,8 @@ mod tests {
 
     #[test]
     fn bad_json_error_names_file_and_position() {
-        let err = ConfigFile::<Demo>::from_json_str("{\"layers\": 3,,}", "x/config.json").unwrap_err();
+        let err =
+            ConfigFile::<Demo>::from_json_str("{\"layers\": 3,,}", "x/config.json").unwrap_err();
         match err {
             FormatError::InvalidJson { path, line, .. } => {
                 assert_eq!(path, PathBuf::from("x/config.json"));
@@ -432,7 +435,9 @@ mod tests {
         let mut file = ConfigFile::<Demo>::from_json_str(r#"{"layers": 2}"#, "c.json").unwrap();
         file.config.scale = 3.0;
         let defaults = serde_json::to_value(Demo::default()).unwrap();
-        let v = file.to_json_value_with(Fill::ChangedFrom(&defaults)).unwrap();
+        let v = file
+            .to_json_value_with(Fill::ChangedFrom(&defaults))
+            .unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys, ["layers", "scale"]);
     }

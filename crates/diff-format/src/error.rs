@@ -115,6 +115,29 @@ pub enum FormatError {
         name: String,
     },
 
+    /// A shard index names a shard file that does not exist.
+    #[error(
+        "{} names shard `{shard}`, which does not exist beside it (required according to the checkpoint index)",
+        index.display()
+    )]
+    MissingShard {
+        /// The index file.
+        index: PathBuf,
+        /// The missing shard's file name.
+        shard: String,
+    },
+
+    /// None of the weight files a model may load exists in its folder.
+    #[error("Error no file named {file} found in directory {}.", folder.display())]
+    WeightsNotFound {
+        /// The component folder.
+        folder: PathBuf,
+        /// The last file name tried (the one diffusers names).
+        file: String,
+        /// Every file name tried, in order.
+        tried: Vec<String>,
+    },
+
     /// A safetensors header is malformed; `kind` says how.
     #[error("{}: invalid safetensors header: {kind}", path.display())]
     SafetensorsHeader {
@@ -171,7 +194,9 @@ pub enum HeaderError {
         shape: Vec<u64>,
     },
     /// A tensor's byte range does not match its shape and dtype.
-    #[error("tensor `{tensor}`: byte range {begin}..{end} holds {got} bytes, but shape and dtype need {expected}")]
+    #[error(
+        "tensor `{tensor}`: byte range {begin}..{end} holds {got} bytes, but shape and dtype need {expected}"
+    )]
     SizeMismatch {
         /// The tensor name.
         tensor: String,
@@ -185,7 +210,9 @@ pub enum HeaderError {
         got: u64,
     },
     /// A tensor's byte range is reversed or beyond the data section.
-    #[error("tensor `{tensor}`: byte range {begin}..{end} is outside the data section of {data_len} bytes")]
+    #[error(
+        "tensor `{tensor}`: byte range {begin}..{end} is outside the data section of {data_len} bytes"
+    )]
     OutOfRange {
         /// The tensor name.
         tensor: String,
@@ -197,7 +224,9 @@ pub enum HeaderError {
         data_len: u64,
     },
     /// Two tensors' byte ranges overlap, or leave a gap.
-    #[error("tensor `{tensor}` starts at {begin}, but the previous tensor ends at {expected_begin} (overlap or gap)")]
+    #[error(
+        "tensor `{tensor}` starts at {begin}, but the previous tensor ends at {expected_begin} (overlap or gap)"
+    )]
     NotContiguous {
         /// The tensor name.
         tensor: String,

@@ -16,6 +16,7 @@
 //! - [`weights`]: weight/index/shard file names and diffusers' name-classifying regexes.
 //! - [`selection`]: which files diffusers 0.42.1 downloads and loads for a `variant` and
 //!   `use_safetensors` ([`download_plan`]), checked against decisions recorded from diffusers.
+//! - [`model_files`]: which weight files a diffusers model loads from its folder.
 //! - [`shard_index`]: shard index read/write, bare shard names only.
 //! - [`safetensors_header`]: header inspection with full validation, no tensor data read.
 //! - [`folder`]: a local folder listed like a Hub repository; [`fsutil`]: atomic writes.
@@ -29,12 +30,13 @@
 
 pub mod config;
 pub mod configs;
-pub mod pickle;
 mod error;
 pub mod folder;
 pub mod fsutil;
 pub mod json;
+pub mod model_files;
 pub mod model_index;
+pub mod pickle;
 pub mod safetensors_header;
 pub mod selection;
 pub mod shard_index;

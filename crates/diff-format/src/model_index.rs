@@ -31,20 +31,93 @@ pub const LOADABLE_LIBRARIES: [&str; 3] = ["diffusers", "transformers", "onnxrun
 /// Sub-packages of `diffusers.pipelines` in diffusers 0.42.1; a component library with one of
 /// these names means "the class lives in that pipeline package" (e.g. the SD safety checker).
 pub const PIPELINE_SUBPACKAGES: &[&str] = &[
-    "ace_step", "allegro", "animatediff", "anyflow", "audioldm2", "aura_flow", "bria",
-    "bria_fibo", "bria_fibo2", "chroma", "chronoedit", "cogvideo", "cogview3", "cogview4",
-    "consisid", "consistency_models", "controlnet", "controlnet_hunyuandit", "controlnet_sd3",
-    "cosmos", "ddim", "ddpm", "deepfloyd_if", "deprecated", "diffusion_gemma", "dit", "dreamlite",
-    "easyanimate", "ernie_image", "flux", "flux2", "glm_image", "helios", "hidream_image",
-    "hunyuan_image", "hunyuan_video", "hunyuan_video1_5", "hunyuandit", "ideogram4", "joyimage",
-    "kandinsky", "kandinsky2_2", "kandinsky3", "kandinsky5", "kandinsky6", "kolors", "krea2",
-    "latent_consistency_models", "latent_diffusion", "latte", "ledits_pp", "llada2",
-    "longcat_audio_dit", "longcat_image", "ltx", "ltx2", "lucy", "lumina", "lumina2", "marigold",
-    "mochi", "motif_video", "nucleusmoe_image", "omnigen", "ovis_image", "pag", "pixart_alpha",
-    "prx", "qwenimage", "qwenimage21", "rfd4_proteina", "sana", "sana_video", "sana_wm", "shap_e",
-    "skyreels_v2", "stable_audio", "stable_audio_3", "stable_cascade", "stable_diffusion",
-    "stable_diffusion_3", "stable_diffusion_xl", "stable_video_diffusion", "t2i_adapter",
-    "visualcloze", "wan", "z_image",
+    "ace_step",
+    "allegro",
+    "animatediff",
+    "anyflow",
+    "audioldm2",
+    "aura_flow",
+    "bria",
+    "bria_fibo",
+    "bria_fibo2",
+    "chroma",
+    "chronoedit",
+    "cogvideo",
+    "cogview3",
+    "cogview4",
+    "consisid",
+    "consistency_models",
+    "controlnet",
+    "controlnet_hunyuandit",
+    "controlnet_sd3",
+    "cosmos",
+    "ddim",
+    "ddpm",
+    "deepfloyd_if",
+    "deprecated",
+    "diffusion_gemma",
+    "dit",
+    "dreamlite",
+    "easyanimate",
+    "ernie_image",
+    "flux",
+    "flux2",
+    "glm_image",
+    "helios",
+    "hidream_image",
+    "hunyuan_image",
+    "hunyuan_video",
+    "hunyuan_video1_5",
+    "hunyuandit",
+    "ideogram4",
+    "joyimage",
+    "kandinsky",
+    "kandinsky2_2",
+    "kandinsky3",
+    "kandinsky5",
+    "kandinsky6",
+    "kolors",
+    "krea2",
+    "latent_consistency_models",
+    "latent_diffusion",
+    "latte",
+    "ledits_pp",
+    "llada2",
+    "longcat_audio_dit",
+    "longcat_image",
+    "ltx",
+    "ltx2",
+    "lucy",
+    "lumina",
+    "lumina2",
+    "marigold",
+    "mochi",
+    "motif_video",
+    "nucleusmoe_image",
+    "omnigen",
+    "ovis_image",
+    "pag",
+    "pixart_alpha",
+    "prx",
+    "qwenimage",
+    "qwenimage21",
+    "rfd4_proteina",
+    "sana",
+    "sana_video",
+    "sana_wm",
+    "shap_e",
+    "skyreels_v2",
+    "stable_audio",
+    "stable_audio_3",
+    "stable_cascade",
+    "stable_diffusion",
+    "stable_diffusion_3",
+    "stable_diffusion_xl",
+    "stable_video_diffusion",
+    "t2i_adapter",
+    "visualcloze",
+    "wan",
+    "z_image",
 ];
 
 /// The `_class_name` of a pipeline.
@@ -178,7 +251,11 @@ impl ModelIndex {
                 }
             },
             Some(other) => {
-                return Err(bad("_class_name", "a class name or a [module, ClassName] pair", other));
+                return Err(bad(
+                    "_class_name",
+                    "a class name or a [module, ClassName] pair",
+                    other,
+                ));
             }
             None => {
                 return Err(FormatError::UnexpectedJson {
@@ -270,17 +347,25 @@ impl ModelIndex {
         if let PipelineClass::Custom { module, class_name } = &self.class_name {
             return Err(FormatError::CustomCode {
                 path: self.path.clone(),
-                what: format!("_class_name = [\"{module}\", \"{class_name}\"] (pipeline code in {module}.py)"),
+                what: format!(
+                    "_class_name = [\"{module}\", \"{class_name}\"] (pipeline code in {module}.py)"
+                ),
             });
         }
         for (name, entry) in &self.components {
-            if let ComponentEntry::Class { library, class_name } = entry {
+            if let ComponentEntry::Class {
+                library,
+                class_name,
+            } = entry
+            {
                 if entry.is_builtin() {
                     continue;
                 }
                 let file = format!("{name}/{library}.py");
                 let detail = if repo_files.iter().any(|f| f == &file) {
-                    format!("component `{name}` = [\"{library}\", \"{class_name}\"] is defined in {file}")
+                    format!(
+                        "component `{name}` = [\"{library}\", \"{class_name}\"] is defined in {file}"
+                    )
                 } else {
                     format!(
                         "component `{name}` = [\"{library}\", \"{class_name}\"]: {file} does not exist and `{library}` is not a diffusers library or pipeline package"
@@ -333,7 +418,10 @@ mod tests {
     #[test]
     fn parses_every_field_form() {
         let index = ModelIndex::from_json_str(SDXL, "model_index.json").unwrap();
-        assert_eq!(index.class_name, PipelineClass::Builtin("StableDiffusionXLPipeline".into()));
+        assert_eq!(
+            index.class_name,
+            PipelineClass::Builtin("StableDiffusionXLPipeline".into())
+        );
         assert_eq!(index.diffusers_version.as_deref(), Some("0.19.0.dev0"));
         assert_eq!(index.ignore_files, ["unet/x.bin"]);
         assert_eq!(index.components["image_encoder"], ComponentEntry::Null);
@@ -344,7 +432,10 @@ mod tests {
                 class_name: "EulerDiscreteScheduler".into()
             }
         );
-        assert_eq!(index.config["force_zeros_for_empty_prompt"], Value::Bool(true));
+        assert_eq!(
+            index.config["force_zeros_for_empty_prompt"],
+            Value::Bool(true)
+        );
         assert_eq!(index.config["add_watermarker"], Value::Null);
         index.ensure_builtin(&[]).unwrap();
         assert!(!index.to_json_string().contains("_ignore_files"));
@@ -381,7 +472,10 @@ mod tests {
             r#"{"_class_name": "P", "_ignore_files": "x"}"#,
         ] {
             let err = ModelIndex::from_json_str(text, "m.json").unwrap_err();
-            assert!(matches!(err, FormatError::UnexpectedJson { .. }), "{text}: {err}");
+            assert!(
+                matches!(err, FormatError::UnexpectedJson { .. }),
+                "{text}: {err}"
+            );
         }
     }
 }

@@ -72,7 +72,9 @@ pub enum PickleError {
         reason: String,
     },
     /// A zip entry is compressed; `torch.save` only writes stored entries.
-    #[error("{path}: zip entry `{entry}` uses compression method {method}; only stored (0) entries are supported, as torch.save writes them")]
+    #[error(
+        "{path}: zip entry `{entry}` uses compression method {method}; only stored (0) entries are supported, as torch.save writes them"
+    )]
     UnsupportedCompression {
         /// The checkpoint.
         path: PathBuf,
@@ -82,7 +84,9 @@ pub enum PickleError {
         method: u16,
     },
     /// The pickle names a global outside the allow-list; nothing was executed.
-    #[error("{path}: the pickle refers to the global `{module}.{name}`, which is not allowed in a weights-only checkpoint (it could run code); refusing to load")]
+    #[error(
+        "{path}: the pickle refers to the global `{module}.{name}`, which is not allowed in a weights-only checkpoint (it could run code); refusing to load"
+    )]
     ForbiddenGlobal {
         /// The checkpoint.
         path: PathBuf,
@@ -130,18 +134,16 @@ pub enum PickleError {
         tensor: String,
     },
     /// A tensor's shape, strides and offset reach outside its storage.
-    #[error("{path}: tensor `{tensor}` (shape {shape:?}, stride {stride:?}, offset {offset}) needs {needed} elements but its storage `{key}` has {available}")]
+    #[error(
+        "{path}: tensor `{tensor}` ({layout}) needs {needed} elements but its storage `{key}` has {available}"
+    )]
     TensorOutOfBounds {
         /// The checkpoint.
         path: PathBuf,
         /// The tensor name.
         tensor: String,
-        /// Its shape.
-        shape: Vec<u64>,
-        /// Its strides (elements).
-        stride: Vec<u64>,
-        /// Its storage offset (elements).
-        offset: u64,
+        /// Its shape, strides and storage offset, e.g. `shape [2, 3], stride [3, 1], offset 0`.
+        layout: String,
         /// The storage key.
         key: String,
         /// Elements needed.
@@ -278,7 +280,9 @@ impl PickleCheckpoint {
         if version.as_int() != Some(LEGACY_PROTOCOL_VERSION) {
             return Err(PickleError::NotACheckpoint {
                 path: path.to_path_buf(),
-                reason: format!("legacy protocol version {version:?}, expected {LEGACY_PROTOCOL_VERSION}"),
+                reason: format!(
+                    "legacy protocol version {version:?}, expected {LEGACY_PROTOCOL_VERSION}"
+                ),
             });
         }
         let sys_info = vm::Machine::new(path).run(&mut counting)?;
@@ -300,10 +304,13 @@ impl PickleCheckpoint {
             let Value::Str(key) = key else {
                 return Err(legacy_corrupt(path, offset, "storage key is not a string"));
             };
-            let (dtype, numel) = storage_sizes
-                .get(&key)
-                .copied()
-                .ok_or_else(|| legacy_corrupt(path, offset, format!("storage `{key}` is listed but never used")))?;
+            let (dtype, numel) = storage_sizes.get(&key).copied().ok_or_else(|| {
+                legacy_corrupt(
+                    path,
+                    offset,
+                    format!("storage `{key}` is listed but never used"),
+                )
+            })?;
             file_seek(counting.inner, path, offset)?;
             let mut n = [0u8; 8];
             counting
@@ -395,7 +402,10 @@ impl PickleCheckpoint {
                 let bytes = self.read_storage(&name, &info)?;
                 cache.insert(info.storage_key.clone(), bytes);
             }
-            let storage = cache.get(&info.storage_key).map(Vec::as_slice).unwrap_or(&[]);
+            let storage = cache
+                .get(&info.storage_key)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             let data = vm::materialize(&self.path, &name, &info, storage, self.big_endian)?;
             out.push((name, info, data));
         }
@@ -424,7 +434,11 @@ impl PickleCheckpoint {
                 let mut buf = Vec::new();
                 (&mut file).take(*len).read_to_end(&mut buf).map_err(io)?;
                 if buf.len() as u64 != *len {
-                    return Err(legacy_corrupt(&self.path, *offset, "the file ends inside a storage"));
+                    return Err(legacy_corrupt(
+                        &self.path,
+                        *offset,
+                        "the file ends inside a storage",
+                    ));
                 }
                 Ok(buf)
             }

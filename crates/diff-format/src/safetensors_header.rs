@@ -119,7 +119,12 @@ impl Dtype {
         match self {
             Dtype::F4 => 4,
             Dtype::F6_E2M3 | Dtype::F6_E3M2 => 6,
-            Dtype::BOOL | Dtype::U8 | Dtype::I8 | Dtype::F8_E5M2 | Dtype::F8_E4M3 | Dtype::F8_E8M0 => 8,
+            Dtype::BOOL
+            | Dtype::U8
+            | Dtype::I8
+            | Dtype::F8_E5M2
+            | Dtype::F8_E4M3
+            | Dtype::F8_E8M0 => 8,
             Dtype::I16 | Dtype::U16 | Dtype::F16 | Dtype::BF16 => 16,
             Dtype::I32 | Dtype::U32 | Dtype::F32 => 32,
             Dtype::F64 | Dtype::I64 | Dtype::U64 => 64,
@@ -151,7 +156,10 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Number of elements (the product of the shape; validated not to overflow).
     pub fn numel(&self) -> u64 {
-        self.shape.iter().try_fold(1u64, |a, d| a.checked_mul(*d)).unwrap_or(u64::MAX)
+        self.shape
+            .iter()
+            .try_fold(1u64, |a, d| a.checked_mul(*d))
+            .unwrap_or(u64::MAX)
     }
     /// Bytes in the data section.
     pub fn byte_len(&self) -> u64 {
@@ -175,7 +183,9 @@ pub struct SafetensorsHeader {
 impl SafetensorsHeader {
     /// Total elements over all tensors.
     pub fn parameter_count(&self) -> u64 {
-        self.tensors.iter().fold(0u64, |a, t| a.saturating_add(t.numel()))
+        self.tensors
+            .iter()
+            .fold(0u64, |a, t| a.saturating_add(t.numel()))
     }
 
     /// Absolute file offset where the data section starts.
@@ -349,7 +359,11 @@ fn parse_tensor(name: String, entry: &Value) -> Result<TensorInfo, HeaderError> 
     let (begin, end) = match offsets.as_slice() {
         [b, e] => match (b.as_u64(), e.as_u64()) {
             (Some(b), Some(e)) => (b, e),
-            _ => return Err(shape_err("`data_offsets` = [begin, end] of non-negative integers")),
+            _ => {
+                return Err(shape_err(
+                    "`data_offsets` = [begin, end] of non-negative integers",
+                ));
+            }
         },
         _ => return Err(shape_err("`data_offsets` = [begin, end]")),
     };
@@ -385,45 +399,78 @@ mod tests {
 
     #[test]
     fn rejects_file_shorter_than_length_prefix() {
-        assert_eq!(parse_header(&[1, 2, 3]), Err(HeaderError::TooShort { len: 3 }));
+        assert_eq!(
+            parse_header(&[1, 2, 3]),
+            Err(HeaderError::TooShort { len: 3 })
+        );
     }
 
     #[test]
     fn rejects_header_over_cap_or_file() {
         let mut bytes = u64::MAX.to_le_bytes().to_vec();
         bytes.extend_from_slice(b"{}");
-        assert!(matches!(parse_header(&bytes), Err(HeaderError::HeaderTooLarge { .. })));
+        assert!(matches!(
+            parse_header(&bytes),
+            Err(HeaderError::HeaderTooLarge { .. })
+        ));
     }
 
     #[test]
     fn rejects_bad_json_and_bad_shape() {
-        assert!(matches!(parse_header(&file("{nope", 0)), Err(HeaderError::Json(_))));
-        assert!(matches!(parse_header(&file("[]", 0)), Err(HeaderError::Shape { .. })));
+        assert!(matches!(
+            parse_header(&file("{nope", 0)),
+            Err(HeaderError::Json(_))
+        ));
+        assert!(matches!(
+            parse_header(&file("[]", 0)),
+            Err(HeaderError::Shape { .. })
+        ));
         let h = r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#;
-        assert!(matches!(parse_header(&file(h, 4)), Err(HeaderError::Shape { .. })));
+        assert!(matches!(
+            parse_header(&file(h, 4)),
+            Err(HeaderError::Shape { .. })
+        ));
     }
 
     #[test]
     fn rejects_unknown_dtype() {
         let h = r#"{"a":{"dtype":"F128","shape":[1],"data_offsets":[0,16]}}"#;
-        assert!(matches!(parse_header(&file(h, 16)), Err(HeaderError::BadDtype { .. })));
+        assert!(matches!(
+            parse_header(&file(h, 16)),
+            Err(HeaderError::BadDtype { .. })
+        ));
     }
 
     #[test]
     fn rejects_out_of_range_overlapping_and_uncovered_offsets() {
         let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}}"#;
-        assert!(matches!(parse_header(&file(h, 4)), Err(HeaderError::OutOfRange { .. })));
+        assert!(matches!(
+            parse_header(&file(h, 4)),
+            Err(HeaderError::OutOfRange { .. })
+        ));
         let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
-        assert!(matches!(parse_header(&file(h, 8)), Err(HeaderError::NotContiguous { .. })));
+        assert!(matches!(
+            parse_header(&file(h, 8)),
+            Err(HeaderError::NotContiguous { .. })
+        ));
         let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
-        assert!(matches!(parse_header(&file(h, 8)), Err(HeaderError::NotCovering { .. })));
+        assert!(matches!(
+            parse_header(&file(h, 8)),
+            Err(HeaderError::NotCovering { .. })
+        ));
         let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#;
-        assert!(matches!(parse_header(&file(h, 4)), Err(HeaderError::SizeMismatch { .. })));
+        assert!(matches!(
+            parse_header(&file(h, 4)),
+            Err(HeaderError::SizeMismatch { .. })
+        ));
     }
 
     #[test]
     fn rejects_shape_whose_byte_size_overflows() {
         let h = r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#;
-        assert!(matches!(parse_header(&file(h, 4)), Err(HeaderError::Overflow { .. })));
+        assert!(matches!(
+            parse_header(&file(h, 4)),
+            Err(HeaderError::Overflow { .. })
+        ));
     }
 }

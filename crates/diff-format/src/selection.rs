@@ -201,7 +201,10 @@ pub fn is_safetensors_compatible(
     folder_names: Option<&BTreeSet<String>>,
     variant: Option<&str>,
 ) -> bool {
-    let mut files: Vec<&String> = filenames.iter().filter(|f| weights::is_model_file(f)).collect();
+    let mut files: Vec<&String> = filenames
+        .iter()
+        .filter(|f| weights::is_model_file(f))
+        .collect();
     if let Some(folders) = folder_names.filter(|f| !f.is_empty()) {
         files.retain(|f| {
             let parent = f.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
@@ -241,9 +244,10 @@ pub fn is_safetensors_compatible(
         return pick(&names).iter().any(|f| f.contains(".safetensors"));
     }
     components.values().all(|names| {
-        pick(names)
-            .iter()
-            .any(|f| f.rsplit_once('.').is_some_and(|(_, ext)| ext == "safetensors"))
+        pick(names).iter().any(|f| {
+            f.rsplit_once('.')
+                .is_some_and(|(_, ext)| ext == "safetensors")
+        })
     })
 }
 
@@ -261,8 +265,12 @@ pub fn ignore_patterns(
     variant: Option<&str>,
     source_name: &str,
 ) -> Result<Vec<String>, FormatError> {
-    let compatible =
-        is_safetensors_compatible(filenames, passed_components, Some(model_folder_names), variant);
+    let compatible = is_safetensors_compatible(
+        filenames,
+        passed_components,
+        Some(model_folder_names),
+        variant,
+    );
     if use_safetensors && !allow_pickle && !compatible {
         return Err(FormatError::SafetensorsNotFound {
             source_name: source_name.to_owned(),
@@ -324,7 +332,11 @@ pub fn variant_compatible_siblings(
             .filter(|f| !endings.iter().any(|e| f.ends_with(e)))
             .collect();
         let select = |test: &dyn Fn(&str) -> bool| -> BTreeSet<String> {
-            files.iter().filter(|f| test(f)).map(|f| (*f).clone()).collect()
+            files
+                .iter()
+                .filter(|f| test(f))
+                .map(|f| (*f).clone())
+                .collect()
         };
         if let Some(v) = variant {
             let current = select(&|f| weights::matches_variant_file(f, v));
@@ -433,7 +445,10 @@ pub fn download_plan(
         .filter(|p| folder_names.contains(&p))
         .collect();
     let class = match &model_index.class_name {
-        PipelineClass::Builtin(name) | PipelineClass::Custom { class_name: name, .. } => name,
+        PipelineClass::Builtin(name)
+        | PipelineClass::Custom {
+            class_name: name, ..
+        } => name,
     };
     let is_onnx = class.starts_with("Onnx");
     let ignore = ignore_patterns(
@@ -553,11 +568,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn identify_model_variants_uses_the_second_dot_segment_prefix() {
+        let index = ModelIndex::from_json_str(
+            r#"{"_class_name": "P", "unet": ["diffusers", "U"], "vae": ["diffusers", "V"], "text_encoder": ["transformers", "T"]}"#,
+            "model_index.json",
+        )
+        .unwrap();
+        let mut listing = BTreeMap::new();
+        listing.insert(
+            "unet".to_owned(),
+            vec!["diffusion_pytorch_model.fp16.safetensors".to_owned()],
+        );
+        // The legacy shard form matches too: its second dot-segment is `fp16`.
+        listing.insert(
+            "vae".to_owned(),
+            vec!["diffusion_pytorch_model-00001-of-00002.fp16.safetensors".to_owned()],
+        );
+        listing.insert(
+            "text_encoder".to_owned(),
+            vec!["model.safetensors".to_owned(), "config.json".to_owned()],
+        );
+        listing.insert(
+            "stray".to_owned(),
+            vec!["model.fp16.safetensors".to_owned()],
+        );
+        let got: Vec<String> = identify_model_variants(&listing, &index, "fp16")
+            .into_iter()
+            .collect();
+        assert_eq!(got, ["unet", "vae"]);
+    }
+
+    #[test]
     fn fnmatch_follows_python_translate() {
         assert!(fnmatch("*.bin", "unet/diffusion_pytorch_model.bin"));
         assert!(fnmatch("unet/*", "unet/a/b.json"));
         assert!(!fnmatch("unet/*", "unet"));
-        assert!(fnmatch("*.bin.index.*json", "text_encoder/pytorch_model.bin.index.json"));
+        assert!(fnmatch(
+            "*.bin.index.*json",
+            "text_encoder/pytorch_model.bin.index.json"
+        ));
         assert!(fnmatch("a?c", "abc"));
         assert!(fnmatch("[!x]b", "ab"));
         assert!(!fnmatch("[!a]b", "ab"));

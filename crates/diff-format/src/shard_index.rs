@@ -54,12 +54,22 @@ impl ShardIndex {
         let entries = match map.remove("weight_map") {
             Some(Value::Object(m)) => m,
             Some(other) => return Err(bad("weight_map", "an object", describe(&other))),
-            None => return Err(bad("weight_map", "an object", "nothing (key missing)".into())),
+            None => {
+                return Err(bad(
+                    "weight_map",
+                    "an object",
+                    "nothing (key missing)".into(),
+                ));
+            }
         };
         let mut weight_map = BTreeMap::new();
         for (tensor, file) in entries {
             let Value::String(file) = file else {
-                return Err(bad(&format!("weight_map.{tensor}"), "a shard file name", describe(&file)));
+                return Err(bad(
+                    &format!("weight_map.{tensor}"),
+                    "a shard file name",
+                    describe(&file),
+                ));
             };
             if !is_bare_file_name(&file) {
                 return Err(FormatError::UnsafeShardName {
@@ -88,7 +98,10 @@ impl ShardIndex {
 
     /// The shard paths inside `folder` (names are validated bare, so they stay inside it).
     pub fn shard_paths(&self, folder: &Path) -> Vec<PathBuf> {
-        self.shard_files().into_iter().map(|f| folder.join(f)).collect()
+        self.shard_files()
+            .into_iter()
+            .map(|f| folder.join(f))
+            .collect()
     }
 
     /// The JSON value as diffusers writes it.
@@ -141,17 +154,31 @@ mod tests {
 
     #[test]
     fn rejects_shard_names_that_are_not_bare_file_names() {
-        for name in ["../x.safetensors", "/etc/passwd", "a/b.safetensors", "a\\b", "..", "C:x", ""] {
+        for name in [
+            "../x.safetensors",
+            "/etc/passwd",
+            "a/b.safetensors",
+            "a\\b",
+            "..",
+            "C:x",
+            "",
+        ] {
             let map = serde_json::json!({"metadata": {}, "weight_map": {"t": name}});
-            let err = ShardIndex::from_object(map.as_object().unwrap().clone(), Path::new("i.json")).unwrap_err();
-            assert!(matches!(err, FormatError::UnsafeShardName { .. }), "{name}: {err}");
+            let err =
+                ShardIndex::from_object(map.as_object().unwrap().clone(), Path::new("i.json"))
+                    .unwrap_err();
+            assert!(
+                matches!(err, FormatError::UnsafeShardName { .. }),
+                "{name}: {err}"
+            );
         }
     }
 
     #[test]
     fn requires_metadata_and_weight_map() {
         let map = serde_json::json!({"weight_map": {}});
-        let err = ShardIndex::from_object(map.as_object().unwrap().clone(), Path::new("i.json")).unwrap_err();
+        let err = ShardIndex::from_object(map.as_object().unwrap().clone(), Path::new("i.json"))
+            .unwrap_err();
         assert!(err.to_string().contains("metadata"), "{err}");
     }
 }

@@ -49,7 +49,12 @@ impl WeightFormat {
 }
 
 /// The weight-file prefixes diffusers' regexes accept (any prefix with any extension).
-pub const PREFIXES: [&str; 4] = ["diffusion_pytorch_model", "model", "weights", "pytorch_model"];
+pub const PREFIXES: [&str; 4] = [
+    "diffusion_pytorch_model",
+    "model",
+    "weights",
+    "pytorch_model",
+];
 /// The weight-file extensions diffusers' regexes accept.
 pub const EXTENSIONS: [&str; 4] = ["bin", "safetensors", "onnx", "pb"];
 /// Endings that make a file a "model file" (`filter_model_files`; an `endswith` test, no dot).
@@ -80,7 +85,10 @@ pub fn variant_weights_name(naming: Naming, format: WeightFormat, variant: Optio
 
 /// The (variant) index name: `diffusion_pytorch_model.safetensors.index.fp16.json`.
 pub fn index_name(naming: Naming, format: WeightFormat, variant: Option<&str>) -> String {
-    add_variant(&format!("{}.index.json", weights_name(naming, format)), variant)
+    add_variant(
+        &format!("{}.index.json", weights_name(naming, format)),
+        variant,
+    )
 }
 
 /// The legacy variant index name the loader also tries:
@@ -225,9 +233,10 @@ pub fn matches_non_variant_index(name: &str) -> bool {
     let name = base_name(name);
     after_prefix(name).any(|rest| {
         rest.strip_prefix('.').is_some_and(|r| {
-            EXTENSIONS
-                .iter()
-                .any(|ext| r.strip_prefix(ext).is_some_and(|r| r.starts_with(".index.json")))
+            EXTENSIONS.iter().any(|ext| {
+                r.strip_prefix(ext)
+                    .is_some_and(|r| r.starts_with(".index.json"))
+            })
         })
     })
 }
@@ -251,37 +260,91 @@ mod tests {
     fn names_follow_diffusers_and_transformers_conventions() {
         use Naming::*;
         use WeightFormat::*;
-        assert_eq!(variant_weights_name(Diffusers, Safetensors, Some("fp16")), "diffusion_pytorch_model.fp16.safetensors");
-        assert_eq!(variant_weights_name(Transformers, Bin, Some("fp16")), "pytorch_model.fp16.bin");
-        assert_eq!(variant_weights_name(Transformers, Safetensors, None), "model.safetensors");
-        assert_eq!(index_name(Diffusers, Safetensors, Some("fp16")), "diffusion_pytorch_model.safetensors.index.fp16.json");
-        assert_eq!(index_name(Transformers, Bin, None), "pytorch_model.bin.index.json");
-        assert_eq!(legacy_index_name(Diffusers, Safetensors, "fp16"), "diffusion_pytorch_model.safetensors.fp16.index.json");
-        assert_eq!(shard_name(Diffusers, Safetensors, Some("fp16"), 1, 2), "diffusion_pytorch_model.fp16-00001-of-00002.safetensors");
-        assert_eq!(shard_name(Transformers, Safetensors, None, 3, 12), "model-00003-of-00012.safetensors");
-        assert_eq!(legacy_shard_name(Diffusers, Safetensors, "fp16", 1, 2), "diffusion_pytorch_model-00001-of-00002.fp16.safetensors");
+        assert_eq!(
+            variant_weights_name(Diffusers, Safetensors, Some("fp16")),
+            "diffusion_pytorch_model.fp16.safetensors"
+        );
+        assert_eq!(
+            variant_weights_name(Transformers, Bin, Some("fp16")),
+            "pytorch_model.fp16.bin"
+        );
+        assert_eq!(
+            variant_weights_name(Transformers, Safetensors, None),
+            "model.safetensors"
+        );
+        assert_eq!(
+            index_name(Diffusers, Safetensors, Some("fp16")),
+            "diffusion_pytorch_model.safetensors.index.fp16.json"
+        );
+        assert_eq!(
+            index_name(Transformers, Bin, None),
+            "pytorch_model.bin.index.json"
+        );
+        assert_eq!(
+            legacy_index_name(Diffusers, Safetensors, "fp16"),
+            "diffusion_pytorch_model.safetensors.fp16.index.json"
+        );
+        assert_eq!(
+            shard_name(Diffusers, Safetensors, Some("fp16"), 1, 2),
+            "diffusion_pytorch_model.fp16-00001-of-00002.safetensors"
+        );
+        assert_eq!(
+            shard_name(Transformers, Safetensors, None, 3, 12),
+            "model-00003-of-00012.safetensors"
+        );
+        assert_eq!(
+            legacy_shard_name(Diffusers, Safetensors, "fp16", 1, 2),
+            "diffusion_pytorch_model-00001-of-00002.fp16.safetensors"
+        );
         assert_eq!(add_variant("x.non_ema.y", Some("v")), "x.non_ema.v.y");
     }
 
     #[test]
     fn classification_matches_diffusers_regexes() {
-        assert!(matches_non_variant_file("unet/diffusion_pytorch_model.safetensors"));
+        assert!(matches_non_variant_file(
+            "unet/diffusion_pytorch_model.safetensors"
+        ));
         assert!(matches_non_variant_file("model-00001-of-00002.safetensors"));
         assert!(matches_non_variant_file("weights.bin"));
         assert!(!matches_non_variant_file("model.fp16.safetensors"));
         assert!(!matches_non_variant_file("model-0001-of-00002.safetensors"));
         assert!(!matches_non_variant_file("v1-5-pruned.safetensors"));
         assert!(matches_variant_file("model.fp16.safetensors", "fp16"));
-        assert!(matches_variant_file("diffusion_pytorch_model.fp16-00001-of-00002.bin", "fp16"));
-        assert!(!matches_variant_file("diffusion_pytorch_model-00001-of-00002.fp16.bin", "fp16"));
-        assert!(matches_legacy_variant_file("diffusion_pytorch_model-00001-of-00002.fp16.safetensors", "fp16"));
-        assert!(matches_legacy_variant_file("anything-00001-of-00002.fp16.bin", "fp16"));
-        assert!(!matches_legacy_variant_file("x-00001-of-00002.fp16.Bin", "fp16"));
-        assert!(matches_variant_index("model.safetensors.index.fp16.json", "fp16"));
-        assert!(matches_legacy_variant_index("diffusion_pytorch_model.safetensors.fp16.index.json", "fp16"));
+        assert!(matches_variant_file(
+            "diffusion_pytorch_model.fp16-00001-of-00002.bin",
+            "fp16"
+        ));
+        assert!(!matches_variant_file(
+            "diffusion_pytorch_model-00001-of-00002.fp16.bin",
+            "fp16"
+        ));
+        assert!(matches_legacy_variant_file(
+            "diffusion_pytorch_model-00001-of-00002.fp16.safetensors",
+            "fp16"
+        ));
+        assert!(matches_legacy_variant_file(
+            "anything-00001-of-00002.fp16.bin",
+            "fp16"
+        ));
+        assert!(!matches_legacy_variant_file(
+            "x-00001-of-00002.fp16.Bin",
+            "fp16"
+        ));
+        assert!(matches_variant_index(
+            "model.safetensors.index.fp16.json",
+            "fp16"
+        ));
+        assert!(matches_legacy_variant_index(
+            "diffusion_pytorch_model.safetensors.fp16.index.json",
+            "fp16"
+        ));
         assert!(matches_non_variant_index("model.safetensors.index.json"));
-        assert!(matches_non_variant_index("model.safetensors.index.json.bak"));
-        assert!(!matches_non_variant_index("model.safetensors.index.fp16.json"));
+        assert!(matches_non_variant_index(
+            "model.safetensors.index.json.bak"
+        ));
+        assert!(!matches_non_variant_index(
+            "model.safetensors.index.fp16.json"
+        ));
         assert!(is_model_file("foo.xbin"));
         assert_eq!(parse_shard_suffix("00002-of-00010"), Some((2, 10)));
     }

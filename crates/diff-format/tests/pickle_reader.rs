@@ -24,9 +24,17 @@ fn read_safetensors(path: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8
             continue;
         }
         let dtype = v["dtype"].as_str().unwrap().to_string();
-        let shape = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        let shape = v["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
         let off = v["data_offsets"].as_array().unwrap();
-        let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+        let (a, b) = (
+            off[0].as_u64().unwrap() as usize,
+            off[1].as_u64().unwrap() as usize,
+        );
         out.insert(k.clone(), (dtype, shape, data[a..b].to_vec()));
     }
     out
@@ -48,14 +56,26 @@ fn check_matches_torch(file: &str, prefix: &str, section: &str) {
     let expected = read_safetensors(&fixture("expected.safetensors"));
     let tensors = ckpt.read_state_dict().unwrap();
     let names: Vec<String> = tensors.iter().map(|(n, _, _)| n.clone()).collect();
-    assert_eq!(names, expected_order(section), "{file}: key order must be the pickle's");
+    assert_eq!(
+        names,
+        expected_order(section),
+        "{file}: key order must be the pickle's"
+    );
     for (name, info, data) in tensors {
         let (dtype, shape, bytes) = &expected[&format!("{prefix}{name}")];
-        assert_eq!(info.dtype.safetensors_name(), dtype, "{file}: dtype of {name}");
+        assert_eq!(
+            info.dtype.safetensors_name(),
+            dtype,
+            "{file}: dtype of {name}"
+        );
         assert_eq!(&info.shape, shape, "{file}: shape of {name}");
         assert_eq!(&data, bytes, "{file}: bytes of {name} (exact)");
         // `read_tensor` (one at a time) must agree with the batched reader.
-        assert_eq!(ckpt.read_tensor(&name, &info).unwrap(), data, "{file}: read_tensor({name})");
+        assert_eq!(
+            ckpt.read_tensor(&name, &info).unwrap(),
+            data,
+            "{file}: read_tensor({name})"
+        );
     }
 }
 
@@ -78,7 +98,10 @@ fn legacy_format_checkpoint_tensors_match_torch_bit_for_bit() {
 fn lightning_ckpt_descends_into_nested_state_dict() {
     check_matches_torch("nested.ckpt", "", "state_dict");
     let ckpt = PickleCheckpoint::open(fixture("nested.ckpt")).unwrap();
-    assert_eq!(ckpt.root().get("global_step").and_then(Value::as_int), Some(1234));
+    assert_eq!(
+        ckpt.root().get("global_step").and_then(Value::as_int),
+        Some(1234)
+    );
     assert_eq!(ckpt.root().get("lr"), Some(&Value::Float(1e-4)));
 }
 
@@ -102,7 +125,9 @@ fn views_keep_their_strides_and_offsets() {
 
 fn assert_forbidden(file: &str, module: &str, name: &str) {
     match PickleCheckpoint::open(fixture(file)) {
-        Err(PickleError::ForbiddenGlobal { module: m, name: n, .. }) => {
+        Err(PickleError::ForbiddenGlobal {
+            module: m, name: n, ..
+        }) => {
             assert_eq!((m.as_str(), n.as_str()), (module, name));
         }
         other => panic!("{file}: expected ForbiddenGlobal({module}.{name}), got {other:?}"),
@@ -128,7 +153,10 @@ fn non_checkpoint_file_is_a_typed_error() {
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("x.bin");
     std::fs::write(&p, b"hello world").unwrap();
-    assert!(matches!(PickleCheckpoint::open(&p), Err(PickleError::NotACheckpoint { .. })));
+    assert!(matches!(
+        PickleCheckpoint::open(&p),
+        Err(PickleError::NotACheckpoint { .. })
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -37,7 +37,10 @@ fn resave(path: &Path) -> Option<Result<String, FormatError>> {
     let name = path.file_name()?.to_str()?;
     let text = std::fs::read_to_string(path).ok()?;
     let value: Value = serde_json::from_str(&text).ok()?;
-    let class = value.get("_class_name").and_then(Value::as_str).unwrap_or("");
+    let class = value
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     Some(match name {
         "model_index.json" => ModelIndex::load(path).map(|i| i.to_json_string()),
         "scheduler_config.json" => match class {
@@ -60,7 +63,9 @@ fn resave(path: &Path) -> Option<Result<String, FormatError>> {
         "config.json" => {
             let empty = Value::Object(Default::default());
             ConfigFile::<serde_json::Map<String, Value>>::load(path).and_then(|c| {
-                Ok(diff_format::json::to_config_string(&c.to_json_value_with(Fill::ChangedFrom(&empty))?))
+                Ok(diff_format::json::to_config_string(
+                    &c.to_json_value_with(Fill::ChangedFrom(&empty))?,
+                ))
             })
         }
         "preprocessor_config.json" => Ok(diff_format::json::to_config_string(&value)),
@@ -95,20 +100,34 @@ fn every_generated_config_resaves_byte_identically() {
             Err(e) => failures.push(format!("{}: {e}", path.display())),
         }
     }
-    assert!(checked >= 30, "only {checked} configs found under {}", fixtures_root().display());
-    assert!(failures.is_empty(), "{} of {checked} configs differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        checked >= 30,
+        "only {checked} configs found under {}",
+        fixtures_root().display()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} configs differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn python_float_repr_golden_matches() {
-    let text = std::fs::read_to_string(fixtures_root().join("format/python_float_repr.json")).unwrap();
+    let text =
+        std::fs::read_to_string(fixtures_root().join("format/python_float_repr.json")).unwrap();
     let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
     assert!(cases.len() > 500);
     for case in cases {
         let bits = case["bits"].as_u64().unwrap();
         let want = case["repr"].as_str().unwrap();
         let x = f64::from_bits(bits);
-        assert_eq!(diff_format::json::python_float_repr(x), want, "bits {bits:#x}");
+        assert_eq!(
+            diff_format::json::python_float_repr(x),
+            want,
+            "bits {bits:#x}"
+        );
         // And the parse of Python's spelling gives back the same bits (float_roundtrip).
         let parsed: f64 = serde_json::from_str(want).unwrap();
         assert_eq!(parsed.to_bits(), bits, "{want}");

@@ -15,7 +15,11 @@ fn fixtures() -> PathBuf {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -29,25 +33,41 @@ fn check(files: &BTreeSet<String>, index: &ModelIndex, result: &Value) -> Result
     let got = download_plan(files, index, &options, "org/repo");
     match (&result["error"], got) {
         (Value::Null, Ok(plan)) => {
-            let want_allow: BTreeSet<String> = strings(&result["allow_patterns"]).into_iter().collect();
+            let want_allow: BTreeSet<String> =
+                strings(&result["allow_patterns"]).into_iter().collect();
             let got_allow: BTreeSet<String> = plan.allow_patterns.iter().cloned().collect();
             if want_allow != got_allow {
-                return Err(format!("allow patterns: want {want_allow:?}, got {got_allow:?}"));
+                return Err(format!(
+                    "allow patterns: want {want_allow:?}, got {got_allow:?}"
+                ));
             }
             if strings(&result["ignore_patterns"]) != plan.ignore_patterns {
-                return Err(format!("ignore patterns: want {:?}, got {:?}", result["ignore_patterns"], plan.ignore_patterns));
+                return Err(format!(
+                    "ignore patterns: want {:?}, got {:?}",
+                    result["ignore_patterns"], plan.ignore_patterns
+                ));
             }
             let want: BTreeSet<String> = strings(&result["model_filenames"]).into_iter().collect();
             if want != plan.model_filenames {
-                return Err(format!("model files: want {want:?}, got {:?}", plan.model_filenames));
+                return Err(format!(
+                    "model files: want {want:?}, got {:?}",
+                    plan.model_filenames
+                ));
             }
-            let want: BTreeSet<String> = strings(&result["variant_filenames"]).into_iter().collect();
+            let want: BTreeSet<String> =
+                strings(&result["variant_filenames"]).into_iter().collect();
             if want != plan.variant_filenames {
-                return Err(format!("variant files: want {want:?}, got {:?}", plan.variant_filenames));
+                return Err(format!(
+                    "variant files: want {want:?}, got {:?}",
+                    plan.variant_filenames
+                ));
             }
             let want: BTreeSet<String> = strings(&result["expected_files"]).into_iter().collect();
             if want != plan.expected_files {
-                return Err(format!("expected files: want {want:?}, got {:?}", plan.expected_files));
+                return Err(format!(
+                    "expected files: want {want:?}, got {:?}",
+                    plan.expected_files
+                ));
             }
             let got_warnings: Vec<&str> = plan
                 .warnings
@@ -59,18 +79,24 @@ fn check(files: &BTreeSet<String>, index: &ModelIndex, result: &Value) -> Result
                 .collect();
             let want_warnings = strings(&result["warnings"]);
             if got_warnings != want_warnings {
-                return Err(format!("warnings: want {want_warnings:?}, got {got_warnings:?}"));
+                return Err(format!(
+                    "warnings: want {want_warnings:?}, got {got_warnings:?}"
+                ));
             }
             Ok(())
         }
         (Value::Object(err), Err(got)) => {
             let kind = err["type"].as_str().unwrap_or_default();
-            let ok = match (kind, &got) {
-                ("ValueError", FormatError::NoSuchVariant { .. }) => true,
-                ("OSError", FormatError::SafetensorsNotFound { .. }) => true,
-                _ => false,
-            };
-            if ok { Ok(()) } else { Err(format!("want {kind}: {}, got {got}", err["message"])) }
+            let ok = matches!(
+                (kind, &got),
+                ("ValueError", FormatError::NoSuchVariant { .. })
+                    | ("OSError", FormatError::SafetensorsNotFound { .. })
+            );
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("want {kind}: {}, got {got}", err["message"]))
+            }
         }
         (want, got) => Err(format!("want error {want}, got {got:?}")),
     }
@@ -84,17 +110,29 @@ fn synthetic_listings_select_what_diffusers_selects() {
     let mut checked = 0;
     for case in cases.as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let index = ModelIndex::from_object(case["model_index"].as_object().unwrap().clone(), Path::new(name)).unwrap();
+        let index = ModelIndex::from_object(
+            case["model_index"].as_object().unwrap().clone(),
+            Path::new(name),
+        )
+        .unwrap();
         let files: BTreeSet<String> = strings(&case["files"]).into_iter().collect();
         for result in case["results"].as_array().unwrap() {
             checked += 1;
             if let Err(e) = check(&files, &index, result) {
-                failures.push(format!("{name} variant={} use_safetensors={}: {e}", result["variant"], result["use_safetensors"]));
+                failures.push(format!(
+                    "{name} variant={} use_safetensors={}: {e}",
+                    result["variant"], result["use_safetensors"]
+                ));
             }
         }
     }
     assert!(checked >= 100, "only {checked} decisions recorded");
-    assert!(failures.is_empty(), "{} of {checked} differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -131,7 +169,10 @@ fn fixture_pipelines_select_what_diffusers_selects_and_loads() {
             .collect();
         let want: BTreeSet<String> = strings(&record["loaded_files"]).into_iter().collect();
         if loaded != want {
-            failures.push(format!("{pipeline} variant={}: loaded want {want:?}, got {loaded:?}", record["variant"]));
+            failures.push(format!(
+                "{pipeline} variant={}: loaded want {want:?}, got {loaded:?}",
+                record["variant"]
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

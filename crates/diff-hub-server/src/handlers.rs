@@ -34,7 +34,9 @@ impl Req {
         };
         let bytes = crate::repo::read_limited(request.as_reader(), limit)?;
         if bytes.len() as u64 >= limit {
-            return Err(std::io::Error::other(format!("body larger than {limit} bytes")));
+            return Err(std::io::Error::other(format!(
+                "body larger than {limit} bytes"
+            )));
         }
         Ok(bytes)
     }
@@ -244,7 +246,9 @@ impl<R: Read> Read for Cut<R> {
             }
             return Err(std::io::Error::other("connection cut by fault injection"));
         }
-        let n = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let got = self.inner.read(&mut buf[..n])?;
         if self.corrupt && got > 0 {
             buf[0] ^= 0xff;
@@ -270,8 +274,14 @@ fn send(request: tiny_http::Request, reply: Reply) {
         Body::Bytes(bytes) => {
             let len = bytes.len();
             request.respond(
-                tiny_http::Response::new(status, headers, std::io::Cursor::new(bytes), Some(len), None)
-                    .with_chunked_threshold(usize::MAX),
+                tiny_http::Response::new(
+                    status,
+                    headers,
+                    std::io::Cursor::new(bytes),
+                    Some(len),
+                    None,
+                )
+                .with_chunked_threshold(usize::MAX),
             )
         }
         Body::File {
@@ -304,7 +314,12 @@ pub(crate) fn handle(shared: &Shared, origin: Origin, mut request: tiny_http::Re
     let headers: Vec<(String, String)> = request
         .headers()
         .iter()
-        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_ascii_lowercase(),
+                h.value.as_str().to_string(),
+            )
+        })
         .collect();
     let (path, query_str) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let segments = path
@@ -404,7 +419,11 @@ pub(crate) fn check_read(shared: &Shared, req: &Req, repo_id: &str) -> Result<()
     let repos = shared.repos();
     let not_found = || {
         let status = if who == Access::Anonymous { 401 } else { 404 };
-        error(status, Some("RepoNotFound"), &format!("Repository Not Found for url: {}", req.url))
+        error(
+            status,
+            Some("RepoNotFound"),
+            &format!("Repository Not Found for url: {}", req.url),
+        )
     };
     if !repos.exists(repo_id) {
         return Err(not_found());
@@ -418,7 +437,9 @@ pub(crate) fn check_read(shared: &Shared, req: &Req, repo_id: &str) -> Result<()
         return Err(error(
             status,
             Some("GatedRepo"),
-            &format!("Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it."),
+            &format!(
+                "Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it."
+            ),
         ));
     }
     Ok(())
@@ -430,7 +451,11 @@ pub(crate) fn check_write(shared: &Shared, req: &Req) -> Result<(), Reply> {
         Access::Write => Ok(()),
         Access::Invalid => Err(invalid_credentials()),
         Access::Anonymous => Err(error(401, None, "You must be authenticated to write")),
-        Access::Read => Err(error(403, None, "You don't have the rights to write to this repo (read-only token)")),
+        Access::Read => Err(error(
+            403,
+            None,
+            "You don't have the rights to write to this repo (read-only token)",
+        )),
     }
 }
 
@@ -463,19 +488,32 @@ pub(crate) fn route_hub(shared: &Shared, req: &mut Req, fault: Option<&Fault>) -
         ("DELETE", ["api", "repos", "delete"]) => crate::handlers_write::delete_repo(shared, req),
         ("POST", ["api", "validate-yaml"]) => crate::handlers_write::validate_yaml(req),
         ("GET", ["api", "whoami-v2"]) => whoami(shared, req),
-        ("GET" | "HEAD", ["api", "resolve-cache", "models", org, name, commit, rest @ ..]) => {
+        (
+            "GET" | "HEAD",
+            [
+                "api",
+                "resolve-cache",
+                "models",
+                org,
+                name,
+                commit,
+                rest @ ..,
+            ],
+        ) => with_repo(shared, req, org, name, |req, id| {
+            resolve_file(shared, req, id, commit, &rest.join("/"), true, fault)
+        }),
+        ("GET", ["api", "models", org, name]) => with_repo(shared, req, org, name, |req, id| {
+            repo_info(shared, req, id, "main")
+        }),
+        ("GET", ["api", "models", org, name, "revision", rev @ ..]) => {
             with_repo(shared, req, org, name, |req, id| {
-                resolve_file(shared, req, id, commit, &rest.join("/"), true, fault)
+                repo_info(shared, req, id, &rev.join("/"))
             })
         }
-        ("GET", ["api", "models", org, name]) => {
-            with_repo(shared, req, org, name, |req, id| repo_info(shared, req, id, "main"))
-        }
-        ("GET", ["api", "models", org, name, "revision", rev @ ..]) => {
-            with_repo(shared, req, org, name, |req, id| repo_info(shared, req, id, &rev.join("/")))
-        }
         ("GET", ["api", "models", org, name, "tree", rev, rest @ ..]) => {
-            with_repo(shared, req, org, name, |req, id| tree(shared, req, id, rev, &rest.join("/")))
+            with_repo(shared, req, org, name, |req, id| {
+                tree(shared, req, id, rev, &rest.join("/"))
+            })
         }
         ("POST", ["api", "models", org, name, "preupload", rev @ ..]) => {
             with_repo(shared, req, org, name, |req, id| {
@@ -487,7 +525,9 @@ pub(crate) fn route_hub(shared: &Shared, req: &mut Req, fault: Option<&Fault>) -
                 crate::handlers_write::commit(shared, req, id, &rev.join("/"))
             })
         }
-        ("POST", [org, repo_git, "info", "lfs", "objects", action]) if repo_git.ends_with(".git") => {
+        ("POST", [org, repo_git, "info", "lfs", "objects", action])
+            if repo_git.ends_with(".git") =>
+        {
             let name = repo_git.trim_end_matches(".git");
             with_repo(shared, req, org, name, |req, id| match *action {
                 "batch" => crate::handlers_write::lfs_batch(shared, req, id),
@@ -500,7 +540,14 @@ pub(crate) fn route_hub(shared: &Shared, req: &mut Req, fault: Option<&Fault>) -
                 resolve_file(shared, req, id, rev, &rest.join("/"), false, fault)
             })
         }
-        _ => error(404, None, &format!("Sorry, we can't find the page you are looking for ({} {})", req.method, req.url)),
+        _ => error(
+            404,
+            None,
+            &format!(
+                "Sorry, we can't find the page you are looking for ({} {})",
+                req.method, req.url
+            ),
+        ),
     }
 }
 
@@ -520,7 +567,11 @@ fn with_repo(
     {
         // Writes check their own access (and need the repo to exist).
         if !shared.repos().exists(&id) {
-            return error(404, Some("RepoNotFound"), &format!("Repository {id} not found"));
+            return error(
+                404,
+                Some("RepoNotFound"),
+                &format!("Repository {id} not found"),
+            );
         }
         return f(req, &id);
     }
@@ -567,8 +618,12 @@ fn resolve_file(
                 (e, file)
             }
             None => {
-                return error(404, Some("EntryNotFound"), &format!("Entry not found: {path}"))
-                    .header("X-Repo-Commit", commit);
+                return error(
+                    404,
+                    Some("EntryNotFound"),
+                    &format!("Entry not found: {path}"),
+                )
+                .header("X-Repo-Commit", commit);
             }
         }
     };
@@ -660,7 +715,11 @@ fn tree(shared: &Shared, req: &Req, repo_id: &str, rev: &str, prefix: &str) -> R
     let recursive = req.flag("recursive");
     let repos = shared.repos();
     let Some(files) = repos.commit(repo_id, &commit).map(|c| c.files.clone()) else {
-        return error(404, Some("RevisionNotFound"), &format!("Invalid rev id: {rev}"));
+        return error(
+            404,
+            Some("RevisionNotFound"),
+            &format!("Invalid rev id: {rev}"),
+        );
     };
     drop(repos);
     let prefix = prefix.trim_matches('/');
@@ -674,8 +733,12 @@ fn tree(shared: &Shared, req: &Req, repo_id: &str, rev: &str, prefix: &str) -> R
         }
     };
     if !prefix.is_empty() && !files.keys().any(|p| under(p).is_some()) {
-        return error(404, Some("EntryNotFound"), &format!("{prefix} does not exist on \"{rev}\""))
-            .header("X-Repo-Commit", commit);
+        return error(
+            404,
+            Some("EntryNotFound"),
+            &format!("{prefix} does not exist on \"{rev}\""),
+        )
+        .header("X-Repo-Commit", commit);
     }
     let join = |rel: &str| {
         if prefix.is_empty() {
@@ -688,7 +751,11 @@ fn tree(shared: &Shared, req: &Req, repo_id: &str, rev: &str, prefix: &str) -> R
     for (path, e) in &files {
         let Some(rel) = under(path) else { continue };
         let parts: Vec<&str> = rel.split('/').collect();
-        let dirs = if recursive { parts.len() - 1 } else { parts.len().min(2) - 1 };
+        let dirs = if recursive {
+            parts.len() - 1
+        } else {
+            parts.len().min(2) - 1
+        };
         for d in 1..=dirs {
             let dir = join(&parts[..d].join("/"));
             entries.entry(dir.clone()).or_insert_with(|| {
@@ -707,7 +774,11 @@ fn tree(shared: &Shared, req: &Req, repo_id: &str, rev: &str, prefix: &str) -> R
     }
     let all: Vec<serde_json::Value> = entries.into_values().collect();
     let page = shared.config.tree_page_size.max(1);
-    let cursor: usize = req.query.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let cursor: usize = req
+        .query
+        .get("cursor")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let end = cursor.saturating_add(page).min(all.len());
     let slice = all.get(cursor..end).map(<[_]>::to_vec).unwrap_or_default();
     let mut reply = json(200, &serde_json::Value::Array(slice));

@@ -1,10 +1,10 @@
 //! The write side of the Hub origin: create/delete repo, validate-yaml, preupload, LFS batch
 //! and verify, and the NDJSON commit endpoint.
 
+use crate::Shared;
 use crate::handlers::{Reply, Req, check_read, check_write, error, json, repo_id, resolve_rev};
 use crate::repo::{Entry, decide_lfs, lfs_entry, safe_component};
 use crate::storage::is_sha256;
-use crate::Shared;
 use base64::Engine;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -30,7 +30,11 @@ fn namespace_and_name(body: &Value) -> Option<String> {
 fn repo_type_ok(body: &Value) -> Result<(), Reply> {
     match body.get("type").and_then(Value::as_str) {
         None | Some("model") => Ok(()),
-        Some(other) => Err(error(400, None, &format!("this test server only hosts models, not {other}s"))),
+        Some(other) => Err(error(
+            400,
+            None,
+            &format!("this test server only hosts models, not {other}s"),
+        )),
     }
 }
 
@@ -52,10 +56,16 @@ pub(crate) fn create_repo(shared: &Shared, req: &mut Req) -> Reply {
     let url = format!("{}/{id}", shared.hub_url);
     let mut repos = shared.repos();
     if repos.exists(&id) {
-        return json(409, &json!({"error": "You already created this model repo", "url": url}))
-            .header("X-Error-Message", "You already created this model repo");
+        return json(
+            409,
+            &json!({"error": "You already created this model repo", "url": url}),
+        )
+        .header("X-Error-Message", "You already created this model repo");
     }
-    let private = body.get("private").and_then(Value::as_bool).unwrap_or(false)
+    let private = body
+        .get("private")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
         || body.get("visibility").and_then(Value::as_str) == Some("private");
     let dir = repos.repo_dir(&id);
     if let Err(e) = std::fs::create_dir_all(&dir)
@@ -84,7 +94,11 @@ pub(crate) fn delete_repo(shared: &Shared, req: &mut Req) -> Reply {
     };
     let mut repos = shared.repos();
     if !repos.exists(&id) {
-        return error(404, Some("RepoNotFound"), &format!("Repository {id} not found"));
+        return error(
+            404,
+            Some("RepoNotFound"),
+            &format!("Repository {id} not found"),
+        );
     }
     match repos.delete(&id) {
         Ok(()) => json(200, &json!({})),
@@ -103,12 +117,19 @@ pub(crate) fn validate_yaml(req: &mut Req) -> Reply {
         && !rest.contains("\n---")
         && !rest.starts_with("---")
     {
-        return json(400, &json!({"errors": [{"message": "front matter is not closed"}], "warnings": []}));
+        return json(
+            400,
+            &json!({"errors": [{"message": "front matter is not closed"}], "warnings": []}),
+        );
     }
     json(200, &json!({"errors": [], "warnings": []}))
 }
 
-fn current_files(shared: &Shared, id: &str, rev: &str) -> Result<(String, BTreeMap<String, Entry>), Reply> {
+fn current_files(
+    shared: &Shared,
+    id: &str,
+    rev: &str,
+) -> Result<(String, BTreeMap<String, Entry>), Reply> {
     let commit = resolve_rev(shared, id, rev)?;
     let files = shared
         .repos()
@@ -149,10 +170,13 @@ pub(crate) fn preupload(shared: &Shared, req: &mut Req, id: &str, rev: &str) -> 
             .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
             .unwrap_or_default();
         let lfs = decide_lfs(path, &sample, size, limit);
-        let oid = files
-            .get(path)
-            .filter(|e| e.lfs == lfs)
-            .map(|e| if e.lfs { e.sha256.clone() } else { e.oid.clone() });
+        let oid = files.get(path).filter(|e| e.lfs == lfs).map(|e| {
+            if e.lfs {
+                e.sha256.clone()
+            } else {
+                e.oid.clone()
+            }
+        });
         out.push(json!({
             "path": path,
             "uploadMode": if lfs { "lfs" } else { "regular" },
@@ -175,7 +199,11 @@ pub(crate) fn lfs_batch(shared: &Shared, req: &mut Req, id: &str) -> Reply {
             return reply;
         }
     } else if operation != "download" {
-        return error(400, None, &format!("LFS batch: unknown operation `{operation}`"));
+        return error(
+            400,
+            None,
+            &format!("LFS batch: unknown operation `{operation}`"),
+        );
     }
     let transfers: Vec<&str> = body
         .get("transfers")
@@ -187,7 +215,12 @@ pub(crate) fn lfs_batch(shared: &Shared, req: &mut Req, id: &str) -> Reply {
     let mut used_multipart = false;
     let mut objects = Vec::new();
     let repos = shared.repos();
-    for object in body.get("objects").and_then(Value::as_array).into_iter().flatten() {
+    for object in body
+        .get("objects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let oid = object.get("oid").and_then(Value::as_str).unwrap_or("");
         let Some(size) = object.get("size").and_then(Value::as_u64) else {
             objects.push(json!({"oid": oid, "error": {"code": 422, "message": "size missing"}}));
@@ -223,14 +256,23 @@ pub(crate) fn lfs_batch(shared: &Shared, req: &mut Req, id: &str) -> Reply {
                 "upload": {"href": format!("{base}/complete"), "header": header, "expires_in": 86400},
                 "verify": verify}}));
         } else {
-            objects.push(json!({"oid": oid, "size": size, "authenticated": true, "actions": {
+            objects.push(
+                json!({"oid": oid, "size": size, "authenticated": true, "actions": {
                 "upload": {"href": base, "header": {}, "expires_in": 86400},
-                "verify": verify}}));
+                "verify": verify}}),
+            );
         }
     }
     let transfer = if used_multipart { "multipart" } else { "basic" };
-    let mut reply = json(200, &json!({"transfer": transfer, "objects": objects, "hash_algo": "sha256"}));
-    reply.headers[0].1 = "application/vnd.git-lfs+json".into();
+    let mut reply = json(
+        200,
+        &json!({"transfer": transfer, "objects": objects, "hash_algo": "sha256"}),
+    );
+    for (name, value) in &mut reply.headers {
+        if name == "Content-Type" {
+            *value = "application/vnd.git-lfs+json".into();
+        }
+    }
     reply
 }
 
@@ -246,18 +288,35 @@ pub(crate) fn lfs_verify(shared: &Shared, req: &mut Req, _id: &str) -> Reply {
     let oid = body.get("oid").and_then(Value::as_str).unwrap_or("");
     let size = body.get("size").and_then(Value::as_u64);
     match (shared.repos().object_size(oid), size) {
-        (Some(have), Some(want)) if have == want => json(200, &json!({"message": "Object verified"})),
-        (Some(have), want) => error(422, None, &format!("object {oid} has {have} bytes, verify asked {want:?}")),
+        (Some(have), Some(want)) if have == want => {
+            json(200, &json!({"message": "Object verified"}))
+        }
+        (Some(have), want) => error(
+            422,
+            None,
+            &format!("object {oid} has {have} bytes, verify asked {want:?}"),
+        ),
         (None, _) => error(404, None, &format!("object {oid} was never uploaded")),
     }
 }
 
 /// One parsed NDJSON operation.
 enum Op {
-    Add { path: String, bytes: Vec<u8> },
-    AddLfs { path: String, oid: String, size: Option<u64> },
-    Delete { path: String },
-    DeleteFolder { path: String },
+    Add {
+        path: String,
+        bytes: Vec<u8>,
+    },
+    AddLfs {
+        path: String,
+        oid: String,
+        size: Option<u64>,
+    },
+    Delete {
+        path: String,
+    },
+    DeleteFolder {
+        path: String,
+    },
 }
 
 fn valid_path(path: &str) -> bool {
@@ -266,7 +325,9 @@ fn valid_path(path: &str) -> bool {
 
 fn parse_commit(body: &[u8]) -> Result<(Value, Vec<Op>), String> {
     let text = std::str::from_utf8(body).map_err(|e| format!("commit body is not UTF-8: {e}"))?;
-    let lines: Vec<Value> = if text.trim_start().starts_with('[') || text.trim_start().starts_with("{\"summary") {
+    let lines: Vec<Value> = if text.trim_start().starts_with('[')
+        || text.trim_start().starts_with("{\"summary")
+    {
         return Err("JSON (non-NDJSON) commit payloads are not supported by this server".into());
     } else {
         text.lines()
@@ -279,7 +340,11 @@ fn parse_commit(body: &[u8]) -> Result<(Value, Vec<Op>), String> {
     for line in lines {
         let key = line.get("key").and_then(Value::as_str).unwrap_or("");
         let value = line.get("value").cloned().unwrap_or(Value::Null);
-        let path = value.get("path").and_then(Value::as_str).unwrap_or("").to_string();
+        let path = value
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if key != "header" && !valid_path(path.trim_end_matches('/')) {
             return Err(format!("invalid path `{path}` in `{key}` operation"));
         }
@@ -296,7 +361,11 @@ fn parse_commit(body: &[u8]) -> Result<(Value, Vec<Op>), String> {
                 ops.push(Op::Add { path, bytes });
             }
             "lfsFile" => {
-                let oid = value.get("oid").and_then(Value::as_str).unwrap_or("").to_string();
+                let oid = value
+                    .get("oid")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 let size = value.get("size").and_then(Value::as_u64);
                 ops.push(Op::AddLfs { path, oid, size });
             }
@@ -327,7 +396,11 @@ pub(crate) fn commit(shared: &Shared, req: &mut Req, id: &str, rev: &str) -> Rep
     };
     let create_pr = req.flag("create_pr");
     if !create_pr && rev != "main" && !rev.starts_with("refs/pr/") && rev.len() == 40 {
-        return error(400, None, &format!("cannot commit to a commit id ({rev}); name a branch"));
+        return error(
+            400,
+            None,
+            &format!("cannot commit to a commit id ({rev}); name a branch"),
+        );
     }
     let (head, mut files) = match current_files(shared, id, rev) {
         Ok(v) => v,
@@ -341,16 +414,23 @@ pub(crate) fn commit(shared: &Shared, req: &mut Req, id: &str, rev: &str) -> Rep
         return error(
             412,
             None,
-            &format!("A commit has happened since. Please refresh and try again. (parent {parent}, head {head})"),
+            &format!(
+                "A commit has happened since. Please refresh and try again. (parent {parent}, head {head})"
+            ),
         );
     }
     let limit = shared.config.regular_file_limit;
     let repos = shared.repos();
+    let mut new_lfs_paths = Vec::new();
     for op in ops {
         match op {
             Op::Add { path, bytes } => {
                 if bytes.len() as u64 > limit {
-                    return error(400, None, &format!("{path}: regular files above {limit} bytes must use LFS"));
+                    return error(
+                        400,
+                        None,
+                        &format!("{path}: regular files above {limit} bytes must use LFS"),
+                    );
                 }
                 let lfs = false;
                 match repos.store_object(&path, &bytes, lfs) {
@@ -366,16 +446,27 @@ pub(crate) fn commit(shared: &Shared, req: &mut Req, id: &str, rev: &str) -> Rep
                     .or_else(|| files.values().find(|e| e.sha256 == oid).map(|e| e.size));
                 match known {
                     Some(have) if size.is_none_or(|s| s == have) => {
+                        if !crate::repo::is_lfs_path(&path) {
+                            new_lfs_paths.push(path.clone());
+                        }
                         files.insert(path, lfs_entry(&oid, have));
                     }
                     _ => {
-                        return error(400, None, &format!("{path}: LFS object {oid} was not uploaded"));
+                        return error(
+                            400,
+                            None,
+                            &format!("{path}: LFS object {oid} was not uploaded"),
+                        );
                     }
                 }
             }
             Op::Delete { path } => {
                 if files.remove(&path).is_none() {
-                    return error(404, Some("EntryNotFound"), &format!("{path} does not exist in {rev}"));
+                    return error(
+                        404,
+                        Some("EntryNotFound"),
+                        &format!("{path} does not exist in {rev}"),
+                    );
                 }
             }
             Op::DeleteFolder { path } => {
@@ -383,15 +474,54 @@ pub(crate) fn commit(shared: &Shared, req: &mut Req, id: &str, rev: &str) -> Rep
                 let before = files.len();
                 files.retain(|p, _| !p.starts_with(&prefix));
                 if files.len() == before {
-                    return error(404, Some("EntryNotFound"), &format!("folder {path} does not exist in {rev}"));
+                    return error(
+                        404,
+                        Some("EntryNotFound"),
+                        &format!("folder {path} does not exist in {rev}"),
+                    );
                 }
+            }
+        }
+    }
+    // Like the Hub, track LFS paths that the default patterns do not cover in `.gitattributes`.
+    if !new_lfs_paths.is_empty() {
+        let mut text = files
+            .get(".gitattributes")
+            .and_then(|e| std::fs::read(repos.file_path(id, ".gitattributes", e)).ok())
+            .unwrap_or_default();
+        let before = text.len();
+        for path in new_lfs_paths {
+            let line = format!(
+                "{} filter=lfs diff=lfs merge=lfs -text\n",
+                path.replace(' ', "\\ ")
+            );
+            if !String::from_utf8_lossy(&text)
+                .lines()
+                .any(|l| format!("{l}\n") == line)
+            {
+                if !text.is_empty() && !text.ends_with(b"\n") {
+                    text.push(b'\n');
+                }
+                text.extend_from_slice(line.as_bytes());
+            }
+        }
+        if text.len() != before {
+            match repos.store_object(".gitattributes", &text, false) {
+                Ok(entry) => {
+                    files.insert(".gitattributes".into(), entry);
+                }
+                Err(e) => return error(500, None, &format!("updating .gitattributes: {e}")),
             }
         }
     }
     drop(repos);
     // Objects written by the folder scan are referenced in place: copy them so the new listing
     // only points into the object store.
-    let summary = header.get("summary").and_then(Value::as_str).unwrap_or("").to_string();
+    let summary = header
+        .get("summary")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let mut repos = shared.repos();
     if let Err(e) = repos.materialise(id, &head) {
         return error(500, None, &format!("keeping {head}: {e}"));
@@ -416,11 +546,17 @@ pub(crate) fn commit(shared: &Shared, req: &mut Req, id: &str, rev: &str) -> Rep
         meta.next_pr += 1;
         let number = meta.next_pr;
         let commit = repos.add_commit(id, files, Some(base), summary);
-        repos.meta_mut(id).refs.insert(format!("refs/pr/{number}"), commit.clone());
+        repos
+            .meta_mut(id)
+            .refs
+            .insert(format!("refs/pr/{number}"), commit.clone());
         repos.save();
-        return json(200, &json!({
+        return json(
+            200,
+            &json!({
             "success": true, "commitOid": commit, "commitUrl": format!("{url}/commit/{commit}"),
-            "hookOutput": "", "pullRequestUrl": format!("{url}/discussions/{number}")}));
+            "hookOutput": "", "pullRequestUrl": format!("{url}/discussions/{number}")}),
+        );
     }
     let commit = if rev == "main" {
         match repos.write_main(id, &files) {
@@ -429,10 +565,16 @@ pub(crate) fn commit(shared: &Shared, req: &mut Req, id: &str, rev: &str) -> Rep
         }
     } else {
         let commit = repos.add_commit(id, files, Some(head), summary);
-        repos.meta_mut(id).refs.insert(rev.to_string(), commit.clone());
+        repos
+            .meta_mut(id)
+            .refs
+            .insert(rev.to_string(), commit.clone());
         commit
     };
     repos.save();
-    json(200, &json!({
-        "success": true, "commitOid": commit, "commitUrl": format!("{url}/commit/{commit}"), "hookOutput": ""}))
+    json(
+        200,
+        &json!({
+        "success": true, "commitOid": commit, "commitUrl": format!("{url}/commit/{commit}"), "hookOutput": ""}),
+    )
 }

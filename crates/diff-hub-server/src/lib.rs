@@ -197,7 +197,9 @@ impl Shared {
         let index = faults.iter().position(|f| {
             f.times > 0
                 && url.contains(&f.path_contains)
-                && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+                && f.method
+                    .as_deref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case(method))
         })?;
         let fault = faults.get_mut(index)?;
         fault.times -= 1;

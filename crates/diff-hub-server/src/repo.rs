@@ -13,9 +13,40 @@ pub(crate) const STATE_DIR: &str = ".hub-server";
 
 /// Extensions the server stores with LFS, like the Hub's default `.gitattributes`.
 const LFS_EXTENSIONS: &[&str] = &[
-    "7z", "arrow", "bin", "bz2", "ckpt", "ftz", "gguf", "gz", "h5", "joblib", "mlmodel", "model",
-    "msgpack", "npy", "npz", "onnx", "ot", "parquet", "pb", "pickle", "pkl", "png", "jpg", "pt",
-    "pth", "rar", "safetensors", "tar", "tflite", "tgz", "wasm", "xz", "zip", "zst",
+    "7z",
+    "arrow",
+    "bin",
+    "bz2",
+    "ckpt",
+    "ftz",
+    "gguf",
+    "gz",
+    "h5",
+    "joblib",
+    "mlmodel",
+    "model",
+    "msgpack",
+    "npy",
+    "npz",
+    "onnx",
+    "ot",
+    "parquet",
+    "pb",
+    "pickle",
+    "pkl",
+    "png",
+    "jpg",
+    "pt",
+    "pth",
+    "rar",
+    "safetensors",
+    "tar",
+    "tflite",
+    "tgz",
+    "wasm",
+    "xz",
+    "zip",
+    "zst",
 ];
 
 /// Whether the Hub would store this path with LFS from its name alone.
@@ -222,8 +253,10 @@ impl Repos {
                         } else {
                             git_blob_sha1(&bytes)
                         };
-                        self.hashes
-                            .insert(path.clone(), (key.0, key.1, oid.clone(), sha256.clone(), lfs));
+                        self.hashes.insert(
+                            path.clone(),
+                            (key.0, key.1, oid.clone(), sha256.clone(), lfs),
+                        );
                         (oid, sha256, lfs)
                     }
                 };
@@ -277,7 +310,11 @@ impl Repos {
     }
 
     /// Resolves a revision (branch, tag, `refs/pr/N`, full commit id) to a commit id.
-    pub(crate) fn resolve(&mut self, repo_id: &str, revision: &str) -> std::io::Result<Option<String>> {
+    pub(crate) fn resolve(
+        &mut self,
+        repo_id: &str,
+        revision: &str,
+    ) -> std::io::Result<Option<String>> {
         let main = self.refresh(repo_id)?;
         if revision == "main" {
             return Ok(Some(main));
@@ -327,7 +364,12 @@ impl Repos {
     }
 
     /// Stores bytes in the object store and returns the entry describing them.
-    pub(crate) fn store_object(&self, path: &str, bytes: &[u8], lfs: bool) -> std::io::Result<Entry> {
+    pub(crate) fn store_object(
+        &self,
+        path: &str,
+        bytes: &[u8],
+        lfs: bool,
+    ) -> std::io::Result<Entry> {
         let sha256 = sha256_hex(bytes);
         let target = self.object_path(&sha256);
         if !target.is_file() {
@@ -345,16 +387,25 @@ impl Repos {
         if stored.is_file() {
             return Some(stored);
         }
-        self.folder_objects.get(sha256).filter(|p| p.is_file()).cloned()
+        self.folder_objects
+            .get(sha256)
+            .filter(|p| p.is_file())
+            .cloned()
     }
 
     /// Reads the size of a stored object.
     pub(crate) fn object_size(&self, sha256: &str) -> Option<u64> {
-        std::fs::metadata(self.object_path(sha256)).ok().map(|m| m.len())
+        std::fs::metadata(self.object_path(sha256))
+            .ok()
+            .map(|m| m.len())
     }
 
     /// Writes a new `main` into the folder: `files` is the full new listing.
-    pub(crate) fn write_main(&mut self, repo_id: &str, files: &BTreeMap<String, Entry>) -> std::io::Result<String> {
+    pub(crate) fn write_main(
+        &mut self,
+        repo_id: &str,
+        files: &BTreeMap<String, Entry>,
+    ) -> std::io::Result<String> {
         let base = self.repo_dir(repo_id);
         let old = self.scan(repo_id)?;
         for path in old.keys() {
@@ -372,7 +423,10 @@ impl Repos {
             }
             let tmp = target.with_file_name(format!(
                 "{}.hub-tmp",
-                target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
             ));
             std::fs::copy(self.object_path(&entry.sha256), &tmp)?;
             std::fs::rename(&tmp, &target)?;
@@ -382,7 +436,13 @@ impl Repos {
     }
 
     /// Records a commit that is not `main` (a PR head or another branch).
-    pub(crate) fn add_commit(&mut self, repo_id: &str, files: BTreeMap<String, Entry>, parent: Option<String>, summary: String) -> String {
+    pub(crate) fn add_commit(
+        &mut self,
+        repo_id: &str,
+        files: BTreeMap<String, Entry>,
+        parent: Option<String>,
+        summary: String,
+    ) -> String {
         let id = commit_id(&files);
         self.meta_mut(repo_id).commits.insert(
             id.clone(),

@@ -13,21 +13,42 @@ pub(crate) fn route(shared: &Shared, req: &mut Req, fault: Option<&Fault>) -> Re
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     match (req.method.as_str(), segs.as_slice()) {
         ("GET" | "HEAD", ["lfs", oid]) => {
-            let found = if is_sha256(oid) { shared.repos().lfs_file(oid) } else { None };
-            let Some(path) = found else {
-                return error(404, Some("EntryNotFound"), &format!("object {oid} not found"));
+            let found = if is_sha256(oid) {
+                shared.repos().lfs_file(oid)
+            } else {
+                None
             };
-            send_file(shared, req, &path, vec![("ETag", format!("\"{oid}\""))], fault)
+            let Some(path) = found else {
+                return error(
+                    404,
+                    Some("EntryNotFound"),
+                    &format!("object {oid} not found"),
+                );
+            };
+            send_file(
+                shared,
+                req,
+                &path,
+                vec![("ETag", format!("\"{oid}\""))],
+                fault,
+            )
         }
         ("PUT", ["upload", oid, size]) => put_basic(shared, req, oid, size),
         ("PUT", ["upload", oid, size, "part", n]) => put_part(shared, req, oid, size, n),
         ("POST", ["upload", oid, size, "complete"]) => complete(shared, req, oid, size),
-        _ => error(404, None, &format!("no storage route for {} {}", req.method, req.url)),
+        _ => error(
+            404,
+            None,
+            &format!("no storage route for {} {}", req.method, req.url),
+        ),
     }
 }
 
 pub(crate) fn is_sha256(oid: &str) -> bool {
-    oid.len() == 64 && oid.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    oid.len() == 64
+        && oid
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 fn parse_size(size: &str) -> Option<u64> {
@@ -77,7 +98,11 @@ fn put_part(shared: &Shared, req: &mut Req, oid: &str, size: &str, n: &str) -> R
         Err(e) => return error(400, None, &format!("reading part body: {e}")),
     };
     if bytes.len() as u64 > chunk {
-        return error(400, None, &format!("part {n} is larger than the chunk size {chunk}"));
+        return error(
+            400,
+            None,
+            &format!("part {n} is larger than the chunk size {chunk}"),
+        );
     }
     let dir = parts_dir(shared, oid);
     let etag = sha256_hex(&bytes);
@@ -101,7 +126,11 @@ fn complete(shared: &Shared, req: &mut Req, oid: &str, size: &str) -> Reply {
         Err(reply) => return *reply,
     };
     if body.get("oid").and_then(|v| v.as_str()) != Some(oid) {
-        return error(400, None, &format!("completion body names another oid than {oid}"));
+        return error(
+            400,
+            None,
+            &format!("completion body names another oid than {oid}"),
+        );
     }
     let Some(parts) = body.get("parts").and_then(|p| p.as_array()) else {
         return error(400, None, "completion body has no `parts` array");
@@ -110,12 +139,19 @@ fn complete(shared: &Shared, req: &mut Req, oid: &str, size: &str) -> Reply {
     let mut bytes = Vec::new();
     for (index, part) in parts.iter().enumerate() {
         let number = part.get("partNumber").and_then(|n| n.as_u64());
-        let etag = part.get("etag").and_then(|e| e.as_str()).unwrap_or_default();
+        let etag = part
+            .get("etag")
+            .and_then(|e| e.as_str())
+            .unwrap_or_default();
         if number != Some(index as u64 + 1) {
             return error(400, None, &format!("part {} is out of order", index + 1));
         }
         let Ok(chunk) = std::fs::read(dir.join((index + 1).to_string())) else {
-            return error(400, None, &format!("part {} of {oid} was never uploaded", index + 1));
+            return error(
+                400,
+                None,
+                &format!("part {} of {oid} was never uploaded", index + 1),
+            );
         };
         if etag.trim_matches('"') != sha256_hex(&chunk) {
             return error(400, None, &format!("part {} etag mismatch", index + 1));

@@ -66,7 +66,10 @@ pub(crate) fn temp_suffix() -> String {
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!("{name}.{}.tmp", temp_suffix()));
     let result = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
@@ -165,7 +168,13 @@ impl HubCache {
         if file.exists() {
             return CachedFile::Found(file);
         }
-        if self.repo_dir(repo_id).join(".no_exist").join(&commit).join(path).exists() {
+        if self
+            .repo_dir(repo_id)
+            .join(".no_exist")
+            .join(&commit)
+            .join(path)
+            .exists()
+        {
             return CachedFile::NoExist;
         }
         CachedFile::Missing
@@ -174,7 +183,11 @@ impl HubCache {
     /// Records that `path` does not exist at `commit` (an empty `.no_exist` marker).
     pub fn mark_no_exist(&self, repo_id: &str, commit: &str, path: &str) -> Result<()> {
         validate_file_path(path)?;
-        let marker = self.repo_dir(repo_id).join(".no_exist").join(commit).join(path);
+        let marker = self
+            .repo_dir(repo_id)
+            .join(".no_exist")
+            .join(commit)
+            .join(path);
         if let Some(dir) = marker.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
@@ -196,7 +209,13 @@ impl HubCache {
 
     /// Makes `snapshots/<commit>/<path>` point at `blobs/<etag>`: a relative symlink (the
     /// same target string Python writes), or a copy when links are disabled or impossible.
-    pub fn link_snapshot(&self, repo_id: &str, commit: &str, path: &str, etag: &str) -> Result<PathBuf> {
+    pub fn link_snapshot(
+        &self,
+        repo_id: &str,
+        commit: &str,
+        path: &str,
+        etag: &str,
+    ) -> Result<PathBuf> {
         validate_file_path(path)?;
         let target = self.snapshot_dir(repo_id, commit).join(path);
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
@@ -204,7 +223,10 @@ impl HubCache {
         let blob = self.blob_path(repo_id, etag);
         let tmp = dir.join(format!(
             ".{}.{}.tmp",
-            target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             temp_suffix()
         ));
         let depth = path.matches('/').count() + 2;
@@ -224,7 +246,12 @@ impl HubCache {
     }
 
     /// Writes `trees/<commit>.json` (Python ≥1.22 reads it for its offline completeness check).
-    pub fn write_tree(&self, repo_id: &str, commit: &str, files: &BTreeMap<String, TreeCacheEntry>) -> Result<()> {
+    pub fn write_tree(
+        &self,
+        repo_id: &str,
+        commit: &str,
+        files: &BTreeMap<String, TreeCacheEntry>,
+    ) -> Result<()> {
         let body = TreeCacheFile {
             format_version: 1,
             files: files.clone(),
@@ -233,12 +260,25 @@ impl HubCache {
             what: "tree cache".into(),
             message: e.to_string(),
         })?;
-        write_atomic(&self.repo_dir(repo_id).join("trees").join(format!("{commit}.json")), &bytes)
+        write_atomic(
+            &self
+                .repo_dir(repo_id)
+                .join("trees")
+                .join(format!("{commit}.json")),
+            &bytes,
+        )
     }
 
     /// Reads `trees/<commit>.json`, ignoring a missing or corrupt file (as Python does).
-    pub fn read_tree(&self, repo_id: &str, commit: &str) -> Option<BTreeMap<String, TreeCacheEntry>> {
-        let path = self.repo_dir(repo_id).join("trees").join(format!("{commit}.json"));
+    pub fn read_tree(
+        &self,
+        repo_id: &str,
+        commit: &str,
+    ) -> Option<BTreeMap<String, TreeCacheEntry>> {
+        let path = self
+            .repo_dir(repo_id)
+            .join("trees")
+            .join(format!("{commit}.json"));
         let bytes = std::fs::read(path).ok()?;
         let file: TreeCacheFile = serde_json::from_slice(&bytes).ok()?;
         (file.format_version == 1).then_some(file.files)
@@ -247,7 +287,10 @@ impl HubCache {
     /// Takes the per-blob lock `<cache>/.locks/<repo folder>/<etag>.lock` (flock, shared with
     /// Python's `filelock`); released when the returned file is dropped.
     pub(crate) fn lock_blob(&self, repo_id: &str, etag: &str) -> Result<std::fs::File> {
-        let dir = self.root.join(".locks").join(Self::repo_folder_name(repo_id));
+        let dir = self
+            .root
+            .join(".locks")
+            .join(Self::repo_folder_name(repo_id));
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = dir.join(format!("{etag}.lock"));
         let file = std::fs::OpenOptions::new()

@@ -61,7 +61,12 @@ pub struct HubConfig {
 
 /// Python's truthy environment values: `1`, `ON`, `YES`, `TRUE` (case-insensitive).
 pub fn env_flag(value: Option<&str>) -> bool {
-    value.is_some_and(|v| matches!(v.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE"))
+    value.is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_uppercase().as_str(),
+            "1" | "ON" | "YES" | "TRUE"
+        )
+    })
 }
 
 fn expand_home(value: &str, home: Option<&str>) -> PathBuf {
@@ -92,16 +97,19 @@ impl HubConfig {
                     .map(|h| PathBuf::from(h).join(".cache").join("huggingface")),
             },
         };
-        let cache_dir = match non_empty("HF_HUB_CACHE").or_else(|| non_empty("HUGGINGFACE_HUB_CACHE")) {
-            Some(v) => expand_home(&v, home.as_deref()),
-            None => hf_home.as_ref().ok_or(HubError::NoCacheDir)?.join("hub"),
-        };
+        let cache_dir =
+            match non_empty("HF_HUB_CACHE").or_else(|| non_empty("HUGGINGFACE_HUB_CACHE")) {
+                Some(v) => expand_home(&v, home.as_deref()),
+                None => hf_home.as_ref().ok_or(HubError::NoCacheDir)?.join("hub"),
+            };
         let endpoint = non_empty("HF_ENDPOINT")
             .map(|e| e.trim().trim_end_matches('/').to_string())
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
         let token = if env_flag(get("HF_HUB_DISABLE_IMPLICIT_TOKEN").as_deref()) {
             None
-        } else if let Some(t) = non_empty("HF_TOKEN").or_else(|| non_empty("HUGGING_FACE_HUB_TOKEN")) {
+        } else if let Some(t) =
+            non_empty("HF_TOKEN").or_else(|| non_empty("HUGGING_FACE_HUB_TOKEN"))
+        {
             Some(Token::new(t))
         } else {
             let path = non_empty("HF_TOKEN_PATH")
@@ -178,10 +186,13 @@ pub fn validate_file_path(path: &str) -> Result<()> {
     if path.is_empty() || path.starts_with('/') || path.ends_with('/') {
         return Err(bad("must be a non-empty relative path"));
     }
-    if path.contains(['\\', '\0']) || path.contains(':') && path.len() > 1 && path.as_bytes().get(1) == Some(&b':') {
+    if path.contains(['\\', '\0']) || path.as_bytes().get(1) == Some(&b':') {
         return Err(bad("backslashes, NUL and drive letters are not allowed"));
     }
-    if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err(bad("empty, `.` and `..` components are not allowed"));
     }
     Ok(())
@@ -200,7 +211,10 @@ pub fn validate_revision(revision: &str) -> Result<()> {
     if revision.contains(['\\', '\0', '\n', '\r']) {
         return Err(bad("backslashes, NUL and newlines are not allowed"));
     }
-    if revision.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if revision
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err(bad("empty, `.` and `..` components are not allowed"));
     }
     Ok(())
@@ -208,5 +222,8 @@ pub fn validate_revision(revision: &str) -> Result<()> {
 
 /// Whether a revision is a full (40 lower-case hex) commit hash.
 pub fn is_commit_hash(revision: &str) -> bool {
-    revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    revision.len() == 40
+        && revision
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

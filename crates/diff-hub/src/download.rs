@@ -48,7 +48,11 @@ impl Default for DownloadOptions {
 
 /// `"abc"`, `W/"abc"` → `abc`.
 fn normalize_etag(value: &str) -> String {
-    value.trim().trim_start_matches("W/").trim_matches('"').to_string()
+    value
+        .trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_string()
 }
 
 /// An ETag becomes a file name: allow only what a hash or an opaque id needs.
@@ -56,7 +60,9 @@ fn safe_etag(etag: &str) -> bool {
     !etag.is_empty()
         && etag.len() <= 128
         && !etag.starts_with('.')
-        && etag.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && etag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Errors after which Python falls back to a cached copy (never for missing revisions or files).
@@ -79,7 +85,11 @@ fn is_hex(s: &str, len: usize) -> bool {
 
 /// Hashes a finished download the way its ETag was computed: sha256 (64 hex) or git blob sha1
 /// (40 hex). Other ETags (not from a Hub) are only size-checked.
-fn verify_hash(file: &Path, etag: &str, size: u64) -> std::io::Result<Option<(&'static str, String)>> {
+fn verify_hash(
+    file: &Path,
+    etag: &str,
+    size: u64,
+) -> std::io::Result<Option<(&'static str, String)>> {
     if !is_hex(etag, 64) && !is_hex(etag, 40) {
         return Ok(None);
     }
@@ -125,7 +135,12 @@ impl HubApi {
     /// Python's `get_hf_file_metadata`: a `HEAD` on the resolve URL, following relative (and
     /// same-origin) redirects; an absolute redirect elsewhere is the CDN and its response holds
     /// the metadata. A missing file with `X-Repo-Commit` leaves a `.no_exist` marker.
-    pub fn get_file_metadata(&self, repo_id: &str, revision: &str, path: &str) -> Result<FileMetadata> {
+    pub fn get_file_metadata(
+        &self,
+        repo_id: &str,
+        revision: &str,
+        path: &str,
+    ) -> Result<FileMetadata> {
         validate_repo_id(repo_id)?;
         validate_revision(revision)?;
         validate_file_path(path)?;
@@ -154,7 +169,8 @@ impl HubApi {
             let status = resp.status().as_u16();
             if status >= 400 {
                 if header(&resp, "x-error-code") == Some("EntryNotFound")
-                    && let Some(commit) = header(&resp, "x-repo-commit").filter(|c| is_commit_hash(c))
+                    && let Some(commit) =
+                        header(&resp, "x-repo-commit").filter(|c| is_commit_hash(c))
                 {
                     self.cache.mark_no_exist(repo_id, commit, path)?;
                     self.cache.write_ref(repo_id, revision, commit)?;
@@ -181,7 +197,12 @@ impl HubApi {
         })
     }
 
-    fn metadata_from(&self, resp: &crate::http::Response, url: &str, location: String) -> Result<FileMetadata> {
+    fn metadata_from(
+        &self,
+        resp: &crate::http::Response,
+        url: &str,
+        location: String,
+    ) -> Result<FileMetadata> {
         let missing = |what: &str| HubError::Protocol {
             url: url.to_string(),
             message: format!("no {what} header"),
@@ -237,8 +258,21 @@ impl HubApi {
 
     /// Python's `hf_hub_download`: the cached path of one file of a repo, downloading it when
     /// needed. Offline (config or `local_files_only`) it only looks in the cache.
-    pub fn hf_hub_download(&self, repo_id: &str, path: &str, options: &DownloadOptions) -> Result<PathBuf> {
-        self.download_file(repo_id, path, &options.revision, options.local_files_only, options.force_download, None, &crate::progress::NoProgress)
+    pub fn hf_hub_download(
+        &self,
+        repo_id: &str,
+        path: &str,
+        options: &DownloadOptions,
+    ) -> Result<PathBuf> {
+        self.download_file(
+            repo_id,
+            path,
+            &options.revision,
+            options.local_files_only,
+            options.force_download,
+            None,
+            &crate::progress::NoProgress,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -262,7 +296,9 @@ impl HubApi {
             let pointer = self.cache.snapshot_dir(repo_id, revision).join(path);
             let etag = known.map(|k| k.lfs_sha256.clone().unwrap_or_else(|| k.blob_id.clone()));
             // With the tree entry we know the blob: an existing snapshot entry is current.
-            if pointer.exists() && (known.is_none() || etag.is_some_and(|e| pointer_targets(&pointer, &e))) {
+            if pointer.exists()
+                && (known.is_none() || etag.is_some_and(|e| pointer_targets(&pointer, &e)))
+            {
                 return Ok(pointer);
             }
         }
@@ -291,12 +327,20 @@ impl HubApi {
             progress.on_bytes(path, meta.size);
             progress.on_file_done(path);
         }
-        self.cache.link_snapshot(repo_id, &meta.commit, path, &meta.etag)
+        self.cache
+            .link_snapshot(repo_id, &meta.commit, path, &meta.etag)
     }
 
     /// Downloads into `blobs/<etag>.incomplete` (resuming what a previous run left there),
     /// verifies size and hash, then renames it to the blob.
-    fn fetch_blob(&self, repo_id: &str, path: &str, meta: &FileMetadata, blob: &Path, progress: &dyn Progress) -> Result<()> {
+    fn fetch_blob(
+        &self,
+        repo_id: &str,
+        path: &str,
+        meta: &FileMetadata,
+        blob: &Path,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         let dir = blob.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let incomplete = dir.join(format!("{}.incomplete", meta.etag));
@@ -322,7 +366,11 @@ impl HubApi {
                 reported = have;
             }
             if have == size {
-                std::fs::OpenOptions::new().create(true).append(true).open(&incomplete).map_err(io_err(&incomplete))?;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&incomplete)
+                    .map_err(io_err(&incomplete))?;
                 break;
             }
             attempt += 1;
@@ -331,14 +379,19 @@ impl HubApi {
                 tracing::info!(%repo_id, %path, offset = have, "resuming download");
                 headers.push(("range", format!("bytes={have}-")));
             }
-            let (mut resp, attempts) = self.http.send_raw("GET", &url, &headers, &Payload::Empty, true)?;
+            let (mut resp, attempts) =
+                self.http
+                    .send_raw("GET", &url, &headers, &Payload::Empty, true)?;
             let status = resp.status().as_u16();
             if (300..400).contains(&status)
                 && let Some(location) = header(&resp, "location")
             {
                 hops += 1;
                 if hops > 10 {
-                    return Err(HubError::Protocol { url, message: "more than 10 redirects".into() });
+                    return Err(HubError::Protocol {
+                        url,
+                        message: "more than 10 redirects".into(),
+                    });
                 }
                 url = join_location(&url, location);
                 attempt -= 1;
@@ -354,7 +407,10 @@ impl HubApi {
                         truncate(&incomplete)?;
                         reported = 0;
                         if attempt >= self.http.max_attempts {
-                            return Err(HubError::Protocol { url, message: "range answer does not start where asked".into() });
+                            return Err(HubError::Protocol {
+                                url,
+                                message: "range answer does not start where asked".into(),
+                            });
                         }
                         continue;
                     }
@@ -369,12 +425,20 @@ impl HubApi {
                     truncate(&incomplete)?;
                     reported = 0;
                     if attempt >= self.http.max_attempts {
-                        return Err(HubError::Protocol { url, message: "416 for a resumed download".into() });
+                        return Err(HubError::Protocol {
+                            url,
+                            message: "416 for a resumed download".into(),
+                        });
                     }
                     continue;
                 }
                 s if s >= 400 => return Err(self.http.error_for(resp, &url, &subject, attempts)),
-                s => return Err(HubError::Protocol { url, message: format!("unexpected status {s} for a download") }),
+                s => {
+                    return Err(HubError::Protocol {
+                        url,
+                        message: format!("unexpected status {s} for a download"),
+                    });
+                }
             }
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
@@ -388,9 +452,13 @@ impl HubApi {
                 match reader.read(&mut buf) {
                     Ok(0) => break Ok(()),
                     Ok(n) => {
-                        let Some(chunk) = buf.get(..n) else { break Ok(()) };
+                        let Some(chunk) = buf.get(..n) else {
+                            break Ok(());
+                        };
                         if written + n as u64 > size {
-                            break Err(std::io::Error::other("server sent more bytes than announced"));
+                            break Err(std::io::Error::other(
+                                "server sent more bytes than announced",
+                            ));
                         }
                         file.write_all(chunk).map_err(io_err(&incomplete))?;
                         written += n as u64;
@@ -413,18 +481,38 @@ impl HubApi {
             if attempt >= self.http.max_attempts {
                 // The partial file stays as `.incomplete` for a later resume; it never passes
                 // for a blob because it is only renamed after the checks below.
-                return Err(HubError::Network { url, attempts: attempt, message });
+                return Err(HubError::Network {
+                    url,
+                    attempts: attempt,
+                    message,
+                });
             }
             tracing::warn!(%repo_id, %path, %message, got, size, "download interrupted, resuming");
         }
-        let got = std::fs::metadata(&incomplete).map(|m| m.len()).map_err(io_err(&incomplete))?;
+        let got = std::fs::metadata(&incomplete)
+            .map(|m| m.len())
+            .map_err(io_err(&incomplete))?;
         if got != size {
             let _ = std::fs::remove_file(&incomplete);
-            return Err(HubError::Integrity { repo_id: repo_id.into(), path: path.into(), what: "size", expected: size.to_string(), got: got.to_string() });
+            return Err(HubError::Integrity {
+                repo_id: repo_id.into(),
+                path: path.into(),
+                what: "size",
+                expected: size.to_string(),
+                got: got.to_string(),
+            });
         }
-        if let Some((what, got)) = verify_hash(&incomplete, &meta.etag, size).map_err(io_err(&incomplete))? {
+        if let Some((what, got)) =
+            verify_hash(&incomplete, &meta.etag, size).map_err(io_err(&incomplete))?
+        {
             let _ = std::fs::remove_file(&incomplete);
-            return Err(HubError::Integrity { repo_id: repo_id.into(), path: path.into(), what, expected: meta.etag.clone(), got });
+            return Err(HubError::Integrity {
+                repo_id: repo_id.into(),
+                path: path.into(),
+                what,
+                expected: meta.etag.clone(),
+                got,
+            });
         }
         std::fs::rename(&incomplete, blob).map_err(io_err(blob))?;
         progress.on_file_done(path);
@@ -433,7 +521,9 @@ impl HubApi {
 }
 
 fn truncate(path: &Path) -> Result<()> {
-    std::fs::File::create(path).map(|_| ()).map_err(io_err(path))
+    std::fs::File::create(path)
+        .map(|_| ())
+        .map_err(io_err(path))
 }
 
 /// Whether a snapshot entry is (a link to, or a copy of) the blob with this ETag.

@@ -178,7 +178,9 @@ pub enum HubError {
         missing: Vec<String>,
     },
     /// Downloaded bytes do not match the size or hash the Hub announced; nothing was cached.
-    #[error("integrity check failed for `{path}` of `{repo_id}`: expected {what} {expected}, got {got}")]
+    #[error(
+        "integrity check failed for `{path}` of `{repo_id}`: expected {what} {expected}, got {got}"
+    )]
     Integrity {
         /// The repo id.
         repo_id: String,

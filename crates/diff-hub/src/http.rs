@@ -31,11 +31,17 @@ pub(crate) fn origin_of(url: &str) -> Option<(String, String, u16)> {
     let (scheme, rest) = url.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
     let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit_once('@').map(|(_, a)| a).unwrap_or(authority);
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, a)| a)
+        .unwrap_or(authority);
     let default = if scheme == "https" { 443 } else { 80 };
     let (host, port) = if let Some(stripped) = authority.strip_prefix('[') {
         let (host, after) = stripped.split_once(']')?;
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(default);
+        let port = after
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default);
         (host.to_string(), port)
     } else {
         match authority.rsplit_once(':') {
@@ -154,7 +160,10 @@ impl Http {
     ) -> std::result::Result<Response, ureq::Error> {
         let mut builder = http::Request::builder().method(method).uri(url);
         builder = builder.header("user-agent", self.user_agent.as_str());
+        // An explicit authorization (an LFS action's header) replaces ours, never doubles it.
+        let explicit = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
         if let Some(token) = &self.token
+            && !explicit
             && self.is_hub_origin(url)
         {
             builder = builder.header("authorization", format!("Bearer {}", token.expose()));
@@ -266,7 +275,13 @@ impl Http {
     }
 
     /// Maps an error status to the Hub's error kinds (`hf_raise_for_status`).
-    pub(crate) fn error_for(&self, mut resp: Response, url: &str, subject: &Subject<'_>, attempts: u32) -> HubError {
+    pub(crate) fn error_for(
+        &self,
+        mut resp: Response,
+        url: &str,
+        subject: &Subject<'_>,
+        attempts: u32,
+    ) -> HubError {
         let status = resp.status().as_u16();
         let code = header(&resp, "x-error-code").map(str::to_string);
         let header_message = header(&resp, "x-error-message").map(str::to_string);
@@ -282,7 +297,11 @@ impl Http {
                 Some(serde_json::Value::String(s)) => Some(s.clone()),
                 Some(serde_json::Value::Array(a)) => Some(
                     a.iter()
-                        .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+                        .map(|x| {
+                            x.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| x.to_string())
+                        })
                         .collect::<Vec<_>>()
                         .join("; "),
                 ),

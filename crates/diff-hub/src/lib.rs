@@ -71,7 +71,9 @@ pub struct HubApi {
 
 impl std::fmt::Debug for HubApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HubApi").field("config", &self.config).finish()
+        f.debug_struct("HubApi")
+            .field("config", &self.config)
+            .finish()
     }
 }
 

@@ -111,7 +111,13 @@ impl Default for SnapshotOptions {
 fn expand(patterns: &[String]) -> Vec<String> {
     patterns
         .iter()
-        .map(|p| if p.ends_with('/') { format!("{p}*") } else { p.clone() })
+        .map(|p| {
+            if p.ends_with('/') {
+                format!("{p}*")
+            } else {
+                p.clone()
+            }
+        })
         .collect()
 }
 
@@ -126,7 +132,11 @@ pub fn filter_paths<'a>(
     let ignore = ignore.map(expand).unwrap_or_default();
     paths
         .into_iter()
-        .filter(|p| allow.as_ref().is_none_or(|a| a.iter().any(|pat| fnmatch(pat, p))))
+        .filter(|p| {
+            allow
+                .as_ref()
+                .is_none_or(|a| a.iter().any(|pat| fnmatch(pat, p)))
+        })
         .filter(|p| !ignore.iter().any(|pat| fnmatch(pat, p)))
         .cloned()
         .collect()
@@ -138,10 +148,23 @@ impl HubApi {
         validate_repo_id(repo_id)?;
         validate_revision(revision)?;
         self.ensure_online(repo_id, revision, "repo info")?;
-        let url = format!("{}/api/models/{repo_id}/revision/{}", self.http.endpoint(), quote(revision));
-        let subject = Subject { repo_id, revision: Some(revision), path: None };
-        let (value, _) = self.http.json("GET", &url, &[], &Payload::Empty, &subject, true)?;
-        serde_json::from_value(value).map_err(|e| HubError::Json { what: url, message: e.to_string() })
+        let url = format!(
+            "{}/api/models/{repo_id}/revision/{}",
+            self.http.endpoint(),
+            quote(revision)
+        );
+        let subject = Subject {
+            repo_id,
+            revision: Some(revision),
+            path: None,
+        };
+        let (value, _) = self
+            .http
+            .json("GET", &url, &[], &Payload::Empty, &subject, true)?;
+        serde_json::from_value(value).map_err(|e| HubError::Json {
+            what: url,
+            message: e.to_string(),
+        })
     }
 
     /// The recursive file listing at a revision (`GET …/tree/{rev}?recursive=true`, following
@@ -150,7 +173,11 @@ impl HubApi {
         validate_repo_id(repo_id)?;
         validate_revision(revision)?;
         self.ensure_online(repo_id, revision, "tree listing")?;
-        let subject = Subject { repo_id, revision: Some(revision), path: None };
+        let subject = Subject {
+            repo_id,
+            revision: Some(revision),
+            path: None,
+        };
         let mut url = format!(
             "{}/api/models/{repo_id}/tree/{}?recursive=true&expand=false",
             self.http.endpoint(),
@@ -158,20 +185,31 @@ impl HubApi {
         );
         let mut entries = Vec::new();
         for _ in 0..100_000 {
-            let (value, resp) = self.http.json("GET", &url, &[], &Payload::Empty, &subject, true)?;
-            let page: Vec<RepoEntry> = serde_json::from_value(value)
-                .map_err(|e| HubError::Json { what: url.clone(), message: e.to_string() })?;
+            let (value, resp) =
+                self.http
+                    .json("GET", &url, &[], &Payload::Empty, &subject, true)?;
+            let page: Vec<RepoEntry> =
+                serde_json::from_value(value).map_err(|e| HubError::Json {
+                    what: url.clone(),
+                    message: e.to_string(),
+                })?;
             entries.extend(page);
             let next = header(&resp, "link").and_then(next_link);
             match next {
                 Some(next) if self.http.is_hub_origin(&next) => url = next,
                 Some(next) => {
-                    return Err(HubError::Protocol { url, message: format!("pagination link to another origin: {next}") });
+                    return Err(HubError::Protocol {
+                        url,
+                        message: format!("pagination link to another origin: {next}"),
+                    });
                 }
                 None => return Ok(entries),
             }
         }
-        Err(HubError::Protocol { url, message: "too many tree pages".into() })
+        Err(HubError::Protocol {
+            url,
+            message: "too many tree pages".into(),
+        })
     }
 
     fn ensure_online(&self, repo_id: &str, revision: &str, what: &str) -> Result<()> {
@@ -187,15 +225,28 @@ impl HubApi {
     }
 
     /// The commit and file listing at a revision, from `trees/<commit>.json` when cached.
-    pub(crate) fn listing(&self, repo_id: &str, revision: &str) -> Result<(String, BTreeMap<String, TreeCacheEntry>)> {
+    pub(crate) fn listing(
+        &self,
+        repo_id: &str,
+        revision: &str,
+    ) -> Result<(String, BTreeMap<String, TreeCacheEntry>)> {
         let commit = if is_commit_hash(revision) {
             revision.to_string()
         } else {
             let info = self.repo_info(repo_id, revision)?;
-            let url = format!("{}/api/models/{repo_id}/revision/{revision}", self.http.endpoint());
-            let sha = info.sha.ok_or(HubError::Protocol { url: url.clone(), message: "repo info has no `sha`".into() })?;
+            let url = format!(
+                "{}/api/models/{repo_id}/revision/{revision}",
+                self.http.endpoint()
+            );
+            let sha = info.sha.ok_or(HubError::Protocol {
+                url: url.clone(),
+                message: "repo info has no `sha`".into(),
+            })?;
             if !is_commit_hash(&sha) {
-                return Err(HubError::Protocol { url, message: format!("`sha` {sha} is not a commit hash") });
+                return Err(HubError::Protocol {
+                    url,
+                    message: format!("`sha` {sha} is not a commit hash"),
+                });
             }
             sha
         };
@@ -225,7 +276,12 @@ impl HubApi {
     /// Python's `snapshot_download`: every file of the revision matching the patterns, in the
     /// cache; returns `snapshots/<commit>`. Offline, the snapshot is returned from refs (with
     /// Python's completeness check when `trees/<commit>.json` exists).
-    pub fn snapshot_download(&self, repo_id: &str, options: &SnapshotOptions, progress: &dyn Progress) -> Result<PathBuf> {
+    pub fn snapshot_download(
+        &self,
+        repo_id: &str,
+        options: &SnapshotOptions,
+        progress: &dyn Progress,
+    ) -> Result<PathBuf> {
         validate_repo_id(repo_id)?;
         validate_revision(&options.revision)?;
         let allow = options.allow_patterns.as_deref();
@@ -244,7 +300,16 @@ impl HubApi {
             }
             Err(err) => return Err(err),
         };
-        self.download_listing(repo_id, &options.revision, &commit, &files, allow, ignore, options.force_download, progress)
+        self.download_listing(
+            repo_id,
+            &options.revision,
+            &commit,
+            &files,
+            allow,
+            ignore,
+            options.force_download,
+            progress,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -264,7 +329,11 @@ impl HubApi {
         self.cache.write_ref(repo_id, revision, commit)?;
         let dir = self.cache.snapshot_dir(repo_id, commit);
         std::fs::create_dir_all(&dir).map_err(crate::error::io_err(&dir))?;
-        let total: u64 = selected.iter().filter_map(|p| files.get(p)).map(|e| e.size).sum();
+        let total: u64 = selected
+            .iter()
+            .filter_map(|p| files.get(p))
+            .map(|e| e.size)
+            .sum();
         progress.on_start(selected.len(), total);
         tracing::info!(%repo_id, %commit, files = selected.len(), bytes = total, "snapshot download");
         let next = AtomicUsize::new(0);
@@ -275,9 +344,22 @@ impl HubApi {
                 scope.spawn(|| {
                     loop {
                         let index = next.fetch_add(1, Ordering::SeqCst);
-                        let Some(path) = selected.get(index) else { break };
-                        if let Err(e) = self.download_file(repo_id, path, commit, false, force, files.get(path), progress) {
-                            errors.lock().unwrap_or_else(|p| p.into_inner()).push((index, e));
+                        let Some(path) = selected.get(index) else {
+                            break;
+                        };
+                        if let Err(e) = self.download_file(
+                            repo_id,
+                            path,
+                            commit,
+                            false,
+                            force,
+                            files.get(path),
+                            progress,
+                        ) {
+                            errors
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((index, e));
                         }
                     }
                 });
@@ -291,7 +373,13 @@ impl HubApi {
         Ok(dir)
     }
 
-    fn offline_snapshot(&self, repo_id: &str, revision: &str, allow: Option<&[String]>, ignore: Option<&[String]>) -> Result<PathBuf> {
+    fn offline_snapshot(
+        &self,
+        repo_id: &str,
+        revision: &str,
+        allow: Option<&[String]>,
+        ignore: Option<&[String]>,
+    ) -> Result<PathBuf> {
         let missing = |what: String| HubError::LocalEntryNotFound {
             repo_id: repo_id.into(),
             revision: revision.into(),
@@ -312,7 +400,11 @@ impl HubApi {
                 .filter(|p| !dir.join(p).exists())
                 .collect();
             if !absent.is_empty() {
-                return Err(HubError::IncompleteSnapshot { repo_id: repo_id.into(), commit, missing: absent });
+                return Err(HubError::IncompleteSnapshot {
+                    repo_id: repo_id.into(),
+                    commit,
+                    missing: absent,
+                });
             }
         }
         Ok(dir)
@@ -330,29 +422,53 @@ impl HubApi {
     ) -> Result<PathBuf> {
         validate_repo_id(repo_id)?;
         validate_revision(revision)?;
-        let plan_for = |listing: &BTreeSet<String>, model_index: &Path| -> Result<diff_format::DownloadPlan> {
-            let index = diff_format::ModelIndex::load(model_index)
-                .map_err(|source| HubError::Selection { repo_id: repo_id.into(), source })?;
-            let plan = diff_format::download_plan(listing, &index, selection, repo_id)
-                .map_err(|source| HubError::Selection { repo_id: repo_id.into(), source })?;
-            for warning in &plan.warnings {
-                tracing::warn!(%repo_id, "{warning}");
-            }
-            Ok(plan)
-        };
+        let plan_for =
+            |listing: &BTreeSet<String>, model_index: &Path| -> Result<diff_format::DownloadPlan> {
+                let index = diff_format::ModelIndex::load(model_index).map_err(|source| {
+                    HubError::Selection {
+                        repo_id: repo_id.into(),
+                        source,
+                    }
+                })?;
+                let plan = diff_format::download_plan(listing, &index, selection, repo_id)
+                    .map_err(|source| HubError::Selection {
+                        repo_id: repo_id.into(),
+                        source,
+                    })?;
+                for warning in &plan.warnings {
+                    tracing::warn!(%repo_id, "{warning}");
+                }
+                Ok(plan)
+            };
         if self.offline {
             // Empty allow list: resolve the snapshot without the completeness check yet.
             let dir = self.offline_snapshot(repo_id, revision, Some(&[]), None)?;
-            let commit = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let commit = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if let Some(files) = self.cache.read_tree(repo_id, &commit) {
                 let listing: BTreeSet<String> = files.keys().cloned().collect();
                 let plan = plan_for(&listing, &dir.join("model_index.json"))?;
-                return self.offline_snapshot(repo_id, revision, Some(&plan.allow_patterns), Some(&plan.ignore_patterns));
+                return self.offline_snapshot(
+                    repo_id,
+                    revision,
+                    Some(&plan.allow_patterns),
+                    Some(&plan.ignore_patterns),
+                );
             }
             return Ok(dir);
         }
         let (commit, files) = self.listing(repo_id, revision)?;
-        let index_path = self.download_file(repo_id, "model_index.json", &commit, false, false, files.get("model_index.json"), progress)?;
+        let index_path = self.download_file(
+            repo_id,
+            "model_index.json",
+            &commit,
+            false,
+            false,
+            files.get("model_index.json"),
+            progress,
+        )?;
         let listing: BTreeSet<String> = files.keys().cloned().collect();
         let plan = plan_for(&listing, &index_path)?;
         self.download_listing(
@@ -392,7 +508,12 @@ impl HubApi {
 
     /// The URL of a file for display (`{endpoint}/{repo}/blob/{rev}/{path}`).
     pub fn file_url(&self, repo_id: &str, revision: &str, path: &str) -> String {
-        format!("{}/{repo_id}/blob/{}/{}", self.http.endpoint(), quote(revision), quote_path(path))
+        format!(
+            "{}/{repo_id}/blob/{}/{}",
+            self.http.endpoint(),
+            quote(revision),
+            quote_path(path)
+        )
     }
 }
 
@@ -403,6 +524,11 @@ fn next_link(value: &str) -> Option<String> {
         params
             .split(';')
             .any(|p| p.trim().replace(' ', "") == "rel=\"next\"")
-            .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+            .then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
     })
 }

@@ -122,12 +122,11 @@ struct Prepared {
 fn prepare(path: &str, source: &AddSource) -> Result<Prepared> {
     let mut sha256 = sha2::Sha256::new();
     let mut sample = Vec::new();
-    let size;
-    match source {
+    let size = match source {
         AddSource::Bytes(bytes) => {
             sha256.update(bytes);
             sample.extend_from_slice(bytes.get(..bytes.len().min(512)).unwrap_or_default());
-            size = bytes.len() as u64;
+            bytes.len() as u64
         }
         AddSource::File(file) => {
             let mut reader = std::fs::File::open(file).map_err(io_err(file))?;
@@ -146,9 +145,9 @@ fn prepare(path: &str, source: &AddSource) -> Result<Prepared> {
                 sha256.update(chunk);
                 total += n as u64;
             }
-            size = total;
+            total
         }
-    }
+    };
     // The git blob id needs the size up front, so it is a second pass over files.
     let mut sha1 = sha1::Sha1::new();
     sha1.update(format!("blob {size}\0").as_bytes());
@@ -215,14 +214,26 @@ impl HubApi {
         let body = json!({"name": name, "organization": organization,
                           "visibility": if private { "private" } else { "public" }});
         let bytes = serde_json::to_vec(&body).map_err(json_err(&url))?;
-        let subject = Subject { repo_id, ..Default::default() };
-        match self.http.json("POST", &url, &[], &Payload::Bytes(&bytes, "application/json"), &subject, false) {
+        let subject = Subject {
+            repo_id,
+            ..Default::default()
+        };
+        match self.http.json(
+            "POST",
+            &url,
+            &[],
+            &Payload::Bytes(&bytes, "application/json"),
+            &subject,
+            false,
+        ) {
             Ok((value, _)) => Ok(value
                 .get("url")
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("{}/{repo_id}", self.http.endpoint()))),
-            Err(HubError::Conflict { .. }) if exist_ok => Ok(format!("{}/{repo_id}", self.http.endpoint())),
+            Err(HubError::Conflict { .. }) if exist_ok => {
+                Ok(format!("{}/{repo_id}", self.http.endpoint()))
+            }
             Err(e) => Err(e),
         }
     }
@@ -236,27 +247,55 @@ impl HubApi {
             None => (None, repo_id),
         };
         let url = format!("{}/api/repos/delete", self.http.endpoint());
-        let bytes = serde_json::to_vec(&json!({"name": name, "organization": organization})).map_err(json_err(&url))?;
-        let subject = Subject { repo_id, ..Default::default() };
-        self.http.send("DELETE", &url, &[], &Payload::Bytes(&bytes, "application/json"), &subject, false)?;
+        let bytes = serde_json::to_vec(&json!({"name": name, "organization": organization}))
+            .map_err(json_err(&url))?;
+        let subject = Subject {
+            repo_id,
+            ..Default::default()
+        };
+        self.http.send(
+            "DELETE",
+            &url,
+            &[],
+            &Payload::Bytes(&bytes, "application/json"),
+            &subject,
+            false,
+        )?;
         Ok(())
     }
 
     /// Python's `create_commit`: the Hub decides per file (preupload) whether it goes inline or
     /// through LFS; LFS objects are uploaded (basic or multipart) and verified; then one NDJSON
     /// commit. Files the Hub already has unchanged are skipped.
-    pub fn create_commit(&self, repo_id: &str, operations: &[CommitOperation], options: &CommitOptions, progress: &dyn Progress) -> Result<CommitInfo> {
+    pub fn create_commit(
+        &self,
+        repo_id: &str,
+        operations: &[CommitOperation],
+        options: &CommitOptions,
+        progress: &dyn Progress,
+    ) -> Result<CommitInfo> {
         validate_repo_id(repo_id)?;
         validate_revision(&options.revision)?;
         self.ensure_writable(repo_id)?;
         let revision = options.revision.as_str();
-        let subject = Subject { repo_id, revision: Some(revision), path: None };
-        let pr_query = if options.create_pr { "?create_pr=1" } else { "" };
+        let subject = Subject {
+            repo_id,
+            revision: Some(revision),
+            path: None,
+        };
+        let pr_query = if options.create_pr {
+            "?create_pr=1"
+        } else {
+            ""
+        };
         let mut adds = Vec::new();
         let mut deletes = Vec::new();
         for op in operations {
             match op {
-                CommitOperation::Add { path_in_repo, source } => {
+                CommitOperation::Add {
+                    path_in_repo,
+                    source,
+                } => {
                     validate_file_path(path_in_repo)?;
                     adds.push(prepare(path_in_repo, source)?);
                 }
@@ -266,31 +305,59 @@ impl HubApi {
                 }
                 CommitOperation::DeleteFolder { path_in_repo } => {
                     validate_file_path(path_in_repo.trim_end_matches('/'))?;
-                    deletes.push(("deletedFolder", format!("{}/", path_in_repo.trim_end_matches('/'))));
+                    deletes.push((
+                        "deletedFolder",
+                        format!("{}/", path_in_repo.trim_end_matches('/')),
+                    ));
                 }
             }
         }
         // 1. preupload: the Hub says which files are LFS, which to ignore, which are unchanged.
         let mut modes: BTreeMap<String, (bool, bool, Option<String>)> = BTreeMap::new();
-        let preupload_url = format!("{}/api/models/{repo_id}/preupload/{}{pr_query}", self.http.endpoint(), quote(revision));
+        let preupload_url = format!(
+            "{}/api/models/{repo_id}/preupload/{}{pr_query}",
+            self.http.endpoint(),
+            quote(revision)
+        );
         for chunk in adds.chunks(256) {
             let files: Vec<Value> = chunk
                 .iter()
                 .map(|p| json!({"path": p.path, "size": p.size,
                                 "sample": base64::engine::general_purpose::STANDARD.encode(&p.sample)}))
                 .collect();
-            let body = serde_json::to_vec(&json!({"files": files})).map_err(json_err(&preupload_url))?;
-            let (value, _) = self.http.json("POST", &preupload_url, &[], &Payload::Bytes(&body, "application/json"), &subject, true)?;
-            for f in value.get("files").and_then(Value::as_array).into_iter().flatten() {
-                let Some(path) = f.get("path").and_then(Value::as_str) else { continue };
+            let body =
+                serde_json::to_vec(&json!({"files": files})).map_err(json_err(&preupload_url))?;
+            let (value, _) = self.http.json(
+                "POST",
+                &preupload_url,
+                &[],
+                &Payload::Bytes(&body, "application/json"),
+                &subject,
+                true,
+            )?;
+            for f in value
+                .get("files")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(path) = f.get("path").and_then(Value::as_str) else {
+                    continue;
+                };
                 let lfs = match f.get("uploadMode").and_then(Value::as_str) {
                     Some("lfs") => true,
                     Some("regular") => false,
                     other => {
-                        return Err(HubError::Protocol { url: preupload_url, message: format!("uploadMode {other:?} for {path}") });
+                        return Err(HubError::Protocol {
+                            url: preupload_url,
+                            message: format!("uploadMode {other:?} for {path}"),
+                        });
                     }
                 };
-                let ignore = f.get("shouldIgnore").and_then(Value::as_bool).unwrap_or(false);
+                let ignore = f
+                    .get("shouldIgnore")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 let oid = f.get("oid").and_then(Value::as_str).map(str::to_string);
                 modes.insert(path.to_string(), (lfs, ignore, oid));
             }
@@ -299,7 +366,10 @@ impl HubApi {
         let mut lfs = Vec::new();
         for p in adds {
             let Some((is_lfs, ignore, remote)) = modes.get(&p.path).cloned() else {
-                return Err(HubError::Protocol { url: preupload_url, message: format!("no upload mode for {}", p.path) });
+                return Err(HubError::Protocol {
+                    url: preupload_url,
+                    message: format!("no upload mode for {}", p.path),
+                });
             };
             // Empty files are always regular, as Python forces.
             let is_lfs = is_lfs && p.size > 0;
@@ -318,15 +388,24 @@ impl HubApi {
             let head = self.repo_info(repo_id, revision)?.sha.unwrap_or_default();
             let repo_url = format!("{}/{repo_id}", self.http.endpoint());
             tracing::warn!(%repo_id, "no files have been modified since last commit; skipping commit");
-            return Ok(CommitInfo { commit_url: format!("{repo_url}/commit/{head}"), commit_oid: head, repo_url, pr_url: None, pr_revision: None, pr_num: None });
+            return Ok(CommitInfo {
+                commit_url: format!("{repo_url}/commit/{head}"),
+                commit_oid: head,
+                repo_url,
+                pr_url: None,
+                pr_revision: None,
+                pr_num: None,
+            });
         }
-        let total: u64 = lfs.iter().map(|p| p.size).sum::<u64>() + regular.iter().map(|p| p.size).sum::<u64>();
+        let total: u64 =
+            lfs.iter().map(|p| p.size).sum::<u64>() + regular.iter().map(|p| p.size).sum::<u64>();
         progress.on_start(lfs.len() + regular.len(), total);
         // 2. LFS: batch, then upload and verify each object the Hub does not have.
         self.upload_lfs(repo_id, &lfs, options, progress)?;
         // 3. The commit itself.
         let mut lines = Vec::new();
-        let mut head = json!({"summary": options.commit_message, "description": options.commit_description});
+        let mut head =
+            json!({"summary": options.commit_message, "description": options.commit_description});
         if let Some(parent) = &options.parent_commit {
             head["parentCommit"] = json!(parent);
         }
@@ -349,18 +428,43 @@ impl HubApi {
             body.extend(serde_json::to_vec(line).map_err(json_err("commit"))?);
             body.push(b'\n');
         }
-        let url = format!("{}/api/models/{repo_id}/commit/{}{pr_query}", self.http.endpoint(), quote(revision));
-        let (value, _) = self.http.json("POST", &url, &[], &Payload::Bytes(&body, "application/x-ndjson"), &subject, false)?;
-        let commit_oid = value.get("commitOid").and_then(Value::as_str).unwrap_or_default().to_string();
-        let commit_url = value.get("commitUrl").and_then(Value::as_str).unwrap_or_default().to_string();
+        let url = format!(
+            "{}/api/models/{repo_id}/commit/{}{pr_query}",
+            self.http.endpoint(),
+            quote(revision)
+        );
+        let (value, _) = self.http.json(
+            "POST",
+            &url,
+            &[],
+            &Payload::Bytes(&body, "application/x-ndjson"),
+            &subject,
+            false,
+        )?;
+        let commit_oid = value
+            .get("commitOid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let commit_url = value
+            .get("commitUrl")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if commit_oid.is_empty() {
-            return Err(HubError::Protocol { url, message: "commit answer has no commitOid".into() });
+            return Err(HubError::Protocol {
+                url,
+                message: "commit answer has no commitOid".into(),
+            });
         }
         let repo_url = commit_url
             .split_once("/commit/")
             .map(|(r, _)| r.to_string())
             .unwrap_or_else(|| format!("{}/{repo_id}", self.http.endpoint()));
-        let pr_url = value.get("pullRequestUrl").and_then(Value::as_str).map(str::to_string);
+        let pr_url = value
+            .get("pullRequestUrl")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let pr_num = pr_url
             .as_deref()
             .and_then(|u| u.rsplit_once("/discussions/"))
@@ -376,33 +480,74 @@ impl HubApi {
         })
     }
 
-    fn upload_lfs(&self, repo_id: &str, lfs: &[Prepared], options: &CommitOptions, progress: &dyn Progress) -> Result<()> {
-        let url = format!("{}/{repo_id}.git/info/lfs/objects/batch", self.http.endpoint());
-        let subject = Subject { repo_id, revision: Some(&options.revision), path: None };
+    fn upload_lfs(
+        &self,
+        repo_id: &str,
+        lfs: &[Prepared],
+        options: &CommitOptions,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let url = format!(
+            "{}/{repo_id}.git/info/lfs/objects/batch",
+            self.http.endpoint()
+        );
+        let subject = Subject {
+            repo_id,
+            revision: Some(&options.revision),
+            path: None,
+        };
         let lfs_headers = [("accept", LFS_JSON.to_string())];
         for chunk in lfs.chunks(256) {
-            let objects: Vec<Value> = chunk.iter().map(|p| json!({"oid": p.sha256, "size": p.size})).collect();
+            let objects: Vec<Value> = chunk
+                .iter()
+                .map(|p| json!({"oid": p.sha256, "size": p.size}))
+                .collect();
             let mut body = json!({"operation": "upload", "transfers": ["basic", "multipart"], "objects": objects, "hash_algo": "sha256"});
             if !options.create_pr {
                 body["ref"] = json!({"name": options.revision});
             }
             let bytes = serde_json::to_vec(&body).map_err(json_err(&url))?;
-            let (answer, _) = self.http.json("POST", &url, &lfs_headers, &Payload::Bytes(&bytes, LFS_JSON), &subject, true)?;
-            if answer.get("transfer").and_then(Value::as_str).is_some_and(|t| t != "basic" && t != "multipart") {
-                return Err(HubError::Protocol { url, message: "the server chose a transfer other than basic/multipart".into() });
+            let (answer, _) = self.http.json(
+                "POST",
+                &url,
+                &lfs_headers,
+                &Payload::Bytes(&bytes, LFS_JSON),
+                &subject,
+                true,
+            )?;
+            if answer
+                .get("transfer")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t != "basic" && t != "multipart")
+            {
+                return Err(HubError::Protocol {
+                    url,
+                    message: "the server chose a transfer other than basic/multipart".into(),
+                });
             }
-            let answered = answer.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
+            let answered = answer
+                .get("objects")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             for p in chunk {
-                let object = answered.iter().find(|o| o.get("oid").and_then(Value::as_str) == Some(p.sha256.as_str()));
+                let object = answered
+                    .iter()
+                    .find(|o| o.get("oid").and_then(Value::as_str) == Some(p.sha256.as_str()));
                 let Some(object) = object else {
-                    return Err(HubError::Protocol { url, message: format!("LFS batch answer lacks {}", p.sha256) });
+                    return Err(HubError::Protocol {
+                        url,
+                        message: format!("LFS batch answer lacks {}", p.sha256),
+                    });
                 };
                 if let Some(err) = object.get("error") {
                     return Err(HubError::LfsObject {
                         path: p.path.clone(),
                         oid: p.sha256.clone(),
                         code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
-                        message: self.http.scrub(err.get("message").and_then(Value::as_str).unwrap_or("")),
+                        message: self
+                            .http
+                            .scrub(err.get("message").and_then(Value::as_str).unwrap_or("")),
                     });
                 }
                 progress.on_file_start(&p.path, p.size);
@@ -416,12 +561,27 @@ impl HubApi {
                     self.lfs_transfer(repo_id, p, upload, progress)?;
                 }
                 if let Some(verify) = actions.get("verify") {
-                    let href = verify.get("href").and_then(Value::as_str).unwrap_or_default();
+                    let href = verify
+                        .get("href")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     let mut headers = action_headers(verify);
                     headers.push(("accept", LFS_JSON.to_string()));
-                    let body = serde_json::to_vec(&json!({"oid": p.sha256, "size": p.size})).map_err(json_err(href))?;
-                    let subject = Subject { repo_id, revision: None, path: Some(&p.path) };
-                    self.http.send("POST", href, &headers, &Payload::Bytes(&body, LFS_JSON), &subject, true)?;
+                    let body = serde_json::to_vec(&json!({"oid": p.sha256, "size": p.size}))
+                        .map_err(json_err(href))?;
+                    let subject = Subject {
+                        repo_id,
+                        revision: None,
+                        path: Some(&p.path),
+                    };
+                    self.http.send(
+                        "POST",
+                        href,
+                        &headers,
+                        &Payload::Bytes(&body, LFS_JSON),
+                        &subject,
+                        true,
+                    )?;
                 }
                 progress.on_file_done(&p.path);
             }
@@ -429,16 +589,44 @@ impl HubApi {
         Ok(())
     }
 
-    fn lfs_transfer(&self, repo_id: &str, p: &Prepared, upload: &Value, progress: &dyn Progress) -> Result<()> {
-        let href = upload.get("href").and_then(Value::as_str).unwrap_or_default().to_string();
-        let subject = Subject { repo_id, revision: None, path: Some(&p.path) };
-        let header_map = upload.get("header").and_then(Value::as_object).cloned().unwrap_or_default();
+    fn lfs_transfer(
+        &self,
+        repo_id: &str,
+        p: &Prepared,
+        upload: &Value,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let href = upload
+            .get("href")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let subject = Subject {
+            repo_id,
+            revision: None,
+            path: Some(&p.path),
+        };
+        let header_map = upload
+            .get("header")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
         let Some(chunk_size) = header_map.get("chunk_size") else {
             // Basic transfer: one PUT of the whole content.
             let headers = action_headers(upload);
             match &p.source {
-                AddSource::File(file) => self.http.send("PUT", &href, &headers, &Payload::File(file), &subject, true)?,
-                AddSource::Bytes(bytes) => self.http.send("PUT", &href, &headers, &Payload::Bytes(bytes, "application/octet-stream"), &subject, true)?,
+                AddSource::File(file) => {
+                    self.http
+                        .send("PUT", &href, &headers, &Payload::File(file), &subject, true)?
+                }
+                AddSource::Bytes(bytes) => self.http.send(
+                    "PUT",
+                    &href,
+                    &headers,
+                    &Payload::Bytes(bytes, "application/octet-stream"),
+                    &subject,
+                    true,
+                )?,
             };
             progress.on_bytes(&p.path, p.size);
             return Ok(());
@@ -449,7 +637,10 @@ impl HubApi {
             .and_then(|s| s.parse().ok())
             .or_else(|| chunk_size.as_u64())
             .filter(|c| *c > 0)
-            .ok_or_else(|| HubError::Protocol { url: href.clone(), message: "invalid chunk_size".into() })?;
+            .ok_or_else(|| HubError::Protocol {
+                url: href.clone(),
+                message: "invalid chunk_size".into(),
+            })?;
         let mut parts: Vec<(u64, String)> = header_map
             .iter()
             .filter_map(|(k, v)| Some((k.parse::<u64>().ok()?, v.as_str()?.to_string())))
@@ -457,17 +648,24 @@ impl HubApi {
         parts.sort();
         let expected = p.size.div_ceil(chunk_size);
         if parts.len() as u64 != expected {
-            return Err(HubError::Protocol { url: href, message: format!("{} part URLs for {expected} parts", parts.len()) });
+            return Err(HubError::Protocol {
+                url: href,
+                message: format!("{} part URLs for {expected} parts", parts.len()),
+            });
         }
         let bytes_of = |index: u64| -> Result<Vec<u8>> {
             let start = index * chunk_size;
             let len = chunk_size.min(p.size - start);
             match &p.source {
-                AddSource::Bytes(b) => Ok(b.get(start as usize..(start + len) as usize).unwrap_or_default().to_vec()),
+                AddSource::Bytes(b) => Ok(b
+                    .get(start as usize..(start + len) as usize)
+                    .unwrap_or_default()
+                    .to_vec()),
                 AddSource::File(f) => {
                     use std::io::Seek;
                     let mut file = std::fs::File::open(f).map_err(io_err(f))?;
-                    file.seek(std::io::SeekFrom::Start(start)).map_err(io_err(f))?;
+                    file.seek(std::io::SeekFrom::Start(start))
+                        .map_err(io_err(f))?;
                     let mut buf = Vec::with_capacity(len as usize);
                     file.take(len).read_to_end(&mut buf).map_err(io_err(f))?;
                     Ok(buf)
@@ -477,40 +675,75 @@ impl HubApi {
         let mut done = Vec::new();
         for (index, (number, part_url)) in parts.iter().enumerate() {
             let bytes = bytes_of(index as u64)?;
-            let resp = self.http.send("PUT", part_url, &[], &Payload::Bytes(&bytes, "application/octet-stream"), &subject, true)?;
-            let etag = header(&resp, "etag").map(str::to_string).ok_or_else(|| HubError::Protocol {
-                url: part_url.clone(),
-                message: "part upload answered without an ETag".into(),
-            })?;
+            let resp = self.http.send(
+                "PUT",
+                part_url,
+                &[],
+                &Payload::Bytes(&bytes, "application/octet-stream"),
+                &subject,
+                true,
+            )?;
+            let etag =
+                header(&resp, "etag")
+                    .map(str::to_string)
+                    .ok_or_else(|| HubError::Protocol {
+                        url: part_url.clone(),
+                        message: "part upload answered without an ETag".into(),
+                    })?;
             done.push(json!({"partNumber": number, "etag": etag}));
             progress.on_bytes(&p.path, bytes.len() as u64);
         }
-        let body = serde_json::to_vec(&json!({"oid": p.sha256, "parts": done})).map_err(json_err(&href))?;
+        let body = serde_json::to_vec(&json!({"oid": p.sha256, "parts": done}))
+            .map_err(json_err(&href))?;
         let mut headers = vec![("accept", LFS_JSON.to_string())];
         headers.extend(action_headers(upload));
-        self.http.send("POST", &href, &headers, &Payload::Bytes(&body, LFS_JSON), &subject, true)?;
+        self.http.send(
+            "POST",
+            &href,
+            &headers,
+            &Payload::Bytes(&body, LFS_JSON),
+            &subject,
+            true,
+        )?;
         Ok(())
     }
 
     /// Python's `upload_folder`: every file under `folder` (minus `.git/` and
     /// `.cache/huggingface/`, filtered by the patterns) in one commit.
-    pub fn upload_folder(&self, repo_id: &str, folder: &Path, options: &UploadFolderOptions, progress: &dyn Progress) -> Result<CommitInfo> {
+    pub fn upload_folder(
+        &self,
+        repo_id: &str,
+        folder: &Path,
+        options: &UploadFolderOptions,
+        progress: &dyn Progress,
+    ) -> Result<CommitInfo> {
         validate_repo_id(repo_id)?;
         let mut local = Vec::new();
         collect_files(folder, folder, &mut local)?;
         local.sort();
         let prefix = options.path_in_repo.trim_matches('/');
         let rel_paths: Vec<String> = local.iter().map(|(rel, _)| rel.clone()).collect();
-        let keep = crate::snapshot::filter_paths(&rel_paths, options.allow_patterns.as_deref(), options.ignore_patterns.as_deref());
+        let keep = crate::snapshot::filter_paths(
+            &rel_paths,
+            options.allow_patterns.as_deref(),
+            options.ignore_patterns.as_deref(),
+        );
         let mut operations = Vec::new();
         let mut uploaded = std::collections::BTreeSet::new();
         for (rel, abs) in &local {
             if !keep.contains(rel) {
                 continue;
             }
-            let path_in_repo = if prefix.is_empty() { rel.clone() } else { format!("{prefix}/{rel}") };
+            let path_in_repo = if prefix.is_empty() {
+                rel.clone()
+            } else {
+                format!("{prefix}/{rel}")
+            };
             uploaded.insert(path_in_repo.clone());
-            operations.push(CommitOperation::Add { path_in_repo, source: AddSource::File(abs.clone()) });
+            operations.push(CommitOperation::Add {
+                path_in_repo,
+                source: AddSource::File(abs.clone()),
+            });
         }
         if let Some(patterns) = &options.delete_patterns {
             let remote: Vec<String> = self
@@ -521,10 +754,20 @@ impl HubApi {
                 .collect();
             let under: Vec<String> = remote
                 .into_iter()
-                .filter_map(|p| if prefix.is_empty() { Some(p) } else { p.strip_prefix(&format!("{prefix}/")).map(str::to_string) })
+                .filter_map(|p| {
+                    if prefix.is_empty() {
+                        Some(p)
+                    } else {
+                        p.strip_prefix(&format!("{prefix}/")).map(str::to_string)
+                    }
+                })
                 .collect();
             for rel in crate::snapshot::filter_paths(&under, Some(patterns), None) {
-                let path_in_repo = if prefix.is_empty() { rel.clone() } else { format!("{prefix}/{rel}") };
+                let path_in_repo = if prefix.is_empty() {
+                    rel.clone()
+                } else {
+                    format!("{prefix}/{rel}")
+                };
                 if rel != ".gitattributes" && !uploaded.contains(&path_in_repo) {
                     operations.push(CommitOperation::Delete { path_in_repo });
                 }
@@ -534,13 +777,34 @@ impl HubApi {
     }
 
     /// Deletes one file in a commit.
-    pub fn delete_file(&self, repo_id: &str, path_in_repo: &str, options: &CommitOptions) -> Result<CommitInfo> {
-        self.create_commit(repo_id, &[CommitOperation::Delete { path_in_repo: path_in_repo.into() }], options, &crate::progress::NoProgress)
+    pub fn delete_file(
+        &self,
+        repo_id: &str,
+        path_in_repo: &str,
+        options: &CommitOptions,
+    ) -> Result<CommitInfo> {
+        self.create_commit(
+            repo_id,
+            &[CommitOperation::Delete {
+                path_in_repo: path_in_repo.into(),
+            }],
+            options,
+            &crate::progress::NoProgress,
+        )
     }
 
     /// Python's `create_pull_request` through a commit: `create_commit` with `create_pr`.
-    pub fn create_pr(&self, repo_id: &str, operations: &[CommitOperation], options: &CommitOptions, progress: &dyn Progress) -> Result<CommitInfo> {
-        let options = CommitOptions { create_pr: true, ..options.clone() };
+    pub fn create_pr(
+        &self,
+        repo_id: &str,
+        operations: &[CommitOperation],
+        options: &CommitOptions,
+        progress: &dyn Progress,
+    ) -> Result<CommitInfo> {
+        let options = CommitOptions {
+            create_pr: true,
+            ..options.clone()
+        };
         self.create_commit(repo_id, operations, &options, progress)
     }
 }
@@ -554,7 +818,9 @@ fn action_headers(action: &Value) -> Vec<(&str, String)> {
         .map(|map| {
             map.iter()
                 .filter(|(k, _)| {
-                    k.as_str() != "chunk_size" && k.parse::<u64>().is_err() && !k.eq_ignore_ascii_case("transfer-encoding")
+                    k.as_str() != "chunk_size"
+                        && k.parse::<u64>().is_err()
+                        && !k.eq_ignore_ascii_case("transfer-encoding")
                 })
                 .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?.to_string())))
                 .collect()

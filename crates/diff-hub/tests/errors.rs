@@ -8,8 +8,20 @@ use diff_hub::{DownloadOptions, HubError, NoProgress, SnapshotOptions};
 use diff_hub_server::Fault;
 use std::sync::{Arc, Mutex};
 
-fn download(api: &diff_hub::HubApi, repo: &str, rev: &str, path: &str) -> Result<std::path::PathBuf, HubError> {
-    api.hf_hub_download(repo, path, &DownloadOptions { revision: rev.into(), ..Default::default() })
+fn download(
+    api: &diff_hub::HubApi,
+    repo: &str,
+    rev: &str,
+    path: &str,
+) -> Result<std::path::PathBuf, HubError> {
+    api.hf_hub_download(
+        repo,
+        path,
+        &DownloadOptions {
+            revision: rev.into(),
+            ..Default::default()
+        },
+    )
 }
 
 #[test]
@@ -24,39 +36,76 @@ fn hub_error_codes_map_to_typed_errors() {
     let reader = env.api(Some(READ_TOKEN));
     let bad_token = env.api(Some("hf_notAValidToken"));
 
-    let err = download(&anonymous, "user/missing", "main", "model_index.json").expect_err("missing repo");
-    assert!(matches!(err, HubError::RepoNotFound { ref repo_id, .. } if repo_id == "user/missing"), "{err:?}");
-    let err = download(&anonymous, "user/tiny", "v9", "model_index.json").expect_err("missing revision");
-    assert!(matches!(err, HubError::RevisionNotFound { ref revision, .. } if revision == "v9"), "{err:?}");
-    let err = anonymous.repo_info("user/tiny", "v9").expect_err("missing revision");
+    let err =
+        download(&anonymous, "user/missing", "main", "model_index.json").expect_err("missing repo");
+    assert!(
+        matches!(err, HubError::RepoNotFound { ref repo_id, .. } if repo_id == "user/missing"),
+        "{err:?}"
+    );
+    let err =
+        download(&anonymous, "user/tiny", "v9", "model_index.json").expect_err("missing revision");
+    assert!(
+        matches!(err, HubError::RevisionNotFound { ref revision, .. } if revision == "v9"),
+        "{err:?}"
+    );
+    let err = anonymous
+        .repo_info("user/tiny", "v9")
+        .expect_err("missing revision");
     assert!(matches!(err, HubError::RevisionNotFound { .. }), "{err:?}");
     let err = download(&anonymous, "user/tiny", "main", "nope.json").expect_err("missing entry");
-    assert!(matches!(err, HubError::EntryNotFound { ref path, .. } if path == "nope.json"), "{err:?}");
-    let err = download(&anonymous, "user/gated", "main", "model_index.json").expect_err("gated, no token");
+    assert!(
+        matches!(err, HubError::EntryNotFound { ref path, .. } if path == "nope.json"),
+        "{err:?}"
+    );
+    let err = download(&anonymous, "user/gated", "main", "model_index.json")
+        .expect_err("gated, no token");
     assert!(matches!(err, HubError::GatedRepo { .. }), "{err:?}");
-    let err = download(&reader, "user/gated", "main", "model_index.json").expect_err("gated, read token");
+    let err =
+        download(&reader, "user/gated", "main", "model_index.json").expect_err("gated, read token");
     assert!(matches!(err, HubError::GatedRepo { .. }), "{err:?}");
-    let err = download(&anonymous, "user/private", "main", "model_index.json").expect_err("private");
+    let err =
+        download(&anonymous, "user/private", "main", "model_index.json").expect_err("private");
     assert!(matches!(err, HubError::RepoNotFound { .. }), "{err:?}");
     assert!(download(&reader, "user/private", "main", "model_index.json").is_ok());
-    let err = bad_token.repo_info("user/tiny", "main").expect_err("bad token");
+    let err = bad_token
+        .repo_info("user/tiny", "main")
+        .expect_err("bad token");
     assert!(matches!(err, HubError::Unauthorized { .. }), "{err:?}");
-    let err = reader.create_repo("user/new", false, false).expect_err("read-only token writes");
+    let err = reader
+        .create_repo("user/new", false, false)
+        .expect_err("read-only token writes");
     assert!(matches!(err, HubError::Forbidden { .. }), "{err:?}");
     let writer = env.api(Some(WRITE_TOKEN));
-    let err = writer.create_repo("user/tiny", false, false).expect_err("exists");
+    let err = writer
+        .create_repo("user/tiny", false, false)
+        .expect_err("exists");
     assert!(matches!(err, HubError::Conflict { .. }), "{err:?}");
-    assert!(writer.create_repo("user/tiny", false, true).is_ok(), "exist_ok swallows 409");
-    env.server.inject(Fault::status("/api/models/user/tiny/revision/", 400, 1));
+    assert!(
+        writer.create_repo("user/tiny", false, true).is_ok(),
+        "exist_ok swallows 409"
+    );
+    env.server
+        .inject(Fault::status("/api/models/user/tiny/revision/", 400, 1));
     let err = writer.repo_info("user/tiny", "main").expect_err("400");
     assert!(matches!(err, HubError::BadRequest { .. }), "{err:?}");
-    env.server.inject(Fault::status("/api/models/user/tiny/revision/", 418, 1));
+    env.server
+        .inject(Fault::status("/api/models/user/tiny/revision/", 418, 1));
     let err = writer.repo_info("user/tiny", "main").expect_err("418");
     assert!(matches!(err, HubError::Http { status: 418, .. }), "{err:?}");
-    let stale = diff_hub::CommitOptions { parent_commit: Some("0".repeat(40)), ..Default::default() };
-    let op = diff_hub::CommitOperation::Delete { path_in_repo: "README.md".into() };
-    let err = writer.create_commit("user/tiny", &[op], &stale, &NoProgress).expect_err("stale parent");
-    assert!(matches!(err, HubError::PreconditionFailed { .. }), "{err:?}");
+    let stale = diff_hub::CommitOptions {
+        parent_commit: Some("0".repeat(40)),
+        ..Default::default()
+    };
+    let op = diff_hub::CommitOperation::Delete {
+        path_in_repo: "README.md".into(),
+    };
+    let err = writer
+        .create_commit("user/tiny", &[op], &stale, &NoProgress)
+        .expect_err("stale parent");
+    assert!(
+        matches!(err, HubError::PreconditionFailed { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -71,16 +120,32 @@ fn rate_limits_and_server_errors_are_retried_a_bounded_number_of_times() {
     assert!(api.repo_info("user/tiny", "main").is_ok());
     // Always 429: RateLimited after max_attempts (5) tries.
     env.server.clear_requests();
-    env.server.inject(Fault::status("/api/models/user/tiny/revision/", 429, 100));
-    let err = api.repo_info("user/tiny", "main").expect_err("rate limited");
-    assert!(matches!(err, HubError::RateLimited { attempts: 5, .. }), "{err:?}");
+    env.server
+        .inject(Fault::status("/api/models/user/tiny/revision/", 429, 100));
+    let err = api
+        .repo_info("user/tiny", "main")
+        .expect_err("rate limited");
+    assert!(
+        matches!(err, HubError::RateLimited { attempts: 5, .. }),
+        "{err:?}"
+    );
     assert_eq!(env.server.requests().len(), 5);
     // 503 forever on a download: Server error after 5 tries, nothing cached.
     let mut fault = Fault::status("/resolve/", 503, 100);
     fault.method = Some("HEAD".into());
     env.server.inject(fault);
     let err = download(&api, "user/tiny", "main", "model_index.json").expect_err("503");
-    assert!(matches!(err, HubError::Server { status: 503, attempts: 5, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            HubError::Server {
+                status: 503,
+                attempts: 5,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // A 500 on the second call of a download falls back to the cache like Python.
     let server_env = start(|_| {});
     tiny_repo(server_env.root.path(), "user/tiny");
@@ -89,10 +154,16 @@ fn rate_limits_and_server_errors_are_retried_a_bounded_number_of_times() {
     let mut fault = Fault::status("/resolve/", 500, 100);
     fault.method = Some("HEAD".into());
     server_env.server.inject(fault);
-    assert!(download(&api, "user/tiny", "main", "model_index.json").is_ok(), "cached copy served when the Hub fails");
+    assert!(
+        download(&api, "user/tiny", "main", "model_index.json").is_ok(),
+        "cached copy served when the Hub fails"
+    );
     // But a missing revision is never masked by the cache.
     let err = download(&api, "user/tiny", "v9", "model_index.json").expect_err("v9");
-    assert!(!matches!(err, HubError::LocalEntryNotFound { .. }), "{err:?}");
+    assert!(
+        !matches!(err, HubError::LocalEntryNotFound { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -101,11 +172,16 @@ fn network_failure_is_a_network_error_naming_the_url() {
     let mut config = env.config(None);
     config.endpoint = "http://127.0.0.1:9".into();
     config.max_attempts = 2;
-    let err = diff_hub::HubApi::new(config).repo_info("user/tiny", "main").expect_err("refused");
+    let err = diff_hub::HubApi::new(config)
+        .repo_info("user/tiny", "main")
+        .expect_err("refused");
     match err {
         HubError::Network { url, attempts, .. } => {
             assert_eq!(attempts, 2);
-            assert!(url.starts_with("http://127.0.0.1:9/api/models/user/tiny"), "{url}");
+            assert!(
+                url.starts_with("http://127.0.0.1:9/api/models/user/tiny"),
+                "{url}"
+            );
         }
         other => panic!("expected Network, got {other:?}"),
     }
@@ -121,7 +197,8 @@ fn server_that_is_not_a_hub_is_a_protocol_error() {
         let (mut stream, _) = listener.accept().expect("accept");
         let mut buf = [0u8; 4096];
         let _ = stream.read(&mut buf);
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ =
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     });
     let env = start(|_| {});
     let mut config = env.config(None);
@@ -138,18 +215,37 @@ fn server_that_is_not_a_hub_is_a_protocol_error() {
 fn invalid_ids_paths_and_revisions_are_refused_before_any_request() {
     let env = start(|_| {});
     let api = env.api(None);
-    for bad in ["", "a/b/c", "../etc", "a--b/c", "user/.hidden", "user/na me"] {
-        assert!(matches!(api.repo_info(bad, "main"), Err(HubError::InvalidRepoId { .. })), "{bad}");
+    for bad in [
+        "",
+        "a/b/c",
+        "../etc",
+        "a--b/c",
+        "user/.hidden",
+        "user/na me",
+    ] {
+        assert!(
+            matches!(
+                api.repo_info(bad, "main"),
+                Err(HubError::InvalidRepoId { .. })
+            ),
+            "{bad}"
+        );
     }
     for bad in ["../x", "/abs", "a\\b", "a//b", "a/./b", ""] {
         assert!(
-            matches!(download(&api, "user/tiny", "main", bad), Err(HubError::InvalidPath { .. })),
+            matches!(
+                download(&api, "user/tiny", "main", bad),
+                Err(HubError::InvalidPath { .. })
+            ),
             "{bad}"
         );
     }
     for bad in ["../main", "refs/../../x", "a\nb"] {
         assert!(
-            matches!(download(&api, "user/tiny", bad, "x.json"), Err(HubError::InvalidPath { .. })),
+            matches!(
+                download(&api, "user/tiny", bad, "x.json"),
+                Err(HubError::InvalidPath { .. })
+            ),
             "{bad}"
         );
     }
@@ -174,11 +270,13 @@ impl std::io::Write for Captured {
 fn token_never_appears_in_logs_or_errors() {
     let captured = Captured::default();
     let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
+    // Global, with the `log` bridge: ureq's own `log` records (and every test running in
+    // parallel in this binary) are captured too, at TRACE.
+    tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+        .try_init()
+        .expect("first global subscriber of this test binary");
     let env = start(|_| {});
     tiny_repo(env.root.path(), "user/tiny");
     env.server.set_gated("user/tiny", true);
@@ -190,8 +288,10 @@ fn token_never_appears_in_logs_or_errors() {
         env.server.inject(Fault::status("/api/models/", 503, 2));
         env.server.inject(Fault::truncate("/lfs/", 1000, 1));
         for result in [
-            api.snapshot_download("user/tiny", &SnapshotOptions::default(), &NoProgress).map(|_| ()),
-            api.snapshot_download("user/missing", &SnapshotOptions::default(), &NoProgress).map(|_| ()),
+            api.snapshot_download("user/tiny", &SnapshotOptions::default(), &NoProgress)
+                .map(|_| ()),
+            api.snapshot_download("user/missing", &SnapshotOptions::default(), &NoProgress)
+                .map(|_| ()),
             api.create_repo("user/tiny", false, false).map(|_| ()),
             download(&api, "user/tiny", "v1", "a.json").map(|_| ()),
         ] {
@@ -203,9 +303,16 @@ fn token_never_appears_in_logs_or_errors() {
     }
     let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
     assert!(logs.lines().count() > 3, "logging was captured: {logs}");
+    assert!(
+        logs.contains("ureq"),
+        "the HTTP client's own log records were captured"
+    );
     assert!(messages.len() > 8);
     for secret in [WRITE_TOKEN, READ_TOKEN] {
         assert!(!logs.contains(secret), "token in logs");
-        assert!(messages.iter().all(|m| !m.contains(secret)), "token in {messages:?}");
+        assert!(
+            messages.iter().all(|m| !m.contains(secret)),
+            "token in {messages:?}"
+        );
     }
 }

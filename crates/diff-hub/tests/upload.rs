@@ -14,32 +14,82 @@ fn upload_folder_round_trips_byte_identical_through_lfs_basic_and_multipart() {
     let local = tempfile::tempdir().expect("tempdir");
     write(local.path(), "model_index.json", br#"{"_class_name": "X"}"#);
     write(local.path(), "unet/config.json", br#"{"a": 1}"#);
-    write(local.path(), "unet/diffusion_pytorch_model.safetensors", &bytes(30_000, 7));
-    write(local.path(), "vae/diffusion_pytorch_model.bin", &bytes(200_000, 8));
+    write(
+        local.path(),
+        "unet/diffusion_pytorch_model.safetensors",
+        &bytes(30_000, 7),
+    );
+    write(
+        local.path(),
+        "vae/diffusion_pytorch_model.bin",
+        &bytes(200_000, 8),
+    );
     write(local.path(), "empty.txt", b"");
+    // Binary content under a name no default pattern covers: LFS, and tracked in .gitattributes.
+    write(
+        local.path(),
+        "extra/weights.dat",
+        &[&[0u8][..], &bytes(2000, 9)].concat(),
+    );
     write(local.path(), ".git/HEAD", b"ref: refs/heads/main");
     let api = env.api(Some(WRITE_TOKEN));
-    let url = api.create_repo("user/pushed", false, false).expect("create");
+    let url = api
+        .create_repo("user/pushed", false, false)
+        .expect("create");
     assert_eq!(url, format!("{}/user/pushed", env.server.endpoint()));
     let info = api
-        .upload_folder("user/pushed", local.path(), &UploadFolderOptions::default(), &NoProgress)
+        .upload_folder(
+            "user/pushed",
+            local.path(),
+            &UploadFolderOptions::default(),
+            &NoProgress,
+        )
         .expect("upload");
     assert_eq!(info.commit_oid.len(), 40);
     assert!(info.pr_url.is_none());
     let requests = env.server.requests();
     let puts: Vec<_> = requests.iter().filter(|r| r.method == "PUT").collect();
-    // One basic PUT plus ceil(200000 / 65536) = 4 part PUTs, all on the storage origin, no token.
-    assert_eq!(puts.len(), 5, "{:?}", puts.iter().map(|r| &r.url).collect::<Vec<_>>());
-    assert!(puts.iter().all(|r| r.origin == Origin::Storage && r.header("authorization").is_none()));
-    assert!(requests.iter().any(|r| r.url.ends_with("/complete")), "multipart completion");
-    assert_eq!(requests.iter().filter(|r| r.url.ends_with("/objects/verify")).count(), 2);
-    let commit = requests.iter().find(|r| r.url.contains("/commit/main")).expect("commit request");
+    // Two basic PUTs plus ceil(200000 / 65536) = 4 part PUTs, all on the storage origin, no token.
+    assert_eq!(
+        puts.len(),
+        6,
+        "{:?}",
+        puts.iter().map(|r| &r.url).collect::<Vec<_>>()
+    );
+    assert!(
+        puts.iter()
+            .all(|r| r.origin == Origin::Storage && r.header("authorization").is_none())
+    );
+    assert!(
+        requests.iter().any(|r| r.url.ends_with("/complete")),
+        "multipart completion"
+    );
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.url.ends_with("/objects/verify"))
+            .count(),
+        3
+    );
+    let attributes =
+        std::fs::read_to_string(env.root.path().join("user/pushed/.gitattributes")).expect("attrs");
+    assert!(
+        attributes.contains("extra/weights.dat filter=lfs diff=lfs merge=lfs -text\n"),
+        "{attributes}"
+    );
+    let commit = requests
+        .iter()
+        .find(|r| r.url.contains("/commit/main"))
+        .expect("commit request");
     assert_eq!(commit.header("content-type"), Some("application/x-ndjson"));
     // Download into a fresh cache: byte-identical, `.git/` was not uploaded.
     let dir = api
         .snapshot_download("user/pushed", &SnapshotOptions::default(), &NoProgress)
         .expect("download");
-    for rel in files_under(local.path()).iter().filter(|r| !r.starts_with(".git/")) {
+    for rel in files_under(local.path())
+        .iter()
+        .filter(|r| !r.starts_with(".git/"))
+    {
         assert_eq!(
             std::fs::read(dir.join(rel)).expect("downloaded"),
             std::fs::read(local.path().join(rel)).expect("local"),
@@ -56,9 +106,13 @@ fn upload_folder_round_trips_byte_identical_through_lfs_basic_and_multipart() {
         .snapshot_download("user/pushed", &SnapshotOptions::default(), &NoProgress)
         .expect("download");
     assert_eq!(
-        env.server.requests().iter().filter(|r| r.origin == Origin::Storage).count(),
-        2,
-        "two LFS files"
+        env.server
+            .requests()
+            .iter()
+            .filter(|r| r.origin == Origin::Storage)
+            .count(),
+        3,
+        "three LFS files"
     );
 }
 
@@ -70,11 +124,30 @@ fn unchanged_files_are_skipped_and_an_empty_commit_is_not_sent() {
     write(local.path(), "w.safetensors", &bytes(5000, 2));
     let api = env.api(Some(WRITE_TOKEN));
     api.create_repo("user/r", false, true).expect("create");
-    let first = api.upload_folder("user/r", local.path(), &UploadFolderOptions::default(), &NoProgress).expect("first");
+    let first = api
+        .upload_folder(
+            "user/r",
+            local.path(),
+            &UploadFolderOptions::default(),
+            &NoProgress,
+        )
+        .expect("first");
     env.server.clear_requests();
-    let second = api.upload_folder("user/r", local.path(), &UploadFolderOptions::default(), &NoProgress).expect("second");
+    let second = api
+        .upload_folder(
+            "user/r",
+            local.path(),
+            &UploadFolderOptions::default(),
+            &NoProgress,
+        )
+        .expect("second");
     assert_eq!(second.commit_oid, first.commit_oid);
-    assert!(env.server.requests().iter().all(|r| !r.url.contains("/commit/") && r.method != "PUT"));
+    assert!(
+        env.server
+            .requests()
+            .iter()
+            .all(|r| !r.url.contains("/commit/") && r.method != "PUT")
+    );
 }
 
 #[test]
@@ -85,12 +158,20 @@ fn pull_request_goes_to_refs_pr_and_deletions_apply() {
     let pr = api
         .create_pr(
             "user/tiny",
-            &[CommitOperation::Delete { path_in_repo: "README.md".into() }],
-            &CommitOptions { commit_message: "Drop the card".into(), ..Default::default() },
+            &[CommitOperation::Delete {
+                path_in_repo: "README.md".into(),
+            }],
+            &CommitOptions {
+                commit_message: "Drop the card".into(),
+                ..Default::default()
+            },
             &NoProgress,
         )
         .expect("pr");
-    assert_eq!(pr.pr_url, Some(format!("{}/user/tiny/discussions/1", env.server.endpoint())));
+    assert_eq!(
+        pr.pr_url,
+        Some(format!("{}/user/tiny/discussions/1", env.server.endpoint()))
+    );
     assert_eq!(pr.pr_num, Some(1));
     assert_eq!(pr.repo_url, format!("{}/user/tiny", env.server.endpoint()));
     let pr_files: Vec<String> = api
@@ -101,22 +182,39 @@ fn pull_request_goes_to_refs_pr_and_deletions_apply() {
         .map(|e| e.path)
         .collect();
     assert!(!pr_files.contains(&"README.md".to_string()));
-    assert!(env.root.path().join("user/tiny/README.md").exists(), "main is untouched");
+    assert!(
+        env.root.path().join("user/tiny/README.md").exists(),
+        "main is untouched"
+    );
     // On main: delete a folder, with the right parent commit.
-    let head = api.repo_info("user/tiny", "main").expect("info").sha.expect("sha");
+    let head = api
+        .repo_info("user/tiny", "main")
+        .expect("info")
+        .sha
+        .expect("sha");
     let info = api
         .create_commit(
             "user/tiny",
-            &[CommitOperation::DeleteFolder { path_in_repo: "unet".into() }],
-            &CommitOptions { parent_commit: Some(head), ..Default::default() },
+            &[CommitOperation::DeleteFolder {
+                path_in_repo: "unet".into(),
+            }],
+            &CommitOptions {
+                parent_commit: Some(head),
+                ..Default::default()
+            },
             &NoProgress,
         )
         .expect("delete folder");
     assert!(!env.root.path().join("user/tiny/unet").exists());
-    let after = api.repo_info("user/tiny", "main").expect("info").sha.expect("sha");
+    let after = api
+        .repo_info("user/tiny", "main")
+        .expect("info")
+        .sha
+        .expect("sha");
     assert_eq!(after, info.commit_oid);
     // A file deletion through the helper.
-    api.delete_file("user/tiny", "README.md", &CommitOptions::default()).expect("delete");
+    api.delete_file("user/tiny", "README.md", &CommitOptions::default())
+        .expect("delete");
     assert!(!env.root.path().join("user/tiny/README.md").exists());
 }
 
@@ -135,7 +233,11 @@ fn upload_folder_honours_path_in_repo_and_patterns() {
             path_in_repo: "extra".into(),
             ignore_patterns: Some(vec!["*.log".into()]),
             delete_patterns: Some(vec!["*.md".into()]),
-            commit: CommitOptions { commit_message: "Add extra".into(), commit_description: "why".into(), ..Default::default() },
+            commit: CommitOptions {
+                commit_message: "Add extra".into(),
+                commit_description: "why".into(),
+                ..Default::default()
+            },
             ..Default::default()
         },
         &NoProgress,

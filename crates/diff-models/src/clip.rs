@@ -16,7 +16,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::tensor::activation::{gelu, gelu_approximate, relu, sigmoid, silu};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use diff_format::configs::clip::{CLIPTextConfig, TokenIds};
 
 use crate::ModelError;
@@ -129,8 +129,14 @@ impl CLIPAttention {
         }
     }
 
-    /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`; `causal` masks future positions.
-    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+    /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`; `causal` masks future positions and
+    /// `key_mask` (`[batch, heads, seq, seq]`, true = masked) hides padding keys.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        causal: bool,
+        key_mask: Option<Tensor<4, Bool>>,
+    ) -> Tensor<3> {
         let [b, s, h] = x.dims();
         let head_dim = h / self.num_heads;
         let split = |t: Tensor<3>| t.reshape([b, s, self.num_heads, head_dim]).swap_dims(1, 2);
@@ -142,7 +148,7 @@ impl CLIPAttention {
             softcap: None,
             is_causal: causal,
         };
-        let out = attention(q, k, v, None, None, options);
+        let out = attention(q, k, v, key_mask, None, options);
         self.out_proj
             .forward(out.swap_dims(1, 2).reshape([b, s, h]))
     }
@@ -182,8 +188,16 @@ pub struct CLIPEncoderLayer {
 
 impl CLIPEncoderLayer {
     /// Applies the layer.
-    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
-        let h = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), causal);
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        causal: bool,
+        key_mask: Option<Tensor<4, Bool>>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.layer_norm1.forward(x), causal, key_mask);
         h.clone() + self.mlp.forward(self.layer_norm2.forward(h))
     }
 }
@@ -217,12 +231,17 @@ impl CLIPEncoder {
     }
 
     /// Runs every layer; returns the input followed by each layer's output.
-    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Vec<Tensor<3>> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        causal: bool,
+        key_mask: Option<Tensor<4, Bool>>,
+    ) -> Vec<Tensor<3>> {
         let mut states = Vec::with_capacity(self.layers.len() + 1);
         let mut h = x;
         for layer in &self.layers {
             states.push(h.clone());
-            h = layer.forward(h, causal);
+            h = layer.forward(h, causal, key_mask.clone());
         }
         states.push(h);
         states
@@ -363,6 +382,17 @@ impl CLIPTextModel {
 
     /// Encodes `input_ids` (`[batch, seq]`, seq <= `max_position_embeddings`).
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> Result<CLIPTextOutput, ModelError> {
+        self.forward_with_mask(input_ids, None)
+    }
+
+    /// Encodes `input_ids` with an optional padding `attention_mask` (`[batch, seq]`, 1 for
+    /// tokens, 0 for padding), combined with the causal mask as transformers does. Pipelines
+    /// pass one only when the text encoder's config has `use_attention_mask`.
+    pub fn forward_with_mask(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+    ) -> Result<CLIPTextOutput, ModelError> {
         let _span =
             tracing::debug_span!("CLIPTextModel::forward", dims = ?input_ids.dims()).entered();
         let [b, s] = input_ids.dims();
@@ -394,7 +424,32 @@ impl CLIPTextModel {
             .expand([b, s]);
         let h = self.embeddings.token_embedding.forward(input_ids)
             + self.embeddings.position_embedding.forward(positions);
-        let hidden_states = self.encoder.forward(h, true);
+        let key_mask = match attention_mask {
+            None => None,
+            Some(mask) => {
+                if mask.dims() != [b, s] {
+                    return Err(ModelError::InvalidInput {
+                        model: TEXT.to_string(),
+                        reason: format!(
+                            "attention_mask has shape {:?}, expected [{b}, {s}]",
+                            mask.dims()
+                        ),
+                    });
+                }
+                let heads = self
+                    .encoder
+                    .layers
+                    .first()
+                    .map(|l| l.self_attn.num_heads)
+                    .unwrap_or(1);
+                Some(
+                    mask.equal_elem(0)
+                        .reshape([b, 1, 1, s])
+                        .expand([b, heads, s, s]),
+                )
+            }
+        };
+        let hidden_states = self.encoder.forward(h, true, key_mask);
         let last = hidden_states
             .last()
             .cloned()
@@ -505,8 +560,20 @@ impl CLIPTextModelWithProjection {
         &self,
         input_ids: Tensor<2, Int>,
     ) -> Result<CLIPTextModelWithProjectionOutput, ModelError> {
+        self.forward_with_mask(input_ids, None)
+    }
+
+    /// [`Self::forward`] with an optional padding `attention_mask` (see
+    /// [`CLIPTextModel::forward_with_mask`]).
+    pub fn forward_with_mask(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+    ) -> Result<CLIPTextModelWithProjectionOutput, ModelError> {
         let _span = tracing::debug_span!("CLIPTextModelWithProjection::forward").entered();
-        let out = self.text_model.forward(input_ids)?;
+        let out = self
+            .text_model
+            .forward_with_mask(input_ids, attention_mask)?;
         Ok(CLIPTextModelWithProjectionOutput {
             text_embeds: self.text_projection.forward(out.pooler_output),
             last_hidden_state: out.last_hidden_state,

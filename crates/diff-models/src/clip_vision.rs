@@ -139,6 +139,18 @@ impl CLIPVisionModel {
             .ignore_unexpected_suffix("position_ids")
     }
 
+    /// Loads `config.json` and the weights of a `CLIPVisionModel` folder for a variant.
+    pub fn from_pretrained(
+        folder: &Path,
+        variant: Option<&str>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Self, LoadReport), ModelError> {
+        let config: CLIPVisionConfig = read_config(&folder.join("config.json"))?;
+        let model = Self::new(&config, device)?;
+        load_component(model, folder, variant, &Self::load_options(dtype))
+    }
+
     /// Encodes `pixel_values` (`[batch, channels, image_size, image_size]`).
     pub fn forward(&self, pixel_values: Tensor<4>) -> Result<CLIPVisionOutput, ModelError> {
         let _span =
@@ -172,7 +184,7 @@ impl CLIPVisionModel {
         let positions = Tensor::<1, Int>::arange(0..n as i64, &device).reshape([1, n]);
         let x = x + self.embeddings.position_embedding.forward(positions);
         let x = self.pre_layrnorm.forward(x);
-        let hidden_states = self.encoder.forward(x, false);
+        let hidden_states = self.encoder.forward(x, false, None);
         let last_hidden_state =
             hidden_states
                 .last()

@@ -208,6 +208,37 @@ impl CLIPImageProcessor {
         ))
     }
 
+    /// Preprocesses decoded images given as float values in `[0, 1]`, `[batch, height, width,
+    /// 3]` (what SD pipelines hand the safety checker): each value becomes 8 bits exactly as
+    /// diffusers' `numpy_to_pil` does (`(x * 255).round().astype("uint8")`, ties to even; out
+    /// of range values saturate), then [`Self::preprocess`] runs.
+    pub fn preprocess_unit_float_nhwc(
+        &self,
+        images: Tensor<4>,
+        device: &Device,
+    ) -> Result<Tensor<4>, ModelError> {
+        let [b, h, w, c] = images.dims();
+        let values = images
+            .cast(burn::tensor::DType::F32)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| ModelError::InvalidInput {
+                model: MODEL.to_string(),
+                reason: format!("could not read the images back: {e:?}"),
+            })?;
+        let bytes: Vec<u8> = values.iter().map(|&v| unit_float_to_u8(v)).collect();
+        let per = h * w * c;
+        let views: Vec<ImageU8<'_>> = (0..b)
+            .map(|i| ImageU8 {
+                width: w,
+                height: h,
+                channels: c,
+                data: bytes.get(i * per..(i + 1) * per).unwrap_or(&[]),
+            })
+            .collect();
+        self.preprocess(&views, device)
+    }
+
     /// One image to CHW float32 values.
     fn process_one(&self, image: &ImageU8<'_>) -> Result<(usize, usize, Vec<f32>), ModelError> {
         let (h, w, c) = (image.height, image.width, image.channels);
@@ -328,6 +359,16 @@ fn taps(in_size: usize, out_size: usize, filter: Resample) -> (Vec<Taps>, u32) {
     (all, precision)
 }
 
+/// `np.float32(x * 255).round().astype("uint8")` for x in `[0, 1]` (NaN -> 0, saturating).
+pub fn unit_float_to_u8(x: f32) -> u8 {
+    let v = (x * 255.0).round_ties_even();
+    if v.is_nan() {
+        0
+    } else {
+        v.clamp(0.0, 255.0) as u8
+    }
+}
+
 fn clip8(acc: i64, precision: u32) -> u8 {
     (acc >> precision).clamp(0, 255) as u8
 }
@@ -387,4 +428,26 @@ fn center_crop(src: &[u8], h: usize, w: usize, ch: usize, cw: usize) -> Vec<u8> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_float_to_u8_rounds_half_to_even_like_numpy() {
+        // 0.5 / 255 * 255 = 0.5 -> 0; 1.5 / 255 * 255 = 1.5 -> 2 (np.round is half-to-even).
+        assert_eq!(unit_float_to_u8(0.5 / 255.0), 0);
+        assert_eq!(unit_float_to_u8(1.5 / 255.0), 2);
+        assert_eq!(unit_float_to_u8(1.0), 255);
+        assert_eq!(unit_float_to_u8(0.0), 0);
+    }
+
+    #[test]
+    fn shortest_edge_size_follows_transformers() {
+        let p = CLIPImageProcessor::new(CLIPImageProcessorConfig::default()).expect("default");
+        // int(224 * 300 / 180) = 373 on the long side.
+        assert_eq!(p.output_size(180, 300), (224, 373));
+        assert_eq!(p.output_size(130, 90), (323, 224));
+    }
 }

@@ -6,6 +6,16 @@
 //!
 //! **Must not know:** pipelines, schedulers, the Hub. Configs and file names come from
 //! `diff-format`.
+//!
+//! Dependencies of the weight loader: `safetensors` (header parsing and validation only),
+//! `memmap2` (weight files are mapped, not read, so peak RSS stays near the weights' size),
+//! `half` (decoding f16/bf16 tensors to f32 where needed); `.bin` goes through
+//! `diff_format::pickle`. Dev-only: `image` (decoding the PNG fixtures of the image processor
+//! test), `tempfile` (corrupt-file tests).
+//!
+//! Feature `cpu-fast` (off by default): burn's `simd` and `rayon` features, i.e. burn-flex's
+//! SIMD kernels and multi-threading; `cargo xtask bench` uses it. Off by default so that the
+//! workspace builds burn one way.
 #![deny(missing_docs)]
 
 mod error;

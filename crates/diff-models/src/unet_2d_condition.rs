@@ -816,6 +816,23 @@ impl UNet2DConditionModel {
         if let (Some(kind), Some(labels)) = (s.class_embed, input.class_labels) {
             let class_emb = match (kind, labels, &self.class_embedding) {
                 (ClassEmbedKind::Table, ClassLabels::Labels(l), Some(ClassEmbedding::Table(t))) => {
+                    // An out-of-range label would make the table lookup panic: check on the host
+                    // (one value per sample).
+                    let n = t.weight.dims()[0];
+                    let values = l
+                        .clone()
+                        .cast(DType::F32)
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .map_err(|e| invalid(format!("cannot read `class_labels`: {e:?}")))?;
+                    if let Some(bad) = values
+                        .iter()
+                        .find(|v| !(v.fract() == 0.0 && **v >= 0.0 && (**v as usize) < n))
+                    {
+                        return Err(invalid(format!(
+                            "class label {bad} is not an integer in 0..{n} (num_class_embeds)"
+                        )));
+                    }
                     let idx: Tensor<2, Int> = l.int().unsqueeze_dim(1);
                     let e = t.forward(idx);
                     let d = e.dims()[2];

@@ -233,7 +233,7 @@ impl DiagonalGaussianDistribution {
     /// `mean + std * noise`, with `noise` a standard-normal tensor of the mean's shape (draw it
     /// with the torch-exact generator to reproduce diffusers' samples).
     ///
-    /// Returns `None` when `noise` has another shape.
+    /// Returns `None` when `noise` does not have the mean's shape.
     pub fn sample(&self, noise: Tensor<4>) -> Option<Tensor<4>> {
         if noise.dims() != self.mean.dims() {
             return None;

@@ -134,6 +134,7 @@ fn sdxl_structure_second_text_encoder_matches_transformers() {
 fn text_encoders_in_f16_on_cpu_stay_within_1e2() {
     text_model_case("text_sd15", "text_sd15", DType::F16, F16_TOL);
     projection_case("text_gelu_projection", DType::F16, F16_TOL);
+    projection_case("text_sdxl_2", DType::F16, F16_TOL);
 }
 
 #[test]
@@ -152,4 +153,33 @@ fn too_long_prompts_and_out_of_vocabulary_ids_are_errors() {
     let oov = Tensor::<2, burn::tensor::Int>::full([1, 3], 99, &device);
     let err = model.forward(oov).expect_err("id 99 with vocab 99");
     assert!(err.to_string().contains("token id 99"), "{err}");
+}
+
+#[test]
+fn padding_attention_mask_combines_with_the_causal_mask_like_transformers() {
+    let device = Device::default();
+    let (model, _) =
+        CLIPTextModel::from_pretrained(&fixture("text_quick_gelu_eos2"), None, &device, DType::F32)
+            .expect("load");
+    let src = io("text_quick_gelu_eos2");
+    let out = model
+        .forward_with_mask(
+            int_tensor::<2>(&src, "input_ids", &device),
+            Some(int_tensor::<2>(&src, "attention_mask", &device)),
+        )
+        .expect("forward");
+    check(
+        "text_quick_gelu_eos2 masked last_hidden_state",
+        out.last_hidden_state,
+        &src,
+        "masked_last_hidden_state",
+        F32_TOL,
+    );
+    check(
+        "text_quick_gelu_eos2 masked pooler_output",
+        out.pooler_output,
+        &src,
+        "masked_pooler_output",
+        F32_TOL,
+    );
 }

@@ -167,6 +167,16 @@ fn clip_image_processor_matches_transformers_on_downscale_and_upscale() {
             data: png.as_raw(),
         };
         let got = processor.preprocess(&[input], &device).expect("preprocess");
+        // The same image as pipeline floats in [0, 1] (NHWC) takes the numpy_to_pil route.
+        let floats_nhwc: Vec<f32> = png.as_raw().iter().map(|&v| f32::from(v) / 255.0).collect();
+        let nhwc = Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(floats_nhwc, [1, h as usize, w as usize, 3]),
+            &device,
+        );
+        let via_float = processor
+            .preprocess_unit_float_nhwc(nhwc, &device)
+            .expect("preprocess floats");
+        assert_eq!(values(via_float), values(got.clone()));
         let (g, gs) = values(got);
         let (want, ws) = floats(&src, &format!("{name}_pixel_values"));
         assert_eq!(gs, ws);

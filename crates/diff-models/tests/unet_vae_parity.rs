@@ -78,6 +78,15 @@ fn unet_input(src: &TensorSource, device: &Device) -> UNet2DConditionInput {
             ClassLabels::Embeds(tensor(src, "class_labels", device))
         });
     }
+    if has(src, "mid_residual") {
+        input.mid_block_additional_residual = Some(tensor(src, "mid_residual", device));
+        let residuals = (0..)
+            .map(|k| format!("down_residual_{k}"))
+            .take_while(|name| has(src, name))
+            .map(|name| tensor(src, &name, device))
+            .collect();
+        input.down_block_additional_residuals = Some(residuals);
+    }
     input
 }
 
@@ -129,6 +138,12 @@ fn unet_class_embedding_table_matches_diffusers() {
 #[test]
 fn unet_class_projection_scale_shift_matches_diffusers() {
     assert!(unet_error("unet-class-projection-tiny", DType::F32) <= F32_TOL);
+}
+
+#[test]
+fn unet_text_proj_time_acts_centred_input_timestep_class_concat_and_controlnet_residuals_match_diffusers()
+ {
+    assert!(unet_error("unet-misc-tiny", DType::F32) <= F32_TOL);
 }
 
 #[test]
@@ -279,4 +294,85 @@ fn unet_wrong_input_channels_is_an_input_error() {
             .contains("`sample` has 9 channels, expected in_channels = 4"),
         "{err}"
     );
+}
+
+/// Counts parameters and parameter tensors without initialising the (lazy) parameters.
+#[derive(Default)]
+struct Counter {
+    params: usize,
+    tensors: usize,
+}
+
+impl burn::module::ModuleVisitor for Counter {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        self.params += param.lazy_shape().num_elements();
+        self.tensors += 1;
+    }
+}
+
+#[test]
+fn real_unet_and_vae_structures_have_diffusers_parameter_counts() {
+    use burn::module::Module;
+    use diff_format::configs::vae::AutoencoderKLConfig;
+    let device = Device::default();
+    let path = case_dir("real_structures.json");
+    let text = std::fs::read_to_string(&path).expect("real_structures.json");
+    let table: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).expect("json");
+    assert!(table.len() >= 8);
+    for (name, entry) in &table {
+        let config = entry["config"].clone();
+        let mut counter = Counter::default();
+        if entry["kind"] == "unet" {
+            let config: UNet2DConditionConfig = serde_json::from_value(config).expect("config");
+            UNet2DConditionModel::from_config(&config, &device, DType::F32)
+                .expect(name)
+                .visit(&mut counter);
+        } else {
+            let config: AutoencoderKLConfig = serde_json::from_value(config).expect("config");
+            AutoencoderKL::from_config(&config, &device, DType::F32)
+                .expect(name)
+                .visit(&mut counter);
+        }
+        assert_eq!(
+            (counter.params as u64, counter.tensors as u64),
+            (
+                entry["params"].as_u64().expect("params"),
+                entry["tensors"].as_u64().expect("tensors")
+            ),
+            "{name}: (params, tensors) ours vs diffusers"
+        );
+    }
+}
+
+#[test]
+fn unet_out_of_range_class_label_is_an_input_error() {
+    let device = Device::default();
+    let text = std::fs::read_to_string(case_dir("unet-class-table-tiny").join("config.json"))
+        .expect("config");
+    let config: UNet2DConditionConfig = serde_json::from_str(&text).expect("config json");
+    let model = UNet2DConditionModel::from_config(&config, &device, DType::F32).expect("build");
+    let mut input = UNet2DConditionInput::new(
+        Tensor::zeros([1, 4, 8, 8], &device),
+        Tensor::zeros([1], &device),
+        Tensor::zeros([1, 7, 24], &device),
+    );
+    input.class_labels = Some(ClassLabels::Labels(Tensor::from_floats([10.0], &device)));
+    let err = model.forward(input).expect_err("label 10 of 10");
+    assert!(
+        err.to_string()
+            .contains("class label 10 is not an integer in 0..10"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vae_sample_with_wrong_noise_shape_is_refused() {
+    let device = Device::default();
+    let vae = load_vae("vae-tiny", DType::F32);
+    let dist = vae
+        .encode(Tensor::zeros([1, 3, 16, 16], &device))
+        .expect("encode");
+    assert!(dist.sample(Tensor::zeros([1, 4, 4, 4], &device)).is_none());
+    assert!(dist.sample(Tensor::zeros([1, 4, 8, 8], &device)).is_some());
 }

@@ -327,3 +327,19 @@ fn a_pickle_that_would_run_code_is_refused() {
     assert!(matches!(err, ModelError::WeightFile { .. }), "{msg}");
     assert!(msg.contains("system"), "the refused global is named: {msg}");
 }
+
+#[test]
+fn sharded_fp16_variant_loads_through_its_variant_index() {
+    let device = Device::default();
+    let (model, report) = load_component(
+        TinyLoaderModel::new(&device),
+        &fixture("loader/sharded"),
+        Some("fp16"),
+        &LoadOptions::new(),
+    )
+    .expect("sharded fp16");
+    assert!(report.source.ends_with("diffusion_pytorch_model.safetensors.index.fp16.json"));
+    assert_eq!(report.loaded, 10);
+    // The on-disk values are f16-rounded; tolerance as for the single-file fp16 variant.
+    run(&model, 2e-3);
+}

@@ -103,6 +103,11 @@ pub struct CallArgs {
     pub aesthetic_score: f32,
     /// SDXL img2img `negative_aesthetic_score` (default 2.5).
     pub negative_aesthetic_score: f32,
+    /// SDXL `denoising_end` in (0, 1): stop early, leaving the rest to a refiner.
+    pub denoising_end: Option<f32>,
+    /// SDXL img2img `denoising_start` in (0, 1): start part-way, without adding noise to the
+    /// init latents (the refiner half of an ensemble of experts).
+    pub denoising_start: Option<f32>,
     /// `output_type`.
     pub output_type: OutputType,
 }
@@ -139,6 +144,8 @@ impl Default for CallArgs {
             negative_target_size: None,
             aesthetic_score: 6.0,
             negative_aesthetic_score: 2.5,
+            denoising_end: None,
+            denoising_start: None,
             output_type: OutputType::Pil,
         }
     }
@@ -170,7 +177,10 @@ pub struct PipelineOutput {
 impl PipelineOutput {
     /// The images as 8-bit RGB (empty for `Latent`).
     pub fn rgb8(&self) -> Vec<RgbImage> {
-        self.images.as_ref().map(FloatImages::to_rgb8_all).unwrap_or_default()
+        self.images
+            .as_ref()
+            .map(FloatImages::to_rgb8_all)
+            .unwrap_or_default()
     }
 }
 
@@ -230,7 +240,10 @@ fn rescale_noise_cfg(cfg: Tensor<4>, text: Tensor<4>, phi: f32) -> Tensor<4> {
         let flat = x.reshape([b, c * h * w]);
         let n = (c * h * w) as f32;
         let mean = flat.clone().mean_dim(1);
-        let var = (flat - mean).powi_scalar(2).sum_dim(1).div_scalar((n - 1.0).max(1.0));
+        let var = (flat - mean)
+            .powi_scalar(2)
+            .sum_dim(1)
+            .div_scalar((n - 1.0).max(1.0));
         var.sqrt().reshape([b, 1, 1, 1])
     };
     let std_text = std(text);
@@ -246,13 +259,29 @@ pub(crate) fn strength_timesteps(
     num_inference_steps: usize,
     strength: f32,
 ) -> Vec<f64> {
-    let init = ((num_inference_steps as f64 * f64::from(strength)) as usize).min(num_inference_steps);
+    let init =
+        ((num_inference_steps as f64 * f64::from(strength)) as usize).min(num_inference_steps);
     let t_start = num_inference_steps.saturating_sub(init);
     let order = scheduler.order();
     let all = scheduler.timesteps().to_vec();
     let begin = (t_start * order).min(all.len());
     scheduler.set_begin_index(begin);
     all.get(begin..).map(<[f64]>::to_vec).unwrap_or_default()
+}
+
+/// `num_train_timesteps` of the scheduler config (1000 when absent).
+pub(crate) fn num_train_timesteps(scheduler: &Scheduler) -> f64 {
+    scheduler
+        .config_json()
+        .ok()
+        .and_then(|c| c.get("num_train_timesteps").and_then(serde_json::Value::as_f64))
+        .unwrap_or(1000.0)
+}
+
+/// SDXL's discrete cutoff `int(round(T - fraction * T))` (Python's `round`: ties to even).
+pub(crate) fn timestep_cutoff(scheduler: &Scheduler, fraction: f32) -> f64 {
+    let t = num_train_timesteps(scheduler);
+    (t - f64::from(fraction) * t).round_ties_even()
 }
 
 /// `vae.encode(image).latent_dist.sample(generator)`: one sample for the batch with one
@@ -263,18 +292,22 @@ pub(crate) fn encode_vae_image(
     generators: &mut [TorchGenerator],
     device: &Device,
 ) -> Result<Tensor<4>, PipelineError> {
-    let encode_one = |img: Tensor<4>, gens: &mut [TorchGenerator]| -> Result<Tensor<4>, PipelineError> {
-        let dist = vae.encode(img)?;
-        let shape = dist.mean.dims();
-        let noise = randn(shape, gens, device)?;
-        dist.sample(noise)
-            .ok_or_else(|| PipelineError::arg("image", "VAE posterior and noise shapes differ"))
-    };
+    let encode_one =
+        |img: Tensor<4>, gens: &mut [TorchGenerator]| -> Result<Tensor<4>, PipelineError> {
+            let dist = vae.encode(img)?;
+            let shape = dist.mean.dims();
+            let noise = randn(shape, gens, device)?;
+            dist.sample(noise)
+                .ok_or_else(|| PipelineError::arg("image", "VAE posterior and noise shapes differ"))
+        };
     let latents = if generators.len() > 1 {
         let n = image.dims()[0];
         let mut parts = Vec::with_capacity(n);
         for (i, g) in generators.iter_mut().enumerate().take(n) {
-            parts.push(encode_one(image.clone().narrow(0, i, 1), std::slice::from_mut(g))?);
+            parts.push(encode_one(
+                image.clone().narrow(0, i, 1),
+                std::slice::from_mut(g),
+            )?);
         }
         Tensor::cat(parts, 0)
     } else {
@@ -283,12 +316,14 @@ pub(crate) fn encode_vae_image(
     Ok(latents.mul_scalar(vae.scaling_factor() as f32))
 }
 
-/// Decodes final latents and post-processes them (`output_type` `Pil` / `Np`).
+/// Decodes final latents, runs the safety checker (SD 1.x / 2.x pipelines that have one) and
+/// post-processes (`output_type` `Pil` / `Np`): flagged images come back black, as diffusers
+/// zeroes them and skips their denormalisation.
 pub(crate) fn decode_latents(
     pipe: &DiffusionPipeline,
     vae: &AutoencoderKL,
     latents: Tensor<4>,
-) -> Result<FloatImages, PipelineError> {
+) -> Result<(FloatImages, Option<Vec<bool>>), PipelineError> {
     let device = latents.device();
     let mut z = latents;
     // VAEs with latents_mean / latents_std (some SDXL fine-tunes): latents * std / sf + mean.
@@ -312,8 +347,39 @@ pub(crate) fn decode_latents(
     if let Some(shift) = vae.shift_factor() {
         z = z.add_scalar(shift as f32);
     }
-    let image = vae.decode(z)?;
-    VaeImageProcessor::new(pipe.vae_scale_factor()).postprocess(image.cast(burn::tensor::DType::F32), None)
+    let image = vae.decode(z)?.cast(burn::tensor::DType::F32);
+    let processor = VaeImageProcessor::new(pipe.vae_scale_factor());
+    let checker = if pipe.class().is_xl() {
+        None
+    } else {
+        pipe.safety_checker()
+    };
+    let Some(checker) = checker else {
+        return Ok((processor.postprocess(image, None)?, None));
+    };
+    let extractor = pipe.require(pipe.feature_extractor(), "feature_extractor")?;
+    // run_safety_checker: the PIL images (denormalised, rounded to u8) through the CLIP image
+    // processor give clip_input; the checker zeroes flagged images of the decoder output.
+    let pil = processor.postprocess(image.clone(), None)?.to_rgb8_all();
+    let views: Vec<diff_models::image_processor::ImageU8<'_>> = pil
+        .iter()
+        .map(|img| diff_models::image_processor::ImageU8 {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            channels: 3,
+            data: img.as_raw(),
+        })
+        .collect();
+    let clip_input = extractor.preprocess(&views, &device)?;
+    let checked = checker.forward(clip_input, image)?;
+    if checked.has_nsfw_concepts.iter().any(|f| *f) {
+        tracing::warn!(
+            "Potential NSFW content was detected in one or more images. A black image will be returned instead. Try again with a different prompt and/or seed."
+        );
+    }
+    let denormalize: Vec<bool> = checked.has_nsfw_concepts.iter().map(|f| !f).collect();
+    let images = processor.postprocess(checked.images, Some(&denormalize))?;
+    Ok((images, Some(checked.has_nsfw_concepts)))
 }
 
 /// diffusers' `check_inputs` for the sizes: both multiples of 8.

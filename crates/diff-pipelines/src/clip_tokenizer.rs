@@ -29,7 +29,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use unicode_normalization::UnicodeNormalization;
 
-const CLIP_SPLIT: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_SPLIT: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 /// GPT-2's byte-level regex without its whitespace alternatives: after the CLIP split no piece
 /// holds whitespace, so `\s+(?!\S)` and `\s+` never match and the optional leading space of the
 /// other alternatives is never present.
@@ -190,7 +191,10 @@ impl ClipTokenizer {
                 _ => {
                     return Err(tok_err(
                         merges_path,
-                        format!("line {}: expected two symbols separated by one space, got {line:?}", n + 1),
+                        format!(
+                            "line {}: expected two symbols separated by one space, got {line:?}",
+                            n + 1
+                        ),
                     ));
                 }
             }
@@ -215,7 +219,10 @@ impl ClipTokenizer {
             ));
         }
         let vocab: HashMap<String, u32> = serde_json::from_value(
-            model.get("vocab").cloned().unwrap_or(serde_json::Value::Null),
+            model
+                .get("vocab")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
         )
         .map_err(|e| tok_err(path, format!("model.vocab: {e}")))?;
         let mut merges = Vec::new();
@@ -234,13 +241,16 @@ impl ClipTokenizer {
                     }
                     _ => None,
                 },
-                serde_json::Value::String(s) => {
-                    s.split_once(' ').map(|(x, y)| (x.to_string(), y.to_string()))
-                }
+                serde_json::Value::String(s) => s
+                    .split_once(' ')
+                    .map(|(x, y)| (x.to_string(), y.to_string())),
                 _ => None,
             };
             merges.push(pair.ok_or_else(|| {
-                tok_err(path, format!("model.merges[{n}]: expected a pair of symbols, got {m}"))
+                tok_err(
+                    path,
+                    format!("model.merges[{n}]: expected a pair of symbols, got {m}"),
+                )
             })?);
         }
         let added: Vec<JsonAddedToken> = match value.get("added_tokens") {
@@ -276,7 +286,10 @@ impl ClipTokenizer {
         for (rank, (a, b)) in merge_list.iter().enumerate() {
             let lookup = |s: &str| {
                 encoder.get(s).copied().ok_or_else(|| {
-                    tok_err(origin, format!("merge {rank} ({a} {b}): `{s}` is not in the vocabulary"))
+                    tok_err(
+                        origin,
+                        format!("merge {rank} ({a} {b}): `{s}` is not in the vocabulary"),
+                    )
                 })
             };
             let merged = format!("{a}{b}");
@@ -289,7 +302,10 @@ impl ClipTokenizer {
         if let Some(dec) = &config.added_tokens_decoder {
             for (id, tok) in dec {
                 let id: u32 = id.parse().map_err(|_| {
-                    tok_err(origin, format!("added_tokens_decoder key {id:?} is not an id"))
+                    tok_err(
+                        origin,
+                        format!("added_tokens_decoder key {id:?} is not an id"),
+                    )
                 })?;
                 if added.iter().all(|(a, _)| a.content != tok.content) {
                     added.push((
@@ -366,9 +382,19 @@ impl ClipTokenizer {
         };
         // transformers registers the special tokens in this order (bos, eos, unk, pad); the
         // last registration of a content sets its flags.
-        let bos_id = special(&config.bos_token, "<|startoftext|>", &mut added, &mut encoder);
+        let bos_id = special(
+            &config.bos_token,
+            "<|startoftext|>",
+            &mut added,
+            &mut encoder,
+        );
         let eos_id = special(&config.eos_token, "<|endoftext|>", &mut added, &mut encoder);
-        let unk_id = Some(special(&config.unk_token, "<|endoftext|>", &mut added, &mut encoder));
+        let unk_id = Some(special(
+            &config.unk_token,
+            "<|endoftext|>",
+            &mut added,
+            &mut encoder,
+        ));
         let pad_id = special(&config.pad_token, "<|endoftext|>", &mut added, &mut encoder);
         let decoder = encoder.iter().map(|(k, v)| (*v, k.clone())).collect();
         let (normalized, raw): (Vec<_>, Vec<_>) = added.into_iter().partition(|(_, n)| *n);

@@ -50,9 +50,7 @@ pub enum PipelineError {
         message: String,
     },
     /// `model_index.json` names a pipeline class this crate does not implement.
-    #[error(
-        "unknown pipeline class `{class_name}` in `{path}`; supported classes: {supported}"
-    )]
+    #[error("unknown pipeline class `{class_name}` in `{path}`; supported classes: {supported}")]
     UnknownPipeline {
         /// The `_class_name` found.
         class_name: String,
@@ -78,7 +76,9 @@ pub enum PipelineError {
         supported: String,
     },
     /// A component the pipeline needs is absent (`[null, null]` or dropped, and not passed in).
-    #[error("pipeline {pipeline} expected component `{component}`, but it was not loaded or passed")]
+    #[error(
+        "pipeline {pipeline} expected component `{component}`, but it was not loaded or passed"
+    )]
     MissingComponent {
         /// The pipeline class.
         pipeline: String,
@@ -93,15 +93,43 @@ pub enum PipelineError {
         /// What was looked for.
         message: String,
     },
+    /// A Hub repo could not be resolved or downloaded (from diff-hub).
+    #[error(transparent)]
+    Hub(Box<diff_hub::HubError>),
     /// A scheduler could not be built or stepped (from diff-schedulers).
     #[error(transparent)]
-    Scheduler(#[from] diff_schedulers::SchedulerError),
+    Scheduler(Box<diff_schedulers::SchedulerError>),
     /// A diffusers-format file could not be read (from diff-format).
     #[error(transparent)]
-    Format(#[from] diff_format::FormatError),
+    Format(Box<diff_format::FormatError>),
     /// A model could not be built, loaded or run (from diff-models).
     #[error(transparent)]
-    Model(#[from] diff_models::ModelError),
+    Model(Box<diff_models::ModelError>),
+}
+
+// The wrapped errors are boxed to keep `Result<_, PipelineError>` small.
+impl From<diff_hub::HubError> for PipelineError {
+    fn from(e: diff_hub::HubError) -> Self {
+        PipelineError::Hub(Box::new(e))
+    }
+}
+
+impl From<diff_schedulers::SchedulerError> for PipelineError {
+    fn from(e: diff_schedulers::SchedulerError) -> Self {
+        PipelineError::Scheduler(Box::new(e))
+    }
+}
+
+impl From<diff_format::FormatError> for PipelineError {
+    fn from(e: diff_format::FormatError) -> Self {
+        PipelineError::Format(Box::new(e))
+    }
+}
+
+impl From<diff_models::ModelError> for PipelineError {
+    fn from(e: diff_models::ModelError) -> Self {
+        PipelineError::Model(Box::new(e))
+    }
 }
 
 impl PipelineError {

@@ -190,10 +190,14 @@ impl VaeImageProcessor {
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
-            .map_err(|e| PipelineError::arg("image", format!("cannot read decoder output: {e:?}")))?;
+            .map_err(|e| {
+                PipelineError::arg("image", format!("cannot read decoder output: {e:?}"))
+            })?;
         let mut data = vec![0f32; n * h * w * c];
         for b in 0..n {
-            let denorm = do_denormalize.and_then(|d| d.get(b).copied()).unwrap_or(true);
+            let denorm = do_denormalize
+                .and_then(|d| d.get(b).copied())
+                .unwrap_or(true);
             for ch in 0..c {
                 for y in 0..h {
                     for x in 0..w {
@@ -233,7 +237,10 @@ mod tests {
     fn default_height_width_rounds_down_to_the_scale_factor() {
         let p = VaeImageProcessor::new(8);
         assert_eq!(p.default_height_width((100, 70), None, None), (64, 96));
-        assert_eq!(p.default_height_width((100, 70), Some(33), Some(17)), (32, 16));
+        assert_eq!(
+            p.default_height_width((100, 70), Some(33), Some(17)),
+            (32, 16)
+        );
     }
 
     #[test]

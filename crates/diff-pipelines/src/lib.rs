@@ -33,7 +33,11 @@ pub mod pipeline;
 mod stable_diffusion;
 mod stable_diffusion_xl;
 
-pub use call::{CallArgs, Generators, OutputType, PipelineOutput, StepCallback, StepControl, StepInfo};
+/// burn's dtype and device types, re-exported for callers that pick them (the CLI).
+pub use burn::tensor::{DType, Device};
+pub use call::{
+    CallArgs, Generators, OutputType, PipelineOutput, StepCallback, StepControl, StepInfo,
+};
 pub use clip_tokenizer::ClipTokenizer;
 pub use error::PipelineError;
 pub use image_processor::{FloatImages, VaeImageProcessor};
@@ -42,5 +46,3 @@ pub use pipeline::{
     SUPPORTED_PIPELINES,
 };
 pub use stable_diffusion_xl::XlEmbeds;
-/// burn's dtype and device types, re-exported for callers that pick them (the CLI).
-pub use burn::tensor::{DType, Device};

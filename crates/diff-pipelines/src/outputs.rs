@@ -16,7 +16,10 @@ fn temp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), PipelineError>) -> Result<(), PipelineError> {
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), PipelineError>,
+) -> Result<(), PipelineError> {
     let tmp = temp_name(path);
     if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_file(&tmp);
@@ -46,11 +49,18 @@ pub fn save_float_images(path: &Path, images: &FloatImages) -> Result<(), Pipeli
     let bytes: Vec<u8> = images.data.iter().flat_map(|v| v.to_le_bytes()).collect();
     let shape = vec![images.count, images.height, images.width, 3];
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
-        .map_err(|e| PipelineError::arg("images", format!("cannot build the `images` tensor: {e}")))?;
+        .map_err(|e| {
+            PipelineError::arg("images", format!("cannot build the `images` tensor: {e}"))
+        })?;
     let data = safetensors::serialize([("images", view)], None).map_err(|e| {
-        PipelineError::arg("images", format!("cannot serialize {}: {e}", path.display()))
+        PipelineError::arg(
+            "images",
+            format!("cannot serialize {}: {e}", path.display()),
+        )
     })?;
-    write_atomic(path, |tmp| std::fs::write(tmp, &data).map_err(|e| PipelineError::io(tmp, e)))
+    write_atomic(path, |tmp| {
+        std::fs::write(tmp, &data).map_err(|e| PipelineError::io(tmp, e))
+    })
 }
 
 /// Reads initial latents `[N, C, h, w]` (float32, float16 or bfloat16) from a safetensors file:
@@ -75,7 +85,10 @@ pub fn load_latents(path: &Path, device: &Device) -> Result<Tensor<4>, PipelineE
     };
     let view = st.tensor(&name).map_err(|e| bad(e.to_string()))?;
     let shape: [usize; 4] = view.shape().try_into().map_err(|_| {
-        bad(format!("`{name}` has shape {:?}; expected 4 dimensions [N, C, h, w]", view.shape()))
+        bad(format!(
+            "`{name}` has shape {:?}; expected 4 dimensions [N, C, h, w]",
+            view.shape()
+        ))
     })?;
     let data = view.data();
     let values: Vec<f32> = match view.dtype() {
@@ -92,8 +105,44 @@ pub fn load_latents(path: &Path, device: &Device) -> Result<Tensor<4>, PipelineE
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
         other => {
-            return Err(bad(format!("`{name}` has dtype {other:?}; expected F32, F16 or BF16")));
+            return Err(bad(format!(
+                "`{name}` has dtype {other:?}; expected F32, F16 or BF16"
+            )));
         }
     };
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+/// Reads float images `[N, H, W, 3]` (float32) from a safetensors file written by
+/// [`save_float_images`] (the tensor `images`).
+pub fn load_float_images(path: &Path) -> Result<FloatImages, PipelineError> {
+    let bytes = std::fs::read(path).map_err(|e| PipelineError::io(path, e))?;
+    let bad = |message: String| PipelineError::Json {
+        path: path.to_path_buf(),
+        message,
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let view = st
+        .tensor("images")
+        .map_err(|e| bad(format!("no float32 tensor `images`: {e}")))?;
+    let (count, height, width) = match (view.dtype(), view.shape()) {
+        (safetensors::Dtype::F32, [n, h, w, 3]) => (*n, *h, *w),
+        (dtype, shape) => {
+            return Err(bad(format!(
+                "`images` is {dtype:?} {shape:?}; expected F32 [N, H, W, 3]"
+            )));
+        }
+    };
+    let data = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(FloatImages {
+        count,
+        height,
+        width,
+        data,
+    })
 }

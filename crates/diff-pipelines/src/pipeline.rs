@@ -11,7 +11,10 @@ use crate::error::PipelineError;
 use burn::tensor::{DType, Device};
 use diff_format::model_index::{ComponentEntry, ModelIndex, PipelineClass as IndexClass};
 use diff_models::weights::LoadOptions as ModelLoadOptions;
-use diff_models::{AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, UNet2DConditionModel};
+use diff_models::{
+    AutoencoderKL, CLIPImageProcessor, CLIPTextModel, CLIPTextModelWithProjection,
+    StableDiffusionSafetyChecker, UNet2DConditionModel,
+};
 use diff_schedulers::Scheduler;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -151,9 +154,10 @@ pub struct PassedComponents {
     pub tokenizer_2: Passed<Arc<ClipTokenizer>>,
     /// `scheduler=`.
     pub scheduler: Passed<Scheduler>,
-    /// `safety_checker=` (only `Drop` is meaningful here: the checker model itself is not
-    /// implemented by diff-models yet).
-    pub safety_checker: Passed<()>,
+    /// `safety_checker=`.
+    pub safety_checker: Passed<Arc<StableDiffusionSafetyChecker>>,
+    /// `feature_extractor=` (the CLIP image processor feeding the safety checker).
+    pub feature_extractor: Passed<Arc<CLIPImageProcessor>>,
 }
 
 /// The keyword arguments of `from_pretrained`.
@@ -213,6 +217,10 @@ pub struct Components {
     pub tokenizer_2: Option<Arc<ClipTokenizer>>,
     /// `scheduler`.
     pub scheduler: Option<Scheduler>,
+    /// `safety_checker` (SD 1.x / 2.x).
+    pub safety_checker: Option<Arc<StableDiffusionSafetyChecker>>,
+    /// `feature_extractor`.
+    pub feature_extractor: Option<Arc<CLIPImageProcessor>>,
     /// The `config.json` (or `scheduler_config.json`, `preprocessor_config.json`) of each
     /// component as read, by component name.
     pub configs: BTreeMap<String, Arc<Map<String, Value>>>,
@@ -253,8 +261,13 @@ fn unsupported(
 }
 
 /// Resolves `repo_or_folder` to a local folder: a directory is used as is (diffusers'
-/// `os.path.isdir`); anything else is a Hub repo id, which needs the Hub client.
-pub fn resolve_folder(repo_or_folder: &str, options: &LoadOptions) -> Result<PathBuf, PipelineError> {
+/// `os.path.isdir`, never filtered); anything else is a Hub repo id, downloaded (or found in the
+/// cache) by diff-hub with diffusers' file selection for the variant, `use_safetensors` and the
+/// passed components. `local_files_only` (or `HF_HUB_OFFLINE=1`) uses the cache only.
+pub fn resolve_folder(
+    repo_or_folder: &str,
+    options: &LoadOptions,
+) -> Result<PathBuf, PipelineError> {
     let path = Path::new(repo_or_folder);
     if path.is_dir() {
         return Ok(path.to_path_buf());
@@ -267,15 +280,50 @@ pub fn resolve_folder(repo_or_folder: &str, options: &LoadOptions) -> Result<Pat
             ),
         ));
     }
-    Err(PipelineError::NotFound {
-        what: repo_or_folder.to_string(),
-        message: format!(
-            "no local folder of that name; downloading Hub repos (revision {:?}, local_files_only {}) \
-             is not wired into diff-pipelines yet: download it first and pass the folder",
-            options.revision.as_deref().unwrap_or("main"),
-            options.local_files_only
+    let mut config = diff_hub::HubConfig::from_env()?;
+    if options.local_files_only {
+        config.offline = true;
+    }
+    let api = diff_hub::HubApi::new(config);
+    let passed = &options.components;
+    let passed_components = [
+        ("unet", !matches!(passed.unet, Passed::Default)),
+        ("vae", !matches!(passed.vae, Passed::Default)),
+        (
+            "text_encoder",
+            !matches!(passed.text_encoder, Passed::Default),
         ),
-    })
+        (
+            "text_encoder_2",
+            !matches!(passed.text_encoder_2, Passed::Default),
+        ),
+        ("tokenizer", !matches!(passed.tokenizer, Passed::Default)),
+        (
+            "tokenizer_2",
+            !matches!(passed.tokenizer_2, Passed::Default),
+        ),
+        ("scheduler", !matches!(passed.scheduler, Passed::Default)),
+        (
+            "safety_checker",
+            !matches!(passed.safety_checker, Passed::Default),
+        ),
+        (
+            "feature_extractor",
+            !matches!(passed.feature_extractor, Passed::Default),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, p)| *p)
+    .map(|(n, _)| n.to_string())
+    .collect();
+    let selection = diff_format::selection::SelectionOptions {
+        variant: options.variant.clone(),
+        use_safetensors: options.use_safetensors,
+        passed_components,
+        ..Default::default()
+    };
+    let revision = options.revision.as_deref().unwrap_or("main");
+    Ok(api.resolve(repo_or_folder, revision, &selection, &diff_hub::NoProgress)?)
 }
 
 impl DiffusionPipeline {
@@ -293,7 +341,9 @@ impl DiffusionPipeline {
             None => {
                 let name = match &index.class_name {
                     IndexClass::Builtin(n) => n.clone(),
-                    IndexClass::Custom { module, class_name } => format!("[{module}, {class_name}] (custom code)"),
+                    IndexClass::Custom { module, class_name } => {
+                        format!("[{module}, {class_name}] (custom code)")
+                    }
                 };
                 PipelineClass::from_name(&name).ok_or_else(|| PipelineError::UnknownPipeline {
                     class_name: name.clone(),
@@ -323,9 +373,10 @@ impl DiffusionPipeline {
         for (name, optional) in class.expected_components() {
             let entry = index.components.get(*name);
             let pair = match entry {
-                Some(ComponentEntry::Class { library, class_name }) => {
-                    Some((library.clone(), class_name.clone()))
-                }
+                Some(ComponentEntry::Class {
+                    library,
+                    class_name,
+                }) => Some((library.clone(), class_name.clone())),
                 _ => None,
             };
             comps.entries.insert((*name).to_string(), pair.clone());
@@ -339,6 +390,7 @@ impl DiffusionPipeline {
                 "tokenizer_2" => matches!(passed.tokenizer_2, Passed::Drop),
                 "scheduler" => matches!(passed.scheduler, Passed::Drop),
                 "safety_checker" => matches!(passed.safety_checker, Passed::Drop),
+                "feature_extractor" => matches!(passed.feature_extractor, Passed::Drop),
                 _ => false,
             };
             if dropped {
@@ -361,9 +413,10 @@ impl DiffusionPipeline {
                 _ => "config.json",
             };
             if sub.join(config_file).is_file() && !is_passed(passed, name) {
-                comps
-                    .configs
-                    .insert((*name).to_string(), Arc::new(read_json_map(&sub.join(config_file))?));
+                comps.configs.insert(
+                    (*name).to_string(),
+                    Arc::new(read_json_map(&sub.join(config_file))?),
+                );
             }
             load_component(
                 &mut comps,
@@ -378,6 +431,9 @@ impl DiffusionPipeline {
             )?;
         }
         apply_passed(&mut comps, passed);
+        if !class.is_xl() {
+            patch_outdated_scheduler(&mut comps)?;
+        }
         let pipe = DiffusionPipeline {
             class,
             components: comps,
@@ -387,6 +443,15 @@ impl DiffusionPipeline {
             dtype: options.dtype,
         };
         pipe.check_required()?;
+        if pipe.components.safety_checker.is_some() && pipe.components.feature_extractor.is_none() {
+            return Err(PipelineError::arg(
+                "feature_extractor",
+                format!(
+                    "Make sure to define a feature extractor when loading {} if you want to use the safety checker. If you do not want to use the safety checker, you can pass `safety_checker=None` instead.",
+                    class.name()
+                ),
+            ));
+        }
         pipe.warn_safety_checker();
         Ok(pipe)
     }
@@ -423,11 +488,7 @@ impl DiffusionPipeline {
         if self.class.is_xl() {
             return;
         }
-        let absent = self
-            .components
-            .entries
-            .get("safety_checker")
-            .is_none_or(Option::is_none);
+        let absent = self.components.safety_checker.is_none();
         if absent && self.requires_safety_checker() {
             tracing::warn!(
                 "You have disabled the safety checker for {} by passing `safety_checker=None`. Ensure \
@@ -519,6 +580,16 @@ impl DiffusionPipeline {
         self.components.tokenizer_2.as_ref()
     }
 
+    /// `pipe.safety_checker`.
+    pub fn safety_checker(&self) -> Option<&Arc<StableDiffusionSafetyChecker>> {
+        self.components.safety_checker.as_ref()
+    }
+
+    /// `pipe.feature_extractor`.
+    pub fn feature_extractor(&self) -> Option<&Arc<CLIPImageProcessor>> {
+        self.components.feature_extractor.as_ref()
+    }
+
     /// `pipe.scheduler`.
     pub fn scheduler(&self) -> Option<&Scheduler> {
         self.components.scheduler.as_ref()
@@ -535,10 +606,12 @@ impl DiffusionPipeline {
         class_name: &str,
         overrides: &Map<String, Value>,
     ) -> Result<(), PipelineError> {
-        let current = self.scheduler().ok_or_else(|| PipelineError::MissingComponent {
-            pipeline: self.class.name().to_string(),
-            component: "scheduler".into(),
-        })?;
+        let current = self
+            .scheduler()
+            .ok_or_else(|| PipelineError::MissingComponent {
+                pipeline: self.class.name().to_string(),
+                component: "scheduler".into(),
+            })?;
         let config = current.config_json().map_err(PipelineError::from)?;
         let new = Scheduler::from_config_as(class_name, &config, overrides)?;
         self.components.scheduler = Some(new);
@@ -570,7 +643,11 @@ impl DiffusionPipeline {
         // stashes it for a round trip back.
         for (key, value) in &self.config {
             if !merged.contains_key(key) {
-                let stashed = if key.starts_with('_') { key.clone() } else { format!("_{key}") };
+                let stashed = if key.starts_with('_') {
+                    key.clone()
+                } else {
+                    format!("_{key}")
+                };
                 merged.insert(stashed, value.clone());
             }
         }
@@ -621,6 +698,36 @@ impl DiffusionPipeline {
     }
 }
 
+/// SD's `__init__` fixes outdated scheduler configs in memory: `steps_offset != 1` becomes 1 and
+/// `clip_sample: true` becomes false, each with diffusers' deprecation warning.
+fn patch_outdated_scheduler(comps: &mut Components) -> Result<(), PipelineError> {
+    let Some(scheduler) = &comps.scheduler else {
+        return Ok(());
+    };
+    let config = scheduler.config_json()?;
+    let mut overrides = Map::new();
+    if let Some(offset) = config.get("steps_offset").and_then(Value::as_i64) {
+        if offset != 1 {
+            tracing::warn!(
+                "The configuration file of this scheduler: {} is outdated. `steps_offset` should be set to 1 instead of {offset}.",
+                scheduler.class_name()
+            );
+            overrides.insert("steps_offset".into(), Value::from(1));
+        }
+    }
+    if config.get("clip_sample") == Some(&Value::Bool(true)) {
+        tracing::warn!(
+            "The configuration file of this scheduler: {} has not set the configuration `clip_sample`. `clip_sample` should be set to False in the configuration file.",
+            scheduler.class_name()
+        );
+        overrides.insert("clip_sample".into(), Value::Bool(false));
+    }
+    if !overrides.is_empty() {
+        comps.scheduler = Some(Scheduler::from_config_as(scheduler.class_name(), &config, &overrides)?);
+    }
+    Ok(())
+}
+
 fn is_passed(passed: &PassedComponents, name: &str) -> bool {
     match name {
         "unet" => matches!(passed.unet, Passed::Replace(_)),
@@ -630,6 +737,8 @@ fn is_passed(passed: &PassedComponents, name: &str) -> bool {
         "tokenizer" => matches!(passed.tokenizer, Passed::Replace(_)),
         "tokenizer_2" => matches!(passed.tokenizer_2, Passed::Replace(_)),
         "scheduler" => matches!(passed.scheduler, Passed::Replace(_)),
+        "safety_checker" => matches!(passed.safety_checker, Passed::Replace(_)),
+        "feature_extractor" => matches!(passed.feature_extractor, Passed::Replace(_)),
         _ => false,
     }
 }
@@ -649,6 +758,8 @@ fn apply_passed(comps: &mut Components, passed: &PassedComponents) {
     apply(&mut comps.tokenizer, &passed.tokenizer);
     apply(&mut comps.tokenizer_2, &passed.tokenizer_2);
     apply(&mut comps.scheduler, &passed.scheduler);
+    apply(&mut comps.safety_checker, &passed.safety_checker);
+    apply(&mut comps.feature_extractor, &passed.feature_extractor);
     if matches!(passed.safety_checker, Passed::Drop) {
         comps.entries.insert("safety_checker".into(), None);
     }
@@ -670,11 +781,18 @@ fn load_component(
         return Ok(());
     }
     let dtype = options.dtype;
-    if options.use_safetensors == Some(true) && matches!(name, "unet" | "vae" | "text_encoder" | "text_encoder_2") {
+    if options.use_safetensors == Some(true)
+        && matches!(name, "unet" | "vae" | "text_encoder" | "text_encoder_2")
+    {
         let has_safetensors = std::fs::read_dir(sub)
             .map_err(|e| PipelineError::io(sub, e))?
             .filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().ends_with(".safetensors") || e.file_name().to_string_lossy().ends_with(".safetensors.index.json"));
+            .any(|e| {
+                e.file_name().to_string_lossy().ends_with(".safetensors")
+                    || e.file_name()
+                        .to_string_lossy()
+                        .ends_with(".safetensors.index.json")
+            });
         if !has_safetensors {
             return Err(PipelineError::NotFound {
                 what: sub.display().to_string(),
@@ -689,26 +807,59 @@ fn load_component(
             log_report(name, &report);
             comps.unet = Some(Arc::new(m));
         }
-        ("unet", ..) => return Err(unsupported(name, library, class_name, index_path, "[diffusers, UNet2DConditionModel]")),
+        ("unet", ..) => {
+            return Err(unsupported(
+                name,
+                library,
+                class_name,
+                index_path,
+                "[diffusers, UNet2DConditionModel]",
+            ));
+        }
         ("vae", "diffusers", "AutoencoderKL") => {
             let opts = ModelLoadOptions::new().with_dtype(dtype);
             let (m, report) = AutoencoderKL::from_pretrained(sub, variant, device, &opts)?;
             log_report(name, &report);
             comps.vae = Some(Arc::new(m));
         }
-        ("vae", ..) => return Err(unsupported(name, library, class_name, index_path, "[diffusers, AutoencoderKL]")),
+        ("vae", ..) => {
+            return Err(unsupported(
+                name,
+                library,
+                class_name,
+                index_path,
+                "[diffusers, AutoencoderKL]",
+            ));
+        }
         ("text_encoder", "transformers", "CLIPTextModel") => {
             let (m, report) = CLIPTextModel::from_pretrained(sub, variant, device, dtype)?;
             log_report(name, &report);
             comps.text_encoder = Some(Arc::new(m));
         }
-        ("text_encoder", ..) => return Err(unsupported(name, library, class_name, index_path, "[transformers, CLIPTextModel]")),
+        ("text_encoder", ..) => {
+            return Err(unsupported(
+                name,
+                library,
+                class_name,
+                index_path,
+                "[transformers, CLIPTextModel]",
+            ));
+        }
         ("text_encoder_2", "transformers", "CLIPTextModelWithProjection") => {
-            let (m, report) = CLIPTextModelWithProjection::from_pretrained(sub, variant, device, dtype)?;
+            let (m, report) =
+                CLIPTextModelWithProjection::from_pretrained(sub, variant, device, dtype)?;
             log_report(name, &report);
             comps.text_encoder_2 = Some(Arc::new(m));
         }
-        ("text_encoder_2", ..) => return Err(unsupported(name, library, class_name, index_path, "[transformers, CLIPTextModelWithProjection]")),
+        ("text_encoder_2", ..) => {
+            return Err(unsupported(
+                name,
+                library,
+                class_name,
+                index_path,
+                "[transformers, CLIPTextModelWithProjection]",
+            ));
+        }
         ("tokenizer" | "tokenizer_2", "transformers", "CLIPTokenizer" | "CLIPTokenizerFast") => {
             let tok = Arc::new(ClipTokenizer::from_pretrained(sub)?);
             if name == "tokenizer" {
@@ -717,7 +868,15 @@ fn load_component(
                 comps.tokenizer_2 = Some(tok);
             }
         }
-        ("tokenizer" | "tokenizer_2", ..) => return Err(unsupported(name, library, class_name, index_path, "[transformers, CLIPTokenizer], [transformers, CLIPTokenizerFast]")),
+        ("tokenizer" | "tokenizer_2", ..) => {
+            return Err(unsupported(
+                name,
+                library,
+                class_name,
+                index_path,
+                "[transformers, CLIPTokenizer], [transformers, CLIPTokenizerFast]",
+            ));
+        }
         ("scheduler", "diffusers", _) => {
             let path = sub.join("scheduler_config.json");
             let mut config = read_json_map(&path)?;
@@ -734,15 +893,41 @@ fn load_component(
             })?;
             comps.scheduler = Some(scheduler);
         }
-        ("scheduler", ..) => return Err(unsupported(name, library, class_name, index_path, "[diffusers, <scheduler class>]")),
+        ("scheduler", ..) => {
+            return Err(unsupported(
+                name,
+                library,
+                class_name,
+                index_path,
+                "[diffusers, <scheduler class>]",
+            ));
+        }
+        ("safety_checker", "stable_diffusion", "StableDiffusionSafetyChecker") => {
+            let (m, report) =
+                StableDiffusionSafetyChecker::from_pretrained(sub, variant, device, dtype)?;
+            log_report(name, &report);
+            comps.safety_checker = Some(Arc::new(m));
+        }
         ("safety_checker", ..) => {
-            // The checker network is not in diff-models yet: keep its entry (so the licence
-            // warning stays quiet) and report no flags.
-            tracing::warn!(
-                "{}: the safety checker model is not implemented yet; images are returned unchecked \
-                 (nsfw_content_detected is None)",
-                sub.display()
-            );
+            return Err(unsupported(
+                name,
+                library,
+                class_name,
+                index_path,
+                "[stable_diffusion, StableDiffusionSafetyChecker]",
+            ));
+        }
+        ("feature_extractor", "transformers", "CLIPImageProcessor" | "CLIPFeatureExtractor") => {
+            comps.feature_extractor = Some(Arc::new(CLIPImageProcessor::from_pretrained(sub)?));
+        }
+        ("feature_extractor", ..) => {
+            return Err(unsupported(
+                name,
+                library,
+                class_name,
+                index_path,
+                "[transformers, CLIPImageProcessor]",
+            ));
         }
         // Feature extractor / image encoder: configs only (read above).
         _ => {}

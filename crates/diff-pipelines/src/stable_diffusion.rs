@@ -50,7 +50,9 @@ pub(crate) fn repeat_per_prompt(x: Tensor<3>, n: usize) -> Tensor<3> {
         return x;
     }
     let [b, s, c] = x.dims();
-    x.unsqueeze_dim::<4>(1).repeat_dim(1, n).reshape([b * n, s, c])
+    x.unsqueeze_dim::<4>(1)
+        .repeat_dim(1, n)
+        .reshape([b * n, s, c])
 }
 
 /// `[B, C]` -> `[B * n, C]`, each row's copies together.
@@ -95,7 +97,10 @@ fn encode_text(
             let idx = out.hidden_states.len().checked_sub(k + 1).ok_or_else(|| {
                 PipelineError::arg(
                     "clip_skip",
-                    format!("clip_skip {k} is deeper than the text encoder's {} layers", out.hidden_states.len().saturating_sub(1)),
+                    format!(
+                        "clip_skip {k} is deeper than the text encoder's {} layers",
+                        out.hidden_states.len().saturating_sub(1)
+                    ),
                 )
             })?;
             let h = out
@@ -169,7 +174,10 @@ impl DiffusionPipeline {
         } else {
             None
         };
-        Ok((repeat_per_prompt(cond, n), uncond.map(|u| repeat_per_prompt(u, n))))
+        Ok((
+            repeat_per_prompt(cond, n),
+            uncond.map(|u| repeat_per_prompt(u, n)),
+        ))
     }
 
     fn call_sd(
@@ -270,7 +278,12 @@ impl DiffusionPipeline {
                 let n_img = image.dims()[0];
                 if gens.len() > 1 && n_img < total {
                     if total % n_img != 0 {
-                        return Err(PipelineError::arg("image", format!("Cannot duplicate `image` of batch size {n_img} to effective batch_size {total}")));
+                        return Err(PipelineError::arg(
+                            "image",
+                            format!(
+                                "Cannot duplicate `image` of batch size {n_img} to effective batch_size {total}"
+                            ),
+                        ));
                     }
                     image = image.repeat_dim(0, total / n_img);
                 }
@@ -278,7 +291,12 @@ impl DiffusionPipeline {
                 let n_lat = init.dims()[0];
                 if total > n_lat {
                     if total % n_lat != 0 {
-                        return Err(PipelineError::arg("image", format!("Cannot duplicate `image` of batch size {n_lat} to {total} text prompts.")));
+                        return Err(PipelineError::arg(
+                            "image",
+                            format!(
+                                "Cannot duplicate `image` of batch size {n_lat} to {total} text prompts."
+                            ),
+                        ));
                     }
                     init = init.repeat_dim(0, total / n_lat);
                 }
@@ -290,26 +308,29 @@ impl DiffusionPipeline {
                     .image
                     .as_ref()
                     .ok_or_else(|| PipelineError::arg("image", "inpainting needs an `image`"))?;
-                let masks = args
-                    .mask_image
-                    .as_ref()
-                    .ok_or_else(|| PipelineError::arg("mask_image", "inpainting needs a `mask_image`"))?;
+                let masks = args.mask_image.as_ref().ok_or_else(|| {
+                    PipelineError::arg("mask_image", "inpainting needs a `mask_image`")
+                })?;
                 if unet_channels != 4 && unet_channels != 4 + 1 + latent_channels {
                     return Err(PipelineError::arg(
                         "unet",
-                        format!("The unet should have either 4 or 9 input channels, not {unet_channels}."),
+                        format!(
+                            "The unet should have either 4 or 9 input channels, not {unet_channels}."
+                        ),
                     ));
                 }
-                let init_image = processor.preprocess(images, Some(height), Some(width), &device)?;
+                let init_image =
+                    processor.preprocess(images, Some(height), Some(width), &device)?;
                 let is_strength_max = strength == 1.0;
                 let return_image_latents = unet_channels == 4;
-                let image_latents = if return_image_latents || (args.latents.is_none() && !is_strength_max) {
-                    let l = encode_vae_image(vae, init_image.clone(), &mut gens, &device)?;
-                    let n_lat = l.dims()[0];
-                    Some(l.repeat_dim(0, (total / n_lat.max(1)).max(1)))
-                } else {
-                    None
-                };
+                let image_latents =
+                    if return_image_latents || (args.latents.is_none() && !is_strength_max) {
+                        let l = encode_vae_image(vae, init_image.clone(), &mut gens, &device)?;
+                        let n_lat = l.dims()[0];
+                        Some(l.repeat_dim(0, (total / n_lat.max(1)).max(1)))
+                    } else {
+                        None
+                    };
                 let (latents, noise) = match &args.latents {
                     Some(l) => (l.clone().mul_scalar(sigma0), l.clone()),
                     None => {
@@ -317,7 +338,9 @@ impl DiffusionPipeline {
                         let latents = if is_strength_max {
                             noise.clone().mul_scalar(sigma0)
                         } else {
-                            let il = image_latents.clone().ok_or_else(|| PipelineError::arg("image", "no image latents"))?;
+                            let il = image_latents
+                                .clone()
+                                .ok_or_else(|| PipelineError::arg("image", "no image latents"))?;
                             scheduler.add_noise(il, noise.clone(), &vec![first_t; total])?
                         };
                         (latents, noise)
@@ -331,7 +354,11 @@ impl DiffusionPipeline {
                 let dup = |t: Tensor<4>| {
                     let n = t.dims()[0];
                     let t = t.repeat_dim(0, (total / n.max(1)).max(1));
-                    if do_cfg { Tensor::cat(vec![t.clone(), t], 0) } else { t }
+                    if do_cfg {
+                        Tensor::cat(vec![t.clone(), t], 0)
+                    } else {
+                        t
+                    }
                 };
                 inpaint = Some((dup(mask), dup(masked_latents), image_latents, noise));
                 latents
@@ -377,7 +404,12 @@ impl DiffusionPipeline {
                 latents = init_mask.clone().neg().add_scalar(1.0) * proper + init_mask * latents;
             }
             if let Some(cb) = callback.as_mut() {
-                let info = StepInfo { step: i, total: steps, timestep: t, latents: &latents };
+                let info = StepInfo {
+                    step: i,
+                    total: steps,
+                    timestep: t,
+                    latents: &latents,
+                };
                 if cb(&info) == StepControl::Stop {
                     interrupted = true;
                     break;
@@ -385,14 +417,17 @@ impl DiffusionPipeline {
             }
         }
 
-        let images = match args.output_type {
-            OutputType::Latent => None,
-            _ => Some(decode_latents(self, vae, latents.clone())?),
+        let (images, nsfw_content_detected) = match args.output_type {
+            OutputType::Latent => (None, None),
+            _ => {
+                let (images, flags) = decode_latents(self, vae, latents.clone())?;
+                (Some(images), flags)
+            }
         };
         Ok(PipelineOutput {
             images,
             latents,
-            nsfw_content_detected: None,
+            nsfw_content_detected,
             interrupted,
         })
     }
@@ -413,7 +448,12 @@ pub(crate) fn nearest_downsample(mask: Tensor<4>, h: usize, w: usize) -> Tensor<
             let sy = (y * ih) / h.max(1);
             for x in 0..w {
                 let sx = (x * iw) / w.max(1);
-                out.push(values.get((plane * ih + sy) * iw + sx).copied().unwrap_or(0.0));
+                out.push(
+                    values
+                        .get((plane * ih + sy) * iw + sx)
+                        .copied()
+                        .unwrap_or(0.0),
+                );
             }
         }
     }
@@ -423,6 +463,9 @@ pub(crate) fn nearest_downsample(mask: Tensor<4>, h: usize, w: usize) -> Tensor<
 fn unreachable_class(class: PipelineClass) -> Result<Tensor<4>, PipelineError> {
     Err(PipelineError::arg(
         "pipeline",
-        format!("{} is not a Stable Diffusion 1.x/2.x pipeline", class.name()),
+        format!(
+            "{} is not a Stable Diffusion 1.x/2.x pipeline",
+            class.name()
+        ),
     ))
 }

@@ -10,6 +10,7 @@
 use crate::call::{
     CallArgs, OutputType, PipelineOutput, StepCallback, StepControl, StepInfo, check_size,
     decode_latents, default_guidance, encode_vae_image, guide, randn, strength_timesteps,
+    timestep_cutoff,
 };
 use crate::error::PipelineError;
 use crate::image_processor::VaeImageProcessor;
@@ -38,7 +39,10 @@ fn hidden_index(len: usize, clip_skip: Option<usize>) -> Result<usize, PipelineE
     len.checked_sub(back).ok_or_else(|| {
         PipelineError::arg(
             "clip_skip",
-            format!("clip_skip {clip_skip:?} is deeper than the text encoder's {} layers", len.saturating_sub(1)),
+            format!(
+                "clip_skip {clip_skip:?} is deeper than the text encoder's {} layers",
+                len.saturating_sub(1)
+            ),
         )
     })
 }
@@ -57,18 +61,32 @@ impl DiffusionPipeline {
         if let (Some(tok), Some(te)) = (self.tokenizer(), self.text_encoder()) {
             let out = te.forward(tokenize(tok, prompts, device))?;
             let idx = hidden_index(out.hidden_states.len(), clip_skip)?;
-            parts.push(out.hidden_states.get(idx).cloned().ok_or_else(|| PipelineError::arg("clip_skip", "no such hidden state"))?);
+            parts.push(
+                out.hidden_states
+                    .get(idx)
+                    .cloned()
+                    .ok_or_else(|| PipelineError::arg("clip_skip", "no such hidden state"))?,
+            );
         }
         let tok2 = self.require(self.tokenizer_2(), "tokenizer_2")?;
         let te2 = self.require(self.text_encoder_2(), "text_encoder_2")?;
         let out = te2.forward(tokenize(tok2, prompts_2, device))?;
         let idx = hidden_index(out.hidden_states.len(), clip_skip)?;
-        parts.push(out.hidden_states.get(idx).cloned().ok_or_else(|| PipelineError::arg("clip_skip", "no such hidden state"))?);
+        parts.push(
+            out.hidden_states
+                .get(idx)
+                .cloned()
+                .ok_or_else(|| PipelineError::arg("clip_skip", "no such hidden state"))?,
+        );
         Ok((Tensor::cat(parts, 2), out.text_embeds))
     }
 
     /// SDXL `encode_prompt`.
-    pub fn encode_prompt_xl(&self, args: &CallArgs, do_cfg: bool) -> Result<XlEmbeds, PipelineError> {
+    pub fn encode_prompt_xl(
+        &self,
+        args: &CallArgs,
+        do_cfg: bool,
+    ) -> Result<XlEmbeds, PipelineError> {
         let n = args.num_images_per_prompt.max(1);
         let (cond, pooled) = match (&args.prompt_embeds, &args.pooled_prompt_embeds) {
             (Some(e), Some(p)) => (e.clone(), p.clone()),
@@ -91,13 +109,21 @@ impl DiffusionPipeline {
             .unwrap_or(true);
         let (neg, neg_pooled) = if !do_cfg {
             (None, None)
-        } else if let (Some(e), Some(p)) = (&args.negative_prompt_embeds, &args.negative_pooled_prompt_embeds) {
+        } else if let (Some(e), Some(p)) = (
+            &args.negative_prompt_embeds,
+            &args.negative_pooled_prompt_embeds,
+        ) {
             (Some(e.clone()), Some(p.clone()))
         } else if args.negative_prompt.is_none() && force_zeros {
             (Some(cond.zeros_like()), Some(pooled.zeros_like()))
         } else {
             let neg = negative_prompts(args.negative_prompt.as_ref(), batch)?;
-            let neg2 = negative_prompts(args.negative_prompt_2.as_ref().or(args.negative_prompt.as_ref()), batch)?;
+            let neg2 = negative_prompts(
+                args.negative_prompt_2
+                    .as_ref()
+                    .or(args.negative_prompt.as_ref()),
+                batch,
+            )?;
             // The negative side never uses clip_skip.
             let (e, p) = self.encode_xl_side(&neg, &neg2, None)?;
             (Some(e), Some(p))
@@ -127,7 +153,9 @@ impl DiffusionPipeline {
 
         let (height, width) = match (img2img, &args.image) {
             (true, Some(images)) => {
-                let first = images.first().ok_or_else(|| PipelineError::arg("image", "no image given"))?;
+                let first = images
+                    .first()
+                    .ok_or_else(|| PipelineError::arg("image", "no image given"))?;
                 processor.default_height_width(first.dimensions(), args.height, args.width)
             }
             (true, None) => return Err(PipelineError::arg("image", "img2img needs an `image`")),
@@ -162,17 +190,50 @@ impl DiffusionPipeline {
 
         let mut scheduler = self.require(self.scheduler(), "scheduler")?.clone();
         scheduler.set_timesteps(args.num_inference_steps)?;
-        let timesteps = if img2img {
-            strength_timesteps(&mut scheduler, args.num_inference_steps, strength)
-        } else {
-            scheduler.timesteps().to_vec()
+        let valid = |f: Option<f32>| f.filter(|v| *v > 0.0 && *v < 1.0);
+        let denoising_start = if img2img { valid(args.denoising_start) } else { None };
+        let denoising_end = valid(args.denoising_end);
+        if let (Some(s), Some(e)) = (denoising_start, denoising_end) {
+            if s >= e {
+                return Err(PipelineError::arg(
+                    "denoising_start",
+                    format!("`denoising_start`: {s} cannot be larger than or equal to `denoising_end`: {e} when using type float."),
+                ));
+            }
+        }
+        let mut timesteps = match (img2img, denoising_start) {
+            (true, None) => strength_timesteps(&mut scheduler, args.num_inference_steps, strength),
+            (true, Some(start)) => {
+                // Strength is ignored: start at the timestep `denoising_start` names.
+                let cutoff = timestep_cutoff(&scheduler, start);
+                let all = scheduler.timesteps().to_vec();
+                let mut n = all.iter().filter(|t| **t < cutoff).count();
+                if scheduler.order() == 2 && n % 2 == 0 {
+                    n += 1;
+                }
+                let t_start = all.len().saturating_sub(n);
+                scheduler.set_begin_index(t_start);
+                all.get(t_start..).map(<[f64]>::to_vec).unwrap_or_default()
+            }
+            (false, _) => scheduler.timesteps().to_vec(),
         };
+        if let Some(end) = denoising_end {
+            let cutoff = timestep_cutoff(&scheduler, end);
+            let keep = timesteps.iter().filter(|t| **t >= cutoff).count();
+            timesteps.truncate(keep);
+        }
         if timesteps.is_empty() {
-            return Err(PipelineError::arg("strength", format!("strength {strength} leaves no denoising step")));
+            return Err(PipelineError::arg(
+                "strength",
+                format!("strength {strength} leaves no denoising step"),
+            ));
         }
         let sigma0 = scheduler.init_noise_sigma();
         let mut latents = if img2img {
-            let images = args.image.as_ref().ok_or_else(|| PipelineError::arg("image", "img2img needs an `image`"))?;
+            let images = args
+                .image
+                .as_ref()
+                .ok_or_else(|| PipelineError::arg("image", "img2img needs an `image`"))?;
             let mut image = processor.preprocess(images, Some(height), Some(width), &device)?;
             let n_img = image.dims()[0];
             if gens.len() > 1 && n_img < total && total % n_img == 0 {
@@ -180,7 +241,11 @@ impl DiffusionPipeline {
             }
             let mut init = encode_vae_image(vae, image, &mut gens, &device)?;
             let stats = |key: &str| -> Option<Vec<f32>> {
-                self.config_value("vae", key)?.as_array()?.iter().map(|v| v.as_f64().map(|f| f as f32)).collect()
+                self.config_value("vae", key)?
+                    .as_array()?
+                    .iter()
+                    .map(|v| v.as_f64().map(|f| f as f32))
+                    .collect()
             };
             if let (Some(mean), Some(std)) = (stats("latents_mean"), stats("latents_std")) {
                 // init was scaled by encode_vae_image: (x - mean) * sf / std = (x*sf - mean*sf) / std.
@@ -193,13 +258,23 @@ impl DiffusionPipeline {
             let n_lat = init.dims()[0];
             if total > n_lat {
                 if total % n_lat != 0 {
-                    return Err(PipelineError::arg("image", format!("Cannot duplicate `image` of batch size {n_lat} to {total} text prompts.")));
+                    return Err(PipelineError::arg(
+                        "image",
+                        format!(
+                            "Cannot duplicate `image` of batch size {n_lat} to {total} text prompts."
+                        ),
+                    ));
                 }
                 init = init.repeat_dim(0, total / n_lat);
             }
-            let noise = randn(init.dims(), &mut gens, &device)?;
-            let first_t = timesteps.first().copied().unwrap_or(0.0);
-            scheduler.add_noise(init, noise, &vec![first_t; total])?
+            if denoising_start.is_some() {
+                // add_noise=False: the latents are already partly denoised.
+                init
+            } else {
+                let noise = randn(init.dims(), &mut gens, &device)?;
+                let first_t = timesteps.first().copied().unwrap_or(0.0);
+                scheduler.add_noise(init, noise, &vec![first_t; total])?
+            }
         } else {
             let shape = [total, latent_channels, height / factor, width / factor];
             match &args.latents {
@@ -210,7 +285,11 @@ impl DiffusionPipeline {
 
         // Added conditioning.
         let [_, _, lh, lw] = latents.dims();
-        let (h, w) = if img2img { (lh * factor, lw * factor) } else { (height, width) };
+        let (h, w) = if img2img {
+            (lh * factor, lw * factor)
+        } else {
+            (height, width)
+        };
         let original = args.original_size.unwrap_or((h, w));
         let target = args.target_size.unwrap_or((h, w));
         let crops = args.crops_coords_top_left;
@@ -230,25 +309,39 @@ impl DiffusionPipeline {
             if aesthetics {
                 (
                     ids(original, crops, vec![args.aesthetic_score]),
-                    ids(neg_original, args.negative_crops_coords_top_left, vec![args.negative_aesthetic_score]),
+                    ids(
+                        neg_original,
+                        args.negative_crops_coords_top_left,
+                        vec![args.negative_aesthetic_score],
+                    ),
                 )
             } else {
                 // diffusers 0.42.1 uses the positive crop coordinates for the negative ids here.
                 (
                     ids(original, crops, vec![target.0 as f32, target.1 as f32]),
-                    ids(neg_original, crops, vec![neg_target.0 as f32, neg_target.1 as f32]),
+                    ids(
+                        neg_original,
+                        crops,
+                        vec![neg_target.0 as f32, neg_target.1 as f32],
+                    ),
                 )
             }
         } else {
             let pos = ids(original, crops, vec![target.0 as f32, target.1 as f32]);
             let neg = match (args.negative_original_size, args.negative_target_size) {
-                (Some(o), Some(t)) => ids(o, args.negative_crops_coords_top_left, vec![t.0 as f32, t.1 as f32]),
+                (Some(o), Some(t)) => ids(
+                    o,
+                    args.negative_crops_coords_top_left,
+                    vec![t.0 as f32, t.1 as f32],
+                ),
                 _ => pos.clone(),
             };
             (pos, neg)
         };
         let width_ids = pos_ids.len();
-        let rows = |v: &Vec<f32>, times: usize| -> Vec<f32> { (0..times).flat_map(|_| v.iter().copied()).collect() };
+        let rows = |v: &Vec<f32>, times: usize| -> Vec<f32> {
+            (0..times).flat_map(|_| v.iter().copied()).collect()
+        };
         let time_ids_data = match (do_cfg, img2img) {
             (false, _) => rows(&pos_ids, total),
             // txt2img: cat([neg, pos]) then repeat(B*n, 1): [neg, pos, neg, pos, ...].
@@ -264,14 +357,18 @@ impl DiffusionPipeline {
             }
         };
         let time_rows = time_ids_data.len() / width_ids.max(1);
-        let time_ids = Tensor::<2>::from_data(TensorData::new(time_ids_data, [time_rows, width_ids]), &device);
-        let (prompt_embeds, text_embeds) = match (embeds.negative_prompt_embeds, embeds.negative_pooled) {
-            (Some(ne), Some(np)) if do_cfg => (
-                Tensor::cat(vec![ne, embeds.prompt_embeds], 0),
-                Tensor::cat(vec![np, embeds.pooled], 0),
-            ),
-            _ => (embeds.prompt_embeds, embeds.pooled),
-        };
+        let time_ids = Tensor::<2>::from_data(
+            TensorData::new(time_ids_data, [time_rows, width_ids]),
+            &device,
+        );
+        let (prompt_embeds, text_embeds) =
+            match (embeds.negative_prompt_embeds, embeds.negative_pooled) {
+                (Some(ne), Some(np)) if do_cfg => (
+                    Tensor::cat(vec![ne, embeds.prompt_embeds], 0),
+                    Tensor::cat(vec![np, embeds.pooled], 0),
+                ),
+                _ => (embeds.prompt_embeds, embeds.pooled),
+            };
 
         if !img2img {
             scheduler.set_begin_index(0);
@@ -303,21 +400,29 @@ impl DiffusionPipeline {
                 .step(noise_pred, t, latents, &step_options, Some(&mut gens))?
                 .prev_sample;
             if let Some(cb) = callback.as_mut() {
-                let info = StepInfo { step: i, total: steps, timestep: t, latents: &latents };
+                let info = StepInfo {
+                    step: i,
+                    total: steps,
+                    timestep: t,
+                    latents: &latents,
+                };
                 if cb(&info) == StepControl::Stop {
                     interrupted = true;
                     break;
                 }
             }
         }
-        let images = match args.output_type {
-            OutputType::Latent => None,
-            _ => Some(decode_latents(self, vae, latents.clone())?),
+        let (images, nsfw_content_detected) = match args.output_type {
+            OutputType::Latent => (None, None),
+            _ => {
+                let (images, flags) = decode_latents(self, vae, latents.clone())?;
+                (Some(images), flags)
+            }
         };
         Ok(PipelineOutput {
             images,
             latents,
-            nsfw_content_detected: None,
+            nsfw_content_detected,
             interrupted,
         })
     }

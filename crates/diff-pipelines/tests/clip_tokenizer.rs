@@ -48,8 +48,16 @@ fn load(variant: &Variant) -> ClipTokenizer {
 
 fn check(name: &str, tok: &ClipTokenizer, variant: &Variant, max_length: usize) {
     assert_eq!(tok.pad_token_id(), variant.pad_token_id, "{name}: pad id");
-    assert_eq!(tok.model_max_length(), Some(max_length), "{name}: model_max_length");
-    assert!(variant.cases.len() >= 200, "{name}: fixture has {} prompts", variant.cases.len());
+    assert_eq!(
+        tok.model_max_length(),
+        Some(max_length),
+        "{name}: model_max_length"
+    );
+    assert!(
+        variant.cases.len() >= 200,
+        "{name}: fixture has {} prompts",
+        variant.cases.len()
+    );
     let mut failures = Vec::new();
     for case in &variant.cases {
         let untruncated = tok.encode(&case.prompt);
@@ -70,25 +78,45 @@ fn check(name: &str, tok: &ClipTokenizer, variant: &Variant, max_length: usize) 
             ));
         }
     }
-    assert!(failures.is_empty(), "{name}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{name}: {} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn sd1_tokenizer_from_vocab_and_merges_matches_transformers_on_fixture_prompts() {
     let exp = expected();
-    check("tokenizer", &load(&exp.tokenizer), &exp.tokenizer, exp.max_length);
+    check(
+        "tokenizer",
+        &load(&exp.tokenizer),
+        &exp.tokenizer,
+        exp.max_length,
+    );
 }
 
 #[test]
 fn sdxl_tokenizer_2_padding_with_exclamation_mark_matches_transformers() {
     let exp = expected();
-    check("tokenizer_2", &load(&exp.tokenizer_2), &exp.tokenizer_2, exp.max_length);
+    check(
+        "tokenizer_2",
+        &load(&exp.tokenizer_2),
+        &exp.tokenizer_2,
+        exp.max_length,
+    );
 }
 
 #[test]
 fn tokenizer_json_folder_matches_transformers_on_fixture_prompts() {
     let exp = expected();
-    check("tokenizer_json", &load(&exp.tokenizer_json), &exp.tokenizer_json, exp.max_length);
+    check(
+        "tokenizer_json",
+        &load(&exp.tokenizer_json),
+        &exp.tokenizer_json,
+        exp.max_length,
+    );
 }
 
 #[test]
@@ -96,16 +124,32 @@ fn folder_without_vocabulary_is_a_typed_error_naming_the_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let err = ClipTokenizer::from_pretrained(tmp.path()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("vocab.json") && msg.contains(&tmp.path().display().to_string()), "{msg}");
+    assert!(
+        msg.contains("vocab.json") && msg.contains(&tmp.path().display().to_string()),
+        "{msg}"
+    );
 }
 
 #[test]
 fn corrupt_merges_line_is_a_typed_error_with_the_line_number() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("vocab.json"), r#"{"a": 0, "b": 1, "ab": 2}"#).unwrap();
-    std::fs::write(tmp.path().join("merges.txt"), "#version: 0.2\na b\nthree parts here\n").unwrap();
-    let msg = ClipTokenizer::from_pretrained(tmp.path()).unwrap_err().to_string();
-    assert!(msg.contains("line 3") && msg.contains("merges.txt"), "{msg}");
+    std::fs::write(
+        tmp.path().join("vocab.json"),
+        r#"{"a": 0, "b": 1, "ab": 2}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("merges.txt"),
+        "#version: 0.2\na b\nthree parts here\n",
+    )
+    .unwrap();
+    let msg = ClipTokenizer::from_pretrained(tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("line 3") && msg.contains("merges.txt"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -113,7 +157,9 @@ fn merge_with_unknown_symbol_is_a_typed_error() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("vocab.json"), r#"{"a": 0, "b": 1}"#).unwrap();
     std::fs::write(tmp.path().join("merges.txt"), "#version: 0.2\na b\n").unwrap();
-    let msg = ClipTokenizer::from_pretrained(tmp.path()).unwrap_err().to_string();
+    let msg = ClipTokenizer::from_pretrained(tmp.path())
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("`ab` is not in the vocabulary"), "{msg}");
 }
 

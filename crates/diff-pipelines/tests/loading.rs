@@ -10,13 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 fn no_checker() -> LoadOptions {
     let mut o = LoadOptions::default();
     o.components.safety_checker = Passed::Drop;
-    o.config.insert("requires_safety_checker".into(), Value::Bool(false));
+    o.config
+        .insert("requires_safety_checker".into(), Value::Bool(false));
     o
 }
 
@@ -36,9 +39,14 @@ fn edited_copy(name: &str, edit: impl FnOnce(&mut Map<String, Value>)) -> tempfi
         }
     }
     let mut index: Map<String, Value> =
-        serde_json::from_str(&std::fs::read_to_string(src.join("model_index.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(src.join("model_index.json")).unwrap())
+            .unwrap();
     edit(&mut index);
-    std::fs::write(tmp.path().join("model_index.json"), serde_json::to_string(&index).unwrap()).unwrap();
+    std::fs::write(
+        tmp.path().join("model_index.json"),
+        serde_json::to_string(&index).unwrap(),
+    )
+    .unwrap();
     tmp
 }
 
@@ -47,8 +55,14 @@ fn class_name_picks_the_pipeline_and_components_expose_their_configs() {
     let sd = load("tiny-sd", &no_checker()).unwrap();
     assert_eq!(sd.class(), PipelineClass::StableDiffusion);
     assert_eq!(sd.component_config("unet").unwrap()["in_channels"], 4);
-    assert_eq!(sd.component_config("vae").unwrap()["scaling_factor"], 0.18215);
-    assert_eq!(sd.component_config("scheduler").unwrap()["_class_name"], "PNDMScheduler");
+    assert_eq!(
+        sd.component_config("vae").unwrap()["scaling_factor"],
+        0.18215
+    );
+    assert_eq!(
+        sd.component_config("scheduler").unwrap()["_class_name"],
+        "PNDMScheduler"
+    );
     assert_eq!(sd.tokenizer().unwrap().pad_token_id(), 49407);
     let xl = load("tiny-sdxl", &LoadOptions::default()).unwrap();
     assert_eq!(xl.class(), PipelineClass::StableDiffusionXL);
@@ -62,7 +76,10 @@ fn task_pipeline_ignores_class_name_of_a_text_to_image_checkpoint() {
         pipeline_class: Some(PipelineClass::StableDiffusionImg2Img),
         ..no_checker()
     };
-    assert_eq!(load("tiny-sd", &options).unwrap().class(), PipelineClass::StableDiffusionImg2Img);
+    assert_eq!(
+        load("tiny-sd", &options).unwrap().class(),
+        PipelineClass::StableDiffusionImg2Img
+    );
 }
 
 #[test]
@@ -70,10 +87,17 @@ fn unknown_class_name_is_a_typed_error_listing_supported_pipelines() {
     let dir = edited_copy("tiny-sd", |m| {
         m.insert("_class_name".into(), json!("FluxPipeline"));
     });
-    let err = DiffusionPipeline::from_pretrained(dir.path().to_str().unwrap(), &no_checker()).unwrap_err();
-    assert!(matches!(err, PipelineError::UnknownPipeline { .. }), "{err}");
+    let err = DiffusionPipeline::from_pretrained(dir.path().to_str().unwrap(), &no_checker())
+        .unwrap_err();
+    assert!(
+        matches!(err, PipelineError::UnknownPipeline { .. }),
+        "{err}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("FluxPipeline") && msg.contains("StableDiffusionXLImg2ImgPipeline"), "{msg}");
+    assert!(
+        msg.contains("FluxPipeline") && msg.contains("StableDiffusionXLImg2ImgPipeline"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -84,7 +108,12 @@ fn unsupported_component_class_is_a_typed_error_naming_the_slot() {
     let msg = DiffusionPipeline::from_pretrained(dir.path().to_str().unwrap(), &no_checker())
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("`unet`") && msg.contains("UNet2DModel") && msg.contains("UNet2DConditionModel"), "{msg}");
+    assert!(
+        msg.contains("`unet`")
+            && msg.contains("UNet2DModel")
+            && msg.contains("UNet2DConditionModel"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -92,8 +121,12 @@ fn null_required_component_is_a_missing_component_error() {
     let dir = edited_copy("tiny-sd", |m| {
         m.insert("vae".into(), json!([null, null]));
     });
-    let err = DiffusionPipeline::from_pretrained(dir.path().to_str().unwrap(), &no_checker()).unwrap_err();
-    assert!(matches!(&err, PipelineError::MissingComponent { component, .. } if component == "vae"), "{err}");
+    let err = DiffusionPipeline::from_pretrained(dir.path().to_str().unwrap(), &no_checker())
+        .unwrap_err();
+    assert!(
+        matches!(&err, PipelineError::MissingComponent { component, .. } if component == "vae"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -104,13 +137,22 @@ fn dropping_the_safety_checker_keeps_requires_safety_checker_from_the_index() {
     // diffusers keeps `requires_safety_checker: true` (and warns) when only the checker is
     // dropped; passing `requires_safety_checker=False` records false.
     assert!(pipe.requires_safety_checker());
-    assert!(!load("tiny-sd", &no_checker()).unwrap().requires_safety_checker());
+    assert!(
+        !load("tiny-sd", &no_checker())
+            .unwrap()
+            .requires_safety_checker()
+    );
 }
 
 #[test]
 fn scheduler_swap_uses_the_current_config_plus_overrides() {
     let mut pipe = load("tiny-sd", &no_checker()).unwrap();
-    assert!(pipe.scheduler().unwrap().compatibles().contains(&"DDIMScheduler"));
+    assert!(
+        pipe.scheduler()
+            .unwrap()
+            .compatibles()
+            .contains(&"DDIMScheduler")
+    );
     let mut overrides = Map::new();
     overrides.insert("beta_schedule".into(), json!("linear"));
     pipe.swap_scheduler("DDIMScheduler", &overrides).unwrap();
@@ -119,7 +161,9 @@ fn scheduler_swap_uses_the_current_config_plus_overrides() {
     assert_eq!(cfg["beta_schedule"], "linear");
     // Carried over from the PNDM config.
     assert_eq!(cfg["steps_offset"], 1);
-    let err = pipe.swap_scheduler("NoSuchScheduler", &Map::new()).unwrap_err();
+    let err = pipe
+        .swap_scheduler("NoSuchScheduler", &Map::new())
+        .unwrap_err();
     assert!(err.to_string().contains("NoSuchScheduler"), "{err}");
 }
 
@@ -139,7 +183,11 @@ fn weights_bytes(folder: &Path) -> u64 {
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -148,33 +196,53 @@ fn from_pipe_shares_components_without_copying_weights() {
     let sd = load("tiny-sd", &no_checker()).unwrap();
     let before = rss_bytes();
     let img2img = sd
-        .from_pipe(PipelineClass::StableDiffusionImg2Img, &Default::default(), &Default::default())
+        .from_pipe(
+            PipelineClass::StableDiffusionImg2Img,
+            &Default::default(),
+            &Default::default(),
+        )
         .unwrap();
     let inpaint = sd
-        .from_pipe(PipelineClass::StableDiffusionInpaint, &Default::default(), &Default::default())
+        .from_pipe(
+            PipelineClass::StableDiffusionInpaint,
+            &Default::default(),
+            &Default::default(),
+        )
         .unwrap();
     let grown = rss_bytes().saturating_sub(before);
     let weights = weights_bytes(&fixture("tiny-sd"));
-    eprintln!("from_pipe x2: resident memory grew by {grown} bytes; the shared weights are {weights} bytes");
+    eprintln!(
+        "from_pipe x2: resident memory grew by {grown} bytes; the shared weights are {weights} bytes"
+    );
     for p in [&img2img, &inpaint] {
         assert!(Arc::ptr_eq(sd.unet().unwrap(), p.unet().unwrap()));
         assert!(Arc::ptr_eq(sd.vae().unwrap(), p.vae().unwrap()));
-        assert!(Arc::ptr_eq(sd.text_encoder().unwrap(), p.text_encoder().unwrap()));
+        assert!(Arc::ptr_eq(
+            sd.text_encoder().unwrap(),
+            p.text_encoder().unwrap()
+        ));
         assert!(Arc::ptr_eq(sd.tokenizer().unwrap(), p.tokenizer().unwrap()));
         assert_eq!(p.config()["requires_safety_checker"], false);
     }
     assert_eq!(Arc::strong_count(sd.unet().unwrap()), 3);
     // Two more pipelines must not cost another copy of the weights (tolerance: half of them).
-    assert!(grown < weights / 2, "grew {grown} bytes for {weights} bytes of weights");
+    assert!(
+        grown < weights / 2,
+        "grew {grown} bytes for {weights} bytes of weights"
+    );
     // A passed component replaces the shared one.
     let passed = diff_pipelines::PassedComponents {
         tokenizer: Passed::Replace(Arc::new(
-            diff_pipelines::ClipTokenizer::from_pretrained(fixture("tiny-sdxl").join("tokenizer_2"))
-                .unwrap(),
+            diff_pipelines::ClipTokenizer::from_pretrained(
+                fixture("tiny-sdxl").join("tokenizer_2"),
+            )
+            .unwrap(),
         )),
         ..Default::default()
     };
-    let swapped = sd.from_pipe(PipelineClass::StableDiffusion, &passed, &Default::default()).unwrap();
+    let swapped = sd
+        .from_pipe(PipelineClass::StableDiffusion, &passed, &Default::default())
+        .unwrap();
     assert_eq!(swapped.tokenizer().unwrap().pad_token_id(), 0);
 }
 
@@ -196,7 +264,12 @@ fn fp16_variant_loads_and_generates_finite_images() {
     let out = pipe.call(&args, None).unwrap();
     let images = out.images.unwrap();
     assert_eq!((images.count, images.height, images.width), (1, 16, 16));
-    assert!(images.data.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
+    assert!(
+        images
+            .data
+            .iter()
+            .all(|v| v.is_finite() && (0.0..=1.0).contains(v))
+    );
 }
 
 #[test]
@@ -213,7 +286,11 @@ fn callback_sees_every_step_and_can_stop_early() {
     let mut seen = Vec::new();
     let mut cb = |info: &StepInfo<'_>| {
         seen.push((info.step, info.timestep, info.latents.dims()));
-        if info.step == 1 { StepControl::Stop } else { StepControl::Continue }
+        if info.step == 1 {
+            StepControl::Stop
+        } else {
+            StepControl::Continue
+        }
     };
     let out = pipe.call(&args, Some(&mut cb)).unwrap();
     assert!(out.interrupted && out.images.is_none());
@@ -232,5 +309,8 @@ fn height_not_multiple_of_8_is_an_invalid_argument() {
         ..CallArgs::prompt("a cat")
     };
     let err = pipe.call(&args, None).unwrap_err();
-    assert!(err.to_string().contains("divisible by 8") && err.to_string().contains("100"), "{err}");
+    assert!(
+        err.to_string().contains("divisible by 8") && err.to_string().contains("100"),
+        "{err}"
+    );
 }

@@ -126,7 +126,7 @@ pub(crate) fn np_linspace_open(start: f64, stop: f64, n: usize) -> Vec<f64> {
 /// each `start + i * step`.
 pub(crate) fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = ((stop - start) / step).ceil();
-    if !(len > 0.0) {
+    if len.is_nan() || len <= 0.0 {
         return Vec::new();
     }
     (0..len as usize).map(|i| start + i as f64 * step).collect()
@@ -159,7 +159,9 @@ pub(crate) fn betas_for_alpha_bar(n: usize, transform: &str) -> Vec<f32> {
                 let snr = lmb.exp();
                 (snr / (1.0 + snr)).sqrt()
             }
-            _ => ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2),
+            _ => ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+                .cos()
+                .powi(2),
         }
     };
     (0..n)
@@ -188,14 +190,14 @@ pub(crate) fn make_betas(
     }
     match schedule {
         "linear" => Ok(torch_linspace_f32(beta_start as f32, beta_end as f32, n)),
-        "scaled_linear" => Ok(torch_linspace_f32(
-            beta_start.sqrt() as f32,
-            beta_end.sqrt() as f32,
-            n,
-        )
-        .into_iter()
-        .map(|b| b * b)
-        .collect()),
+        "scaled_linear" => {
+            Ok(
+                torch_linspace_f32(beta_start.sqrt() as f32, beta_end.sqrt() as f32, n)
+                    .into_iter()
+                    .map(|b| b * b)
+                    .collect(),
+            )
+        }
         "squaredcos_cap_v2" => Ok(betas_for_alpha_bar(n, "cosine")),
         "exp" if extra_schedules.contains(&"exp") => Ok(betas_for_alpha_bar(n, "exp")),
         "sigmoid" if extra_schedules.contains(&"sigmoid") => {
@@ -290,7 +292,11 @@ pub(crate) fn numpy_log_f32(x: f32) -> f32 {
         return f32::INFINITY;
     }
     // Denormals are scaled by 2^100 first, as numpy's AVX2 path does.
-    let (v, bias) = if x < f32::MIN_POSITIVE { (x * f32::from_bits(0x7180_0000), 100.0) } else { (x, 0.0) };
+    let (v, bias) = if x < f32::MIN_POSITIVE {
+        (x * f32::from_bits(0x7180_0000), 100.0)
+    } else {
+        (x, 0.0)
+    };
     let bits = v.to_bits();
     let mut exponent = ((bits >> 23) as i32 - 0x7e) as f32 - bias;
     let mut m = f32::from_bits((bits & 0x007f_ffff) | (126 << 23));
@@ -384,9 +390,10 @@ pub(crate) fn check_sigma_flags(
     if [karras, exponential, beta].iter().filter(|b| **b).count() > 1 {
         return Err(SchedulerError::InvalidConfig {
             class,
-            message: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` \
+            message:
+                "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` \
                       can be used"
-                .into(),
+                    .into(),
         });
     }
     if beta {
@@ -493,8 +500,9 @@ pub(crate) fn ddpm_x0<const D: usize>(
 ) -> Tensor<D> {
     let beta_prod = 1.0 - alpha_prod;
     match prediction {
-        Prediction::Epsilon | Prediction::Flow => (sample - model_output.mul_scalar(beta_prod.sqrt()))
-            .div_scalar(alpha_prod.sqrt()),
+        Prediction::Epsilon | Prediction::Flow => {
+            (sample - model_output.mul_scalar(beta_prod.sqrt())).div_scalar(alpha_prod.sqrt())
+        }
         Prediction::Sample => model_output,
         Prediction::VPrediction => {
             sample.mul_scalar(alpha_prod.sqrt()) - model_output.mul_scalar(beta_prod.sqrt())
@@ -518,23 +526,6 @@ pub(crate) fn noise_like<const D: usize>(
         }
     };
     crate::to_tensor(values, dims, &like.device())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scaled_linear_betas_give_sd_alphas_cumprod() {
-        let betas = make_betas("t", "scaled_linear", 0.00085, 0.012, 1000, None, &[]).unwrap();
-        let ac = alphas_cumprod(&betas);
-        // Reference values from the spec (float32 torch).
-        assert_eq!(ac[999], 0.004_660_095);
-        let s = train_sigmas(&ac);
-        assert_eq!(s[999], 14.614_647);
-        // torch gives 0.029167533 (the spec rounds it to ...535), see the Euler fixture cases.
-        assert_eq!(s[0], 0.029_167_533);
-    }
 }
 
 /// The sigma schedule of the k-diffusion style schedulers (LMS, Heun, KDPM2, KDPM2 ancestral):
@@ -662,4 +653,21 @@ pub(crate) fn k_alphas(
         trained,
         extra_schedules,
     )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_linear_betas_give_sd_alphas_cumprod() {
+        let betas = make_betas("t", "scaled_linear", 0.00085, 0.012, 1000, None, &[]).unwrap();
+        let ac = alphas_cumprod(&betas);
+        // Reference values from the spec (float32 torch).
+        assert_eq!(ac[999], 0.004_660_095);
+        let s = train_sigmas(&ac);
+        assert_eq!(s[999], 14.614_647);
+        // torch gives 0.029167533 (the spec rounds it to ...535), see the Euler fixture cases.
+        assert_eq!(s[0], 0.029_167_533);
+    }
 }

@@ -46,6 +46,7 @@ pub(crate) fn clip_or_threshold<const D: usize>(
 }
 
 /// Builds `alphas_cumprod` of a DDPM-family config.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn ddpm_family_alphas(
     class: &'static str,
     schedule: &str,
@@ -56,7 +57,15 @@ pub(crate) fn ddpm_family_alphas(
     rescale: bool,
     extra_schedules: &[&str],
 ) -> Result<Vec<f32>, SchedulerError> {
-    let mut betas = make_betas(class, schedule, beta_start, beta_end, n, trained, extra_schedules)?;
+    let mut betas = make_betas(
+        class,
+        schedule,
+        beta_start,
+        beta_end,
+        n,
+        trained,
+        extra_schedules,
+    )?;
     if rescale {
         betas = rescale_zero_terminal_snr(&betas);
     }
@@ -69,7 +78,11 @@ impl DDIMScheduler {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
-            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+            ],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
         let ac = ddpm_family_alphas(
@@ -83,7 +96,10 @@ impl DDIMScheduler {
             &[],
         )?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { ac[0] };
-        let timesteps = (0..config.num_train_timesteps).rev().map(|t| t as f64).collect();
+        let timesteps = (0..config.num_train_timesteps)
+            .rev()
+            .map(|t| t as f64)
+            .collect();
         Ok(Self {
             config,
             prediction,
@@ -115,8 +131,7 @@ impl DDIMScheduler {
                 "{CLASS}: num_inference_steps {n} exceeds num_train_timesteps {t}"
             )));
         }
-        self.timesteps =
-            spacing_timesteps(self.spacing, t, n, self.config.steps_offset, true);
+        self.timesteps = spacing_timesteps(self.spacing, t, n, self.config.steps_offset, true);
         self.num_inference_steps = Some(n);
         self.index = StepIndex::default();
         Ok(())
@@ -162,12 +177,18 @@ impl DDIMScheduler {
         options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let n = self.num_inference_steps.ok_or(SchedulerError::NotInitialised(CLASS))?;
+        let n = self
+            .num_inference_steps
+            .ok_or(SchedulerError::NotInitialised(CLASS))?;
         let c = &self.config;
         let t = timestep as i64;
         let prev_t = t - (c.num_train_timesteps / n) as i64;
         let alpha_t = self.alpha(t)?;
-        let alpha_prev = if prev_t >= 0 { self.alpha(prev_t)? } else { self.final_alpha_cumprod };
+        let alpha_prev = if prev_t >= 0 {
+            self.alpha(prev_t)?
+        } else {
+            self.final_alpha_cumprod
+        };
         let beta_t = 1.0 - alpha_t;
         let (mut x0, mut eps) = match self.prediction {
             Prediction::Sample => {
@@ -177,11 +198,22 @@ impl DDIMScheduler {
                 (x0, eps)
             }
             Prediction::VPrediction => (
-                ddpm_x0(self.prediction, model_output.clone(), sample.clone(), alpha_t),
-                model_output.clone().mul_scalar(alpha_t.sqrt()) + sample.clone().mul_scalar(beta_t.sqrt()),
+                ddpm_x0(
+                    self.prediction,
+                    model_output.clone(),
+                    sample.clone(),
+                    alpha_t,
+                ),
+                model_output.clone().mul_scalar(alpha_t.sqrt())
+                    + sample.clone().mul_scalar(beta_t.sqrt()),
             ),
             _ => (
-                ddpm_x0(self.prediction, model_output.clone(), sample.clone(), alpha_t),
+                ddpm_x0(
+                    self.prediction,
+                    model_output.clone(),
+                    sample.clone(),
+                    alpha_t,
+                ),
                 model_output.clone(),
             ),
         };
@@ -198,7 +230,8 @@ impl DDIMScheduler {
         let eta = options.eta.unwrap_or(0.0);
         let std_dev = eta * variance.sqrt();
         if options.use_clipped_model_output {
-            eps = (sample.clone() - x0.clone().mul_scalar(alpha_t.sqrt())).div_scalar(beta_t.sqrt());
+            eps =
+                (sample.clone() - x0.clone().mul_scalar(alpha_t.sqrt())).div_scalar(beta_t.sqrt());
         }
         let direction = eps.mul_scalar((1.0 - alpha_prev - std_dev * std_dev).sqrt());
         let mut prev = x0.clone().mul_scalar(alpha_prev.sqrt()) + direction;
@@ -207,7 +240,10 @@ impl DDIMScheduler {
             prev = prev + noise.mul_scalar(std_dev);
         }
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev, pred_original_sample: Some(x0) })
+        Ok(SchedulerOutput {
+            prev_sample: prev,
+            pred_original_sample: Some(x0),
+        })
     }
 
     /// `add_noise`: √ᾱ_t·x0 + √(1-ᾱ_t)·z.

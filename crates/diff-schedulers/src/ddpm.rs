@@ -30,12 +30,21 @@ impl DDPMScheduler {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
-            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+            ],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
         if !matches!(
             config.variance_type.as_str(),
-            "fixed_small" | "fixed_small_log" | "fixed_large" | "fixed_large_log" | "learned" | "learned_range"
+            "fixed_small"
+                | "fixed_small_log"
+                | "fixed_large"
+                | "fixed_large_log"
+                | "learned"
+                | "learned_range"
         ) {
             return Err(unsupported(CLASS, "variance_type", &config.variance_type));
         }
@@ -49,7 +58,10 @@ impl DDPMScheduler {
             config.rescale_betas_zero_snr,
             &["sigmoid", "laplace"],
         )?;
-        let timesteps = (0..config.num_train_timesteps).rev().map(|t| t as f64).collect();
+        let timesteps = (0..config.num_train_timesteps)
+            .rev()
+            .map(|t| t as f64)
+            .collect();
         Ok(Self {
             config,
             prediction,
@@ -70,7 +82,9 @@ impl DDPMScheduler {
     /// `set_timesteps(num_inference_steps | timesteps)`.
     pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.sigmas.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!("{CLASS} takes no custom sigmas")));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom sigmas"
+            )));
         }
         request.check_exclusive(CLASS)?;
         let t = self.config.num_train_timesteps;
@@ -170,18 +184,31 @@ impl DDPMScheduler {
                 let out = parts.pop();
                 match (out, var) {
                     (Some(o), Some(v)) => (o, Some(v)),
-                    _ => return Err(SchedulerError::Shape("cannot split the learned variance".into())),
+                    _ => {
+                        return Err(SchedulerError::Shape(
+                            "cannot split the learned variance".into(),
+                        ));
+                    }
                 }
             } else {
                 (model_output, None)
             };
         let alpha_t = self.alpha(t)?;
-        let alpha_prev = if prev_t >= 0 { self.alpha(prev_t)? } else { 1.0 };
+        let alpha_prev = if prev_t >= 0 {
+            self.alpha(prev_t)?
+        } else {
+            1.0
+        };
         let beta_t = 1.0 - alpha_t;
         let beta_prev = 1.0 - alpha_prev;
         let current_alpha = alpha_t / alpha_prev;
         let current_beta = 1.0 - current_alpha;
-        let x0 = ddpm_x0(self.prediction, model_output.clone(), sample.clone(), alpha_t);
+        let x0 = ddpm_x0(
+            self.prediction,
+            model_output.clone(),
+            sample.clone(),
+            alpha_t,
+        );
         let x0 = clip_or_threshold(
             x0,
             c.thresholding,
@@ -213,7 +240,10 @@ impl DDPMScheduler {
             prev = prev + term;
         }
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev, pred_original_sample: Some(x0) })
+        Ok(SchedulerOutput {
+            prev_sample: prev,
+            pred_original_sample: Some(x0),
+        })
     }
 
     /// `add_noise`: √ᾱ_t·x0 + √(1-ᾱ_t)·z.

@@ -7,7 +7,9 @@ use crate::common::{
     threshold_sample, train_sigmas, unsupported,
 };
 use crate::dpmsolver_multistep::{alpha_sigma, dpm_add_noise, lambda};
-use crate::{SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator};
+use crate::{
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+};
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::DEISMultistepSchedulerConfig;
 
@@ -34,7 +36,12 @@ impl DEISMultistepScheduler {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
-            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction, Prediction::Flow],
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+                Prediction::Flow,
+            ],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
         check_sigma_flags(
@@ -47,7 +54,10 @@ impl DEISMultistepScheduler {
         if matches!(config.algorithm_type.as_str(), "dpmsolver" | "dpmsolver++") {
             config.algorithm_type = "deis".into();
         }
-        if matches!(config.solver_type.as_str(), "midpoint" | "heun" | "bh1" | "bh2") {
+        if matches!(
+            config.solver_type.as_str(),
+            "midpoint" | "heun" | "bh1" | "bh2"
+        ) {
             config.solver_type = "logrho".into();
         }
         if config.algorithm_type != "deis" {
@@ -57,7 +67,11 @@ impl DEISMultistepScheduler {
             return Err(unsupported(CLASS, "solver_type", &config.solver_type));
         }
         if config.solver_order == 0 || config.solver_order > 3 {
-            return Err(unsupported(CLASS, "solver_order", &config.solver_order.to_string()));
+            return Err(unsupported(
+                CLASS,
+                "solver_order",
+                &config.solver_order.to_string(),
+            ));
         }
         let ac = alphas_cumprod(&make_betas(
             CLASS,
@@ -70,11 +84,15 @@ impl DEISMultistepScheduler {
         )?);
         let sigmas = train_sigmas(&ac);
         let order = config.solver_order;
-        let timesteps = np_linspace(0.0, (config.num_train_timesteps - 1) as f64, config.num_train_timesteps)
-            .into_iter()
-            .rev()
-            .map(|t| f64::from(t as f32))
-            .collect();
+        let timesteps = np_linspace(
+            0.0,
+            (config.num_train_timesteps - 1) as f64,
+            config.num_train_timesteps,
+        )
+        .into_iter()
+        .rev()
+        .map(|t| f64::from(t as f32))
+        .collect();
         Ok(Self {
             config,
             prediction,
@@ -103,7 +121,9 @@ impl DEISMultistepScheduler {
         }
         if let Some(mu) = request.mu {
             if !self.config.use_dynamic_shifting {
-                return Err(SchedulerError::InvalidArgument(format!("{CLASS}: `mu` needs use_dynamic_shifting")));
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "{CLASS}: `mu` needs use_dynamic_shifting"
+                )));
             }
             self.config.flow_shift = mu.exp();
         }
@@ -112,8 +132,10 @@ impl DEISMultistepScheduler {
         let t_train = c.num_train_timesteps;
         let mut ts: Vec<f64> = match self.spacing {
             Spacing::Linspace => {
-                let mut v: Vec<f64> =
-                    np_linspace(0.0, (t_train - 1) as f64, n + 1).into_iter().map(np_round).collect();
+                let mut v: Vec<f64> = np_linspace(0.0, (t_train - 1) as f64, n + 1)
+                    .into_iter()
+                    .map(np_round)
+                    .collect();
                 v.reverse();
                 v.pop();
                 v
@@ -127,7 +149,10 @@ impl DEISMultistepScheduler {
             }
             Spacing::Trailing => {
                 let ratio = t_train as f64 / n as f64;
-                np_arange(t_train as f64, 0.0, -ratio).into_iter().map(|x| np_round(x) - 1.0).collect()
+                np_arange(t_train as f64, 0.0, -ratio)
+                    .into_iter()
+                    .map(|x| np_round(x) - 1.0)
+                    .collect()
             }
         };
         let train = train_sigmas(&self.alphas_cumprod);
@@ -216,7 +241,10 @@ impl DEISMultistepScheduler {
         self.sigmas
             .get(i)
             .copied()
-            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+            .ok_or(SchedulerError::StepOutOfRange {
+                index: i,
+                len: self.sigmas.len(),
+            })
     }
 
     fn alpha_sigma_at(&self, i: usize) -> Result<(f32, f32), SchedulerError> {
@@ -227,18 +255,29 @@ impl DEISMultistepScheduler {
         let n = self.model_outputs.len();
         n.checked_sub(1 + back)
             .and_then(|k| self.model_outputs.get(k).cloned().flatten())
-            .ok_or_else(|| SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history")))
+            .ok_or_else(|| {
+                SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history"))
+            })
     }
 
     /// `convert_model_output`: ε recovered from the x0 prediction.
-    fn convert<const D: usize>(&self, model_output: Tensor<D>, sample: Tensor<D>, i: usize) -> Result<Tensor<D>, SchedulerError> {
+    fn convert<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        sample: Tensor<D>,
+        i: usize,
+    ) -> Result<Tensor<D>, SchedulerError> {
         let c = &self.config;
         let sigma = self.sigma_at(i)?;
         let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
         let x0 = match self.prediction {
-            Prediction::Epsilon => (sample.clone() - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t),
+            Prediction::Epsilon => {
+                (sample.clone() - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t)
+            }
             Prediction::Sample => model_output,
-            Prediction::VPrediction => sample.clone().mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t),
+            Prediction::VPrediction => {
+                sample.clone().mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t)
+            }
             Prediction::Flow => sample.clone() - model_output.mul_scalar(sigma),
         };
         let x0 = if c.thresholding {
@@ -275,7 +314,9 @@ impl DEISMultistepScheduler {
         let lower_order_final = i + 1 == len && c.lower_order_final && len < 15;
         let lower_order_second = i + 2 == len && c.lower_order_final && len < 15;
         let dims = sample.dims();
-        let m = self.convert(model_output, sample.clone(), i)?.flatten::<1>(0, D - 1);
+        let m = self
+            .convert(model_output, sample.clone(), i)?
+            .flatten::<1>(0, D - 1);
         self.model_outputs.rotate_left(1);
         if let Some(slot) = self.model_outputs.last_mut() {
             *slot = Some(m.clone());
@@ -290,19 +331,26 @@ impl DEISMultistepScheduler {
             x.mul_scalar(alpha_t / alpha_s0) - m.mul_scalar(sigma_t * (h.exp() - 1.0))
         } else if order == 2 || self.lower_order_nums < 2 || lower_order_second {
             let (alpha_s1, sigma_s1) = self.alpha_sigma_at(i - 1)?;
-            let (rho_t, rho_s0, rho_s1) = (sigma_t / alpha_t, sigma_s0 / alpha_s0, sigma_s1 / alpha_s1);
+            let (rho_t, rho_s0, rho_s1) =
+                (sigma_t / alpha_t, sigma_s0 / alpha_s0, sigma_s1 / alpha_s1);
             let ind = |t: f32, b: f32, c: f32| t * (-ln(c) + ln(t) - 1.0) / (ln(b) - ln(c));
             let coef1 = ind(rho_t, rho_s0, rho_s1) - ind(rho_s0, rho_s0, rho_s1);
             let coef2 = ind(rho_t, rho_s1, rho_s0) - ind(rho_s0, rho_s1, rho_s0);
-            (x.div_scalar(alpha_s0) + m.mul_scalar(coef1) + self.history(1)?.mul_scalar(coef2)).mul_scalar(alpha_t)
+            (x.div_scalar(alpha_s0) + m.mul_scalar(coef1) + self.history(1)?.mul_scalar(coef2))
+                .mul_scalar(alpha_t)
         } else {
             let (alpha_s1, sigma_s1) = self.alpha_sigma_at(i - 1)?;
             let (alpha_s2, sigma_s2) = self.alpha_sigma_at(i - 2)?;
-            let (rho_t, rho_s0, rho_s1, rho_s2) =
-                (sigma_t / alpha_t, sigma_s0 / alpha_s0, sigma_s1 / alpha_s1, sigma_s2 / alpha_s2);
+            let (rho_t, rho_s0, rho_s1, rho_s2) = (
+                sigma_t / alpha_t,
+                sigma_s0 / alpha_s0,
+                sigma_s1 / alpha_s1,
+                sigma_s2 / alpha_s2,
+            );
             let ind = |t: f32, b: f32, c: f32, d: f32| {
                 let num = t
-                    * (ln(c) * (ln(d) - ln(t) + 1.0) - ln(d) * ln(t) + ln(d) + ln(t) * ln(t) - 2.0 * ln(t)
+                    * (ln(c) * (ln(d) - ln(t) + 1.0) - ln(d) * ln(t) + ln(d) + ln(t) * ln(t)
+                        - 2.0 * ln(t)
                         + 2.0);
                 let den = (ln(b) - ln(c)) * (ln(b) - ln(d));
                 num / den
@@ -320,7 +368,10 @@ impl DEISMultistepScheduler {
             self.lower_order_nums += 1;
         }
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev.reshape(dims), pred_original_sample: None })
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: None,
+        })
     }
 
     /// `add_noise`: α_t·x0 + σ_t·z.

@@ -3,8 +3,8 @@
 
 use crate::common::{
     Prediction, Spacing, alphas_cumprod, check_sigma_flags, exponential_sigmas, karras_sigmas,
-    make_betas, noise_like, np_arange, np_interp, np_linspace, np_round,
-    rescale_zero_terminal_snr, sigma_to_t, threshold_sample, train_sigmas, unsupported,
+    make_betas, noise_like, np_arange, np_interp, np_linspace, np_round, rescale_zero_terminal_snr,
+    sigma_to_t, threshold_sample, train_sigmas, unsupported,
 };
 use crate::{
     NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
@@ -76,7 +76,12 @@ impl DPMSolverMultistepScheduler {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
-            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction, Prediction::Flow],
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+                Prediction::Flow,
+            ],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
         check_sigma_flags(
@@ -118,7 +123,11 @@ impl DPMSolverMultistepScheduler {
             });
         }
         if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
-            return Err(unsupported(CLASS, "final_sigmas_type", &config.final_sigmas_type));
+            return Err(unsupported(
+                CLASS,
+                "final_sigmas_type",
+                &config.final_sigmas_type,
+            ));
         }
         if let Some(v) = &config.variance_type
             && !matches!(v.as_str(), "learned" | "learned_range")
@@ -126,10 +135,18 @@ impl DPMSolverMultistepScheduler {
             return Err(unsupported(CLASS, "variance_type", v));
         }
         if config.use_dynamic_shifting && config.time_shift_type != "exponential" {
-            return Err(unsupported(CLASS, "time_shift_type", &config.time_shift_type));
+            return Err(unsupported(
+                CLASS,
+                "time_shift_type",
+                &config.time_shift_type,
+            ));
         }
         if config.solver_order == 0 || config.solver_order > 3 {
-            return Err(unsupported(CLASS, "solver_order", &config.solver_order.to_string()));
+            return Err(unsupported(
+                CLASS,
+                "solver_order",
+                &config.solver_order.to_string(),
+            ));
         }
         let mut betas = make_betas(
             CLASS,
@@ -155,11 +172,15 @@ impl DPMSolverMultistepScheduler {
             .collect();
         let sigmas = train_sigmas(&ac);
         let order = config.solver_order;
-        let timesteps = np_linspace(0.0, (config.num_train_timesteps - 1) as f64, config.num_train_timesteps)
-            .into_iter()
-            .rev()
-            .map(|t| f64::from(t as f32))
-            .collect();
+        let timesteps = np_linspace(
+            0.0,
+            (config.num_train_timesteps - 1) as f64,
+            config.num_train_timesteps,
+        )
+        .into_iter()
+        .rev()
+        .map(|t| f64::from(t as f32))
+        .collect();
         Ok(Self {
             config,
             prediction,
@@ -185,7 +206,9 @@ impl DPMSolverMultistepScheduler {
     /// `set_timesteps(num_inference_steps | timesteps, mu)`.
     pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.sigmas.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!("{CLASS} takes no custom sigmas")));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom sigmas"
+            )));
         }
         request.check_exclusive(CLASS)?;
         if let Some(mu) = request.mu {
@@ -244,7 +267,10 @@ impl DPMSolverMultistepScheduler {
         };
         let n = ts.len();
         let train = train_sigmas(&self.alphas_cumprod);
-        let log_sigmas: Vec<f32> = train.iter().map(|s| crate::common::numpy_log_f32(*s)).collect();
+        let log_sigmas: Vec<f32> = train
+            .iter()
+            .map(|s| crate::common::numpy_log_f32(*s))
+            .collect();
         let round_ts = c.beta_schedule != "squaredcos_cap_v2";
         let (sigma_min, sigma_max) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
         let mut sig: Vec<f64> = if c.use_karras_sigmas {
@@ -344,7 +370,10 @@ impl DPMSolverMultistepScheduler {
         self.sigmas
             .get(i)
             .copied()
-            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+            .ok_or(SchedulerError::StepOutOfRange {
+                index: i,
+                len: self.sigmas.len(),
+            })
     }
 
     /// `convert_model_output`: x0 for the ++ algorithms, ε otherwise.
@@ -364,9 +393,13 @@ impl DPMSolverMultistepScheduler {
         let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
         if self.algorithm.is_pp() {
             let x0 = match self.prediction {
-                Prediction::Epsilon => (sample - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t),
+                Prediction::Epsilon => {
+                    (sample - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t)
+                }
                 Prediction::Sample => model_output,
-                Prediction::VPrediction => sample.mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t),
+                Prediction::VPrediction => {
+                    sample.mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t)
+                }
                 Prediction::Flow => sample - model_output.mul_scalar(sigma),
             };
             if c.thresholding {
@@ -376,7 +409,9 @@ impl DPMSolverMultistepScheduler {
             }
         } else {
             let eps = match self.prediction {
-                Prediction::Sample => (sample.clone() - model_output.mul_scalar(alpha_t)).div_scalar(sigma_t),
+                Prediction::Sample => {
+                    (sample.clone() - model_output.mul_scalar(alpha_t)).div_scalar(sigma_t)
+                }
                 Prediction::VPrediction => {
                     model_output.mul_scalar(alpha_t) + sample.clone().mul_scalar(sigma_t)
                 }
@@ -417,7 +452,9 @@ impl DPMSolverMultistepScheduler {
         let c = &self.config;
         let len = self.timesteps.len();
         let lower_order_final = i + 1 == len
-            && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == "zero");
+            && (c.euler_at_final
+                || (c.lower_order_final && len < 15)
+                || c.final_sigmas_type == "zero");
         let lower_order_second = i + 2 == len && c.lower_order_final && len < 15;
         let dims = sample.dims();
         let converted = self.convert(model_output, sample.clone(), i)?;
@@ -446,7 +483,10 @@ impl DPMSolverMultistepScheduler {
             self.lower_order_nums += 1;
         }
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev.reshape(dims), pred_original_sample: None })
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: None,
+        })
     }
 
     fn alpha_sigma_lambda(&self, i: usize) -> Result<(f32, f32, f32), SchedulerError> {
@@ -458,7 +498,9 @@ impl DPMSolverMultistepScheduler {
         let n = self.model_outputs.len();
         n.checked_sub(1 + back)
             .and_then(|k| self.model_outputs.get(k).cloned().flatten())
-            .ok_or_else(|| SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history")))
+            .ok_or_else(|| {
+                SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history"))
+            })
     }
 
     fn first_order(
@@ -487,7 +529,11 @@ impl DPMSolverMultistepScheduler {
                 x.mul_scalar(alpha_t / alpha_s) - m0.mul_scalar(2.0 * (sigma_t * (h.exp() - 1.0)))
                     + z.mul_scalar(sigma_t * ((2.0 * h).exp() - 1.0).sqrt())
             }
-            _ => return Err(SchedulerError::InvalidArgument("SDE step without noise".into())),
+            _ => {
+                return Err(SchedulerError::InvalidArgument(
+                    "SDE step without noise".into(),
+                ));
+            }
         })
     }
 
@@ -512,7 +558,8 @@ impl DPMSolverMultistepScheduler {
         let e = (-h).exp() - 1.0;
         Ok(match (self.algorithm, self.heun, noise) {
             (Algorithm::DpmSolverPP, false, _) => {
-                x.mul_scalar(sigma_t / sigma_s0) - d0.mul_scalar(alpha_t * e)
+                x.mul_scalar(sigma_t / sigma_s0)
+                    - d0.mul_scalar(alpha_t * e)
                     - d1.mul_scalar(0.5 * (alpha_t * e))
             }
             (Algorithm::DpmSolverPP, true, _) => {
@@ -530,7 +577,8 @@ impl DPMSolverMultistepScheduler {
             }
             (Algorithm::SdeDpmSolverPP, heun, Some(z)) => {
                 let e2 = 1.0 - (-2.0 * h).exp();
-                let base = x.mul_scalar(sigma_t / sigma_s0 * (-h).exp()) + d0.mul_scalar(alpha_t * e2);
+                let base =
+                    x.mul_scalar(sigma_t / sigma_s0 * (-h).exp()) + d0.mul_scalar(alpha_t * e2);
                 let d1_term = if heun {
                     d1.mul_scalar(alpha_t * (e2 / (-2.0 * h) + 1.0))
                 } else {
@@ -548,7 +596,11 @@ impl DPMSolverMultistepScheduler {
                 };
                 base - d1_term + z.mul_scalar(sigma_t * ((2.0 * h).exp() - 1.0).sqrt())
             }
-            _ => return Err(SchedulerError::InvalidArgument("SDE step without noise".into())),
+            _ => {
+                return Err(SchedulerError::InvalidArgument(
+                    "SDE step without noise".into(),
+                ));
+            }
         })
     }
 
@@ -558,7 +610,8 @@ impl DPMSolverMultistepScheduler {
         noise: Option<Tensor<1>>,
         i: usize,
     ) -> Result<Tensor<1>, SchedulerError> {
-        let too_early = || SchedulerError::InvalidArgument(format!("{CLASS}: third order too early"));
+        let too_early =
+            || SchedulerError::InvalidArgument(format!("{CLASS}: third order too early"));
         let (alpha_t, sigma_t, lambda_t) = self.alpha_sigma_lambda(i + 1)?;
         let (alpha_s0, sigma_s0, lambda_s0) = self.alpha_sigma_lambda(i)?;
         let (_, _, lambda_s1) = self.alpha_sigma_lambda(i.checked_sub(1).ok_or_else(too_early)?)?;
@@ -582,7 +635,8 @@ impl DPMSolverMultistepScheduler {
             }
             (Algorithm::DpmSolver, _) => {
                 let e = h.exp() - 1.0;
-                x.mul_scalar(alpha_t / alpha_s0) - d0.mul_scalar(sigma_t * e)
+                x.mul_scalar(alpha_t / alpha_s0)
+                    - d0.mul_scalar(sigma_t * e)
                     - d1.mul_scalar(sigma_t * (e / h - 1.0))
                     - d2.mul_scalar(sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5))
             }
@@ -595,7 +649,11 @@ impl DPMSolverMultistepScheduler {
                     + z.mul_scalar(sigma_t * e2.sqrt())
             }
             _ => {
-                return Err(unsupported(CLASS, "algorithm_type", "sde-dpmsolver (third order)"));
+                return Err(unsupported(
+                    CLASS,
+                    "algorithm_type",
+                    "sde-dpmsolver (third order)",
+                ));
             }
         })
     }
@@ -636,13 +694,17 @@ pub(crate) fn dpm_add_noise<const D: usize>(
         return Ok(original.mul_scalar(a) + noise.mul_scalar(s));
     }
     if pairs.len() != batch {
-        return Err(SchedulerError::Shape(format!("add_noise: {} timesteps for batch {batch}", pairs.len())));
+        return Err(SchedulerError::Shape(format!(
+            "add_noise: {} timesteps for batch {batch}",
+            pairs.len()
+        )));
     }
     let parts = pairs
         .iter()
         .enumerate()
         .map(|(i, (a, s))| {
-            original.clone().narrow(0, i, 1).mul_scalar(*a) + noise.clone().narrow(0, i, 1).mul_scalar(*s)
+            original.clone().narrow(0, i, 1).mul_scalar(*a)
+                + noise.clone().narrow(0, i, 1).mul_scalar(*s)
         })
         .collect();
     Ok(Tensor::cat(parts, 0))

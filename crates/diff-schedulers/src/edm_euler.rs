@@ -1,7 +1,7 @@
 //! `EDMEulerScheduler`: Euler steps in Karras et al.'s EDM formulation (preconditioned
 //! inputs and outputs, karras or exponential sigmas, optional churn).
 
-use crate::common::{noise_like, unsupported, Prediction};
+use crate::common::{Prediction, noise_like, unsupported};
 use crate::{
     NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
     TorchGenerator,
@@ -44,17 +44,30 @@ pub struct EDMEulerScheduler {
 impl EDMEulerScheduler {
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
     pub fn new(config: EDMEulerSchedulerConfig) -> Result<Self, SchedulerError> {
-        let prediction =
-            Prediction::parse(CLASS, &config.prediction_type, &[Prediction::Epsilon, Prediction::VPrediction])?;
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[Prediction::Epsilon, Prediction::VPrediction],
+        )?;
         if !matches!(config.sigma_schedule.as_str(), "karras" | "exponential") {
             return Err(unsupported(CLASS, "sigma_schedule", &config.sigma_schedule));
         }
         if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
-            return Err(unsupported(CLASS, "final_sigmas_type", &config.final_sigmas_type));
+            return Err(unsupported(
+                CLASS,
+                "final_sigmas_type",
+                &config.final_sigmas_type,
+            ));
         }
         let t = config.num_train_timesteps;
         let ramp: Vec<f64> = (0..=t).map(|i| i as f64 / t as f64).collect();
-        let mut s = Self { config, prediction, timesteps: Vec::new(), sigmas: Vec::new(), index: StepIndex::default() };
+        let mut s = Self {
+            config,
+            prediction,
+            timesteps: Vec::new(),
+            sigmas: Vec::new(),
+            index: StepIndex::default(),
+        };
         s.fill(&ramp);
         Ok(s)
     }
@@ -64,19 +77,28 @@ impl EDMEulerScheduler {
         let sigmas: Vec<f32> = if c.sigma_schedule == "karras" {
             let min_inv = c.sigma_min.powf(1.0 / c.rho);
             let max_inv = c.sigma_max.powf(1.0 / c.rho);
-            ramp.iter().map(|r| (max_inv + r * (min_inv - max_inv)).powf(c.rho) as f32).collect()
+            ramp.iter()
+                .map(|r| (max_inv + r * (min_inv - max_inv)).powf(c.rho) as f32)
+                .collect()
         } else {
             // torch.linspace in the default float32, exp, flipped.
-            let mut v: Vec<f32> =
-                crate::common::torch_linspace_f32(c.sigma_min.ln() as f32, c.sigma_max.ln() as f32, ramp.len())
-                    .into_iter()
-                    .map(f32::exp)
-                    .collect();
+            let mut v: Vec<f32> = crate::common::torch_linspace_f32(
+                c.sigma_min.ln() as f32,
+                c.sigma_max.ln() as f32,
+                ramp.len(),
+            )
+            .into_iter()
+            .map(f32::exp)
+            .collect();
             v.reverse();
             v
         };
         self.timesteps = sigmas.iter().map(|s| f64::from(0.25 * s.ln())).collect();
-        let last = if c.final_sigmas_type == "sigma_min" { sigmas.last().copied().unwrap_or(0.0) } else { 0.0 };
+        let last = if c.final_sigmas_type == "sigma_min" {
+            sigmas.last().copied().unwrap_or(0.0)
+        } else {
+            0.0
+        };
         self.sigmas = sigmas;
         self.sigmas.push(last);
         self.index = StepIndex::default();
@@ -91,7 +113,9 @@ impl EDMEulerScheduler {
     /// [0, 1] that diffusers passes through the schedule.
     pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.timesteps.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!("{CLASS} takes no custom timesteps")));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom timesteps"
+            )));
         }
         let ramp = match &request.sigmas {
             Some(s) => s.clone(),
@@ -125,7 +149,10 @@ impl EDMEulerScheduler {
         self.sigmas
             .get(i)
             .copied()
-            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+            .ok_or(SchedulerError::StepOutOfRange {
+                index: i,
+                len: self.sigmas.len(),
+            })
     }
 
     /// `scale_model_input`: x·c_in with c_in = 1/√(σ² + σ_data²).
@@ -162,7 +189,9 @@ impl EDMEulerScheduler {
         if gamma > 0.0 {
             let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
             sample = sample
-                + noise.mul_scalar(options.s_noise).mul_scalar((sigma_hat * sigma_hat - sigma * sigma).sqrt());
+                + noise
+                    .mul_scalar(options.s_noise)
+                    .mul_scalar((sigma_hat * sigma_hat - sigma * sigma).sqrt());
         }
         let sd = self.config.sigma_data as f32;
         let denom = sigma_hat * sigma_hat + sd * sd;
@@ -176,7 +205,10 @@ impl EDMEulerScheduler {
         let dt = self.sigma_at(i + 1)? - sigma_hat;
         let prev = sample + derivative.mul_scalar(dt);
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev, pred_original_sample: Some(x0) })
+        Ok(SchedulerOutput {
+            prev_sample: prev,
+            pred_original_sample: Some(x0),
+        })
     }
 
     /// `add_noise`: x0 + z·σ.

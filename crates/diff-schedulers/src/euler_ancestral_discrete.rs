@@ -91,13 +91,21 @@ impl EulerAncestralDiscreteScheduler {
         }
         let n = request.resolved_steps(CLASS)?;
         let c = &self.config;
-        let ts: Vec<f64> =
-            spacing_timesteps(self.spacing, c.num_train_timesteps, n, c.steps_offset, false)
-                .into_iter()
-                .map(|t| f64::from(t as f32))
-                .collect();
+        let ts: Vec<f64> = spacing_timesteps(
+            self.spacing,
+            c.num_train_timesteps,
+            n,
+            c.steps_offset,
+            false,
+        )
+        .into_iter()
+        .map(|t| f64::from(t as f32))
+        .collect();
         let train = train_sigmas(&self.alphas_cumprod);
-        let mut sig: Vec<f32> = np_interp(&ts, &train).into_iter().map(|s| s as f32).collect();
+        let mut sig: Vec<f32> = np_interp(&ts, &train)
+            .into_iter()
+            .map(|s| s as f32)
+            .collect();
         sig.push(0.0);
         self.timesteps = ts;
         self.sigmas = sig;
@@ -117,7 +125,11 @@ impl EulerAncestralDiscreteScheduler {
 
     /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
     pub fn init_noise_sigma(&self) -> f32 {
-        let max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = self
+            .sigmas
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         match self.spacing {
             Spacing::Linspace | Spacing::Trailing => max,
             Spacing::Leading => (max * max + 1.0).sqrt(),
@@ -133,7 +145,10 @@ impl EulerAncestralDiscreteScheduler {
         self.sigmas
             .get(i)
             .copied()
-            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+            .ok_or(SchedulerError::StepOutOfRange {
+                index: i,
+                len: self.sigmas.len(),
+            })
     }
 
     /// `scale_model_input`: x / √(σ² + 1).
@@ -161,7 +176,9 @@ impl EulerAncestralDiscreteScheduler {
         let sigma_to = self.sigma_at(i + 1)?;
         let pred = match self.prediction {
             Prediction::VPrediction => {
-                model_output.clone().mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt())
+                model_output
+                    .clone()
+                    .mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt())
                     + sample.clone().div_scalar(sigma * sigma + 1.0)
             }
             _ => sample.clone() - model_output.clone().mul_scalar(sigma),
@@ -176,7 +193,10 @@ impl EulerAncestralDiscreteScheduler {
         let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
         let prev = prev + noise.mul_scalar(sigma_up);
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev, pred_original_sample: Some(pred) })
+        Ok(SchedulerOutput {
+            prev_sample: prev,
+            pred_original_sample: Some(pred),
+        })
     }
 
     /// `add_noise`: x0 + z·σ.

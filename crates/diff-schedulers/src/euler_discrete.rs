@@ -35,7 +35,11 @@ impl EulerDiscreteScheduler {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
-            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+            ],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
         check_sigma_flags(
@@ -45,10 +49,18 @@ impl EulerDiscreteScheduler {
             config.use_beta_sigmas.unwrap_or(false),
         )?;
         if !matches!(config.interpolation_type.as_str(), "linear" | "log_linear") {
-            return Err(unsupported(CLASS, "interpolation_type", &config.interpolation_type));
+            return Err(unsupported(
+                CLASS,
+                "interpolation_type",
+                &config.interpolation_type,
+            ));
         }
         if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
-            return Err(unsupported(CLASS, "final_sigmas_type", &config.final_sigmas_type));
+            return Err(unsupported(
+                CLASS,
+                "final_sigmas_type",
+                &config.final_sigmas_type,
+            ));
         }
         let continuous = match config.timestep_type.as_str() {
             "discrete" => false,
@@ -78,11 +90,15 @@ impl EulerDiscreteScheduler {
         let timesteps: Vec<f64> = if continuous {
             sigmas.iter().map(|s| f64::from(0.25 * s.ln())).collect()
         } else {
-            crate::common::np_linspace(0.0, (config.num_train_timesteps - 1) as f64, config.num_train_timesteps)
-                .into_iter()
-                .rev()
-                .map(|t| f64::from(t as f32))
-                .collect()
+            crate::common::np_linspace(
+                0.0,
+                (config.num_train_timesteps - 1) as f64,
+                config.num_train_timesteps,
+            )
+            .into_iter()
+            .rev()
+            .map(|t| f64::from(t as f32))
+            .collect()
         };
         sigmas.push(0.0);
         Ok(Self {
@@ -120,7 +136,10 @@ impl EulerDiscreteScheduler {
             )));
         }
         let train = train_sigmas(&self.alphas_cumprod);
-        let log_sigmas: Vec<f32> = train.iter().map(|s| crate::common::numpy_log_f32(*s)).collect();
+        let log_sigmas: Vec<f32> = train
+            .iter()
+            .map(|s| crate::common::numpy_log_f32(*s))
+            .collect();
         let (timesteps, sigmas): (Vec<f64>, Vec<f32>) = if let Some(custom) = &request.sigmas {
             let sig: Vec<f32> = custom.iter().map(|s| *s as f32).collect();
             let ts = sig[..sig.len().saturating_sub(1)]
@@ -156,8 +175,10 @@ impl EulerDiscreteScheduler {
                 np_interp(&ts, &train)
             };
             let range = (
-                c.sigma_min.unwrap_or_else(|| sig.last().copied().unwrap_or(0.0)),
-                c.sigma_max.unwrap_or_else(|| sig.first().copied().unwrap_or(0.0)),
+                c.sigma_min
+                    .unwrap_or_else(|| sig.last().copied().unwrap_or(0.0)),
+                c.sigma_max
+                    .unwrap_or_else(|| sig.first().copied().unwrap_or(0.0)),
             );
             if karras {
                 sig = karras_sigmas(range.0, range.1, n, 7.0);
@@ -201,7 +222,11 @@ impl EulerDiscreteScheduler {
 
     /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
     pub fn init_noise_sigma(&self) -> f32 {
-        let max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = self
+            .sigmas
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         match self.spacing {
             Spacing::Linspace | Spacing::Trailing => max,
             Spacing::Leading => (max * max + 1.0).sqrt(),
@@ -228,7 +253,10 @@ impl EulerDiscreteScheduler {
         self.sigmas
             .get(i)
             .copied()
-            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+            .ok_or(SchedulerError::StepOutOfRange {
+                index: i,
+                len: self.sigmas.len(),
+            })
     }
 
     /// One Euler step (with churn when `options.s_churn > 0`).
@@ -258,7 +286,9 @@ impl EulerDiscreteScheduler {
         let pred = match self.prediction {
             Prediction::Sample => model_output.clone(),
             Prediction::VPrediction => {
-                model_output.clone().mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt())
+                model_output
+                    .clone()
+                    .mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt())
                     + sample.clone().div_scalar(sigma * sigma + 1.0)
             }
             _ => sample.clone() - model_output.clone().mul_scalar(sigma_hat),
@@ -267,7 +297,10 @@ impl EulerDiscreteScheduler {
         let dt = sigma_next - sigma_hat;
         let prev = sample + derivative.mul_scalar(dt);
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev, pred_original_sample: Some(pred) })
+        Ok(SchedulerOutput {
+            prev_sample: prev,
+            pred_original_sample: Some(pred),
+        })
     }
 
     /// `add_noise`: x0 + z·σ at the timesteps' (or the begin index's) sigma.
@@ -277,7 +310,9 @@ impl EulerDiscreteScheduler {
         noise: Tensor<D>,
         timesteps: &[f64],
     ) -> Result<Tensor<D>, SchedulerError> {
-        let sigmas = self.index.noise_indices(&self.timesteps, timesteps)?
+        let sigmas = self
+            .index
+            .noise_indices(&self.timesteps, timesteps)?
             .into_iter()
             .map(|i| self.sigma_at(i))
             .collect::<Result<Vec<_>, _>>()?;

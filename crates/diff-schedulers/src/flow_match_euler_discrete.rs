@@ -1,7 +1,9 @@
 //! `FlowMatchEulerDiscreteScheduler`: Euler steps for rectified-flow models (SD3, Flux), with
 //! static or dynamic (resolution-dependent `mu`) shifting.
 
-use crate::common::{exponential_sigmas, karras_sigmas, noise_like, np_linspace, check_sigma_flags, unsupported};
+use crate::common::{
+    check_sigma_flags, exponential_sigmas, karras_sigmas, noise_like, np_linspace, unsupported,
+};
 use crate::{
     NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
     TorchGenerator,
@@ -33,7 +35,11 @@ impl FlowMatchEulerDiscreteScheduler {
             config.use_beta_sigmas,
         )?;
         if !matches!(config.time_shift_type.as_str(), "exponential" | "linear") {
-            return Err(unsupported(CLASS, "time_shift_type", &config.time_shift_type));
+            return Err(unsupported(
+                CLASS,
+                "time_shift_type",
+                &config.time_shift_type,
+            ));
         }
         let t = config.num_train_timesteps;
         let shift = config.shift as f32;
@@ -44,7 +50,10 @@ impl FlowMatchEulerDiscreteScheduler {
             .collect();
         if !config.use_dynamic_shifting {
             let sm1 = (config.shift - 1.0) as f32;
-            sigmas = sigmas.into_iter().map(|s| shift * s / (1.0 + sm1 * s)).collect();
+            sigmas = sigmas
+                .into_iter()
+                .map(|s| shift * s / (1.0 + sm1 * s))
+                .collect();
         }
         let timesteps = sigmas.iter().map(|s| f64::from(s * t as f32)).collect();
         let sigma_min = f64::from(sigmas.last().copied().unwrap_or(0.0));
@@ -97,7 +106,9 @@ impl FlowMatchEulerDiscreteScheduler {
             (None, None) => 0,
         };
         if n == 0 {
-            return Err(SchedulerError::InvalidArgument(format!("{CLASS}: no inference steps")));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}: no inference steps"
+            )));
         }
         let mut sig: Vec<f64> = match &request.sigmas {
             Some(s) => s.iter().map(|v| f64::from(*v as f32)).collect(),
@@ -120,7 +131,10 @@ impl FlowMatchEulerDiscreteScheduler {
                 .collect();
         } else {
             let shift = self.shift;
-            sig = sig.into_iter().map(|s| shift * s / (1.0 + (shift - 1.0) * s)).collect();
+            sig = sig
+                .into_iter()
+                .map(|s| shift * s / (1.0 + (shift - 1.0) * s))
+                .collect();
         }
         if let Some(terminal) = c.shift_terminal
             && terminal != 0.0
@@ -129,7 +143,10 @@ impl FlowMatchEulerDiscreteScheduler {
             let scale = last / (1.0 - terminal);
             sig = sig.into_iter().map(|s| 1.0 - (1.0 - s) / scale).collect();
         }
-        let (min, max) = (sig.last().copied().unwrap_or(0.0), sig.first().copied().unwrap_or(1.0));
+        let (min, max) = (
+            sig.last().copied().unwrap_or(0.0),
+            sig.first().copied().unwrap_or(1.0),
+        );
         if c.use_karras_sigmas {
             sig = karras_sigmas(min, max, n, 7.0);
         } else if c.use_exponential_sigmas {
@@ -188,7 +205,10 @@ impl FlowMatchEulerDiscreteScheduler {
         self.sigmas
             .get(i)
             .copied()
-            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+            .ok_or(SchedulerError::StepOutOfRange {
+                index: i,
+                len: self.sigmas.len(),
+            })
     }
 
     /// One Euler step of the flow ODE (or the stochastic re-noising variant).
@@ -211,7 +231,10 @@ impl FlowMatchEulerDiscreteScheduler {
             sample + model_output.mul_scalar(sigma_next - sigma)
         };
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev, pred_original_sample: None })
+        Ok(SchedulerOutput {
+            prev_sample: prev,
+            pred_original_sample: None,
+        })
     }
 
     /// `scale_noise` (the flow-matching counterpart of `add_noise`, used by img2img):
@@ -228,7 +251,9 @@ impl FlowMatchEulerDiscreteScheduler {
             .into_iter()
             .map(|i| self.sigma_at(i))
             .collect::<Result<Vec<_>, _>>()?;
-        crate::per_batch(original, noise, &sigmas, |x, z, s| z.mul_scalar(s) + x.mul_scalar(1.0 - s))
+        crate::per_batch(original, noise, &sigmas, |x, z, s| {
+            z.mul_scalar(s) + x.mul_scalar(1.0 - s)
+        })
     }
 
     /// `order`.

@@ -1,10 +1,10 @@
 //! `HeunDiscreteScheduler`: Heun's second-order method on the k-diffusion sigmas (two model
 //! calls per interval, the last interval Euler only).
 
-use crate::common::{
-    Prediction, Spacing, check_sigma_flags, k_alphas, k_schedule, k_x0,
+use crate::common::{Prediction, Spacing, check_sigma_flags, k_alphas, k_schedule, k_x0};
+use crate::{
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
-use crate::{SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator};
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::HeunDiscreteSchedulerConfig;
 
@@ -31,7 +31,11 @@ impl HeunDiscreteScheduler {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
-            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+            ],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
         check_sigma_flags(
@@ -73,7 +77,9 @@ impl HeunDiscreteScheduler {
     /// `set_timesteps(num_inference_steps | timesteps)`.
     pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.sigmas.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!("{CLASS} takes no custom sigmas")));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom sigmas"
+            )));
         }
         request.check_exclusive(CLASS)?;
         let c = &self.config;
@@ -134,7 +140,11 @@ impl HeunDiscreteScheduler {
 
     /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
     pub fn init_noise_sigma(&self) -> f32 {
-        let max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = self
+            .sigmas
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         match self.spacing {
             Spacing::Linspace | Spacing::Trailing => max,
             Spacing::Leading => (max * max + 1.0).sqrt(),
@@ -150,7 +160,10 @@ impl HeunDiscreteScheduler {
         self.sigmas
             .get(i)
             .copied()
-            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+            .ok_or(SchedulerError::StepOutOfRange {
+                index: i,
+                len: self.sigmas.len(),
+            })
     }
 
     /// `scale_model_input`: x / √(σ² + 1) with σ = sigmas[step_index].
@@ -179,7 +192,13 @@ impl HeunDiscreteScheduler {
         let (sigma, sigma_next) = if first {
             (self.sigma_at(i)?, self.sigma_at(i + 1)?)
         } else {
-            (self.sigma_at(i.checked_sub(1).ok_or(SchedulerError::StepOutOfRange { index: 0, len: 0 })?)?, self.sigma_at(i)?)
+            (
+                self.sigma_at(
+                    i.checked_sub(1)
+                        .ok_or(SchedulerError::StepOutOfRange { index: 0, len: 0 })?,
+                )?,
+                self.sigma_at(i)?,
+            )
         };
         let sigma_hat = sigma;
         let sigma_input = if first { sigma_hat } else { sigma_next };
@@ -205,7 +224,10 @@ impl HeunDiscreteScheduler {
             }
         };
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev.reshape(dims), pred_original_sample: Some(x0) })
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: Some(x0),
+        })
     }
 
     /// `add_noise`: x0 + z·σ.

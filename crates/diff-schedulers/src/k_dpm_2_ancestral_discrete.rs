@@ -3,7 +3,9 @@
 
 use crate::common::k_alphas;
 use crate::k_dpm_2_discrete::KDpm2Core;
-use crate::{SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator};
+use crate::{
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+};
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::KDPM2AncestralDiscreteSchedulerConfig;
 
@@ -55,7 +57,12 @@ impl KDPM2AncestralDiscreteScheduler {
     /// `set_timesteps(num_inference_steps)`.
     pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         let c = &self.config;
-        self.core.set_timesteps(request, c.steps_offset, c.use_karras_sigmas, c.use_exponential_sigmas)
+        self.core.set_timesteps(
+            request,
+            c.steps_offset,
+            c.use_karras_sigmas,
+            c.use_exponential_sigmas,
+        )
     }
 
     /// The inference timesteps (2n − 1 entries, midpoints interleaved).

@@ -48,11 +48,19 @@ impl KDpm2Core {
         let prediction = Prediction::parse(
             class,
             prediction_type,
-            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+            ],
         )?;
         if prediction == Prediction::Sample {
             // diffusers raises NotImplementedError for `sample` in both KDPM2 schedulers.
-            return Err(crate::common::unsupported(class, "prediction_type", prediction_type));
+            return Err(crate::common::unsupported(
+                class,
+                "prediction_type",
+                prediction_type,
+            ));
         }
         let spacing = Spacing::parse(class, spacing)?;
         check_sigma_flags(class, karras, exponential, beta)?;
@@ -86,22 +94,38 @@ impl KDpm2Core {
             )));
         }
         let n = request.resolved_steps(self.class)?;
-        let (ts, sig, log_sigmas) =
-            k_schedule(self.spacing, &self.alphas_cumprod, n, steps_offset, karras, exponential, true);
+        let (ts, sig, log_sigmas) = k_schedule(
+            self.spacing,
+            &self.alphas_cumprod,
+            n,
+            steps_offset,
+            karras,
+            exponential,
+            true,
+        );
         let mut s: Vec<f32> = sig.into_iter().map(|v| v as f32).collect();
         s.push(0.0);
         let len = s.len();
         let (interpol, up, down) = if self.ancestral {
-            let next: Vec<f32> = (0..len).map(|i| if i + 1 < len { s[i + 1] } else { 0.0 }).collect();
+            let next: Vec<f32> = (0..len)
+                .map(|i| if i + 1 < len { s[i + 1] } else { 0.0 })
+                .collect();
             let up: Vec<f32> = s
                 .iter()
                 .zip(&next)
                 .map(|(a, b)| (b * b * (a * a - b * b) / (a * a)).sqrt())
                 .collect();
-            let mut down: Vec<f32> = next.iter().zip(&up).map(|(b, u)| (b * b - u * u).sqrt()).collect();
+            let mut down: Vec<f32> = next
+                .iter()
+                .zip(&up)
+                .map(|(b, u)| (b * b - u * u).sqrt())
+                .collect();
             down[len - 1] = 0.0;
-            let mut interpol: Vec<f32> =
-                s.iter().zip(&down).map(|(a, d)| lerp_half(a.ln(), d.ln()).exp()).collect();
+            let mut interpol: Vec<f32> = s
+                .iter()
+                .zip(&down)
+                .map(|(a, d)| lerp_half(a.ln(), d.ln()).exp())
+                .collect();
             for v in interpol.iter_mut().skip(len.saturating_sub(2)) {
                 *v = 0.0;
             }
@@ -116,7 +140,10 @@ impl KDpm2Core {
             (interpol, Vec::new(), Vec::new())
         };
         // Interpolated timesteps: float32 `_sigma_to_t`, cast to the timesteps' dtype.
-        let ti: Vec<f64> = interpol.iter().map(|v| sigma_to_t_f32(*v, &log_sigmas)).collect();
+        let ti: Vec<f64> = interpol
+            .iter()
+            .map(|v| sigma_to_t_f32(*v, &log_sigmas))
+            .collect();
         // The schedule ends up as float32, whatever the path.
         let cast = |t: f64| f64::from(t as f32);
         let t_main: Vec<f64> = ts.iter().map(|t| cast(*t)).collect();
@@ -141,7 +168,11 @@ impl KDpm2Core {
     }
 
     pub(crate) fn init_noise_sigma(&self) -> f32 {
-        let max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = self
+            .sigmas
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         match self.spacing {
             Spacing::Linspace | Spacing::Trailing => max,
             Spacing::Leading => (max * max + 1.0).sqrt(),
@@ -150,7 +181,10 @@ impl KDpm2Core {
 
     fn at(table: &[f32], i: Option<usize>) -> Result<f32, SchedulerError> {
         i.and_then(|i| table.get(i).copied())
-            .ok_or(SchedulerError::StepOutOfRange { index: i.unwrap_or(0), len: table.len() })
+            .ok_or(SchedulerError::StepOutOfRange {
+                index: i.unwrap_or(0),
+                len: table.len(),
+            })
     }
 
     pub(crate) fn scale_model_input<const D: usize>(
@@ -187,7 +221,10 @@ impl KDpm2Core {
                     0.0,
                     Self::at(&self.sigmas_up, Some(i))?,
                     // diffusers reads sigmas_down[step_index - 1] (index -1 wraps in Python).
-                    Self::at(&self.sigmas_down, Some(prev_i.unwrap_or(self.sigmas_down.len() - 1)))?,
+                    Self::at(
+                        &self.sigmas_down,
+                        Some(prev_i.unwrap_or(self.sigmas_down.len() - 1)),
+                    )?,
                 )
             } else {
                 (
@@ -218,7 +255,12 @@ impl KDpm2Core {
         let sigma_hat = sigma;
         let sigma_input = if first { sigma_hat } else { sigma_interpol };
         let dims = sample.dims();
-        let x0 = k_x0(self.prediction, model_output.clone(), sample.clone(), sigma_input);
+        let x0 = k_x0(
+            self.prediction,
+            model_output.clone(),
+            sample.clone(),
+            sigma_input,
+        );
         let x = sample.flatten::<1>(0, D - 1);
         let x0f = x0.clone().flatten::<1>(0, D - 1);
         let prev = if first {
@@ -228,8 +270,15 @@ impl KDpm2Core {
             x + derivative.mul_scalar(dt)
         } else {
             let derivative = (x - x0f).div_scalar(sigma_interpol);
-            let dt = if self.ancestral { sigma_down - sigma_hat } else { sigma_next - sigma_hat };
-            let stored = self.stored.take().ok_or(SchedulerError::NotInitialised(self.class))?;
+            let dt = if self.ancestral {
+                sigma_down - sigma_hat
+            } else {
+                sigma_next - sigma_hat
+            };
+            let stored = self
+                .stored
+                .take()
+                .ok_or(SchedulerError::NotInitialised(self.class))?;
             let prev = stored + derivative.mul_scalar(dt);
             if self.ancestral {
                 let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
@@ -239,7 +288,10 @@ impl KDpm2Core {
             }
         };
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev.reshape(dims), pred_original_sample: Some(x0) })
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: Some(x0),
+        })
     }
 
     pub(crate) fn add_noise<const D: usize>(
@@ -304,7 +356,12 @@ impl KDPM2DiscreteScheduler {
     /// `set_timesteps(num_inference_steps)`.
     pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         let c = &self.config;
-        self.core.set_timesteps(request, c.steps_offset, c.use_karras_sigmas, c.use_exponential_sigmas)
+        self.core.set_timesteps(
+            request,
+            c.steps_offset,
+            c.use_karras_sigmas,
+            c.use_exponential_sigmas,
+        )
     }
 
     /// The inference timesteps (2n − 1 entries, midpoints interleaved).

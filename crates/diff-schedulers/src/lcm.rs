@@ -42,7 +42,10 @@ pub(crate) fn consistency_timesteps(
         let n = custom.len();
         let init = ((n as f64 * strength) as usize).min(n);
         let t_start = n.saturating_sub(init);
-        return Ok(custom[t_start..].iter().map(|t| (*t as i64) as f64).collect());
+        return Ok(custom[t_start..]
+            .iter()
+            .map(|t| (*t as i64) as f64)
+            .collect());
     }
     let n = request.resolved_steps(class)?;
     if n > train_steps || n > limit {
@@ -63,7 +66,9 @@ pub(crate) fn consistency_timesteps(
         .map(|x| {
             rev.get(x.floor() as usize)
                 .map(|t| *t as f64)
-                .ok_or_else(|| SchedulerError::InvalidArgument(format!("{class}: index out of range")))
+                .ok_or_else(|| {
+                    SchedulerError::InvalidArgument(format!("{class}: index out of range"))
+                })
         })
         .collect()
 }
@@ -86,7 +91,11 @@ impl LCMScheduler {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
-            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+            ],
         )?;
         let ac = ddpm_family_alphas(
             CLASS,
@@ -99,7 +108,10 @@ impl LCMScheduler {
             &[],
         )?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { ac[0] };
-        let timesteps = (0..config.num_train_timesteps).rev().map(|t| t as f64).collect();
+        let timesteps = (0..config.num_train_timesteps)
+            .rev()
+            .map(|t| t as f64)
+            .collect();
         Ok(Self {
             config,
             prediction,
@@ -119,11 +131,15 @@ impl LCMScheduler {
     /// `set_timesteps(num_inference_steps | timesteps, original_inference_steps, strength)`.
     pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.sigmas.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!("{CLASS} takes no custom sigmas")));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom sigmas"
+            )));
         }
         request.check_exclusive(CLASS)?;
         let t = self.config.num_train_timesteps;
-        let original = request.original_inference_steps.unwrap_or(self.config.original_inference_steps);
+        let original = request
+            .original_inference_steps
+            .unwrap_or(self.config.original_inference_steps);
         if original == 0 || original > t {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS}: original_inference_steps {original} must be in 1..={t}"
@@ -131,7 +147,9 @@ impl LCMScheduler {
         }
         let k = (t / original) as i64;
         let strength = request.strength.unwrap_or(1.0);
-        let origin: Vec<i64> = (1..=((original as f64 * strength) as i64)).map(|i| i * k - 1).collect();
+        let origin: Vec<i64> = (1..=((original as f64 * strength) as i64))
+            .map(|i| i * k - 1)
+            .collect();
         self.timesteps = consistency_timesteps(CLASS, origin, t, request, original)?;
         self.num_inference_steps = Some(self.timesteps.len());
         self.index = StepIndex::default();
@@ -181,7 +199,9 @@ impl LCMScheduler {
         _options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let n = self.num_inference_steps.ok_or(SchedulerError::NotInitialised(CLASS))?;
+        let n = self
+            .num_inference_steps
+            .ok_or(SchedulerError::NotInitialised(CLASS))?;
         let i = self.index.current(&self.timesteps, timestep)?;
         let prev_t = self.timesteps.get(i + 1).copied().unwrap_or(timestep) as i64;
         let t = timestep as i64;
@@ -193,7 +213,12 @@ impl LCMScheduler {
         let c_skip = 0.25f32 / (scaled * scaled + 0.25);
         let c_out = scaled / (scaled * scaled + 0.25).sqrt();
         let c = &self.config;
-        let x0 = ddpm_x0(self.prediction, model_output.clone(), sample.clone(), alpha_t);
+        let x0 = ddpm_x0(
+            self.prediction,
+            model_output.clone(),
+            sample.clone(),
+            alpha_t,
+        );
         let x0 = clip_or_threshold(
             x0,
             c.thresholding,
@@ -210,7 +235,10 @@ impl LCMScheduler {
             denoised.clone()
         };
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev, pred_original_sample: Some(denoised) })
+        Ok(SchedulerOutput {
+            prev_sample: prev,
+            pred_original_sample: Some(denoised),
+        })
     }
 
     /// `add_noise`: √ᾱ_t·x0 + √(1-ᾱ_t)·z.

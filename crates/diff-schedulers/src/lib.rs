@@ -23,6 +23,7 @@ pub mod ddim;
 pub mod ddpm;
 pub mod deis_multistep;
 pub mod dpmsolver_multistep;
+pub mod dpmsolver_singlestep;
 pub mod edm_euler;
 pub mod euler_ancestral_discrete;
 pub mod euler_discrete;
@@ -34,13 +35,15 @@ pub mod lcm;
 pub mod lms_discrete;
 pub mod pndm;
 pub mod random;
+pub mod replay;
 mod scheduler;
 pub mod tcd;
 pub mod unipc_multistep;
 
 pub use common::Prediction;
 pub use random::{NoiseDtype, TorchGenerator, randn_tensor, to_tensor};
-pub use scheduler::{Scheduler, SCHEDULER_CLASSES};
+pub use replay::{ReplayOutput, replay_trace};
+pub use scheduler::{SCHEDULER_CLASSES, Scheduler};
 
 use burn::tensor::Tensor;
 
@@ -76,7 +79,9 @@ pub enum SchedulerError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// `step` or `scale_model_input` got a timestep that is not in the schedule.
-    #[error("timestep {0} is not in the scheduler's timesteps (call set_timesteps first and pass one of its timesteps)")]
+    #[error(
+        "timestep {0} is not in the scheduler's timesteps (call set_timesteps first and pass one of its timesteps)"
+    )]
     UnknownTimestep(f64),
     /// `step` was called more times than the schedule has entries.
     #[error("step index {index} is past the end of the schedule ({len} entries)")]
@@ -157,7 +162,10 @@ pub struct TimestepsRequest {
 impl TimestepsRequest {
     /// A request for `n` inference steps.
     pub fn steps(n: usize) -> Self {
-        Self { num_inference_steps: Some(n), ..Self::default() }
+        Self {
+            num_inference_steps: Some(n),
+            ..Self::default()
+        }
     }
 
     fn check_exclusive(&self, class: &'static str) -> Result<(), SchedulerError> {
@@ -223,7 +231,11 @@ impl StepIndex {
     }
 
     /// The schedule indices `add_noise` uses for each batch item's timestep.
-    pub fn noise_indices(&self, schedule: &[f64], timesteps: &[f64]) -> Result<Vec<usize>, SchedulerError> {
+    pub fn noise_indices(
+        &self,
+        schedule: &[f64],
+        timesteps: &[f64],
+    ) -> Result<Vec<usize>, SchedulerError> {
         match (self.begin_index, self.step_index) {
             (None, _) => timesteps
                 .iter()
@@ -252,7 +264,9 @@ pub(crate) fn per_batch<const D: usize>(
         )));
     }
     match scalars {
-        [] => Err(SchedulerError::InvalidArgument("add_noise needs at least one timestep".into())),
+        [] => Err(SchedulerError::InvalidArgument(
+            "add_noise needs at least one timestep".into(),
+        )),
         [s] => Ok(f(original, noise, *s)),
         many if many.iter().all(|s| *s == many[0]) => Ok(f(original, noise, many[0])),
         many => {
@@ -265,7 +279,13 @@ pub(crate) fn per_batch<const D: usize>(
             let parts = many
                 .iter()
                 .enumerate()
-                .map(|(i, s)| f(original.clone().narrow(0, i, 1), noise.clone().narrow(0, i, 1), *s))
+                .map(|(i, s)| {
+                    f(
+                        original.clone().narrow(0, i, 1),
+                        noise.clone().narrow(0, i, 1),
+                        *s,
+                    )
+                })
                 .collect();
             Ok(Tensor::cat(parts, 0))
         }

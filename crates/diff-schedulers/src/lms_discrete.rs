@@ -2,7 +2,9 @@
 //! fourth order, coefficients from integrating the Lagrange basis between sigmas).
 
 use crate::common::{Prediction, Spacing, check_sigma_flags, k_alphas, k_schedule, k_x0};
-use crate::{SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator};
+use crate::{
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+};
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::LMSDiscreteSchedulerConfig;
 
@@ -29,7 +31,11 @@ impl LMSDiscreteScheduler {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
-            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+            ],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
         check_sigma_flags(
@@ -115,7 +121,11 @@ impl LMSDiscreteScheduler {
 
     /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
     pub fn init_noise_sigma(&self) -> f32 {
-        let max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = self
+            .sigmas
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         match self.spacing {
             Spacing::Linspace | Spacing::Trailing => max,
             Spacing::Leading => (max * max + 1.0).sqrt(),
@@ -131,7 +141,10 @@ impl LMSDiscreteScheduler {
         self.sigmas
             .get(i)
             .copied()
-            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+            .ok_or(SchedulerError::StepOutOfRange {
+                index: i,
+                len: self.sigmas.len(),
+            })
     }
 
     /// `scale_model_input`: x / √(σ² + 1).
@@ -149,7 +162,12 @@ impl LMSDiscreteScheduler {
     /// `current` among the last `order` sigmas. diffusers integrates with `scipy.quad`; the
     /// integrand is a polynomial of degree ≤ 3, which 3-point Gauss–Legendre integrates
     /// exactly, so the results agree to rounding (float32 evaluation in diffusers).
-    fn lms_coefficient(&self, order: usize, t: usize, current: usize) -> Result<f64, SchedulerError> {
+    fn lms_coefficient(
+        &self,
+        order: usize,
+        t: usize,
+        current: usize,
+    ) -> Result<f64, SchedulerError> {
         let s = |i: usize| -> Result<f64, SchedulerError> { Ok(f64::from(self.sigma_at(i)?)) };
         let basis = |tau: f64| -> Result<f64, SchedulerError> {
             let mut prod = 1.0;
@@ -166,7 +184,8 @@ impl LMSDiscreteScheduler {
         let half = (b - a) / 2.0;
         let mid = (a + b) / 2.0;
         let node = (3.0f64 / 5.0).sqrt();
-        let sum = 5.0 / 9.0 * basis(mid - half * node)? + 8.0 / 9.0 * basis(mid)?
+        let sum = 5.0 / 9.0 * basis(mid - half * node)?
+            + 8.0 / 9.0 * basis(mid)?
             + 5.0 / 9.0 * basis(mid + half * node)?;
         Ok(sum * half)
     }
@@ -205,7 +224,10 @@ impl LMSDiscreteScheduler {
             None => x,
         };
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev.reshape(dims), pred_original_sample: Some(x0) })
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: Some(x0),
+        })
     }
 
     /// `add_noise`: x0 + z·σ.

@@ -3,7 +3,9 @@
 
 use crate::common::{Prediction, Spacing, np_arange, np_linspace, np_round};
 use crate::ddim::{add_noise_ddpm, ddpm_family_alphas};
-use crate::{SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator};
+use crate::{
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+};
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::PNDMSchedulerConfig;
 
@@ -88,7 +90,9 @@ impl PNDMScheduler {
                 .collect(),
             Spacing::Leading => {
                 let ratio = t / n;
-                (0..n).map(|i| (i * ratio) as i64 + self.config.steps_offset).collect()
+                (0..n)
+                    .map(|i| (i * ratio) as i64 + self.config.steps_offset)
+                    .collect()
             }
             Spacing::Trailing => {
                 let ratio = t as f64 / n as f64;
@@ -199,7 +203,9 @@ impl PNDMScheduler {
         let sample_coeff = (alpha_prev / alpha_t).sqrt();
         let denom = alpha_t * beta_prev.sqrt() + (alpha_t * beta_t * alpha_prev).sqrt();
         Ok(sample.mul_scalar(sample_coeff)
-            - model_output.mul_scalar(alpha_prev - alpha_t).div_scalar(denom))
+            - model_output
+                .mul_scalar(alpha_prev - alpha_t)
+                .div_scalar(denom))
     }
 
     /// One PRK or PLMS step, by the call counter as diffusers does.
@@ -211,7 +217,9 @@ impl PNDMScheduler {
         _options: &StepOptions,
         _generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let n = self.num_inference_steps.ok_or(SchedulerError::NotInitialised(CLASS))?;
+        let n = self
+            .num_inference_steps
+            .ok_or(SchedulerError::NotInitialised(CLASS))?;
         let dims = sample.dims();
         let mo = model_output.flatten::<1>(0, D - 1);
         let x = sample.flatten::<1>(0, D - 1);
@@ -221,7 +229,10 @@ impl PNDMScheduler {
             self.step_plms(mo, timestep as i64, x, n)?
         };
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev.reshape(dims), pred_original_sample: None })
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: None,
+        })
     }
 
     fn step_prk(
@@ -232,7 +243,11 @@ impl PNDMScheduler {
         n: usize,
     ) -> Result<Tensor<1>, SchedulerError> {
         let t_train = self.config.num_train_timesteps;
-        let diff_to_prev = if self.counter % 2 == 1 { 0 } else { (t_train / n / 2) as i64 };
+        let diff_to_prev = if self.counter % 2 == 1 {
+            0
+        } else {
+            (t_train / n / 2) as i64
+        };
         let prev_t = timestep - diff_to_prev;
         let t = self.prk_timesteps[self.counter / 4 * 4];
         let add = |acc: Option<Tensor<1>>, v: Tensor<1>| match acc {
@@ -256,7 +271,10 @@ impl PNDMScheduler {
                 ));
                 model_output
             }
-            _ => add(self.cur_model_output.take(), model_output.mul_scalar(1.0f32 / 6.0)),
+            _ => add(
+                self.cur_model_output.take(),
+                model_output.mul_scalar(1.0f32 / 6.0),
+            ),
         };
         let cur = self.cur_sample.clone().unwrap_or(sample);
         let prev = self.prev_sample(cur, t, prev_t, model_output)?;
@@ -302,8 +320,9 @@ impl PNDMScheduler {
         } else if k == 2 {
             (e[1].clone().mul_scalar(3.0) - e[0].clone()).div_scalar(2.0)
         } else if k == 3 {
-            (e[2].clone().mul_scalar(23.0) - e[1].clone().mul_scalar(16.0) + e[0].clone().mul_scalar(5.0))
-                .div_scalar(12.0)
+            (e[2].clone().mul_scalar(23.0) - e[1].clone().mul_scalar(16.0)
+                + e[0].clone().mul_scalar(5.0))
+            .div_scalar(12.0)
         } else {
             (e[k - 1].clone().mul_scalar(55.0) - e[k - 2].clone().mul_scalar(59.0)
                 + e[k - 3].clone().mul_scalar(37.0)

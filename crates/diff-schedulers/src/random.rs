@@ -185,7 +185,7 @@ impl TorchGenerator {
                 for block in data.chunks_exact_mut(16) {
                     normal16(block);
                 }
-                if n % 16 != 0 {
+                if !n.is_multiple_of(16) {
                     // torch re-draws 16 fresh uniforms for the tail and overwrites the last 16
                     // outputs, including already transformed ones.
                     let mut tail = [0f32; 16];

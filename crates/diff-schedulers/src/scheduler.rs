@@ -161,7 +161,13 @@ macro_rules! has_sigmas {
     ($($ty:ty),*) => { $( impl Sigmas for $ty { fn sigmas_opt(&self) -> Option<&[f32]> { Some(self.sigmas()) } } )* };
 }
 
-no_sigmas!(crate::ddim::DDIMScheduler, crate::ddpm::DDPMScheduler, crate::pndm::PNDMScheduler, crate::lcm::LCMScheduler, crate::tcd::TCDScheduler);
+no_sigmas!(
+    crate::ddim::DDIMScheduler,
+    crate::ddpm::DDPMScheduler,
+    crate::pndm::PNDMScheduler,
+    crate::lcm::LCMScheduler,
+    crate::tcd::TCDScheduler
+);
 has_sigmas!(
     crate::euler_discrete::EulerDiscreteScheduler,
     crate::euler_ancestral_discrete::EulerAncestralDiscreteScheduler,
@@ -173,7 +179,8 @@ has_sigmas!(
     crate::lms_discrete::LMSDiscreteScheduler,
     crate::edm_euler::EDMEulerScheduler,
     crate::unipc_multistep::UniPCMultistepScheduler,
-    crate::deis_multistep::DEISMultistepScheduler
+    crate::deis_multistep::DEISMultistepScheduler,
+    crate::dpmsolver_singlestep::DPMSolverSinglestepScheduler
 );
 
 schedulers! {
@@ -187,6 +194,7 @@ schedulers! {
     KDpm2Discrete => k_dpm_2_discrete::KDPM2DiscreteScheduler, KDPM2DiscreteSchedulerConfig;
     KDpm2AncestralDiscrete => k_dpm_2_ancestral_discrete::KDPM2AncestralDiscreteScheduler, KDPM2AncestralDiscreteSchedulerConfig;
     EdmEuler => edm_euler::EDMEulerScheduler, EDMEulerSchedulerConfig;
+    DpmSolverSinglestep => dpmsolver_singlestep::DPMSolverSinglestepScheduler, DPMSolverSinglestepSchedulerConfig;
     Lcm => lcm::LCMScheduler, LCMSchedulerConfig;
     LmsDiscrete => lms_discrete::LMSDiscreteScheduler, LMSDiscreteSchedulerConfig;
     Tcd => tcd::TCDScheduler, TCDSchedulerConfig;

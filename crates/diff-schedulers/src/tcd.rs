@@ -31,7 +31,11 @@ impl TCDScheduler {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
-            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction],
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+            ],
         )?;
         let ac = ddpm_family_alphas(
             CLASS,
@@ -44,7 +48,10 @@ impl TCDScheduler {
             &[],
         )?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { ac[0] };
-        let timesteps = (0..config.num_train_timesteps).rev().map(|t| t as f64).collect();
+        let timesteps = (0..config.num_train_timesteps)
+            .rev()
+            .map(|t| t as f64)
+            .collect();
         Ok(Self {
             config,
             prediction,
@@ -66,7 +73,9 @@ impl TCDScheduler {
     /// diffusers.
     pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.sigmas.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!("{CLASS} takes no custom sigmas")));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom sigmas"
+            )));
         }
         request.check_exclusive(CLASS)?;
         let t = self.config.num_train_timesteps;
@@ -81,7 +90,9 @@ impl TCDScheduler {
                 }
                 let k = (t / original) as i64;
                 (
-                    (1..=((original as f64 * strength) as i64)).map(|i| i * k - 1).collect(),
+                    (1..=((original as f64 * strength) as i64))
+                        .map(|i| i * k - 1)
+                        .collect(),
                     original,
                 )
             }
@@ -136,10 +147,14 @@ impl TCDScheduler {
         options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let n = self.num_inference_steps.ok_or(SchedulerError::NotInitialised(CLASS))?;
+        let n = self
+            .num_inference_steps
+            .ok_or(SchedulerError::NotInitialised(CLASS))?;
         let eta = options.eta.unwrap_or(0.3);
         if !(0.0..=1.0).contains(&eta) {
-            return Err(SchedulerError::InvalidArgument(format!("{CLASS}: eta {eta} must be in [0, 1]")));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}: eta {eta} must be in [0, 1]"
+            )));
         }
         let i = self.index.current(&self.timesteps, timestep)?;
         let prev_t = self.timesteps.get(i + 1).copied().unwrap_or(0.0) as i64;
@@ -153,15 +168,27 @@ impl TCDScheduler {
         let (x0, eps) = match self.prediction {
             Prediction::Sample => {
                 let x0 = model_output.clone();
-                let eps = (sample.clone() - x0.clone().mul_scalar(alpha_t.sqrt())).div_scalar(beta_t.sqrt());
+                let eps = (sample.clone() - x0.clone().mul_scalar(alpha_t.sqrt()))
+                    .div_scalar(beta_t.sqrt());
                 (x0, eps)
             }
             Prediction::VPrediction => (
-                ddpm_x0(self.prediction, model_output.clone(), sample.clone(), alpha_t),
-                model_output.clone().mul_scalar(alpha_t.sqrt()) + sample.clone().mul_scalar(beta_t.sqrt()),
+                ddpm_x0(
+                    self.prediction,
+                    model_output.clone(),
+                    sample.clone(),
+                    alpha_t,
+                ),
+                model_output.clone().mul_scalar(alpha_t.sqrt())
+                    + sample.clone().mul_scalar(beta_t.sqrt()),
             ),
             _ => (
-                ddpm_x0(self.prediction, model_output.clone(), sample.clone(), alpha_t),
+                ddpm_x0(
+                    self.prediction,
+                    model_output.clone(),
+                    sample.clone(),
+                    alpha_t,
+                ),
                 model_output.clone(),
             ),
         };
@@ -174,7 +201,10 @@ impl TCDScheduler {
             noised.clone()
         };
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev, pred_original_sample: Some(noised) })
+        Ok(SchedulerOutput {
+            prev_sample: prev,
+            pred_original_sample: Some(noised),
+        })
     }
 
     /// `add_noise`: √ᾱ_t·x0 + √(1-ᾱ_t)·z.

@@ -7,7 +7,9 @@ use crate::common::{
     rescale_zero_terminal_snr, sigma_to_t, threshold_sample, train_sigmas, unsupported,
 };
 use crate::dpmsolver_multistep::{alpha_sigma, dpm_add_noise, lambda};
-use crate::{SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator};
+use crate::{
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+};
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::UniPCMultistepSchedulerConfig;
 
@@ -15,21 +17,27 @@ const CLASS: &str = "UniPCMultistepScheduler";
 
 /// Solves the small dense system `a·x = b` (Gaussian elimination with partial pivoting, in
 /// f64). diffusers calls `torch.linalg.solve` in float32; the systems are at most 3×3.
-pub(crate) fn solve_small(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>, SchedulerError> {
+pub(crate) fn solve_small(
+    mut a: Vec<Vec<f64>>,
+    mut b: Vec<f64>,
+) -> Result<Vec<f64>, SchedulerError> {
     let n = b.len();
     for col in 0..n {
         let pivot = (col..n)
             .max_by(|x, y| a[*x][col].abs().total_cmp(&a[*y][col].abs()))
             .ok_or_else(|| SchedulerError::InvalidArgument("empty linear system".into()))?;
         if a[pivot][col] == 0.0 {
-            return Err(SchedulerError::InvalidArgument("singular UniPC coefficient system".into()));
+            return Err(SchedulerError::InvalidArgument(
+                "singular UniPC coefficient system".into(),
+            ));
         }
         a.swap(col, pivot);
         b.swap(col, pivot);
         for row in col + 1..n {
             let f = a[row][col] / a[col][col];
-            for k in col..n {
-                a[row][k] -= f * a[col][k];
+            let pivot_row = a[col].clone();
+            for (dst, src) in a[row].iter_mut().zip(&pivot_row).skip(col) {
+                *dst -= f * src;
             }
             b[row] -= f * b[col];
         }
@@ -66,7 +74,12 @@ impl UniPCMultistepScheduler {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
-            &[Prediction::Epsilon, Prediction::Sample, Prediction::VPrediction, Prediction::Flow],
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+                Prediction::Flow,
+            ],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
         check_sigma_flags(
@@ -87,13 +100,21 @@ impl UniPCMultistepScheduler {
             return Err(unsupported(CLASS, "solver_p", "a scheduler object"));
         }
         if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
-            return Err(unsupported(CLASS, "final_sigmas_type", &config.final_sigmas_type));
+            return Err(unsupported(
+                CLASS,
+                "final_sigmas_type",
+                &config.final_sigmas_type,
+            ));
         }
         if config.solver_order == 0 {
             return Err(unsupported(CLASS, "solver_order", "0"));
         }
         if prediction == Prediction::Flow && !config.predict_x0 {
-            return Err(unsupported(CLASS, "prediction_type", "flow_prediction with predict_x0=false"));
+            return Err(unsupported(
+                CLASS,
+                "prediction_type",
+                "flow_prediction with predict_x0=false",
+            ));
         }
         let mut betas = make_betas(
             CLASS,
@@ -115,11 +136,15 @@ impl UniPCMultistepScheduler {
         }
         let sigmas = train_sigmas(&ac);
         let order = config.solver_order;
-        let timesteps = np_linspace(0.0, (config.num_train_timesteps - 1) as f64, config.num_train_timesteps)
-            .into_iter()
-            .rev()
-            .map(|t| f64::from(t as f32))
-            .collect();
+        let timesteps = np_linspace(
+            0.0,
+            (config.num_train_timesteps - 1) as f64,
+            config.num_train_timesteps,
+        )
+        .into_iter()
+        .rev()
+        .map(|t| f64::from(t as f32))
+        .collect();
         Ok(Self {
             config,
             prediction,
@@ -146,7 +171,9 @@ impl UniPCMultistepScheduler {
     pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         let c = &self.config;
         if request.timesteps.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!("{CLASS} takes no custom timesteps")));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom timesteps"
+            )));
         }
         if c.use_dynamic_shifting && request.mu.is_none() {
             return Err(SchedulerError::InvalidArgument(format!(
@@ -165,8 +192,10 @@ impl UniPCMultistepScheduler {
         let t_train = c.num_train_timesteps;
         let mut ts: Vec<f64> = match self.spacing {
             Spacing::Linspace => {
-                let mut v: Vec<f64> =
-                    np_linspace(0.0, (t_train - 1) as f64, n + 1).into_iter().map(np_round).collect();
+                let mut v: Vec<f64> = np_linspace(0.0, (t_train - 1) as f64, n + 1)
+                    .into_iter()
+                    .map(np_round)
+                    .collect();
                 v.reverse();
                 v.pop();
                 v
@@ -180,7 +209,10 @@ impl UniPCMultistepScheduler {
             }
             Spacing::Trailing => {
                 let ratio = t_train as f64 / n as f64;
-                np_arange(t_train as f64, 0.0, -ratio).into_iter().map(|x| np_round(x) - 1.0).collect()
+                np_arange(t_train as f64, 0.0, -ratio)
+                    .into_iter()
+                    .map(|x| np_round(x) - 1.0)
+                    .collect()
             }
         };
         let train = train_sigmas(&self.alphas_cumprod);
@@ -206,7 +238,11 @@ impl UniPCMultistepScheduler {
                     })
                     .collect();
             }
-            let l = if c.final_sigmas_type == "sigma_min" { last_min(&s) } else { 0.0 };
+            let l = if c.final_sigmas_type == "sigma_min" {
+                last_min(&s)
+            } else {
+                0.0
+            };
             (s, l)
         } else if c.use_flow_sigmas {
             let mut s: Vec<f64> = match &request.sigmas {
@@ -231,7 +267,10 @@ impl UniPCMultistepScheduler {
                     .collect();
             } else {
                 let shift = c.flow_shift;
-                s = s.into_iter().map(|v| shift * v / (1.0 + (shift - 1.0) * v)).collect();
+                s = s
+                    .into_iter()
+                    .map(|v| shift * v / (1.0 + (shift - 1.0) * v))
+                    .collect();
             }
             if let Some(terminal) = c.shift_terminal
                 && terminal != 0.0
@@ -245,7 +284,11 @@ impl UniPCMultistepScheduler {
                 *first -= 1e-6;
             }
             ts = s.iter().map(|v| v * t_train as f64).collect();
-            let l = if c.final_sigmas_type == "sigma_min" { last_min(&s) } else { 0.0 };
+            let l = if c.final_sigmas_type == "sigma_min" {
+                last_min(&s)
+            } else {
+                0.0
+            };
             (s, l)
         } else {
             let s = np_interp(&ts, &train);
@@ -301,7 +344,10 @@ impl UniPCMultistepScheduler {
         self.sigmas
             .get(i)
             .copied()
-            .ok_or(SchedulerError::StepOutOfRange { index: i, len: self.sigmas.len() })
+            .ok_or(SchedulerError::StepOutOfRange {
+                index: i,
+                len: self.sigmas.len(),
+            })
     }
 
     fn asl(&self, i: usize) -> Result<(f32, f32, f32), SchedulerError> {
@@ -313,18 +359,29 @@ impl UniPCMultistepScheduler {
         let n = self.model_outputs.len();
         n.checked_sub(1 + back)
             .and_then(|k| self.model_outputs.get(k).cloned().flatten())
-            .ok_or_else(|| SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history")))
+            .ok_or_else(|| {
+                SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history"))
+            })
     }
 
-    fn convert<const D: usize>(&self, model_output: Tensor<D>, sample: Tensor<D>, i: usize) -> Result<Tensor<D>, SchedulerError> {
+    fn convert<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        sample: Tensor<D>,
+        i: usize,
+    ) -> Result<Tensor<D>, SchedulerError> {
         let c = &self.config;
         let sigma = self.sigma_at(i)?;
         let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
         if c.predict_x0 {
             let x0 = match self.prediction {
-                Prediction::Epsilon => (sample - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t),
+                Prediction::Epsilon => {
+                    (sample - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t)
+                }
                 Prediction::Sample => model_output,
-                Prediction::VPrediction => sample.mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t),
+                Prediction::VPrediction => {
+                    sample.mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t)
+                }
                 Prediction::Flow => sample - model_output.mul_scalar(sigma),
             };
             if c.thresholding {
@@ -334,8 +391,12 @@ impl UniPCMultistepScheduler {
             }
         } else {
             Ok(match self.prediction {
-                Prediction::Sample => (sample - model_output.mul_scalar(alpha_t)).div_scalar(sigma_t),
-                Prediction::VPrediction => model_output.mul_scalar(alpha_t) + sample.mul_scalar(sigma_t),
+                Prediction::Sample => {
+                    (sample - model_output.mul_scalar(alpha_t)).div_scalar(sigma_t)
+                }
+                Prediction::VPrediction => {
+                    model_output.mul_scalar(alpha_t) + sample.mul_scalar(sigma_t)
+                }
                 _ => model_output,
             })
         }
@@ -381,7 +442,9 @@ impl UniPCMultistepScheduler {
     fn vandermonde(rks: &[f32], order: usize) -> Vec<Vec<f64>> {
         let mut all: Vec<f64> = rks.iter().map(|r| f64::from(*r)).collect();
         all.push(1.0);
-        (0..order).map(|i| all.iter().map(|r| r.powi(i as i32)).collect()).collect()
+        (0..order)
+            .map(|i| all.iter().map(|r| r.powi(i as i32)).collect())
+            .collect()
     }
 
     /// Σ ρ_k·D1_k.
@@ -399,7 +462,8 @@ impl UniPCMultistepScheduler {
 
     fn predictor(&self, x: Tensor<1>, i: usize, order: usize) -> Result<Tensor<1>, SchedulerError> {
         let older: Vec<usize> = (1..order).map(|k| i - k).collect();
-        let (alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, mut b) = self.coefficients(i + 1, i, &older, order)?;
+        let (alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, mut b) =
+            self.coefficients(i + 1, i, &older, order)?;
         let b_h = b.pop().unwrap_or(1.0);
         let m0 = self.history(0)?;
         let d1s: Vec<Tensor<1>> = (1..order)
@@ -411,7 +475,10 @@ impl UniPCMultistepScheduler {
             vec![0.5]
         } else {
             let r = Self::vandermonde(&rks, order);
-            let a: Vec<Vec<f64>> = r[..order - 1].iter().map(|row| row[..order - 1].to_vec()).collect();
+            let a: Vec<Vec<f64>> = r[..order - 1]
+                .iter()
+                .map(|row| row[..order - 1].to_vec())
+                .collect();
             solve_small(a, b[..order - 1].iter().map(|v| f64::from(*v)).collect())?
                 .into_iter()
                 .map(|v| v as f32)
@@ -434,9 +501,16 @@ impl UniPCMultistepScheduler {
         Ok(out)
     }
 
-    fn corrector(&self, model_t: Tensor<1>, last: Tensor<1>, i: usize, order: usize) -> Result<Tensor<1>, SchedulerError> {
+    fn corrector(
+        &self,
+        model_t: Tensor<1>,
+        last: Tensor<1>,
+        i: usize,
+        order: usize,
+    ) -> Result<Tensor<1>, SchedulerError> {
         let older: Vec<usize> = (1..order).map(|k| i - (k + 1)).collect();
-        let (alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, mut b) = self.coefficients(i, i - 1, &older, order)?;
+        let (alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, mut b) =
+            self.coefficients(i, i - 1, &older, order)?;
         let b_h = b.pop().unwrap_or(1.0);
         let m0 = self.history(0)?;
         let d1s: Vec<Tensor<1>> = (1..order)
@@ -451,7 +525,9 @@ impl UniPCMultistepScheduler {
                 .map(|v| v as f32)
                 .collect()
         };
-        let (last_rho, rest) = rhos.split_last().ok_or_else(|| SchedulerError::InvalidArgument("no rho".into()))?;
+        let (last_rho, rest) = rhos
+            .split_last()
+            .ok_or_else(|| SchedulerError::InvalidArgument("no rho".into()))?;
         let corr = Self::weighted(&d1s, rest);
         let d1_t = model_t - m0.clone();
         let inner = match corr {
@@ -459,9 +535,13 @@ impl UniPCMultistepScheduler {
             None => d1_t.mul_scalar(*last_rho),
         };
         Ok(if self.config.predict_x0 {
-            last.mul_scalar(sigma_t / sigma_s0) - m0.mul_scalar(alpha_t * h_phi_1) - inner.mul_scalar(alpha_t * b_h)
+            last.mul_scalar(sigma_t / sigma_s0)
+                - m0.mul_scalar(alpha_t * h_phi_1)
+                - inner.mul_scalar(alpha_t * b_h)
         } else {
-            last.mul_scalar(alpha_t / alpha_s0) - m0.mul_scalar(sigma_t * h_phi_1) - inner.mul_scalar(sigma_t * b_h)
+            last.mul_scalar(alpha_t / alpha_s0)
+                - m0.mul_scalar(sigma_t * h_phi_1)
+                - inner.mul_scalar(sigma_t * b_h)
         })
     }
 
@@ -490,7 +570,9 @@ impl UniPCMultistepScheduler {
         let use_corrector = i > 0
             && !self.config.disable_corrector.contains(&(i as i64 - 1))
             && self.last_sample.is_some();
-        let converted = self.convert(model_output, sample.clone(), i)?.flatten::<1>(0, D - 1);
+        let converted = self
+            .convert(model_output, sample.clone(), i)?
+            .flatten::<1>(0, D - 1);
         let mut x = sample.flatten::<1>(0, D - 1);
         if use_corrector && let Some(last) = self.last_sample.clone() {
             x = self.corrector(converted.clone(), last, i, self.this_order)?;
@@ -512,7 +594,10 @@ impl UniPCMultistepScheduler {
             self.lower_order_nums += 1;
         }
         self.index.advance(1);
-        Ok(SchedulerOutput { prev_sample: prev.reshape(dims), pred_original_sample: None })
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: None,
+        })
     }
 
     /// `add_noise`: α_t·x0 + σ_t·z.

@@ -10,7 +10,9 @@
 //! downloaded.
 
 use anyhow::{Context, Result, bail};
-use burn_diffusers::convert::{Checkpoint, SaveDtype, SaveOptions, convert_single_file, infer_model_type};
+use burn_diffusers::convert::{
+    Checkpoint, SaveDtype, SaveOptions, convert_single_file, infer_model_type,
+};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `convert`.
@@ -40,9 +42,9 @@ pub struct Args {
 /// The dtype to save in: `--dtype`, else the one a `fp16`/`bf16` variant name implies.
 pub fn save_dtype(dtype: Option<&str>, variant: Option<&str>) -> Result<Option<SaveDtype>> {
     match dtype {
-        Some(d) => Ok(Some(
-            SaveDtype::parse(d).with_context(|| format!("unknown --dtype `{d}` (expected f32, f16 or bf16)"))?,
-        )),
+        Some(d) => Ok(Some(SaveDtype::parse(d).with_context(|| {
+            format!("unknown --dtype `{d}` (expected f32, f16 or bf16)")
+        })?)),
         None => Ok(match variant {
             Some("fp16") => Some(SaveDtype::F16),
             Some("bf16") => Some(SaveDtype::BF16),
@@ -82,7 +84,8 @@ pub fn run(args: Args) -> Result<()> {
     let config = match &args.config {
         Some(c) => c.clone(),
         None => {
-            let ckpt = Checkpoint::open(&args.ckpt).with_context(|| format!("reading {}", args.ckpt.display()))?;
+            let ckpt = Checkpoint::open(&args.ckpt)
+                .with_context(|| format!("reading {}", args.ckpt.display()))?;
             let family = infer_model_type(&ckpt);
             let repo = family.default_config_repo();
             eprintln!("detected {family:?}; using the configs of {repo} (pass --config to choose)");
@@ -90,8 +93,16 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     let folder = config_folder(&config)?;
-    convert_single_file(&args.ckpt, &folder, &args.out, &options)
-        .with_context(|| format!("converting {} with the configs of {config}", args.ckpt.display()))?;
-    eprintln!("converted {} to {}", args.ckpt.display(), args.out.display());
+    convert_single_file(&args.ckpt, &folder, &args.out, &options).with_context(|| {
+        format!(
+            "converting {} with the configs of {config}",
+            args.ckpt.display()
+        )
+    })?;
+    eprintln!(
+        "converted {} to {}",
+        args.ckpt.display(),
+        args.out.display()
+    );
     Ok(())
 }

@@ -97,9 +97,9 @@ impl Bar {
     /// A byte-count bar on stderr (hidden when stderr is not a terminal).
     pub fn new() -> Self {
         let bar = ProgressBar::new(0);
-        if let Ok(style) =
-            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-        {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
             bar.set_style(style.progress_chars("=> "));
         }
         Self(bar)

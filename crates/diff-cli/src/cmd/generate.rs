@@ -50,7 +50,11 @@ pub struct Args {
     #[arg(long)]
     pub scheduler: Option<String>,
     /// `key=value` override for `--scheduler` (repeatable).
-    #[arg(long = "scheduler-set", value_name = "KEY=VALUE", requires = "scheduler")]
+    #[arg(
+        long = "scheduler-set",
+        value_name = "KEY=VALUE",
+        requires = "scheduler"
+    )]
     pub scheduler_set: Vec<String>,
     /// Weight variant (`fp16`, ...).
     #[arg(long)]
@@ -99,8 +103,14 @@ fn numbered(path: &Path, index: usize, count: usize) -> PathBuf {
     if count == 1 {
         return path.to_path_buf();
     }
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = path.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
     path.with_file_name(format!("{stem}-{}.{ext}", index + 1))
 }
 
@@ -145,7 +155,10 @@ pub fn run(args: Args) -> Result<()> {
         options.components.safety_checker = Passed::Drop;
     }
     let latents = match &args.latents {
-        Some(p) => Some(load_latents(p, &options.device).with_context(|| format!("reading --latents {}", p.display()))?),
+        Some(p) => Some(
+            load_latents(p, &options.device)
+                .with_context(|| format!("reading --latents {}", p.display()))?,
+        ),
         None => None,
     };
     let mut pipe = DiffusionPipeline::from_pretrained(&args.model, &options)
@@ -154,7 +167,9 @@ pub fn run(args: Args) -> Result<()> {
         (c, _, true) if c.is_xl() => bail!("--mask: SDXL inpainting is not supported"),
         (_, _, true) => Some(PipelineClass::StableDiffusionInpaint),
         (c, true, false) if c.is_xl() => Some(PipelineClass::StableDiffusionXLImg2Img),
-        (PipelineClass::StableDiffusion, true, false) => Some(PipelineClass::StableDiffusionImg2Img),
+        (PipelineClass::StableDiffusion, true, false) => {
+            Some(PipelineClass::StableDiffusionImg2Img)
+        }
         _ => None,
     };
     if let Some(class) = wanted.filter(|c| *c != pipe.class()) {
@@ -187,8 +202,10 @@ pub fn run(args: Args) -> Result<()> {
     };
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} denoising [{bar:30}] {pos}/{len} step, t={msg} ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} denoising [{bar:30}] {pos}/{len} step, t={msg} ({elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut on_step = |info: &StepInfo<'_>| {
         bar.set_length(info.total as u64);
@@ -198,7 +215,10 @@ pub fn run(args: Args) -> Result<()> {
     };
     let out = pipe.call(&call, Some(&mut on_step))?;
     bar.finish_and_clear();
-    let images = out.images.as_ref().context("the pipeline returned no images")?;
+    let images = out
+        .images
+        .as_ref()
+        .context("the pipeline returned no images")?;
     if let Some(path) = &args.out {
         for (i, img) in images.to_rgb8_all().iter().enumerate() {
             let p = numbered(path, i, images.count);
@@ -208,7 +228,137 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(path) = &args.out_array {
         save_float_images(path, images)?;
-        eprintln!("wrote {} ([{}, {}, {}, 3] float32 under `images`)", path.display(), images.count, images.height, images.width);
+        eprintln!(
+            "wrote {} ([{}, {}, {}, 3] float32 under `images`)",
+            path.display(),
+            images.count,
+            images.height,
+            images.width
+        );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn_diffusers::pipelines::outputs::load_float_images;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "burn-diffusers-generate-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn base_args(out_dir: &Path) -> Args {
+        Args {
+            model: fixtures().join("tiny-sd").display().to_string(),
+            prompt: "a photo of an astronaut riding a horse on mars".into(),
+            negative_prompt: None,
+            steps: 4,
+            guidance: Some(7.5),
+            seed: Some(0),
+            height: Some(32),
+            width: Some(32),
+            scheduler: Some("DDIMScheduler".into()),
+            scheduler_set: Vec::new(),
+            variant: None,
+            dtype: "f32".into(),
+            device: "flex".into(),
+            image: None,
+            strength: None,
+            mask: None,
+            latents: None,
+            num_images: 1,
+            no_safety_checker: true,
+            out: Some(out_dir.join("out.png")),
+            out_array: Some(out_dir.join("out.safetensors")),
+        }
+    }
+
+    /// The `sd_txt2img_ddim` case of tests/fixtures/40-pipeline-runs through the CLI; same
+    /// tolerances as the library gate (2/255 per pixel, 0.5/255 mean).
+    #[test]
+    fn generate_out_array_matches_the_diffusers_fixture() {
+        let dir = scratch("parity");
+        run(base_args(&dir)).unwrap();
+        let got = load_float_images(&dir.join("out.safetensors")).unwrap();
+        let want =
+            load_float_images(&fixtures().join("40-pipeline-runs/sd_txt2img_ddim.safetensors"))
+                .unwrap();
+        assert_eq!(
+            (got.count, got.height, got.width),
+            (want.count, want.height, want.width)
+        );
+        let diffs: Vec<f32> = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .collect();
+        let max = diffs.iter().copied().fold(0.0, f32::max);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        assert!(
+            max <= 2.0 / 255.0 && mean < 0.5 / 255.0,
+            "max {max}, mean {mean}"
+        );
+        let png = load_image(&dir.join("out.png")).unwrap();
+        assert_eq!(png.dimensions(), (32, 32));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn bad_inputs_give_clear_errors() {
+        let dir = scratch("bad");
+        let err = |args: Args| format!("{:#}", run(args).unwrap_err());
+        let msg = err(Args {
+            height: Some(100),
+            ..base_args(&dir)
+        });
+        assert!(
+            msg.contains("--height 100") && msg.contains("multiple of 8"),
+            "{msg}"
+        );
+        let missing = dir.join("missing.png");
+        let msg = err(Args {
+            image: Some(missing.clone()),
+            ..base_args(&dir)
+        });
+        assert!(
+            msg.contains(&missing.display().to_string()) && msg.contains("No such file"),
+            "{msg}"
+        );
+        let corrupt = dir.join("corrupt.png");
+        std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really a png").unwrap();
+        let msg = err(Args {
+            image: Some(corrupt.clone()),
+            ..base_args(&dir)
+        });
+        assert!(msg.contains(&corrupt.display().to_string()), "{msg}");
+        let msg = err(Args {
+            model: dir.join("no/such/model").display().to_string(),
+            ..base_args(&dir)
+        });
+        assert!(
+            msg.contains("neither a valid local path nor a valid repo id"),
+            "{msg}"
+        );
+        let msg = err(Args {
+            scheduler: Some("NoSuchScheduler".into()),
+            ..base_args(&dir)
+        });
+        assert!(msg.contains("NoSuchScheduler"), "{msg}");
+        assert!(
+            !dir.join("out.png").exists(),
+            "a failed run wrote an output"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
 }

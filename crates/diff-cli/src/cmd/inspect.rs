@@ -17,6 +17,7 @@ use burn_diffusers::format::{
     safetensors_header::read_header,
     selection::{SelectionOptions, download_plan},
     shard_index::ShardIndex,
+    weights,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,7 +59,9 @@ fn resolve_source(path: &str, variant: Option<&str>) -> Result<PathBuf> {
         return Ok(local);
     }
     if local.exists() {
-        bail!("{path} is a file; inspect expects a diffusers pipeline folder (with model_index.json)");
+        bail!(
+            "{path} is a file; inspect expects a diffusers pipeline folder (with model_index.json)"
+        );
     }
     // A repo id: diff-hub downloads the pipeline's selection (HF_ENDPOINT, HF_HUB_OFFLINE…).
     super::download::resolve_source(path, &super::download::HubArgs::default(), variant)
@@ -77,6 +80,7 @@ fn build_report(root: &Path, args: &Args) -> Result<Value> {
     let plan = download_plan(&files, &index, &options, &source)?;
 
     let mut components = Vec::new();
+    let mut warnings: Vec<String> = plan.warnings.iter().map(|w| w.to_string()).collect();
     for (name, entry) in &index.components {
         let (library, class_name) = match entry {
             ComponentEntry::Null => (Value::Null, Value::Null),
@@ -87,6 +91,19 @@ fn build_report(root: &Path, args: &Args) -> Result<Value> {
         };
         let folder = root.join(name);
         let selected = plan.component_files(name);
+        let prefix = format!("{name}/");
+        let has_model_files = files.iter().any(|f| {
+            f.strip_prefix(&prefix)
+                .is_some_and(|rest| !rest.contains('/') && weights::is_model_file(rest))
+        });
+        if has_model_files && selected.weights.is_empty() {
+            // diffusers downloads nothing for such a component and then fails to load it.
+            warnings.push(format!(
+                "component `{name}` has weight files, but none match variant={} use_safetensors={}; loading it would fail",
+                args.variant.as_deref().unwrap_or("None"),
+                args.use_safetensors.map_or("None".to_owned(), |b| b.to_string())
+            ));
+        }
         let mut weight_files = Vec::new();
         let mut total_bytes = 0u64;
         let mut tensors = 0u64;
@@ -174,7 +191,7 @@ fn build_report(root: &Path, args: &Args) -> Result<Value> {
     let loaded: BTreeSet<&String> = plan
         .model_filenames
         .iter()
-        .filter(|f| !burn_diffusers::format::weights::is_index_file(f))
+        .filter(|f| !weights::is_index_file(f))
         .collect();
     Ok(json!({
         "source": source,
@@ -188,7 +205,7 @@ fn build_report(root: &Path, args: &Args) -> Result<Value> {
         "selected_files": plan.model_filenames,
         "allow_patterns": plan.allow_patterns,
         "ignore_patterns": plan.ignore_patterns,
-        "warnings": plan.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+        "warnings": warnings,
         "scheduler": scheduler,
     }))
 }
@@ -222,7 +239,10 @@ fn human_bytes(n: u64) -> String {
 
 fn print_text(report: &Value) {
     println!("source:    {}", report["source"].as_str().unwrap_or(""));
-    println!("pipeline:  {}", report["pipeline_class"].as_str().unwrap_or(""));
+    println!(
+        "pipeline:  {}",
+        report["pipeline_class"].as_str().unwrap_or("")
+    );
     if let Some(v) = report["diffusers_version"].as_str() {
         println!("written by diffusers {v}");
     }
@@ -275,7 +295,11 @@ fn print_text(report: &Value) {
             files.len(),
             c["tensors"],
             c["parameters"],
-            if dtypes.is_empty() { "-".to_owned() } else { dtypes.join(", ") },
+            if dtypes.is_empty() {
+                "-".to_owned()
+            } else {
+                dtypes.join(", ")
+            },
             if c["fully_inspected"].as_bool() == Some(false) {
                 " (some files could not be inspected)"
             } else {

@@ -6,3 +6,5 @@ pub mod generate;
 pub mod inspect;
 pub mod push;
 pub mod save;
+pub mod schedule;
+pub mod validate;

@@ -5,7 +5,7 @@
 //! it; see `diff_convert::save` for the rules (variants, casts, sharding, atomic replacement).
 
 use anyhow::{Context, Result, bail};
-use burn_diffusers::convert::{SaveDtype, SaveOptions, save_pipeline};
+use burn_diffusers::convert::{SaveOptions, save_pipeline};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `save`.
@@ -17,6 +17,9 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Write the weights under this variant name (`fp16`, `non_ema`, ...) beside existing ones.
+    /// `fp16` / `bf16` also cast to that dtype unless `--dtype` says otherwise (diffusers'
+    /// `variant=` only renames; a half-precision variant of full-precision weights is what the
+    /// name promises).
     #[arg(long)]
     pub variant: Option<String>,
     /// Cast floating-point weights on save: f32, f16 or bf16 (ints are never cast).
@@ -29,32 +32,49 @@ pub struct Args {
     /// Hub revision (branch, tag or commit) when SRC is a repo id.
     #[arg(long)]
     pub revision: Option<String>,
+    /// Write a README.md model card (kept if the folder already has one).
+    #[arg(long)]
+    pub card: bool,
+    /// License for the model card (e.g. `creativeml-openrail-m`).
+    #[arg(long)]
+    pub license: Option<String>,
+    /// `base_model` for the model card (default: SRC when it is a repo id).
+    #[arg(long)]
+    pub base_model: Option<String>,
 }
 
 /// Turns SRC into a local folder: a folder as is, otherwise a repo id resolved by diff-hub.
-pub fn resolve_pipeline_source(src: &str, variant: Option<&str>, revision: Option<&str>) -> Result<PathBuf> {
+pub fn resolve_pipeline_source(
+    src: &str,
+    variant: Option<&str>,
+    revision: Option<&str>,
+) -> Result<PathBuf> {
     let local = Path::new(src);
     if local.is_dir() {
         return Ok(local.to_path_buf());
     }
     if local.exists() {
-        bail!("{src} is a file; expected a diffusers pipeline folder (with model_index.json) or a repo id");
+        bail!(
+            "{src} is a file; expected a diffusers pipeline folder (with model_index.json) or a repo id"
+        );
     }
     let api = burn_diffusers::hub::HubApi::from_env().context("configuring the Hub client")?;
     let selection = burn_diffusers::format::SelectionOptions {
         variant: variant.map(str::to_string),
         ..Default::default()
     };
-    api.download_pipeline(src, revision.unwrap_or("main"), &selection, &burn_diffusers::hub::NoProgress)
-        .with_context(|| format!("downloading {src}"))
+    api.download_pipeline(
+        src,
+        revision.unwrap_or("main"),
+        &selection,
+        &burn_diffusers::hub::NoProgress,
+    )
+    .with_context(|| format!("downloading {src}"))
 }
 
 /// Runs `save`.
 pub fn run(args: Args) -> Result<()> {
-    let dtype = match args.dtype.as_deref() {
-        None => None,
-        Some(d) => Some(SaveDtype::parse(d).with_context(|| format!("unknown --dtype `{d}` (expected f32, f16 or bf16)"))?),
-    };
+    let dtype = super::convert::save_dtype(args.dtype.as_deref(), args.variant.as_deref())?;
     let mut options = SaveOptions {
         variant: args.variant.clone(),
         dtype,
@@ -64,9 +84,22 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(size) = &args.max_shard_size {
         options = options.with_max_shard_size(size)?;
     }
-    let src = resolve_pipeline_source(&args.src, args.variant.as_deref(), args.revision.as_deref())?;
+    let src =
+        resolve_pipeline_source(&args.src, args.variant.as_deref(), args.revision.as_deref())?;
     save_pipeline(&src, &args.out, &options)
         .with_context(|| format!("saving {} to {}", args.src, args.out.display()))?;
+    if args.card {
+        let is_repo = !Path::new(&args.src).exists();
+        let options = burn_diffusers::convert::card::ModelCardOptions {
+            repo_id: None,
+            license: args.license.clone(),
+            base_model: args
+                .base_model
+                .clone()
+                .or_else(|| is_repo.then(|| args.src.clone())),
+        };
+        burn_diffusers::convert::card::write_model_card(&args.out, &options)?;
+    }
     eprintln!("saved {} to {}", args.src, args.out.display());
     Ok(())
 }

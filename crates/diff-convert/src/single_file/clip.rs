@@ -61,13 +61,19 @@ fn pick_source(ckpt: &Checkpoint, hidden: Option<usize>) -> Option<Source> {
     if dim_matches(CLIP_POSITION[1].1) {
         return Some(Source::Clip);
     }
-    if ckpt.tensors.contains_key(&format!("{OPEN_CLIP}token_embedding.weight")) {
+    if ckpt
+        .tensors
+        .contains_key(&format!("{OPEN_CLIP}token_embedding.weight"))
+    {
         return Some(Source::OpenClip(OPEN_CLIP));
     }
     if dim_matches(&format!("{OPEN_CLIP_SDXL}positional_embedding")) {
         return Some(Source::OpenClip(OPEN_CLIP_SDXL));
     }
-    if ckpt.tensors.contains_key(&format!("{OPEN_CLIP_SDXL_REFINER}text_projection")) {
+    if ckpt
+        .tensors
+        .contains_key(&format!("{OPEN_CLIP_SDXL_REFINER}text_projection"))
+    {
         return Some(Source::OpenClip(OPEN_CLIP_SDXL_REFINER));
     }
     None
@@ -75,11 +81,16 @@ fn pick_source(ckpt: &Checkpoint, hidden: Option<usize>) -> Option<Source> {
 
 /// Rows `from..to` of a row-major tensor (the split of OpenCLIP's fused `in_proj`).
 fn rows(t: &RawTensor, from: usize, to: usize) -> Option<RawTensor> {
-    let row: usize = t.shape.iter().skip(1).product::<usize>() * crate::tensors::element_size(t.dtype)?;
+    let row: usize =
+        t.shape.iter().skip(1).product::<usize>() * crate::tensors::element_size(t.dtype)?;
     let data = t.data.get(from * row..to * row)?.to_vec();
     let mut shape = t.shape.clone();
     *shape.first_mut()? = to - from;
-    Some(RawTensor { dtype: t.dtype, shape, data })
+    Some(RawTensor {
+        dtype: t.dtype,
+        shape,
+        data,
+    })
 }
 
 /// Transposes a 2-D tensor.
@@ -91,10 +102,15 @@ fn transpose(t: &RawTensor) -> Option<RawTensor> {
         for j in 0..c {
             let src = (i * c + j) * e;
             let dst = (j * r + i) * e;
-            data.get_mut(dst..dst + e)?.copy_from_slice(t.data.get(src..src + e)?);
+            data.get_mut(dst..dst + e)?
+                .copy_from_slice(t.data.get(src..src + e)?);
         }
     }
-    Some(RawTensor { dtype: t.dtype, shape: vec![c, r], data })
+    Some(RawTensor {
+        dtype: t.dtype,
+        shape: vec![c, r],
+        data,
+    })
 }
 
 fn open_clip_rename(rest: &str) -> String {
@@ -107,10 +123,14 @@ fn open_clip_rename(rest: &str) -> String {
         (".c_proj.", ".fc2."),
         (".attn", ".self_attn"),
     ];
-    MAP.iter().fold(rest.to_string(), |k, (old, new)| k.replace(old, new))
+    MAP.iter()
+        .fold(rest.to_string(), |k, (old, new)| k.replace(old, new))
 }
 
-fn convert_open_clip(ckpt: &Checkpoint, prefix: &str) -> Result<Vec<(String, RawTensor)>, ConvertError> {
+fn convert_open_clip(
+    ckpt: &Checkpoint,
+    prefix: &str,
+) -> Result<Vec<(String, RawTensor)>, ConvertError> {
     let bad_shape = |key: &str, t: &RawTensor, expected: &str| ConvertError::BadShape {
         path: ckpt.path.clone(),
         key: key.to_string(),
@@ -118,18 +138,29 @@ fn convert_open_clip(ckpt: &Checkpoint, prefix: &str) -> Result<Vec<(String, Raw
         expected: expected.to_string(),
     };
     let proj_key = format!("{prefix}text_projection");
-    let proj_dim = ckpt.tensors.get(&proj_key).and_then(|t| t.shape.first().copied());
+    let proj_dim = ckpt
+        .tensors
+        .get(&proj_key)
+        .and_then(|t| t.shape.first().copied());
     let mut out = Vec::new();
     let simple = [
-        ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
-        ("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+        (
+            "positional_embedding",
+            "text_model.embeddings.position_embedding.weight",
+        ),
+        (
+            "token_embedding.weight",
+            "text_model.embeddings.token_embedding.weight",
+        ),
         ("ln_final.weight", "text_model.final_layer_norm.weight"),
         ("ln_final.bias", "text_model.final_layer_norm.bias"),
         ("text_projection", "text_projection.weight"),
     ];
     for (ldm, diffusers) in simple {
         let key = format!("{prefix}{ldm}");
-        let Some(t) = ckpt.tensors.get(&key) else { continue };
+        let Some(t) = ckpt.tensors.get(&key) else {
+            continue;
+        };
         if sd2_ignored(&key) {
             continue;
         }
@@ -142,7 +173,9 @@ fn convert_open_clip(ckpt: &Checkpoint, prefix: &str) -> Result<Vec<(String, Raw
     }
     let transformer = format!("{prefix}transformer.");
     for (key, t) in ckpt.tensors.iter() {
-        let Some(rest) = key.strip_prefix(&transformer) else { continue };
+        let Some(rest) = key.strip_prefix(&transformer) else {
+            continue;
+        };
         if sd2_ignored(key) {
             continue;
         }
@@ -159,7 +192,8 @@ fn convert_open_clip(ckpt: &Checkpoint, prefix: &str) -> Result<Vec<(String, Raw
                     return Err(bad_shape(key, t, &format!("{} rows (3 × {d})", 3 * d)));
                 }
                 for (i, q) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
-                    let part = rows(t, i * d, (i + 1) * d).ok_or_else(|| bad_shape(key, t, "a fused q/k/v"))?;
+                    let part = rows(t, i * d, (i + 1) * d)
+                        .ok_or_else(|| bad_shape(key, t, "a fused q/k/v"))?;
                     out.push((format!("{base}.{q}.{kind}"), part));
                 }
             }
@@ -174,7 +208,9 @@ fn is_model_key(key: &str, layers: Option<usize>, projection: bool) -> bool {
     if key == "text_projection.weight" {
         return projection;
     }
-    let Some(k) = key.strip_prefix("text_model.") else { return false };
+    let Some(k) = key.strip_prefix("text_model.") else {
+        return false;
+    };
     if let Some(rest) = k.strip_prefix("encoder.layers.") {
         let index = rest.split('.').next().and_then(|i| i.parse::<usize>().ok());
         return match (index, layers) {
@@ -233,7 +269,9 @@ pub fn convert_clip(
         let key = if projection {
             key
         } else {
-            key.strip_prefix("text_model.").map(str::to_string).unwrap_or(key)
+            key.strip_prefix("text_model.")
+                .map(str::to_string)
+                .unwrap_or(key)
         };
         out.push((key, t));
     }

@@ -23,7 +23,9 @@ pub mod unet;
 pub mod vae;
 
 use crate::ConvertError;
-use crate::save::{Library, SaveOptions, atomic_folder, rewrite_config, save_component, save_weights};
+use crate::save::{
+    Library, SaveOptions, atomic_folder, rewrite_config, save_component, save_weights,
+};
 use crate::tensors::{RawTensor, read_pickle, read_safetensors};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -95,9 +97,11 @@ impl ModelType {
     }
 }
 
-const KEY_V2: &str = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight";
+const KEY_V2: &str =
+    "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight";
 const KEY_XL_BASE: &str = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias";
-const KEY_XL_REFINER: &str = "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias";
+const KEY_XL_REFINER: &str =
+    "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias";
 const KEY_INPAINTING: &str = "model.diffusion_model.input_blocks.0.0.weight";
 
 /// diffusers' `infer_diffusers_model_type`, for the Stable Diffusion families.
@@ -124,7 +128,10 @@ pub fn infer_model_type(ckpt: &Checkpoint) -> ModelType {
 }
 
 pub(crate) fn config_usize(config: &Map<String, Value>, key: &str) -> Option<usize> {
-    config.get(key).and_then(Value::as_u64).and_then(|v| usize::try_from(v).ok())
+    config
+        .get(key)
+        .and_then(Value::as_u64)
+        .and_then(|v| usize::try_from(v).ok())
 }
 
 pub(crate) fn config_str<'a>(config: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
@@ -191,6 +198,13 @@ pub fn convert_single_file(
             });
         }
     }
+    // diffusers builds the models in the default dtype (float32) and loads the checkpoint into
+    // them, so a half-precision checkpoint converts to float32 unless a dtype is asked for
+    // (`torch_dtype=`). Checked against diffusers 0.42.1 with an fp16 checkpoint.
+    let model_options = SaveOptions {
+        dtype: Some(options.dtype.unwrap_or(crate::SaveDtype::F32)),
+        ..options.clone()
+    };
     atomic_folder(out, |tmp| {
         for (name, class) in &components {
             let from = config_dir.join(name);
@@ -213,8 +227,16 @@ pub fn convert_single_file(
                     for entry in std::fs::read_dir(&from).map_err(|e| ConvertError::io(&from, e))? {
                         let entry = entry.map_err(|e| ConvertError::io(&from, e))?;
                         let file = entry.file_name().to_string_lossy().into_owned();
-                        if file.ends_with(".json") && !file.contains(".index") && entry.path().is_file() {
-                            rewrite_config(&entry.path(), &to.join(&file), None, options.dtype)?;
+                        if file.ends_with(".json")
+                            && !file.contains(".index")
+                            && entry.path().is_file()
+                        {
+                            rewrite_config(
+                                &entry.path(),
+                                &to.join(&file),
+                                None,
+                                model_options.dtype,
+                            )?;
                         }
                     }
                     let mut tensors = tensors;
@@ -222,7 +244,7 @@ pub fn convert_single_file(
                         Library::Diffusers => crate::order::sort_state_dict_keys(&mut tensors),
                         Library::Transformers => crate::order::sort_transformers_keys(&mut tensors),
                     }
-                    save_weights(&to, library, tensors, options)?;
+                    save_weights(&to, library, tensors, &model_options)?;
                 }
                 // Tokenizers, schedulers, feature extractors (and any component whose weights
                 // the config folder carries) come from the config folder, as diffusers loads them.

@@ -41,11 +41,17 @@ fn two_indices(s: &str) -> Option<(usize, usize, &str)> {
 }
 
 /// Converts the UNet of an original checkpoint, using the diffusers UNet `config`.
-pub fn convert_unet(ckpt: &Checkpoint, config: &Map<String, Value>) -> Result<StateDict, ConvertError> {
+pub fn convert_unet(
+    ckpt: &Checkpoint,
+    config: &Map<String, Value>,
+) -> Result<StateDict, ConvertError> {
     let layers = config_usize(config, "layers_per_block").unwrap_or(2);
     let per_block = layers + 1;
     let text_time = config_str(config, "addition_embed_type") == Some("text_time");
-    let class_embed = matches!(config_str(config, "class_embed_type"), Some("timestep" | "projection"));
+    let class_embed = matches!(
+        config_str(config, "class_embed_type"),
+        Some("timestep" | "projection")
+    );
     let mut out: StateDict = Vec::new();
     let mut label_emb_seen = false;
     for (key, tensor) in ckpt.tensors.iter() {
@@ -98,7 +104,10 @@ pub fn convert_unet(ckpt: &Checkpoint, config: &Map<String, Value>) -> Result<St
                                     Some(format!("down_blocks.{block}.downsamplers.0.conv.{p}"))
                                 }
                                 Some(_) => None,
-                                None => Some(format!("down_blocks.{block}.resnets.{layer}.{}", resnet(rest))),
+                                None => Some(format!(
+                                    "down_blocks.{block}.resnets.{layer}.{}",
+                                    resnet(rest)
+                                )),
                             },
                             1 => Some(format!("down_blocks.{block}.attentions.{layer}.{rest}")),
                             _ => None,
@@ -108,7 +117,7 @@ pub fn convert_unet(ckpt: &Checkpoint, config: &Map<String, Value>) -> Result<St
                     s.split_once('.').and_then(|(n, rest)| {
                         let n: usize = n.parse().ok()?;
                         let id = n.saturating_sub(1);
-                        Some(if n % 2 == 0 {
+                        Some(if n.is_multiple_of(2) {
                             format!("mid_block.resnets.{id}.{}", resnet(rest))
                         } else {
                             format!("mid_block.attentions.{id}.{rest}")
@@ -119,11 +128,16 @@ pub fn convert_unet(ckpt: &Checkpoint, config: &Map<String, Value>) -> Result<St
                         let block = i / per_block;
                         let layer = i % per_block;
                         match (j, rest.strip_prefix("conv.")) {
-                            (0, _) => Some(format!("up_blocks.{block}.resnets.{layer}.{}", resnet(rest))),
+                            (0, _) => Some(format!(
+                                "up_blocks.{block}.resnets.{layer}.{}",
+                                resnet(rest)
+                            )),
                             (1 | 2, Some(p @ ("weight" | "bias"))) => {
                                 Some(format!("up_blocks.{block}.upsamplers.0.conv.{p}"))
                             }
-                            (1, None) => Some(format!("up_blocks.{block}.attentions.{layer}.{rest}")),
+                            (1, None) => {
+                                Some(format!("up_blocks.{block}.attentions.{layer}.{rest}"))
+                            }
                             _ => None,
                         }
                     })
@@ -134,14 +148,17 @@ pub fn convert_unet(ckpt: &Checkpoint, config: &Map<String, Value>) -> Result<St
         };
         match new {
             Some(n) => out.push((n, tensor.clone())),
-            None => tracing::debug!(key = %key, "original UNet key has no diffusers counterpart; dropped"),
+            None => {
+                tracing::debug!(key = %key, "original UNet key has no diffusers counterpart; dropped")
+            }
         }
     }
     if (text_time || class_embed) && !label_emb_seen {
         return Err(ConvertError::MissingKey {
             path: ckpt.path.clone(),
             key: format!("{LDM_UNET_KEY}label_emb.0.0.weight"),
-            needed_for: "the UNet's add_embedding / class_embedding (the config asks for one)".into(),
+            needed_for: "the UNet's add_embedding / class_embedding (the config asks for one)"
+                .into(),
         });
     }
     Ok(out)

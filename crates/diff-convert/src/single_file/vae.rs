@@ -46,7 +46,10 @@ fn attention(rest: &str) -> Option<&'static str> {
 }
 
 /// Converts the VAE of an original checkpoint, using the diffusers VAE `config`.
-pub fn convert_vae(ckpt: &Checkpoint, config: &Map<String, Value>) -> Result<StateDict, ConvertError> {
+pub fn convert_vae(
+    ckpt: &Checkpoint,
+    config: &Map<String, Value>,
+) -> Result<StateDict, ConvertError> {
     let count = |key: &str| config.get(key).and_then(Value::as_array).map(Vec::len);
     let num_down = count("down_block_types").unwrap_or(1);
     let num_up = count("up_block_types").unwrap_or(1);
@@ -79,10 +82,9 @@ pub fn convert_vae(ckpt: &Checkpoint, config: &Map<String, Value>) -> Result<Sta
                         attention(a).map(|a| format!("{part}.mid_block.attentions.0.{a}"))
                     } else if let Some(b) = s.strip_prefix("block_1.") {
                         Some(format!("{part}.mid_block.resnets.0.{}", resnet(b)))
-                    } else if let Some(b) = s.strip_prefix("block_2.") {
-                        Some(format!("{part}.mid_block.resnets.1.{}", resnet(b)))
                     } else {
-                        None
+                        s.strip_prefix("block_2.")
+                            .map(|b| format!("{part}.mid_block.resnets.1.{}", resnet(b)))
                     }
                 } else if let (Some(s), "encoder") = (r.strip_prefix("down."), part) {
                     s.split_once('.').and_then(|(i, s)| {
@@ -115,8 +117,17 @@ pub fn convert_vae(ckpt: &Checkpoint, config: &Map<String, Value>) -> Result<Sta
             _ => None,
         };
         match new {
-            Some(n) => out.push((n, if linear { conv_to_linear(tensor) } else { tensor.clone() })),
-            None => tracing::debug!(key = %key, "original VAE key has no diffusers counterpart; dropped"),
+            Some(n) => out.push((
+                n,
+                if linear {
+                    conv_to_linear(tensor)
+                } else {
+                    tensor.clone()
+                },
+            )),
+            None => {
+                tracing::debug!(key = %key, "original VAE key has no diffusers counterpart; dropped")
+            }
         }
     }
     Ok(out)

@@ -198,12 +198,14 @@ pub fn from_config<C: SchedulerConfigClass>(
             );
         }
     }
-    let mut built: C = serde_json::from_value(Value::Object(init.clone())).map_err(|err| {
-        SchedulerConfigError::Invalid {
-            class: C::CLASS_NAME,
-            message: err.to_string(),
-        }
-    })?;
+    // serde_path_to_error names the key whose value has the wrong type.
+    let mut built: C =
+        serde_path_to_error::deserialize(Value::Object(init.clone())).map_err(|err| {
+            SchedulerConfigError::Invalid {
+                class: C::CLASS_NAME,
+                message: format!("key `{}`: {}", err.path(), err.inner()),
+            }
+        })?;
     let extra = built.extra_mut();
     extra.clear();
     for (k, v) in &original {
@@ -232,6 +234,15 @@ pub fn from_config<C: SchedulerConfigClass>(
         );
     }
     Ok(built)
+}
+
+/// Reads a float where `null` stands for −∞: JSON cannot spell infinities, so a
+/// `lambda_min_clipped` of `-inf` (diffusers' default, which Python writes as `-Infinity`)
+/// comes back as `null` from serde_json-based writers.
+fn null_as_neg_infinity<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NEG_INFINITY))
 }
 
 /// Declares one config struct, its `Default` (the Python defaults) and its
@@ -544,6 +555,7 @@ scheduler_config! {
         /// `final_sigmas_type`, default `'zero'`.
         final_sigmas_type: String = "zero".to_string(),
         /// `lambda_min_clipped`, default `-inf`.
+        #[serde(deserialize_with = "null_as_neg_infinity")]
         lambda_min_clipped: f64 = f64::NEG_INFINITY,
         /// `variance_type`, default `None`.
         variance_type: Option<String> = None,
@@ -602,6 +614,7 @@ scheduler_config! {
         /// `final_sigmas_type`, default `'zero'`.
         final_sigmas_type: String = "zero".to_string(),
         /// `lambda_min_clipped`, default `-inf`.
+        #[serde(deserialize_with = "null_as_neg_infinity")]
         lambda_min_clipped: f64 = f64::NEG_INFINITY,
         /// `variance_type`, default `None`.
         variance_type: Option<String> = None,
@@ -915,5 +928,105 @@ scheduler_config! {
         time_shift_type: String = "exponential".to_string(),
         /// `stochastic_sampling`, default `False`.
         stochastic_sampling: bool = false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sd15() -> Map<String, Value> {
+        match json!({
+            "_class_name": "PNDMScheduler",
+            "_diffusers_version": "0.6.0",
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "num_train_timesteps": 1000,
+            "set_alpha_to_one": false,
+            "skip_prk_steps": true,
+            "steps_offset": 1,
+            "trained_betas": null,
+            "clip_sample": false
+        }) {
+            Value::Object(m) => m,
+            _ => unreachable!("literal object"),
+        }
+    }
+
+    #[test]
+    fn from_config_of_another_class_takes_shared_keys_and_keeps_foreign_ones() {
+        let c: EulerDiscreteSchedulerConfig = from_config(&sd15(), &Map::new()).expect("valid");
+        assert_eq!(c.beta_schedule, "scaled_linear");
+        assert_eq!(c.steps_offset, 1);
+        // Absent in the SD 1.5 file: Euler's own default applies.
+        assert_eq!(c.timestep_spacing, "linspace");
+        // PNDM-only keys are kept for re-save, `_class_name` names the new class.
+        assert_eq!(c.extra["skip_prk_steps"], json!(true));
+        assert_eq!(c.extra["_class_name"], json!("EulerDiscreteScheduler"));
+        assert_eq!(c.extra["_diffusers_version"], json!("0.6.0"));
+        let defaults = c.extra["_use_default_values"].as_array().expect("list");
+        assert!(defaults.contains(&json!("timestep_spacing")));
+        assert!(!defaults.contains(&json!("beta_start")));
+    }
+
+    #[test]
+    fn from_config_overrides_win_and_use_default_values_are_dropped() {
+        let mut cfg = sd15();
+        cfg.insert("timestep_spacing".into(), json!("leading"));
+        cfg.insert("_use_default_values".into(), json!(["timestep_spacing"]));
+        let mut overrides = Map::new();
+        overrides.insert("beta_end".into(), json!(0.02));
+        let c: DDIMSchedulerConfig = from_config(&cfg, &overrides).expect("valid");
+        assert_eq!(c.beta_end, 0.02);
+        // Listed as a default of the saving class: DDIM's own default ("leading") applies,
+        // and the key is not carried over as a kept key either.
+        assert_eq!(c.timestep_spacing, "leading");
+        let listed = c.extra["_use_default_values"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(listed.contains(&json!("timestep_spacing")));
+        let mut euler_cfg = cfg.clone();
+        euler_cfg.insert("_class_name".into(), json!("DDIMScheduler"));
+        let e: EulerDiscreteSchedulerConfig = from_config(&euler_cfg, &Map::new()).expect("valid");
+        assert_eq!(
+            e.timestep_spacing, "linspace",
+            "dropped key falls back to Euler's default"
+        );
+    }
+
+    #[test]
+    fn from_config_reports_a_wrongly_typed_value_with_its_key() {
+        let mut cfg = sd15();
+        cfg.insert("num_train_timesteps".into(), json!("many"));
+        let err = from_config::<DDPMSchedulerConfig>(&cfg, &Map::new()).expect_err("bad type");
+        let msg = err.to_string();
+        assert!(msg.contains("DDPMScheduler"), "{msg}");
+        assert!(
+            msg.contains("num_train_timesteps"),
+            "the key is named: {msg}"
+        );
+    }
+
+    #[test]
+    fn lambda_min_clipped_reads_null_as_negative_infinity() {
+        let mut cfg = Map::new();
+        cfg.insert("lambda_min_clipped".into(), Value::Null);
+        let c: DPMSolverMultistepSchedulerConfig = from_config(&cfg, &Map::new()).expect("valid");
+        assert_eq!(c.lambda_min_clipped, f64::NEG_INFINITY);
+        assert_eq!(
+            DPMSolverMultistepSchedulerConfig::default().lambda_min_clipped,
+            f64::NEG_INFINITY
+        );
+    }
+
+    #[test]
+    fn every_class_knows_its_init_keys() {
+        for class in KARRAS_COMPATIBLES {
+            assert!(scheduler_init_keys(class).is_some(), "{class}");
+        }
+        assert_eq!(scheduler_init_keys("NotAScheduler"), None);
     }
 }

@@ -156,7 +156,10 @@ mod tests {
         assert!(!cfg.pad_token.as_ref().is_some_and(|t| t.normalized()));
         assert!(cfg.bos_token.as_ref().is_some_and(|t| t.normalized()));
         // The eos default is CLIPTokenizer's.
-        assert_eq!(cfg.eos_token.as_ref().map(|t| t.content()), Some("<|endoftext|>"));
+        assert_eq!(
+            cfg.eos_token.as_ref().map(|t| t.content()),
+            Some("<|endoftext|>")
+        );
         assert!(cfg.extra.contains_key("add_prefix_space"));
         let back = serde_json::to_value(&cfg).unwrap();
         assert_eq!(back["bos_token"]["__type"], "AddedToken");

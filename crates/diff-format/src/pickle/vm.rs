@@ -127,7 +127,9 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Number of elements (`None` on overflow).
     pub fn numel(&self) -> Option<usize> {
-        self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        self.shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
 }
 
@@ -443,7 +445,7 @@ impl Machine {
     }
 
     fn set_items(&mut self, dict: Id, items: &[Id]) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("SETITEMS with an odd number of items"));
         }
         let pairs: Vec<(Id, Id)> = items.chunks_exact(2).map(|c| (c[0], c[1])).collect();
@@ -622,7 +624,9 @@ impl Machine {
                 b')' => self.push(Obj::Tuple(Vec::new()))?,
                 b'(' => self.stack.push(Slot::Mark),
                 b'0' => {
-                    self.stack.pop().ok_or_else(|| self.err("POP on an empty stack"))?;
+                    self.stack
+                        .pop()
+                        .ok_or_else(|| self.err("POP on an empty stack"))?;
                 }
                 b'1' => {
                     self.pop_mark()?;
@@ -643,7 +647,8 @@ impl Machine {
                 }
                 0x94 => {
                     let id = self.top()?;
-                    let k = u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflow"))?;
+                    let k =
+                        u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflow"))?;
                     self.memo.insert(k, id);
                 }
                 b'h' => {
@@ -678,7 +683,8 @@ impl Machine {
                         // Python-2 byte strings (BINSTRING) decode as latin-1, as
                         // `torch.load(encoding="latin1")` would.
                         b'T' | b'U' => bytes.iter().map(|&b| char::from(b)).collect(),
-                        _ => String::from_utf8(bytes).map_err(|_| self.err("invalid UTF-8 in str"))?,
+                        _ => String::from_utf8(bytes)
+                            .map_err(|_| self.err("invalid UTF-8 in str"))?,
                     };
                     self.push(Obj::Str(s))?;
                 }
@@ -728,7 +734,11 @@ impl Machine {
                 0x89 => self.push(Obj::Bool(false))?,
                 b't' | 0x91 => {
                     let items = self.pop_mark()?;
-                    self.push(if op == b't' { Obj::Tuple(items) } else { Obj::List(items) })?;
+                    self.push(if op == b't' {
+                        Obj::Tuple(items)
+                    } else {
+                        Obj::List(items)
+                    })?;
                 }
                 0x85..=0x87 => {
                     let n = usize::from(op - 0x84);
@@ -852,9 +862,10 @@ pub(crate) fn materialize(
     let out_of_bounds = |needed: u64| PickleError::TensorOutOfBounds {
         path: path.to_path_buf(),
         tensor: name.to_string(),
-        shape: info.shape.iter().map(|&d| d as u64).collect(),
-        stride: info.stride.iter().map(|&d| d as u64).collect(),
-        offset: info.storage_offset as u64,
+        layout: format!(
+            "shape {:?}, stride {:?}, offset {}",
+            info.shape, info.stride, info.storage_offset
+        ),
         key: info.storage_key.clone(),
         needed,
         available: available as u64,

@@ -74,7 +74,10 @@ fn read_at<R: Read + Seek>(
     if buf.len() as u64 != len {
         return Err(corrupt(
             path,
-            format!("expected {len} bytes at offset {offset}, the file ends after {}", buf.len()),
+            format!(
+                "expected {len} bytes at offset {offset}, the file ends after {}",
+                buf.len()
+            ),
         ));
     }
     Ok(buf)
@@ -119,17 +122,23 @@ pub(crate) fn read_index<R: Read + Seek>(
         let z64_offset = u64_at(&tail, loc_pos + 8).ok_or_else(short)?;
         let rec = read_at(file, path, z64_offset, 56)?;
         if u32_at(&rec, 0) != Some(ZIP64_EOCD_SIG) {
-            return Err(corrupt(path, "zip64 end-of-central-directory record missing"));
+            return Err(corrupt(
+                path,
+                "zip64 end-of-central-directory record missing",
+            ));
         }
         count = u64_at(&rec, 32).ok_or_else(short)?;
         cd_size = u64_at(&rec, 40).ok_or_else(short)?;
         cd_offset = u64_at(&rec, 48).ok_or_else(short)?;
     }
-    if cd_size > MAX_CENTRAL_DIRECTORY || cd_offset.checked_add(cd_size).is_none_or(|e| e > file_len)
+    if cd_size > MAX_CENTRAL_DIRECTORY
+        || cd_offset.checked_add(cd_size).is_none_or(|e| e > file_len)
     {
         return Err(corrupt(
             path,
-            format!("central directory ({cd_size} bytes at {cd_offset}) lies outside the file ({file_len} bytes)"),
+            format!(
+                "central directory ({cd_size} bytes at {cd_offset}) lies outside the file ({file_len} bytes)"
+            ),
         ));
     }
 
@@ -150,9 +159,7 @@ pub(crate) fn read_index<R: Read + Seek>(
         let comment_len = usize::from(u16_at(&cd, pos + 32).ok_or_else(bad)?);
         let mut local = u64::from(u32_at(&cd, pos + 42).ok_or_else(bad)?);
         let name_start = pos + 46;
-        let name = cd
-            .get(name_start..name_start + name_len)
-            .ok_or_else(bad)?;
+        let name = cd.get(name_start..name_start + name_len).ok_or_else(bad)?;
         let name = String::from_utf8_lossy(name).into_owned();
         let extra = cd
             .get(name_start + name_len..name_start + name_len + extra_len)
@@ -191,13 +198,19 @@ pub(crate) fn read_index<R: Read + Seek>(
             });
         }
         if csize != usize_ {
-            return Err(corrupt(path, format!("stored entry `{name}` has compressed size {csize} != size {usize_}")));
+            return Err(corrupt(
+                path,
+                format!("stored entry `{name}` has compressed size {csize} != size {usize_}"),
+            ));
         }
         // The local header repeats the name and has its own extra field (torch pads it to
         // align storages), so the data offset must be read from it.
         let header = read_at(file, path, local, 30)?;
         if u32_at(&header, 0) != Some(LOCAL_SIG) {
-            return Err(corrupt(path, format!("bad local header for entry `{name}`")));
+            return Err(corrupt(
+                path,
+                format!("bad local header for entry `{name}`"),
+            ));
         }
         let lname = u64::from(u16_at(&header, 26).unwrap_or(0));
         let lextra = u64::from(u16_at(&header, 28).unwrap_or(0));
@@ -207,7 +220,9 @@ pub(crate) fn read_index<R: Read + Seek>(
         if offset.checked_add(csize).is_none_or(|end| end > file_len) {
             return Err(corrupt(
                 path,
-                format!("entry `{name}` ({csize} bytes at {offset}) lies outside the file ({file_len} bytes)"),
+                format!(
+                    "entry `{name}` ({csize} bytes at {offset}) lies outside the file ({file_len} bytes)"
+                ),
             ));
         }
         entries.insert(name, Entry { offset, len: csize });

@@ -38,10 +38,22 @@ pub fn write(root: &Path, rel: &str, content: &[u8]) {
 /// A tiny pipeline-shaped repo: two regular JSON files and one LFS weight file.
 pub fn tiny_repo(root: &Path, repo: &str) {
     let base = root.join(repo);
-    write(&base, "model_index.json", br#"{"_class_name": "X", "unet": ["diffusers", "UNet2DConditionModel"]}"#);
+    write(
+        &base,
+        "model_index.json",
+        br#"{"_class_name": "X", "unet": ["diffusers", "UNet2DConditionModel"]}"#,
+    );
     write(&base, "unet/config.json", br#"{"sample_size": 8}"#);
-    write(&base, "unet/diffusion_pytorch_model.safetensors", &bytes(300_000, 1));
-    write(&base, "README.md", b"---\nlibrary_name: diffusers\n---\n# tiny\n");
+    write(
+        &base,
+        "unet/diffusion_pytorch_model.safetensors",
+        &bytes(300_000, 1),
+    );
+    write(
+        &base,
+        "README.md",
+        b"---\nlibrary_name: diffusers\n---\n# tiny\n",
+    );
 }
 
 pub fn start(configure: impl FnOnce(&mut ServerConfig)) -> Env {
@@ -52,20 +64,27 @@ pub fn start(configure: impl FnOnce(&mut ServerConfig)) -> Env {
     config.read_tokens = vec![READ_TOKEN.into()];
     configure(&mut config);
     let server = HubServer::start(config).expect("server starts");
-    Env { server, root, cache }
+    Env {
+        server,
+        root,
+        cache,
+    }
 }
 
 impl Env {
     pub fn config(&self, token: Option<&str>) -> HubConfig {
         let cache = self.cache.path().to_string_lossy().into_owned();
-        let mut config = HubConfig::from_lookup(|k| (k == "HF_HUB_CACHE").then(|| cache.clone())).expect("config");
+        let mut config = HubConfig::from_lookup(|k| (k == "HF_HUB_CACHE").then(|| cache.clone()))
+            .expect("config");
         config.endpoint = self.server.endpoint().to_string();
         config.cache_dir = self.cache.path().to_path_buf();
         config.token = token.map(diff_hub::Token::new);
         config.retry_delay = Duration::from_millis(5);
         config.max_retry_delay = Duration::from_millis(20);
         config.timeout = Duration::from_secs(5);
-        config.read_timeout = Duration::from_secs(5);
+        // A truncated body (fault injection) keeps its connection open: the client notices by
+        // timing out, as it would on a stalled network, so keep that wait short.
+        config.read_timeout = Duration::from_secs(1);
         config
     }
 
@@ -80,7 +99,9 @@ impl Env {
     }
 
     pub fn repo_cache(&self, repo: &str) -> PathBuf {
-        self.cache.path().join(format!("models--{}", repo.replace('/', "--")))
+        self.cache
+            .path()
+            .join(format!("models--{}", repo.replace('/', "--")))
     }
 }
 
@@ -94,7 +115,12 @@ pub fn files_under(dir: &Path) -> Vec<String> {
             if std::fs::metadata(&path).expect("metadata").is_dir() {
                 stack.push(path);
             } else {
-                out.push(path.strip_prefix(dir).expect("prefix").to_string_lossy().replace('\\', "/"));
+                out.push(
+                    path.strip_prefix(dir)
+                        .expect("prefix")
+                        .to_string_lossy()
+                        .replace('\\', "/"),
+                );
             }
         }
     }

@@ -9,7 +9,8 @@
 //!
 //! Enum wrappers are transparent (burn adds the variant name to the path; PyTorch has no such
 //! level). Parameters are loaded one at a time into still-lazy burn params, so the random
-//! initialisation of a freshly built module never runs for a loaded key.
+//! initialisation of a freshly built module never runs for a loaded key. Only float parameters
+//! are loaded; int and bool parameters (none of our models has any) keep their values.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -147,7 +148,12 @@ impl ModuleMapper for Loader<'_> {
             Ok(data) => {
                 let device = param.lazy_device();
                 let id = param.id;
-                let tensor = Tensor::<D>::from_data(data, (&device, self.dtype));
+                let mut tensor = Tensor::<D>::from_data(data, (&device, self.dtype));
+                if slot.transpose {
+                    // PyTorch stores Linear weights [out, in]; burn's Linear wants [in, out].
+                    // The device transposes (optimised backend code, no extra host copy).
+                    tensor = tensor.transpose();
+                }
                 self.source.release(ckpt_key);
                 self.loaded += 1;
                 param.transform_for_load(tensor, id)
@@ -160,7 +166,7 @@ impl ModuleMapper for Loader<'_> {
     }
 }
 
-/// Reads one checkpoint tensor into host data of `dtype` in burn's layout.
+/// Reads one checkpoint tensor into host data of `dtype`, in the checkpoint's (PyTorch) layout.
 fn tensor_data(
     source: &TensorSource,
     key: &str,
@@ -188,13 +194,8 @@ fn tensor_data(
             });
         }
     };
-    let owned = if slot.transpose {
-        // The checkpoint is [out, in] row-major; burn's Linear wants [in, out] row-major.
-        transpose_2d(bytes, &info.shape, info.dtype.size())
-    } else {
-        bytes.to_vec()
-    };
-    let data = TensorData::try_from_bytes_vec(owned, slot.shape.clone(), disk).map_err(|e| {
+    let owned = bytes.to_vec();
+    let data = TensorData::try_from_bytes_vec(owned, slot.torch_shape(), disk).map_err(|e| {
         ModelError::WeightFile {
             path: origin.clone(),
             reason: format!("tensor `{key}`: {e}"),
@@ -207,24 +208,6 @@ fn tensor_data(
             got: format!("{} ({e})", info.dtype.name()),
             expected: format!("a dtype convertible to {dtype:?}"),
         })
-}
-
-fn transpose_2d(bytes: &[u8], shape: &[usize], elem: usize) -> Vec<u8> {
-    let (rows, cols) = match shape {
-        [r, c] => (*r, *c),
-        _ => return bytes.to_vec(),
-    };
-    let mut out = vec![0u8; bytes.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            let src = (r * cols + c) * elem;
-            let dst = (c * rows + r) * elem;
-            if let (Some(s), Some(d)) = (bytes.get(src..src + elem), out.get_mut(dst..dst + elem)) {
-                d.copy_from_slice(s);
-            }
-        }
-    }
-    out
 }
 
 /// Loads `source` into `module` following `options`; returns the module and the report.

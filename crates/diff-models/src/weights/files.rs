@@ -21,19 +21,15 @@ pub enum WeightFiles {
     Pickle(PathBuf),
 }
 
-/// Inserts the variant before the last dot-segment, as diffusers' `_add_variant` does
-/// (`model.safetensors` + `fp16` -> `model.fp16.safetensors`).
-pub fn add_variant(name: &str, variant: Option<&str>) -> String {
-    match (variant, name.rsplit_once('.')) {
-        (Some(v), Some((stem, ext))) => format!("{stem}.{v}.{ext}"),
-        _ => name.to_string(),
-    }
-}
-
-const PREFIXES: [&str; 2] = ["diffusion_pytorch_model", "model"];
-const PICKLE_PREFIXES: [&str; 2] = ["diffusion_pytorch_model", "pytorch_model"];
+pub use diff_format::weights::add_variant;
+use diff_format::weights::{
+    Naming, WeightFormat, index_name, legacy_index_name, variant_weights_name,
+};
 
 /// Finds the weight file of a component folder for a variant; the error lists what was tried.
+///
+/// Order: for diffusers then transformers naming, the single safetensors file, its index, the
+/// legacy variant index; then the same for `.bin`. Names come from `diff_format::weights`.
 pub fn find_weight_files(folder: &Path, variant: Option<&str>) -> Result<WeightFiles, ModelError> {
     let mut tried = Vec::new();
     let mut probe = |name: String| {
@@ -41,28 +37,24 @@ pub fn find_weight_files(folder: &Path, variant: Option<&str>) -> Result<WeightF
         tried.push(name);
         path.is_file().then_some(path)
     };
-    for prefix in PREFIXES {
-        if let Some(p) = probe(add_variant(&format!("{prefix}.safetensors"), variant)) {
-            return Ok(WeightFiles::Safetensors(p));
-        }
-        if let Some(p) = probe(add_variant(
-            &format!("{prefix}.safetensors.index.json"),
-            variant,
-        )) {
-            return Ok(WeightFiles::SafetensorsIndex(p));
-        }
-        if let Some(v) = variant
-            && let Some(p) = probe(format!("{prefix}.safetensors.{v}.index.json"))
-        {
-            return Ok(WeightFiles::SafetensorsIndex(p));
-        }
-    }
-    for prefix in PICKLE_PREFIXES {
-        if let Some(p) = probe(add_variant(&format!("{prefix}.bin"), variant)) {
-            return Ok(WeightFiles::Pickle(p));
-        }
-        if let Some(p) = probe(add_variant(&format!("{prefix}.bin.index.json"), variant)) {
-            return Ok(WeightFiles::Pickle(p));
+    for format in [WeightFormat::Safetensors, WeightFormat::Bin] {
+        for naming in [Naming::Diffusers, Naming::Transformers] {
+            let wrap = |p: PathBuf, index: bool| match (format, index) {
+                (WeightFormat::Bin, _) => WeightFiles::Pickle(p),
+                (_, false) => WeightFiles::Safetensors(p),
+                (_, true) => WeightFiles::SafetensorsIndex(p),
+            };
+            if let Some(p) = probe(variant_weights_name(naming, format, variant)) {
+                return Ok(wrap(p, false));
+            }
+            if let Some(p) = probe(index_name(naming, format, variant)) {
+                return Ok(wrap(p, true));
+            }
+            if let Some(v) = variant
+                && let Some(p) = probe(legacy_index_name(naming, format, v))
+            {
+                return Ok(wrap(p, true));
+            }
         }
     }
     Err(ModelError::NoWeights {

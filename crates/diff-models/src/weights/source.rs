@@ -364,7 +364,7 @@ impl TensorSource {
     /// (`.bin`, `.ckpt`, `.pt`, `.pth`), by its name.
     pub fn open(path: &Path) -> Result<Self, ModelError> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.ends_with(".bin.index.json") {
+        if name.ends_with(".json") && name.contains(".bin.") {
             Err(ModelError::PickleNotSupported {
                 path: path.display().to_string(),
             })

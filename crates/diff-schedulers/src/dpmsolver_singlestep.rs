@@ -1,0 +1,608 @@
+//! `DPMSolverSinglestepScheduler`: DPM-Solver(++) in singlestep form (each order-k update
+//! starts again from the anchor sample of its first stage, following an order list).
+
+use crate::common::{
+    Prediction, alphas_cumprod, check_sigma_flags, exponential_sigmas, karras_sigmas, make_betas,
+    noise_like, np_interp, np_linspace, np_round, numpy_log_f32, sigma_to_t, threshold_sample,
+    train_sigmas, unsupported,
+};
+use crate::dpmsolver_multistep::{Algorithm, alpha_sigma, dpm_add_noise, lambda};
+use crate::{
+    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
+    TorchGenerator,
+};
+use burn::tensor::Tensor;
+use diff_format::configs::scheduler::DPMSolverSinglestepSchedulerConfig;
+
+const CLASS: &str = "DPMSolverSinglestepScheduler";
+
+/// diffusers' `DPMSolverSinglestepScheduler`.
+#[derive(Debug, Clone)]
+pub struct DPMSolverSinglestepScheduler {
+    config: DPMSolverSinglestepSchedulerConfig,
+    prediction: Prediction,
+    algorithm: Algorithm,
+    heun: bool,
+    alphas_cumprod: Vec<f32>,
+    lambda_t: Vec<f32>,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f32>,
+    order_list: Vec<usize>,
+    model_outputs: Vec<Option<Tensor<1>>>,
+    anchor: Option<Tensor<1>>,
+    num_inference_steps: Option<usize>,
+    index: StepIndex,
+}
+
+impl DPMSolverSinglestepScheduler {
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    pub fn new(mut config: DPMSolverSinglestepSchedulerConfig) -> Result<Self, SchedulerError> {
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+                Prediction::Flow,
+            ],
+        )?;
+        check_sigma_flags(
+            CLASS,
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+        )?;
+        if config.algorithm_type == "deis" {
+            config.algorithm_type = "dpmsolver++".into();
+        }
+        if matches!(config.solver_type.as_str(), "logrho" | "bh1" | "bh2") {
+            config.solver_type = "midpoint".into();
+        }
+        let algorithm = match config.algorithm_type.as_str() {
+            "dpmsolver" => Algorithm::DpmSolver,
+            "dpmsolver++" => Algorithm::DpmSolverPP,
+            "sde-dpmsolver++" => Algorithm::SdeDpmSolverPP,
+            other => return Err(unsupported(CLASS, "algorithm_type", other)),
+        };
+        let heun = match config.solver_type.as_str() {
+            "midpoint" => false,
+            "heun" => true,
+            other => return Err(unsupported(CLASS, "solver_type", other)),
+        };
+        if algorithm == Algorithm::DpmSolver && config.final_sigmas_type == "zero" {
+            return Err(SchedulerError::InvalidConfig {
+                class: CLASS,
+                message:
+                    "`final_sigmas_type` zero is not supported for `algorithm_type` dpmsolver; \
+                          use `sigma_min`"
+                        .into(),
+            });
+        }
+        if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
+            return Err(unsupported(
+                CLASS,
+                "final_sigmas_type",
+                &config.final_sigmas_type,
+            ));
+        }
+        if config.solver_order == 0 || config.solver_order > 3 {
+            return Err(unsupported(
+                CLASS,
+                "solver_order",
+                &config.solver_order.to_string(),
+            ));
+        }
+        if let Some(v) = &config.variance_type
+            && !matches!(v.as_str(), "learned" | "learned_range")
+        {
+            return Err(unsupported(CLASS, "variance_type", v));
+        }
+        let ac = alphas_cumprod(&make_betas(
+            CLASS,
+            &config.beta_schedule,
+            config.beta_start,
+            config.beta_end,
+            config.num_train_timesteps,
+            config.trained_betas.as_deref(),
+            &[],
+        )?);
+        let lambda_t = ac
+            .iter()
+            .map(|a| a.sqrt().ln() - (1.0 - a).sqrt().ln())
+            .collect();
+        let sigmas = train_sigmas(&ac);
+        let order = config.solver_order;
+        let timesteps = np_linspace(
+            0.0,
+            (config.num_train_timesteps - 1) as f64,
+            config.num_train_timesteps,
+        )
+        .into_iter()
+        .rev()
+        .map(|t| f64::from(t as f32))
+        .collect();
+        Ok(Self {
+            config,
+            prediction,
+            algorithm,
+            heun,
+            alphas_cumprod: ac,
+            lambda_t,
+            timesteps,
+            sigmas,
+            order_list: Vec::new(),
+            model_outputs: vec![None; order],
+            anchor: None,
+            num_inference_steps: None,
+            index: StepIndex::default(),
+        })
+    }
+
+    /// The config, for re-save (`lower_order_final` is rewritten by `set_timesteps` as in
+    /// diffusers).
+    pub fn config(&self) -> &DPMSolverSinglestepSchedulerConfig {
+        &self.config
+    }
+
+    /// `get_order_list`: the solver order of every step.
+    pub fn order_list(&self, steps: usize) -> Vec<usize> {
+        let order = self.config.solver_order;
+        let rep = |pattern: &[usize], times: usize| -> Vec<usize> {
+            pattern
+                .iter()
+                .copied()
+                .cycle()
+                .take(pattern.len() * times)
+                .collect()
+        };
+        let mut orders: Vec<usize> = if self.config.lower_order_final {
+            match order {
+                3 => match steps % 3 {
+                    0 => [
+                        rep(&[1, 2, 3], (steps / 3).saturating_sub(1)),
+                        vec![1, 2, 1],
+                    ]
+                    .concat(),
+                    1 => [rep(&[1, 2, 3], steps / 3), vec![1]].concat(),
+                    _ => [rep(&[1, 2, 3], steps / 3), vec![1, 2]].concat(),
+                },
+                2 => {
+                    if steps.is_multiple_of(2) {
+                        [rep(&[1, 2], (steps / 2).saturating_sub(1)), vec![1, 1]].concat()
+                    } else {
+                        [rep(&[1, 2], steps / 2), vec![1]].concat()
+                    }
+                }
+                _ => vec![1; steps],
+            }
+        } else {
+            match order {
+                3 => rep(&[1, 2, 3], steps / 3),
+                2 => rep(&[1, 2], steps / 2),
+                _ => vec![1; steps],
+            }
+        };
+        if self.config.final_sigmas_type == "zero"
+            && let Some(last) = orders.last_mut()
+        {
+            *last = 1;
+        }
+        orders
+    }
+
+    /// `set_timesteps(num_inference_steps | timesteps, mu)`.
+    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        if request.sigmas.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom sigmas"
+            )));
+        }
+        request.check_exclusive(CLASS)?;
+        if let Some(mu) = request.mu {
+            if !self.config.use_dynamic_shifting {
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "{CLASS}: `mu` needs use_dynamic_shifting"
+                )));
+            }
+            self.config.flow_shift = mu.exp();
+        }
+        let c = &self.config;
+        if request.timesteps.is_some() && (c.use_karras_sigmas || c.use_exponential_sigmas) {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}: custom timesteps cannot be used with karras / exponential sigmas"
+            )));
+        }
+        let n = request.resolved_steps(CLASS)?;
+        let t_train = c.num_train_timesteps;
+        let mut ts: Vec<f64> = match &request.timesteps {
+            Some(custom) => custom.iter().map(|t| (*t as i64) as f64).collect(),
+            None => {
+                let clipped = self
+                    .lambda_t
+                    .iter()
+                    .filter(|l| f64::from(**l) < c.lambda_min_clipped)
+                    .count();
+                let mut v: Vec<f64> = np_linspace(0.0, (t_train - 1 - clipped) as f64, n + 1)
+                    .into_iter()
+                    .map(np_round)
+                    .collect();
+                v.reverse();
+                v.pop();
+                v
+            }
+        };
+        let train = train_sigmas(&self.alphas_cumprod);
+        let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
+        let (smin, smax) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
+        let mut sig: Vec<f64> = if c.use_karras_sigmas {
+            let s = karras_sigmas(smin, smax, n, 7.0);
+            ts = s
+                .iter()
+                .map(|v| np_round(sigma_to_t(*v, &log_sigmas)))
+                .collect();
+            s
+        } else if c.use_exponential_sigmas {
+            let s = exponential_sigmas(smin, smax, n);
+            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
+            s
+        } else if c.use_flow_sigmas {
+            let shift = c.flow_shift;
+            let mut s: Vec<f64> = np_linspace(1.0, 1.0 / t_train as f64, n + 1)
+                .into_iter()
+                .map(|a| {
+                    let v = 1.0 - a;
+                    shift * v / (1.0 + (shift - 1.0) * v)
+                })
+                .collect();
+            s.reverse();
+            s.pop();
+            ts = s.iter().map(|v| v * t_train as f64).collect();
+            s
+        } else {
+            np_interp(&ts, &train)
+        };
+        let last = if c.final_sigmas_type == "sigma_min" {
+            let a0 = self.alphas_cumprod[0];
+            f64::from(((1.0 - a0) / a0).sqrt())
+        } else {
+            0.0
+        };
+        sig.push(last);
+        self.sigmas = sig.into_iter().map(|s| s as f32).collect();
+        self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
+        self.model_outputs = vec![None; c.solver_order];
+        self.anchor = None;
+        // diffusers rewrites its config here.
+        if !self.config.lower_order_final
+            && (!n.is_multiple_of(self.config.solver_order)
+                || self.config.final_sigmas_type == "zero")
+        {
+            self.config.lower_order_final = true;
+        }
+        self.order_list = self.order_list(n);
+        self.num_inference_steps = Some(n);
+        self.index = StepIndex::default();
+        Ok(())
+    }
+
+    /// The inference timesteps (integers).
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// The sigmas, one more than the timesteps.
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    /// `init_noise_sigma` (1.0).
+    pub fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    /// The index bookkeeping.
+    pub fn step_index(&mut self) -> &mut StepIndex {
+        &mut self.index
+    }
+
+    /// `scale_model_input`: the identity.
+    pub fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        _timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        Ok(sample)
+    }
+
+    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
+        self.sigmas
+            .get(i)
+            .copied()
+            .ok_or(SchedulerError::StepOutOfRange {
+                index: i,
+                len: self.sigmas.len(),
+            })
+    }
+
+    fn asl(&self, i: usize) -> Result<(f32, f32, f32), SchedulerError> {
+        let (a, s) = alpha_sigma(self.sigma_at(i)?, self.config.use_flow_sigmas);
+        Ok((a, s, lambda(a, s)))
+    }
+
+    fn history(&self, back: usize) -> Result<Tensor<1>, SchedulerError> {
+        let n = self.model_outputs.len();
+        n.checked_sub(1 + back)
+            .and_then(|k| self.model_outputs.get(k).cloned().flatten())
+            .ok_or_else(|| {
+                SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history"))
+            })
+    }
+
+    fn convert<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        sample: Tensor<D>,
+        i: usize,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let c = &self.config;
+        let model_output = if c.variance_type.is_some() && self.prediction == Prediction::Epsilon {
+            model_output.narrow(1, 0, 3)
+        } else {
+            model_output
+        };
+        let sigma = self.sigma_at(i)?;
+        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
+        if self.algorithm != Algorithm::DpmSolver {
+            let x0 = match self.prediction {
+                Prediction::Epsilon => {
+                    (sample - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t)
+                }
+                Prediction::Sample => model_output,
+                Prediction::VPrediction => {
+                    sample.mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t)
+                }
+                Prediction::Flow => sample - model_output.mul_scalar(sigma),
+            };
+            if c.thresholding {
+                threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
+            } else {
+                Ok(x0)
+            }
+        } else {
+            let eps = match self.prediction {
+                Prediction::Sample => {
+                    (sample.clone() - model_output.mul_scalar(alpha_t)).div_scalar(sigma_t)
+                }
+                Prediction::VPrediction => {
+                    model_output.mul_scalar(alpha_t) + sample.clone().mul_scalar(sigma_t)
+                }
+                _ => model_output,
+            };
+            if c.thresholding {
+                let x0 = (sample.clone() - eps.mul_scalar(sigma_t)).div_scalar(alpha_t);
+                let x0 = threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)?;
+                Ok((sample - x0.mul_scalar(alpha_t)).div_scalar(sigma_t))
+            } else {
+                Ok(eps)
+            }
+        }
+    }
+
+    fn update(
+        &self,
+        x: Tensor<1>,
+        noise: Option<Tensor<1>>,
+        i: usize,
+        order: usize,
+    ) -> Result<Tensor<1>, SchedulerError> {
+        let early =
+            || SchedulerError::InvalidArgument(format!("{CLASS}: order too high this early"));
+        let (alpha_t, sigma_t, lambda_t) = self.asl(i + 1)?;
+        let pp = self.algorithm != Algorithm::DpmSolver;
+        let sde = self.algorithm == Algorithm::SdeDpmSolverPP;
+        let noise_term = |z: Option<Tensor<1>>,
+                          h: f32|
+         -> Result<Option<Tensor<1>>, SchedulerError> {
+            if !sde {
+                return Ok(None);
+            }
+            let z =
+                z.ok_or_else(|| SchedulerError::InvalidArgument("SDE step without noise".into()))?;
+            Ok(Some(
+                z.mul_scalar(sigma_t * (1.0 - (-2.0 * h).exp()).sqrt()),
+            ))
+        };
+        let add = |t: Tensor<1>, n: Option<Tensor<1>>| match n {
+            Some(n) => t + n,
+            None => t,
+        };
+        match order {
+            1 => {
+                let (alpha_s, sigma_s, lambda_s) = self.asl(i)?;
+                let h = lambda_t - lambda_s;
+                let m0 = self.history(0)?;
+                Ok(if sde {
+                    add(
+                        x.mul_scalar(sigma_t / sigma_s * (-h).exp())
+                            + m0.mul_scalar(alpha_t * (1.0 - (-2.0 * h).exp())),
+                        noise_term(noise, h)?,
+                    )
+                } else if pp {
+                    x.mul_scalar(sigma_t / sigma_s) - m0.mul_scalar(alpha_t * ((-h).exp() - 1.0))
+                } else {
+                    x.mul_scalar(alpha_t / alpha_s) - m0.mul_scalar(sigma_t * (h.exp() - 1.0))
+                })
+            }
+            2 => {
+                let (_, _, lambda_s0) = self.asl(i)?;
+                let (alpha_s1, sigma_s1, lambda_s1) =
+                    self.asl(i.checked_sub(1).ok_or_else(early)?)?;
+                let (m0, m1) = (self.history(0)?, self.history(1)?);
+                let h = lambda_t - lambda_s1;
+                let r0 = (lambda_s0 - lambda_s1) / h;
+                let d0 = m1.clone();
+                let d1 = (m0 - m1).mul_scalar(1.0 / r0);
+                Ok(if sde {
+                    let e2 = 1.0 - (-2.0 * h).exp();
+                    let d1c = if self.heun {
+                        alpha_t * (e2 / (-2.0 * h) + 1.0)
+                    } else {
+                        0.5 * (alpha_t * e2)
+                    };
+                    add(
+                        x.mul_scalar(sigma_t / sigma_s1 * (-h).exp())
+                            + d0.mul_scalar(alpha_t * e2)
+                            + d1.mul_scalar(d1c),
+                        noise_term(noise, h)?,
+                    )
+                } else if pp {
+                    let e = (-h).exp() - 1.0;
+                    let base = x.mul_scalar(sigma_t / sigma_s1) - d0.mul_scalar(alpha_t * e);
+                    if self.heun {
+                        base + d1.mul_scalar(alpha_t * (e / h + 1.0))
+                    } else {
+                        base - d1.mul_scalar(0.5 * (alpha_t * e))
+                    }
+                } else {
+                    let e = h.exp() - 1.0;
+                    let base = x.mul_scalar(alpha_t / alpha_s1) - d0.mul_scalar(sigma_t * e);
+                    if self.heun {
+                        base - d1.mul_scalar(sigma_t * (e / h - 1.0))
+                    } else {
+                        base - d1.mul_scalar(0.5 * (sigma_t * e))
+                    }
+                })
+            }
+            _ => {
+                let (_, _, lambda_s0) = self.asl(i)?;
+                let (_, _, lambda_s1) = self.asl(i.checked_sub(1).ok_or_else(early)?)?;
+                let (alpha_s2, sigma_s2, lambda_s2) =
+                    self.asl(i.checked_sub(2).ok_or_else(early)?)?;
+                let (m0, m1, m2) = (self.history(0)?, self.history(1)?, self.history(2)?);
+                let h = lambda_t - lambda_s2;
+                let (r0, r1) = ((lambda_s0 - lambda_s2) / h, (lambda_s1 - lambda_s2) / h);
+                let d0 = m2.clone();
+                let d1_0 = (m1 - m2.clone()).mul_scalar(1.0 / r1);
+                let d1_1 = (m0 - m2).mul_scalar(1.0 / r0);
+                let d1 =
+                    (d1_0.clone().mul_scalar(r0) - d1_1.clone().mul_scalar(r1)).div_scalar(r0 - r1);
+                let d2 = (d1_1.clone() - d1_0).mul_scalar(2.0).div_scalar(r0 - r1);
+                Ok(if sde {
+                    let e2 = 1.0 - (-2.0 * h).exp();
+                    let base =
+                        x.mul_scalar(sigma_t / sigma_s2 * (-h).exp()) + d0.mul_scalar(alpha_t * e2);
+                    let c1 = alpha_t * (e2 / (-2.0 * h) + 1.0);
+                    let t = if self.heun {
+                        base + d1.mul_scalar(c1)
+                            + d2.mul_scalar(
+                                alpha_t * ((e2 + (-2.0 * h)) / ((-2.0 * h) * (-2.0 * h)) - 0.5),
+                            )
+                    } else {
+                        base + d1_1.mul_scalar(c1)
+                    };
+                    add(t, noise_term(noise, h)?)
+                } else if pp {
+                    let e = (-h).exp() - 1.0;
+                    let base = x.mul_scalar(sigma_t / sigma_s2) - d0.mul_scalar(alpha_t * e);
+                    if self.heun {
+                        base + d1.mul_scalar(alpha_t * (e / h + 1.0))
+                            - d2.mul_scalar(alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5))
+                    } else {
+                        base + d1_1.mul_scalar(alpha_t * (e / h + 1.0))
+                    }
+                } else {
+                    let e = h.exp() - 1.0;
+                    let base = x.mul_scalar(alpha_t / alpha_s2) - d0.mul_scalar(sigma_t * e);
+                    if self.heun {
+                        base - d1.mul_scalar(sigma_t * (e / h - 1.0))
+                            - d2.mul_scalar(sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5))
+                    } else {
+                        base - d1_1.mul_scalar(sigma_t * (e / h - 1.0))
+                    }
+                })
+            }
+        }
+    }
+
+    /// One singlestep DPM-Solver step.
+    pub fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        _options: &StepOptions,
+        generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        if self.num_inference_steps.is_none() {
+            return Err(SchedulerError::NotInitialised(CLASS));
+        }
+        if self.index.step_index.is_none() {
+            let i = match self.index.begin_index {
+                Some(b) => b,
+                None => crate::common::index_for_timestep(&self.timesteps, timestep)
+                    .unwrap_or(self.timesteps.len().saturating_sub(1)),
+            };
+            self.index.step_index = Some(i);
+        }
+        let i = self.index.step_index.unwrap_or(0);
+        let dims = sample.dims();
+        let converted = self.convert(model_output, sample.clone(), i)?;
+        let out_dims = converted.dims();
+        self.model_outputs.rotate_left(1);
+        if let Some(slot) = self.model_outputs.last_mut() {
+            *slot = Some(converted.flatten::<1>(0, D - 1));
+        }
+        let x = sample.flatten::<1>(0, D - 1);
+        let noise = if self.algorithm == Algorithm::SdeDpmSolverPP {
+            let like = Tensor::<D>::zeros(out_dims, &x.device());
+            Some(noise_like(&like, generator, NoiseDtype::Float32)?.flatten::<1>(0, D - 1))
+        } else {
+            None
+        };
+        let mut order = self.order_list.get(i).copied().unwrap_or(1);
+        let n = self.model_outputs.len();
+        while order > 1
+            && self
+                .model_outputs
+                .get(n - order)
+                .is_none_or(Option::is_none)
+        {
+            order -= 1;
+        }
+        if order == 1 {
+            self.anchor = Some(x);
+        }
+        let anchor = self
+            .anchor
+            .clone()
+            .ok_or(SchedulerError::NotInitialised(CLASS))?;
+        let prev = self.update(anchor, noise, i, order)?;
+        self.index.advance(1);
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: None,
+        })
+    }
+
+    /// `add_noise`: α_t·x0 + σ_t·z.
+    pub fn add_noise<const D: usize>(
+        &self,
+        original: Tensor<D>,
+        noise: Tensor<D>,
+        timesteps: &[f64],
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let idx = self.index.noise_indices(&self.timesteps, timesteps)?;
+        let flow = self.config.use_flow_sigmas;
+        let pairs = idx
+            .into_iter()
+            .map(|i| self.sigma_at(i).map(|s| alpha_sigma(s, flow)))
+            .collect::<Result<Vec<_>, _>>()?;
+        dpm_add_noise(original, noise, &pairs)
+    }
+
+    /// `order`.
+    pub fn order(&self) -> usize {
+        1
+    }
+}

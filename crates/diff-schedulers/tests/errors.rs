@@ -1,0 +1,79 @@
+//! Bad or unsupported options are typed errors naming the class, key and value, never a panic
+//! and never silently ignored.
+
+use diff_schedulers::{Scheduler, SchedulerError, StepOptions};
+use serde_json::{Map, Value, json};
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+#[test]
+fn beta_sigmas_are_reported_as_unsupported() {
+    let err = Scheduler::from_config_as(
+        "EulerDiscreteScheduler",
+        &Map::new(),
+        &obj(json!({"use_beta_sigmas": true})),
+    )
+    .expect_err("beta sigmas need scipy's beta ppf");
+    match err {
+        SchedulerError::Unsupported { class, key, .. } => {
+            assert_eq!(class, "EulerDiscreteScheduler");
+            assert_eq!(key, "use_beta_sigmas");
+        }
+        other => panic!("expected Unsupported, got {other}"),
+    }
+}
+
+#[test]
+fn unknown_option_values_are_typed_errors_that_name_the_key() {
+    for (class, key, value) in [
+        ("DDIMScheduler", "prediction_type", "noise"),
+        ("EulerDiscreteScheduler", "timestep_spacing", "sideways"),
+        ("DPMSolverMultistepScheduler", "algorithm_type", "magic"),
+        ("DDPMScheduler", "beta_schedule", "cubic"),
+        ("UniPCMultistepScheduler", "solver_type", "bh9"),
+    ] {
+        let overrides = obj(json!({ key: value }));
+        let err = Scheduler::from_config_as(class, &Map::new(), &overrides).expect_err("rejected");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(class) && msg.contains(key) && msg.contains(value),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn inconsistent_and_unknown_configs_are_errors() {
+    let err = Scheduler::from_config_as(
+        "DPMSolverMultistepScheduler",
+        &Map::new(),
+        &obj(json!({"algorithm_type": "dpmsolver", "final_sigmas_type": "zero"})),
+    );
+    assert!(matches!(err, Err(SchedulerError::InvalidConfig { .. })));
+    assert!(matches!(
+        Scheduler::from_config_as("DPMSolverSDEScheduler", &Map::new(), &Map::new()),
+        Err(SchedulerError::UnknownClass(_))
+    ));
+    assert!(
+        Scheduler::from_config(&Map::new()).is_err(),
+        "no _class_name"
+    );
+}
+
+#[test]
+fn stepping_with_a_timestep_outside_the_schedule_is_an_error() {
+    let mut s = Scheduler::from_config_as("EulerDiscreteScheduler", &Map::new(), &Map::new())
+        .expect("defaults build");
+    s.set_timesteps(10).expect("set_timesteps");
+    let device = burn::tensor::Device::default();
+    let x = burn::tensor::Tensor::<4>::zeros([1, 1, 2, 2], &device);
+    let err = s
+        .step(x.clone(), 12.345, x, &StepOptions::default(), None)
+        .expect_err("12.345 is not a timestep");
+    assert!(matches!(err, SchedulerError::UnknownTimestep(_)), "{err}");
+}
