@@ -156,3 +156,50 @@ fn inspect_reads_pickle_weights_without_executing_them() {
         ["F32"]
     );
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn inspect_resolves_a_repo_id_from_the_offline_cache() {
+    // A Hugging Face cache holding tiny-sd as org/tiny-sd at a fixed commit; no network used.
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("inspect_offline_cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.join("models--org--tiny-sd");
+    copy_tree(
+        &fixtures().join("tiny-sd"),
+        &repo.join("snapshots").join(commit),
+    );
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let cache_arg = cache.to_str().unwrap();
+    let args = [
+        "org/tiny-sd",
+        "--json",
+        "--offline",
+        "--cache-dir",
+        cache_arg,
+        "--variant",
+        "fp16",
+    ];
+    let (ok, report, stderr) = inspect(&args);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(fixtures().join("format/pipeline_selections.json")).unwrap();
+    let records: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let want = records
+        .iter()
+        .find(|r| r["pipeline"] == "tiny-sd" && r["variant"] == "fp16")
+        .unwrap();
+    assert_eq!(set(&report["weight_files"]), set(&want["loaded_files"]));
+}

@@ -127,13 +127,25 @@ fn schedule_works_on_the_tiny_sd_pipeline_scheduler_config() {
     let out = Command::new(env!("CARGO_BIN_EXE_burn-diffusers"))
         .args(["schedule", "--config"])
         .arg(&config)
-        .args(["--class", "EulerDiscreteScheduler", "--set", "timestep_spacing=trailing"])
+        .args([
+            "--class",
+            "EulerDiscreteScheduler",
+            "--set",
+            "timestep_spacing=trailing",
+        ])
         .args(["--steps", "4", "--json"])
         .output()
         .expect("run burn-diffusers");
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
     // Trailing spacing of 4 steps over 1000: 999, 749, 499, 249 (diffusers 0.42.1).
-    assert_eq!(doc["timesteps"], serde_json::json!([999.0, 749.0, 499.0, 249.0]));
+    assert_eq!(
+        doc["timesteps"],
+        serde_json::json!([999.0, 749.0, 499.0, 249.0])
+    );
     assert_eq!(doc["sigmas"].as_array().map(Vec::len), Some(5));
 }

@@ -21,8 +21,9 @@
 //!
 //! Dependencies: `diff-format` (JSON writer byte-identical to Python's `json.dumps`, the pickle
 //! reader, config constants), `safetensors` (reading and writing weights, the same Rust code the
-//! Python `safetensors` package binds), `half` (f16 rounding identical to torch), `serde_json`
-//! (configs and indexes), `thiserror` (the typed [`ConvertError`]), `tracing` (logs).
+//! Python `safetensors` package binds), `half` (f16 rounding identical to torch), `memmap2` (weights
+//! are mapped, not read, so a re-save holds one copy of a component), `serde`/`serde_json`
+//! (configs and indexes, through diff-format's typed configs), `thiserror` (the typed [`ConvertError`]), `tracing` (logs).
 //! `diff-hub` (repo creation, model-card download, folder upload for `push_to_hub`).
 //! Forward-pass validation (`diff-models`, burn) is not wired in, so burn is not a dependency:
 //! saving, converting and publishing compile without it.

@@ -62,8 +62,12 @@ pub fn push_to_hub(
         };
         match api.hf_hub_download(repo_id, "README.md", &download) {
             Ok(remote) => {
-                let text = std::fs::read_to_string(&remote).map_err(|e| ConvertError::io(&remote, e))?;
-                write_file(&out.join("README.md"), populate_existing_card(&text).as_bytes())?;
+                let text =
+                    std::fs::read_to_string(&remote).map_err(|e| ConvertError::io(&remote, e))?;
+                write_file(
+                    &out.join("README.md"),
+                    populate_existing_card(&text).as_bytes(),
+                )?;
             }
             Err(e) => {
                 tracing::debug!("no model card on the Hub for {repo_id} ({e}); writing a new one");
@@ -77,7 +81,11 @@ pub fn push_to_hub(
         let class = std::fs::read_to_string(out.join("model_index.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("_class_name").and_then(|c| c.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("_class_name")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| "DiffusionPipeline".into());
         let upload = UploadFolderOptions {
             commit: CommitOptions {

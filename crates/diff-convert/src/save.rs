@@ -286,6 +286,9 @@ pub(crate) fn rewrite_config(
     for key in diff_format::config::DROPPED_ON_SAVE {
         map.remove(key);
     }
+    // diffusers re-saves every `__init__` argument (defaults filled in), so old configs with
+    // few keys grow on re-save; the typed configs of diff-format know those defaults.
+    map = fill_defaults(map, src)?;
     if map.contains_key("_diffusers_version") {
         map.insert(
             "_diffusers_version".into(),
@@ -314,6 +317,71 @@ pub(crate) fn rewrite_config(
     }
     let out = diff_format::json::to_config_string(&Value::Object(map));
     write_file(dst, out.as_bytes())
+}
+
+/// Loads `map` into diff-format's typed config `T` and writes it back as diffusers would
+/// (every field, raw values kept where unchanged).
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
+    map: Map<String, Value>,
+    src: &Path,
+) -> Result<Value, ConvertError> {
+    diff_format::config::ConfigFile::<T>::from_value(Value::Object(map), src)
+        .and_then(|c| c.to_json_value())
+        .map_err(|e| ConvertError::BadJson {
+            path: src.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// Fills the `__init__` defaults of the classes diff-format has typed configs for (the UNet, the
+/// VAE and the schedulers), as diffusers' `register_to_config` records every argument; other
+/// configs (transformers', unknown classes) are written with their own keys.
+fn fill_defaults(map: Map<String, Value>, src: &Path) -> Result<Map<String, Value>, ConvertError> {
+    use diff_format::configs::scheduler as s;
+    use diff_format::configs::{unet::UNet2DConditionConfig, vae::AutoencoderKLConfig};
+    let class = map
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let filled = match class.as_deref() {
+        Some("UNet2DConditionModel") => typed::<UNet2DConditionConfig>(map, src)?,
+        Some("AutoencoderKL") => typed::<AutoencoderKLConfig>(map, src)?,
+        Some("DDIMScheduler") => typed::<s::DDIMSchedulerConfig>(map, src)?,
+        Some("DDPMScheduler") => typed::<s::DDPMSchedulerConfig>(map, src)?,
+        Some("PNDMScheduler") => typed::<s::PNDMSchedulerConfig>(map, src)?,
+        Some("LMSDiscreteScheduler") => typed::<s::LMSDiscreteSchedulerConfig>(map, src)?,
+        Some("EulerDiscreteScheduler") => typed::<s::EulerDiscreteSchedulerConfig>(map, src)?,
+        Some("HeunDiscreteScheduler") => typed::<s::HeunDiscreteSchedulerConfig>(map, src)?,
+        Some("EulerAncestralDiscreteScheduler") => {
+            typed::<s::EulerAncestralDiscreteSchedulerConfig>(map, src)?
+        }
+        Some("DPMSolverMultistepScheduler") => {
+            typed::<s::DPMSolverMultistepSchedulerConfig>(map, src)?
+        }
+        Some("DPMSolverSinglestepScheduler") => {
+            typed::<s::DPMSolverSinglestepSchedulerConfig>(map, src)?
+        }
+        Some("KDPM2DiscreteScheduler") => typed::<s::KDPM2DiscreteSchedulerConfig>(map, src)?,
+        Some("KDPM2AncestralDiscreteScheduler") => {
+            typed::<s::KDPM2AncestralDiscreteSchedulerConfig>(map, src)?
+        }
+        Some("DEISMultistepScheduler") => typed::<s::DEISMultistepSchedulerConfig>(map, src)?,
+        Some("UniPCMultistepScheduler") => typed::<s::UniPCMultistepSchedulerConfig>(map, src)?,
+        Some("EDMEulerScheduler") => typed::<s::EDMEulerSchedulerConfig>(map, src)?,
+        Some("LCMScheduler") => typed::<s::LCMSchedulerConfig>(map, src)?,
+        Some("TCDScheduler") => typed::<s::TCDSchedulerConfig>(map, src)?,
+        Some("FlowMatchEulerDiscreteScheduler") => {
+            typed::<s::FlowMatchEulerDiscreteSchedulerConfig>(map, src)?
+        }
+        _ => return Ok(map),
+    };
+    match filled {
+        Value::Object(m) => Ok(m),
+        _ => Err(ConvertError::BadJson {
+            path: src.to_path_buf(),
+            reason: "config did not serialise to an object".into(),
+        }),
+    }
 }
 
 /// Saves one component folder `src` into `dst` (which must exist): configs re-serialised,

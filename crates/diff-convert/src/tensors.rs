@@ -87,7 +87,11 @@ pub type Metadata = BTreeMap<String, String>;
 pub fn read_safetensors(
     path: &Path,
 ) -> Result<(BTreeMap<String, RawTensor>, Option<Metadata>), ConvertError> {
-    let bytes = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| ConvertError::io(path, e))?;
+    // SAFETY: the mapping is read-only and private; weights files are treated as immutable
+    // while they are read (safetensors' own `load_file` maps them the same way). Mapping instead
+    // of reading keeps peak memory at one copy of the tensors (the copies made below).
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ConvertError::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| ConvertError::BadWeights {
         path: path.to_path_buf(),
         reason: format!("corrupt safetensors file: {e}"),

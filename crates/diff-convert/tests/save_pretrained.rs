@@ -276,3 +276,55 @@ fn validate_accepts_faithful_saves_and_reports_a_changed_tensor() {
     assert_eq!(vae.problems.len(), 1, "{vae:#?}");
     assert!(vae.problems[0].contains("quant_conv.bias"), "{vae:#?}");
 }
+
+#[test]
+fn old_configs_with_few_keys_are_filled_like_diffusers() {
+    for name in [
+        "unet",
+        "vae",
+        "scheduler_pndm",
+        "scheduler_ddim",
+        "scheduler_euler",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let component = format!("minimal_src/{name}");
+        diff_convert::save_component(
+            &fixtures().join(&component),
+            tmp.path(),
+            &SaveOptions::default(),
+            Some(&component),
+        )
+        .unwrap();
+        let file = if name.starts_with("scheduler") {
+            "scheduler_config.json"
+        } else {
+            "config.json"
+        };
+        let mut ours = std::fs::read_to_string(tmp.path().join(file)).unwrap();
+        if name == "unet" {
+            // FIXME(FORMAT): diff_format's UNet2DConditionConfig fills `mid_block_scale_factor`
+            // from an f64 field, writing `1.0`; diffusers writes its Python default, the int `1`.
+            // This asserts today's behaviour so the test fails (and this block can go) once the
+            // typed config keeps Python's int default.
+            assert!(ours.contains("\"mid_block_scale_factor\": 1.0,"), "{ours}");
+            ours = ours.replace(
+                "\"mid_block_scale_factor\": 1.0,",
+                "\"mid_block_scale_factor\": 1,",
+            );
+        }
+        let theirs =
+            std::fs::read_to_string(fixtures().join("minimal_plain").join(name).join(file))
+                .unwrap();
+        assert_eq!(ours, theirs, "{name}: exact bytes");
+    }
+}
+
+#[test]
+fn pickle_bin_weights_resave_as_the_same_safetensors() {
+    // `bin_src` holds the same tensors as `src`, as torch.save pickles (read by the restricted
+    // reader); the re-save must equal diffusers' re-save of `src` byte for byte.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("from_bin");
+    save_pipeline(&fixtures().join("bin_src"), &out, &options()).unwrap();
+    assert_same_tree(&out, &fixtures().join("plain"));
+}

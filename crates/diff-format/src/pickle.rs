@@ -392,24 +392,42 @@ impl PickleCheckpoint {
         vm::materialize(&self.path, name, info, &storage, self.big_endian)
     }
 
-    /// Reads all tensors of [`state_dict`](Self::state_dict), reading each storage once.
+    /// Reads all tensors of [`state_dict`](Self::state_dict), in file order, reading each
+    /// storage once. Storages are visited one at a time and dropped once their tensors are
+    /// copied out, so peak memory is the tensors plus one storage.
     pub fn read_state_dict(&self) -> Result<Vec<(String, TensorInfo, Vec<u8>)>, PickleError> {
         let tensors = self.state_dict()?;
-        let mut cache: HashMap<String, Vec<u8>> = HashMap::new();
-        let mut out = Vec::with_capacity(tensors.len());
-        for (name, info) in tensors {
-            if !cache.contains_key(&info.storage_key) {
-                let bytes = self.read_storage(&name, &info)?;
-                cache.insert(info.storage_key.clone(), bytes);
+        let mut by_storage: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut position: HashMap<String, usize> = HashMap::new();
+        for (i, (_, info)) in tensors.iter().enumerate() {
+            match position.get(&info.storage_key) {
+                Some(&p) => by_storage[p].1.push(i),
+                None => {
+                    position.insert(info.storage_key.clone(), by_storage.len());
+                    by_storage.push((info.storage_key.clone(), vec![i]));
+                }
             }
-            let storage = cache
-                .get(&info.storage_key)
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            let data = vm::materialize(&self.path, &name, &info, storage, self.big_endian)?;
-            out.push((name, info, data));
         }
-        Ok(out)
+        let mut data: Vec<Option<Vec<u8>>> = vec![None; tensors.len()];
+        for (_, members) in &by_storage {
+            let (first_name, first_info) = &tensors[members[0]];
+            let storage = self.read_storage(first_name, first_info)?;
+            for &i in members {
+                let (name, info) = &tensors[i];
+                data[i] = Some(vm::materialize(
+                    &self.path,
+                    name,
+                    info,
+                    &storage,
+                    self.big_endian,
+                )?);
+            }
+        }
+        Ok(tensors
+            .into_iter()
+            .zip(data)
+            .map(|((name, info), bytes)| (name, info, bytes.unwrap_or_default()))
+            .collect())
     }
 
     fn read_storage(&self, name: &str, info: &TensorInfo) -> Result<Vec<u8>, PickleError> {

@@ -76,6 +76,41 @@ fn resave(path: &Path) -> Option<Result<String, FormatError>> {
     })
 }
 
+/// The top-level keys of a JSON object in file order.
+struct KeyOrder(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for KeyOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = KeyOrder;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<KeyOrder, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(KeyOrder(keys))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// Whether the file was written by `json.dumps(..., indent=2, sort_keys=True)`: hand-written
+/// inputs (unsorted keys, other indentation), which some generators use on purpose to test
+/// loaders, are not re-save candidates.
+fn written_by_python_json_dumps(text: &str) -> bool {
+    let sorted = serde_json::from_str::<KeyOrder>(text).is_ok_and(|k| k.0.is_sorted());
+    sorted && (text.starts_with("{\n  \"") || text == "{}\n")
+}
+
 #[test]
 fn every_generated_config_resaves_byte_identically() {
     let mut files = Vec::new();
@@ -84,9 +119,12 @@ fn every_generated_config_resaves_byte_identically() {
     let mut checked = 0;
     let mut failures = Vec::new();
     for path in &files {
+        let original = std::fs::read_to_string(path).unwrap();
+        if !written_by_python_json_dumps(&original) {
+            continue;
+        }
         let Some(result) = resave(path) else { continue };
         checked += 1;
-        let original = std::fs::read_to_string(path).unwrap();
         match result {
             Ok(text) if text == original => {}
             Ok(text) => {

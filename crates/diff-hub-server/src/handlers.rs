@@ -264,11 +264,16 @@ fn to_header(k: &str, v: &str) -> Option<tiny_http::Header> {
 }
 
 fn send(request: tiny_http::Request, reply: Reply) {
-    let headers: Vec<tiny_http::Header> = reply
+    let mut headers: Vec<tiny_http::Header> = reply
         .headers
         .iter()
         .filter_map(|(k, v)| to_header(k, v))
         .collect();
+    // One request per connection. tiny_http 0.12 runs each connection as a task of its thread
+    // pool, and that pool can lose a wake-up when connections arrive in a burst: the new
+    // connection's task then waits until another task ends. Kept-alive connections never end,
+    // so a burst of parallel uploads could hang; closed connections keep every task short.
+    headers.extend(to_header("Connection", "close"));
     let status = tiny_http::StatusCode(reply.status);
     let result = match reply.body {
         Body::Bytes(bytes) => {

@@ -281,7 +281,10 @@ fn dropped_connection_is_resumed_within_one_call() {
                 .expect("offset")
         })
         .collect();
-    assert_eq!(offsets.len(), 2, "{ranges:?}");
+    // Two cuts, two resumes (more only if the loaded machine stalls a transfer past the
+    // 1 s read timeout, which the client also resumes).
+    assert!(offsets.len() >= 2, "{ranges:?}");
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{ranges:?}");
     assert!(
         offsets[0] > 0 && offsets[0] <= 50_000 && offsets[1] > offsets[0] && offsets[1] <= 100_000,
         "{ranges:?}"

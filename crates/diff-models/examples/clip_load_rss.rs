@@ -70,7 +70,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let out = model.forward(ids.clone())?;
         let _ = out.last_hidden_state.into_data();
-        println!("forward {i} (77 tokens): {:.3} s", t.elapsed().as_secs_f64());
+        println!(
+            "forward {i} (77 tokens): {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

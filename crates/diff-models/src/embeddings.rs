@@ -1,8 +1,8 @@
-//! Timestep embeddings (diffusers `models/embeddings.py`): the sinusoidal `Timesteps`
-//! projection and the `TimestepEmbedding` MLP.
+//! Timestep and class embeddings (diffusers `models/embeddings.py`): the sinusoidal `Timesteps`
+//! projection, the `TimestepEmbedding` MLP and the UNet's class embeddings.
 
 use burn::module::Module;
-use burn::nn::Linear;
+use burn::nn::{Embedding, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::resnet::{Activation, linear};
@@ -127,4 +127,41 @@ impl TimestepEmbedding {
             None => h,
         }
     }
+}
+
+/// How the class embedding is computed (`class_embed_type`, `num_class_embeds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassEmbedKind {
+    /// A learned table indexed by integer labels (`num_class_embeds` without a type).
+    Table,
+    /// `timestep`: labels go through the sinusoidal projection, then an MLP.
+    Timestep,
+    /// `identity`: the labels are the embedding.
+    Identity,
+    /// `projection`: an MLP from `projection_class_embeddings_input_dim`.
+    Projection,
+    /// `simple_projection`: one linear layer.
+    SimpleProjection,
+}
+
+/// The class-embedding layer (`class_embedding.*`).
+// One per model, so the size difference between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum ClassEmbedding {
+    /// `nn.Embedding`.
+    Table(Embedding),
+    /// `TimestepEmbedding`.
+    Mlp(TimestepEmbedding),
+    /// `nn.Linear`.
+    Linear(Linear),
+}
+
+/// Class labels for UNets with a class embedding.
+#[derive(Debug, Clone)]
+pub enum ClassLabels {
+    /// Integer labels (`Table`) or timestep-like values (`Timestep`), `[batch]`.
+    Labels(Tensor<1>),
+    /// Label vectors (`Identity`, `Projection`, `SimpleProjection`), `[batch, dim]`.
+    Embeds(Tensor<2>),
 }

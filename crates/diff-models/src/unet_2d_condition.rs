@@ -11,11 +11,12 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::{Embedding, EmbeddingConfig, GroupNorm, Initializer, Linear};
+use burn::nn::{EmbeddingConfig, GroupNorm, Initializer, Linear};
 use burn::tensor::{DType, Device, Int, Tensor};
 use diff_format::configs::unet::{PerBlock, TransformerLayers, UNet2DConditionConfig};
 
 use crate::ModelError;
+pub use crate::embeddings::{ClassEmbedKind, ClassEmbedding, ClassLabels};
 use crate::embeddings::{TimestepEmbedding, Timesteps};
 use crate::resnet::{
     Activation, ResnetBlock2DConfig, TimeEmbeddingNorm, conv2d, group_norm, linear,
@@ -45,43 +46,6 @@ fn invalid(reason: String) -> ModelError {
 
 fn to_usize(key: &str, v: u64) -> Result<usize, ModelError> {
     usize::try_from(v).map_err(|_| unsupported(key, v, "does not fit in usize"))
-}
-
-/// How the class embedding is computed (`class_embed_type`, `num_class_embeds`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClassEmbedKind {
-    /// A learned table indexed by integer labels (`num_class_embeds` without a type).
-    Table,
-    /// `timestep`: labels go through the sinusoidal projection, then an MLP.
-    Timestep,
-    /// `identity`: the labels are the embedding.
-    Identity,
-    /// `projection`: an MLP from `projection_class_embeddings_input_dim`.
-    Projection,
-    /// `simple_projection`: one linear layer.
-    SimpleProjection,
-}
-
-/// The class-embedding layer (`class_embedding.*`).
-// One per model, so the size difference between the variants costs nothing worth a box.
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum ClassEmbedding {
-    /// `nn.Embedding`.
-    Table(Embedding),
-    /// `TimestepEmbedding`.
-    Mlp(TimestepEmbedding),
-    /// `nn.Linear`.
-    Linear(Linear),
-}
-
-/// Class labels for UNets with a class embedding.
-#[derive(Debug, Clone)]
-pub enum ClassLabels {
-    /// Integer labels (`Table`) or timestep-like values (`Timestep`), `[batch]`.
-    Labels(Tensor<1>),
-    /// Label vectors (`Identity`, `Projection`, `SimpleProjection`), `[batch, dim]`.
-    Embeds(Tensor<2>),
 }
 
 /// The inputs of [`UNet2DConditionModel::forward`], named as diffusers' `forward` arguments.

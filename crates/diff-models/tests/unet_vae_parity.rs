@@ -258,8 +258,19 @@ fn unet_weights_missing_a_layer_are_a_missing_key_error() {
     let err = load_file(model, &weights, &LoadOptions::new()).expect_err("missing");
     let msg = err.to_string();
     eprintln!("{msg}");
-    assert!(msg.contains("missing key(s)"));
-    assert!(msg.contains("`down_blocks.0.resnets.1.conv1.weight`"));
+    assert!(msg.contains("96 missing key(s): `down_blocks.0.attentions.1.norm.bias`"));
+    // The lenient report lists every missing key.
+    let model = UNet2DConditionModel::from_config(&config, &device, DType::F32).expect("build");
+    let mut options = LoadOptions::new().lenient();
+    options.ignore_mismatched_sizes = true;
+    let (_, report) = load_file(model, &weights, &options).expect("lenient load");
+    assert_eq!(report.missing.len(), 96);
+    assert!(
+        report
+            .missing
+            .iter()
+            .any(|k| k == "down_blocks.0.resnets.1.conv1.weight")
+    );
 }
 
 #[test]

@@ -338,7 +338,11 @@ fn sharded_fp16_variant_loads_through_its_variant_index() {
         &LoadOptions::new(),
     )
     .expect("sharded fp16");
-    assert!(report.source.ends_with("diffusion_pytorch_model.safetensors.index.fp16.json"));
+    assert!(
+        report
+            .source
+            .ends_with("diffusion_pytorch_model.safetensors.index.fp16.json")
+    );
     assert_eq!(report.loaded, 10);
     // The on-disk values are f16-rounded; tolerance as for the single-file fp16 variant.
     run(&model, 2e-3);

@@ -274,7 +274,10 @@ pub(crate) fn num_train_timesteps(scheduler: &Scheduler) -> f64 {
     scheduler
         .config_json()
         .ok()
-        .and_then(|c| c.get("num_train_timesteps").and_then(serde_json::Value::as_f64))
+        .and_then(|c| {
+            c.get("num_train_timesteps")
+                .and_then(serde_json::Value::as_f64)
+        })
         .unwrap_or(1000.0)
 }
 

@@ -704,16 +704,18 @@ fn patch_outdated_scheduler(comps: &mut Components) -> Result<(), PipelineError>
     let Some(scheduler) = &comps.scheduler else {
         return Ok(());
     };
-    let config = scheduler.config_json()?;
+    let mut config = scheduler.config_json()?;
     let mut overrides = Map::new();
-    if let Some(offset) = config.get("steps_offset").and_then(Value::as_i64) {
-        if offset != 1 {
-            tracing::warn!(
-                "The configuration file of this scheduler: {} is outdated. `steps_offset` should be set to 1 instead of {offset}.",
-                scheduler.class_name()
-            );
-            overrides.insert("steps_offset".into(), Value::from(1));
-        }
+    if let Some(offset) = config
+        .get("steps_offset")
+        .and_then(Value::as_i64)
+        .filter(|o| *o != 1)
+    {
+        tracing::warn!(
+            "The configuration file of this scheduler: {} is outdated. `steps_offset` should be set to 1 instead of {offset}.",
+            scheduler.class_name()
+        );
+        overrides.insert("steps_offset".into(), Value::from(1));
     }
     if config.get("clip_sample") == Some(&Value::Bool(true)) {
         tracing::warn!(
@@ -723,7 +725,14 @@ fn patch_outdated_scheduler(comps: &mut Components) -> Result<(), PipelineError>
         overrides.insert("clip_sample".into(), Value::Bool(false));
     }
     if !overrides.is_empty() {
-        comps.scheduler = Some(Scheduler::from_config_as(scheduler.class_name(), &config, &overrides)?);
+        // diffusers edits the config dict itself, so a foreign key (PNDM's `clip_sample`) is
+        // patched too: write the values into the config rather than pass them as overrides.
+        config.extend(overrides);
+        comps.scheduler = Some(Scheduler::from_config_as(
+            scheduler.class_name(),
+            &config,
+            &Map::new(),
+        )?);
     }
     Ok(())
 }

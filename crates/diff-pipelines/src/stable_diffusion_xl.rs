@@ -191,15 +191,21 @@ impl DiffusionPipeline {
         let mut scheduler = self.require(self.scheduler(), "scheduler")?.clone();
         scheduler.set_timesteps(args.num_inference_steps)?;
         let valid = |f: Option<f32>| f.filter(|v| *v > 0.0 && *v < 1.0);
-        let denoising_start = if img2img { valid(args.denoising_start) } else { None };
+        let denoising_start = if img2img {
+            valid(args.denoising_start)
+        } else {
+            None
+        };
         let denoising_end = valid(args.denoising_end);
-        if let (Some(s), Some(e)) = (denoising_start, denoising_end) {
-            if s >= e {
-                return Err(PipelineError::arg(
-                    "denoising_start",
-                    format!("`denoising_start`: {s} cannot be larger than or equal to `denoising_end`: {e} when using type float."),
-                ));
-            }
+        if let (Some(s), Some(e)) = (denoising_start, denoising_end)
+            && s >= e
+        {
+            return Err(PipelineError::arg(
+                "denoising_start",
+                format!(
+                    "`denoising_start`: {s} cannot be larger than or equal to `denoising_end`: {e} when using type float."
+                ),
+            ));
         }
         let mut timesteps = match (img2img, denoising_start) {
             (true, None) => strength_timesteps(&mut scheduler, args.num_inference_steps, strength),

@@ -314,3 +314,93 @@ fn height_not_multiple_of_8_is_an_invalid_argument() {
         "{err}"
     );
 }
+
+#[test]
+fn sd_init_fixes_outdated_scheduler_config_in_memory() {
+    let dir = edited_copy("tiny-sd", |_| {});
+    let sched = dir.path().join("scheduler");
+    std::fs::remove_file(&sched).unwrap();
+    std::fs::create_dir(&sched).unwrap();
+    let mut cfg: Map<String, Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-sd/scheduler/scheduler_config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg.insert("_class_name".into(), json!("DDIMScheduler"));
+    cfg.insert("steps_offset".into(), json!(0));
+    cfg.insert("clip_sample".into(), json!(true));
+    std::fs::write(
+        sched.join("scheduler_config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    let pipe = DiffusionPipeline::from_pretrained(
+        dir.path().to_str().unwrap(),
+        &LoadOptions {
+            // model_index.json still names PNDMScheduler; the entry's class is what is built.
+            ..no_checker()
+        },
+    )
+    .unwrap();
+    let loaded = pipe.component_config("scheduler").unwrap();
+    assert_eq!(loaded["steps_offset"], 1);
+    // PNDM has no clip_sample argument, but the foreign key is kept in its config and patched
+    // like diffusers' `hasattr(scheduler.config, "clip_sample")` check does.
+    assert_eq!(loaded["clip_sample"], false);
+    assert_eq!(loaded["_class_name"], "PNDMScheduler");
+    // SDXL pipelines do not patch.
+    let xl = load("tiny-sdxl", &LoadOptions::default()).unwrap();
+    assert_eq!(
+        xl.component_config("scheduler").unwrap()["steps_offset"],
+        fixture_scheduler_value("tiny-sdxl", "steps_offset")
+    );
+}
+
+fn fixture_scheduler_value(pipeline: &str, key: &str) -> Value {
+    let cfg: Map<String, Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixture(pipeline).join("scheduler/scheduler_config.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    cfg.get(key).cloned().unwrap_or(Value::Null)
+}
+
+#[test]
+fn precomputed_prompt_embeds_give_the_same_latents_as_the_prompt() {
+    let pipe = load("tiny-sd", &no_checker()).unwrap();
+    let args = CallArgs {
+        num_inference_steps: 2,
+        height: Some(16),
+        width: Some(16),
+        negative_prompt: Some(vec!["blurry".into()]),
+        generator: Generators::Seed(3),
+        output_type: OutputType::Latent,
+        ..CallArgs::prompt("a cat")
+    };
+    let from_text = pipe.call(&args, None).unwrap().latents;
+    let (cond, uncond) = pipe.encode_prompt(&args, true).unwrap();
+    let embeds = CallArgs {
+        prompt: Vec::new(),
+        negative_prompt: None,
+        prompt_embeds: Some(cond),
+        negative_prompt_embeds: uncond,
+        ..args.clone()
+    };
+    let from_embeds = pipe.call(&embeds, None).unwrap().latents;
+    // Same computation: exactly equal (tolerance 0).
+    assert_eq!(
+        from_text.into_data().try_to_vec::<f32>().unwrap(),
+        from_embeds.into_data().try_to_vec::<f32>().unwrap()
+    );
+}
+
+#[test]
+fn passed_scheduler_replaces_the_loaded_one() {
+    let base = load("tiny-sd", &no_checker()).unwrap();
+    let config = base.component_config("scheduler").unwrap();
+    let ddim =
+        diff_schedulers::Scheduler::from_config_as("DDIMScheduler", &config, &Map::new()).unwrap();
+    let mut options = no_checker();
+    options.components.scheduler = Passed::Replace(ddim);
+    let pipe = load("tiny-sd", &options).unwrap();
+    assert_eq!(pipe.scheduler().unwrap().class_name(), "DDIMScheduler");
+}

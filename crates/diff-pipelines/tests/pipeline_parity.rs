@@ -7,7 +7,6 @@ use diff_pipelines::{
     CallArgs, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
 };
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -83,8 +82,12 @@ fn call_args(args: &Value, dir: &Path) -> CallArgs {
         target_size: pair(get("target_size")),
         negative_original_size: pair(get("negative_original_size")),
         negative_target_size: pair(get("negative_target_size")),
-        denoising_end: get("denoising_end").and_then(Value::as_f64).map(|v| v as f32),
-        denoising_start: get("denoising_start").and_then(Value::as_f64).map(|v| v as f32),
+        denoising_end: get("denoising_end")
+            .and_then(Value::as_f64)
+            .map(|v| v as f32),
+        denoising_start: get("denoising_start")
+            .and_then(Value::as_f64)
+            .map(|v| v as f32),
         output_type: OutputType::Np,
         ..CallArgs::default()
     }
@@ -120,106 +123,151 @@ fn compare(
     Ok((max, mean))
 }
 
-#[test]
-fn pipelines_match_diffusers_on_tiny_fixtures() {
+struct Meta {
+    max_tol: f32,
+    mean_tol: f32,
+    cases: Vec<Value>,
+}
+
+fn meta() -> Meta {
     let dir = fixtures().join("40-pipeline-runs");
     let meta: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
-    let max_tol = meta["tolerance"]["max_abs"].as_f64().unwrap() as f32;
-    let mean_tol = meta["tolerance"]["mean_abs"].as_f64().unwrap() as f32;
-    let cases = meta["cases"].as_array().unwrap();
-    assert!(cases.len() >= 12, "{} cases", cases.len());
-    let mut failures = Vec::new();
-    let mut loaded: BTreeMap<(String, String), DiffusionPipeline> = BTreeMap::new();
-    for case in cases {
-        let name = case["name"].as_str().unwrap();
-        let folder = case["pipeline_folder"].as_str().unwrap().to_string();
-        let class_name = case["pipeline_class"].as_str().unwrap().to_string();
-        let keep_checker = case["args"]
-            .get("safety_checker")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let key = (
-            folder.clone(),
-            format!("{class_name} checker={keep_checker}"),
-        );
-        let pipe = loaded.entry(key).or_insert_with(|| {
-            let mut options = LoadOptions {
-                pipeline_class: PipelineClass::from_name(&class_name),
-                ..LoadOptions::default()
-            };
-            if !keep_checker {
-                options.components.safety_checker = Passed::Drop;
-                options
-                    .config
-                    .insert("requires_safety_checker".into(), Value::Bool(false));
-            }
-            DiffusionPipeline::from_pretrained(fixtures().join(&folder).to_str().unwrap(), &options)
-                .unwrap_or_else(|e| panic!("{name}: loading {folder}: {e}"))
-        });
-        let mut pipe = pipe.clone();
-        let scheduler = case["scheduler_class"].as_str().unwrap();
-        pipe.swap_scheduler(scheduler, &serde_json::Map::new())
-            .unwrap();
-        let args = call_args(&case["args"], &dir);
-        let out = match pipe.call(&args, None) {
-            Ok(o) => o,
-            Err(e) => {
-                failures.push(format!("{name}: {e}"));
-                continue;
-            }
-        };
-        // The safety checker's flags, when diffusers ran one (exact).
-        let want_flags: Option<Vec<bool>> =
-            serde_json::from_value(case["nsfw_content_detected"].clone()).unwrap();
-        if want_flags.is_some() || keep_checker {
-            assert_eq!(
-                out.nsfw_content_detected, want_flags,
-                "{name}: nsfw_content_detected"
-            );
-        }
-        let file = dir.join(format!("{name}.safetensors"));
-        let (lshape, want_latents) = read_tensor(&file, "latents");
-        let got_latents: Vec<f32> = out
-            .latents
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .unwrap();
-        assert_eq!(out.latents.dims().to_vec(), lshape, "{name}: latents shape");
-        let (ishape, want_images) = read_tensor(&file, "images");
-        let imgs = out.images.as_ref().unwrap();
-        assert_eq!(
-            vec![imgs.count, imgs.height, imgs.width, 3],
-            ishape,
-            "{name}: image shape"
-        );
-        let lat = compare(
-            &format!("{name} latents"),
-            &got_latents,
-            &want_latents,
-            max_tol * 10.0,
-            mean_tol * 10.0,
-        );
-        match compare(
-            &format!("{name} images"),
-            &imgs.data,
-            &want_images,
-            max_tol,
-            mean_tol,
-        ) {
-            Ok((max, mean)) => {
-                eprintln!("{name}: images max {max:.2e} mean {mean:.2e}; latents {lat:?}")
-            }
-            Err(e) => failures.push(format!("{e}; latents {lat:?}")),
-        }
+    Meta {
+        max_tol: meta["tolerance"]["max_abs"].as_f64().unwrap() as f32,
+        mean_tol: meta["tolerance"]["mean_abs"].as_f64().unwrap() as f32,
+        cases: meta["cases"].as_array().unwrap().clone(),
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
+}
+
+/// Replays one fixture case and compares images (2/255 max, 0.5/255 mean), latents (ten times
+/// those, as they are not bounded to [0, 1]) and the safety checker's flags (exact).
+fn run_case(name: &str) {
+    let dir = fixtures().join("40-pipeline-runs");
+    let Meta {
+        max_tol,
+        mean_tol,
+        cases,
+    } = meta();
+    let case = cases
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no case {name} in cases.json"));
+    let folder = case["pipeline_folder"].as_str().unwrap().to_string();
+    let class_name = case["pipeline_class"].as_str().unwrap().to_string();
+    let keep_checker = case["args"]
+        .get("safety_checker")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let mut options = LoadOptions {
+        pipeline_class: PipelineClass::from_name(&class_name),
+        ..LoadOptions::default()
+    };
+    if !keep_checker {
+        options.components.safety_checker = Passed::Drop;
+        options
+            .config
+            .insert("requires_safety_checker".into(), Value::Bool(false));
+    }
+    let mut pipe =
+        DiffusionPipeline::from_pretrained(fixtures().join(&folder).to_str().unwrap(), &options)
+            .unwrap_or_else(|e| panic!("{name}: loading {folder}: {e}"));
+    let scheduler = case["scheduler_class"].as_str().unwrap();
+    pipe.swap_scheduler(scheduler, &serde_json::Map::new())
+        .unwrap();
+    let args = call_args(&case["args"], &dir);
+    let out = pipe
+        .call(&args, None)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let want_flags: Option<Vec<bool>> =
+        serde_json::from_value(case["nsfw_content_detected"].clone()).unwrap();
+    assert_eq!(
+        out.nsfw_content_detected, want_flags,
+        "{name}: nsfw_content_detected"
     );
+    let file = dir.join(format!("{name}.safetensors"));
+    let (lshape, want_latents) = read_tensor(&file, "latents");
+    assert_eq!(out.latents.dims().to_vec(), lshape, "{name}: latents shape");
+    let got_latents: Vec<f32> = out
+        .latents
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap();
+    let (ishape, want_images) = read_tensor(&file, "images");
+    let imgs = out.images.as_ref().unwrap();
+    assert_eq!(
+        vec![imgs.count, imgs.height, imgs.width, 3],
+        ishape,
+        "{name}: image shape"
+    );
+    let lat = compare(
+        &format!("{name} latents"),
+        &got_latents,
+        &want_latents,
+        max_tol * 10.0,
+        mean_tol * 10.0,
+    );
+    let img = compare(
+        &format!("{name} images"),
+        &imgs.data,
+        &want_images,
+        max_tol,
+        mean_tol,
+    );
+    eprintln!("{name}: images {img:?}; latents {lat:?}");
+    img.unwrap();
+    lat.unwrap();
+}
+
+macro_rules! parity {
+    ($($case:ident => $test:ident;)*) => {
+        const TESTED: &[&str] = &[$(stringify!($case)),*];
+        $(
+            #[test]
+            fn $test() {
+                run_case(stringify!($case));
+            }
+        )*
+    };
+}
+
+parity! {
+    sd_txt2img_pndm_default_scheduler => sd_txt2img_with_the_default_pndm_scheduler_matches_diffusers;
+    sd_txt2img_ddim => sd_txt2img_ddim_matches_diffusers;
+    sd_txt2img_ddim_eta_negative => sd_txt2img_ddim_eta_noise_and_negative_prompt_match_diffusers;
+    sd_txt2img_euler_ancestral => sd_txt2img_ancestral_scheduler_matches_diffusers;
+    sd_txt2img_euler_cfg_off => sd_txt2img_without_cfg_matches_diffusers;
+    sd_txt2img_ddpm_clip_skip => sd_txt2img_clip_skip_matches_diffusers;
+    sd_txt2img_batch2_generator_each => sd_txt2img_batch_of_two_with_one_generator_each_matches_diffusers;
+    sd_txt2img_images_per_prompt_rescale => sd_txt2img_two_images_per_prompt_and_guidance_rescale_match_diffusers;
+    sd_txt2img_long_prompt_truncated => sd_txt2img_truncated_long_prompt_matches_diffusers;
+    sd_img2img_ddim => sd_img2img_ddim_matches_diffusers;
+    sd_img2img_euler_ancestral => sd_img2img_ancestral_scheduler_matches_diffusers;
+    sd_inpaint_9ch_ddim => sd_inpaint_nine_channel_unet_matches_diffusers;
+    sd_inpaint_legacy_4ch_euler => sd_inpaint_legacy_four_channel_blend_matches_diffusers;
+    sdxl_txt2img_euler => sdxl_txt2img_matches_diffusers;
+    sdxl_txt2img_negative_conditions => sdxl_txt2img_prompt_2_and_size_conditions_match_diffusers;
+    sdxl_img2img_ddim => sdxl_img2img_matches_diffusers;
+    sdxl_txt2img_denoising_end => sdxl_txt2img_denoising_end_matches_diffusers;
+    sdxl_img2img_denoising_start => sdxl_img2img_denoising_start_matches_diffusers;
+    sdxl_txt2img_clip_skip_two_per_prompt_negative_sizes => sdxl_clip_skip_two_per_prompt_and_negative_sizes_match_diffusers;
+    sd_img2img_batch2_generator_each => sd_img2img_batch_of_two_with_one_generator_each_matches_diffusers;
+    sd_txt2img_safety_checker_on => sd_txt2img_safety_checker_flags_match_diffusers;
+}
+
+#[test]
+fn every_fixture_case_has_a_parity_test_and_there_are_at_least_12() {
+    let names: Vec<String> = meta()
+        .cases
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.len() >= 12, "{} cases", names.len());
+    let mut sorted_names = names.clone();
+    sorted_names.sort();
+    let mut tested: Vec<String> = TESTED.iter().map(|s| s.to_string()).collect();
+    tested.sort();
+    assert_eq!(sorted_names, tested);
 }

@@ -379,8 +379,103 @@ pub(crate) fn exponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Ve
         .collect()
 }
 
-/// Checks that at most one of karras / exponential / beta sigmas is set and that beta sigmas
-/// (which need scipy's beta inverse CDF) are not requested.
+/// `ln B(0.6, 0.6)`: diffusers' `_convert_to_beta` always uses alpha = beta = 0.6.
+const LN_BETA_06_06: f64 = 0.8818418061417858;
+
+/// The continued fraction of the regularized incomplete beta function (modified Lentz).
+fn incomplete_beta_cf(a: f64, b: f64, x: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..400 {
+        let m = f64::from(m);
+        let m2 = 2.0 * m;
+        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        h *= d * c;
+        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        let delta = d * c;
+        h *= delta;
+        if (delta - 1.0).abs() < 1e-16 {
+            break;
+        }
+    }
+    h
+}
+
+/// The regularized incomplete beta function I_x(0.6, 0.6).
+fn beta_cdf_06(x: f64) -> f64 {
+    let (a, b) = (0.6, 0.6);
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let front = (a * x.ln() + b * (1.0 - x).ln() - LN_BETA_06_06).exp();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * incomplete_beta_cf(a, b, x) / a
+    } else {
+        1.0 - front * incomplete_beta_cf(b, a, 1.0 - x) / b
+    }
+}
+
+/// `scipy.stats.beta.ppf(q, 0.6, 0.6)`: bisection on the CDF down to float64 resolution.
+pub(crate) fn beta_ppf_06(q: f64) -> f64 {
+    if q <= 0.0 {
+        return 0.0;
+    }
+    if q >= 1.0 {
+        return 1.0;
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..2000 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if beta_cdf_06(mid) < q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// `_convert_to_beta` (alpha = beta = 0.6), float64:
+/// σ_min + ppf(1 − linspace(0, 1, n))·(σ_max − σ_min).
+pub(crate) fn beta_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    np_linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|t| sigma_min + beta_ppf_06(1.0 - t) * (sigma_max - sigma_min))
+        .collect()
+}
+
+/// Checks that at most one of karras / exponential / beta sigmas is set.
 pub(crate) fn check_sigma_flags(
     class: &'static str,
     karras: bool,
@@ -395,9 +490,6 @@ pub(crate) fn check_sigma_flags(
                       can be used"
                     .into(),
         });
-    }
-    if beta {
-        return Err(unsupported(class, "use_beta_sigmas", "true"));
     }
     Ok(())
 }
@@ -530,8 +622,9 @@ pub(crate) fn noise_like<const D: usize>(
 
 /// The sigma schedule of the k-diffusion style schedulers (LMS, Heun, KDPM2, KDPM2 ancestral):
 /// family-A float32 timesteps, sigmas interpolated in float64, optionally replaced by karras /
-/// exponential sigmas with timesteps re-derived by `_sigma_to_t` (rounded when `round_karras`).
+/// exponential / beta sigmas with timesteps re-derived by `_sigma_to_t` (rounded when `round_karras`).
 /// Returns (timesteps, sigmas without the final entry, float32 log training sigmas).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn k_schedule(
     spacing: Spacing,
     alphas_cumprod: &[f32],
@@ -539,6 +632,7 @@ pub(crate) fn k_schedule(
     steps_offset: i64,
     karras: bool,
     exponential: bool,
+    beta: bool,
     round_karras: bool,
 ) -> (Vec<f64>, Vec<f64>, Vec<f32>) {
     let train_steps = alphas_cumprod.len();
@@ -564,6 +658,9 @@ pub(crate) fn k_schedule(
             .collect();
     } else if exponential {
         sig = exponential_sigmas(min, max, n);
+        ts = sig.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
+    } else if beta {
+        sig = beta_sigmas(min, max, n);
         ts = sig.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
     }
     (ts, sig, log_sigmas)
@@ -658,6 +755,24 @@ pub(crate) fn k_alphas(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beta_ppf_matches_scipy() {
+        // scipy.stats.beta.ppf(q, 0.6, 0.6), scipy 1.17.1; tolerance 1e-13 absolute.
+        for (q, want) in [
+            (0.999, 0.9999814412614826),
+            (0.9, 0.9604155944112192),
+            (0.75, 0.824319621347305),
+            (0.5, 0.5000000000000001),
+            (0.3, 0.23401700387523572),
+            (0.1, 0.03958440558878085),
+            (0.01, 0.0008612388215429059),
+            (1e-6, 1.8558824624053043e-10),
+        ] {
+            let got = beta_ppf_06(q);
+            assert!((got - want).abs() <= 1e-13, "q {q}: {got} vs {want}");
+        }
+    }
 
     #[test]
     fn scaled_linear_betas_give_sd_alphas_cumprod() {

@@ -158,44 +158,47 @@ impl DEISMultistepScheduler {
         let train = train_sigmas(&self.alphas_cumprod);
         let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
         let (smin, smax) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
-        let mut sig: Vec<f64> = if c.use_karras_sigmas || c.use_exponential_sigmas {
-            let s = if c.use_karras_sigmas {
-                karras_sigmas(smin, smax, n, 7.0)
+        let mut sig: Vec<f64> =
+            if c.use_karras_sigmas || c.use_exponential_sigmas || c.use_beta_sigmas {
+                let s = if c.use_karras_sigmas {
+                    karras_sigmas(smin, smax, n, 7.0)
+                } else if c.use_exponential_sigmas {
+                    exponential_sigmas(smin, smax, n)
+                } else {
+                    crate::common::beta_sigmas(smin, smax, n)
+                };
+                ts = s
+                    .iter()
+                    .map(|v| {
+                        let t = sigma_to_t(*v, &log_sigmas);
+                        if c.use_karras_sigmas { np_round(t) } else { t }
+                    })
+                    .collect();
+                let last = s.last().copied().unwrap_or(0.0);
+                let mut s = s;
+                s.push(last);
+                s
+            } else if c.use_flow_sigmas {
+                let shift = c.flow_shift;
+                let mut s: Vec<f64> = np_linspace(1.0, 1.0 / t_train as f64, n + 1)
+                    .into_iter()
+                    .map(|a| {
+                        let v = 1.0 - a;
+                        shift * v / (1.0 + (shift - 1.0) * v)
+                    })
+                    .collect();
+                s.reverse();
+                s.pop();
+                ts = s.iter().map(|v| v * t_train as f64).collect();
+                let last = s.last().copied().unwrap_or(0.0);
+                s.push(last);
+                s
             } else {
-                exponential_sigmas(smin, smax, n)
+                let mut s = np_interp(&ts, &train);
+                let a0 = self.alphas_cumprod[0];
+                s.push(f64::from(((1.0 - a0) / a0).sqrt()));
+                s
             };
-            ts = s
-                .iter()
-                .map(|v| {
-                    let t = sigma_to_t(*v, &log_sigmas);
-                    if c.use_karras_sigmas { np_round(t) } else { t }
-                })
-                .collect();
-            let last = s.last().copied().unwrap_or(0.0);
-            let mut s = s;
-            s.push(last);
-            s
-        } else if c.use_flow_sigmas {
-            let shift = c.flow_shift;
-            let mut s: Vec<f64> = np_linspace(1.0, 1.0 / t_train as f64, n + 1)
-                .into_iter()
-                .map(|a| {
-                    let v = 1.0 - a;
-                    shift * v / (1.0 + (shift - 1.0) * v)
-                })
-                .collect();
-            s.reverse();
-            s.pop();
-            ts = s.iter().map(|v| v * t_train as f64).collect();
-            let last = s.last().copied().unwrap_or(0.0);
-            s.push(last);
-            s
-        } else {
-            let mut s = np_interp(&ts, &train);
-            let a0 = self.alphas_cumprod[0];
-            s.push(f64::from(((1.0 - a0) / a0).sqrt()));
-            s
-        };
         if sig.is_empty() {
             sig.push(0.0);
         }

@@ -221,7 +221,10 @@ impl DPMSolverMultistepScheduler {
         }
         let c = &self.config;
         if request.timesteps.is_some()
-            && (c.use_karras_sigmas || c.use_lu_lambdas || c.use_exponential_sigmas)
+            && (c.use_karras_sigmas
+                || c.use_lu_lambdas
+                || c.use_exponential_sigmas
+                || c.use_beta_sigmas)
         {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS}: custom timesteps cannot be used with karras / lu / exponential sigmas"
@@ -301,6 +304,10 @@ impl DPMSolverMultistepScheduler {
             s
         } else if c.use_exponential_sigmas {
             let s = exponential_sigmas(sigma_min, sigma_max, n);
+            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
+            s
+        } else if c.use_beta_sigmas {
+            let s = crate::common::beta_sigmas(sigma_min, sigma_max, n);
             ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
             s
         } else if c.use_flow_sigmas {

@@ -208,7 +208,9 @@ impl DPMSolverSinglestepScheduler {
             self.config.flow_shift = mu.exp();
         }
         let c = &self.config;
-        if request.timesteps.is_some() && (c.use_karras_sigmas || c.use_exponential_sigmas) {
+        if request.timesteps.is_some()
+            && (c.use_karras_sigmas || c.use_exponential_sigmas || c.use_beta_sigmas)
+        {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS}: custom timesteps cannot be used with karras / exponential sigmas"
             )));
@@ -244,6 +246,10 @@ impl DPMSolverSinglestepScheduler {
             s
         } else if c.use_exponential_sigmas {
             let s = exponential_sigmas(smin, smax, n);
+            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
+            s
+        } else if c.use_beta_sigmas {
+            let s = crate::common::beta_sigmas(smin, smax, n);
             ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
             s
         } else if c.use_flow_sigmas {

@@ -125,7 +125,9 @@ impl EulerDiscreteScheduler {
         let karras = c.use_karras_sigmas.unwrap_or(false);
         let exponential = c.use_exponential_sigmas.unwrap_or(false);
         request.check_exclusive(CLASS)?;
-        if request.timesteps.is_some() && (karras || exponential) {
+        if request.timesteps.is_some()
+            && (karras || exponential || c.use_beta_sigmas.unwrap_or(false))
+        {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS}: cannot set `timesteps` with karras or exponential sigmas"
             )));
@@ -144,7 +146,7 @@ impl EulerDiscreteScheduler {
             let sig: Vec<f32> = custom.iter().map(|s| *s as f32).collect();
             let ts = sig[..sig.len().saturating_sub(1)]
                 .iter()
-                .map(|s| sigma_to_t(f64::from(*s), &log_sigmas))
+                .map(|s| crate::common::sigma_to_t_f32(*s, &log_sigmas))
                 .collect();
             (ts, sig)
         } else {
@@ -185,6 +187,9 @@ impl EulerDiscreteScheduler {
                 ts = sig.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
             } else if exponential {
                 sig = exponential_sigmas(range.0, range.1, n);
+                ts = sig.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
+            } else if c.use_beta_sigmas.unwrap_or(false) {
+                sig = crate::common::beta_sigmas(range.0, range.1, n);
                 ts = sig.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
             }
             let last = if c.final_sigmas_type == "sigma_min" {

@@ -151,6 +151,8 @@ impl FlowMatchEulerDiscreteScheduler {
             sig = karras_sigmas(min, max, n, 7.0);
         } else if c.use_exponential_sigmas {
             sig = exponential_sigmas(min, max, n);
+        } else if c.use_beta_sigmas {
+            sig = crate::common::beta_sigmas(min, max, n);
         }
         let mut sigmas: Vec<f32> = sig.into_iter().map(|s| s as f32).collect();
         let scale = c.num_train_timesteps as f32;

@@ -84,9 +84,9 @@ impl HeunDiscreteScheduler {
         request.check_exclusive(CLASS)?;
         let c = &self.config;
         let (ts, sig) = if let Some(custom) = &request.timesteps {
-            if c.use_karras_sigmas || c.use_exponential_sigmas {
+            if c.use_karras_sigmas || c.use_exponential_sigmas || c.use_beta_sigmas {
                 return Err(SchedulerError::InvalidArgument(format!(
-                    "{CLASS}: custom timesteps cannot be used with karras / exponential sigmas"
+                    "{CLASS}: custom timesteps cannot be used with karras / exponential / beta sigmas"
                 )));
             }
             let ts: Vec<f64> = custom.iter().map(|t| f64::from(*t as f32)).collect();
@@ -102,6 +102,7 @@ impl HeunDiscreteScheduler {
                 c.steps_offset,
                 c.use_karras_sigmas,
                 c.use_exponential_sigmas,
+                c.use_beta_sigmas,
                 false,
             );
             (ts, sig)
@@ -166,7 +167,7 @@ impl HeunDiscreteScheduler {
             })
     }
 
-    /// `scale_model_input`: x / √(σ² + 1) with σ = sigmas[step_index].
+    /// `scale_model_input`: x / √(σ² + 1) with σ = `sigmas[step_index]`.
     pub fn scale_model_input<const D: usize>(
         &mut self,
         sample: Tensor<D>,

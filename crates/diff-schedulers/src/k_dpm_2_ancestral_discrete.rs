@@ -45,6 +45,7 @@ impl KDPM2AncestralDiscreteScheduler {
             config.steps_offset,
             config.use_karras_sigmas,
             config.use_exponential_sigmas,
+            config.use_beta_sigmas,
         )?;
         Ok(Self { config, core })
     }
@@ -62,6 +63,7 @@ impl KDPM2AncestralDiscreteScheduler {
             c.steps_offset,
             c.use_karras_sigmas,
             c.use_exponential_sigmas,
+            c.use_beta_sigmas,
         )
     }
 

@@ -86,6 +86,7 @@ impl KDpm2Core {
         steps_offset: i64,
         karras: bool,
         exponential: bool,
+        beta: bool,
     ) -> Result<(), SchedulerError> {
         if request.timesteps.is_some() || request.sigmas.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
@@ -101,6 +102,7 @@ impl KDpm2Core {
             steps_offset,
             karras,
             exponential,
+            beta,
             true,
         );
         let mut s: Vec<f32> = sig.into_iter().map(|v| v as f32).collect();
@@ -344,6 +346,7 @@ impl KDPM2DiscreteScheduler {
             config.steps_offset,
             config.use_karras_sigmas,
             config.use_exponential_sigmas,
+            config.use_beta_sigmas,
         )?;
         Ok(Self { config, core })
     }
@@ -361,6 +364,7 @@ impl KDPM2DiscreteScheduler {
             c.steps_offset,
             c.use_karras_sigmas,
             c.use_exponential_sigmas,
+            c.use_beta_sigmas,
         )
     }
 

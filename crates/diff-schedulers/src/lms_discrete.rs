@@ -98,6 +98,7 @@ impl LMSDiscreteScheduler {
             c.steps_offset,
             c.use_karras_sigmas,
             c.use_exponential_sigmas,
+            c.use_beta_sigmas,
             false,
         );
         let mut sigmas: Vec<f32> = sig.into_iter().map(|v| v as f32).collect();

@@ -218,88 +218,91 @@ impl UniPCMultistepScheduler {
         let train = train_sigmas(&self.alphas_cumprod);
         let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
         let last_min = |sig: &[f64]| sig.last().copied().unwrap_or(0.0);
-        let (mut sig, last): (Vec<f64>, f64) = if c.use_karras_sigmas || c.use_exponential_sigmas {
-            let smin = c.sigma_min.unwrap_or(f64::from(train[0]));
-            let smax = c.sigma_max.unwrap_or(f64::from(train[train.len() - 1]));
-            let mut s = if c.use_karras_sigmas {
-                karras_sigmas(smin, smax, n, 7.0)
-            } else {
-                exponential_sigmas(smin, smax, n)
-            };
-            if c.use_karras_sigmas && c.use_flow_sigmas {
-                s = s.into_iter().map(|v| v / (v + 1.0)).collect();
-                ts = s.iter().map(|v| v * t_train as f64).collect();
-            } else {
-                ts = s
-                    .iter()
-                    .map(|v| {
-                        let t = sigma_to_t(*v, &log_sigmas);
-                        if c.use_karras_sigmas { np_round(t) } else { t }
-                    })
-                    .collect();
-            }
-            let l = if c.final_sigmas_type == "sigma_min" {
-                last_min(&s)
-            } else {
-                0.0
-            };
-            (s, l)
-        } else if c.use_flow_sigmas {
-            let mut s: Vec<f64> = match &request.sigmas {
-                Some(v) => v.clone(),
-                None => {
-                    let mut v = np_linspace(1.0, 1.0 / t_train as f64, n + 1);
-                    v.pop();
-                    v
+        let (mut sig, last): (Vec<f64>, f64) =
+            if c.use_karras_sigmas || c.use_exponential_sigmas || c.use_beta_sigmas {
+                let smin = c.sigma_min.unwrap_or(f64::from(train[0]));
+                let smax = c.sigma_max.unwrap_or(f64::from(train[train.len() - 1]));
+                let mut s = if c.use_karras_sigmas {
+                    karras_sigmas(smin, smax, n, 7.0)
+                } else if c.use_exponential_sigmas {
+                    exponential_sigmas(smin, smax, n)
+                } else {
+                    crate::common::beta_sigmas(smin, smax, n)
+                };
+                if c.use_karras_sigmas && c.use_flow_sigmas {
+                    s = s.into_iter().map(|v| v / (v + 1.0)).collect();
+                    ts = s.iter().map(|v| v * t_train as f64).collect();
+                } else {
+                    ts = s
+                        .iter()
+                        .map(|v| {
+                            let t = sigma_to_t(*v, &log_sigmas);
+                            if c.use_karras_sigmas { np_round(t) } else { t }
+                        })
+                        .collect();
                 }
-            };
-            if c.use_dynamic_shifting {
-                let mu = request.mu.unwrap_or(0.0);
-                s = s
-                    .into_iter()
-                    .map(|t| {
-                        if c.time_shift_type == "linear" {
-                            mu / (mu + (1.0 / t - 1.0))
-                        } else {
-                            mu.exp() / (mu.exp() + (1.0 / t - 1.0))
-                        }
-                    })
-                    .collect();
+                let l = if c.final_sigmas_type == "sigma_min" {
+                    last_min(&s)
+                } else {
+                    0.0
+                };
+                (s, l)
+            } else if c.use_flow_sigmas {
+                let mut s: Vec<f64> = match &request.sigmas {
+                    Some(v) => v.clone(),
+                    None => {
+                        let mut v = np_linspace(1.0, 1.0 / t_train as f64, n + 1);
+                        v.pop();
+                        v
+                    }
+                };
+                if c.use_dynamic_shifting {
+                    let mu = request.mu.unwrap_or(0.0);
+                    s = s
+                        .into_iter()
+                        .map(|t| {
+                            if c.time_shift_type == "linear" {
+                                mu / (mu + (1.0 / t - 1.0))
+                            } else {
+                                mu.exp() / (mu.exp() + (1.0 / t - 1.0))
+                            }
+                        })
+                        .collect();
+                } else {
+                    let shift = c.flow_shift;
+                    s = s
+                        .into_iter()
+                        .map(|v| shift * v / (1.0 + (shift - 1.0) * v))
+                        .collect();
+                }
+                if let Some(terminal) = c.shift_terminal
+                    && terminal != 0.0
+                {
+                    let scale = (1.0 - last_min(&s)) / (1.0 - terminal);
+                    s = s.into_iter().map(|v| 1.0 - (1.0 - v) / scale).collect();
+                }
+                if let Some(first) = s.first_mut()
+                    && (*first - 1.0).abs() < 1e-6
+                {
+                    *first -= 1e-6;
+                }
+                ts = s.iter().map(|v| v * t_train as f64).collect();
+                let l = if c.final_sigmas_type == "sigma_min" {
+                    last_min(&s)
+                } else {
+                    0.0
+                };
+                (s, l)
             } else {
-                let shift = c.flow_shift;
-                s = s
-                    .into_iter()
-                    .map(|v| shift * v / (1.0 + (shift - 1.0) * v))
-                    .collect();
-            }
-            if let Some(terminal) = c.shift_terminal
-                && terminal != 0.0
-            {
-                let scale = (1.0 - last_min(&s)) / (1.0 - terminal);
-                s = s.into_iter().map(|v| 1.0 - (1.0 - v) / scale).collect();
-            }
-            if let Some(first) = s.first_mut()
-                && (*first - 1.0).abs() < 1e-6
-            {
-                *first -= 1e-6;
-            }
-            ts = s.iter().map(|v| v * t_train as f64).collect();
-            let l = if c.final_sigmas_type == "sigma_min" {
-                last_min(&s)
-            } else {
-                0.0
+                let s = np_interp(&ts, &train);
+                let l = if c.final_sigmas_type == "sigma_min" {
+                    let a0 = self.alphas_cumprod[0];
+                    f64::from(((1.0 - a0) / a0).sqrt())
+                } else {
+                    0.0
+                };
+                (s, l)
             };
-            (s, l)
-        } else {
-            let s = np_interp(&ts, &train);
-            let l = if c.final_sigmas_type == "sigma_min" {
-                let a0 = self.alphas_cumprod[0];
-                f64::from(((1.0 - a0) / a0).sqrt())
-            } else {
-                0.0
-            };
-            (s, l)
-        };
         sig.push(last);
         self.sigmas = sig.into_iter().map(|s| s as f32).collect();
         self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();

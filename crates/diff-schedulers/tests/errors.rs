@@ -12,17 +12,17 @@ fn obj(v: Value) -> Map<String, Value> {
 }
 
 #[test]
-fn beta_sigmas_are_reported_as_unsupported() {
+fn unipc_solver_p_is_reported_as_unsupported() {
     let err = Scheduler::from_config_as(
-        "EulerDiscreteScheduler",
+        "UniPCMultistepScheduler",
         &Map::new(),
-        &obj(json!({"use_beta_sigmas": true})),
+        &obj(json!({"solver_p": {"_class_name": "DDIMScheduler"}})),
     )
-    .expect_err("beta sigmas need scipy's beta ppf");
+    .expect_err("a nested solver is not supported");
     match err {
         SchedulerError::Unsupported { class, key, .. } => {
-            assert_eq!(class, "EulerDiscreteScheduler");
-            assert_eq!(key, "use_beta_sigmas");
+            assert_eq!(class, "UniPCMultistepScheduler");
+            assert_eq!(key, "solver_p");
         }
         other => panic!("expected Unsupported, got {other}"),
     }

@@ -9,7 +9,7 @@
 //! The loop is seed-driven (see the generator's docstring), so no model outputs are stored.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use diff_schedulers::{NoiseDtype, Scheduler, StepOptions, TorchGenerator};
+use diff_schedulers::{NoiseDtype, Scheduler, StepOptions, TimestepsRequest, TorchGenerator};
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
 
@@ -114,8 +114,17 @@ fn run_case(case: &Value, device: &Device) -> Result<CaseResult, String> {
     let mut sched = Scheduler::from_config_as(class, &base, &overrides)
         .map_err(|e| format!("{name}: build: {e}"))?;
     let steps = case["steps"].as_u64().unwrap_or(0) as usize;
+    let request = match case["set_kwargs"].as_object() {
+        // Custom timesteps / sigmas, passed to set_timesteps as diffusers got them.
+        Some(kw) => TimestepsRequest {
+            timesteps: kw.get("timesteps").map(floats),
+            sigmas: kw.get("sigmas").map(floats),
+            ..TimestepsRequest::default()
+        },
+        None => TimestepsRequest::steps(steps),
+    };
     sched
-        .set_timesteps(steps)
+        .set_timesteps_with(&request)
         .map_err(|e| format!("{name}: set_timesteps: {e}"))?;
     let ts_py = floats(&case["timesteps"]);
     let ts_rs: Vec<f64> = sched.timesteps().to_vec();

@@ -6,8 +6,9 @@
 //! count, dtypes, parameter count); `.bin` pickles through diff-format's restricted reader,
 //! which never executes pickle code and reads no tensor data.
 //!
-//! Sources: a local folder today. A Hub repo id will be resolved by diff-hub into a file
-//! listing plus a local snapshot; [`resolve_source`] is the one place to add that.
+//! Sources: a local folder as is; a Hub repo id is resolved by diff-hub (`download`'s
+//! `resolve_source`): the pipeline's selection for the variant is downloaded into the standard
+//! cache (or found there with `--offline`), then that snapshot folder is inspected.
 
 use anyhow::{Context, Result, bail};
 use burn_diffusers::format::{
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 /// Arguments of `inspect`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A local diffusers folder (or, once diff-hub lands, a repo id).
+    /// A local diffusers folder, or a Hub repo id (its selected files are downloaded first).
     pub path: String,
     /// Load this weight variant (e.g. `fp16`, `non_ema`), as diffusers' `variant=`.
     #[arg(long)]
@@ -38,11 +39,14 @@ pub struct Args {
     /// Print machine-readable JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Hub options, used only when PATH is a repo id.
+    #[command(flatten)]
+    pub hub: super::download::HubArgs,
 }
 
 /// Runs `inspect`.
 pub fn run(args: Args) -> Result<()> {
-    let root = resolve_source(&args.path, args.variant.as_deref())?;
+    let root = resolve_source(&args.path, &args.hub, args.variant.as_deref())?;
     let report = build_report(&root, &args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -53,7 +57,11 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// Turns the PATH argument into a local folder. Repo ids are the diff-hub hook.
-fn resolve_source(path: &str, variant: Option<&str>) -> Result<PathBuf> {
+fn resolve_source(
+    path: &str,
+    hub: &super::download::HubArgs,
+    variant: Option<&str>,
+) -> Result<PathBuf> {
     let local = PathBuf::from(path);
     if local.is_dir() {
         return Ok(local);
@@ -64,7 +72,7 @@ fn resolve_source(path: &str, variant: Option<&str>) -> Result<PathBuf> {
         );
     }
     // A repo id: diff-hub downloads the pipeline's selection (HF_ENDPOINT, HF_HUB_OFFLINE…).
-    super::download::resolve_source(path, &super::download::HubArgs::default(), variant)
+    super::download::resolve_source(path, hub, variant)
 }
 
 /// Everything `inspect` reports, as JSON (the text output is rendered from it).

@@ -178,36 +178,47 @@ impl LoadReport {
     }
 
     /// A readable description of the mismatches, with "did you mean" hints pairing each missing
-    /// key with the closest unexpected one.
+    /// key with the closest unexpected one. At most [`LoadReport::LISTED`] keys of each kind are
+    /// named (the fields keep them all), so a wholly wrong checkpoint still gives a readable
+    /// message quickly.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         if !self.missing.is_empty() {
             let items: Vec<String> = self
                 .missing
                 .iter()
+                .take(Self::LISTED)
                 .map(|k| match closest(k, &self.unexpected) {
                     Some(hint) => format!("`{k}` (did you mean `{hint}`?)"),
                     None => format!("`{k}`"),
                 })
                 .collect();
             parts.push(format!(
-                "{} missing key(s): {}",
-                items.len(),
-                items.join(", ")
+                "{} missing key(s): {}{}",
+                self.missing.len(),
+                items.join(", "),
+                more(self.missing.len())
             ));
         }
         if !self.unexpected.is_empty() {
-            let items: Vec<String> = self.unexpected.iter().map(|k| format!("`{k}`")).collect();
+            let items: Vec<String> = self
+                .unexpected
+                .iter()
+                .take(Self::LISTED)
+                .map(|k| format!("`{k}`"))
+                .collect();
             parts.push(format!(
-                "{} unexpected key(s): {}",
-                items.len(),
-                items.join(", ")
+                "{} unexpected key(s): {}{}",
+                self.unexpected.len(),
+                items.join(", "),
+                more(self.unexpected.len())
             ));
         }
         if !self.mismatched.is_empty() {
             let items: Vec<String> = self
                 .mismatched
                 .iter()
+                .take(Self::LISTED)
                 .map(|m| {
                     format!(
                         "`{}` expected shape {:?}, found {:?} in the checkpoint",
@@ -216,9 +227,10 @@ impl LoadReport {
                 })
                 .collect();
             parts.push(format!(
-                "{} shape mismatch(es): {}",
-                items.len(),
-                items.join(", ")
+                "{} shape mismatch(es): {}{}",
+                self.mismatched.len(),
+                items.join(", "),
+                more(self.mismatched.len())
             ));
         }
         if parts.is_empty() {
@@ -227,12 +239,24 @@ impl LoadReport {
             parts.join("; ")
         }
     }
+
+    /// How many keys of each kind [`LoadReport::summary`] names.
+    pub const LISTED: usize = 20;
 }
 
-/// The candidate with the smallest edit distance, if it is reasonably close.
+fn more(total: usize) -> String {
+    if total > LoadReport::LISTED {
+        format!(" and {} more", total - LoadReport::LISTED)
+    } else {
+        String::new()
+    }
+}
+
+/// The closest of at most 2000 candidates (edit distance), if it is reasonably close.
 fn closest<'a>(key: &str, candidates: &'a [String]) -> Option<&'a str> {
     candidates
         .iter()
+        .take(2000)
         .map(|c| (levenshtein(key, c), c))
         .filter(|(d, _)| *d <= key.len().max(4) / 3)
         .min_by_key(|(d, _)| *d)
