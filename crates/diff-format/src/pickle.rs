@@ -185,6 +185,8 @@ pub struct PickleCheckpoint {
     root: Value,
     layout: Layout,
     big_endian: bool,
+    /// The whole checkpoint, for checkpoints parsed from memory ([`Self::from_bytes`]).
+    memory: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl PickleCheckpoint {
@@ -197,14 +199,32 @@ impl PickleCheckpoint {
         };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
-        let mut file = BufReader::new(file);
+        Self::parse(path, &mut BufReader::new(file), len)
+    }
+
+    /// Parses a checkpoint held in memory; `name` names it in errors. Tensor reads come from
+    /// the same bytes.
+    pub fn from_bytes(bytes: Vec<u8>, name: impl AsRef<Path>) -> Result<Self, PickleError> {
+        let len = bytes.len() as u64;
+        let bytes = std::sync::Arc::new(bytes);
+        let mut cursor = std::io::Cursor::new(bytes.as_slice());
+        let mut ckpt = Self::parse(name.as_ref(), &mut cursor, len)?;
+        ckpt.memory = Some(bytes);
+        Ok(ckpt)
+    }
+
+    fn parse<R: Read + Seek>(path: &Path, file: &mut R, len: u64) -> Result<Self, PickleError> {
+        let io = |source| PickleError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut head = [0u8; 4];
-        let got = read_up_to(&mut file, &mut head).map_err(io)?;
+        let got = read_up_to(file, &mut head).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         if got == 4 && head == *b"PK\x03\x04" {
-            Self::open_zip(path, &mut file, len)
+            Self::open_zip(path, file, len)
         } else if got >= 2 && head[0] == 0x80 && head[1] <= 5 {
-            Self::open_legacy(path, &mut file)
+            Self::open_legacy(path, file)
         } else {
             Err(PickleError::NotACheckpoint {
                 path: path.to_path_buf(),
@@ -261,6 +281,7 @@ impl PickleCheckpoint {
             root,
             layout: Layout::Zip(storages),
             big_endian,
+            memory: None,
         })
     }
 
@@ -342,6 +363,7 @@ impl PickleCheckpoint {
             root,
             layout: Layout::Legacy(storages),
             big_endian,
+            memory: None,
         })
     }
 
@@ -440,17 +462,38 @@ impl PickleCheckpoint {
             path: self.path.clone(),
             source,
         };
-        let mut file = File::open(&self.path).map_err(io)?;
+        match &self.memory {
+            Some(bytes) => {
+                let mut cursor = std::io::Cursor::new(bytes.as_slice());
+                self.read_storage_from(&mut cursor, &info.storage_key, missing)
+            }
+            None => {
+                let mut file = BufReader::new(File::open(&self.path).map_err(io)?);
+                self.read_storage_from(&mut file, &info.storage_key, missing)
+            }
+        }
+    }
+
+    fn read_storage_from<R: Read + Seek>(
+        &self,
+        file: &mut R,
+        key: &str,
+        missing: impl Fn() -> PickleError,
+    ) -> Result<Vec<u8>, PickleError> {
+        let io = |source| PickleError::Io {
+            path: self.path.clone(),
+            source,
+        };
         match &self.layout {
             Layout::Zip(entries) => {
-                let entry = entries.get(&info.storage_key).ok_or_else(missing)?;
-                zip::read_entry(&mut file, &self.path, *entry)
+                let entry = entries.get(key).ok_or_else(&missing)?;
+                zip::read_entry(file, &self.path, *entry)
             }
             Layout::Legacy(storages) => {
-                let (offset, len) = storages.get(&info.storage_key).ok_or_else(missing)?;
+                let (offset, len) = storages.get(key).ok_or_else(missing)?;
                 file.seek(SeekFrom::Start(*offset)).map_err(io)?;
                 let mut buf = Vec::new();
-                (&mut file).take(*len).read_to_end(&mut buf).map_err(io)?;
+                file.take(*len).read_to_end(&mut buf).map_err(io)?;
                 if buf.len() as u64 != *len {
                     return Err(legacy_corrupt(
                         &self.path,

@@ -111,6 +111,17 @@ fn module_state_dict_with_metadata_reads() {
 }
 
 #[test]
+fn in_memory_checkpoint_reads_like_the_file() {
+    let bytes = std::fs::read(fixture("nested.ckpt")).unwrap();
+    let memory = PickleCheckpoint::from_bytes(bytes, "nested.ckpt").unwrap();
+    let file = PickleCheckpoint::open(fixture("nested.ckpt")).unwrap();
+    assert_eq!(
+        memory.read_state_dict().unwrap(),
+        file.read_state_dict().unwrap()
+    );
+}
+
+#[test]
 fn views_keep_their_strides_and_offsets() {
     let ckpt = PickleCheckpoint::open(fixture("state_dict.bin")).unwrap();
     let sd: BTreeMap<_, _> = ckpt.state_dict().unwrap().into_iter().collect();
@@ -164,18 +175,13 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
-    fn open_bytes(bytes: &[u8], tag: &str) -> Result<(), PickleError> {
-        let dir = std::env::temp_dir().join(format!("pickle-fuzz-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("f.bin");
-        std::fs::write(&p, bytes).unwrap();
-        let result = PickleCheckpoint::open(&p).and_then(|c| c.read_state_dict().map(|_| ()));
-        std::fs::remove_dir_all(&dir).unwrap();
-        result
+    fn open_bytes(bytes: &[u8], _tag: &str) -> Result<(), PickleError> {
+        PickleCheckpoint::from_bytes(bytes.to_vec(), "fuzz.bin")
+            .and_then(|c| c.read_state_dict().map(|_| ()))
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(ProptestConfig::with_cases(1024))]
 
         /// Arbitrary bytes behind a pickle or zip header never panic.
         #[test]

@@ -182,6 +182,9 @@ pub struct LoadOptions {
     /// The class to build (`StableDiffusionImg2ImgPipeline.from_pretrained(...)`); `None`
     /// reads `_class_name` (`DiffusionPipeline.from_pretrained`).
     pub pipeline_class: Option<PipelineClass>,
+    /// Hub endpoint, token and cache for repo ids; `None` reads the environment (`HF_ENDPOINT`,
+    /// `HF_TOKEN`, `HF_HUB_CACHE`, `HF_HUB_OFFLINE`, ...) as huggingface_hub does.
+    pub hub: Option<diff_hub::HubConfig>,
 }
 
 impl Default for LoadOptions {
@@ -196,6 +199,7 @@ impl Default for LoadOptions {
             components: PassedComponents::default(),
             config: BTreeMap::new(),
             pipeline_class: None,
+            hub: None,
         }
     }
 }
@@ -280,7 +284,10 @@ pub fn resolve_folder(
             ),
         ));
     }
-    let mut config = diff_hub::HubConfig::from_env()?;
+    let mut config = match &options.hub {
+        Some(c) => c.clone(),
+        None => diff_hub::HubConfig::from_env()?,
+    };
     if options.local_files_only {
         config.offline = true;
     }

@@ -404,3 +404,48 @@ fn passed_scheduler_replaces_the_loaded_one() {
     let pipe = load("tiny-sd", &options).unwrap();
     assert_eq!(pipe.scheduler().unwrap().class_name(), "DDIMScheduler");
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn repo_id_is_downloaded_from_the_hub_then_loads_offline_from_the_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("tiny-sd"), &root.path().join("tiny-org/tiny-sd"));
+    let server =
+        diff_hub_server::HubServer::start(diff_hub_server::ServerConfig::new(root.path())).unwrap();
+    let cache_dir = cache.path().to_string_lossy().into_owned();
+    let mut hub =
+        diff_hub::HubConfig::from_lookup(|k| (k == "HF_HUB_CACHE").then(|| cache_dir.clone())).unwrap();
+    hub.endpoint = server.endpoint().to_string();
+    hub.cache_dir = cache.path().to_path_buf();
+    let options = LoadOptions {
+        hub: Some(hub),
+        variant: Some("fp16".into()),
+        ..no_checker()
+    };
+    let pipe = DiffusionPipeline::from_pretrained("tiny-org/tiny-sd", &options).unwrap();
+    assert_eq!(pipe.name_or_path(), "tiny-org/tiny-sd");
+    // diffusers' selection: with variant fp16, the fp32 UNet weights are not downloaded.
+    let fetched: Vec<String> = server.requests().iter().map(|r| r.url.clone()).collect();
+    assert!(fetched.iter().any(|p| p.contains("unet/diffusion_pytorch_model.fp16.safetensors")), "{fetched:?}");
+    assert!(!fetched.iter().any(|p| p.ends_with("unet/diffusion_pytorch_model.safetensors")), "{fetched:?}");
+    server.shutdown();
+    let offline = LoadOptions {
+        local_files_only: true,
+        ..options
+    };
+    let again = DiffusionPipeline::from_pretrained("tiny-org/tiny-sd", &offline).unwrap();
+    assert_eq!(again.class(), PipelineClass::StableDiffusion);
+}

@@ -169,6 +169,19 @@ fn run_case(name: &str) {
             .config
             .insert("requires_safety_checker".into(), Value::Bool(false));
     }
+    if let Some(folder) = case["args"]
+        .get("safety_checker_folder")
+        .and_then(Value::as_str)
+    {
+        let (checker, _) = diff_models::StableDiffusionSafetyChecker::from_pretrained(
+            &dir.join(folder),
+            None,
+            &options.device,
+            diff_pipelines::DType::F32,
+        )
+        .unwrap();
+        options.components.safety_checker = Passed::Replace(std::sync::Arc::new(checker));
+    }
     let mut pipe =
         DiffusionPipeline::from_pretrained(fixtures().join(&folder).to_str().unwrap(), &options)
             .unwrap_or_else(|e| panic!("{name}: loading {folder}: {e}"));
@@ -255,6 +268,7 @@ parity! {
     sdxl_txt2img_clip_skip_two_per_prompt_negative_sizes => sdxl_clip_skip_two_per_prompt_and_negative_sizes_match_diffusers;
     sd_img2img_batch2_generator_each => sd_img2img_batch_of_two_with_one_generator_each_matches_diffusers;
     sd_txt2img_safety_checker_on => sd_txt2img_safety_checker_flags_match_diffusers;
+    sd_txt2img_safety_checker_flags_black_image => flagged_images_come_back_black_as_in_diffusers;
 }
 
 #[test]

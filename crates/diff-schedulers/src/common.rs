@@ -613,6 +613,10 @@ pub(crate) fn noise_like<const D: usize>(
     let values = match generators {
         Some(gens) => crate::randn_tensor(&dims, gens, dtype)?,
         None => {
+            // torch would draw from its unseeded global generator: results are not reproducible.
+            tracing::debug!(
+                "no generator passed to step; drawing noise from a clock-seeded generator"
+            );
             let mut g = crate::TorchGenerator::from_entropy();
             crate::randn_tensor(&dims, std::slice::from_mut(&mut g), dtype)?
         }

@@ -62,8 +62,9 @@ pub struct Args {
     /// Model dtype.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
-    /// Device backend.
-    #[arg(long, default_value = "flex", value_parser = ["flex", "wgpu", "cuda"])]
+    /// Device: `flex` (or `cpu`, the default), `wgpu`, `wgpu:N`, `wgpu:cpu`, `cuda`, `cuda:N`;
+    /// the GPU backends need a binary built with `--features wgpu` / `--features cuda`.
+    #[arg(long, default_value = "flex")]
     pub device: String,
     /// Init image for img2img / inpaint.
     #[arg(long)]
@@ -119,13 +120,8 @@ pub fn run(args: Args) -> Result<()> {
     if args.out.is_none() && args.out_array.is_none() {
         bail!("nothing to write: pass --out OUT.png and/or --out-array OUT.safetensors");
     }
-    if args.device != "flex" {
-        bail!(
-            "--device {} is not compiled into this binary (burn's `{}` backend is an optional feature); use --device flex",
-            args.device,
-            args.device
-        );
-    }
+    let device = burn_diffusers::pipelines::parse_device(&args.device)
+        .with_context(|| format!("--device {}", args.device))?;
     if let Some(h) = args.height.filter(|h| h % 8 != 0) {
         bail!("--height {h} is not a multiple of 8");
     }
@@ -149,6 +145,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut options = LoadOptions {
         variant: args.variant.clone(),
         dtype,
+        device,
         ..LoadOptions::default()
     };
     if args.no_safety_checker {

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 /// Nesting deeper than this, when turning the arena into a [`Value`] tree, is refused; it also
 /// stops self-referencing containers from looping.
 const MAX_DEPTH: usize = 128;
-/// Objects in the arena; bounds memory on hostile input (a real SD state dict needs ~50k).
-const MAX_OBJECTS: usize = 50_000_000;
+/// Objects in the arena; bounds memory on hostile input (about 0.5 GB at most; an SD state dict
+/// needs ~50k objects, a Lightning checkpoint with optimizer state a few hundred thousand).
+const MAX_OBJECTS: usize = 10_000_000;
 
 /// The element type of a PyTorch storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
