@@ -352,7 +352,9 @@ impl PickleCheckpoint {
             let bytes = numel
                 .checked_mul(dtype.size() as u64)
                 .ok_or_else(|| legacy_corrupt(path, offset, "storage size overflows"))?;
-            let start = offset + 8;
+            let start = offset
+                .checked_add(8)
+                .ok_or_else(|| legacy_corrupt(path, offset, "storage offset overflows"))?;
             offset = start
                 .checked_add(bytes)
                 .ok_or_else(|| legacy_corrupt(path, offset, "storage size overflows"))?;

@@ -1,11 +1,12 @@
 //! Request plumbing (parsing, replies, file bodies with `Range`, faults, the request log) and
 //! the read side of the Hub origin (`/resolve/`, repo info, tree, whoami).
 
+use crate::http1::Incoming;
 use crate::repo::{Entry, safe_component};
 use crate::{Fault, Origin, RequestRecord, Shared, storage, take_exit};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::Path;
 
 /// A parsed request.
@@ -16,7 +17,7 @@ pub(crate) struct Req {
     pub segments: Vec<String>,
     pub query: BTreeMap<String, String>,
     pub headers: Vec<(String, String)>,
-    request: Option<tiny_http::Request>,
+    body: Vec<u8>,
 }
 
 impl Req {
@@ -27,18 +28,14 @@ impl Req {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Reads the body, refusing more than `limit` bytes.
+    /// The body, refusing more than `limit` bytes.
     pub(crate) fn body(&mut self, limit: u64) -> std::io::Result<Vec<u8>> {
-        let Some(request) = self.request.as_mut() else {
-            return Ok(Vec::new());
-        };
-        let bytes = crate::repo::read_limited(request.as_reader(), limit)?;
-        if bytes.len() as u64 >= limit {
+        if self.body.len() as u64 >= limit {
             return Err(std::io::Error::other(format!(
                 "body larger than {limit} bytes"
             )));
         }
-        Ok(bytes)
+        Ok(std::mem::take(&mut self.body))
     }
 
     /// Reads and parses a JSON body.
@@ -226,106 +223,15 @@ fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
     (start <= end && start < size).then_some((start, end))
 }
 
-/// A reader that stops with an error after `limit` bytes (a connection cut mid-file).
-struct Cut<R> {
-    inner: R,
-    left: u64,
-    exit: bool,
-    corrupt: bool,
-}
-
-impl<R: Read> Read for Cut<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.left == 0 {
-            if self.exit {
-                eprintln!("diff-hub-server: exiting mid-file, as configured (--exit-after-bytes)");
-                std::thread::spawn(|| {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                    std::process::exit(3);
-                });
-            }
-            return Err(std::io::Error::other("connection cut by fault injection"));
-        }
-        let n = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let got = self.inner.read(&mut buf[..n])?;
-        if self.corrupt && got > 0 {
-            buf[0] ^= 0xff;
-            self.corrupt = false;
-        }
-        self.left -= got as u64;
-        Ok(got)
-    }
-}
-
-fn to_header(k: &str, v: &str) -> Option<tiny_http::Header> {
-    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).ok()
-}
-
-fn send(request: tiny_http::Request, reply: Reply) {
-    let mut headers: Vec<tiny_http::Header> = reply
-        .headers
-        .iter()
-        .filter_map(|(k, v)| to_header(k, v))
-        .collect();
-    // One request per connection. tiny_http 0.12 runs each connection as a task of its thread
-    // pool, and that pool can lose a wake-up when connections arrive in a burst: the new
-    // connection's task then waits until another task ends. Kept-alive connections never end,
-    // so a burst of parallel uploads could hang; closed connections keep every task short.
-    headers.extend(to_header("Connection", "close"));
-    let status = tiny_http::StatusCode(reply.status);
-    let result = match reply.body {
-        Body::Bytes(bytes) => {
-            let len = bytes.len();
-            request.respond(
-                tiny_http::Response::new(
-                    status,
-                    headers,
-                    std::io::Cursor::new(bytes),
-                    Some(len),
-                    None,
-                )
-                .with_chunked_threshold(usize::MAX),
-            )
-        }
-        Body::File {
-            file,
-            len,
-            truncate,
-            exit,
-            corrupt,
-        } => {
-            let reader = Cut {
-                inner: file.take(len),
-                left: truncate.unwrap_or(u64::MAX),
-                exit,
-                corrupt,
-            };
-            let size = usize::try_from(len).unwrap_or(usize::MAX);
-            request.respond(
-                tiny_http::Response::new(status, headers, reader, Some(size), None)
-                    .with_chunked_threshold(usize::MAX),
-            )
-        }
-    };
-    let _ = result;
-}
-
-/// Entry point of every worker: parse, apply faults, route, log, answer.
-pub(crate) fn handle(shared: &Shared, origin: Origin, mut request: tiny_http::Request) {
-    let method = request.method().as_str().to_ascii_uppercase();
-    let url = request.url().to_string();
-    let headers: Vec<(String, String)> = request
-        .headers()
-        .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_ascii_lowercase(),
-                h.value.as_str().to_string(),
-            )
-        })
-        .collect();
+/// Entry point of every request: parse the URL, apply faults, route, log.
+pub(crate) fn handle(shared: &Shared, origin: Origin, incoming: Incoming) -> Reply {
+    let Incoming {
+        method,
+        url,
+        headers,
+        body,
+        ..
+    } = incoming;
     let (path, query_str) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let segments = path
         .split('/')
@@ -346,7 +252,7 @@ pub(crate) fn handle(shared: &Shared, origin: Origin, mut request: tiny_http::Re
         segments,
         query,
         headers: headers.clone(),
-        request: None,
+        body,
     };
     let fault = shared.take_fault(&method, &url);
     let reply = match &fault {
@@ -361,18 +267,10 @@ pub(crate) fn handle(shared: &Shared, origin: Origin, mut request: tiny_http::Re
             }
             reply
         }
-        _ => {
-            req.request = Some(request);
-            let reply = match origin {
-                Origin::Hub => crate::handlers::route_hub(shared, &mut req, fault.as_ref()),
-                Origin::Storage => storage::route(shared, &mut req, fault.as_ref()),
-            };
-            match req.request.take() {
-                Some(r) => request = r,
-                None => return,
-            }
-            reply
-        }
+        _ => match origin {
+            Origin::Hub => route_hub(shared, &mut req, fault.as_ref()),
+            Origin::Storage => storage::route(shared, &mut req, fault.as_ref()),
+        },
     };
     shared.record(RequestRecord {
         origin,
@@ -381,7 +279,7 @@ pub(crate) fn handle(shared: &Shared, origin: Origin, mut request: tiny_http::Re
         headers,
         status: reply.status,
     });
-    send(request, reply);
+    reply
 }
 
 /// Who is calling.

@@ -19,13 +19,14 @@
 //!
 //! **Must not know:** diffusers, burn, `diff-hub` (it is the other side of the wire).
 //!
-//! Dependencies: `tiny_http` (a small blocking HTTP/1.1 server, no async runtime), `serde` and
-//! `serde_json` (the Hub's JSON bodies and the persisted refs), `sha1`/`sha2` (git blob ids and
+//! Dependencies: none for HTTP (a small HTTP/1.1 server on `std::net`, see `http1.rs` for why
+//! not `tiny_http`), `serde` and `serde_json` (the Hub's JSON bodies and the persisted refs), `sha1`/`sha2` (git blob ids and
 //! LFS oids), `base64` (inline file contents in commits and preupload samples).
 #![deny(missing_docs)]
 
 mod handlers;
 mod handlers_write;
+mod http1;
 mod repo;
 mod storage;
 
@@ -137,7 +138,8 @@ pub struct Fault {
     pub retry_after: Option<u32>,
     /// How many requests it applies to.
     pub times: u32,
-    /// Instead of answering `status`, serve the request but cut the body after this many bytes.
+    /// Instead of answering `status`, serve the request but cut the body after this many bytes
+    /// and close the connection.
     pub truncate_body_after: Option<u64>,
     /// Instead of answering `status`, serve the request with the first body byte flipped.
     pub corrupt_body: bool,
@@ -175,7 +177,7 @@ impl Fault {
     }
 }
 
-/// State shared by the worker threads.
+/// State shared by the connection threads.
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) hub_url: String,
@@ -237,30 +239,28 @@ impl Shared {
 /// A running server; dropping it stops it.
 pub struct HubServer {
     shared: Arc<Shared>,
-    servers: Vec<Arc<tiny_http::Server>>,
+    stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
-fn bind(addr: &str) -> std::io::Result<tiny_http::Server> {
-    tiny_http::Server::http(addr).map_err(|e| std::io::Error::other(format!("binding {addr}: {e}")))
-}
-
-fn port_of(server: &tiny_http::Server) -> u16 {
-    server.server_addr().to_ip().map(|a| a.port()).unwrap_or(0)
+fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))
 }
 
 impl HubServer {
-    /// Binds both origins on loopback and starts the worker threads.
+    /// Binds both origins on loopback and starts their accept threads (one thread per
+    /// connection after that).
     pub fn start(config: ServerConfig) -> std::io::Result<Self> {
         std::fs::create_dir_all(&config.root)?;
-        let hub = Arc::new(bind(&format!("127.0.0.1:{}", config.port))?);
-        let storage = Arc::new(bind(&format!("127.0.0.1:{}", config.storage_port))?);
-        let hub_port = port_of(&hub);
-        let storage_port = port_of(&storage);
-        let mut servers = vec![hub.clone(), storage.clone()];
+        let hub = bind(&format!("127.0.0.1:{}", config.port))?;
+        let storage = bind(&format!("127.0.0.1:{}", config.storage_port))?;
+        let hub_port = hub.local_addr()?.port();
+        let storage_port = storage.local_addr()?.port();
+        let mut listeners = vec![(hub, Origin::Hub), (storage, Origin::Storage)];
         // `localhost` may resolve to ::1 first on some machines: listen there too when possible.
         if let Ok(v6) = bind(&format!("[::1]:{storage_port}")) {
-            servers.push(Arc::new(v6));
+            listeners.push((v6, Origin::Storage));
         }
         let repos = repo::Repos::open(&config.root)?;
         let shared = Arc::new(Shared {
@@ -272,27 +272,18 @@ impl HubServer {
             log: Mutex::new(Vec::new()),
             faults: Mutex::new(VecDeque::new()),
         });
-        let mut threads = Vec::new();
-        for (index, server) in servers.iter().enumerate() {
-            let origin = if index == 0 {
-                Origin::Hub
-            } else {
-                Origin::Storage
-            };
-            let workers = if index == 2 { 2 } else { 8 };
-            for _ in 0..workers {
-                let server = server.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = listeners
+            .into_iter()
+            .map(|(listener, origin)| {
                 let shared = shared.clone();
-                threads.push(std::thread::spawn(move || {
-                    while let Ok(request) = server.recv() {
-                        handlers::handle(&shared, origin, request);
-                    }
-                }));
-            }
-        }
+                let stop = stop.clone();
+                std::thread::spawn(move || http1::accept_loop(listener, shared, origin, stop))
+            })
+            .collect();
         Ok(Self {
             shared,
-            servers,
+            stop,
             threads,
         })
     }
@@ -363,11 +354,7 @@ impl HubServer {
     }
 
     fn stop(&mut self) {
-        for server in &self.servers {
-            for _ in 0..8 {
-                server.unblock();
-            }
-        }
+        self.stop.store(true, Ordering::SeqCst);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }

@@ -4,7 +4,6 @@
 use serde::{Deserialize, Serialize};
 use sha1::Digest;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -510,11 +509,4 @@ fn remove_empty_dirs(dir: &Path) -> bool {
         }
     }
     empty
-}
-
-/// Reads at most `limit` bytes of a reader.
-pub(crate) fn read_limited(reader: &mut dyn Read, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    reader.take(limit).read_to_end(&mut out)?;
-    Ok(out)
 }

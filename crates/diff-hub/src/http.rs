@@ -161,7 +161,9 @@ impl Http {
         let mut builder = http::Request::builder().method(method).uri(url);
         builder = builder.header("user-agent", self.user_agent.as_str());
         // An explicit authorization (an LFS action's header) replaces ours, never doubles it.
-        let explicit = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        let explicit = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
         if let Some(token) = &self.token
             && !explicit
             && self.is_hub_origin(url)

@@ -281,8 +281,8 @@ fn dropped_connection_is_resumed_within_one_call() {
                 .expect("offset")
         })
         .collect();
-    // Two cuts, two resumes (more only if the loaded machine stalls a transfer past the
-    // 1 s read timeout, which the client also resumes).
+    // Two cuts, two resumes (more only if a loaded machine stalls a transfer past the 1 s
+    // read timeout of the tests, which the client also resumes).
     assert!(offsets.len() >= 2, "{ranges:?}");
     assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{ranges:?}");
     assert!(

@@ -185,6 +185,7 @@ impl Geglu {
     /// - `x`: `[batch, n, dim]`
     /// - output: `[batch, n, inner_dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let _span = tracing::trace_span!("GEGLU").entered();
         let h = linear_tokens(&self.proj, x);
         let width = h.dims()[2] / 2;
         let hidden = h.clone().narrow(2, 0, width);

@@ -64,6 +64,7 @@ impl Timesteps {
     /// - `timesteps`: `[n]`
     /// - output: `[n, num_channels]`
     pub fn forward(&self, timesteps: Tensor<1>) -> Tensor<2> {
+        let _span = tracing::trace_span!("Timesteps").entered();
         timestep_embedding(
             timesteps,
             self.num_channels,

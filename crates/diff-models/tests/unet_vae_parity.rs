@@ -387,3 +387,14 @@ fn vae_sample_with_wrong_noise_shape_is_refused() {
     assert!(dist.sample(Tensor::zeros([1, 4, 4, 4], &device)).is_none());
     assert!(dist.sample(Tensor::zeros([1, 4, 8, 8], &device)).is_some());
 }
+
+/// bf16 keeps 8 mantissa bits (f16 keeps 11), so its bound is 5e-2 rather than 1e-2.
+const BF16_TOL: f64 = 5e-2;
+
+#[test]
+fn unet_and_vae_bf16_on_cpu_stay_within_5e2() {
+    assert!(unet_error("unet-sd15-structure", DType::BF16) <= BF16_TOL);
+    for e in vae_errors("vae-sd-structure", DType::BF16) {
+        assert!(e <= BF16_TOL);
+    }
+}

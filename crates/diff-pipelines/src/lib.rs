@@ -16,10 +16,12 @@
 //! Parity: `tests/pipeline_parity.rs` replays `tests/fixtures/40-pipeline-runs` (real diffusers
 //! 0.42.1 on the bundled tiny pipelines) within 2/255 per pixel.
 //!
-//! **Must not know:** the network protocol (diff-hub resolves repo ids to folders), weight file
+//! **Must not know:** the network protocol (diff-hub resolves repo ids to folders, with
+//! diff-format's file selection), weight file
 //! layouts (diff-models loads them), scheduler math (diff-schedulers), the CLI.
 //!
-//! Dependencies: `diff-format` (model_index.json and configs), `diff-hub` (repo id -> folder),
+//! Dependencies: `diff-format` (model_index.json and configs), `diff-hub` (repo id -> folder;
+//! `diff-hub-server` only as a dev-dependency, for the download test),
 //! `diff-schedulers`, `diff-models`, `burn` (tensors), `image` (decode/encode PNG and JPEG, resize),
 //! `serde`/`serde_json` (configs), `thiserror` (the typed error), `tracing` (warnings diffusers
 //! prints, such as the truncated-prompt and safety-checker ones), `safetensors` and `half` (`--out-array` float images and `--latents` input files, as the

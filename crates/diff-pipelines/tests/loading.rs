@@ -427,7 +427,8 @@ fn repo_id_is_downloaded_from_the_hub_then_loads_offline_from_the_cache() {
         diff_hub_server::HubServer::start(diff_hub_server::ServerConfig::new(root.path())).unwrap();
     let cache_dir = cache.path().to_string_lossy().into_owned();
     let mut hub =
-        diff_hub::HubConfig::from_lookup(|k| (k == "HF_HUB_CACHE").then(|| cache_dir.clone())).unwrap();
+        diff_hub::HubConfig::from_lookup(|k| (k == "HF_HUB_CACHE").then(|| cache_dir.clone()))
+            .unwrap();
     hub.endpoint = server.endpoint().to_string();
     hub.cache_dir = cache.path().to_path_buf();
     let options = LoadOptions {
@@ -439,8 +440,18 @@ fn repo_id_is_downloaded_from_the_hub_then_loads_offline_from_the_cache() {
     assert_eq!(pipe.name_or_path(), "tiny-org/tiny-sd");
     // diffusers' selection: with variant fp16, the fp32 UNet weights are not downloaded.
     let fetched: Vec<String> = server.requests().iter().map(|r| r.url.clone()).collect();
-    assert!(fetched.iter().any(|p| p.contains("unet/diffusion_pytorch_model.fp16.safetensors")), "{fetched:?}");
-    assert!(!fetched.iter().any(|p| p.ends_with("unet/diffusion_pytorch_model.safetensors")), "{fetched:?}");
+    assert!(
+        fetched
+            .iter()
+            .any(|p| p.contains("unet/diffusion_pytorch_model.fp16.safetensors")),
+        "{fetched:?}"
+    );
+    assert!(
+        !fetched
+            .iter()
+            .any(|p| p.ends_with("unet/diffusion_pytorch_model.safetensors")),
+        "{fetched:?}"
+    );
     server.shutdown();
     let offline = LoadOptions {
         local_files_only: true,

@@ -75,6 +75,9 @@ fn step_options(kw: &Map<String, Value>) -> StepOptions {
     if let Some(v) = kw.get("s_churn").and_then(Value::as_f64) {
         o.s_churn = v as f32;
     }
+    if let Some(v) = kw.get("use_clipped_model_output").and_then(Value::as_bool) {
+        o.use_clipped_model_output = v;
+    }
     o
 }
 
@@ -117,8 +120,13 @@ fn run_case(case: &Value, device: &Device) -> Result<CaseResult, String> {
     let request = match case["set_kwargs"].as_object() {
         // Custom timesteps / sigmas, passed to set_timesteps as diffusers got them.
         Some(kw) => TimestepsRequest {
+            num_inference_steps: kw
+                .get("num_inference_steps")
+                .and_then(Value::as_u64)
+                .map(|n| n as usize),
             timesteps: kw.get("timesteps").map(floats),
             sigmas: kw.get("sigmas").map(floats),
+            mu: kw.get("mu").and_then(Value::as_f64),
             ..TimestepsRequest::default()
         },
         None => TimestepsRequest::steps(steps),
@@ -129,12 +137,15 @@ fn run_case(case: &Value, device: &Device) -> Result<CaseResult, String> {
     let ts_py = floats(&case["timesteps"]);
     let ts_rs: Vec<f64> = sched.timesteps().to_vec();
     // Timesteps must be identical. The one allowance: float timesteps that diffusers derives
-    // from sigmas with `_sigma_to_t` (karras / exponential sigmas, and the KDPM2 midpoints,
-    // whose sigmas torch computes with its vectorised SLEEF `log`/`exp`) may differ by 2 ulp
-    // of float32; integer-valued timesteps must still match exactly.
+    // from sigmas through a logarithm (karras / exponential sigmas via `_sigma_to_t`, the
+    // KDPM2 midpoints, continuous `0.25·log σ` timesteps), where torch uses its vectorised
+    // SLEEF `log`/`exp` rather than the C library, may differ by 2 ulp of float32;
+    // integer-valued timesteps must still match exactly.
     let sigma_derived = overrides.contains_key("use_karras_sigmas")
         || overrides.contains_key("use_exponential_sigmas")
-        || class.starts_with("KDPM2");
+        || overrides.contains_key("timestep_type")
+        || class.starts_with("KDPM2")
+        || class == "EDMEulerScheduler";
     let ulps = |a: f64, b: f64| ((a as f32).to_bits() as i64 - (b as f32).to_bits() as i64).abs();
     let same = ts_rs.len() == ts_py.len()
         && ts_rs

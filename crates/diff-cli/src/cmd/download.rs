@@ -4,9 +4,9 @@
 //! Also home of the pieces every command shares to accept a repo id where it takes a folder:
 //! [`HubArgs`] (flatten it into a command's arguments) and [`resolve_source`].
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn_diffusers::format::SelectionOptions;
-use burn_diffusers::hub::{HubApi, HubConfig, Progress, SnapshotOptions};
+use burn_diffusers::hub::{HubApi, HubConfig, HubError, Progress, SnapshotOptions};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -126,7 +126,7 @@ impl Progress for Bar {
 pub fn run(args: Args) -> Result<()> {
     let api = args.hub.api()?;
     let bar = Bar::new();
-    let folder = if args.all {
+    let result = if args.all {
         let options = SnapshotOptions {
             revision: args.hub.revision.clone(),
             ..Default::default()
@@ -138,8 +138,16 @@ pub fn run(args: Args) -> Result<()> {
             ..Default::default()
         };
         api.download_pipeline(&args.repo, &args.hub.revision, &selection, &bar)
-    }
-    .with_context(|| format!("downloading `{}` at `{}`", args.repo, args.hub.revision))?;
+    };
+    let folder = match result {
+        Err(HubError::EntryNotFound { path, .. }) if path == "model_index.json" => bail!(
+            "`{}` has no model_index.json at `{}`: not a diffusers pipeline (use --all to download every file)",
+            args.repo,
+            args.hub.revision
+        ),
+        other => other
+            .with_context(|| format!("downloading `{}` at `{}`", args.repo, args.hub.revision))?,
+    };
     bar.0.finish_and_clear();
     println!("{}", folder.display());
     Ok(())

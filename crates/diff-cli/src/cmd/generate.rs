@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 /// Arguments of `generate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A local diffusers pipeline folder (Hub repo ids once diff-hub is wired in).
+    /// A local diffusers pipeline folder or a Hub repo id (`owner/name`, downloaded into the
+    /// Hugging Face cache; `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE` apply).
     #[arg(long)]
     pub model: String,
     /// The prompt.

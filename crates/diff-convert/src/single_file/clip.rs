@@ -188,8 +188,8 @@ fn convert_open_clip(
             Some((base, kind)) => {
                 let total = t.shape.first().copied().unwrap_or(0);
                 let d = proj_dim.unwrap_or(total / 3);
-                if total != 3 * d {
-                    return Err(bad_shape(key, t, &format!("{} rows (3 × {d})", 3 * d)));
+                if d.checked_mul(3) != Some(total) {
+                    return Err(bad_shape(key, t, &format!("3 × {d} rows (q, k, v)")));
                 }
                 for (i, q) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
                     let part = rows(t, i * d, (i + 1) * d)

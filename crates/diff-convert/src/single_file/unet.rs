@@ -46,7 +46,7 @@ pub fn convert_unet(
     config: &Map<String, Value>,
 ) -> Result<StateDict, ConvertError> {
     let layers = config_usize(config, "layers_per_block").unwrap_or(2);
-    let per_block = layers + 1;
+    let per_block = layers.saturating_add(1);
     let text_time = config_str(config, "addition_embed_type") == Some("text_time");
     let class_embed = matches!(
         config_str(config, "class_embed_type"),

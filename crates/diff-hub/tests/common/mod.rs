@@ -82,8 +82,8 @@ impl Env {
         config.retry_delay = Duration::from_millis(5);
         config.max_retry_delay = Duration::from_millis(20);
         config.timeout = Duration::from_secs(5);
-        // A truncated body (fault injection) keeps its connection open: the client notices by
-        // timing out, as it would on a stalled network, so keep that wait short.
+        // Keep a stalled transfer short in tests (cut bodies close their socket, so the client
+        // normally notices at once).
         config.read_timeout = Duration::from_secs(1);
         config
     }
