@@ -3,7 +3,7 @@
 //! 1. Makes random-weight models with the real SD 1.5 structure once, with Python, under
 //!    `target/bench-models/` (UNet 859.5 M params, VAE, CLIP text encoder; safetensors).
 //! 2. Builds `diff-models`' `unet_vae_bench` example (release by default, `--dev` to reuse the
-//!    dev build) with the `cpu-fast` feature (burn-flex SIMD and rayon threads).
+//!    dev build); burn-flex is built with SIMD and rayon threads workspace-wide.
 //! 3. Runs, for ours and for PyTorch: a fresh process that loads the UNet from safetensors and
 //!    runs one forward (timed from spawn to exit, with its peak RSS), then a process that times
 //!    a warm UNet forward (batch 2, 32x32 latents, f32), a VAE decode of a 32x32 latent and a CLIP
@@ -126,8 +126,6 @@ pub fn run(args: &[String]) -> Result<()> {
         "build",
         "-p",
         "diff-models",
-        "--features",
-        "cpu-fast",
         "--example",
         "unet_vae_bench",
     ]);

@@ -184,8 +184,8 @@ pub(crate) fn send_file(
     let mut truncate = fault.and_then(|f| f.truncate_body_after);
     let mut exit = false;
     if req.method == "GET"
-        && shared.config.exit_after_bytes.is_some()
-        && len > 0
+        // Only a body longer than the limit can be cut (small files pass untouched).
+        && shared.config.exit_after_bytes.is_some_and(|b| len > b)
         && let Some(bytes) = take_exit(shared)
     {
         truncate = Some(bytes);

@@ -63,8 +63,8 @@ pub struct ServerConfig {
     pub resolve_cache_hop: bool,
     /// Optional JSON-lines request log (authorization values are redacted in it).
     pub log_file: Option<PathBuf>,
-    /// When set, the storage origin sends this many bytes of the first LFS download and then
-    /// the whole server process exits, as if it had been killed mid-file.
+    /// When set, the first download longer than this many bytes is cut after them and the
+    /// whole server process exits, as if it had been killed mid-file.
     pub exit_after_bytes: Option<u64>,
 }
 

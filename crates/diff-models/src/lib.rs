@@ -13,9 +13,8 @@
 //! `diff_format::pickle`. Dev-only: `image` (decoding the PNG fixtures of the image processor
 //! test), `tempfile` (corrupt-file tests).
 //!
-//! Feature `cpu-fast` (off by default): burn's `simd` and `rayon` features, i.e. burn-flex's
-//! SIMD kernels and multi-threading; `cargo xtask bench` uses it. Off by default so that the
-//! workspace builds burn one way.
+//! burn's flex CPU backend is built with its `simd` and `rayon` features (workspace-wide), so
+//! kernels are vectorised and multi-threaded (`RAYON_NUM_THREADS` sets the thread count).
 #![deny(missing_docs)]
 
 mod error;
