@@ -46,7 +46,7 @@ pub mod unipc_multistep;
 pub use common::Prediction;
 pub use random::{NoiseDtype, TorchGenerator, randn_tensor, to_tensor};
 pub use replay::{ReplayOutput, replay_trace};
-pub use scheduler::{SCHEDULER_CLASSES, Scheduler};
+pub use scheduler::{CONFIG_NAME, SCHEDULER_CLASSES, Scheduler};
 
 use burn::tensor::Tensor;
 
@@ -75,6 +75,9 @@ pub enum SchedulerError {
     /// The config could not be read into the class's struct.
     #[error(transparent)]
     Config(#[from] diff_format::configs::scheduler::SchedulerConfigError),
+    /// Reading or writing `scheduler_config.json` failed (the message names the file).
+    #[error(transparent)]
+    Format(#[from] diff_format::FormatError),
     /// `_class_name` (or `--class`) names a scheduler this crate does not implement.
     #[error("unknown scheduler class `{0}`; known: {known}", known = SCHEDULER_CLASSES.join(", "))]
     UnknownClass(String),

@@ -149,6 +149,9 @@ macro_rules! schedulers {
     };
 }
 
+/// diffusers' `SCHEDULER_CONFIG_NAME`.
+pub const CONFIG_NAME: &str = "scheduler_config.json";
+
 /// Whether a scheduler exposes sigmas.
 pub(crate) trait Sigmas {
     fn sigmas_opt(&self) -> Option<&[f32]>;
@@ -218,6 +221,24 @@ impl Scheduler {
             }
         };
         Self::from_config_as(&class, config, &Map::new())
+    }
+
+    /// `SchedulerMixin.from_pretrained(folder)`: reads `folder/scheduler_config.json` (errors
+    /// name the file and key) and builds the class it names.
+    pub fn from_pretrained(folder: &std::path::Path) -> Result<Self, SchedulerError> {
+        let path = folder.join(CONFIG_NAME);
+        let config = diff_format::config::read_json_object(&path)?;
+        Self::from_config(&config)
+    }
+
+    /// `save_pretrained(folder)`: writes `folder/scheduler_config.json` as diffusers'
+    /// `save_config` does (sorted keys, two-space indent, `_class_name` and
+    /// `_diffusers_version` stamped, `_use_default_values` dropped, foreign keys kept),
+    /// atomically.
+    pub fn save_pretrained(&self, folder: &std::path::Path) -> Result<(), SchedulerError> {
+        let file = diff_format::ConfigFile::new(self.config_json()?, self.class_name());
+        file.save(folder.join(CONFIG_NAME))?;
+        Ok(())
     }
 
     /// `set_timesteps(num_inference_steps)`.
