@@ -72,8 +72,8 @@ fn pair<const D: usize>(seed: u64, shape: [usize; D], gpu: &Device) -> (Tensor<D
 
 fn assert_close<const D: usize>(what: &str, gpu: Tensor<D>, flex: Tensor<D>) {
     assert_eq!(gpu.dims(), flex.dims(), "{what}: shape");
-    let got = gpu.into_data().to_vec::<f32>().expect("f32 data");
-    let want = flex.into_data().to_vec::<f32>().expect("f32 data");
+    let got = gpu.into_data().try_to_vec::<f32>().expect("f32 data");
+    let want = flex.into_data().try_to_vec::<f32>().expect("f32 data");
     let scale = want
         .iter()
         .fold(0f32, |m, v| m.max(v.abs()))

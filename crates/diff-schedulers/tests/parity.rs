@@ -390,7 +390,10 @@ fn img2img_start_and_add_noise_match_diffusers_for_every_scheduler() {
 /// `from_pretrained` reads them back to the same config.
 #[test]
 fn save_pretrained_writes_what_diffusers_save_config_writes() {
-    let base = cases()["base_config"].as_object().cloned().unwrap_or_default();
+    let base = cases()["base_config"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     let saved = cases()["saved_configs"].as_object().expect("saved_configs");
     assert!(saved.len() >= 5);
     let dir = std::env::temp_dir().join(format!("bd-sched-save-{}", std::process::id()));
@@ -399,11 +402,19 @@ fn save_pretrained_writes_what_diffusers_save_config_writes() {
         let folder = dir.join(class);
         std::fs::create_dir_all(&folder).expect("temp dir");
         sched.save_pretrained(&folder).expect("save");
-        let got = std::fs::read_to_string(folder.join(diff_schedulers::CONFIG_NAME)).expect("written");
-        assert_eq!(&got, want.as_str().expect("text"), "{class}: saved config differs");
+        let got =
+            std::fs::read_to_string(folder.join(diff_schedulers::CONFIG_NAME)).expect("written");
+        assert_eq!(
+            &got,
+            want.as_str().expect("text"),
+            "{class}: saved config differs"
+        );
         let back = Scheduler::from_pretrained(&folder).expect("load");
         assert_eq!(back.class_name(), class.as_str());
-        let (mut a, mut b) = (back.config_json().expect("json"), sched.config_json().expect("json"));
+        let (mut a, mut b) = (
+            back.config_json().expect("json"),
+            sched.config_json().expect("json"),
+        );
         for m in [&mut a, &mut b] {
             m.remove("_use_default_values");
             m.remove("_diffusers_version");
