@@ -122,13 +122,9 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut build = Command::new(&cargo);
-    build.current_dir(&root).args([
-        "build",
-        "-p",
-        "diff-models",
-        "--example",
-        "unet_vae_bench",
-    ]);
+    build
+        .current_dir(&root)
+        .args(["build", "-p", "diff-models", "--example", "unet_vae_bench"]);
     if release {
         build.arg("--release");
     }

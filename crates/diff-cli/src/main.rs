@@ -25,7 +25,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Download a pipeline (or a whole repo) into the Hugging Face cache; prints the snapshot folder.
     Download(cmd::download::Args),
-    /// Upload a folder to a Hub repo (one commit or a pull request); prints the URL.
+    /// Upload a folder, or save then upload a model (--from), to a Hub repo with a model card;
+    /// prints the commit or PR URL.
     Push(cmd::push::Args),
     /// Re-save a pipeline (folder or repo id) in the diffusers layout (variant, dtype, shards).
     Save(cmd::save::Args),

@@ -58,7 +58,9 @@ pub enum ModelError {
     },
     /// A sharded PyTorch pickle checkpoint (`*.bin.index.json`) was selected; only single
     /// `.bin` files are read.
-    #[error("`{path}` indexes sharded PyTorch pickle checkpoints, which are not supported (convert them to safetensors)")]
+    #[error(
+        "`{path}` indexes sharded PyTorch pickle checkpoints, which are not supported (convert them to safetensors)"
+    )]
     PickleNotSupported {
         /// The file involved.
         path: String,

@@ -37,10 +37,10 @@ pub mod unet_2d_condition;
 pub mod upsampling;
 pub mod vae;
 
-pub use error::ModelError;
+pub use autoencoder_kl::AutoencoderKL;
 pub use clip::{CLIPTextModel, CLIPTextModelWithProjection};
 pub use clip_vision::{CLIPVisionModel, CLIPVisionModelWithProjection};
+pub use error::ModelError;
 pub use image_processor::CLIPImageProcessor;
 pub use safety_checker::StableDiffusionSafetyChecker;
-pub use autoencoder_kl::AutoencoderKL;
 pub use unet_2d_condition::{UNet2DConditionInput, UNet2DConditionModel};

@@ -193,7 +193,7 @@ impl Default for LoadOptions {
             revision: None,
             variant: None,
             dtype: DType::F32,
-            device: Device::default(),
+            device: crate::device::default_device(),
             use_safetensors: None,
             local_files_only: false,
             components: PassedComponents::default(),

@@ -53,7 +53,8 @@ pub fn replay_trace(
             shape[3]
         )));
     }
-    let device = Device::default();
+    // The replay runs on the CPU backend whatever GPU features are compiled in: it is a parity tool.
+    let device = Device::flex();
     let mut generator = [TorchGenerator::new(seed)];
     let mut x = to_tensor(sample.to_vec(), shape, &device)?;
     let mut prev_samples = Vec::with_capacity(expected);

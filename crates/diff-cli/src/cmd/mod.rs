@@ -1,7 +1,7 @@
 //! One module per subcommand.
 
-pub mod download;
 pub mod convert;
+pub mod download;
 pub mod generate;
 pub mod inspect;
 pub mod push;
