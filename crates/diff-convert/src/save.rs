@@ -268,7 +268,7 @@ pub(crate) fn rewrite_config(
     dtype: Option<SaveDtype>,
 ) -> Result<(), ConvertError> {
     let text = std::fs::read_to_string(src).map_err(|e| ConvertError::io(src, e))?;
-    let mut map: Map<String, Value> = match serde_json::from_str(&text) {
+    let mut map: Map<String, Value> = match diff_format::json::loads(&text) {
         Ok(Value::Object(m)) => m,
         Ok(_) => {
             return Err(ConvertError::BadJson {

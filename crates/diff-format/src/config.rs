@@ -116,7 +116,8 @@ pub fn read_json_object(path: &Path) -> Result<Map<String, Value>, FormatError> 
 
 /// Parses text as a JSON object; `origin` names it in errors.
 pub fn parse_json_object(text: &str, origin: &Path) -> Result<Map<String, Value>, FormatError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| FormatError::json(origin, &e))?;
+    // `crate::json::loads` also reads Python's `-Infinity` / `Infinity` / `NaN` tokens.
+    let value: Value = crate::json::loads(text).map_err(|e| FormatError::json(origin, &e))?;
     match value {
         Value::Object(map) => Ok(map),
         other => Err(FormatError::UnexpectedJson {

@@ -18,6 +18,13 @@
 //! - with `ensure_ascii`, every character outside `' '..='~'` is escaped `\uXXXX` (lowercase hex,
 //!   astral characters as surrogate pairs); without it only `"`, `\` and control characters are.
 //!
+//! Python's non-finite floats: `json.dumps` writes `float('-inf')` as the bare token `-Infinity`
+//! (also `Infinity`, `NaN`), which is not JSON and which serde_json can neither read nor hold
+//! (DPMSolverMultistepScheduler's default `lambda_min_clipped` is `-inf`, so every config it
+//! saves has one). [`loads`] reads those tokens into a marker string
+//! ([`PY_NONFINITE_PREFIX`] + the token), the writer spells the marker back as the bare token,
+//! and [`serialize_py_float`] / [`deserialize_py_float`] convert typed `f64` fields.
+//!
 //! Integers beyond 64 bits cannot be represented in `serde_json::Value` without the
 //! `arbitrary_precision` feature; they never occur in diffusers configs.
 //!
@@ -81,6 +88,125 @@ pub fn to_config_string(value: &Value) -> String {
     out
 }
 
+/// The prefix of the marker string that stands for a Python non-finite float in a
+/// `serde_json::Value` (see the module doc). It starts with a NUL so it cannot clash with a
+/// string a config would hold.
+pub const PY_NONFINITE_PREFIX: &str = "\u{0}python-float:";
+
+const NONFINITE_TOKENS: [&str; 3] = ["-Infinity", "Infinity", "NaN"];
+
+/// The bare Python token a marker string stands for, if it is one.
+fn nonfinite_token(s: &str) -> Option<&'static str> {
+    let rest = s.strip_prefix(PY_NONFINITE_PREFIX)?;
+    NONFINITE_TOKENS.iter().copied().find(|t| *t == rest)
+}
+
+/// A float as a `Value`: a JSON number when finite, the marker string otherwise.
+pub fn py_float_value(x: f64) -> Value {
+    match serde_json::Number::from_f64(x) {
+        Some(n) => Value::Number(n),
+        None => Value::String(format!("{PY_NONFINITE_PREFIX}{}", nonfinite_name(x))),
+    }
+}
+
+fn nonfinite_name(x: f64) -> &'static str {
+    if x.is_nan() {
+        "NaN"
+    } else if x > 0.0 {
+        "Infinity"
+    } else {
+        "-Infinity"
+    }
+}
+
+/// The float a value stands for: a JSON number or a marker string.
+pub fn as_py_float(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => match nonfinite_token(s)? {
+            "-Infinity" => Some(f64::NEG_INFINITY),
+            "Infinity" => Some(f64::INFINITY),
+            _ => Some(f64::NAN),
+        },
+        _ => None,
+    }
+}
+
+/// Parses JSON text as Python's `json.loads` does, including the bare tokens `-Infinity`,
+/// `Infinity` and `NaN` outside strings (they become marker strings, see the module doc).
+///
+/// # Errors
+/// serde_json's error for text that is not JSON (positions refer to the original text except
+/// after a non-finite token on the same line).
+pub fn loads(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str(&replace_nonfinite_tokens(text))
+}
+
+/// Rewrites non-finite tokens outside strings into quoted marker strings.
+fn replace_nonfinite_tokens(text: &str) -> std::borrow::Cow<'_, str> {
+    if !NONFINITE_TOKENS.iter().any(|t| text.contains(t)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(token) = NONFINITE_TOKENS.iter().find(|t| rest.starts_with(**t)) {
+            out.push_str("\"\\u0000python-float:");
+            out.push_str(token);
+            out.push('"');
+            rest = &rest[token.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// serde `serialize_with` for `f64` config fields that may be non-finite (written as Python
+/// writes them once the value goes through [`dumps`]).
+///
+/// # Errors
+/// Never fails itself; passes on the serializer's error.
+pub fn serialize_py_float<S: serde::Serializer>(x: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    if x.is_finite() {
+        serializer.serialize_f64(*x)
+    } else {
+        serializer.serialize_str(&format!("{PY_NONFINITE_PREFIX}{}", nonfinite_name(*x)))
+    }
+}
+
+/// serde `deserialize_with` for `f64` config fields that may be non-finite: accepts a number, a
+/// marker string from [`loads`], or `null` (read as `-inf`, which is what older serde_json-based
+/// writers left for diffusers' `-inf` defaults).
+///
+/// # Errors
+/// Any other value.
+pub fn deserialize_py_float<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<f64, D::Error> {
+    use serde::Deserialize as _;
+    let value = Value::deserialize(deserializer)?;
+    match value {
+        Value::Null => Ok(f64::NEG_INFINITY),
+        other => as_py_float(&other).ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a float or -Infinity, got {other}"))
+        }),
+    }
+}
+
 fn newline(out: &mut String, options: &DumpOptions, level: usize) {
     if let Some(indent) = options.indent {
         out.push('\n');
@@ -108,7 +234,10 @@ fn write_value(out: &mut String, value: &Value, options: &DumpOptions, level: us
                 let _ = write!(out, "{n}");
             }
         }
-        Value::String(s) => write_string(out, s, options.ensure_ascii),
+        Value::String(s) => match nonfinite_token(s) {
+            Some(token) => out.push_str(token),
+            None => write_string(out, s, options.ensure_ascii),
+        },
         Value::Array(items) => {
             if items.is_empty() {
                 out.push_str("[]");
@@ -320,5 +449,21 @@ mod tests {
             ensure_ascii: true,
         };
         assert_eq!(dumps(&v, &opts), "{\"a\": {}, \"b\": [1, 2]}");
+    }
+
+    #[test]
+    fn python_nonfinite_floats_round_trip() {
+        let text =
+            "{\n  \"a\": -Infinity,\n  \"b\": [Infinity, NaN],\n  \"c\": \"-Infinity is text\"\n}";
+        let v = loads(text).expect("python json");
+        assert_eq!(as_py_float(&v["a"]), Some(f64::NEG_INFINITY));
+        assert_eq!(as_py_float(&v["b"][0]), Some(f64::INFINITY));
+        assert!(as_py_float(&v["b"][1]).is_some_and(f64::is_nan));
+        assert_eq!(v["c"], "-Infinity is text");
+        assert_eq!(
+            dumps(&v, &DumpOptions::diffusers()),
+            "{\n  \"a\": -Infinity,\n  \"b\": [\n    Infinity,\n    NaN\n  ],\n  \"c\": \"-Infinity is text\"\n}"
+        );
+        assert_eq!(py_float_value(f64::NEG_INFINITY), v["a"]);
     }
 }

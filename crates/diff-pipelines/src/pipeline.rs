@@ -245,7 +245,11 @@ pub struct DiffusionPipeline {
 
 fn read_json_map(path: &Path) -> Result<Map<String, Value>, PipelineError> {
     let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| PipelineError::json(path, &e))
+    // diff-format's reader also takes Python's `-Infinity` (DPMSolverMultistep configs).
+    match diff_format::json::loads(&text).map_err(|e| PipelineError::json(path, &e))? {
+        Value::Object(map) => Ok(map),
+        other => serde_json::from_value(other).map_err(|e| PipelineError::json(path, &e)),
+    }
 }
 
 fn unsupported(

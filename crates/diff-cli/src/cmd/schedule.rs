@@ -129,7 +129,7 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 pub fn run(args: Args) -> Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
-    let config: Map<String, Value> = match serde_json::from_str(&text)
+    let config: Map<String, Value> = match burn_diffusers::format::json::loads(&text)
         .with_context(|| format!("{} is not valid JSON", args.config.display()))?
     {
         Value::Object(map) => map,

@@ -236,15 +236,6 @@ pub fn from_config<C: SchedulerConfigClass>(
     Ok(built)
 }
 
-/// Reads a float where `null` stands for −∞: JSON cannot spell infinities, so a
-/// `lambda_min_clipped` of `-inf` (diffusers' default, which Python writes as `-Infinity`)
-/// comes back as `null` from serde_json-based writers.
-fn null_as_neg_infinity<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NEG_INFINITY))
-}
-
 /// Declares one config struct, its `Default` (the Python defaults) and its
 /// [`SchedulerConfigClass`] impl from a table of `field: Type = default`.
 macro_rules! scheduler_config {
@@ -555,7 +546,10 @@ scheduler_config! {
         /// `final_sigmas_type`, default `'zero'`.
         final_sigmas_type: String = "zero".to_string(),
         /// `lambda_min_clipped`, default `-inf`.
-        #[serde(deserialize_with = "null_as_neg_infinity")]
+        #[serde(
+            serialize_with = "crate::json::serialize_py_float",
+            deserialize_with = "crate::json::deserialize_py_float"
+        )]
         lambda_min_clipped: f64 = f64::NEG_INFINITY,
         /// `variance_type`, default `None`.
         variance_type: Option<String> = None,
@@ -614,7 +608,10 @@ scheduler_config! {
         /// `final_sigmas_type`, default `'zero'`.
         final_sigmas_type: String = "zero".to_string(),
         /// `lambda_min_clipped`, default `-inf`.
-        #[serde(deserialize_with = "null_as_neg_infinity")]
+        #[serde(
+            serialize_with = "crate::json::serialize_py_float",
+            deserialize_with = "crate::json::deserialize_py_float"
+        )]
         lambda_min_clipped: f64 = f64::NEG_INFINITY,
         /// `variance_type`, default `None`.
         variance_type: Option<String> = None,
@@ -1019,6 +1016,23 @@ mod tests {
         assert_eq!(
             DPMSolverMultistepSchedulerConfig::default().lambda_min_clipped,
             f64::NEG_INFINITY
+        );
+    }
+
+    #[test]
+    fn lambda_min_clipped_reads_and_writes_python_negative_infinity() {
+        // diffusers saves DPMSolverMultistepScheduler's default as the bare token `-Infinity`.
+        let text =
+            "{\"_class_name\": \"DPMSolverMultistepScheduler\", \"lambda_min_clipped\": -Infinity}";
+        let Value::Object(cfg) = crate::json::loads(text).expect("python json") else {
+            panic!("not an object");
+        };
+        let c: DPMSolverMultistepSchedulerConfig = from_config(&cfg, &Map::new()).expect("valid");
+        assert_eq!(c.lambda_min_clipped, f64::NEG_INFINITY);
+        let written = crate::json::to_config_string(&serde_json::to_value(&c).expect("serialize"));
+        assert!(
+            written.contains("\"lambda_min_clipped\": -Infinity,"),
+            "{written}"
         );
     }
 
