@@ -248,11 +248,12 @@ fn files_under(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Every file of `got` exists in `want` with the same bytes (and `got` is not empty).
-fn same_files(got: &Path, want: &Path, what: &str) -> Result<Vec<String>> {
+/// Every file of `got` but those in `skip` exists in `want` with the same bytes (and `got` is
+/// not empty).
+fn same_files(got: &Path, want: &Path, what: &str, skip: &[&str]) -> Result<Vec<String>> {
     let mut files = files_under(got)?;
     // The Hub adds `.gitattributes` to every new repo; it is not part of what was uploaded.
-    files.retain(|f| f != ".gitattributes");
+    files.retain(|f| f != ".gitattributes" && !skip.contains(&f.as_str()));
     ensure!(!files.is_empty(), "{what}: {} is empty", got.display());
     for rel in &files {
         let a = std::fs::read(got.join(rel))?;
@@ -384,7 +385,7 @@ pub fn run(args: &[String]) -> Result<()> {
         up["commit"].as_str().unwrap_or("?")
     );
     let ours = PathBuf::from(peers.cli_ok(&["download", REPO_PY], &ep, &c1)?);
-    let selected = same_files(&ours, &fixture, "burn-diffusers download")?;
+    let selected = same_files(&ours, &fixture, "burn-diffusers download", &[])?;
     ensure!(
         selected.contains(&"unet/diffusion_pytorch_model.safetensors".to_string())
             && !selected.iter().any(|f| f.contains(".fp16.")),
@@ -442,7 +443,7 @@ pub fn run(args: &[String]) -> Result<()> {
         ours_offline.display(),
         theirs.display()
     );
-    same_files(&ours_offline, &fixture, "python download")?;
+    same_files(&ours_offline, &fixture, "python download", &[])?;
     ensure!(
         server.requests().len() == before,
         "burn-diffusers --offline made requests"
@@ -487,7 +488,23 @@ pub fn run(args: &[String]) -> Result<()> {
     let pulled = PathBuf::from(pulled["path"].as_str().context("python snapshot path")?);
     let mut pushed_files = files_under(&push_src)?;
     pushed_files.retain(|f| f != ".gitattributes");
-    let mut got_files = same_files(&pulled, &push_src, "python download of our push")?;
+    // `push DIR` adds a model card when the folder has none (the folder itself is left alone).
+    ensure!(
+        !pushed_files.iter().any(|f| f == "README.md"),
+        "the push source unexpectedly has a README.md"
+    );
+    let card = std::fs::read_to_string(pulled.join("README.md"))
+        .context("python download of our push: the model card README.md is missing")?;
+    ensure!(
+        card.starts_with("---\nlibrary_name: diffusers\n"),
+        "the pushed model card does not start with diffusers' front matter:\n{card}"
+    );
+    let mut got_files = same_files(
+        &pulled,
+        &push_src,
+        "python download of our push",
+        &["README.md"],
+    )?;
     got_files.retain(|f| f != ".gitattributes");
     ensure!(
         got_files == pushed_files,
