@@ -23,7 +23,8 @@ fn cases() -> &'static Value {
             "/../../tests/fixtures/10-schedulers/cases.json"
         );
         let text = std::fs::read_to_string(path).expect("fixture cases.json is committed");
-        serde_json::from_str(&text).expect("cases.json is valid JSON")
+        // Python's json writes DPM-Solver's -inf default as `-Infinity`.
+        diff_format::json::loads(&text).expect("cases.json is valid JSON")
     })
 }
 
@@ -82,15 +83,16 @@ fn step_options(kw: &Map<String, Value>) -> StepOptions {
 }
 
 /// Compares the Python config (init keys and kept keys) with ours.
+use diff_format::json::as_py_float;
+
 fn config_mismatches(rust: &Map<String, Value>, python: &Map<String, Value>) -> Vec<String> {
     let mut out = Vec::new();
     for (k, pv) in python {
         let rv = rust.get(k).unwrap_or(&Value::Null);
-        let same = match (rv, pv) {
-            (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-            // diffusers' -inf default is stored as null by the generator.
-            (Value::Number(a), Value::Null) => a.as_f64().is_some_and(|v| !v.is_finite()),
-            (a, b) => a == b,
+        // Numbers compare as floats; Python's `-Infinity` arrives as diff-format's marker.
+        let same = match (as_py_float(rv), as_py_float(pv)) {
+            (Some(a), Some(b)) => a == b || (a.is_nan() && b.is_nan()),
+            _ => rv == pv,
         };
         if !same {
             out.push(format!("{k}: rust {rv} vs python {pv}"));
