@@ -24,6 +24,7 @@ const TOKEN: &str = "hf_e2eWriteToken0000000000000000";
 const REPO_PY: &str = "user/e2e-from-python";
 const REPO_RS: &str = "user/e2e-from-rust";
 const REPO_BIG: &str = "user/e2e-big";
+const REPO_FROM: &str = "user/e2e-push-from";
 const BIG_SIZE: usize = 6 * 1024 * 1024;
 
 /// A running `xtask hub-server` child; killed on drop.
@@ -549,6 +550,73 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     eprintln!(
         "  [2b] burn-diffusers push --create-pr -> {pr_url}; python reads it at refs/pr/1, main untouched"
+    );
+
+    // 2c. Save and publish in one step (`push --from`, fp16 variant, model card), then load the
+    // pushed repo back: Python downloads it, and `generate` runs it through from_pretrained.
+    let from_url = peers.cli_ok(
+        &[
+            "push",
+            "--from",
+            &fixture.to_string_lossy(),
+            "--repo",
+            REPO_FROM,
+            "--variant",
+            "fp16",
+        ],
+        &ep,
+        &c1,
+    )?;
+    ensure!(
+        from_url.contains("/user/e2e-push-from/commit/"),
+        "push --from printed {from_url}"
+    );
+    let pulled = peers.python(
+        &["snapshot", REPO_FROM],
+        &ep,
+        &work.join("cache-python-4"),
+        false,
+    )?;
+    let pulled = PathBuf::from(pulled["path"].as_str().context("python snapshot path")?);
+    let card = std::fs::read_to_string(pulled.join("README.md"))
+        .context("push --from: no model card in the pushed repo")?;
+    ensure!(
+        card.starts_with("---\nlibrary_name: diffusers\n")
+            && card.contains("diffusers:StableDiffusionPipeline"),
+        "push --from: unexpected model card:\n{card}"
+    );
+    ensure!(
+        pulled
+            .join("unet/diffusion_pytorch_model.fp16.safetensors")
+            .is_file(),
+        "push --from --variant fp16: no fp16 UNet weights in the pushed repo"
+    );
+    let png = work.join("push-from.png");
+    peers.cli_ok(
+        &[
+            "generate",
+            "--model",
+            REPO_FROM,
+            "--variant",
+            "fp16",
+            "--prompt",
+            "an astronaut",
+            "--steps",
+            "2",
+            "--seed",
+            "0",
+            "--out",
+            &png.to_string_lossy(),
+        ],
+        &ep,
+        &work.join("cache-rust-from"),
+    )?;
+    ensure!(
+        png.is_file(),
+        "generate from the pushed repo wrote no image"
+    );
+    eprintln!(
+        "  [2c] burn-diffusers push --from (fp16 variant, model card) -> python downloads it; generate loads it back from the hub"
     );
     drop(server);
 
