@@ -597,6 +597,8 @@ pub fn run(args: &[String]) -> Result<()> {
             "generate",
             "--model",
             REPO_FROM,
+            "--endpoint",
+            &ep,
             "--variant",
             "fp16",
             "--prompt",

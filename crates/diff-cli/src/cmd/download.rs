@@ -44,6 +44,11 @@ impl HubArgs {
     /// The client these options describe (environment first, flags on top). The token comes
     /// from HF_TOKEN or the token file only, never from the command line.
     pub fn api(&self) -> Result<HubApi> {
+        Ok(HubApi::new(self.config()?))
+    }
+
+    /// The environment's Hub settings with these flags applied.
+    pub fn config(&self) -> Result<HubConfig> {
         let mut config = HubConfig::from_env().context("reading the Hugging Face environment")?;
         if let Some(endpoint) = &self.endpoint {
             config.endpoint = endpoint.trim_end_matches('/').to_string();
@@ -52,7 +57,7 @@ impl HubArgs {
             config.cache_dir = dir.clone();
         }
         config.offline |= self.offline;
-        Ok(HubApi::new(config))
+        Ok(config)
     }
 }
 

@@ -26,6 +26,9 @@ pub struct Args {
     /// Hugging Face cache; `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE` apply).
     #[arg(long)]
     pub model: String,
+    /// Where a repo id comes from: `--revision`, `--endpoint`, `--offline`, `--cache-dir`.
+    #[command(flatten)]
+    pub hub: super::download::HubArgs,
     /// The prompt.
     #[arg(long)]
     pub prompt: String,
@@ -147,6 +150,9 @@ pub fn run(args: Args) -> Result<()> {
         variant: args.variant.clone(),
         dtype,
         device,
+        revision: Some(args.hub.revision.clone()),
+        local_files_only: args.hub.offline,
+        hub: Some(args.hub.config()?),
         ..LoadOptions::default()
     };
     if args.no_safety_checker {
@@ -258,6 +264,7 @@ mod tests {
     fn base_args(out_dir: &Path) -> Args {
         Args {
             model: fixtures().join("tiny-sd").display().to_string(),
+            hub: super::super::download::HubArgs::default(),
             prompt: "a photo of an astronaut riding a horse on mars".into(),
             negative_prompt: None,
             steps: 4,
