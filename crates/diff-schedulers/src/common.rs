@@ -756,6 +756,18 @@ pub(crate) fn k_alphas(
     )?))
 }
 
+/// `sigmas[i]`, or a typed error when a step runs past the schedule (shared by the k-diffusion
+/// style schedulers, which all index their sigma table by step).
+pub(crate) fn sigma_at(sigmas: &[f32], i: usize) -> Result<f32, crate::SchedulerError> {
+    sigmas
+        .get(i)
+        .copied()
+        .ok_or(crate::SchedulerError::StepOutOfRange {
+            index: i,
+            len: sigmas.len(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

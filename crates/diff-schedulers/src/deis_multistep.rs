@@ -241,13 +241,7 @@ impl DEISMultistepScheduler {
     }
 
     fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        self.sigmas
-            .get(i)
-            .copied()
-            .ok_or(SchedulerError::StepOutOfRange {
-                index: i,
-                len: self.sigmas.len(),
-            })
+        crate::common::sigma_at(&self.sigmas, i)
     }
 
     fn alpha_sigma_at(&self, i: usize) -> Result<(f32, f32), SchedulerError> {

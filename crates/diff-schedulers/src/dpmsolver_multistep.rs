@@ -374,13 +374,7 @@ impl DPMSolverMultistepScheduler {
     }
 
     fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        self.sigmas
-            .get(i)
-            .copied()
-            .ok_or(SchedulerError::StepOutOfRange {
-                index: i,
-                len: self.sigmas.len(),
-            })
+        crate::common::sigma_at(&self.sigmas, i)
     }
 
     /// `convert_model_output`: x0 for the ++ algorithms, ε otherwise.

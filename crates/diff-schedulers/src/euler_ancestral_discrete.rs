@@ -142,13 +142,7 @@ impl EulerAncestralDiscreteScheduler {
     }
 
     fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        self.sigmas
-            .get(i)
-            .copied()
-            .ok_or(SchedulerError::StepOutOfRange {
-                index: i,
-                len: self.sigmas.len(),
-            })
+        crate::common::sigma_at(&self.sigmas, i)
     }
 
     /// `scale_model_input`: x / √(σ² + 1).

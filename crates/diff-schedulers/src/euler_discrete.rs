@@ -255,13 +255,7 @@ impl EulerDiscreteScheduler {
     }
 
     fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        self.sigmas
-            .get(i)
-            .copied()
-            .ok_or(SchedulerError::StepOutOfRange {
-                index: i,
-                len: self.sigmas.len(),
-            })
+        crate::common::sigma_at(&self.sigmas, i)
     }
 
     /// One Euler step (with churn when `options.s_churn > 0`).

@@ -204,13 +204,7 @@ impl FlowMatchEulerDiscreteScheduler {
     }
 
     fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        self.sigmas
-            .get(i)
-            .copied()
-            .ok_or(SchedulerError::StepOutOfRange {
-                index: i,
-                len: self.sigmas.len(),
-            })
+        crate::common::sigma_at(&self.sigmas, i)
     }
 
     /// One Euler step of the flow ODE (or the stochastic re-noising variant).
