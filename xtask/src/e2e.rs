@@ -5,12 +5,27 @@
 //!    from the cache we wrote finds every file (and `scan_cache_dir` reports it clean); and the
 //!    reverse: Python downloads, `burn-diffusers download --offline` resolves Python's cache.
 //! 2. `burn-diffusers push` (LFS basic and multipart) → Python downloads → byte-identical; a
-//!    `--create-pr` push lands on `refs/pr/1` only.
+//!    `--create-pr` push lands on `refs/pr/1` only; `push --from` (save, fp16 variant, model
+//!    card) → Python downloads it, `generate` loads it from the Hub, and `validate` of the
+//!    fixture against the repo id passes (tensors and forward).
 //! 3. An interrupted download (the server process exits mid-file) resumes with `Range` on the
 //!    next run and ends with a verified blob.
 //!
+//! 4. (run after 2, printed as `[2d]`) `--with-diffusers` only (maintainers, not CI: it needs
+//!    torch): the pushed repos load back
+//!    in Python diffusers' `from_pretrained` from the local Hub (`HF_ENDPOINT`): the fp16-variant
+//!    push of 2c and a sharded push (`push --from --max-shard-size 30KB`). Each runs one
+//!    generation (fixed seed, few steps, `output_type="np"`, `tests/e2e/diffusers_peer.py`) that
+//!    is compared with `burn-diffusers generate` on the same repo: every pixel within 2/255 and
+//!    the mean absolute error under 0.5/255. Python then re-saves the sharded pipeline with
+//!    `save_pretrained` (transformers 5.23 rewrites the tokenizer as `tokenizer.json`), and
+//!    `burn-diffusers validate` must accept that save against the original fixture (files,
+//!    tokenizers, forward: exact).
+//!
 //! Python comes from a venv of its own (`target/e2e-venv`, `huggingface_hub` only, never torch),
-//! run with `HF_HUB_DISABLE_XET=1`. Every wait is bounded and every server is stopped.
+//! run with `HF_HUB_DISABLE_XET=1`; `--with-diffusers` also uses the fixture venv
+//! (`.venv-fixtures/`, made by `cargo xtask fixtures`) and fails with a clear message without it.
+//! Every wait is bounded and every server is stopped.
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
@@ -25,6 +40,14 @@ const REPO_PY: &str = "user/e2e-from-python";
 const REPO_RS: &str = "user/e2e-from-rust";
 const REPO_BIG: &str = "user/e2e-big";
 const REPO_FROM: &str = "user/e2e-push-from";
+const REPO_SHARDED: &str = "user/e2e-push-sharded";
+/// The generation both diffusers and burn-diffusers run in scenario 4.
+const GEN_PROMPT: &str = "an astronaut riding a horse";
+const GEN_STEPS: &str = "3";
+const GEN_SIZE: &str = "32";
+/// Scenario 4's limits, in units of 1/255: the largest pixel difference and the mean one.
+const MAX_PIXEL_DIFF: f64 = 2.0;
+const MAX_MEAN_DIFF: f64 = 0.5;
 const BIG_SIZE: usize = 6 * 1024 * 1024;
 
 /// A running `xtask hub-server` child; killed on drop.
@@ -330,11 +353,20 @@ fn ensure_venv(target: &Path) -> Result<PathBuf> {
 
 /// Runs the task.
 pub fn run(args: &[String]) -> Result<()> {
-    if let Some(arg) = args.first() {
-        bail!("unknown argument `{arg}` (cargo xtask e2e takes none)");
-    }
+    let with_diffusers = match args {
+        [] => false,
+        [flag] if flag == "--with-diffusers" => true,
+        [arg, ..] => {
+            bail!("unknown argument `{arg}` (cargo xtask e2e takes only --with-diffusers)")
+        }
+    };
     let started = Instant::now();
     let root = crate::repo_root()?;
+    let diffusers_python = if with_diffusers {
+        Some(fixture_python(&root)?)
+    } else {
+        None
+    };
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
@@ -617,9 +649,34 @@ pub fn run(args: &[String]) -> Result<()> {
         png.is_file(),
         "generate from the pushed repo wrote no image"
     );
-    eprintln!(
-        "  [2c] burn-diffusers push --from (fp16 variant, model card) -> python downloads it; generate loads it back from the hub"
+    // The pushed repo, read back through the Hub, is the fixture: configs, every tensor (exact
+    // after the f16 cast), tokenizer and one forward of each model (within the f16 tolerance).
+    let validated = peers.cli_ok(
+        &[
+            "validate",
+            &fixture.to_string_lossy(),
+            REPO_FROM,
+            "--variant",
+            "fp16",
+        ],
+        &ep,
+        &work.join("cache-rust-validate"),
+    )?;
+    let forward_lines = validated
+        .lines()
+        .filter(|l| l.starts_with("ok") && l.contains(" forward "))
+        .count();
+    ensure!(
+        forward_lines == 4,
+        "validate of the pushed repo: expected 4 forward lines (safety_checker, text_encoder, \
+         unet, vae):\n{validated}"
     );
+    eprintln!(
+        "  [2c] burn-diffusers push --from (fp16 variant, model card) -> python downloads it; generate loads it back from the hub; validate (fixture vs the hub repo) passes with {forward_lines} forward checks"
+    );
+    if let Some(python) = &diffusers_python {
+        load_in_diffusers(&peers, python, &root, &work, &ep, &fixture)?;
+    }
     drop(server);
 
     // 3. The server dies mid-file; the next run resumes with Range and verifies the blob.
@@ -710,5 +767,260 @@ pub fn run(args: &[String]) -> Result<()> {
         scenarios.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The fixture venv's Python, checked to import diffusers and torch.
+fn fixture_python(root: &Path) -> Result<PathBuf> {
+    let python = root.join(if cfg!(windows) {
+        ".venv-fixtures/Scripts/python.exe"
+    } else {
+        ".venv-fixtures/bin/python"
+    });
+    ensure!(
+        python.is_file(),
+        "cargo xtask e2e --with-diffusers needs the fixture venv with torch and diffusers, and {} \
+         does not exist: run `cargo xtask fixtures` once to create it (it installs \
+         tests/fixtures/requirements.txt), or run `cargo xtask e2e` without --with-diffusers",
+        python.display()
+    );
+    let mut cmd = Command::new(&python);
+    cmd.args([
+        "-c",
+        "import diffusers, torch; print(diffusers.__version__, torch.__version__)",
+    ]);
+    let out = run_bounded(cmd, Duration::from_secs(120))?;
+    ensure!(
+        out.status.success(),
+        "cargo xtask e2e --with-diffusers: {} cannot import diffusers and torch (re-create the \
+         venv with `cargo xtask fixtures`):\n{}",
+        python.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "xtask e2e: --with-diffusers using {} (diffusers, torch: {})",
+        python.display(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    Ok(python)
+}
+
+/// The float32 tensor `images` of a safetensors file (the layout both generators write), with
+/// its shape.
+fn read_images(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let head: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let len = usize::try_from(u64::from_le_bytes(head))?;
+    let header: Value = serde_json::from_slice(
+        bytes
+            .get(8..8 + len)
+            .with_context(|| format!("{}: truncated header", path.display()))?,
+    )?;
+    let info = &header["images"];
+    ensure!(
+        info["dtype"] == "F32",
+        "{}: `images` is {} (expected F32)",
+        path.display(),
+        info["dtype"]
+    );
+    let shape: Vec<usize> = info["shape"]
+        .as_array()
+        .context("no shape")?
+        .iter()
+        .filter_map(|v| v.as_u64().and_then(|n| usize::try_from(n).ok()))
+        .collect();
+    let offsets: Vec<usize> = info["data_offsets"]
+        .as_array()
+        .context("no data_offsets")?
+        .iter()
+        .filter_map(|v| v.as_u64().and_then(|n| usize::try_from(n).ok()))
+        .collect();
+    let [begin, end] = offsets.as_slice() else {
+        bail!("{}: bad data_offsets", path.display());
+    };
+    let data = bytes
+        .get(8 + len + begin..8 + len + end)
+        .with_context(|| format!("{}: data out of range", path.display()))?;
+    let values: Vec<f32> = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    ensure!(
+        values.len() == shape.iter().product::<usize>(),
+        "{}: {} values for shape {shape:?}",
+        path.display(),
+        values.len()
+    );
+    Ok((shape, values))
+}
+
+/// Scenario 4: Python diffusers loads what burn-diffusers pushed, and both generate alike.
+fn load_in_diffusers(
+    peers: &Peers,
+    python: &Path,
+    root: &Path,
+    work: &Path,
+    ep: &str,
+    fixture: &Path,
+) -> Result<()> {
+    let url = peers.cli_ok(
+        &[
+            "push",
+            "--from",
+            &fixture.to_string_lossy(),
+            "--repo",
+            REPO_SHARDED,
+            "--max-shard-size",
+            "30KB",
+        ],
+        ep,
+        &work.join("cache-rust"),
+    )?;
+    ensure!(
+        url.contains("/user/e2e-push-sharded/commit/"),
+        "push --from --max-shard-size printed {url}"
+    );
+    let cases: [(&str, &str, Option<&str>, &str); 2] = [
+        (
+            "fp16",
+            REPO_FROM,
+            Some("fp16"),
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+        ),
+        (
+            "sharded",
+            REPO_SHARDED,
+            None,
+            "unet/diffusion_pytorch_model.safetensors.index.json",
+        ),
+    ];
+    for (label, repo, variant, must_have) in cases {
+        let cache = work.join(format!("cache-diffusers-{label}"));
+        let py_out = work.join(format!("diffusers-{label}.safetensors"));
+        let mut cmd = Command::new(python);
+        cmd.arg(root.join("tests/e2e/diffusers_peer.py"))
+            .args(["generate", repo, "--out"])
+            .arg(&py_out)
+            .args([
+                "--prompt", GEN_PROMPT, "--steps", GEN_STEPS, "--seed", "0", "--height", GEN_SIZE,
+                "--width", GEN_SIZE,
+            ]);
+        if let Some(v) = variant {
+            cmd.args(["--variant", v]);
+        }
+        let py_saved = work.join(format!("diffusers-saved-{label}"));
+        if variant.is_none() {
+            cmd.arg("--save").arg(&py_saved);
+        }
+        peers.env(&mut cmd, ep, &cache, false);
+        let out = run_bounded(cmd, Duration::from_secs(600))?;
+        ensure!(
+            out.status.success(),
+            "[2d {label}] Python diffusers from_pretrained({repo}) / generation failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let info: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+            .with_context(|| format!("diffusers peer output {stdout:?}"))?;
+        let downloaded = files_under(&cache)?;
+        ensure!(
+            downloaded.iter().any(|f| f.ends_with(must_have)),
+            "[2d {label}] Python diffusers did not load {must_have}; it downloaded {downloaded:?}"
+        );
+        if label == "sharded" {
+            ensure!(
+                downloaded
+                    .iter()
+                    .any(|f| f.contains("unet/diffusion_pytorch_model-00001-of-")),
+                "[2d sharded] Python diffusers did not download the UNet shards: {downloaded:?}"
+            );
+        }
+        let rs_out = work.join(format!("burn-diffusers-{label}.safetensors"));
+        let mut args = vec![
+            "generate",
+            "--model",
+            repo,
+            "--endpoint",
+            ep,
+            "--prompt",
+            GEN_PROMPT,
+            "--steps",
+            GEN_STEPS,
+            "--seed",
+            "0",
+            "--height",
+            GEN_SIZE,
+            "--width",
+            GEN_SIZE,
+        ];
+        if let Some(v) = variant {
+            args.extend(["--variant", v]);
+        }
+        let rs_path = rs_out.to_string_lossy().into_owned();
+        args.extend(["--out-array", rs_path.as_str()]);
+        peers.cli_ok(&args, ep, &work.join(format!("cache-rust-{label}")))?;
+        let (shape_py, py) = read_images(&py_out)?;
+        let (shape_rs, rs) = read_images(&rs_out)?;
+        ensure!(
+            shape_py == shape_rs,
+            "[2d {label}] image shapes: diffusers {shape_py:?}, burn-diffusers {shape_rs:?}"
+        );
+        let (mut max, mut sum) = (0f64, 0f64);
+        for (a, b) in py.iter().zip(&rs) {
+            let d = f64::from((a - b).abs()) * 255.0;
+            max = max.max(d);
+            sum += d;
+        }
+        let mean = sum / py.len().max(1) as f64;
+        ensure!(
+            max <= MAX_PIXEL_DIFF && mean < MAX_MEAN_DIFF,
+            "[2d {label}] burn-diffusers vs diffusers on {repo}: max pixel difference {max:.4}/255 \
+             (limit {MAX_PIXEL_DIFF}/255), mean {mean:.4}/255 (limit {MAX_MEAN_DIFF}/255)"
+        );
+        let (lo, hi) = py
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        eprintln!(
+            "  [2d {label}] python diffusers {} from_pretrained({repo}) -> {}, {} weights; {GEN_STEPS} \
+             steps, images {shape_py:?} with values in [{lo:.3}, {hi:.3}], NSFW flags {}; vs \
+             burn-diffusers generate: max |diff| {max:.2e}/255, mean {mean:.2e}/255 (limits \
+             {MAX_PIXEL_DIFF}/255, {MAX_MEAN_DIFF}/255)",
+            info["diffusers"].as_str().unwrap_or("?"),
+            info["class"].as_str().unwrap_or("?"),
+            info["dtype"].as_str().unwrap_or("?"),
+            info["nsfw"],
+        );
+        if variant.is_none() {
+            let report = peers.cli(
+                &[
+                    "validate",
+                    &fixture.to_string_lossy(),
+                    &py_saved.to_string_lossy(),
+                ],
+                ep,
+                &cache,
+            )?;
+            let text = String::from_utf8_lossy(&report.stdout);
+            ensure!(
+                report.status.success(),
+                "[2d {label}] burn-diffusers validate rejects Python diffusers' save_pretrained of \
+                 {repo}:\n{text}{}",
+                String::from_utf8_lossy(&report.stderr)
+            );
+            let lines = text.lines().count();
+            let tokens = text
+                .lines()
+                .find(|l| l.contains(" tokens "))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default();
+            eprintln!(
+                "  [2d {label}] python save_pretrained of it validates against the fixture ({lines} \
+                 report lines, all ok; {tokens})"
+            );
+        }
+    }
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! - `bench [--threads N] [--dev]`: UNet / VAE / CLIP speed and memory, ours against PyTorch.
 //! - `hub-server --root DIR --port PORT`: the local Hub server (`diff-hub-server`).
 //! - `e2e`: burn-diffusers against Python `huggingface_hub` through that server (loopback only).
+//! - `sweep [--only S]... [--report FILE]`: the CLI against Python diffusers on hundreds of
+//!   command lines (`tests/fixtures/60-cli-sweep/sweep.py`).
 //!
 //! Dependencies: `anyhow`; `diff-hub-server` (tiny_http, for `hub-server` and `e2e`) and
 //! `serde_json` (the server's log and the Python peer's answers). This binary must stay cheap
@@ -15,6 +17,7 @@ mod bench;
 mod e2e;
 mod fixtures;
 mod hub_server;
+mod sweep;
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -28,6 +31,7 @@ fn main() -> Result<()> {
         "hub-server" => hub_server::run(&rest),
         "e2e" => e2e::run(&rest),
         "bench" => bench::run(&rest),
+        "sweep" => sweep::run(&rest),
         "" | "help" | "--help" | "-h" => {
             println!("{}", USAGE);
             Ok(())
@@ -43,7 +47,10 @@ tasks:
   bench [--threads N] [--dev] time SD 1.5 UNet/VAE/CLIP, ours vs PyTorch (makes 3.4 GB of weights)
   hub-server --root DIR --port PORT [--token T] [--log FILE] ...
                               serve DIR/<org>/<name>/ folders as Hub model repos on 127.0.0.1
-  e2e                         Python huggingface_hub <-> burn-diffusers through hub-server (loopback)";
+  e2e [--with-diffusers]      Python huggingface_hub <-> burn-diffusers through hub-server (loopback);
+                              --with-diffusers also loads the pushed repos in Python diffusers (needs .venv-fixtures)
+  sweep [--only S]... [--report FILE] [--list]
+                              the CLI vs Python diffusers on hundreds of command lines (needs .venv-fixtures)";
 
 /// The repository root (the parent of this crate's folder).
 pub fn repo_root() -> Result<PathBuf> {

@@ -32,7 +32,8 @@ enum Command {
     Save(cmd::save::Args),
     /// Convert an original SD / SDXL single-file checkpoint to a diffusers folder.
     Convert(cmd::convert::Args),
-    /// Compare a saved pipeline with its original: configs and every tensor.
+    /// Compare a saved pipeline with its original: configs, every tensor, tokenizers and one
+    /// forward of each model; non-zero exit on any difference.
     Validate(cmd::validate::Args),
     /// Run a Stable Diffusion / SDXL pipeline (text-to-image, img2img, inpaint) and write images.
     Generate(Box<cmd::generate::Args>),

@@ -11,7 +11,7 @@
 //! - [`card`]: the `README.md` model card (Hub metadata, usage), keeping an existing card;
 //! - [`publish`]: `push_to_hub` (save to a temporary folder, model card, one commit or PR);
 //! - [`validate`]: compares an original and a saved pipeline (configs and every tensor, exact or
-//!   exact-after-cast);
+//!   exact-after-cast); the forward-pass half is `diff_pipelines::validate`, which builds on it;
 //! - [`order`]: PyTorch `state_dict()` order of the known model families (shard boundaries);
 //! - [`tensors`]: raw tensors read from safetensors files, shard indexes and pickle checkpoints
 //!   (through `diff_format::pickle`, the restricted reader: nothing is executed).
@@ -25,8 +25,9 @@
 //! are mapped, not read, so a re-save holds one copy of a component), `serde`/`serde_json`
 //! (configs and indexes, through diff-format's typed configs), `thiserror` (the typed [`ConvertError`]), `tracing` (logs).
 //! `diff-hub` (repo creation, model-card download, folder upload for `push_to_hub`).
-//! Forward-pass validation (`diff-models`, burn) is not wired in, so burn is not a dependency:
-//! saving, converting and publishing compile without it.
+//! Forward-pass validation needs burn and the models, so it lives in `diff-pipelines`
+//! (`diff_pipelines::validate`, which depends on this crate): saving, converting and publishing
+//! compile without burn.
 #![deny(missing_docs)]
 
 pub mod card;
@@ -43,5 +44,8 @@ pub mod validate;
 pub use cast::SaveDtype;
 pub use error::ConvertError;
 pub use save::{Library, SaveOptions, save_component, save_pipeline, save_weights};
-pub use single_file::{Checkpoint, ModelType, convert_single_file, infer_model_type};
+pub use single_file::{
+    Checkpoint, ModelType, SingleFileOptions, convert_single_file, convert_single_file_with,
+    detect_model_type, infer_model_type,
+};
 pub use tensors::{RawTensor, StateDict};

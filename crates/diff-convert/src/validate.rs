@@ -9,8 +9,34 @@
 //!   cast (e.g. an fp16 variant), identical to the original cast with torch's rounding. That is
 //!   stricter than a tolerance and exact for a correct save: a cast is deterministic.
 //!
-//! This is the burn-free half of the issue's `validate`; running one forward pass of each model
-//! on fixed inputs needs the burn models of `diff-models` and is not done here.
+//! This is the burn-free half of the issue's `validate`; the forward pass of each model on fixed
+//! inputs (and the functional tokenizer check) is `diff_pipelines::validate`, which calls this
+//! first and uses [`ComponentReport::narrowed_to`] to pick its tolerance.
+//!
+//! # Tokenizer folders
+//! Tokenizer folders have no `config.json` and are not compared here; diff-pipelines compares
+//! them by what they do (the ids of fixed prompts), because two layouts are faithful:
+//! - **ours**: [`crate::save`] copies the original files unchanged (`vocab.json`, `merges.txt`,
+//!   `special_tokens_map.json`, `tokenizer_config.json`, or `tokenizer.json` when that is what
+//!   the original has);
+//! - **transformers 5.23's** `CLIPTokenizer.save_pretrained` (what `pipe.save_pretrained`
+//!   calls), measured on tiny-sd and tiny-sdxl: it writes only `tokenizer.json` (3,642,073 bytes
+//!   for the CLIP vocabulary, the fast tokenizer converted from vocab and merges, with the EOS
+//!   added token turned to `normalized: false`) and a rewritten `tokenizer_config.json`
+//!   (sorted keys, special tokens as plain strings, `name_or_path` and
+//!   `special_tokens_map_file` dropped, `backend: "tokenizers"` added), and drops `vocab.json`,
+//!   `merges.txt` and `special_tokens_map.json`.
+//!
+//! We copy rather than reproduce those bytes because (1) they are not a function of the
+//! tokenizer: `tokenizer_config.json` records transformers' loading state, `"is_local": true`
+//! and `"local_files_only"`, which is `false` for a normal load and `true` under
+//! `HF_HUB_OFFLINE=1` (both measured), so the same pipeline saves to different bytes; (2) the
+//! rewritten folder no longer loads with transformers 4's slow `CLIPTokenizer`, the class
+//! `model_index.json` names (transformers 4.57.1: `TypeError: expected str, bytes or
+//! os.PathLike object, not NoneType`, since `vocab.json` is gone), while the copied files load
+//! in transformers 4 and 5 alike; (3) both layouts give transformers 5.23's CLIPTokenizer the
+//! same ids (`tests/fixtures/52-validate`). Everything else a save writes stays byte-identical
+//! to diffusers.
 
 use crate::ConvertError;
 use crate::cast::{SaveDtype, cast};
@@ -30,6 +56,10 @@ pub struct ComponentReport {
     pub tensors: usize,
     /// Tensors compared after casting the original to the saved dtype.
     pub cast: usize,
+    /// The narrowest dtype a tensor was cast to with a loss of precision (f32 -> f16 or bf16,
+    /// f16 <-> bf16); `None` when every tensor is bit-identical or a lossless up-cast (f16 ->
+    /// f32), i.e. when the models must compute bit-identical outputs.
+    pub narrowed_to: Option<Dtype>,
     /// Every difference found (empty: the component matches).
     pub problems: Vec<String>,
 }
@@ -52,6 +82,20 @@ const IGNORED_KEYS: [&str; 4] = [
     "dtype",
     "torch_dtype",
 ];
+
+/// transformers 5.23 also records the load dtype inside the sub-configs of a composite config
+/// (`text_config.dtype`, `vision_config.dtype` of the safety checker's `CLIPConfig`) when it
+/// re-saves a model loaded from a config without them, so diffusers' own save of an SD 1.x
+/// pipeline differs there from the original; like the top-level `dtype`, it describes the
+/// loading, not the model.
+fn strip_sub_config_dtypes(map: &mut Map<String, Value>) {
+    for value in map.values_mut() {
+        if let Value::Object(sub) = value {
+            sub.remove("dtype");
+            sub.remove("torch_dtype");
+        }
+    }
+}
 
 fn read_object(path: &Path) -> Result<Map<String, Value>, ConvertError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConvertError::io(path, e))?;
@@ -81,6 +125,8 @@ fn compare_configs(
                     x.remove(k);
                     y.remove(k);
                 }
+                strip_sub_config_dtypes(&mut x);
+                strip_sub_config_dtypes(&mut y);
                 for key in x
                     .keys()
                     .chain(y.keys())
@@ -101,6 +147,30 @@ fn compare_configs(
         }
     }
     Ok(())
+}
+
+/// Whether casting `from` to `to` can change a value.
+fn is_lossy(from: Dtype, to: Dtype) -> bool {
+    matches!(
+        (from, to),
+        (Dtype::F64, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+            | (Dtype::F32, Dtype::F16 | Dtype::BF16)
+            | (Dtype::F16, Dtype::BF16)
+            | (Dtype::BF16, Dtype::F16)
+    )
+}
+
+/// The wider of two tolerance-deciding dtypes: bf16 (8 mantissa bits) over f16 (11) over f32.
+fn coarser(a: Option<Dtype>, b: Dtype) -> Option<Dtype> {
+    let rank = |d: Dtype| match d {
+        Dtype::BF16 => 3,
+        Dtype::F16 => 2,
+        _ => 1,
+    };
+    match a {
+        Some(a) if rank(a) >= rank(b) => Some(a),
+        _ => Some(b),
+    }
 }
 
 fn compare_tensor(name: &str, original: &RawTensor, saved: &RawTensor) -> Result<bool, String> {
@@ -149,6 +219,7 @@ pub fn validate_component(
         name: name.to_string(),
         tensors: 0,
         cast: 0,
+        narrowed_to: None,
         problems: Vec::new(),
     };
     if !saved.is_dir() {
@@ -183,6 +254,9 @@ pub fn validate_component(
                         Ok(was_cast) => {
                             report.tensors += 1;
                             report.cast += usize::from(was_cast);
+                            if was_cast && is_lossy(t.dtype, s.dtype) {
+                                report.narrowed_to = coarser(report.narrowed_to, s.dtype);
+                            }
                         }
                         Err(p) => report.problems.push(p),
                     },
@@ -212,6 +286,7 @@ pub fn validate_pipeline(
         name: "model_index.json".into(),
         tensors: 0,
         cast: 0,
+        narrowed_to: None,
         problems: Vec::new(),
     };
     for (k, v) in &index {
@@ -243,4 +318,54 @@ pub fn validate_pipeline(
         )?);
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_config() -> Map<String, Value> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-sd/safety_checker/config.json");
+        read_object(&path).unwrap()
+    }
+
+    fn compare(edit: impl FnOnce(&mut Map<String, Value>)) -> Vec<String> {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let original = fixture_config();
+        let mut saved = original.clone();
+        edit(&mut saved);
+        std::fs::write(a.join("config.json"), Value::Object(original).to_string()).unwrap();
+        std::fs::write(b.join("config.json"), Value::Object(saved).to_string()).unwrap();
+        let mut problems = Vec::new();
+        compare_configs(&a, &b, &mut problems).unwrap();
+        problems
+    }
+
+    /// diffusers 0.42.1 + transformers 5.23's own re-save of tiny-sd adds `"dtype": "float32"`
+    /// to the safety checker's `text_config` and `vision_config` (measured); that is accepted,
+    /// a changed sub-config value is not.
+    #[test]
+    fn sub_config_dtype_written_by_transformers_is_ignored_but_sub_config_values_are_compared() {
+        let problems = compare(|c| {
+            for sub in ["text_config", "vision_config"] {
+                c.get_mut(sub)
+                    .and_then(Value::as_object_mut)
+                    .unwrap()
+                    .insert("dtype".into(), Value::from("float32"));
+            }
+        });
+        assert!(problems.is_empty(), "{problems:?}");
+        let problems = compare(|c| {
+            c.get_mut("vision_config")
+                .and_then(Value::as_object_mut)
+                .unwrap()
+                .insert("image_size".into(), Value::from(64));
+        });
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("vision_config"), "{problems:?}");
+    }
 }

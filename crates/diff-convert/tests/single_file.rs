@@ -202,11 +202,16 @@ fn sdxl_config_on_sd1_checkpoint_names_the_missing_key_and_writes_nothing() {
     let dir = case_dir("sd1");
     let tmp = tempfile::tempdir().unwrap();
     // The SDXL UNet config asks for `add_embedding`, which an SD 1 checkpoint lacks.
-    let err = convert_single_file(
-        &dir.join("model.ckpt"),
-        &case_dir("sdxl_base").join("config"),
-        &tmp.path().join("out"),
-        &SaveOptions::default(),
+    let ckpt = Checkpoint::open(&dir.join("model.ckpt")).unwrap();
+    let unet_config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(case_dir("sdxl_base").join("config/unet/config.json")).unwrap(),
+    )
+    .unwrap();
+    let err = diff_convert::single_file::convert_component(
+        &ckpt,
+        "UNet2DConditionModel",
+        unet_config.as_object().unwrap(),
+        false,
     )
     .unwrap_err();
     match &err {
@@ -215,6 +220,19 @@ fn sdxl_config_on_sd1_checkpoint_names_the_missing_key_and_writes_nothing() {
         }
         other => panic!("expected MissingKey, got {other}"),
     }
+    // The whole pipeline fails on its first mismatching component (text_encoder_2, in
+    // diffusers' name order), and writes nothing.
+    let err = convert_single_file(
+        &dir.join("model.ckpt"),
+        &case_dir("sdxl_base").join("config"),
+        &tmp.path().join("out"),
+        &SaveOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, diff_convert::ConvertError::BadShape { ref key, .. } if key.contains("token_embedding")),
+        "{err}"
+    );
     assert!(
         !tmp.path().join("out").exists(),
         "a failed conversion must not leave an output folder"
@@ -232,6 +250,7 @@ fn checkpoint_without_text_encoder_is_a_typed_error() {
         &ckpt,
         "CLIPTextModel",
         config.as_object().unwrap(),
+        false,
     )
     .unwrap_err();
     assert!(

@@ -81,12 +81,27 @@ pub struct CallArgs {
     pub latents: Option<Tensor<4>>,
     /// `eta` (DDIM).
     pub eta: f32,
-    /// img2img / inpaint `strength` (default 0.8 SD img2img, 0.3 SDXL img2img, 1.0 inpaint).
+    /// img2img / inpaint `strength` (default 0.8 SD img2img, 0.3 SDXL img2img, 1.0 SD inpaint,
+    /// 0.9999 SDXL inpaint).
     pub strength: Option<f32>,
     /// img2img / inpaint `image`.
     pub image: Option<Vec<RgbImage>>,
+    /// SDXL img2img / inpaint `image` given as latents `[B, C, h, w]` (used instead of `image`):
+    /// diffusers takes a latent-channel tensor as is, without the VAE, e.g. a base run's
+    /// `output_type="latent"` output handed to the refiner with `denoising_start`.
+    pub image_latents: Option<Tensor<4>>,
     /// inpaint `mask_image` (white = repaint).
     pub mask_image: Option<Vec<RgbImage>>,
+    /// inpaint `masked_image_latents` `[B, C, h, w]` (already scaled by the VAE's
+    /// `scaling_factor`): used instead of VAE-encoding `image * (mask < 0.5)`, so no random
+    /// draw is made for it.
+    pub masked_image_latents: Option<Tensor<4>>,
+    /// inpaint `padding_mask_crop`: crop image and mask to the masked region grown by this
+    /// many pixels (and to the generation aspect ratio), generate there, and paste the result
+    /// back onto the original image (`get_crop_region`, `resize_mode="fill"`,
+    /// `apply_overlay`). As in diffusers it needs one image, one mask and `OutputType::Pil`;
+    /// the output images then have the original image's size.
+    pub padding_mask_crop: Option<usize>,
     /// SDXL `original_size` (height, width); default (H, W).
     pub original_size: Option<(usize, usize)>,
     /// SDXL `crops_coords_top_left`; default (0, 0).
@@ -135,7 +150,10 @@ impl Default for CallArgs {
             eta: 0.0,
             strength: None,
             image: None,
+            image_latents: None,
             mask_image: None,
+            masked_image_latents: None,
+            padding_mask_crop: None,
             original_size: None,
             crops_coords_top_left: (0, 0),
             target_size: None,
@@ -209,14 +227,29 @@ pub enum StepControl {
 /// A per-step callback.
 pub type StepCallback<'a> = dyn FnMut(&StepInfo<'_>) -> StepControl + 'a;
 
-/// Draws `randn_tensor(shape, generator)` as a float32 tensor on `device`.
-pub(crate) fn randn(
+/// Draws `randn_tensor(shape, generator, dtype=dtype)`: torch makes half and bfloat16 normals
+/// in that dtype (float32 Box–Muller rounded, with its own tail handling when the count is not
+/// a multiple of 16), so a pipeline loaded in float16 must draw in float16 to get diffusers'
+/// numbers. The values come back in a float32 tensor (they are exact in float32).
+pub(crate) fn randn_as(
     shape: [usize; 4],
     generators: &mut [TorchGenerator],
+    dtype: NoiseDtype,
     device: &Device,
 ) -> Result<Tensor<4>, PipelineError> {
-    let values = randn_tensor(&shape, generators, NoiseDtype::Float32)?;
+    let values = randn_tensor(&shape, generators, dtype)?;
     Ok(to_tensor(values, shape, device)?)
+}
+
+/// The dtype diffusers' `randn_tensor` is asked for in a pipeline whose models are in `dtype`
+/// (`prompt_embeds.dtype` for the initial latents, `model_output.dtype` for a scheduler's
+/// noise).
+pub fn noise_dtype(dtype: burn::tensor::DType) -> NoiseDtype {
+    match dtype {
+        burn::tensor::DType::F16 => NoiseDtype::Float16,
+        burn::tensor::DType::BF16 => NoiseDtype::BFloat16,
+        _ => NoiseDtype::Float32,
+    }
 }
 
 /// `noise_pred_uncond + g * (noise_pred_text - noise_pred_uncond)`, then `rescale_noise_cfg`
@@ -260,7 +293,7 @@ pub(crate) fn strength_timesteps(
     strength: f32,
 ) -> Vec<f64> {
     let init =
-        ((num_inference_steps as f64 * f64::from(strength)) as usize).min(num_inference_steps);
+        ((num_inference_steps as f64 * py_float(strength)) as usize).min(num_inference_steps);
     let t_start = num_inference_steps.saturating_sub(init);
     let order = scheduler.order();
     let all = scheduler.timesteps().to_vec();
@@ -284,22 +317,25 @@ pub(crate) fn num_train_timesteps(scheduler: &Scheduler) -> f64 {
 /// SDXL's discrete cutoff `int(round(T - fraction * T))` (Python's `round`: ties to even).
 pub(crate) fn timestep_cutoff(scheduler: &Scheduler, fraction: f32) -> f64 {
     let t = num_train_timesteps(scheduler);
-    (t - f64::from(fraction) * t).round_ties_even()
+    (t - py_float(fraction) * t).round_ties_even()
 }
 
 /// `vae.encode(image).latent_dist.sample(generator)`: one sample for the batch with one
-/// generator, or item by item with a list (as `retrieve_latents` per `image[i:i+1]`).
-pub(crate) fn encode_vae_image(
+/// generator, or item by item with a list (as `retrieve_latents` per `image[i:i+1]`), with the
+/// posterior's noise drawn in `dtype` (the VAE's dtype: `DiagonalGaussianDistribution.sample`
+/// draws with `dtype=self.parameters.dtype`).
+pub(crate) fn encode_vae_image_as(
     vae: &AutoencoderKL,
     image: Tensor<4>,
     generators: &mut [TorchGenerator],
+    dtype: NoiseDtype,
     device: &Device,
 ) -> Result<Tensor<4>, PipelineError> {
     let encode_one =
         |img: Tensor<4>, gens: &mut [TorchGenerator]| -> Result<Tensor<4>, PipelineError> {
             let dist = vae.encode(img)?;
             let shape = dist.mean.dims();
-            let noise = randn(shape, gens, device)?;
+            let noise = randn_as(shape, gens, dtype, device)?;
             dist.sample(noise)
                 .ok_or_else(|| PipelineError::arg("image", "VAE posterior and noise shapes differ"))
         };
@@ -398,5 +434,17 @@ pub(crate) fn check_size(height: usize, width: usize) -> Result<(), PipelineErro
 
 /// The default guidance scale of a class.
 pub(crate) fn default_guidance(class: PipelineClass) -> f32 {
-    if class.is_xl() { 5.0 } else { 7.5 }
+    match class {
+        // SDXL inpaint keeps SD's 7.5 (diffusers 0.42.1's `__call__` default).
+        PipelineClass::StableDiffusionXLInpaint => 7.5,
+        c if c.is_xl() => 5.0,
+        _ => 7.5,
+    }
+}
+
+/// The Python float a user's `f32` argument stands for: the shortest decimal that rounds to it,
+/// read as `f64` (`0.7f32` is 0.699999988 as `f64::from`, but the user meant Python's 0.7, and
+/// `int(10 * 0.7)` must give 7, not 6).
+pub(crate) fn py_float(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(f64::from(value))
 }

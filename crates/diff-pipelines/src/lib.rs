@@ -11,10 +11,22 @@
 //!   [`Passed`], the task class to build), then [`DiffusionPipeline::call`] with [`CallArgs`];
 //!   `swap_scheduler` (`Class.from_config(pipe.scheduler.config, **overrides)`) and `from_pipe`.
 //! - [`ClipTokenizer`]: transformers 5's `CLIPTokenizer`, id for id.
-//! - [`VaeImageProcessor`] and [`outputs`]: images in and out, PNG and safetensors files.
+//! - [`VaeImageProcessor`] and [`outputs`]: images in and out, PNG and safetensors files;
+//!   [`resample`]: Pillow's `Image.resize`, byte for byte (what diffusers resizes inputs with).
+//! - [`DiffusionPipeline::prepare_latents`]: the initial latents of a text-to-image call, drawn
+//!   in the pipeline's dtype as torch does.
+//! - [`validate::validate_pipeline`]: `validate ORIGINAL SAVED` (files and tensors through
+//!   diff-convert, tokenizers, one forward of each model on fixed inputs, with a per-dtype
+//!   tolerance).
 //!
-//! Parity: `tests/pipeline_parity.rs` replays `tests/fixtures/40-pipeline-runs` (real diffusers
-//! 0.42.1 on the bundled tiny pipelines) within 2/255 per pixel.
+//! Parity: `tests/image_processor_parity.rs` and `tests/image_pipeline_parity.rs` replay
+//! `tests/fixtures/41-image-processor` (Pillow's resize and diffusers' image processor exactly;
+//! off-size inputs, `padding_mask_crop`, `masked_image_latents` within 2/255 per pixel, and
+//! float16 / bfloat16 initial latents bit for bit).
+//! `tests/pipeline_parity.rs` replays `tests/fixtures/40-pipeline-runs` (real diffusers
+//! 0.42.1 on the bundled tiny pipelines) within 2/255 per pixel; `tests/sdxl_refiner_inpaint.rs`
+//! replays `tests/fixtures/42-sdxl` (the SDXL refiner layout `tests/fixtures/tiny-sdxl-refiner`,
+//! base -> refiner handoffs, SDXL inpaint with 4- and 9-channel UNets) with the same tolerances.
 //!
 //! **Must not know:** the network protocol (diff-hub resolves repo ids to folders, with
 //! diff-format's file selection), weight file
@@ -22,7 +34,8 @@
 //!
 //! Dependencies: `diff-format` (model_index.json and configs), `diff-hub` (repo id -> folder;
 //! `diff-hub-server` only as a dev-dependency, for the download test),
-//! `diff-schedulers`, `diff-models`, `burn` (tensors), `image` (decode/encode PNG and JPEG, resize),
+//! `diff-schedulers`, `diff-models`, `diff-convert` (the burn-free file and tensor half of
+//! `validate`; it sits below this crate and never sees burn), `burn` (tensors), `image` (decode/encode PNG and JPEG, resize),
 //! `serde`/`serde_json` (configs), `thiserror` (the typed error), `tracing` (warnings diffusers
 //! prints, such as the truncated-prompt and safety-checker ones), `safetensors` and `half` (`--out-array` float images and `--latents` input files, as the
 //! models' weights already use), `regex` (the CLIP
@@ -44,8 +57,11 @@ mod error;
 pub mod image_processor;
 pub mod outputs;
 pub mod pipeline;
+pub mod resample;
 mod stable_diffusion;
 mod stable_diffusion_xl;
+mod stable_diffusion_xl_inpaint;
+pub mod validate;
 
 /// burn's dtype and device types, re-exported for callers that pick them (the CLI).
 pub use burn::tensor::{DType, Device};

@@ -1,7 +1,7 @@
 //! `DiffusionPipeline`: loading a pipeline folder, its components and configs, swapping the
 //! scheduler, and `from_pipe`.
 //!
-//! One [`DiffusionPipeline`] type serves the five pipeline classes; its [`PipelineClass`] decides
+//! One [`DiffusionPipeline`] type serves the six pipeline classes; its [`PipelineClass`] decides
 //! which `__call__` flow runs. Components are held in `Arc`s so that `from_pipe` shares them
 //! without copying weights (the scheduler, small and stateful, is cloned as diffusers'
 //! pipelines would each mutate their own timesteps).
@@ -32,17 +32,22 @@ pub enum PipelineClass {
     StableDiffusionInpaint,
     /// `StableDiffusionXLPipeline`.
     StableDiffusionXL,
-    /// `StableDiffusionXLImg2ImgPipeline`.
+    /// `StableDiffusionXLImg2ImgPipeline` (also the refiner's class: `text_encoder_2` only,
+    /// `requires_aesthetics_score`).
     StableDiffusionXLImg2Img,
+    /// `StableDiffusionXLInpaintPipeline` (4-channel UNets such as the base's, and 9-channel
+    /// inpainting UNets).
+    StableDiffusionXLInpaint,
 }
 
 /// Every supported class, in the order listed in errors.
-pub const SUPPORTED_PIPELINES: [PipelineClass; 5] = [
+pub const SUPPORTED_PIPELINES: [PipelineClass; 6] = [
     PipelineClass::StableDiffusion,
     PipelineClass::StableDiffusionImg2Img,
     PipelineClass::StableDiffusionInpaint,
     PipelineClass::StableDiffusionXL,
     PipelineClass::StableDiffusionXLImg2Img,
+    PipelineClass::StableDiffusionXLInpaint,
 ];
 
 impl PipelineClass {
@@ -54,6 +59,7 @@ impl PipelineClass {
             PipelineClass::StableDiffusionInpaint => "StableDiffusionInpaintPipeline",
             PipelineClass::StableDiffusionXL => "StableDiffusionXLPipeline",
             PipelineClass::StableDiffusionXLImg2Img => "StableDiffusionXLImg2ImgPipeline",
+            PipelineClass::StableDiffusionXLInpaint => "StableDiffusionXLInpaintPipeline",
         }
     }
 
@@ -66,7 +72,9 @@ impl PipelineClass {
     pub fn is_xl(self) -> bool {
         matches!(
             self,
-            PipelineClass::StableDiffusionXL | PipelineClass::StableDiffusionXLImg2Img
+            PipelineClass::StableDiffusionXL
+                | PipelineClass::StableDiffusionXLImg2Img
+                | PipelineClass::StableDiffusionXLInpaint
         )
     }
 
@@ -109,10 +117,12 @@ impl PipelineClass {
             PipelineClass::StableDiffusionXL => {
                 vec![("force_zeros_for_empty_prompt", Value::Bool(true))]
             }
-            PipelineClass::StableDiffusionXLImg2Img => vec![
-                ("requires_aesthetics_score", Value::Bool(false)),
-                ("force_zeros_for_empty_prompt", Value::Bool(true)),
-            ],
+            PipelineClass::StableDiffusionXLImg2Img | PipelineClass::StableDiffusionXLInpaint => {
+                vec![
+                    ("requires_aesthetics_score", Value::Bool(false)),
+                    ("force_zeros_for_empty_prompt", Value::Bool(true)),
+                ]
+            }
         }
     }
 }
@@ -442,6 +452,7 @@ impl DiffusionPipeline {
             )?;
         }
         apply_passed(&mut comps, passed);
+        record_passed_configs(&mut comps, passed);
         if !class.is_xl() {
             patch_outdated_scheduler(&mut comps)?;
         }
@@ -641,6 +652,7 @@ impl DiffusionPipeline {
     ) -> Result<Self, PipelineError> {
         let mut comps = self.components.clone();
         apply_passed(&mut comps, passed);
+        record_passed_configs(&mut comps, passed);
         let mut merged = BTreeMap::new();
         for (key, default) in class.scalar_defaults() {
             let value = config
@@ -782,6 +794,35 @@ fn apply_passed(comps: &mut Components, passed: &PassedComponents) {
     apply(&mut comps.feature_extractor, &passed.feature_extractor);
     if matches!(passed.safety_checker, Passed::Drop) {
         comps.entries.insert("safety_checker".into(), None);
+    }
+}
+
+/// A UNet or VAE passed in (`unet=` / `vae=`) brings its own config, which diffusers reads as
+/// `pipe.unet.config`: record it, so that `component_config` and what is sized from the configs
+/// (the VAE scale factor, the UNet's input channels) describe the model in use. A dropped
+/// component has no config.
+fn record_passed_configs(comps: &mut Components, passed: &PassedComponents) {
+    fn record<C: serde::Serialize>(comps: &mut Components, name: &str, config: &C) {
+        match serde_json::to_value(config) {
+            Ok(Value::Object(map)) => {
+                comps.configs.insert(name.to_string(), Arc::new(map));
+            }
+            _ => tracing::warn!("{name}: the passed model's config could not be recorded"),
+        }
+    }
+    match &passed.unet {
+        Passed::Replace(unet) => record(comps, "unet", &unet.config),
+        Passed::Drop => {
+            comps.configs.remove("unet");
+        }
+        Passed::Default => {}
+    }
+    match &passed.vae {
+        Passed::Replace(vae) => record(comps, "vae", &vae.config),
+        Passed::Drop => {
+            comps.configs.remove("vae");
+        }
+        Passed::Default => {}
     }
 }
 

@@ -13,11 +13,12 @@
 
 use crate::call::{
     CallArgs, OutputType, PipelineOutput, StepCallback, StepControl, StepInfo, check_size,
-    decode_latents, default_guidance, encode_vae_image, guide, randn, strength_timesteps,
+    decode_latents, default_guidance, encode_vae_image_as, guide, noise_dtype, randn_as,
+    strength_timesteps,
 };
 use crate::clip_tokenizer::ClipTokenizer;
 use crate::error::PipelineError;
-use crate::image_processor::VaeImageProcessor;
+use crate::image_processor::{FloatImages, ResizeMode, VaeImageProcessor, get_crop_region};
 use crate::pipeline::{DiffusionPipeline, PipelineClass};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use diff_models::{CLIPTextModel, UNet2DConditionInput};
@@ -113,8 +114,24 @@ fn encode_text(
     }
 }
 
+/// The generation size when the caller leaves it out: text-to-image defaults both when either
+/// is missing or 0 (`if not height or not width`), inpaint each on its own (`height or ...`).
+fn default_size(
+    class: PipelineClass,
+    height: Option<usize>,
+    width: Option<usize>,
+    default: usize,
+) -> (usize, usize) {
+    let (h, w) = (height.filter(|h| *h > 0), width.filter(|w| *w > 0));
+    match (class, h, w) {
+        (PipelineClass::StableDiffusion, Some(h), Some(w)) => (h, w),
+        (PipelineClass::StableDiffusion, _, _) => (default, default),
+        _ => (h.unwrap_or(default), w.unwrap_or(default)),
+    }
+}
+
 /// `guidance_scale - 1` embedded as LCM's `get_guidance_scale_embedding`.
-fn guidance_embedding(w: f32, dim: usize, batch: usize, device: &Device) -> Tensor<2> {
+pub(crate) fn guidance_embedding(w: f32, dim: usize, batch: usize, device: &Device) -> Tensor<2> {
     let half = dim / 2;
     let w = (w - 1.0) * 1000.0;
     let scale = (10000f32).ln() / (half.saturating_sub(1).max(1)) as f32;
@@ -140,6 +157,47 @@ impl DiffusionPipeline {
         } else {
             self.call_sd(args, callback)
         }
+    }
+
+    /// diffusers' text-to-image `prepare_latents`, the initial latents a text-to-image `call`
+    /// with `args` starts from: `randn_tensor(shape, generator, dtype=prompt_embeds.dtype)`
+    /// drawn in the pipeline's dtype (torch's float16 / bfloat16 normals are not the float32
+    /// ones rounded), or the given `latents`, times the scheduler's `init_noise_sigma`.
+    /// `shape` is `[batch * num_images_per_prompt, C, height / f, width / f]` with the call's
+    /// default height and width.
+    pub fn prepare_latents(&self, args: &CallArgs) -> Result<Tensor<4>, PipelineError> {
+        let factor = self.vae_scale_factor();
+        let sample_size = self.config_usize("unet", "sample_size").unwrap_or(64);
+        let channels = self.config_usize("unet", "in_channels").unwrap_or(4);
+        let (height, width) =
+            default_size(self.class(), args.height, args.width, sample_size * factor);
+        check_size(height, width)?;
+        let batch = match &args.prompt_embeds {
+            Some(e) => e.dims()[0],
+            None => args.prompt.len(),
+        };
+        let total = batch * args.num_images_per_prompt.max(1);
+        let mut scheduler = self.require(self.scheduler(), "scheduler")?.clone();
+        scheduler.set_timesteps(args.num_inference_steps)?;
+        let sigma0 = scheduler.init_noise_sigma();
+        if let Some(l) = &args.latents {
+            return Ok(l.clone().mul_scalar(sigma0));
+        }
+        let mut gens = args.generator.build();
+        if gens.len() > 1 && gens.len() != total {
+            return Err(PipelineError::arg(
+                "generator",
+                format!(
+                    "You have passed a list of generators of length {}, but requested an effective batch size of {total}. Make sure the batch size matches the length of the generators.",
+                    gens.len()
+                ),
+            ));
+        }
+        let shape = [total, channels, height / factor, width / factor];
+        Ok(
+            randn_as(shape, &mut gens, noise_dtype(self.dtype()), self.device())?
+                .mul_scalar(sigma0),
+        )
     }
 
     /// SD 1.x/2.x `encode_prompt`: `(prompt_embeds, negative_prompt_embeds)`, both repeated
@@ -205,12 +263,36 @@ impl DiffusionPipeline {
                     .ok_or_else(|| PipelineError::arg("image", "no image given"))?;
                 processor.default_height_width(first.dimensions(), args.height, args.width)
             }
-            _ => (
-                args.height.unwrap_or(sample_size * factor),
-                args.width.unwrap_or(sample_size * factor),
-            ),
+            _ => default_size(class, args.height, args.width, sample_size * factor),
         };
-        check_size(height, width)?;
+        match class {
+            // img2img takes no height/width in diffusers: the image's size rounded down to the
+            // scale factor is used as is.
+            PipelineClass::StableDiffusionImg2Img => {
+                if height == 0 || width == 0 {
+                    return Err(PipelineError::arg(
+                        "image",
+                        format!(
+                            "image size {width}x{height} is smaller than the VAE scale factor {factor}"
+                        ),
+                    ));
+                }
+            }
+            // The inpaint pipeline checks multiples of the VAE scale factor (its message still
+            // says 8).
+            PipelineClass::StableDiffusionInpaint => {
+                if height % factor != 0 || width % factor != 0 || height == 0 || width == 0 {
+                    return Err(PipelineError::arg(
+                        "height/width",
+                        format!(
+                            "`height` and `width` have to be divisible by 8 but are {height} and {width}."
+                        ),
+                    ));
+                }
+            }
+            _ => check_size(height, width)?,
+        }
+        let noise = noise_dtype(self.dtype());
         let strength = args.strength.unwrap_or(match class {
             PipelineClass::StableDiffusionImg2Img => 0.8,
             _ => 1.0,
@@ -263,11 +345,28 @@ impl DiffusionPipeline {
         // Inpaint state: mask and masked-image latents (doubled for CFG), the clean image
         // latents and the noise for the legacy 4-channel blend.
         let mut inpaint: Option<(Tensor<4>, Tensor<4>, Option<Tensor<4>>, Tensor<4>)> = None;
+        // padding_mask_crop: the crop box and the original image and mask, for apply_overlay.
+        type Overlay = (
+            crate::image_processor::CropBox,
+            Vec<image::RgbImage>,
+            Vec<image::RgbImage>,
+        );
+        let mut overlay: Option<Overlay> = None;
 
         let mut latents = match class {
             PipelineClass::StableDiffusion => match &args.latents {
+                // diffusers fails deep in the UNet on a wrongly shaped `latents`; name it here.
+                Some(l) if l.dims() != shape => {
+                    return Err(PipelineError::arg(
+                        "latents",
+                        format!(
+                            "`latents` has shape {:?}, expected {shape:?} ([batch * num_images_per_prompt, channels, height / {factor}, width / {factor}])",
+                            l.dims()
+                        ),
+                    ));
+                }
                 Some(l) => l.clone().mul_scalar(sigma0),
-                None => randn(shape, &mut gens, &device)?.mul_scalar(sigma0),
+                None => randn_as(shape, &mut gens, noise, &device)?.mul_scalar(sigma0),
             },
             PipelineClass::StableDiffusionImg2Img => {
                 let images = args
@@ -287,7 +386,7 @@ impl DiffusionPipeline {
                     }
                     image = image.repeat_dim(0, total / n_img);
                 }
-                let mut init = encode_vae_image(vae, image, &mut gens, &device)?;
+                let mut init = encode_vae_image_as(vae, image, &mut gens, noise, &device)?;
                 let n_lat = init.dims()[0];
                 if total > n_lat {
                     if total % n_lat != 0 {
@@ -300,7 +399,7 @@ impl DiffusionPipeline {
                     }
                     init = init.repeat_dim(0, total / n_lat);
                 }
-                let noise = randn(init.dims(), &mut gens, &device)?;
+                let noise = randn_as(init.dims(), &mut gens, noise, &device)?;
                 scheduler.add_noise(init, noise, &vec![first_t; total])?
             }
             PipelineClass::StableDiffusionInpaint => {
@@ -319,38 +418,131 @@ impl DiffusionPipeline {
                         ),
                     ));
                 }
-                let init_image =
-                    processor.preprocess(images, Some(height), Some(width), &device)?;
+                // padding_mask_crop: crop both to the masked region grown to the generation
+                // aspect, and fit them with resize_mode "fill".
+                let (crops_coords, resize_mode) = match args.padding_mask_crop {
+                    Some(pad) => {
+                        let (image, mask) = match (images.as_slice(), masks.as_slice()) {
+                            ([i], [m]) => (i, m),
+                            _ => {
+                                return Err(PipelineError::arg(
+                                    "padding_mask_crop",
+                                    format!(
+                                        "inpainting mask crop needs one image and one mask, got {} and {}",
+                                        images.len(),
+                                        masks.len()
+                                    ),
+                                ));
+                            }
+                        };
+                        if args.output_type != OutputType::Pil {
+                            return Err(PipelineError::arg(
+                                "output_type",
+                                format!(
+                                    "The output type should be PIL when inpainting mask crop, but is {:?}.",
+                                    args.output_type
+                                ),
+                            ));
+                        }
+                        if image.dimensions() != mask.dimensions() {
+                            return Err(PipelineError::arg(
+                                "mask_image",
+                                format!(
+                                    "with padding_mask_crop the mask ({}x{}) must have the image's size ({}x{})",
+                                    mask.width(),
+                                    mask.height(),
+                                    image.width(),
+                                    image.height()
+                                ),
+                            ));
+                        }
+                        (
+                            Some(get_crop_region(mask, width, height, pad)?),
+                            ResizeMode::Fill,
+                        )
+                    }
+                    None => (None, ResizeMode::Default),
+                };
+                overlay = crops_coords.map(|c| (c, images.clone(), masks.clone()));
+                let init_image = processor.preprocess_with(
+                    images,
+                    Some(height),
+                    Some(width),
+                    resize_mode,
+                    crops_coords,
+                    &device,
+                )?;
                 let is_strength_max = strength == 1.0;
                 let return_image_latents = unet_channels == 4;
-                let image_latents =
-                    if return_image_latents || (args.latents.is_none() && !is_strength_max) {
-                        let l = encode_vae_image(vae, init_image.clone(), &mut gens, &device)?;
-                        let n_lat = l.dims()[0];
-                        Some(l.repeat_dim(0, (total / n_lat.max(1)).max(1)))
-                    } else {
-                        None
-                    };
-                let (latents, noise) = match &args.latents {
+                let image_latents = if return_image_latents
+                    || (args.latents.is_none() && !is_strength_max)
+                {
+                    let l =
+                        encode_vae_image_as(vae, init_image.clone(), &mut gens, noise, &device)?;
+                    let n_lat = l.dims()[0];
+                    Some(l.repeat_dim(0, (total / n_lat.max(1)).max(1)))
+                } else {
+                    None
+                };
+                let (latents, noise_t) = match &args.latents {
                     Some(l) => (l.clone().mul_scalar(sigma0), l.clone()),
                     None => {
-                        let noise = randn(shape, &mut gens, &device)?;
+                        let drawn = randn_as(shape, &mut gens, noise, &device)?;
                         let latents = if is_strength_max {
-                            noise.clone().mul_scalar(sigma0)
+                            drawn.clone().mul_scalar(sigma0)
                         } else {
                             let il = image_latents
                                 .clone()
                                 .ok_or_else(|| PipelineError::arg("image", "no image latents"))?;
-                            scheduler.add_noise(il, noise.clone(), &vec![first_t; total])?
+                            scheduler.add_noise(il, drawn.clone(), &vec![first_t; total])?
                         };
-                        (latents, noise)
+                        (latents, drawn)
                     }
                 };
-                let mask_condition = processor.preprocess_mask(masks, height, width, &device)?;
-                let keep = mask_condition.clone().lower_elem(0.5).float();
-                let masked_image = init_image * keep;
-                let mask = nearest_downsample(mask_condition, height / factor, width / factor);
-                let masked_latents = encode_vae_image(vae, masked_image, &mut gens, &device)?;
+                let mask_condition = processor.preprocess_mask_with(
+                    masks,
+                    height,
+                    width,
+                    resize_mode,
+                    crops_coords,
+                    &device,
+                )?;
+                let mask =
+                    nearest_downsample(mask_condition.clone(), height / factor, width / factor);
+                let masked_latents = match &args.masked_image_latents {
+                    // Given latents are used as they are: no VAE pass, no random draw.
+                    Some(given) => {
+                        let c = given.dims()[1];
+                        if c != latent_channels {
+                            return Err(PipelineError::arg(
+                                "masked_image_latents",
+                                format!(
+                                    "masked_image_latents must have the VAE's {latent_channels} latent channels, got shape {:?}",
+                                    given.dims()
+                                ),
+                            ));
+                        }
+                        given.clone()
+                    }
+                    None => {
+                        let keep = mask_condition.lower_elem(0.5).float();
+                        let masked_image = init_image * keep;
+                        encode_vae_image_as(vae, masked_image, &mut gens, noise, &device)?
+                    }
+                };
+                for (what, n) in [
+                    ("mask_image", mask.dims()[0]),
+                    ("masked_image_latents", masked_latents.dims()[0]),
+                ] {
+                    if n == 0 || total % n != 0 {
+                        return Err(PipelineError::arg(
+                            what,
+                            format!(
+                                "{what} of batch size {n} cannot be duplicated to the total batch size {total}"
+                            ),
+                        ));
+                    }
+                }
                 let dup = |t: Tensor<4>| {
                     let n = t.dims()[0];
                     let t = t.repeat_dim(0, (total / n.max(1)).max(1));
@@ -360,14 +552,29 @@ impl DiffusionPipeline {
                         t
                     }
                 };
+                if unet_channels != 4 {
+                    let got = latent_channels + 1 + masked_latents.dims()[1];
+                    if got != unet_channels {
+                        return Err(PipelineError::arg(
+                            "unet",
+                            format!(
+                                "the unet expects {unet_channels} input channels but latents, mask and masked_image_latents give {got}"
+                            ),
+                        ));
+                    }
+                }
+                let noise = noise_t;
                 inpaint = Some((dup(mask), dup(masked_latents), image_latents, noise));
                 latents
             }
             _ => unreachable_class(class)?,
         };
 
+        // Ancestral / eta noise is drawn in the model's dtype, as
+        // `randn_tensor(..., dtype=model_output.dtype)` does.
         let step_options = StepOptions {
             eta: Some(args.eta),
+            noise_dtype: noise,
             ..StepOptions::default()
         };
         let timestep_cond = time_cond_dim.map(|d| guidance_embedding(guidance, d, total, &device));
@@ -421,6 +628,12 @@ impl DiffusionPipeline {
             OutputType::Latent => (None, None),
             _ => {
                 let (images, flags) = decode_latents(self, vae, latents.clone())?;
+                let images = match &overlay {
+                    Some((crop, originals, masks)) => {
+                        apply_overlays(&processor, &images, *crop, originals, masks)?
+                    }
+                    None => images,
+                };
                 (Some(images), flags)
             }
         };
@@ -431,6 +644,32 @@ impl DiffusionPipeline {
             interrupted,
         })
     }
+}
+
+/// The inpaint pipeline's last step with `padding_mask_crop`: each generated image (rounded to
+/// 8 bits, as `output_type="pil"`) is pasted into the crop box of the original image through
+/// the mask (`apply_overlay`); the result has the original's size.
+pub(crate) fn apply_overlays(
+    processor: &VaeImageProcessor,
+    images: &FloatImages,
+    crop: crate::image_processor::CropBox,
+    originals: &[image::RgbImage],
+    masks: &[image::RgbImage],
+) -> Result<FloatImages, PipelineError> {
+    let (Some(original), Some(mask)) = (originals.first(), masks.first()) else {
+        return Err(PipelineError::arg("image", "no image to overlay on"));
+    };
+    let mut data = Vec::new();
+    for generated in images.to_rgb8_all() {
+        let out = processor.apply_overlay(mask, original, &generated, Some(crop))?;
+        data.extend(out.as_raw().iter().map(|&v| f32::from(v) / 255.0));
+    }
+    Ok(FloatImages {
+        count: images.count,
+        height: original.height() as usize,
+        width: original.width() as usize,
+        data,
+    })
 }
 
 /// `F.interpolate(mask, size=(h, w))` (mode "nearest": source index `floor(i * in / out)`).

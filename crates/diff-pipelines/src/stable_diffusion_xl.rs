@@ -1,24 +1,37 @@
-//! `StableDiffusionXLPipeline` and `StableDiffusionXLImg2ImgPipeline` `__call__`.
+//! `StableDiffusionXLPipeline`, `StableDiffusionXLImg2ImgPipeline` (also the refiner's class) and
+//! `StableDiffusionXLInpaintPipeline` `__call__` (the inpaint-only parts are in
+//! `stable_diffusion_xl_inpaint.rs`).
 //!
 //! Differences from SD 1.x (diffusers 0.42.1): two text encoders whose penultimate hidden states
 //! (`hidden_states[-2]`, no final layer norm; `-(clip_skip + 2)` with clip_skip) are
-//! concatenated on the feature axis; the pooled, projected embedding of `text_encoder_2` and six
-//! "time ids" (original size, crop, target size) go to the UNet's added conditioning; the
-//! negative embeddings are zeros when there is no negative prompt and
-//! `force_zeros_for_empty_prompt` is set; `set_begin_index(0)` before the loop.
+//! concatenated on the feature axis; the pooled, projected embedding of `text_encoder_2` and the
+//! "time ids" go to the UNet's added conditioning; the negative embeddings are zeros when there is
+//! no negative prompt and `force_zeros_for_empty_prompt` is set; `set_begin_index(0)` before the
+//! text-to-image loop.
+//!
+//! The refiner layout (`text_encoder` / `tokenizer` null) encodes with `text_encoder_2` alone, and
+//! with `requires_aesthetics_score` its time ids are original size + crop + aesthetic score (5
+//! per row) instead of original size + crop + target size (6). img2img and inpaint share
+//! `get_timesteps` (strength, or `denoising_start` which ignores strength and adds no noise) and
+//! `_get_add_time_ids`, including diffusers' checks of the time-id width against the UNet's
+//! `projection_class_embeddings_input_dim`.
 
 use crate::call::{
     CallArgs, OutputType, PipelineOutput, StepCallback, StepControl, StepInfo, check_size,
-    decode_latents, default_guidance, encode_vae_image, guide, randn, strength_timesteps,
-    timestep_cutoff,
+    decode_latents, default_guidance, encode_vae_image_as, guide, noise_dtype, randn_as,
+    strength_timesteps, timestep_cutoff,
 };
 use crate::error::PipelineError;
 use crate::image_processor::VaeImageProcessor;
 use crate::pipeline::{DiffusionPipeline, PipelineClass};
-use crate::stable_diffusion::{negative_prompts, repeat_per_prompt, repeat_rows, tokenize};
-use burn::tensor::{Tensor, TensorData};
-use diff_models::UNet2DConditionInput;
-use diff_schedulers::{StepOptions, to_tensor};
+use crate::stable_diffusion::{
+    guidance_embedding, negative_prompts, repeat_per_prompt, repeat_rows, tokenize,
+};
+use crate::stable_diffusion_xl_inpaint::XlInpaint;
+use burn::tensor::{Device, Tensor, TensorData};
+use diff_format::configs::unet::SampleSize;
+use diff_models::{AutoencoderKL, UNet2DConditionInput, UNet2DConditionModel};
+use diff_schedulers::{NoiseDtype, Scheduler, StepOptions, TorchGenerator, to_tensor};
 use serde_json::Value;
 
 /// SDXL prompt embeddings: `[B*n, 77, C1 + C2]` and pooled `[B*n, P]`, with the negatives when
@@ -47,6 +60,142 @@ fn hidden_index(len: usize, clip_skip: Option<usize>) -> Result<usize, PipelineE
     })
 }
 
+fn to_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// `unet.config.sample_size` (the first side of a `[height, width]` pair), 128 when absent.
+fn unet_sample_size(unet: &UNet2DConditionModel) -> usize {
+    match &unet.config.sample_size {
+        Some(SampleSize::Square(s)) => to_usize(*s),
+        Some(SampleSize::HeightWidth(v)) => v.first().copied().map_or(128, to_usize),
+        None => 128,
+    }
+}
+
+/// The Python tuple `a + b + c` of `_get_add_time_ids`, as floats.
+fn time_row(a: (usize, usize), b: (usize, usize), tail: &[f32]) -> Vec<f32> {
+    let mut v = vec![a.0 as f32, a.1 as f32, b.0 as f32, b.1 as f32];
+    v.extend_from_slice(tail);
+    v
+}
+
+/// SDXL img2img / inpaint `get_timesteps`: the tail of the schedule for `strength`, or (with a
+/// valid `denoising_start`) the timesteps below `denoising_start`'s cutoff, strength ignored.
+/// Sets the scheduler's begin index as diffusers does.
+fn xl_get_timesteps(
+    scheduler: &mut Scheduler,
+    num_inference_steps: usize,
+    strength: f32,
+    denoising_start: Option<f32>,
+) -> Vec<f64> {
+    let Some(start) = denoising_start else {
+        return strength_timesteps(scheduler, num_inference_steps, strength);
+    };
+    let cutoff = timestep_cutoff(scheduler, start);
+    let all = scheduler.timesteps().to_vec();
+    let mut n = all.iter().filter(|t| **t < cutoff).count();
+    // A second-order scheduler duplicates every timestep but the first: an even count would
+    // cut between the two derivative evaluations of one step.
+    if scheduler.order() == 2 && n % 2 == 0 {
+        n += 1;
+    }
+    let t_start = all.len().saturating_sub(n);
+    scheduler.set_begin_index(t_start);
+    all.get(t_start..).map(<[f64]>::to_vec).unwrap_or_default()
+}
+
+/// diffusers' check of the added-conditioning width in `_get_add_time_ids`:
+/// `addition_time_embed_dim * len(time ids) + projection dim` must equal the UNet's
+/// `projection_class_embeddings_input_dim` (`add_embedding.linear_1.in_features`). The img2img
+/// and inpaint classes (`aesthetics_hint`) say which way `requires_aesthetics_score` is wrong
+/// when the widths differ by one time id.
+fn check_add_embed_dim(
+    unet: &UNet2DConditionModel,
+    n_ids: usize,
+    projection_dim: usize,
+    aesthetics_hint: Option<(f32, f32)>,
+    target_size: (usize, usize),
+) -> Result<(), PipelineError> {
+    let (Some(per_id), Some(expected)) = (
+        unet.config.addition_time_embed_dim,
+        unet.config.projection_class_embeddings_input_dim,
+    ) else {
+        return Ok(());
+    };
+    let (per_id, expected) = (to_usize(per_id), to_usize(expected));
+    let passed = per_id.saturating_mul(n_ids).saturating_add(projection_dim);
+    let head = format!(
+        "Model expects an added time embedding vector of length {expected}, but a vector of {passed} was created."
+    );
+    // diffusers 0.42.1 gives these two hints the wrong way round (it asks to enable the score
+    // when the UNet wants one id more, i.e. the 6-id layout); ours name the fix that works.
+    let aesthetic = aesthetics_hint.unwrap_or_default();
+    if aesthetics_hint.is_some() && passed > expected && passed - expected == per_id {
+        Err(PipelineError::arg(
+            "requires_aesthetics_score",
+            format!(
+                "{head} The UNet takes 5 time ids (a refiner): enable `requires_aesthetics_score` (`pipe.register_to_config(requires_aesthetics_score=True)`, or `requires_aesthetics_score: true` in model_index.json) so that `aesthetic_score` {} and `negative_aesthetic_score` {} are used.",
+                aesthetic.0, aesthetic.1
+            ),
+        ))
+    } else if aesthetics_hint.is_some() && expected > passed && expected - passed == per_id {
+        Err(PipelineError::arg(
+            "requires_aesthetics_score",
+            format!(
+                "{head} The UNet takes 6 time ids (a base model): disable `requires_aesthetics_score` (`pipe.register_to_config(requires_aesthetics_score=False)`) so that `target_size` {target_size:?} is used."
+            ),
+        ))
+    } else if passed != expected {
+        Err(PipelineError::arg(
+            "unet",
+            format!(
+                "{head} The model has an incorrect config. Please check `unet.config.time_embedding_type` and `text_encoder_2.config.projection_dim`."
+            ),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The added time ids of one run, `[rows, 5 or 6]`: the positive row per image, and with CFG
+/// the negative rows first.
+struct TimeIds {
+    pos: Vec<f32>,
+    neg: Vec<f32>,
+}
+
+impl TimeIds {
+    fn tensor(
+        &self,
+        total: usize,
+        do_cfg: bool,
+        img2img_order: bool,
+        device: &Device,
+    ) -> Tensor<2> {
+        let width = self.pos.len().max(1);
+        let rows = |v: &[f32], times: usize| -> Vec<f32> {
+            (0..times).flat_map(|_| v.iter().copied()).collect()
+        };
+        let data = match (do_cfg, img2img_order) {
+            (false, _) => rows(&self.pos, total),
+            // txt2img: cat([neg, pos]) then repeat(B*n, 1): [neg, pos, neg, pos, ...].
+            (true, false) => {
+                let pair: Vec<f32> = self.neg.iter().chain(self.pos.iter()).copied().collect();
+                rows(&pair, total)
+            }
+            // img2img / inpaint: repeat each, then cat: [neg x B*n, pos x B*n].
+            (true, true) => {
+                let mut v = rows(&self.neg, total);
+                v.extend(rows(&self.pos, total));
+                v
+            }
+        };
+        let n = data.len() / width;
+        Tensor::from_data(TensorData::new(data, [n, width]), device)
+    }
+}
+
 impl DiffusionPipeline {
     /// Encodes one side (prompts or negative prompts) with both encoders: the concatenated
     /// hidden states and the pooled projection of `text_encoder_2`.
@@ -58,19 +207,25 @@ impl DiffusionPipeline {
     ) -> Result<(Tensor<3>, Tensor<2>), PipelineError> {
         let device = self.device();
         let mut parts = Vec::new();
-        if let (Some(tok), Some(te)) = (self.tokenizer(), self.text_encoder()) {
-            let out = te.forward(tokenize(tok, prompts, device))?;
-            let idx = hidden_index(out.hidden_states.len(), clip_skip)?;
-            parts.push(
-                out.hidden_states
-                    .get(idx)
-                    .cloned()
-                    .ok_or_else(|| PipelineError::arg("clip_skip", "no such hidden state"))?,
-            );
-        }
+        // diffusers zips `[prompt, prompt_2]` with the tokenizers present: without the first
+        // text encoder (the refiner) `text_encoder_2` gets `prompt`, and `prompt_2` is unused.
+        let second_prompts = match (self.tokenizer(), self.text_encoder()) {
+            (Some(tok), Some(te)) => {
+                let out = te.forward(tokenize(tok, prompts, device))?;
+                let idx = hidden_index(out.hidden_states.len(), clip_skip)?;
+                parts.push(
+                    out.hidden_states
+                        .get(idx)
+                        .cloned()
+                        .ok_or_else(|| PipelineError::arg("clip_skip", "no such hidden state"))?,
+                );
+                prompts_2
+            }
+            _ => prompts,
+        };
         let tok2 = self.require(self.tokenizer_2(), "tokenizer_2")?;
         let te2 = self.require(self.text_encoder_2(), "text_encoder_2")?;
-        let out = te2.forward(tokenize(tok2, prompts_2, device))?;
+        let out = te2.forward(tokenize(tok2, second_prompts, device))?;
         let idx = hidden_index(out.hidden_states.len(), clip_skip)?;
         parts.push(
             out.hidden_states
@@ -136,6 +291,113 @@ impl DiffusionPipeline {
         })
     }
 
+    /// `requires_aesthetics_score` from the pipeline config (false by default).
+    fn requires_aesthetics_score(&self) -> bool {
+        self.config()
+            .get("requires_aesthetics_score")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// The VAE's `latents_mean` / `latents_std` (some SDXL fine-tunes), as `[1, C, 1, 1]`.
+    fn latents_stats(
+        &self,
+        device: &Device,
+    ) -> Result<Option<(Tensor<4>, Tensor<4>)>, PipelineError> {
+        let stats = |key: &str| -> Option<Vec<f32>> {
+            self.config_value("vae", key)?
+                .as_array()?
+                .iter()
+                .map(|v| v.as_f64().map(|f| f as f32))
+                .collect()
+        };
+        let (Some(mean), Some(std)) = (stats("latents_mean"), stats("latents_std")) else {
+            return Ok(None);
+        };
+        let (cm, cs) = (mean.len(), std.len());
+        Ok(Some((
+            to_tensor(mean, [1, cm, 1, 1], device)?,
+            to_tensor(std, [1, cs, 1, 1], device)?,
+        )))
+    }
+
+    /// SDXL img2img `prepare_latents`: the init image's latents (VAE posterior sample, or the
+    /// `image_latents` given), repeated to the batch, noised to the first timestep unless
+    /// `denoising_start` was given.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_img2img_latents(
+        &self,
+        args: &CallArgs,
+        vae: &AutoencoderKL,
+        processor: &VaeImageProcessor,
+        size: (usize, usize),
+        total: usize,
+        gens: &mut [TorchGenerator],
+        scheduler: &Scheduler,
+        first_t: f64,
+    ) -> Result<Tensor<4>, PipelineError> {
+        let device = self.device().clone();
+        let mut init = if let Some(latents) = &args.image_latents {
+            latents.clone()
+        } else {
+            let images = args
+                .image
+                .as_ref()
+                .ok_or_else(|| PipelineError::arg("image", "img2img needs an `image`"))?;
+            let mut image = processor.preprocess(images, Some(size.0), Some(size.1), &device)?;
+            let n_img = image.dims()[0];
+            if gens.len() > 1 && n_img < total {
+                if !total.is_multiple_of(n_img) {
+                    return Err(PipelineError::arg(
+                        "image",
+                        format!(
+                            "Cannot duplicate `image` of batch size {n_img} to effective batch_size {total} "
+                        ),
+                    ));
+                }
+                image = image.repeat_dim(0, total / n_img);
+            }
+            // SDXL upcasts a `force_upcast` VAE to float32 for encoding, so its posterior
+            // sample is drawn in float32.
+            let vae_noise = if vae.force_upcast() {
+                NoiseDtype::Float32
+            } else {
+                noise_dtype(self.dtype())
+            };
+            let mut init = encode_vae_image_as(vae, image, gens, vae_noise, &device)?;
+            if let Some((mean, std)) = self.latents_stats(&device)? {
+                // encode_vae_image scaled by sf: (x - mean) * sf / std = (x * sf - mean * sf) / std.
+                let sf = vae.scaling_factor() as f32;
+                init = (init - mean.mul_scalar(sf)) / std;
+            }
+            init
+        };
+        let n_lat = init.dims()[0].max(1);
+        if n_lat > total {
+            return Err(PipelineError::arg(
+                "image",
+                format!("`image` has batch size {n_lat}, more than the {total} images requested."),
+            ));
+        }
+        if total > n_lat {
+            if !total.is_multiple_of(n_lat) {
+                return Err(PipelineError::arg(
+                    "image",
+                    format!(
+                        "Cannot duplicate `image` of batch size {n_lat} to {total} text prompts."
+                    ),
+                ));
+            }
+            init = init.repeat_dim(0, total / n_lat);
+        }
+        if args.denoising_start.is_some() {
+            // add_noise=False: the latents are already partly denoised (a base run's output).
+            return Ok(init);
+        }
+        let noise = randn_as(init.dims(), gens, noise_dtype(self.dtype()), &device)?;
+        Ok(scheduler.add_noise(init, noise, &vec![first_t; total])?)
+    }
+
     pub(crate) fn call_xl(
         &self,
         args: &CallArgs,
@@ -147,25 +409,35 @@ impl DiffusionPipeline {
         let vae = self.require(self.vae(), "vae")?;
         let factor = self.vae_scale_factor();
         let processor = VaeImageProcessor::new(factor);
-        let sample_size = self.config_usize("unet", "sample_size").unwrap_or(128);
+        let sample_size = unet_sample_size(unet);
         let latent_channels = self.config_usize("vae", "latent_channels").unwrap_or(4);
         let img2img = class == PipelineClass::StableDiffusionXLImg2Img;
+        let inpaint = class == PipelineClass::StableDiffusionXLInpaint;
 
-        let (height, width) = match (img2img, &args.image) {
-            (true, Some(images)) => {
-                let first = images
-                    .first()
-                    .ok_or_else(|| PipelineError::arg("image", "no image given"))?;
-                processor.default_height_width(first.dimensions(), args.height, args.width)
+        let (height, width) = if img2img {
+            match (&args.image_latents, &args.image) {
+                (Some(l), _) => {
+                    let [_, _, h, w] = l.dims();
+                    (h * factor, w * factor)
+                }
+                (None, Some(images)) => {
+                    let first = images
+                        .first()
+                        .ok_or_else(|| PipelineError::arg("image", "no image given"))?;
+                    processor.default_height_width(first.dimensions(), args.height, args.width)
+                }
+                (None, None) => {
+                    return Err(PipelineError::arg("image", "img2img needs an `image`"));
+                }
             }
-            (true, None) => return Err(PipelineError::arg("image", "img2img needs an `image`")),
-            _ => (
+        } else {
+            (
                 args.height.unwrap_or(sample_size * factor),
                 args.width.unwrap_or(sample_size * factor),
-            ),
+            )
         };
         check_size(height, width)?;
-        let strength = args.strength.unwrap_or(0.3);
+        let strength = args.strength.unwrap_or(if inpaint { 0.9999 } else { 0.3 });
         if !(0.0..=1.0).contains(&strength) {
             return Err(PipelineError::arg(
                 "strength",
@@ -173,7 +445,7 @@ impl DiffusionPipeline {
             ));
         }
         let guidance = args.guidance_scale.unwrap_or(default_guidance(class));
-        let do_cfg = guidance > 1.0 && self.config_usize("unet", "time_cond_proj_dim").is_none();
+        let do_cfg = guidance > 1.0 && unet.config.time_cond_proj_dim.is_none();
 
         let embeds = self.encode_prompt_xl(args, do_cfg)?;
         let total = embeds.prompt_embeds.dims()[0];
@@ -191,7 +463,7 @@ impl DiffusionPipeline {
         let mut scheduler = self.require(self.scheduler(), "scheduler")?.clone();
         scheduler.set_timesteps(args.num_inference_steps)?;
         let valid = |f: Option<f32>| f.filter(|v| *v > 0.0 && *v < 1.0);
-        let denoising_start = if img2img {
+        let denoising_start = if img2img || inpaint {
             valid(args.denoising_start)
         } else {
             None
@@ -207,91 +479,88 @@ impl DiffusionPipeline {
                 ),
             ));
         }
-        let mut timesteps = match (img2img, denoising_start) {
-            (true, None) => strength_timesteps(&mut scheduler, args.num_inference_steps, strength),
-            (true, Some(start)) => {
-                // Strength is ignored: start at the timestep `denoising_start` names.
-                let cutoff = timestep_cutoff(&scheduler, start);
-                let all = scheduler.timesteps().to_vec();
-                let mut n = all.iter().filter(|t| **t < cutoff).count();
-                if scheduler.order() == 2 && n % 2 == 0 {
-                    n += 1;
-                }
-                let t_start = all.len().saturating_sub(n);
-                scheduler.set_begin_index(t_start);
-                all.get(t_start..).map(<[f64]>::to_vec).unwrap_or_default()
-            }
-            (false, _) => scheduler.timesteps().to_vec(),
+        let mut timesteps = if img2img || inpaint {
+            xl_get_timesteps(
+                &mut scheduler,
+                args.num_inference_steps,
+                strength,
+                denoising_start,
+            )
+        } else {
+            scheduler.timesteps().to_vec()
         };
+        if timesteps.is_empty() {
+            return Err(PipelineError::arg(
+                "strength",
+                format!(
+                    "After adjusting the num_inference_steps by strength parameter: {strength}, the number of pipeline steps is 0 which is < 1 and not appropriate for this pipeline."
+                ),
+            ));
+        }
+        // The noise level of the init latents is the first timestep of the strength schedule,
+        // taken before `denoising_end` trims the tail.
+        let first_t = timesteps.first().copied().unwrap_or(0.0);
         if let Some(end) = denoising_end {
             let cutoff = timestep_cutoff(&scheduler, end);
             let keep = timesteps.iter().filter(|t| **t >= cutoff).count();
             timesteps.truncate(keep);
         }
-        if timesteps.is_empty() {
-            return Err(PipelineError::arg(
-                "strength",
-                format!("strength {strength} leaves no denoising step"),
-            ));
-        }
         let sigma0 = scheduler.init_noise_sigma();
+        let mut inpaint_state: Option<XlInpaint> = None;
         let mut latents = if img2img {
-            let images = args
-                .image
-                .as_ref()
-                .ok_or_else(|| PipelineError::arg("image", "img2img needs an `image`"))?;
-            let mut image = processor.preprocess(images, Some(height), Some(width), &device)?;
-            let n_img = image.dims()[0];
-            if gens.len() > 1 && n_img < total && total % n_img == 0 {
-                image = image.repeat_dim(0, total / n_img);
+            match &args.latents {
+                // Given latents are used as they are (prepare_latents is skipped).
+                Some(l) => l.clone(),
+                None => self.prepare_img2img_latents(
+                    args,
+                    vae,
+                    &processor,
+                    (height, width),
+                    total,
+                    &mut gens,
+                    &scheduler,
+                    first_t,
+                )?,
             }
-            let mut init = encode_vae_image(vae, image, &mut gens, &device)?;
-            let stats = |key: &str| -> Option<Vec<f32>> {
-                self.config_value("vae", key)?
-                    .as_array()?
-                    .iter()
-                    .map(|v| v.as_f64().map(|f| f as f32))
-                    .collect()
-            };
-            if let (Some(mean), Some(std)) = (stats("latents_mean"), stats("latents_std")) {
-                // init was scaled by encode_vae_image: (x - mean) * sf / std = (x*sf - mean*sf) / std.
-                let sf = vae.scaling_factor() as f32;
-                let c = mean.len();
-                let mean = to_tensor(mean, [1, c, 1, 1], &device)?;
-                let std = to_tensor(std, [1, c, 1, 1], &device)?;
-                init = (init - mean.mul_scalar(sf)) / std;
-            }
-            let n_lat = init.dims()[0];
-            if total > n_lat {
-                if total % n_lat != 0 {
-                    return Err(PipelineError::arg(
-                        "image",
-                        format!(
-                            "Cannot duplicate `image` of batch size {n_lat} to {total} text prompts."
-                        ),
-                    ));
-                }
-                init = init.repeat_dim(0, total / n_lat);
-            }
-            if denoising_start.is_some() {
-                // add_noise=False: the latents are already partly denoised.
-                init
-            } else {
-                let noise = randn(init.dims(), &mut gens, &device)?;
-                let first_t = timesteps.first().copied().unwrap_or(0.0);
-                scheduler.add_noise(init, noise, &vec![first_t; total])?
-            }
+        } else if inpaint {
+            let (latents, state) = XlInpaint::prepare(
+                self,
+                args,
+                vae,
+                unet,
+                &processor,
+                (height, width),
+                total,
+                do_cfg,
+                strength,
+                &mut gens,
+                &scheduler,
+                first_t,
+            )?;
+            inpaint_state = Some(state);
+            latents
         } else {
             let shape = [total, latent_channels, height / factor, width / factor];
             match &args.latents {
                 Some(l) => l.clone().mul_scalar(sigma0),
-                None => randn(shape, &mut gens, &device)?.mul_scalar(sigma0),
+                None => randn_as(shape, &mut gens, noise_dtype(self.dtype()), &device)?
+                    .mul_scalar(sigma0),
             }
         };
 
-        // Added conditioning.
-        let [_, _, lh, lw] = latents.dims();
-        let (h, w) = if img2img {
+        // Given latents (or image latents) must fit the batch and the UNet.
+        let [n_lat, c_lat, lh, lw] = latents.dims();
+        if n_lat != total || c_lat != latent_channels {
+            return Err(PipelineError::arg(
+                "latents",
+                format!(
+                    "the latents have shape {:?}, expected batch {total} (prompts x num_images_per_prompt) and {latent_channels} channels",
+                    latents.dims()
+                ),
+            ));
+        }
+        // Added conditioning: sizes default to the latents' size in pixels.
+        let (h, w) = if img2img || inpaint {
             (lh * factor, lw * factor)
         } else {
             (height, width)
@@ -299,74 +568,54 @@ impl DiffusionPipeline {
         let original = args.original_size.unwrap_or((h, w));
         let target = args.target_size.unwrap_or((h, w));
         let crops = args.crops_coords_top_left;
-        let aesthetics = self
-            .config()
-            .get("requires_aesthetics_score")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let ids = |o: (usize, usize), c: (usize, usize), tail: Vec<f32>| -> Vec<f32> {
-            let mut v = vec![o.0 as f32, o.1 as f32, c.0 as f32, c.1 as f32];
-            v.extend(tail);
-            v
-        };
-        let (pos_ids, neg_ids) = if img2img {
+        let projection_dim = self
+            .config_usize("text_encoder_2", "projection_dim")
+            .unwrap_or_else(|| embeds.pooled.dims()[1]);
+        let time_ids = if img2img || inpaint {
             let neg_original = args.negative_original_size.unwrap_or(original);
             let neg_target = args.negative_target_size.unwrap_or(target);
-            if aesthetics {
-                (
-                    ids(original, crops, vec![args.aesthetic_score]),
-                    ids(
+            let ids = if self.requires_aesthetics_score() {
+                TimeIds {
+                    pos: time_row(original, crops, &[args.aesthetic_score]),
+                    neg: time_row(
                         neg_original,
                         args.negative_crops_coords_top_left,
-                        vec![args.negative_aesthetic_score],
+                        &[args.negative_aesthetic_score],
                     ),
-                )
+                }
             } else {
                 // diffusers 0.42.1 uses the positive crop coordinates for the negative ids here.
-                (
-                    ids(original, crops, vec![target.0 as f32, target.1 as f32]),
-                    ids(
+                TimeIds {
+                    pos: time_row(original, crops, &[target.0 as f32, target.1 as f32]),
+                    neg: time_row(
                         neg_original,
                         crops,
-                        vec![neg_target.0 as f32, neg_target.1 as f32],
+                        &[neg_target.0 as f32, neg_target.1 as f32],
                     ),
-                )
-            }
+                }
+            };
+            check_add_embed_dim(
+                unet,
+                ids.pos.len(),
+                projection_dim,
+                Some((args.aesthetic_score, args.negative_aesthetic_score)),
+                target,
+            )?;
+            ids
         } else {
-            let pos = ids(original, crops, vec![target.0 as f32, target.1 as f32]);
+            let pos = time_row(original, crops, &[target.0 as f32, target.1 as f32]);
             let neg = match (args.negative_original_size, args.negative_target_size) {
-                (Some(o), Some(t)) => ids(
+                (Some(o), Some(t)) => time_row(
                     o,
                     args.negative_crops_coords_top_left,
-                    vec![t.0 as f32, t.1 as f32],
+                    &[t.0 as f32, t.1 as f32],
                 ),
                 _ => pos.clone(),
             };
-            (pos, neg)
+            check_add_embed_dim(unet, pos.len(), projection_dim, None, target)?;
+            TimeIds { pos, neg }
         };
-        let width_ids = pos_ids.len();
-        let rows = |v: &Vec<f32>, times: usize| -> Vec<f32> {
-            (0..times).flat_map(|_| v.iter().copied()).collect()
-        };
-        let time_ids_data = match (do_cfg, img2img) {
-            (false, _) => rows(&pos_ids, total),
-            // txt2img: cat([neg, pos]) then repeat(B*n, 1): [neg, pos, neg, pos, ...].
-            (true, false) => {
-                let pair: Vec<f32> = neg_ids.iter().chain(pos_ids.iter()).copied().collect();
-                rows(&pair, total)
-            }
-            // img2img: repeat each, then cat: [neg x B*n, pos x B*n].
-            (true, true) => {
-                let mut v = rows(&neg_ids, total);
-                v.extend(rows(&pos_ids, total));
-                v
-            }
-        };
-        let time_rows = time_ids_data.len() / width_ids.max(1);
-        let time_ids = Tensor::<2>::from_data(
-            TensorData::new(time_ids_data, [time_rows, width_ids]),
-            &device,
-        );
+        let time_ids = time_ids.tensor(total, do_cfg, img2img || inpaint, &device);
         let (prompt_embeds, text_embeds) =
             match (embeds.negative_prompt_embeds, embeds.negative_pooled) {
                 (Some(ne), Some(np)) if do_cfg => (
@@ -376,13 +625,20 @@ impl DiffusionPipeline {
                 _ => (embeds.prompt_embeds, embeds.pooled),
             };
 
-        if !img2img {
+        if !(img2img || inpaint) {
             scheduler.set_begin_index(0);
         }
+        // Ancestral / eta noise is drawn in the model's dtype (`model_output.dtype`).
         let step_options = StepOptions {
             eta: Some(args.eta),
+            noise_dtype: noise_dtype(self.dtype()),
             ..StepOptions::default()
         };
+        // A guidance-distilled UNet (`time_cond_proj_dim`) gets `guidance_scale - 1` embedded.
+        let timestep_cond = unet
+            .config
+            .time_cond_proj_dim
+            .map(|d| guidance_embedding(guidance, to_usize(d), total, &device));
         let mut interrupted = false;
         let steps = timesteps.len();
         for (i, &t) in timesteps.iter().enumerate() {
@@ -391,11 +647,15 @@ impl DiffusionPipeline {
             } else {
                 latents.clone()
             };
-            let input = scheduler.scale_model_input(input, t)?;
+            let mut input = scheduler.scale_model_input(input, t)?;
+            if let Some(state) = &inpaint_state {
+                input = state.unet_input(input);
+            }
             let tt = Tensor::<1>::from_data(TensorData::new(vec![t as f32], [1]), &device);
             let mut unet_in = UNet2DConditionInput::new(input, tt, prompt_embeds.clone());
             unet_in.text_embeds = Some(text_embeds.clone());
             unet_in.time_ids = Some(time_ids.clone());
+            unet_in.timestep_cond = timestep_cond.clone();
             let noise_pred = unet.forward(unet_in)?.cast(burn::tensor::DType::F32);
             let noise_pred = if do_cfg {
                 guide(noise_pred, guidance, args.guidance_rescale)
@@ -405,6 +665,9 @@ impl DiffusionPipeline {
             latents = scheduler
                 .step(noise_pred, t, latents, &step_options, Some(&mut gens))?
                 .prev_sample;
+            if let Some(state) = &inpaint_state {
+                latents = state.blend(latents, &scheduler, timesteps.get(i + 1).copied())?;
+            }
             if let Some(cb) = callback.as_mut() {
                 let info = StepInfo {
                     step: i,
@@ -422,6 +685,10 @@ impl DiffusionPipeline {
             OutputType::Latent => (None, None),
             _ => {
                 let (images, flags) = decode_latents(self, vae, latents.clone())?;
+                let images = match &inpaint_state {
+                    Some(state) => state.finish(&processor, images)?,
+                    None => images,
+                };
                 (Some(images), flags)
             }
         };

@@ -7,6 +7,7 @@
 //! with numpy's formulas (`linspace`, `interp`, round-half-to-even).
 
 use crate::SchedulerError;
+pub(crate) use crate::float_kernels::{numpy_log_f32, torch_exp_f32, torch_log_f32};
 use burn::tensor::{Tensor, TensorData};
 
 /// What the model predicts (`prediction_type`).
@@ -240,6 +241,75 @@ pub(crate) fn alphas_cumprod(betas: &[f32]) -> Vec<f32> {
     torch_cumprod(&alphas)
 }
 
+/// The betas fields every `*SchedulerConfig` has, borrowed for the table builders.
+pub(crate) struct BetaConfig<'a> {
+    /// `beta_schedule`.
+    pub schedule: &'a str,
+    /// `beta_start`.
+    pub start: f64,
+    /// `beta_end`.
+    pub end: f64,
+    /// `num_train_timesteps`.
+    pub num_train_timesteps: usize,
+    /// `trained_betas`.
+    pub trained: Option<&'a [f64]>,
+}
+
+/// A [`BetaConfig`] borrowing the betas fields of any scheduler config struct (they share the
+/// key names).
+macro_rules! beta_config {
+    ($config:expr) => {
+        crate::common::BetaConfig {
+            schedule: &$config.beta_schedule,
+            start: $config.beta_start,
+            end: $config.beta_end,
+            num_train_timesteps: $config.num_train_timesteps,
+            trained: $config.trained_betas.as_deref(),
+        }
+    };
+}
+pub(crate) use beta_config;
+
+/// `alphas_cumprod` as the Euler / Euler-ancestral / DPM-Solver multistep / UniPC `__init__`
+/// builds it: with `rescale_betas_zero_snr` the betas are rescaled to zero terminal SNR and the
+/// last ᾱ is then set to 2⁻²⁴ (float16's smallest subnormal), so that σ_max stays finite.
+pub(crate) fn alphas_cumprod_zero_snr(
+    class: &'static str,
+    betas: &BetaConfig<'_>,
+    rescale_betas_zero_snr: bool,
+) -> Result<Vec<f32>, SchedulerError> {
+    let mut b = make_betas(
+        class,
+        betas.schedule,
+        betas.start,
+        betas.end,
+        betas.num_train_timesteps,
+        betas.trained,
+        &[],
+    )?;
+    if rescale_betas_zero_snr {
+        b = rescale_zero_terminal_snr(&b);
+    }
+    let mut ac = alphas_cumprod(&b);
+    if rescale_betas_zero_snr && let Some(last) = ac.last_mut() {
+        *last = 2f32.powi(-24);
+    }
+    Ok(ac)
+}
+
+/// The timesteps before `set_timesteps`: `np.linspace(0, N - 1, N)[::-1]` as float32.
+pub(crate) fn initial_timesteps(num_train_timesteps: usize) -> Vec<f64> {
+    np_linspace(
+        0.0,
+        num_train_timesteps.saturating_sub(1) as f64,
+        num_train_timesteps,
+    )
+    .into_iter()
+    .rev()
+    .map(|t| f64::from(t as f32))
+    .collect()
+}
+
 /// Training sigmas `((1 - ᾱ) / ᾱ) ** 0.5` in float32, ascending in t.
 pub(crate) fn train_sigmas(alphas_cumprod: &[f32]) -> Vec<f32> {
     alphas_cumprod
@@ -271,63 +341,6 @@ pub(crate) fn np_interp(xs: &[f64], fp: &[f32]) -> Vec<f64> {
             slope * (x - j as f64) + a
         })
         .collect()
-}
-
-/// numpy's float32 `log` on x86-64 with AVX2+FMA3 or AVX512F (numpy 2.x
-/// `simd_log_FLOAT`): a 5/5 rational approximation on the mantissa with fused multiply-adds.
-/// It is not correctly rounded (up to ~4 ulp), and diffusers' `np.log` of float32 sigma arrays
-/// goes through it, so timesteps derived from `log_sigmas` need this exact function.
-#[allow(clippy::excessive_precision)]
-pub(crate) fn numpy_log_f32(x: f32) -> f32 {
-    if x.is_nan() {
-        return f32::NAN;
-    }
-    if x < 0.0 {
-        return -f32::NAN;
-    }
-    if x == 0.0 {
-        return f32::NEG_INFINITY;
-    }
-    if x == f32::INFINITY {
-        return f32::INFINITY;
-    }
-    // Denormals are scaled by 2^100 first, as numpy's AVX2 path does.
-    let (v, bias) = if x < f32::MIN_POSITIVE {
-        (x * f32::from_bits(0x7180_0000), 100.0)
-    } else {
-        (x, 0.0)
-    };
-    let bits = v.to_bits();
-    let mut exponent = ((bits >> 23) as i32 - 0x7e) as f32 - bias;
-    let mut m = f32::from_bits((bits & 0x007f_ffff) | (126 << 23));
-    if m <= std::f32::consts::FRAC_1_SQRT_2 {
-        m += m;
-        exponent -= 1.0;
-    }
-    let m = m - 1.0;
-    const P: [f32; 6] = [
-        0.000000000000000000000e+00,
-        9.999999999999998702752e-01,
-        2.112677543073053063722e+00,
-        1.480000633576506585156e+00,
-        3.808837741388407920751e-01,
-        2.589979117907922693523e-02,
-    ];
-    const Q: [f32; 6] = [
-        1.000000000000000000000e+00,
-        2.612677543073109236779e+00,
-        2.453006071784736363091e+00,
-        9.864942958519418960339e-01,
-        1.546476374983906719538e-01,
-        5.875095403124574342950e-03,
-    ];
-    let mut num = P[5].mul_add(m, P[4]);
-    let mut den = Q[5].mul_add(m, Q[4]);
-    for k in (0..4).rev() {
-        num = num.mul_add(m, P[k]);
-        den = den.mul_add(m, Q[k]);
-    }
-    exponent.mul_add(std::f32::consts::LN_2, num / den)
 }
 
 /// `_sigma_to_t(sigma, log_sigmas)` with float32 `log_sigmas` and float64 maths.
@@ -670,9 +683,21 @@ pub(crate) fn k_schedule(
     (ts, sig, log_sigmas)
 }
 
-/// `_sigma_to_t` for a float32 torch sigma: numpy then computes the log and the weight in
-/// float32 (the interpolated sigmas of KDPM2).
-pub(crate) fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
+/// Where `_sigma_to_t` runs on float32 values, the types decide the last two operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SigmaToT {
+    /// numpy values (Euler's custom `sigmas`): `(1 - w) * low_idx` multiplies a float32 array
+    /// by an int64 array, which numpy promotes to float64.
+    Numpy,
+    /// 0-d torch tensors (KDPM2's interpolated sigmas, with torch `log_sigmas`): numpy hands
+    /// every result back as a tensor, so the index arithmetic stays float32 (int64 tensors
+    /// are converted to float32 before each product; no fused multiply-add).
+    Torch,
+}
+
+/// `_sigma_to_t` for a float32 sigma: the log is numpy's float32 SIMD `log` and the weight is
+/// float32; `kind` says how the final interpolation is typed.
+pub(crate) fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32], kind: SigmaToT) -> f64 {
     let n = log_sigmas.len();
     if n < 2 || sigma.is_nan() {
         return f64::NAN;
@@ -693,7 +718,12 @@ pub(crate) fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
     let low_idx = best_idx.min(n - 2);
     let (low, high) = (log_sigmas[low_idx], log_sigmas[low_idx + 1]);
     let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
-    f64::from(1.0 - w) * low_idx as f64 + f64::from(w) * (low_idx + 1) as f64
+    match kind {
+        SigmaToT::Numpy => {
+            f64::from(1.0 - w) * low_idx as f64 + f64::from(w) * (low_idx + 1) as f64
+        }
+        SigmaToT::Torch => f64::from((1.0 - w) * low_idx as f32 + w * (low_idx + 1) as f32),
+    }
 }
 
 /// `torch.lerp(start, end, 0.5)` on the CPU: `end - (end - start) * 0.5`.

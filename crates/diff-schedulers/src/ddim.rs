@@ -5,8 +5,7 @@ use crate::common::{
     rescale_zero_terminal_snr, spacing_timesteps, threshold_sample,
 };
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::DDIMSchedulerConfig;
@@ -236,7 +235,7 @@ impl DDIMScheduler {
         let direction = eps.mul_scalar((1.0 - alpha_prev - std_dev * std_dev).sqrt());
         let mut prev = x0.clone().mul_scalar(alpha_prev.sqrt()) + direction;
         if eta > 0.0 {
-            let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+            let noise = noise_like(&model_output, generator, options.noise_dtype)?;
             prev = prev + noise.mul_scalar(std_dev);
         }
         self.index.advance(1);

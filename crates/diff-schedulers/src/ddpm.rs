@@ -3,8 +3,7 @@
 use crate::common::{Prediction, Spacing, ddpm_x0, noise_like, spacing_timesteps, unsupported};
 use crate::ddim::{add_noise_ddpm, clip_or_threshold, ddpm_family_alphas};
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::DDPMSchedulerConfig;
@@ -169,7 +168,7 @@ impl DDPMScheduler {
         model_output: Tensor<D>,
         timestep: f64,
         sample: Tensor<D>,
-        _options: &StepOptions,
+        options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
         let c = &self.config;
@@ -221,7 +220,7 @@ impl DDPMScheduler {
         let sample_coeff = current_alpha.sqrt() * beta_prev / beta_t;
         let mut prev = x0.clone().mul_scalar(x0_coeff) + sample.mul_scalar(sample_coeff);
         if t > 0 {
-            let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+            let noise = noise_like(&model_output, generator, options.noise_dtype)?;
             let variance = (beta_prev / beta_t * current_beta).max(1e-20);
             let term = match (c.variance_type.as_str(), predicted_variance) {
                 ("fixed_small_log", _) => noise.mul_scalar((0.5 * variance.ln()).exp()),

@@ -2,11 +2,12 @@
 //! third order).
 
 use crate::common::{
-    Prediction, Spacing, alphas_cumprod, check_sigma_flags, exponential_sigmas, karras_sigmas,
-    make_betas, np_arange, np_interp, np_linspace, np_round, numpy_log_f32, sigma_to_t,
-    threshold_sample, train_sigmas, unsupported,
+    Prediction, Spacing, check_sigma_flags, exponential_sigmas, karras_sigmas, np_arange,
+    np_interp, np_linspace, np_round, numpy_log_f32, sigma_to_t, train_sigmas, unsupported,
 };
-use crate::dpmsolver_multistep::{alpha_sigma, dpm_add_noise, lambda};
+use crate::dpm_family::{
+    ModelOutputs, Thresholding, alpha_sigma, convert_model_output, dpm_add_noise, lambda,
+};
 use crate::{
     SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
@@ -24,7 +25,7 @@ pub struct DEISMultistepScheduler {
     alphas_cumprod: Vec<f32>,
     timesteps: Vec<f64>,
     sigmas: Vec<f32>,
-    model_outputs: Vec<Option<Tensor<1>>>,
+    model_outputs: ModelOutputs,
     lower_order_nums: usize,
     num_inference_steps: Option<usize>,
     index: StepIndex,
@@ -73,26 +74,14 @@ impl DEISMultistepScheduler {
                 &config.solver_order.to_string(),
             ));
         }
-        let ac = alphas_cumprod(&make_betas(
+        let ac = crate::common::alphas_cumprod_zero_snr(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
-        )?);
+            &crate::common::beta_config!(config),
+            false,
+        )?;
         let sigmas = train_sigmas(&ac);
         let order = config.solver_order;
-        let timesteps = np_linspace(
-            0.0,
-            (config.num_train_timesteps - 1) as f64,
-            config.num_train_timesteps,
-        )
-        .into_iter()
-        .rev()
-        .map(|t| f64::from(t as f32))
-        .collect();
+        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
         Ok(Self {
             config,
             prediction,
@@ -100,7 +89,7 @@ impl DEISMultistepScheduler {
             alphas_cumprod: ac,
             timesteps,
             sigmas,
-            model_outputs: vec![None; order],
+            model_outputs: ModelOutputs::new(CLASS, order),
             lower_order_nums: 0,
             num_inference_steps: None,
             index: StepIndex::default(),
@@ -205,7 +194,7 @@ impl DEISMultistepScheduler {
         self.sigmas = sig.into_iter().map(|s| s as f32).collect();
         self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
         self.num_inference_steps = Some(self.timesteps.len());
-        self.model_outputs = vec![None; c.solver_order];
+        self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
         self.lower_order_nums = 0;
         self.index = StepIndex::default();
         Ok(())
@@ -248,15 +237,6 @@ impl DEISMultistepScheduler {
         Ok(alpha_sigma(self.sigma_at(i)?, self.config.use_flow_sigmas))
     }
 
-    fn history(&self, back: usize) -> Result<Tensor<1>, SchedulerError> {
-        let n = self.model_outputs.len();
-        n.checked_sub(1 + back)
-            .and_then(|k| self.model_outputs.get(k).cloned().flatten())
-            .ok_or_else(|| {
-                SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history"))
-            })
-    }
-
     /// `convert_model_output`: ε recovered from the x0 prediction.
     fn convert<const D: usize>(
         &self,
@@ -266,22 +246,21 @@ impl DEISMultistepScheduler {
     ) -> Result<Tensor<D>, SchedulerError> {
         let c = &self.config;
         let sigma = self.sigma_at(i)?;
+        let thresholding = Thresholding::when(
+            c.thresholding,
+            c.dynamic_thresholding_ratio,
+            c.sample_max_value,
+        );
+        let x0 = convert_model_output(
+            model_output,
+            sample.clone(),
+            sigma,
+            c.use_flow_sigmas,
+            self.prediction,
+            true,
+            thresholding,
+        )?;
         let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
-        let x0 = match self.prediction {
-            Prediction::Epsilon => {
-                (sample.clone() - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t)
-            }
-            Prediction::Sample => model_output,
-            Prediction::VPrediction => {
-                sample.clone().mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t)
-            }
-            Prediction::Flow => sample.clone() - model_output.mul_scalar(sigma),
-        };
-        let x0 = if c.thresholding {
-            threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)?
-        } else {
-            x0
-        };
         Ok((sample - x0.mul_scalar(alpha_t)).div_scalar(sigma_t))
     }
 
@@ -314,10 +293,7 @@ impl DEISMultistepScheduler {
         let m = self
             .convert(model_output, sample.clone(), i)?
             .flatten::<1>(0, D - 1);
-        self.model_outputs.rotate_left(1);
-        if let Some(slot) = self.model_outputs.last_mut() {
-            *slot = Some(m.clone());
-        }
+        self.model_outputs.push(m.clone());
         let x = sample.flatten::<1>(0, D - 1);
         let order = c.solver_order;
         let (alpha_t, sigma_t) = self.alpha_sigma_at(i + 1)?;
@@ -333,8 +309,10 @@ impl DEISMultistepScheduler {
             let ind = |t: f32, b: f32, c: f32| t * (-ln(c) + ln(t) - 1.0) / (ln(b) - ln(c));
             let coef1 = ind(rho_t, rho_s0, rho_s1) - ind(rho_s0, rho_s0, rho_s1);
             let coef2 = ind(rho_t, rho_s1, rho_s0) - ind(rho_s0, rho_s1, rho_s0);
-            (x.div_scalar(alpha_s0) + m.mul_scalar(coef1) + self.history(1)?.mul_scalar(coef2))
-                .mul_scalar(alpha_t)
+            (x.div_scalar(alpha_s0)
+                + m.mul_scalar(coef1)
+                + self.model_outputs.back(1)?.mul_scalar(coef2))
+            .mul_scalar(alpha_t)
         } else {
             let (alpha_s1, sigma_s1) = self.alpha_sigma_at(i - 1)?;
             let (alpha_s2, sigma_s2) = self.alpha_sigma_at(i - 2)?;
@@ -357,8 +335,8 @@ impl DEISMultistepScheduler {
             let coef3 = ind(rho_t, rho_s2, rho_s0, rho_s1) - ind(rho_s0, rho_s2, rho_s0, rho_s1);
             (x.div_scalar(alpha_s0)
                 + m.mul_scalar(coef1)
-                + self.history(1)?.mul_scalar(coef2)
-                + self.history(2)?.mul_scalar(coef3))
+                + self.model_outputs.back(1)?.mul_scalar(coef2)
+                + self.model_outputs.back(2)?.mul_scalar(coef3))
             .mul_scalar(alpha_t)
         };
         if self.lower_order_nums < order {

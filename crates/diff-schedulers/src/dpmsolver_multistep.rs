@@ -2,13 +2,15 @@
 //! midpoint or Heun, ODE or SDE variants), the most used SD sampler ("DPM++ 2M (Karras)").
 
 use crate::common::{
-    Prediction, Spacing, alphas_cumprod, check_sigma_flags, exponential_sigmas, karras_sigmas,
-    make_betas, noise_like, np_arange, np_interp, np_linspace, np_round, rescale_zero_terminal_snr,
-    sigma_to_t, threshold_sample, train_sigmas, unsupported,
+    Prediction, Spacing, check_sigma_flags, exponential_sigmas, karras_sigmas, noise_like,
+    np_arange, np_interp, np_linspace, np_round, sigma_to_t, train_sigmas, unsupported,
+};
+use crate::dpm_family::{
+    ModelOutputs, Thresholding, alpha_sigma, convert_model_output, dpm_add_noise, lambda,
+    lambda_table,
 };
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::DPMSolverMultistepSchedulerConfig;
@@ -37,21 +39,6 @@ impl Algorithm {
     }
 }
 
-/// α_t and σ_t of a sigma (VP form, or flow form).
-pub(crate) fn alpha_sigma(sigma: f32, flow: bool) -> (f32, f32) {
-    if flow {
-        (1.0 - sigma, sigma)
-    } else {
-        let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-        (alpha, sigma * alpha)
-    }
-}
-
-/// λ = log α − log σ in float32.
-pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
-    alpha.ln() - sigma.ln()
-}
-
 /// diffusers' `DPMSolverMultistepScheduler`.
 #[derive(Debug, Clone)]
 pub struct DPMSolverMultistepScheduler {
@@ -64,7 +51,7 @@ pub struct DPMSolverMultistepScheduler {
     lambda_t: Vec<f32>,
     timesteps: Vec<f64>,
     sigmas: Vec<f32>,
-    model_outputs: Vec<Option<Tensor<1>>>,
+    model_outputs: ModelOutputs,
     lower_order_nums: usize,
     num_inference_steps: Option<usize>,
     index: StepIndex,
@@ -148,39 +135,15 @@ impl DPMSolverMultistepScheduler {
                 &config.solver_order.to_string(),
             ));
         }
-        let mut betas = make_betas(
+        let ac = crate::common::alphas_cumprod_zero_snr(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
+            &crate::common::beta_config!(config),
+            config.rescale_betas_zero_snr,
         )?;
-        if config.rescale_betas_zero_snr {
-            betas = rescale_zero_terminal_snr(&betas);
-        }
-        let mut ac = alphas_cumprod(&betas);
-        if config.rescale_betas_zero_snr
-            && let Some(last) = ac.last_mut()
-        {
-            *last = 2f32.powi(-24);
-        }
-        let lambda_t = ac
-            .iter()
-            .map(|a| a.sqrt().ln() - (1.0 - a).sqrt().ln())
-            .collect();
+        let lambda_t = lambda_table(&ac);
         let sigmas = train_sigmas(&ac);
         let order = config.solver_order;
-        let timesteps = np_linspace(
-            0.0,
-            (config.num_train_timesteps - 1) as f64,
-            config.num_train_timesteps,
-        )
-        .into_iter()
-        .rev()
-        .map(|t| f64::from(t as f32))
-        .collect();
+        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
         Ok(Self {
             config,
             prediction,
@@ -191,7 +154,7 @@ impl DPMSolverMultistepScheduler {
             lambda_t,
             timesteps,
             sigmas,
-            model_outputs: vec![None; order],
+            model_outputs: ModelOutputs::new(CLASS, order),
             lower_order_nums: 0,
             num_inference_steps: None,
             index: StepIndex::default(),
@@ -338,7 +301,7 @@ impl DPMSolverMultistepScheduler {
         self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
         self.sigmas = sig.into_iter().map(|s| s as f32).collect();
         self.num_inference_steps = Some(self.timesteps.len());
-        self.model_outputs = vec![None; c.solver_order];
+        self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
         self.lower_order_nums = 0;
         self.index = StepIndex::default();
         Ok(())
@@ -385,47 +348,26 @@ impl DPMSolverMultistepScheduler {
         i: usize,
     ) -> Result<Tensor<D>, SchedulerError> {
         let c = &self.config;
+        // With a learned variance the model output carries it in the extra channels.
         let model_output = if c.variance_type.is_some() && self.prediction == Prediction::Epsilon {
             model_output.narrow(1, 0, 3)
         } else {
             model_output
         };
-        let sigma = self.sigma_at(i)?;
-        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
-        if self.algorithm.is_pp() {
-            let x0 = match self.prediction {
-                Prediction::Epsilon => {
-                    (sample - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t)
-                }
-                Prediction::Sample => model_output,
-                Prediction::VPrediction => {
-                    sample.mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t)
-                }
-                Prediction::Flow => sample - model_output.mul_scalar(sigma),
-            };
-            if c.thresholding {
-                threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
-            } else {
-                Ok(x0)
-            }
-        } else {
-            let eps = match self.prediction {
-                Prediction::Sample => {
-                    (sample.clone() - model_output.mul_scalar(alpha_t)).div_scalar(sigma_t)
-                }
-                Prediction::VPrediction => {
-                    model_output.mul_scalar(alpha_t) + sample.clone().mul_scalar(sigma_t)
-                }
-                _ => model_output,
-            };
-            if c.thresholding {
-                let x0 = (sample.clone() - eps.mul_scalar(sigma_t)).div_scalar(alpha_t);
-                let x0 = threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)?;
-                Ok((sample - x0.mul_scalar(alpha_t)).div_scalar(sigma_t))
-            } else {
-                Ok(eps)
-            }
-        }
+        let thresholding = Thresholding::when(
+            c.thresholding,
+            c.dynamic_thresholding_ratio,
+            c.sample_max_value,
+        );
+        convert_model_output(
+            model_output,
+            sample,
+            self.sigma_at(i)?,
+            c.use_flow_sigmas,
+            self.prediction,
+            self.algorithm.is_pp(),
+            thresholding,
+        )
     }
 
     /// One multistep DPM-Solver step.
@@ -434,7 +376,7 @@ impl DPMSolverMultistepScheduler {
         model_output: Tensor<D>,
         timestep: f64,
         sample: Tensor<D>,
-        _options: &StepOptions,
+        options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
         if self.num_inference_steps.is_none() {
@@ -461,14 +403,11 @@ impl DPMSolverMultistepScheduler {
         let converted = self.convert(model_output, sample.clone(), i)?;
         let out_dims = converted.dims();
         let m = converted.flatten::<1>(0, D - 1);
-        self.model_outputs.rotate_left(1);
-        if let Some(last) = self.model_outputs.last_mut() {
-            *last = Some(m.clone());
-        }
+        self.model_outputs.push(m.clone());
         let x = sample.flatten::<1>(0, D - 1);
         let noise = if self.algorithm.is_sde() {
             let like = Tensor::<D>::zeros(out_dims, &x.device());
-            Some(noise_like(&like, generator, NoiseDtype::Float32)?.flatten::<1>(0, D - 1))
+            Some(noise_like(&like, generator, options.noise_dtype)?.flatten::<1>(0, D - 1))
         } else {
             None
         };
@@ -493,15 +432,6 @@ impl DPMSolverMultistepScheduler {
     fn alpha_sigma_lambda(&self, i: usize) -> Result<(f32, f32, f32), SchedulerError> {
         let (a, s) = alpha_sigma(self.sigma_at(i)?, self.config.use_flow_sigmas);
         Ok((a, s, lambda(a, s)))
-    }
-
-    fn history(&self, back: usize) -> Result<Tensor<1>, SchedulerError> {
-        let n = self.model_outputs.len();
-        n.checked_sub(1 + back)
-            .and_then(|k| self.model_outputs.get(k).cloned().flatten())
-            .ok_or_else(|| {
-                SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history"))
-            })
     }
 
     fn first_order(
@@ -549,8 +479,8 @@ impl DPMSolverMultistepScheduler {
         let (_, _, lambda_s1) = self.alpha_sigma_lambda(i.checked_sub(1).ok_or(
             SchedulerError::InvalidArgument(format!("{CLASS}: second order at step 0")),
         )?)?;
-        let m0 = self.history(0)?;
-        let m1 = self.history(1)?;
+        let m0 = self.model_outputs.back(0)?;
+        let m1 = self.model_outputs.back(1)?;
         let h = lambda_t - lambda_s0;
         let h0 = lambda_s0 - lambda_s1;
         let r0 = h0 / h;
@@ -617,7 +547,11 @@ impl DPMSolverMultistepScheduler {
         let (alpha_s0, sigma_s0, lambda_s0) = self.alpha_sigma_lambda(i)?;
         let (_, _, lambda_s1) = self.alpha_sigma_lambda(i.checked_sub(1).ok_or_else(too_early)?)?;
         let (_, _, lambda_s2) = self.alpha_sigma_lambda(i.checked_sub(2).ok_or_else(too_early)?)?;
-        let (m0, m1, m2) = (self.history(0)?, self.history(1)?, self.history(2)?);
+        let (m0, m1, m2) = (
+            self.model_outputs.back(0)?,
+            self.model_outputs.back(1)?,
+            self.model_outputs.back(2)?,
+        );
         let h = lambda_t - lambda_s0;
         let h0 = lambda_s0 - lambda_s1;
         let h1 = lambda_s1 - lambda_s2;
@@ -679,34 +613,4 @@ impl DPMSolverMultistepScheduler {
     pub fn order(&self) -> usize {
         1
     }
-}
-
-/// α·x0 + σ·z per batch item.
-pub(crate) fn dpm_add_noise<const D: usize>(
-    original: Tensor<D>,
-    noise: Tensor<D>,
-    pairs: &[(f32, f32)],
-) -> Result<Tensor<D>, SchedulerError> {
-    let batch = original.dims()[0];
-    if pairs.len() == 1 || pairs.iter().all(|p| *p == pairs[0]) {
-        let (a, s) = pairs.first().copied().ok_or_else(|| {
-            SchedulerError::InvalidArgument("add_noise needs at least one timestep".into())
-        })?;
-        return Ok(original.mul_scalar(a) + noise.mul_scalar(s));
-    }
-    if pairs.len() != batch {
-        return Err(SchedulerError::Shape(format!(
-            "add_noise: {} timesteps for batch {batch}",
-            pairs.len()
-        )));
-    }
-    let parts = pairs
-        .iter()
-        .enumerate()
-        .map(|(i, (a, s))| {
-            original.clone().narrow(0, i, 1).mul_scalar(*a)
-                + noise.clone().narrow(0, i, 1).mul_scalar(*s)
-        })
-        .collect();
-    Ok(Tensor::cat(parts, 0))
 }

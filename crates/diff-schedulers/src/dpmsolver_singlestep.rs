@@ -2,14 +2,16 @@
 //! starts again from the anchor sample of its first stage, following an order list).
 
 use crate::common::{
-    Prediction, alphas_cumprod, check_sigma_flags, exponential_sigmas, karras_sigmas, make_betas,
-    noise_like, np_interp, np_linspace, np_round, numpy_log_f32, sigma_to_t, threshold_sample,
-    train_sigmas, unsupported,
+    Prediction, check_sigma_flags, exponential_sigmas, karras_sigmas, noise_like, np_interp,
+    np_linspace, np_round, numpy_log_f32, sigma_to_t, train_sigmas, unsupported,
 };
-use crate::dpmsolver_multistep::{Algorithm, alpha_sigma, dpm_add_noise, lambda};
+use crate::dpm_family::{
+    ModelOutputs, Thresholding, alpha_sigma, convert_model_output, dpm_add_noise, lambda,
+    lambda_table,
+};
+use crate::dpmsolver_multistep::Algorithm;
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::DPMSolverSinglestepSchedulerConfig;
@@ -28,7 +30,7 @@ pub struct DPMSolverSinglestepScheduler {
     timesteps: Vec<f64>,
     sigmas: Vec<f32>,
     order_list: Vec<usize>,
-    model_outputs: Vec<Option<Tensor<1>>>,
+    model_outputs: ModelOutputs,
     anchor: Option<Tensor<1>>,
     num_inference_steps: Option<usize>,
     index: StepIndex,
@@ -98,30 +100,15 @@ impl DPMSolverSinglestepScheduler {
         {
             return Err(unsupported(CLASS, "variance_type", v));
         }
-        let ac = alphas_cumprod(&make_betas(
+        let ac = crate::common::alphas_cumprod_zero_snr(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
-        )?);
-        let lambda_t = ac
-            .iter()
-            .map(|a| a.sqrt().ln() - (1.0 - a).sqrt().ln())
-            .collect();
+            &crate::common::beta_config!(config),
+            false,
+        )?;
+        let lambda_t = lambda_table(&ac);
         let sigmas = train_sigmas(&ac);
         let order = config.solver_order;
-        let timesteps = np_linspace(
-            0.0,
-            (config.num_train_timesteps - 1) as f64,
-            config.num_train_timesteps,
-        )
-        .into_iter()
-        .rev()
-        .map(|t| f64::from(t as f32))
-        .collect();
+        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
         Ok(Self {
             config,
             prediction,
@@ -132,7 +119,7 @@ impl DPMSolverSinglestepScheduler {
             timesteps,
             sigmas,
             order_list: Vec::new(),
-            model_outputs: vec![None; order],
+            model_outputs: ModelOutputs::new(CLASS, order),
             anchor: None,
             num_inference_steps: None,
             index: StepIndex::default(),
@@ -277,7 +264,7 @@ impl DPMSolverSinglestepScheduler {
         sig.push(last);
         self.sigmas = sig.into_iter().map(|s| s as f32).collect();
         self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
-        self.model_outputs = vec![None; c.solver_order];
+        self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
         self.anchor = None;
         // diffusers rewrites its config here.
         if !self.config.lower_order_final
@@ -330,15 +317,7 @@ impl DPMSolverSinglestepScheduler {
         Ok((a, s, lambda(a, s)))
     }
 
-    fn history(&self, back: usize) -> Result<Tensor<1>, SchedulerError> {
-        let n = self.model_outputs.len();
-        n.checked_sub(1 + back)
-            .and_then(|k| self.model_outputs.get(k).cloned().flatten())
-            .ok_or_else(|| {
-                SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history"))
-            })
-    }
-
+    /// `convert_model_output`: x0 for the ++ algorithms, ε for `dpmsolver`.
     fn convert<const D: usize>(
         &self,
         model_output: Tensor<D>,
@@ -346,47 +325,26 @@ impl DPMSolverSinglestepScheduler {
         i: usize,
     ) -> Result<Tensor<D>, SchedulerError> {
         let c = &self.config;
+        // With a learned variance the model output carries it in the extra channels.
         let model_output = if c.variance_type.is_some() && self.prediction == Prediction::Epsilon {
             model_output.narrow(1, 0, 3)
         } else {
             model_output
         };
-        let sigma = self.sigma_at(i)?;
-        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
-        if self.algorithm != Algorithm::DpmSolver {
-            let x0 = match self.prediction {
-                Prediction::Epsilon => {
-                    (sample - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t)
-                }
-                Prediction::Sample => model_output,
-                Prediction::VPrediction => {
-                    sample.mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t)
-                }
-                Prediction::Flow => sample - model_output.mul_scalar(sigma),
-            };
-            if c.thresholding {
-                threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
-            } else {
-                Ok(x0)
-            }
-        } else {
-            let eps = match self.prediction {
-                Prediction::Sample => {
-                    (sample.clone() - model_output.mul_scalar(alpha_t)).div_scalar(sigma_t)
-                }
-                Prediction::VPrediction => {
-                    model_output.mul_scalar(alpha_t) + sample.clone().mul_scalar(sigma_t)
-                }
-                _ => model_output,
-            };
-            if c.thresholding {
-                let x0 = (sample.clone() - eps.mul_scalar(sigma_t)).div_scalar(alpha_t);
-                let x0 = threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)?;
-                Ok((sample - x0.mul_scalar(alpha_t)).div_scalar(sigma_t))
-            } else {
-                Ok(eps)
-            }
-        }
+        let thresholding = Thresholding::when(
+            c.thresholding,
+            c.dynamic_thresholding_ratio,
+            c.sample_max_value,
+        );
+        convert_model_output(
+            model_output,
+            sample,
+            self.sigma_at(i)?,
+            c.use_flow_sigmas,
+            self.prediction,
+            self.algorithm != Algorithm::DpmSolver,
+            thresholding,
+        )
     }
 
     fn update(
@@ -421,7 +379,7 @@ impl DPMSolverSinglestepScheduler {
             1 => {
                 let (alpha_s, sigma_s, lambda_s) = self.asl(i)?;
                 let h = lambda_t - lambda_s;
-                let m0 = self.history(0)?;
+                let m0 = self.model_outputs.back(0)?;
                 Ok(if sde {
                     add(
                         x.mul_scalar(sigma_t / sigma_s * (-h).exp())
@@ -438,7 +396,7 @@ impl DPMSolverSinglestepScheduler {
                 let (_, _, lambda_s0) = self.asl(i)?;
                 let (alpha_s1, sigma_s1, lambda_s1) =
                     self.asl(i.checked_sub(1).ok_or_else(early)?)?;
-                let (m0, m1) = (self.history(0)?, self.history(1)?);
+                let (m0, m1) = (self.model_outputs.back(0)?, self.model_outputs.back(1)?);
                 let h = lambda_t - lambda_s1;
                 let r0 = (lambda_s0 - lambda_s1) / h;
                 let d0 = m1.clone();
@@ -479,7 +437,11 @@ impl DPMSolverSinglestepScheduler {
                 let (_, _, lambda_s1) = self.asl(i.checked_sub(1).ok_or_else(early)?)?;
                 let (alpha_s2, sigma_s2, lambda_s2) =
                     self.asl(i.checked_sub(2).ok_or_else(early)?)?;
-                let (m0, m1, m2) = (self.history(0)?, self.history(1)?, self.history(2)?);
+                let (m0, m1, m2) = (
+                    self.model_outputs.back(0)?,
+                    self.model_outputs.back(1)?,
+                    self.model_outputs.back(2)?,
+                );
                 let h = lambda_t - lambda_s2;
                 let (r0, r1) = ((lambda_s0 - lambda_s2) / h, (lambda_s1 - lambda_s2) / h);
                 let d0 = m2.clone();
@@ -531,7 +493,7 @@ impl DPMSolverSinglestepScheduler {
         model_output: Tensor<D>,
         timestep: f64,
         sample: Tensor<D>,
-        _options: &StepOptions,
+        options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
         if self.num_inference_steps.is_none() {
@@ -549,25 +511,16 @@ impl DPMSolverSinglestepScheduler {
         let dims = sample.dims();
         let converted = self.convert(model_output, sample.clone(), i)?;
         let out_dims = converted.dims();
-        self.model_outputs.rotate_left(1);
-        if let Some(slot) = self.model_outputs.last_mut() {
-            *slot = Some(converted.flatten::<1>(0, D - 1));
-        }
+        self.model_outputs.push(converted.flatten::<1>(0, D - 1));
         let x = sample.flatten::<1>(0, D - 1);
         let noise = if self.algorithm == Algorithm::SdeDpmSolverPP {
             let like = Tensor::<D>::zeros(out_dims, &x.device());
-            Some(noise_like(&like, generator, NoiseDtype::Float32)?.flatten::<1>(0, D - 1))
+            Some(noise_like(&like, generator, options.noise_dtype)?.flatten::<1>(0, D - 1))
         } else {
             None
         };
         let mut order = self.order_list.get(i).copied().unwrap_or(1);
-        let n = self.model_outputs.len();
-        while order > 1
-            && self
-                .model_outputs
-                .get(n - order)
-                .is_none_or(Option::is_none)
-        {
+        while order > 1 && self.model_outputs.is_missing(order - 1) {
             order -= 1;
         }
         if order == 1 {

@@ -3,8 +3,7 @@
 
 use crate::common::{Prediction, noise_like, unsupported};
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::EDMEulerSchedulerConfig;
@@ -88,12 +87,15 @@ impl EDMEulerScheduler {
                 ramp.len(),
             )
             .into_iter()
-            .map(f32::exp)
+            .map(crate::common::torch_exp_f32)
             .collect();
             v.reverse();
             v
         };
-        self.timesteps = sigmas.iter().map(|s| f64::from(0.25 * s.ln())).collect();
+        self.timesteps = sigmas
+            .iter()
+            .map(|s| f64::from(0.25 * crate::common::torch_log_f32(*s)))
+            .collect();
         let last = if c.final_sigmas_type == "sigma_min" {
             sigmas.last().copied().unwrap_or(0.0)
         } else {
@@ -181,7 +183,7 @@ impl EDMEulerScheduler {
         let sigma_hat = sigma * (gamma + 1.0);
         let mut sample = sample;
         if gamma > 0.0 {
-            let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+            let noise = noise_like(&model_output, generator, options.noise_dtype)?;
             sample = sample
                 + noise
                     .mul_scalar(options.s_noise)

@@ -1,13 +1,9 @@
 //! `EulerAncestralDiscreteScheduler`: Euler steps with ancestral noise at every step
 //! (including the last, where σ_up = 0 but the generator is still advanced).
 
-use crate::common::{
-    Prediction, Spacing, alphas_cumprod, make_betas, noise_like, np_interp,
-    rescale_zero_terminal_snr, spacing_timesteps, train_sigmas,
-};
+use crate::common::{Prediction, Spacing, noise_like, np_interp, spacing_timesteps, train_sigmas};
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::EulerAncestralDiscreteSchedulerConfig;
@@ -36,36 +32,15 @@ impl EulerAncestralDiscreteScheduler {
             &[Prediction::Epsilon, Prediction::VPrediction],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
-        let mut betas = make_betas(
+        let ac = crate::common::alphas_cumprod_zero_snr(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
+            &crate::common::beta_config!(config),
+            config.rescale_betas_zero_snr,
         )?;
-        if config.rescale_betas_zero_snr {
-            betas = rescale_zero_terminal_snr(&betas);
-        }
-        let mut ac = alphas_cumprod(&betas);
-        if config.rescale_betas_zero_snr
-            && let Some(last) = ac.last_mut()
-        {
-            *last = 2f32.powi(-24);
-        }
         let mut sigmas = train_sigmas(&ac);
         sigmas.reverse();
         sigmas.push(0.0);
-        let timesteps = crate::common::np_linspace(
-            0.0,
-            (config.num_train_timesteps - 1) as f64,
-            config.num_train_timesteps,
-        )
-        .into_iter()
-        .rev()
-        .map(|t| f64::from(t as f32))
-        .collect();
+        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
         Ok(Self {
             config,
             prediction,
@@ -162,7 +137,7 @@ impl EulerAncestralDiscreteScheduler {
         model_output: Tensor<D>,
         timestep: f64,
         sample: Tensor<D>,
-        _options: &StepOptions,
+        options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
         let i = self.index.current(&self.timesteps, timestep)?;
@@ -184,7 +159,7 @@ impl EulerAncestralDiscreteScheduler {
         let derivative = (sample.clone() - pred.clone()).div_scalar(sigma);
         let dt = sigma_down - sigma;
         let prev = sample + derivative.mul_scalar(dt);
-        let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+        let noise = noise_like(&model_output, generator, options.noise_dtype)?;
         let prev = prev + noise.mul_scalar(sigma_up);
         self.index.advance(1);
         Ok(SchedulerOutput {

@@ -2,13 +2,11 @@
 //! churn (noise) and karras / exponential sigmas.
 
 use crate::common::{
-    Prediction, Spacing, alphas_cumprod, check_sigma_flags, exponential_sigmas, karras_sigmas,
-    make_betas, noise_like, np_interp, rescale_zero_terminal_snr, sigma_to_t, spacing_timesteps,
-    torch_linspace_f32, train_sigmas, unsupported,
+    Prediction, Spacing, check_sigma_flags, exponential_sigmas, karras_sigmas, noise_like,
+    np_interp, sigma_to_t, spacing_timesteps, torch_linspace_f32, train_sigmas, unsupported,
 };
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::EulerDiscreteSchedulerConfig;
@@ -67,38 +65,20 @@ impl EulerDiscreteScheduler {
             "continuous" => prediction == Prediction::VPrediction,
             other => return Err(unsupported(CLASS, "timestep_type", other)),
         };
-        let mut betas = make_betas(
+        let ac = crate::common::alphas_cumprod_zero_snr(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
+            &crate::common::beta_config!(config),
+            config.rescale_betas_zero_snr,
         )?;
-        if config.rescale_betas_zero_snr {
-            betas = rescale_zero_terminal_snr(&betas);
-        }
-        let mut ac = alphas_cumprod(&betas);
-        if config.rescale_betas_zero_snr
-            && let Some(last) = ac.last_mut()
-        {
-            *last = 2f32.powi(-24);
-        }
         let mut sigmas: Vec<f32> = train_sigmas(&ac);
         sigmas.reverse();
         let timesteps: Vec<f64> = if continuous {
-            sigmas.iter().map(|s| f64::from(0.25 * s.ln())).collect()
+            sigmas
+                .iter()
+                .map(|s| f64::from(0.25 * crate::common::torch_log_f32(*s)))
+                .collect()
         } else {
-            crate::common::np_linspace(
-                0.0,
-                (config.num_train_timesteps - 1) as f64,
-                config.num_train_timesteps,
-            )
-            .into_iter()
-            .rev()
-            .map(|t| f64::from(t as f32))
-            .collect()
+            crate::common::initial_timesteps(config.num_train_timesteps)
         };
         sigmas.push(0.0);
         Ok(Self {
@@ -146,7 +126,9 @@ impl EulerDiscreteScheduler {
             let sig: Vec<f32> = custom.iter().map(|s| *s as f32).collect();
             let ts = sig[..sig.len().saturating_sub(1)]
                 .iter()
-                .map(|s| crate::common::sigma_to_t_f32(*s, &log_sigmas))
+                .map(|s| {
+                    crate::common::sigma_to_t_f32(*s, &log_sigmas, crate::common::SigmaToT::Numpy)
+                })
                 .collect();
             (ts, sig)
         } else {
@@ -169,10 +151,15 @@ impl EulerDiscreteScheduler {
                         message: "no training timesteps".into(),
                     });
                 };
-                torch_linspace_f32(last.ln(), first.ln(), n + 1)
-                    .into_iter()
-                    .map(|v| f64::from(v.exp()))
-                    .collect()
+                // `np.log` of float32 numpy scalars, then torch's `exp` of the float32 linspace.
+                torch_linspace_f32(
+                    crate::common::numpy_log_f32(*last),
+                    crate::common::numpy_log_f32(*first),
+                    n + 1,
+                )
+                .into_iter()
+                .map(|v| f64::from(crate::common::torch_exp_f32(v)))
+                .collect()
             } else {
                 np_interp(&ts, &train)
             };
@@ -204,7 +191,7 @@ impl EulerDiscreteScheduler {
         self.timesteps = if self.continuous {
             sigmas[..sigmas.len().saturating_sub(1)]
                 .iter()
-                .map(|s| f64::from(0.25 * s.ln()))
+                .map(|s| f64::from(0.25 * crate::common::torch_log_f32(*s)))
                 .collect()
         } else {
             timesteps.into_iter().map(|t| f64::from(t as f32)).collect()
@@ -278,7 +265,7 @@ impl EulerDiscreteScheduler {
         let sigma_hat = sigma * (gamma + 1.0);
         let mut sample = sample;
         if gamma > 0.0 {
-            let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+            let noise = noise_like(&model_output, generator, options.noise_dtype)?;
             let eps = noise.mul_scalar(options.s_noise);
             sample = sample + eps.mul_scalar((sigma_hat * sigma_hat - sigma * sigma).sqrt());
         }

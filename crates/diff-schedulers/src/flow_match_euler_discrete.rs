@@ -5,8 +5,7 @@ use crate::common::{
     check_sigma_flags, exponential_sigmas, karras_sigmas, noise_like, np_linspace, unsupported,
 };
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::FlowMatchEulerDiscreteSchedulerConfig;
@@ -213,7 +212,7 @@ impl FlowMatchEulerDiscreteScheduler {
         model_output: Tensor<D>,
         timestep: f64,
         sample: Tensor<D>,
-        _options: &StepOptions,
+        options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
         let i = self.index.current(&self.timesteps, timestep)?;
@@ -221,7 +220,7 @@ impl FlowMatchEulerDiscreteScheduler {
         let sigma_next = self.sigma_at(i + 1)?;
         let prev = if self.config.stochastic_sampling {
             let x0 = sample.clone() - model_output.mul_scalar(sigma);
-            let noise = noise_like(&sample, generator, NoiseDtype::Float32)?;
+            let noise = noise_like(&sample, generator, options.noise_dtype)?;
             x0.mul_scalar(1.0 - sigma_next) + noise.mul_scalar(sigma_next)
         } else {
             sample + model_output.mul_scalar(sigma_next - sigma)

@@ -102,10 +102,16 @@ impl KDPM2AncestralDiscreteScheduler {
         model_output: Tensor<D>,
         timestep: f64,
         sample: Tensor<D>,
-        _options: &StepOptions,
+        options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        self.core.step(model_output, timestep, sample, generator)
+        self.core.step(
+            model_output,
+            timestep,
+            sample,
+            options.noise_dtype,
+            generator,
+        )
     }
 
     /// `add_noise`: x0 + z·σ.

@@ -3,8 +3,8 @@
 //! `k_dpm_2_ancestral_discrete` shares the machinery here.
 
 use crate::common::{
-    Prediction, Spacing, check_sigma_flags, interleave_pairs, k_alphas, k_schedule, k_x0,
-    lerp_half, noise_like, sigma_to_t_f32,
+    Prediction, SigmaToT, Spacing, check_sigma_flags, interleave_pairs, k_alphas, k_schedule, k_x0,
+    lerp_half, noise_like, sigma_to_t_f32, torch_exp_f32, torch_log_f32,
 };
 use crate::{
     NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
@@ -126,7 +126,7 @@ impl KDpm2Core {
             let mut interpol: Vec<f32> = s
                 .iter()
                 .zip(&down)
-                .map(|(a, d)| lerp_half(a.ln(), d.ln()).exp())
+                .map(|(a, d)| torch_exp_f32(lerp_half(torch_log_f32(*a), torch_log_f32(*d))))
                 .collect();
             for v in interpol.iter_mut().skip(len.saturating_sub(2)) {
                 *v = 0.0;
@@ -136,7 +136,7 @@ impl KDpm2Core {
             let interpol: Vec<f32> = (0..len)
                 .map(|i| {
                     let rolled = s[(i + len - 1) % len];
-                    lerp_half(s[i].ln(), rolled.ln()).exp()
+                    torch_exp_f32(lerp_half(torch_log_f32(s[i]), torch_log_f32(rolled)))
                 })
                 .collect();
             (interpol, Vec::new(), Vec::new())
@@ -144,10 +144,13 @@ impl KDpm2Core {
         // Interpolated timesteps: float32 `_sigma_to_t`, cast to the timesteps' dtype.
         let ti: Vec<f64> = interpol
             .iter()
-            .map(|v| sigma_to_t_f32(*v, &log_sigmas))
+            .map(|v| sigma_to_t_f32(*v, &log_sigmas, SigmaToT::Torch))
             .collect();
-        // The schedule ends up as float32, whatever the path.
-        let cast = |t: f64| f64::from(t as f32);
+        // numpy's spacings give float32 timesteps, but karras / exponential / beta sigmas
+        // replace them with the float64 array `_sigma_to_t` returns, and `torch.from_numpy`
+        // keeps that dtype; the interpolated timesteps (float32 torch results) are cast to it.
+        let float64 = karras || exponential || beta;
+        let cast = |t: f64| if float64 { t } else { f64::from(t as f32) };
         let t_main: Vec<f64> = ts.iter().map(|t| cast(*t)).collect();
         let mut timesteps = vec![t_main[0]];
         let picked: Vec<f64> = if self.ancestral {
@@ -210,6 +213,7 @@ impl KDpm2Core {
         model_output: Tensor<D>,
         timestep: f64,
         sample: Tensor<D>,
+        noise_dtype: NoiseDtype,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
         let i = self.index.current(&self.timesteps, timestep)?;
@@ -283,7 +287,7 @@ impl KDpm2Core {
                 .ok_or(SchedulerError::NotInitialised(self.class))?;
             let prev = stored + derivative.mul_scalar(dt);
             if self.ancestral {
-                let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+                let noise = noise_like(&model_output, generator, noise_dtype)?;
                 prev + noise.flatten::<1>(0, D - 1).mul_scalar(sigma_up)
             } else {
                 prev
@@ -403,10 +407,16 @@ impl KDPM2DiscreteScheduler {
         model_output: Tensor<D>,
         timestep: f64,
         sample: Tensor<D>,
-        _options: &StepOptions,
+        options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        self.core.step(model_output, timestep, sample, generator)
+        self.core.step(
+            model_output,
+            timestep,
+            sample,
+            options.noise_dtype,
+            generator,
+        )
     }
 
     /// `add_noise`: x0 + z·σ.

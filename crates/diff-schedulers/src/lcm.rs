@@ -4,8 +4,7 @@
 use crate::common::{Prediction, ddpm_x0, noise_like, np_linspace_open};
 use crate::ddim::{add_noise_ddpm, clip_or_threshold, ddpm_family_alphas};
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::LCMSchedulerConfig;
@@ -196,7 +195,7 @@ impl LCMScheduler {
         model_output: Tensor<D>,
         timestep: f64,
         sample: Tensor<D>,
-        _options: &StepOptions,
+        options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
         let n = self
@@ -229,7 +228,7 @@ impl LCMScheduler {
         )?;
         let denoised = x0.mul_scalar(c_out) + sample.mul_scalar(c_skip);
         let prev = if i + 1 != n {
-            let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+            let noise = noise_like(&model_output, generator, options.noise_dtype)?;
             denoised.clone().mul_scalar(alpha_prev.sqrt()) + noise.mul_scalar(beta_prev.sqrt())
         } else {
             denoised.clone()

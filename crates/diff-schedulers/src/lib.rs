@@ -25,11 +25,13 @@ mod common;
 pub mod ddim;
 pub mod ddpm;
 pub mod deis_multistep;
+mod dpm_family;
 pub mod dpmsolver_multistep;
 pub mod dpmsolver_singlestep;
 pub mod edm_euler;
 pub mod euler_ancestral_discrete;
 pub mod euler_discrete;
+mod float_kernels;
 pub mod flow_match_euler_discrete;
 pub mod heun_discrete;
 pub mod k_dpm_2_ancestral_discrete;
@@ -132,6 +134,10 @@ pub struct StepOptions {
     pub s_tmax: f32,
     /// Noise scale of the churn.
     pub s_noise: f32,
+    /// The dtype the step's noise is drawn in: diffusers draws it with
+    /// `randn_tensor(..., dtype=model_output.dtype)`, the pipeline's model dtype, and torch's
+    /// float16 / bfloat16 normals are rounded to that dtype. Default float32.
+    pub noise_dtype: NoiseDtype,
 }
 
 impl Default for StepOptions {
@@ -143,6 +149,7 @@ impl Default for StepOptions {
             s_tmin: 0.0,
             s_tmax: f32::INFINITY,
             s_noise: 1.0,
+            noise_dtype: NoiseDtype::Float32,
         }
     }
 }

@@ -56,15 +56,7 @@ impl LMSDiscreteScheduler {
         let mut sigmas = crate::common::train_sigmas(&ac);
         sigmas.reverse();
         sigmas.push(0.0);
-        let timesteps = crate::common::np_linspace(
-            0.0,
-            (config.num_train_timesteps - 1) as f64,
-            config.num_train_timesteps,
-        )
-        .into_iter()
-        .rev()
-        .map(|t| f64::from(t as f32))
-        .collect();
+        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
         Ok(Self {
             config,
             prediction,

@@ -5,8 +5,7 @@ use crate::common::{Prediction, ddpm_x0, noise_like};
 use crate::ddim::{add_noise_ddpm, ddpm_family_alphas};
 use crate::lcm::consistency_timesteps;
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::TCDSchedulerConfig;
@@ -194,7 +193,7 @@ impl TCDScheduler {
         };
         let noised = x0.mul_scalar(alpha_s.sqrt()) + eps.mul_scalar(beta_s.sqrt());
         let prev = if eta > 0.0 && i + 1 != n {
-            let noise = noise_like(&model_output, generator, NoiseDtype::Float32)?;
+            let noise = noise_like(&model_output, generator, options.noise_dtype)?;
             noised.clone().mul_scalar((alpha_prev / alpha_s).sqrt())
                 + noise.mul_scalar((1.0 - alpha_prev / alpha_s).sqrt())
         } else {

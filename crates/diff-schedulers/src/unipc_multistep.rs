@@ -2,11 +2,12 @@
 //! corrector, B(h) variants bh1 / bh2).
 
 use crate::common::{
-    Prediction, Spacing, alphas_cumprod, check_sigma_flags, exponential_sigmas, karras_sigmas,
-    make_betas, np_arange, np_interp, np_linspace, np_round, numpy_log_f32,
-    rescale_zero_terminal_snr, sigma_to_t, threshold_sample, train_sigmas, unsupported,
+    Prediction, Spacing, check_sigma_flags, exponential_sigmas, karras_sigmas, np_arange,
+    np_interp, np_linspace, np_round, numpy_log_f32, sigma_to_t, train_sigmas, unsupported,
 };
-use crate::dpmsolver_multistep::{alpha_sigma, dpm_add_noise, lambda};
+use crate::dpm_family::{
+    ModelOutputs, Thresholding, alpha_sigma, convert_model_output, dpm_add_noise, lambda,
+};
 use crate::{
     SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
@@ -60,7 +61,7 @@ pub struct UniPCMultistepScheduler {
     alphas_cumprod: Vec<f32>,
     timesteps: Vec<f64>,
     sigmas: Vec<f32>,
-    model_outputs: Vec<Option<Tensor<1>>>,
+    model_outputs: ModelOutputs,
     last_sample: Option<Tensor<1>>,
     this_order: usize,
     lower_order_nums: usize,
@@ -116,35 +117,14 @@ impl UniPCMultistepScheduler {
                 "flow_prediction with predict_x0=false",
             ));
         }
-        let mut betas = make_betas(
+        let ac = crate::common::alphas_cumprod_zero_snr(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
+            &crate::common::beta_config!(config),
+            config.rescale_betas_zero_snr,
         )?;
-        if config.rescale_betas_zero_snr {
-            betas = rescale_zero_terminal_snr(&betas);
-        }
-        let mut ac = alphas_cumprod(&betas);
-        if config.rescale_betas_zero_snr
-            && let Some(last) = ac.last_mut()
-        {
-            *last = 2f32.powi(-24);
-        }
         let sigmas = train_sigmas(&ac);
         let order = config.solver_order;
-        let timesteps = np_linspace(
-            0.0,
-            (config.num_train_timesteps - 1) as f64,
-            config.num_train_timesteps,
-        )
-        .into_iter()
-        .rev()
-        .map(|t| f64::from(t as f32))
-        .collect();
+        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
         Ok(Self {
             config,
             prediction,
@@ -153,7 +133,7 @@ impl UniPCMultistepScheduler {
             alphas_cumprod: ac,
             timesteps,
             sigmas,
-            model_outputs: vec![None; order],
+            model_outputs: ModelOutputs::new(CLASS, order),
             last_sample: None,
             this_order: 1,
             lower_order_nums: 0,
@@ -307,7 +287,7 @@ impl UniPCMultistepScheduler {
         self.sigmas = sig.into_iter().map(|s| s as f32).collect();
         self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
         self.num_inference_steps = Some(self.timesteps.len());
-        self.model_outputs = vec![None; c.solver_order];
+        self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
         self.lower_order_nums = 0;
         self.last_sample = None;
         self.index = StepIndex::default();
@@ -352,15 +332,8 @@ impl UniPCMultistepScheduler {
         Ok((a, s, lambda(a, s)))
     }
 
-    fn history(&self, back: usize) -> Result<Tensor<1>, SchedulerError> {
-        let n = self.model_outputs.len();
-        n.checked_sub(1 + back)
-            .and_then(|k| self.model_outputs.get(k).cloned().flatten())
-            .ok_or_else(|| {
-                SchedulerError::InvalidArgument(format!("{CLASS}: missing model output history"))
-            })
-    }
-
+    /// `convert_model_output`: x0 with `predict_x0` (thresholded if asked), else ε (diffusers
+    /// has no thresholding on that branch).
     fn convert<const D: usize>(
         &self,
         model_output: Tensor<D>,
@@ -368,35 +341,20 @@ impl UniPCMultistepScheduler {
         i: usize,
     ) -> Result<Tensor<D>, SchedulerError> {
         let c = &self.config;
-        let sigma = self.sigma_at(i)?;
-        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
-        if c.predict_x0 {
-            let x0 = match self.prediction {
-                Prediction::Epsilon => {
-                    (sample - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t)
-                }
-                Prediction::Sample => model_output,
-                Prediction::VPrediction => {
-                    sample.mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t)
-                }
-                Prediction::Flow => sample - model_output.mul_scalar(sigma),
-            };
-            if c.thresholding {
-                threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
-            } else {
-                Ok(x0)
-            }
-        } else {
-            Ok(match self.prediction {
-                Prediction::Sample => {
-                    (sample - model_output.mul_scalar(alpha_t)).div_scalar(sigma_t)
-                }
-                Prediction::VPrediction => {
-                    model_output.mul_scalar(alpha_t) + sample.mul_scalar(sigma_t)
-                }
-                _ => model_output,
-            })
-        }
+        let thresholding = Thresholding::when(
+            c.thresholding && c.predict_x0,
+            c.dynamic_thresholding_ratio,
+            c.sample_max_value,
+        );
+        convert_model_output(
+            model_output,
+            sample,
+            self.sigma_at(i)?,
+            c.use_flow_sigmas,
+            self.prediction,
+            c.predict_x0,
+            thresholding,
+        )
     }
 
     /// The shared coefficient set of UniP / UniC: h, h·φ₁, B(h), the r_k, D1_k and b.
@@ -462,9 +420,9 @@ impl UniPCMultistepScheduler {
         let (alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, mut b) =
             self.coefficients(i + 1, i, &older, order)?;
         let b_h = b.pop().unwrap_or(1.0);
-        let m0 = self.history(0)?;
+        let m0 = self.model_outputs.back(0)?;
         let d1s: Vec<Tensor<1>> = (1..order)
-            .map(|k| Ok((self.history(k)? - m0.clone()).div_scalar(rks[k - 1])))
+            .map(|k| Ok((self.model_outputs.back(k)? - m0.clone()).div_scalar(rks[k - 1])))
             .collect::<Result<_, SchedulerError>>()?;
         let rhos: Vec<f32> = if d1s.is_empty() {
             Vec::new()
@@ -509,9 +467,9 @@ impl UniPCMultistepScheduler {
         let (alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, mut b) =
             self.coefficients(i, i - 1, &older, order)?;
         let b_h = b.pop().unwrap_or(1.0);
-        let m0 = self.history(0)?;
+        let m0 = self.model_outputs.back(0)?;
         let d1s: Vec<Tensor<1>> = (1..order)
-            .map(|k| Ok((self.history(k)? - m0.clone()).div_scalar(rks[k - 1])))
+            .map(|k| Ok((self.model_outputs.back(k)? - m0.clone()).div_scalar(rks[k - 1])))
             .collect::<Result<_, SchedulerError>>()?;
         let rhos: Vec<f32> = if order == 1 {
             vec![0.5]
@@ -574,10 +532,7 @@ impl UniPCMultistepScheduler {
         if use_corrector && let Some(last) = self.last_sample.clone() {
             x = self.corrector(converted.clone(), last, i, self.this_order)?;
         }
-        self.model_outputs.rotate_left(1);
-        if let Some(slot) = self.model_outputs.last_mut() {
-            *slot = Some(converted);
-        }
+        self.model_outputs.push(converted);
         let len = self.timesteps.len();
         let order = if self.config.lower_order_final {
             self.config.solver_order.min(len - i)

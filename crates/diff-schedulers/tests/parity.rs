@@ -2,7 +2,8 @@
 //! `tests/fixtures/10-schedulers/generate.py` is replayed here.
 //!
 //! Per case: the config diffusers built by `Class.from_config(sd15_config, **overrides)` must
-//! equal ours key by key; timesteps must be identical; sigmas and `init_noise_sigma` within
+//! equal ours key by key; timesteps must be identical (two KDPM2 exceptions, explained in
+//! `run_case`); sigmas and `init_noise_sigma` within
 //! 1e-5 relative; the loop samples (after the first step and at the end) within 1e-5 of the
 //! sample's scale, i.e. max |rust - python| / max(1, max |python|) <= 1e-5.
 //!
@@ -138,22 +139,48 @@ fn run_case(case: &Value, device: &Device) -> Result<CaseResult, String> {
         .map_err(|e| format!("{name}: set_timesteps: {e}"))?;
     let ts_py = floats(&case["timesteps"]);
     let ts_rs: Vec<f64> = sched.timesteps().to_vec();
-    // Timesteps must be identical. The one allowance: float timesteps that diffusers derives
-    // from sigmas through a logarithm (karras / exponential sigmas via `_sigma_to_t`, the
-    // KDPM2 midpoints, continuous `0.25·log σ` timesteps), where torch uses its vectorised
-    // SLEEF `log`/`exp` rather than the C library, may differ by 2 ulp of float32;
-    // integer-valued timesteps must still match exactly.
-    let sigma_derived = overrides.contains_key("use_karras_sigmas")
-        || overrides.contains_key("use_exponential_sigmas")
-        || overrides.contains_key("timestep_type")
-        || class.starts_with("KDPM2")
-        || class == "EDMEulerScheduler";
+    // Timesteps must be identical, bit for bit, with two exceptions, both in KDPM2:
+    // - its interpolated timesteps (the odd entries) come from
+    //   `exp(lerp(log σ_i, log σ_(i-1), ½))` on float32 torch tensors, and torch's x86-64
+    //   wheels compute that `log`/`exp` with Intel MKL VML, closed code whose rounding of
+    //   near-ties cannot be reproduced (it even changes with the CPU: see
+    //   `src/float_kernels.rs`). A 1-ulp change of an interpolated float32 sigma moves
+    //   `_sigma_to_t` by a few float32 ulp (the log-sigma table's spacing is as small as
+    //   0.0033), so those entries may differ by 4 float32 ulp (measured here: 1 ulp on 6 of
+    //   376 entries; 2 ulp on one entry of tiny-sd's 50-step schedule).
+    // - with `use_beta_sigmas` its timesteps stay float64 (`_sigma_to_t`'s array), and the
+    //   beta sigmas come from scipy's `beta.ppf` (Boost's inverse incomplete beta), which the
+    //   bisection here matches within 1e-13, not to the bit. Those entries may differ
+    //   by 8 float64 ulp (measured: 7).
+    // Every other timestep of every case must be equal.
+    let kdpm2 = class.starts_with("KDPM2");
+    let beta64 = kdpm2 && overrides.contains_key("use_beta_sigmas");
     let ulps = |a: f64, b: f64| ((a as f32).to_bits() as i64 - (b as f32).to_bits() as i64).abs();
+    let ulps64 = |a: f64, b: f64| (a.to_bits() as i64 - b.to_bits() as i64).abs();
+    let (mut interpolated_off, mut beta_off) = (0usize, 0i64);
     let same = ts_rs.len() == ts_py.len()
-        && ts_rs
-            .iter()
-            .zip(&ts_py)
-            .all(|(a, b)| a == b || (sigma_derived && ulps(*a, *b) <= 2));
+        && ts_rs.iter().zip(&ts_py).enumerate().all(|(i, (a, b))| {
+            if a == b {
+                true
+            } else if kdpm2 && i % 2 == 1 && ulps(*a, *b) <= 4 {
+                interpolated_off += 1;
+                true
+            } else if beta64 && i % 2 == 0 && ulps64(*a, *b) <= 8 {
+                beta_off = beta_off.max(ulps64(*a, *b));
+                true
+            } else {
+                false
+            }
+        });
+    if same && interpolated_off > 0 {
+        eprintln!(
+            "{name}: {interpolated_off} of {} interpolated timesteps off by <= 4 float32 ulp (MKL)",
+            ts_py.len() / 2
+        );
+    }
+    if same && beta_off > 0 {
+        eprintln!("{name}: float64 timesteps up to {beta_off} float64 ulp off (beta.ppf)");
+    }
     if !same {
         return Err(format!(
             "{name}: timesteps differ:\n rust   {ts_rs:?}\n python {ts_py:?}"

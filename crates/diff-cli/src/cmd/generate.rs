@@ -15,6 +15,7 @@ use burn_diffusers::pipelines::{
     CallArgs, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
     StepControl, StepInfo,
 };
+use burn_diffusers::schedulers::SCHEDULER_CLASSES;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -39,10 +40,22 @@ pub struct Args {
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// Classifier-free guidance scale (default 7.5, SDXL 5.0); CFG only when > 1.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
-    /// Seed of the torch-compatible CPU generator (random when absent).
+    /// `guidance_rescale` (default 0): rescales the guided noise towards the text prediction's
+    /// standard deviation (zero-terminal-SNR models).
+    #[arg(long, allow_negative_numbers = true)]
+    pub guidance_rescale: Option<f32>,
+    /// `eta` (default 0): the DDIM noise weight (DDIM-family schedulers only; ignored by the
+    /// others, as in diffusers).
+    #[arg(long, allow_negative_numbers = true)]
+    pub eta: Option<f32>,
+    /// `clip_skip`: use the text encoder's hidden state this many layers before the last.
     #[arg(long)]
+    pub clip_skip: Option<usize>,
+    /// Seed of the torch-compatible CPU generator (random when absent): 0 ..= 2^64-1, or a
+    /// negative one down to -2^63, which torch's `manual_seed` wraps to 2^64 + seed.
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_seed)]
     pub seed: Option<u64>,
     /// Output height (multiple of 8; default from the UNet config or the input image).
     #[arg(long)]
@@ -74,11 +87,23 @@ pub struct Args {
     #[arg(long)]
     pub image: Option<PathBuf>,
     /// img2img / inpaint strength in [0, 1].
-    #[arg(long, requires = "image")]
+    #[arg(long, requires = "image", allow_negative_numbers = true)]
     pub strength: Option<f32>,
     /// Inpaint mask (white = repaint).
     #[arg(long, requires = "image")]
     pub mask: Option<PathBuf>,
+    /// Inpaint `padding_mask_crop`: generate only in the masked region grown by N pixels (and
+    /// to the output aspect ratio), then paste it back onto the image, whose size the output
+    /// keeps (image and mask must have the same size).
+    #[arg(long, requires = "mask")]
+    pub padding_mask_crop: Option<usize>,
+    /// SDXL img2img / inpaint `aesthetic_score` (default 6.0), used when the pipeline has
+    /// `requires_aesthetics_score` (the refiner).
+    #[arg(long)]
+    pub aesthetic_score: Option<f32>,
+    /// SDXL img2img / inpaint `negative_aesthetic_score` (default 2.5).
+    #[arg(long)]
+    pub negative_aesthetic_score: Option<f32>,
     /// Initial latents (safetensors, tensor `latents` or the only tensor).
     #[arg(long)]
     pub latents: Option<PathBuf>,
@@ -95,6 +120,23 @@ pub struct Args {
     #[arg(long)]
     pub out_array: Option<PathBuf>,
 }
+
+/// `torch.Generator.manual_seed`'s range: a u64, or a negative i64 taken modulo 2^64.
+fn parse_seed(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if let Ok(v) = text.parse::<u64>() {
+        return Ok(v);
+    }
+    match text.parse::<i64>() {
+        Ok(v) => Ok(v as u64),
+        Err(_) => Err(format!(
+            "`{text}` is not a seed: expected an integer from -9223372036854775808 to 18446744073709551615"
+        )),
+    }
+}
+
+/// The flow-matching scheduler, which the Stable Diffusion pipelines cannot use.
+const FLOW_MATCH: &str = "FlowMatchEulerDiscreteScheduler";
 
 fn parse_override(item: &str) -> Result<(String, Value)> {
     let (k, v) = item
@@ -132,6 +174,10 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(w) = args.width.filter(|w| w % 8 != 0) {
         bail!("--width {w} is not a multiple of 8");
     }
+    if args.num_images == 0 {
+        // diffusers fails on an empty batch (a reshape of 0 elements); say why instead.
+        bail!("--num-images 0: at least one image per prompt is needed");
+    }
     // Read inputs before loading models, so a bad file fails fast.
     let image = match &args.image {
         Some(p) => Some(load_image(p).with_context(|| format!("reading --image {}", p.display()))?),
@@ -168,7 +214,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut pipe = DiffusionPipeline::from_pretrained(&args.model, &options)
         .with_context(|| format!("loading {}", args.model))?;
     let wanted = match (pipe.class(), image.is_some(), mask.is_some()) {
-        (c, _, true) if c.is_xl() => bail!("--mask: SDXL inpainting is not supported"),
+        (c, _, true) if c.is_xl() => Some(PipelineClass::StableDiffusionXLInpaint),
         (_, _, true) => Some(PipelineClass::StableDiffusionInpaint),
         (c, true, false) if c.is_xl() => Some(PipelineClass::StableDiffusionXLImg2Img),
         (PipelineClass::StableDiffusion, true, false) => {
@@ -188,20 +234,62 @@ pub fn run(args: Args) -> Result<()> {
         pipe.swap_scheduler(class, &overrides)
             .with_context(|| format!("--scheduler {class}"))?;
     }
+    // The Stable Diffusion pipelines drive a scheduler through `init_noise_sigma`,
+    // `scale_model_input` and `add_noise`, which the flow-matching scheduler (SD3 / Flux) does
+    // not have: diffusers raises AttributeError there, so refuse it before any work.
+    if let Some(s) = pipe.scheduler().filter(|s| s.class_name() == FLOW_MATCH) {
+        bail!(
+            "{} cannot drive {}: it has no init_noise_sigma / scale_model_input / add_noise \
+             (it is for flow-matching models such as SD3 and Flux); pick one of {}",
+            s.class_name(),
+            pipe.class().name(),
+            SCHEDULER_CLASSES
+                .iter()
+                .filter(|c| **c != FLOW_MATCH)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    // diffusers' img2img pipelines take no height/width (`**kwargs` swallows them): the output
+    // has the input image's size. Do the same, and say so.
+    let img2img = matches!(
+        pipe.class(),
+        PipelineClass::StableDiffusionImg2Img | PipelineClass::StableDiffusionXLImg2Img
+    );
+    if img2img && (args.height.is_some() || args.width.is_some()) {
+        tracing::warn!(
+            "--height/--width are ignored for img2img, as diffusers' {} ignores them: the output has the size of --image (resize the image to change it)",
+            pipe.class().name()
+        );
+    }
+    // diffusers reads a height or width of 0 as "not given".
+    let size = |v: Option<usize>| v.filter(|v| *v > 0 && !img2img);
     let call = CallArgs {
         prompt: vec![args.prompt.clone()],
         negative_prompt: args.negative_prompt.clone().map(|n| vec![n]),
         num_inference_steps: args.steps,
         guidance_scale: args.guidance,
-        height: args.height,
-        width: args.width,
+        guidance_rescale: args.guidance_rescale.unwrap_or(0.0),
+        eta: args.eta.unwrap_or(0.0),
+        clip_skip: args.clip_skip,
+        height: size(args.height),
+        width: size(args.width),
         generator: args.seed.map_or(Generators::Random, Generators::Seed),
         strength: args.strength,
         image: image.map(|i| vec![i]),
         mask_image: mask.map(|m| vec![m]),
+        padding_mask_crop: args.padding_mask_crop,
+        aesthetic_score: args.aesthetic_score.unwrap_or(6.0),
+        negative_aesthetic_score: args.negative_aesthetic_score.unwrap_or(2.5),
         latents,
-        num_images_per_prompt: args.num_images.max(1),
-        output_type: OutputType::Np,
+        num_images_per_prompt: args.num_images,
+        // diffusers pastes the crop back onto the 8-bit image, so it needs output_type="pil".
+        output_type: if args.padding_mask_crop.is_some() {
+            OutputType::Pil
+        } else {
+            OutputType::Np
+        },
         ..CallArgs::default()
     };
     let bar = ProgressBar::new(args.steps as u64);
@@ -269,6 +357,9 @@ mod tests {
             negative_prompt: None,
             steps: 4,
             guidance: Some(7.5),
+            guidance_rescale: None,
+            eta: None,
+            clip_skip: None,
             seed: Some(0),
             height: Some(32),
             width: Some(32),
@@ -280,6 +371,9 @@ mod tests {
             image: None,
             strength: None,
             mask: None,
+            padding_mask_crop: None,
+            aesthetic_score: None,
+            negative_aesthetic_score: None,
             latents: None,
             num_images: 1,
             no_safety_checker: true,

@@ -1,45 +1,55 @@
-//! `burn-diffusers validate ORIGINAL SAVED [--variant V]`.
+//! `burn-diffusers validate ORIGINAL SAVED [--variant V] [--no-forward] [--device D]`.
 //!
-//! Compares a saved pipeline folder with the one it was saved from (`diff_convert::validate`):
-//! every config value and every tensor (exact, or exact after torch's rounding for a cast
-//! variant), printing one line per component; the exit status is non-zero on any difference.
+//! ORIGINAL and SAVED are folders or Hub repo ids (resolved as `save` resolves SRC, through
+//! `HF_ENDPOINT` / `HF_TOKEN` / the Hugging Face cache).
+//!
+//! Compares a saved pipeline folder with the one it was saved from
+//! (`burn_diffusers::pipelines::validate`): every config value and every tensor (exact, or exact
+//! after torch's rounding for a cast variant), the tokenizers (ids on fixed prompts), and one
+//! forward of each model on fixed inputs (exact for the same weights, within the cast dtype's
+//! stated tolerance otherwise). Prints one line per component and check; the exit status is
+//! non-zero on any difference.
 
-use anyhow::{Result, bail};
-use burn_diffusers::convert::validate::validate_pipeline;
-use std::path::PathBuf;
+use anyhow::{Context, Result, bail};
+use burn_diffusers::pipelines::validate::{ValidateOptions, validate_pipeline};
 
 /// Arguments of `validate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The original pipeline folder.
-    pub original: PathBuf,
-    /// The saved (or converted) pipeline folder.
-    pub saved: PathBuf,
+    /// The original pipeline: a folder or a Hub repo id (downloaded into the Hugging Face
+    /// cache, plain weights).
+    pub original: String,
+    /// The saved (or converted) pipeline: a folder or a Hub repo id (downloaded with
+    /// `--variant`).
+    pub saved: String,
     /// Compare the saved copy's weights of this variant (e.g. `fp16`).
     #[arg(long)]
     pub variant: Option<String>,
+    /// Skip the forward pass of each model (compare configs, tensors and tokenizers only).
+    #[arg(long)]
+    pub no_forward: bool,
+    /// Device of the forward passes: `flex` (the default), `wgpu`, `cuda`, ... (as `generate`).
+    #[arg(long, default_value = "flex")]
+    pub device: String,
 }
 
 /// Runs `validate`.
 pub fn run(args: Args) -> Result<()> {
-    let reports = validate_pipeline(&args.original, &args.saved, args.variant.as_deref())?;
-    let mut failed = 0;
-    for r in &reports {
-        if r.ok() {
-            println!(
-                "ok      {:<20} {} tensors ({} compared after a cast)",
-                r.name, r.tensors, r.cast
-            );
-        } else {
-            failed += 1;
-            println!("FAILED  {:<20} {} problem(s)", r.name, r.problems.len());
-            for p in &r.problems {
-                println!("          {p}");
-            }
-        }
-    }
+    let device = burn_diffusers::pipelines::parse_device(&args.device)
+        .with_context(|| format!("--device {}", args.device))?;
+    let options = ValidateOptions {
+        variant: args.variant,
+        forward: !args.no_forward,
+        device,
+    };
+    let original = super::save::resolve_pipeline_source(&args.original, None, None)?;
+    let saved =
+        super::save::resolve_pipeline_source(&args.saved, options.variant.as_deref(), None)?;
+    let report = validate_pipeline(&original, &saved, &options)?;
+    print!("{}", report.render());
+    let failed = report.failures();
     if failed > 0 {
-        bail!("{failed} component(s) differ");
+        bail!("{failed} check(s) found a difference");
     }
     Ok(())
 }

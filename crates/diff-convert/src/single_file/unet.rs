@@ -40,11 +40,110 @@ fn two_indices(s: &str) -> Option<(usize, usize, &str)> {
     Some((a.parse().ok()?, b.parse().ok()?, rest))
 }
 
-/// Converts the UNet of an original checkpoint, using the diffusers UNet `config`.
+/// The name CompVis' `LitEma` gives the EMA copy of `key` (a `model.diffusion_model.*` key):
+/// `model_ema.` and the key without its first segment and without dots, as diffusers looks it up.
+pub fn ema_key(key: &str) -> String {
+    let rest: String = key.split('.').skip(1).collect();
+    format!("model_ema.{rest}")
+}
+
+/// How many `model_ema*` keys make a checkpoint an EMA checkpoint for diffusers (more than this).
+pub const EMA_MIN_KEYS: usize = 100;
+
+/// The UNet tensors of the checkpoint, as (name without `model.diffusion_model.`, key of the
+/// tensor to take): the `model.diffusion_model.*` ones, or with `extract_ema` and an EMA
+/// checkpoint, their EMA copies (diffusers `extract_ema`).
+fn unet_source(ckpt: &Checkpoint, extract_ema: bool) -> Result<Vec<(&str, String)>, ConvertError> {
+    let ema_keys = ckpt
+        .tensors
+        .keys()
+        .filter(|k| k.starts_with("model_ema"))
+        .count();
+    let use_ema = extract_ema && ema_keys > EMA_MIN_KEYS;
+    if extract_ema && !use_ema {
+        tracing::warn!(
+            ema_keys,
+            "extract_ema asked for, but the checkpoint has no EMA weights (diffusers needs more than {EMA_MIN_KEYS} `model_ema` keys); using the plain weights"
+        );
+    } else if !extract_ema && ema_keys > EMA_MIN_KEYS {
+        tracing::info!(
+            "the checkpoint has EMA weights too; converting the non-EMA ones (extract_ema takes the EMA ones)"
+        );
+    }
+    let mut out = Vec::new();
+    for key in ckpt.tensors.keys() {
+        let Some(k) = key.strip_prefix(LDM_UNET_KEY) else {
+            continue;
+        };
+        if use_ema {
+            let ema = ema_key(key);
+            if !ckpt.tensors.contains_key(&ema) {
+                return Err(ConvertError::MissingKey {
+                    path: ckpt.path.clone(),
+                    key: ema,
+                    needed_for: format!("the EMA copy of `{key}` (extract_ema)"),
+                });
+            }
+            out.push((k, ema));
+        } else {
+            out.push((k, key.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Converts the UNet of an original checkpoint, using the diffusers UNet `config`; with
+/// `extract_ema`, from its EMA weights when it has them. The tensors are copied; see
+/// [`take_unet`] to move them out instead.
 pub fn convert_unet(
     ckpt: &Checkpoint,
     config: &Map<String, Value>,
+    extract_ema: bool,
 ) -> Result<StateDict, ConvertError> {
+    unet_renames(ckpt, config, extract_ema)?
+        .into_iter()
+        .map(|(new, old)| match ckpt.tensors.get(&old) {
+            Some(t) => Ok((new, t.clone())),
+            None => Err(missing_source(ckpt, &old)),
+        })
+        .collect()
+}
+
+/// [`convert_unet`], moving the tensors out of `ckpt` (a full-size UNet is then held once, not
+/// twice, while it is converted and saved).
+pub fn take_unet(
+    ckpt: &mut Checkpoint,
+    config: &Map<String, Value>,
+    extract_ema: bool,
+) -> Result<StateDict, ConvertError> {
+    let renames = unet_renames(ckpt, config, extract_ema)?;
+    let mut out = Vec::with_capacity(renames.len());
+    for (new, old) in renames {
+        match ckpt.tensors.remove(&old) {
+            Some(t) => out.push((new, t)),
+            None => return Err(missing_source(ckpt, &old)),
+        }
+    }
+    Ok(out)
+}
+
+/// Each original key feeds at most one diffusers key; a key asked for twice (or vanished) is a
+/// conversion bug reported as a missing key rather than a panic.
+fn missing_source(ckpt: &Checkpoint, key: &str) -> ConvertError {
+    ConvertError::MissingKey {
+        path: ckpt.path.clone(),
+        key: key.to_string(),
+        needed_for: "the UNet conversion".into(),
+    }
+}
+
+/// The diffusers name of each UNet tensor and the checkpoint key it comes from, in checkpoint
+/// key order.
+fn unet_renames(
+    ckpt: &Checkpoint,
+    config: &Map<String, Value>,
+    extract_ema: bool,
+) -> Result<Vec<(String, String)>, ConvertError> {
     let layers = config_usize(config, "layers_per_block").unwrap_or(2);
     let per_block = layers.saturating_add(1);
     let text_time = config_str(config, "addition_embed_type") == Some("text_time");
@@ -52,12 +151,9 @@ pub fn convert_unet(
         config_str(config, "class_embed_type"),
         Some("timestep" | "projection")
     );
-    let mut out: StateDict = Vec::new();
+    let mut out: Vec<(String, String)> = Vec::new();
     let mut label_emb_seen = false;
-    for (key, tensor) in ckpt.tensors.iter() {
-        let Some(k) = key.strip_prefix(LDM_UNET_KEY) else {
-            continue;
-        };
+    for (k, source) in unet_source(ckpt, extract_ema)? {
         let new = match k {
             "time_embed.0.weight" => Some("time_embedding.linear_1.weight".to_string()),
             "time_embed.0.bias" => Some("time_embedding.linear_1.bias".to_string()),
@@ -147,9 +243,9 @@ pub fn convert_unet(
             }
         };
         match new {
-            Some(n) => out.push((n, tensor.clone())),
+            Some(n) => out.push((n, source)),
             None => {
-                tracing::debug!(key = %key, "original UNet key has no diffusers counterpart; dropped")
+                tracing::debug!(key = %k, "original UNet key has no diffusers counterpart; dropped")
             }
         }
     }
