@@ -12,6 +12,8 @@
 //! - [`publish`]: `push_to_hub` (save to a temporary folder, model card, one commit or PR);
 //! - [`validate`]: compares an original and a saved pipeline (configs and every tensor, exact or
 //!   exact-after-cast); the forward-pass half is `diff_pipelines::validate`, which builds on it;
+//! - [`transformers_config`]: transformers 5.23's re-serialisation of CLIP model configs and
+//!   `CLIPImageProcessor` configs (old Hub configs are rewritten on save, as diffusers does);
 //! - [`order`]: PyTorch `state_dict()` order of the known model families (shard boundaries);
 //! - [`tensors`]: raw tensors read from safetensors files, shard indexes and pickle checkpoints
 //!   (through `diff_format::pickle`, the restricted reader: nothing is executed).
@@ -39,11 +41,14 @@ pub mod save;
 pub mod shard;
 pub mod single_file;
 pub mod tensors;
+pub mod transformers_config;
 pub mod validate;
 
 pub use cast::SaveDtype;
 pub use error::ConvertError;
-pub use save::{Library, SaveOptions, save_component, save_pipeline, save_weights};
+pub use save::{
+    Library, SaveOptions, save_component, save_component_as, save_pipeline, save_weights,
+};
 pub use single_file::{
     Checkpoint, ModelType, SingleFileOptions, convert_single_file, convert_single_file_with,
     detect_model_type, infer_model_type,

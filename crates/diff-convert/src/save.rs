@@ -16,6 +16,22 @@
 //!   next `from_pretrained` (which tries the index first) fails. We remove the index of the same
 //!   variant when writing a single file, and the single file of the same variant when writing
 //!   shards, so the folder always loads the weights just written.
+//! - **Configs.** diffusers configs are re-written with every `__init__` default filled in;
+//!   transformers CLIP model configs and `CLIPImageProcessor` configs as transformers 5.23 writes
+//!   them after loading (see [`crate::transformers_config`]: old 4.x files change a lot); other
+//!   transformers configs are copied (only `dtype` / `torch_dtype` follow a cast). A
+//!   `CLIPFeatureExtractor` entry of `model_index.json` is written as `CLIPImageProcessor`, and
+//!   for the Stable Diffusion pipeline classes `model_index.json` holds what the class registers
+//!   (missing optional components as `[null, null]`, parameters with their defaults), with
+//!   the fixes their `__init__` makes to outdated scheduler and UNet configs (`steps_offset`,
+//!   `clip_sample`, `skip_prk_steps`, `sample_size`; see `apply_init_fixes`).
+//! - **transformers' load dtype.** diffusers loads transformers models with `dtype=None`, which
+//!   transformers 5 treats as `"auto"`: the config's `dtype` / `torch_dtype` (else the weights'
+//!   dtype) decides the dtype the weights are loaded and so re-saved in. A plain save therefore
+//!   casts an SD 2.x text encoder whose config says float16 to float16; [`SaveOptions::dtype`]
+//!   overrides it, as `torch_dtype=` does in Python.
+//! - **Streaming.** Each safetensors file is streamed (header, then each tensor) to a temporary
+//!   name and renamed, so a save holds the tensors once, not once more as a file image.
 //! - **Atomicity.** diffusers writes in place. We build the new folder beside the destination
 //!   (`.<name>.incomplete-<pid>`), hard-linking (or copying) the files of an existing destination
 //!   that are kept, then swap it in with two renames: the old folder is renamed aside, the new one
@@ -32,6 +48,7 @@ use crate::shard::{
     weights_name,
 };
 use crate::tensors::{RawTensor, StateDict, read_index, read_pickle, read_safetensors};
+use crate::transformers_config;
 use safetensors::tensor::TensorView;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -47,7 +64,9 @@ pub const TRANSFORMERS_MAX_SHARD_SIZE: u64 = 50_000_000_000;
 pub struct SaveOptions {
     /// Save under this variant name (`fp16`, `non_ema`, ...): only renames the files.
     pub variant: Option<String>,
-    /// Cast floating tensors to this dtype (`None`: keep each tensor's dtype).
+    /// Cast floating tensors to this dtype. `None`: diffusers models keep each tensor's dtype;
+    /// transformers models take the dtype their config names (`dtype` / `torch_dtype`, else the
+    /// checkpoint's), as transformers 5 loads them (see the module doc).
     pub dtype: Option<SaveDtype>,
     /// Shard limit in bytes; `None` uses each library's default (10GB diffusers, 50GB
     /// transformers), as `DiffusionPipeline.save_pretrained(max_shard_size=None)` does.
@@ -158,13 +177,7 @@ pub fn save_weights(
             })?;
             views.push((n.clone(), view));
         }
-        let bytes = safetensors::serialize(views, metadata.clone()).map_err(|e| {
-            ConvertError::Safetensors {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        write_file(&path, &bytes)?;
+        write_safetensors(&path, views, metadata.clone())?;
     }
 
     // 3. The index.
@@ -201,6 +214,37 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ConvertError> 
     let tmp = path.with_file_name(format!(".{name}.partial"));
     let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ConvertError::io(path, e));
+    }
+    Ok(())
+}
+
+/// Streams one safetensors file to a temporary sibling of `path`, then renames it into place.
+///
+/// `safetensors::serialize_to_file` writes the header and then each tensor's bytes through a
+/// buffered writer, so peak memory stays at the tensors already held (one copy), where
+/// `safetensors::serialize` would first build the whole file in memory (a second copy: about
+/// 10 GB for an SDXL UNet in f32). Both lay out the same bytes (same header, same tensor order),
+/// so the output is unchanged. Like [`write_file`], it never writes into an existing file.
+fn write_safetensors(
+    path: &Path,
+    views: Vec<(String, TensorView<'_>)>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), ConvertError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.partial"));
+    if let Err(e) = safetensors::serialize_to_file(views, metadata, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ConvertError::Safetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        });
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(ConvertError::io(path, e));
     }
@@ -261,28 +305,61 @@ const JSON_FILES: &[&str] = &[
 /// Re-serialises a config the way diffusers / transformers write it: `json.dumps(indent=2,
 /// sort_keys=True) + "\n"`, `_diffusers_version` set to the version we reproduce (diffusers
 /// stamps its own version on save) and, for diffusers model configs, `_name_or_path`.
+/// transformers CLIP configs are re-serialised as transformers 5.23 writes them
+/// ([`crate::transformers_config`]), with the weights' dtype `dtype` and the class named in
+/// their `architectures`.
 pub(crate) fn rewrite_config(
     src: &Path,
     dst: &Path,
     name_or_path: Option<&str>,
     dtype: Option<SaveDtype>,
 ) -> Result<(), ConvertError> {
-    let text = std::fs::read_to_string(src).map_err(|e| ConvertError::io(src, e))?;
-    let mut map: Map<String, Value> = match diff_format::json::loads(&text) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            return Err(ConvertError::BadJson {
-                path: src.to_path_buf(),
-                reason: "not a JSON object".into(),
-            });
-        }
-        Err(e) => {
-            return Err(ConvertError::BadJson {
-                path: src.to_path_buf(),
-                reason: format!("invalid JSON: {e}"),
-            });
-        }
-    };
+    rewrite_config_as(src, dst, name_or_path, dtype.map(dtype_name), None)
+}
+
+/// The name transformers records for a dtype (`str(torch.float16).split(".")[1]`).
+pub(crate) fn dtype_name(d: SaveDtype) -> &'static str {
+    match d {
+        SaveDtype::F32 => "float32",
+        SaveDtype::F16 => "float16",
+        SaveDtype::BF16 => "bfloat16",
+    }
+}
+
+/// [`rewrite_config`] for a component of class `class` (the `model_index.json` entry: the model
+/// class transformers writes into `architectures`, or the image-processor class), whose weights
+/// are saved in `dtype` (a transformers dtype name).
+pub(crate) fn rewrite_config_as(
+    src: &Path,
+    dst: &Path,
+    name_or_path: Option<&str>,
+    dtype: Option<&str>,
+    class: Option<&str>,
+) -> Result<(), ConvertError> {
+    let mut map = read_json_object(src)?;
+    let file = dst.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+    if file == "config.json" && transformers_config::is_supported_model_config(&map) {
+        let architecture = class.map(str::to_string).or_else(|| {
+            map.get("architectures")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        let out =
+            transformers_config::resave_model_config(map, architecture.as_deref(), dtype, src)?;
+        let text = diff_format::json::to_config_string(&Value::Object(out));
+        return write_file(dst, text.as_bytes());
+    }
+    if file == "preprocessor_config.json"
+        && class
+            .or_else(|| transformers_config::image_processor_class(&map))
+            .is_some_and(transformers_config::is_supported_image_processor)
+    {
+        let out = transformers_config::resave_image_processor_config(map, src)?;
+        let text = diff_format::json::to_config_string(&Value::Object(out));
+        return write_file(dst, text.as_bytes());
+    }
     for key in diff_format::config::DROPPED_ON_SAVE {
         map.remove(key);
     }
@@ -296,19 +373,15 @@ pub(crate) fn rewrite_config(
         );
         // Models record where they were loaded from; schedulers (scheduler_config.json) do not.
         if let Some(n) = name_or_path
-            && dst.file_name().is_some_and(|f| f == "config.json")
+            && file == "config.json"
         {
             map.insert("_name_or_path".into(), Value::String(n.to_string()));
         }
     }
+    // Other transformers configs (model types this crate does not re-serialise) are copied;
     // transformers records the dtype the weights were saved in (`dtype`, `torch_dtype` before
-    // 4.56); a cast on save changes it, as saving a model loaded in that dtype would.
-    if let Some(d) = dtype {
-        let name = match d {
-            SaveDtype::F32 => "float32",
-            SaveDtype::F16 => "float16",
-            SaveDtype::BF16 => "bfloat16",
-        };
+    // 4.56), which a cast on save changes, as saving a model loaded in that dtype would.
+    if let Some(name) = dtype {
         for key in ["dtype", "torch_dtype"] {
             if map.contains_key(key) && !map.contains_key("_diffusers_version") {
                 map.insert(key.into(), Value::String(name.into()));
@@ -317,6 +390,22 @@ pub(crate) fn rewrite_config(
     }
     let out = diff_format::json::to_config_string(&Value::Object(map));
     write_file(dst, out.as_bytes())
+}
+
+/// Reads a JSON object as Python's `json.loads` would (non-finite floats included).
+fn read_json_object(src: &Path) -> Result<Map<String, Value>, ConvertError> {
+    let text = std::fs::read_to_string(src).map_err(|e| ConvertError::io(src, e))?;
+    match diff_format::json::loads(&text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ConvertError::BadJson {
+            path: src.to_path_buf(),
+            reason: "not a JSON object".into(),
+        }),
+        Err(e) => Err(ConvertError::BadJson {
+            path: src.to_path_buf(),
+            reason: format!("invalid JSON: {e}"),
+        }),
+    }
 }
 
 /// Loads `map` into diff-format's typed config `T` and writes it back as diffusers would
@@ -336,7 +425,10 @@ fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
 /// Fills the `__init__` defaults of the classes diff-format has typed configs for (the UNet, the
 /// VAE and the schedulers), as diffusers' `register_to_config` records every argument; other
 /// configs (transformers', unknown classes) are written with their own keys.
-fn fill_defaults(map: Map<String, Value>, src: &Path) -> Result<Map<String, Value>, ConvertError> {
+pub(crate) fn fill_defaults(
+    map: Map<String, Value>,
+    src: &Path,
+) -> Result<Map<String, Value>, ConvertError> {
     use diff_format::configs::scheduler as s;
     use diff_format::configs::{unet::UNet2DConditionConfig, vae::AutoencoderKLConfig};
     let class = map
@@ -395,10 +487,64 @@ pub fn save_component(
     options: &SaveOptions,
     name_or_path: Option<&str>,
 ) -> Result<(), ConvertError> {
+    save_component_as(src, dst, options, name_or_path, None)
+}
+
+/// [`save_component`] for a component whose class is known (`model_index.json`'s entry, e.g.
+/// `StableDiffusionSafetyChecker`): transformers writes that class into `architectures`, and a
+/// `CLIPFeatureExtractor` entry is loaded (and written) as `CLIPImageProcessor`.
+///
+/// transformers models are loaded by diffusers with `dtype=None`, which transformers 5 reads as
+/// `"auto"`: the weights are loaded (and so re-saved) in the dtype the config names (`dtype`,
+/// or the legacy `torch_dtype`), else in the dtype of the checkpoint's first floating tensor
+/// (first by name here).
+/// A plain save of an SD 2.x text encoder whose config says `"torch_dtype": "float16"` therefore
+/// writes float16 weights, whatever the stored dtype; [`SaveOptions::dtype`] overrides that.
+pub fn save_component_as(
+    src: &Path,
+    dst: &Path,
+    options: &SaveOptions,
+    name_or_path: Option<&str>,
+    class: Option<&str>,
+) -> Result<(), ConvertError> {
     let weights = match read_component_weights(src, options.variant.as_deref())? {
         Some(w) => Some(w),
         None => read_component_weights(src, None)?,
     };
+    let mut options = options.clone();
+    let mut dtype: Option<String> = options.dtype.map(|d| dtype_name(d).to_string());
+    if let Some((Library::Transformers, tensors)) = &weights
+        && options.dtype.is_none()
+    {
+        let config = src.join("config.json");
+        let from_config = if config.is_file() {
+            transformers_config::load_dtype(&read_json_object(&config)?)
+        } else {
+            None
+        };
+        let auto = from_config.or_else(|| {
+            let mut names: Vec<&(String, RawTensor)> =
+                tensors.iter().filter(|(_, t)| t.is_float()).collect();
+            names.sort_by(|a, b| a.0.cmp(&b.0));
+            names
+                .first()
+                .map(|(_, t)| torch_dtype_name(t.dtype).to_string())
+        });
+        if let Some(name) = auto {
+            options.dtype = SaveDtype::parse(&name);
+            if options.dtype.is_none() {
+                tracing::warn!(
+                    config = %config.display(),
+                    dtype = %name,
+                    "transformers would load this model in a dtype saving cannot cast to (float32, float16, bfloat16); weights are kept as stored"
+                );
+            }
+            dtype = Some(match options.dtype {
+                Some(d) => dtype_name(d).to_string(),
+                None => name,
+            });
+        }
+    }
     for entry in std::fs::read_dir(src).map_err(|e| ConvertError::io(src, e))? {
         let entry = entry.map_err(|e| ConvertError::io(src, e))?;
         let file = entry.file_name().to_string_lossy().into_owned();
@@ -407,15 +553,31 @@ pub fn save_component(
             continue;
         }
         if JSON_FILES.contains(&file.as_str()) {
-            rewrite_config(&path, &dst.join(&file), name_or_path, options.dtype)?;
+            rewrite_config_as(
+                &path,
+                &dst.join(&file),
+                name_or_path,
+                dtype.as_deref(),
+                class,
+            )?;
         } else {
             copy_file(&path, &dst.join(&file))?;
         }
     }
     if let Some((library, tensors)) = weights {
-        save_weights(dst, library, tensors, options)?;
+        save_weights(dst, library, tensors, &options)?;
     }
     Ok(())
+}
+
+/// torch's name of a safetensors dtype (`float32`, ...), as transformers writes it.
+fn torch_dtype_name(d: safetensors::Dtype) -> &'static str {
+    match d {
+        safetensors::Dtype::F16 => "float16",
+        safetensors::Dtype::BF16 => "bfloat16",
+        safetensors::Dtype::F64 => "float64",
+        _ => "float32",
+    }
 }
 
 /// Whether a file name is a weights file or index (any variant, any shard).
@@ -450,6 +612,13 @@ pub fn save_pipeline(src: &Path, dst: &Path, options: &SaveOptions) -> Result<()
             });
         }
     };
+    if let Some(spec) = index
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .and_then(crate::single_file::pipeline::spec)
+    {
+        index = registered_index(&index, spec);
+    }
     let name_or_path = options
         .name_or_path
         .clone()
@@ -480,9 +649,25 @@ pub fn save_pipeline(src: &Path, dst: &Path, options: &SaveOptions) -> Result<()
             let to = tmp.join(name);
             std::fs::create_dir_all(&to).map_err(|e| ConvertError::io(&to, e))?;
             let component_path = format!("{name_or_path}/{name}");
-            save_component(&from, &to, options, Some(&component_path))?;
+            let class = index
+                .get(name)
+                .and_then(Value::as_array)
+                .and_then(|a| a.get(1))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            save_component_as(&from, &to, options, Some(&component_path), class.as_deref())?;
         }
-        // model_index.json last, as diffusers writes it.
+        if let Some(class) = index.get("_class_name").and_then(Value::as_str) {
+            apply_init_fixes(class, src, tmp)?;
+        }
+        // model_index.json last, as diffusers writes it: each component's entry is the class
+        // of the object it loaded, so a `CLIPFeatureExtractor` entry (removed in transformers 5;
+        // diffusers loads `CLIPImageProcessor` instead) is written as `CLIPImageProcessor`.
+        for name in &components {
+            if let Some(entry) = index.get_mut(name) {
+                *entry = saved_index_entry(entry);
+            }
+        }
         index.insert(
             "_diffusers_version".into(),
             Value::String(diff_format::DIFFUSERS_VERSION.into()),
@@ -491,6 +676,160 @@ pub fn save_pipeline(src: &Path, dst: &Path, options: &SaveOptions) -> Result<()
         let out = diff_format::json::to_config_string(&Value::Object(index.clone()));
         write_file(&tmp.join("model_index.json"), out.as_bytes())
     })
+}
+
+/// The config fixes the Stable Diffusion pipelines' `__init__` makes to outdated components
+/// before registering them (diffusers 0.42.1 `pipeline_stable_diffusion*.py`), which their
+/// `save_pretrained` therefore writes:
+/// - the scheduler's `steps_offset` (when its config has one) becomes 1;
+/// - `clip_sample: true` becomes `false` (text-to-image and image-to-image);
+/// - `skip_prk_steps: false` becomes `true` (inpainting);
+/// - a UNet config written by diffusers before 0.9 with an integer `sample_size` below 64 gets
+///   `sample_size: 64`.
+///
+/// SDXL pipelines make none of these. `src` is the source pipeline folder (the UNet's original
+/// `_diffusers_version` is read there), `out` the folder being written.
+fn apply_init_fixes(class: &str, src: &Path, out: &Path) -> Result<(), ConvertError> {
+    let scheduler = out.join("scheduler/scheduler_config.json");
+    if scheduler.is_file() {
+        let mut map = read_json_object(&scheduler)?;
+        if init_fix_scheduler(class, &mut map) {
+            let text = diff_format::json::to_config_string(&Value::Object(map));
+            write_file(&scheduler, text.as_bytes())?;
+        }
+    }
+    let (unet_src, unet_out) = (src.join("unet/config.json"), out.join("unet/config.json"));
+    if unet_src.is_file() && unet_out.is_file() {
+        let original = read_json_object(&unet_src)?;
+        let version = original.get("_diffusers_version").and_then(Value::as_str);
+        let mut map = read_json_object(&unet_out)?;
+        if init_fix_unet(class, version, &mut map) {
+            let text = diff_format::json::to_config_string(&Value::Object(map));
+            write_file(&unet_out, text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// The scheduler half of [`apply_init_fixes`] on a scheduler config; whether it changed.
+pub(crate) fn init_fix_scheduler(class: &str, map: &mut Map<String, Value>) -> bool {
+    let (clip_sample, skip_prk) = match class {
+        "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" => (true, false),
+        "StableDiffusionInpaintPipeline" => (false, true),
+        _ => return false,
+    };
+    let mut changed = false;
+    if map
+        .get("steps_offset")
+        .is_some_and(|v| !transformers_config::py_eq(v, &Value::from(1)))
+    {
+        map.insert("steps_offset".into(), Value::from(1));
+        changed = true;
+    }
+    // Python tests `is True` / `is False`: only the booleans themselves.
+    if clip_sample && map.get("clip_sample") == Some(&Value::Bool(true)) {
+        map.insert("clip_sample".into(), Value::Bool(false));
+        changed = true;
+    }
+    if skip_prk && map.get("skip_prk_steps") == Some(&Value::Bool(false)) {
+        map.insert("skip_prk_steps".into(), Value::Bool(true));
+        changed = true;
+    }
+    changed
+}
+
+/// The UNet half of [`apply_init_fixes`]: `version` is the `_diffusers_version` the UNet config
+/// was loaded with; whether `map` changed.
+pub(crate) fn init_fix_unet(
+    class: &str,
+    version: Option<&str>,
+    map: &mut Map<String, Value>,
+) -> bool {
+    if !matches!(
+        class,
+        "StableDiffusionPipeline"
+            | "StableDiffusionImg2ImgPipeline"
+            | "StableDiffusionInpaintPipeline"
+    ) {
+        return false;
+    }
+    let old = version.is_some_and(|v| release_before(v, [0, 9, 0]));
+    let small = map
+        .get("sample_size")
+        .and_then(Value::as_i64)
+        .is_some_and(|s| s < 64);
+    if old && small {
+        map.insert("sample_size".into(), Value::from(64));
+    }
+    old && small
+}
+
+/// `version.parse(version.parse(v).base_version) < version.parse("X.Y.Z.dev0")`: the release
+/// numbers of `v` (pre-release and dev suffixes dropped) compared with `release`.
+fn release_before(v: &str, release: [u64; 3]) -> bool {
+    let mut parts = Vec::new();
+    for piece in v.trim().trim_start_matches('v').split('.') {
+        let digits: String = piece.chars().take_while(char::is_ascii_digit).collect();
+        let Ok(n) = digits.parse::<u64>() else { break };
+        parts.push(n);
+        if digits.len() != piece.len() {
+            break;
+        }
+    }
+    parts.resize(3.max(parts.len()), 0);
+    parts.as_slice() < release.as_slice()
+}
+
+/// What a pipeline class of known `__init__` registers from a `model_index.json`, and so what
+/// its `save_pretrained` writes: every `__init__` component (the folder's entry; `[null, null]`
+/// for an optional one the index lacks, as in SD 1.x repos written before `image_encoder`
+/// existed) and every registered parameter (the index's value, else the `__init__` default, e.g.
+/// `requires_safety_checker: true`). Keys the class does not take are dropped, as diffusers
+/// ignores them. A required component missing from the index is left missing (diffusers refuses
+/// to load such a pipeline; the save goes on without it).
+fn registered_index(
+    index: &Map<String, Value>,
+    spec: &crate::single_file::pipeline::PipelineSpec,
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    for key in ["_class_name", "_diffusers_version", "_name_or_path"] {
+        if let Some(v) = index.get(key) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    for name in spec.components {
+        match index.get(*name) {
+            Some(v) => {
+                out.insert((*name).into(), v.clone());
+            }
+            None if spec.optional.contains(name) => {
+                out.insert((*name).into(), serde_json::json!([null, null]));
+            }
+            None => {
+                tracing::warn!(component = %name, class = %spec.class, "model_index.json lacks a required component");
+            }
+        }
+    }
+    for (param, default) in spec.params {
+        let value = index.get(*param).cloned().unwrap_or(Value::Bool(*default));
+        out.insert((*param).into(), value);
+    }
+    out
+}
+
+/// The `model_index.json` entry diffusers writes for a component loaded from `entry`: the class
+/// of the object it loaded, which for `["transformers", "CLIPFeatureExtractor"]` (a class
+/// transformers 5 no longer has; diffusers 0.42.1 loads `CLIPImageProcessor` instead) is
+/// `["transformers", "CLIPImageProcessor"]`.
+pub(crate) fn saved_index_entry(entry: &Value) -> Value {
+    match entry.as_array().map(Vec::as_slice) {
+        Some([Value::String(library), Value::String(class)])
+            if library == "transformers" && class == "CLIPFeatureExtractor" =>
+        {
+            serde_json::json!(["transformers", "CLIPImageProcessor"])
+        }
+        _ => entry.clone(),
+    }
 }
 
 fn is_plain_name(name: &str) -> bool {
@@ -562,4 +901,30 @@ fn link_tree(src: &Path, dst: &Path) -> Result<(), ConvertError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_before_compares_base_versions_like_packaging() {
+        assert!(release_before("0.8.0", [0, 9, 0]));
+        assert!(release_before("0.7.0.dev0", [0, 9, 0]));
+        assert!(!release_before("0.9.0.dev0", [0, 9, 0]));
+        assert!(!release_before("0.9.0rc1", [0, 9, 0]));
+        assert!(!release_before("0.10.0", [0, 9, 0]));
+        assert!(!release_before("1.0", [0, 9, 0]));
+    }
+
+    #[test]
+    fn legacy_feature_extractor_entry_is_renamed_and_others_kept() {
+        let legacy = serde_json::json!(["transformers", "CLIPFeatureExtractor"]);
+        assert_eq!(
+            saved_index_entry(&legacy),
+            serde_json::json!(["transformers", "CLIPImageProcessor"])
+        );
+        let other = serde_json::json!(["diffusers", "CLIPFeatureExtractor"]);
+        assert_eq!(saved_index_entry(&other), other);
+    }
 }

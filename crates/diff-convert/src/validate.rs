@@ -3,7 +3,13 @@
 //! For every component of the original's `model_index.json`:
 //! - configs (`config.json`, `scheduler_config.json`, `preprocessor_config.json`) must hold the
 //!   same JSON values, ignoring `_diffusers_version`, `_name_or_path` and transformers' `dtype` /
-//!   `torch_dtype` (which a cast legitimately changes);
+//!   `torch_dtype` (which a cast legitimately changes); CLIP model and image-processor configs
+//!   are compared as transformers 5.23 re-serialises them (`crate::transformers_config`), so an
+//!   original written by an old transformers matches its faithful re-save, and a legacy
+//!   `CLIPFeatureExtractor` entry of `model_index.json` matches the `CLIPImageProcessor` one;
+//!   diffusers configs of the original are compared with their `__init__` defaults filled in,
+//!   and scheduler and UNet configs as the Stable Diffusion pipelines' `__init__` loads them
+//!   (`steps_offset`, `clip_sample`, `skip_prk_steps`, `sample_size` fixed up);
 //! - weights (read strictly: every shard of an index must be present) must have the same names
 //!   and shapes; values must be identical when the dtypes match, and when the saved copy was
 //!   cast (e.g. an fp16 variant), identical to the original cast with torch's rounding. That is
@@ -97,6 +103,26 @@ fn strip_sub_config_dtypes(map: &mut Map<String, Value>) {
     }
 }
 
+/// A CLIP model config or `CLIPImageProcessor` config as transformers 5.23 re-serialises it
+/// ([`crate::transformers_config`]): an original written by an older transformers (4.22's full
+/// dumps, legacy `*_config_dict`, integer sizes) is compared in the form a faithful save writes.
+fn as_transformers_writes(
+    map: Map<String, Value>,
+    file: &str,
+    path: &Path,
+) -> Result<Map<String, Value>, ConvertError> {
+    use crate::transformers_config as tc;
+    if file == "config.json" && tc::is_supported_model_config(&map) {
+        return tc::resave_model_config(map, None, None, path);
+    }
+    if file == "preprocessor_config.json"
+        && tc::image_processor_class(&map).is_some_and(tc::is_supported_image_processor)
+    {
+        return tc::resave_image_processor_config(map, path);
+    }
+    Ok(map)
+}
+
 fn read_object(path: &Path) -> Result<Map<String, Value>, ConvertError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConvertError::io(path, e))?;
     match serde_json::from_str(&text) {
@@ -108,10 +134,26 @@ fn read_object(path: &Path) -> Result<Map<String, Value>, ConvertError> {
     }
 }
 
+/// What a faithful save does to an original config before writing it (see
+/// [`compare_configs_with`]).
+type ConfigFix<'a> = &'a dyn Fn(&str, &mut Map<String, Value>);
+
+#[cfg(test)]
 fn compare_configs(
     original: &Path,
     saved: &Path,
     problems: &mut Vec<String>,
+) -> Result<(), ConvertError> {
+    compare_configs_with(original, saved, problems, &|_, _| {})
+}
+
+/// Compares the config files of two component folders, with `fix` applied to each original
+/// config (by file name) first.
+fn compare_configs_with(
+    original: &Path,
+    saved: &Path,
+    problems: &mut Vec<String>,
+    fix: ConfigFix<'_>,
 ) -> Result<(), ConvertError> {
     for file in CONFIG_FILES {
         let (a, b) = (original.join(file), saved.join(file));
@@ -121,6 +163,14 @@ fn compare_configs(
             (false, true) => problems.push(format!("{file} is only in the saved copy")),
             (true, true) => {
                 let (mut x, mut y) = (read_object(&a)?, read_object(&b)?);
+                x = as_transformers_writes(x, file, &a)?;
+                // diffusers configs as loaded: every `__init__` default filled in (an old
+                // original lacks keys a save writes); left as they are if they do not parse.
+                if x.contains_key("_diffusers_version") {
+                    x = crate::save::fill_defaults(x.clone(), &a).unwrap_or(x);
+                }
+                fix(file, &mut x);
+                y = as_transformers_writes(y, file, &b)?;
                 for k in IGNORED_KEYS {
                     x.remove(k);
                     y.remove(k);
@@ -215,6 +265,16 @@ pub fn validate_component(
     saved: &Path,
     variant: Option<&str>,
 ) -> Result<ComponentReport, ConvertError> {
+    validate_component_with(name, original, saved, variant, &|_, _| {})
+}
+
+fn validate_component_with(
+    name: &str,
+    original: &Path,
+    saved: &Path,
+    variant: Option<&str>,
+    fix: ConfigFix<'_>,
+) -> Result<ComponentReport, ConvertError> {
     let mut report = ComponentReport {
         name: name.to_string(),
         tensors: 0,
@@ -228,7 +288,7 @@ pub fn validate_component(
             .push("the component folder is missing from the saved copy".into());
         return Ok(report);
     }
-    compare_configs(original, saved, &mut report.problems)?;
+    compare_configs_with(original, saved, &mut report.problems, fix)?;
     let a = read_component_weights(original, None)?;
     let b = match read_component_weights(saved, variant)? {
         Some(w) => Some(w),
@@ -293,7 +353,10 @@ pub fn validate_pipeline(
         if IGNORED_KEYS.contains(&k.as_str()) {
             continue;
         }
-        if saved_index.get(k) != Some(v) {
+        // A faithful save renames a legacy class entry as diffusers does (`save::saved_index_entry`).
+        if saved_index.get(k) != Some(v)
+            && saved_index.get(k) != Some(&crate::save::saved_index_entry(v))
+        {
             top.problems.push(format!(
                 "`{k}` is {v} in the original, {:?} in the saved copy",
                 saved_index.get(k)
@@ -310,11 +373,32 @@ pub fn validate_pipeline(
         if !is_component || name.contains(['/', '\\']) || name == ".." {
             continue;
         }
-        reports.push(validate_component(
+        // The Stable Diffusion pipelines' `__init__` rewrites outdated scheduler and UNet
+        // configs, so a faithful save differs there from the original (`save::apply_init_fixes`);
+        // the original is compared as loaded.
+        let class = index
+            .get("_class_name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let fix = |file: &str, map: &mut Map<String, Value>| match (name.as_str(), file) {
+            ("scheduler", "scheduler_config.json") => {
+                crate::save::init_fix_scheduler(class, map);
+            }
+            ("unet", "config.json") => {
+                let version = map
+                    .get("_diffusers_version")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                crate::save::init_fix_unet(class, version.as_deref(), map);
+            }
+            _ => {}
+        };
+        reports.push(validate_component_with(
             name,
             &original.join(name),
             &saved.join(name),
             variant,
+            &fix,
         )?);
     }
     Ok(reports)

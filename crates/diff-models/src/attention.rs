@@ -10,8 +10,6 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, GroupNorm, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::gelu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::resnet::{conv2d, group_norm, linear};
@@ -21,7 +19,16 @@ use crate::resnet::{conv2d, group_norm, linear};
 /// 20% slower than the folded form for the UNet's shapes.
 pub fn linear_tokens(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [b, n, d] = x.dims();
-    let y = layer.forward(x.reshape([b * n, d]));
+    let y = crate::precision::linear(layer, x.reshape([b * n, d]));
+    let out = y.dims()[1];
+    y.reshape([b, n, out])
+}
+
+/// [`linear_tokens`] for tokens that torch holds as a transposed (non-contiguous) view, where
+/// its half-precision `F.linear` rounds the product and the bias addition separately.
+fn linear_tokens_strided(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let [b, n, d] = x.dims();
+    let y = crate::precision::linear_strided(layer, x.reshape([b * n, d]));
     let out = y.dims()[1];
     y.reshape([b, n, out])
 }
@@ -45,18 +52,7 @@ pub fn scaled_dot_product_attention(
     let split = |t: Tensor<3>, len: usize| t.reshape([b, len, heads, head_dim]).swap_dims(1, 2);
     let (q, k, v) = (split(q, n), split(k, m), split(v, m));
     let bias = bias.map(|b4| b4.expand([b, heads, n, m]));
-    let out = attention(
-        q,
-        k,
-        v,
-        None,
-        bias,
-        AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: false,
-        },
-    );
+    let out = crate::precision::attention(q, k, v, None, bias, None, false);
     out.swap_dims(1, 2).reshape([b, n, inner])
 }
 
@@ -138,14 +134,24 @@ impl Attention {
     ) -> Tensor<3> {
         let _span = tracing::trace_span!("Attention").entered();
         let residual = x.clone();
+        // diffusers' processor feeds the projections a transposed view when it group-normalises
+        // (always, for the VAE's attention over a feature map); torch rounds such a linear twice.
+        let strided = self.group_norm.is_some();
         let h = match &self.group_norm {
-            Some(norm) => norm.forward(x.swap_dims(1, 2)).swap_dims(1, 2),
+            Some(norm) => crate::precision::group_norm(norm, x.swap_dims(1, 2)).swap_dims(1, 2),
             None => x,
         };
-        let q = linear_tokens(&self.to_q, h.clone());
+        let project = |layer: &Linear, t: Tensor<3>| {
+            if strided {
+                linear_tokens_strided(layer, t)
+            } else {
+                linear_tokens(layer, t)
+            }
+        };
+        let q = project(&self.to_q, h.clone());
         let ctx = context.cloned().unwrap_or(h);
-        let k = linear_tokens(&self.to_k, ctx.clone());
-        let v = linear_tokens(&self.to_v, ctx);
+        let k = project(&self.to_k, ctx.clone());
+        let v = project(&self.to_v, ctx);
         let out = scaled_dot_product_attention(q, k, v, self.heads, bias);
         let mut out = match self.to_out.first() {
             Some(proj) => linear_tokens(proj, out),
@@ -190,7 +196,7 @@ impl Geglu {
         let width = h.dims()[2] / 2;
         let hidden = h.clone().narrow(2, 0, width);
         let gate = h.narrow(2, width, width);
-        hidden * gelu(gate)
+        hidden * crate::precision::elementwise(gate, gelu)
     }
 }
 
@@ -308,16 +314,16 @@ impl BasicTransformerBlock {
         context_bias: Option<&Tensor<4>>,
     ) -> Tensor<3> {
         let _span = tracing::trace_span!("BasicTransformerBlock").entered();
-        let h = self.norm1.forward(x.clone());
+        let h = crate::precision::layer_norm(&self.norm1, x.clone());
         let h = if self.only_cross_attention {
             self.attn1.forward(h, Some(context), context_bias.cloned())
         } else {
             self.attn1.forward(h, None, None)
         };
         let x = h + x;
-        let h = self.norm2.forward(x.clone());
+        let h = crate::precision::layer_norm(&self.norm2, x.clone());
         let x = self.attn2.forward(h, Some(context), context_bias.cloned()) + x;
-        let h = self.norm3.forward(x.clone());
+        let h = crate::precision::layer_norm(&self.norm3, x.clone());
         self.ff.forward(h) + x
     }
 }
@@ -412,7 +418,7 @@ impl Transformer2DModel {
         let _span = tracing::trace_span!("Transformer2DModel").entered();
         let [b, _, h, w] = x.dims();
         let residual = x.clone();
-        let x = self.norm.forward(x);
+        let x = crate::precision::group_norm(&self.norm, x);
         let to_tokens = |t: Tensor<4>| {
             let c = t.dims()[1];
             t.permute([0, 2, 3, 1]).reshape([b, h * w, c])
@@ -422,14 +428,14 @@ impl Transformer2DModel {
             t.reshape([b, h, w, c]).permute([0, 3, 1, 2])
         };
         let mut tokens = match &self.proj_in {
-            Projection::Conv(c) => to_tokens(c.forward(x)),
+            Projection::Conv(c) => to_tokens(crate::precision::conv2d(c, x)),
             Projection::Linear(l) => linear_tokens(l, to_tokens(x)),
         };
         for block in &self.transformer_blocks {
             tokens = block.forward(tokens, context, context_bias);
         }
         let out = match &self.proj_out {
-            Projection::Conv(c) => c.forward(to_map(tokens)),
+            Projection::Conv(c) => crate::precision::conv2d(c, to_map(tokens)),
             Projection::Linear(l) => to_map(linear_tokens(l, tokens)),
         };
         out + residual

@@ -186,10 +186,16 @@ impl AutoencoderKL {
                 reason: e.to_string(),
             })?;
         let model = Self::from_config(&config, device, options.dtype)?;
-        let options = options
+        load_component(model, folder, variant, &Self::load_options(options))
+    }
+
+    /// `options` plus the key renames diffusers applies to this class: the attention weights
+    /// of old checkpoints (`query` / `key` / `value` / `proj_attn`) load as `to_q` / `to_k` /
+    /// `to_v` / `to_out.0`.
+    pub fn load_options(options: &LoadOptions) -> LoadOptions {
+        options
             .clone()
-            .with_rename(Arc::new(rename_deprecated_attention));
-        load_component(model, folder, variant, &options)
+            .with_rename(Arc::new(rename_deprecated_attention))
     }
 
     /// The factor between image and latent sides, `2^(len(block_out_channels) - 1)`
@@ -269,7 +275,7 @@ impl AutoencoderKL {
     fn encode_tile(&self, x: Tensor<4>) -> Tensor<4> {
         let h = self.encoder.forward(x);
         match &self.quant_conv {
-            Some(q) => q.forward(h),
+            Some(q) => crate::precision::conv2d(q, h),
             None => h,
         }
     }
@@ -307,7 +313,7 @@ impl AutoencoderKL {
 
     fn decode_tile(&self, z: Tensor<4>) -> Tensor<4> {
         let z = match &self.post_quant_conv {
-            Some(q) => q.forward(z),
+            Some(q) => crate::precision::conv2d(q, z),
             None => z,
         };
         self.decoder.forward(z)

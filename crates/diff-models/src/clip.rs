@@ -14,8 +14,6 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, gelu_approximate, relu, sigmoid, silu};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use diff_format::configs::clip::{CLIPTextConfig, TokenIds};
 
@@ -61,11 +59,16 @@ impl HiddenAct {
     /// Applies the activation.
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            HiddenAct::QuickGelu => x.clone() * sigmoid(x * 1.702),
-            HiddenAct::Gelu => gelu(x),
-            HiddenAct::GeluTanh => gelu_approximate(x),
+            // transformers' QuickGELU is three torch ops (`x * sigmoid(1.702 * x)`), each
+            // rounded to a half dtype on its own.
+            HiddenAct::QuickGelu => {
+                let t = crate::precision::elementwise(x.clone(), |x| x * 1.702);
+                x * crate::precision::elementwise(t, sigmoid)
+            }
+            HiddenAct::Gelu => crate::precision::elementwise(x, gelu),
+            HiddenAct::GeluTanh => crate::precision::elementwise(x, gelu_approximate),
             HiddenAct::Relu => relu(x),
-            HiddenAct::Silu => silu(x),
+            HiddenAct::Silu => crate::precision::elementwise(x, silu),
         }
     }
 }
@@ -140,17 +143,12 @@ impl CLIPAttention {
         let [b, s, h] = x.dims();
         let head_dim = h / self.num_heads;
         let split = |t: Tensor<3>| t.reshape([b, s, self.num_heads, head_dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
-        let options = AttentionModuleOptions {
-            scale: Some((head_dim as f64).powf(-0.5)),
-            softcap: None,
-            is_causal: causal,
-        };
-        let out = attention(q, k, v, key_mask, None, options);
-        self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([b, s, h]))
+        let q = split(crate::precision::linear(&self.q_proj, x.clone()));
+        let k = split(crate::precision::linear(&self.k_proj, x.clone()));
+        let v = split(crate::precision::linear(&self.v_proj, x));
+        let scale = (head_dim as f64).powf(-0.5);
+        let out = crate::precision::attention(q, k, v, key_mask, None, Some(scale), causal);
+        crate::precision::linear(&self.out_proj, out.swap_dims(1, 2).reshape([b, s, h]))
     }
 }
 
@@ -169,7 +167,10 @@ pub struct CLIPMLP {
 impl CLIPMLP {
     /// Applies the MLP.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(self.act.forward(self.fc1.forward(x)))
+        crate::precision::linear(
+            &self.fc2,
+            self.act.forward(crate::precision::linear(&self.fc1, x)),
+        )
     }
 }
 
@@ -195,10 +196,15 @@ impl CLIPEncoderLayer {
         key_mask: Option<Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let h = x.clone()
+            + self.self_attn.forward(
+                crate::precision::layer_norm(&self.layer_norm1, x),
+                causal,
+                key_mask,
+            );
+        h.clone()
             + self
-                .self_attn
-                .forward(self.layer_norm1.forward(x), causal, key_mask);
-        h.clone() + self.mlp.forward(self.layer_norm2.forward(h))
+                .mlp
+                .forward(crate::precision::layer_norm(&self.layer_norm2, h))
     }
 }
 
@@ -457,7 +463,7 @@ impl CLIPTextModel {
                 model: TEXT.to_string(),
                 reason: "encoder produced no output".to_string(),
             })?;
-        let last_hidden_state = self.final_layer_norm.forward(last);
+        let last_hidden_state = crate::precision::layer_norm(&self.final_layer_norm, last);
         let positions = self.eos_positions(&ids, s);
         let pooler_output = gather_rows(last_hidden_state.clone(), &positions);
         Ok(CLIPTextOutput {
@@ -575,7 +581,7 @@ impl CLIPTextModelWithProjection {
             .text_model
             .forward_with_mask(input_ids, attention_mask)?;
         Ok(CLIPTextModelWithProjectionOutput {
-            text_embeds: self.text_projection.forward(out.pooler_output),
+            text_embeds: crate::precision::linear(&self.text_projection, out.pooler_output),
             last_hidden_state: out.last_hidden_state,
             hidden_states: out.hidden_states,
         })

@@ -36,6 +36,6 @@ impl Downsample2D {
     /// - output: `[batch, out_channels, ceil(height / 2), ceil(width / 2)]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let _span = tracing::trace_span!("Downsample2D").entered();
-        self.conv.forward(x)
+        crate::precision::conv2d(&self.conv, x)
     }
 }

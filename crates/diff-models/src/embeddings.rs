@@ -117,12 +117,12 @@ impl TimestepEmbedding {
     pub fn forward(&self, sample: Tensor<2>, condition: Option<Tensor<2>>) -> Tensor<2> {
         let _span = tracing::trace_span!("TimestepEmbedding").entered();
         let sample = match (&self.cond_proj, condition) {
-            (Some(p), Some(c)) => sample + p.forward(c),
+            (Some(p), Some(c)) => sample + crate::precision::linear(p, c),
             _ => sample,
         };
-        let h = self.linear_1.forward(sample);
+        let h = crate::precision::linear(&self.linear_1, sample);
         let h = self.act.forward(h);
-        let h = self.linear_2.forward(h);
+        let h = crate::precision::linear(&self.linear_2, h);
         match self.post_act {
             Some(a) => a.forward(h),
             None => h,

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod precision;
 pub mod weights;
 
 // CLIP text/vision, safety checker, image preprocessing (WEIGHTS+CLIP engineer).

@@ -42,9 +42,9 @@ impl Activation {
     /// Applies the activation element-wise.
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Self::Silu => activation::silu(x),
-            Self::Gelu => activation::gelu(x),
-            Self::Mish => activation::mish(x),
+            Self::Silu => crate::precision::elementwise(x, activation::silu),
+            Self::Gelu => crate::precision::elementwise(x, activation::gelu),
+            Self::Mish => crate::precision::elementwise(x, activation::mish),
             Self::Relu => activation::relu(x),
         }
     }
@@ -208,9 +208,9 @@ impl ResnetBlock2D {
     /// - output: `[batch, out_channels, height, width]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
         let _span = tracing::trace_span!("ResnetBlock2D").entered();
-        let h = self.norm1.forward(x.clone());
+        let h = crate::precision::group_norm(&self.norm1, x.clone());
         let h = self.act.forward(h);
-        let mut h = self.conv1.forward(h);
+        let mut h = crate::precision::conv2d(&self.conv1, h);
 
         let temb = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(t)) => {
@@ -219,14 +219,14 @@ impl ResnetBlock2D {
                 } else {
                     self.act.forward(t.clone())
                 };
-                let t: Tensor<4> = proj.forward(t).unsqueeze_dims(&[2, 3]);
+                let t: Tensor<4> = crate::precision::linear(proj, t).unsqueeze_dims(&[2, 3]);
                 Some(t)
             }
             _ => None,
         };
 
         if self.scale_shift {
-            h = self.norm2.forward(h);
+            h = crate::precision::group_norm(&self.norm2, h);
             if let Some(t) = temb {
                 let mut halves = t.chunk(2, 1).into_iter();
                 if let (Some(scale), Some(shift)) = (halves.next(), halves.next()) {
@@ -237,13 +237,13 @@ impl ResnetBlock2D {
             if let Some(t) = temb {
                 h = h + t;
             }
-            h = self.norm2.forward(h);
+            h = crate::precision::group_norm(&self.norm2, h);
         }
         let h = self.act.forward(h);
-        let h = self.conv2.forward(h);
+        let h = crate::precision::conv2d(&self.conv2, h);
 
         let x = match &self.conv_shortcut {
-            Some(c) => c.forward(x),
+            Some(c) => crate::precision::conv2d(c, x),
             None => x,
         };
         let out = x + h;

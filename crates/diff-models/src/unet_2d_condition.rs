@@ -820,7 +820,7 @@ impl UNet2DConditionModel {
                     ClassEmbedKind::SimpleProjection,
                     ClassLabels::Embeds(e),
                     Some(ClassEmbedding::Linear(l)),
-                ) => l.forward(e.cast(dtype)),
+                ) => crate::precision::linear(l, e.cast(dtype)),
                 (kind, _, _) => {
                     return Err(invalid(format!(
                         "class embedding {kind:?} takes {} class labels",
@@ -872,11 +872,11 @@ impl UNet2DConditionModel {
         }
         let mut context = input.encoder_hidden_states.cast(dtype);
         if let Some(p) = &self.encoder_hid_proj {
-            context = p.forward(context);
+            context = crate::precision::linear(p, context);
         }
 
         // 4. Down.
-        let mut h = self.conv_in.forward(sample);
+        let mut h = crate::precision::conv2d(&self.conv_in, sample);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
             let (out, states) = block.forward(h, Some(&emb), Some(&context), context_bias.as_ref());
@@ -951,8 +951,8 @@ impl UNet2DConditionModel {
 
         // 7. Out.
         if let Some(norm) = &self.conv_norm_out {
-            h = s.conv_act.forward(norm.forward(h));
+            h = s.conv_act.forward(crate::precision::group_norm(norm, h));
         }
-        Ok(self.conv_out.forward(h))
+        Ok(crate::precision::conv2d(&self.conv_out, h))
     }
 }

@@ -37,6 +37,6 @@ impl Upsample2D {
             x,
             InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
         );
-        self.conv.forward(x)
+        crate::precision::conv2d(&self.conv, x)
     }
 }

@@ -119,13 +119,15 @@ impl Encoder {
     /// - output: `[batch, out_channels, h / 2^(blocks - 1), w / 2^(blocks - 1)]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let _span = tracing::debug_span!("Encoder").entered();
-        let mut h = self.conv_in.forward(x);
+        let mut h = crate::precision::conv2d(&self.conv_in, x);
         for block in &self.down_blocks {
             h = block.forward(h, None, None, None).0;
         }
         h = self.mid_block.forward(h);
-        h = self.act.forward(self.conv_norm_out.forward(h));
-        self.conv_out.forward(h)
+        h = self
+            .act
+            .forward(crate::precision::group_norm(&self.conv_norm_out, h));
+        crate::precision::conv2d(&self.conv_out, h)
     }
 }
 
@@ -198,13 +200,15 @@ impl Decoder {
     /// - output: `[batch, out_channels, h * 2^(blocks - 1), w * 2^(blocks - 1)]`
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
         let _span = tracing::debug_span!("Decoder").entered();
-        let mut h = self.conv_in.forward(z);
+        let mut h = crate::precision::conv2d(&self.conv_in, z);
         h = self.mid_block.forward(h);
         for block in &self.up_blocks {
             h = block.forward(h, None, None, None, None, None);
         }
-        h = self.act.forward(self.conv_norm_out.forward(h));
-        self.conv_out.forward(h)
+        h = self
+            .act
+            .forward(crate::precision::group_norm(&self.conv_norm_out, h));
+        crate::precision::conv2d(&self.conv_out, h)
     }
 }
 

@@ -6,6 +6,7 @@ use crate::image_processor::{FloatImages, VaeImageProcessor};
 use crate::pipeline::{DiffusionPipeline, PipelineClass};
 use burn::tensor::{Device, Tensor};
 use diff_models::AutoencoderKL;
+use diff_schedulers::precision::round_tensor;
 use diff_schedulers::{NoiseDtype, Scheduler, TorchGenerator, randn_tensor, to_tensor};
 use image::RgbImage;
 
@@ -253,14 +254,23 @@ pub fn noise_dtype(dtype: burn::tensor::DType) -> NoiseDtype {
 }
 
 /// `noise_pred_uncond + g * (noise_pred_text - noise_pred_uncond)`, then `rescale_noise_cfg`
-/// when `guidance_rescale > 0`.
-pub(crate) fn guide(noise: Tensor<4>, guidance_scale: f32, guidance_rescale: f32) -> Tensor<4> {
+/// when `guidance_rescale > 0`. With a float16 / bfloat16 UNet (`dtype`) torch rounds each op to
+/// that dtype (the guidance scale, a Python float, stays float32 in the product).
+pub fn guide(
+    noise: Tensor<4>,
+    guidance_scale: f32,
+    guidance_rescale: f32,
+    dtype: NoiseDtype,
+) -> Tensor<4> {
+    let r = |t: Tensor<4>| round_tensor(t, dtype);
     let half = noise.dims()[0] / 2;
     let uncond = noise.clone().narrow(0, 0, half);
     let text = noise.narrow(0, half, half);
-    let cfg = uncond.clone() + (text.clone() - uncond).mul_scalar(guidance_scale);
+    let cfg = r(uncond.clone() + r(r(text.clone() - uncond).mul_scalar(guidance_scale)));
     if guidance_rescale > 0.0 {
-        rescale_noise_cfg(cfg, text, guidance_rescale)
+        // rescale_noise_cfg's std and blend run in the model dtype too; rounding its result
+        // once is an approximation of torch's per-op rounding there.
+        r(rescale_noise_cfg(cfg, text, guidance_rescale))
     } else {
         cfg
     }
@@ -355,6 +365,20 @@ pub(crate) fn encode_vae_image_as(
     Ok(latents.mul_scalar(vae.scaling_factor() as f32))
 }
 
+impl DiffusionPipeline {
+    /// The end of a `call` with `output_type="np"` on final `latents`: unscale, VAE decode (in
+    /// the pipeline's dtype, or with a float32 copy of a float16 `force_upcast` VAE for SDXL, as
+    /// diffusers does), safety checker where the pipeline has one, post-processing. Returns the
+    /// images and the checker's flags.
+    pub fn decode_latents(
+        &self,
+        latents: Tensor<4>,
+    ) -> Result<(FloatImages, Option<Vec<bool>>), PipelineError> {
+        let vae = self.require(self.vae(), "vae")?;
+        decode_latents(self, vae, latents)
+    }
+}
+
 /// Decodes final latents, runs the safety checker (SD 1.x / 2.x pipelines that have one) and
 /// post-processes (`output_type` `Pil` / `Np`): flagged images come back black, as diffusers
 /// zeroes them and skips their denormalisation.
@@ -374,6 +398,19 @@ pub(crate) fn decode_latents(
             .collect()
     };
     let sf = vae.scaling_factor() as f32;
+    // SDXL pipelines decode with the VAE upcast to float32 when it is float16 with
+    // `force_upcast` (the latents are cast to float32 first); otherwise the decode and the
+    // latents' unscaling run in the VAE's dtype, rounded per op as torch does.
+    let upcast = pipe.class().is_xl()
+        && vae.settings.dtype == burn::tensor::DType::F16
+        && vae.force_upcast();
+    let half = if upcast {
+        NoiseDtype::Float32
+    } else {
+        noise_dtype(vae.settings.dtype)
+    };
+    let upcast_vae = upcast.then(|| upcast_to_f32(vae));
+    let vae = upcast_vae.as_ref().unwrap_or(vae);
     match (stats("latents_mean"), stats("latents_std")) {
         (Some(mean), Some(std)) if pipe.class().is_xl() => {
             let c = mean.len();
@@ -386,6 +423,7 @@ pub(crate) fn decode_latents(
     if let Some(shift) = vae.shift_factor() {
         z = z.add_scalar(shift as f32);
     }
+    let z = round_tensor(z, half);
     let image = vae.decode(z)?.cast(burn::tensor::DType::F32);
     let processor = VaeImageProcessor::new(pipe.vae_scale_factor());
     let checker = if pipe.class().is_xl() {
@@ -394,7 +432,7 @@ pub(crate) fn decode_latents(
         pipe.safety_checker()
     };
     let Some(checker) = checker else {
-        return Ok((processor.postprocess(image, None)?, None));
+        return Ok((processor.postprocess_as(image, None, half)?, None));
     };
     let extractor = pipe.require(pipe.feature_extractor(), "feature_extractor")?;
     // run_safety_checker: the PIL images (denormalised, rounded to u8) through the CLIP image
@@ -417,8 +455,25 @@ pub(crate) fn decode_latents(
         );
     }
     let denormalize: Vec<bool> = checked.has_nsfw_concepts.iter().map(|f| !f).collect();
-    let images = processor.postprocess(checked.images, Some(&denormalize))?;
+    let images = processor.postprocess_as(checked.images, Some(&denormalize), half)?;
     Ok((images, Some(checked.has_nsfw_concepts)))
+}
+
+/// A float32 copy of a VAE (`pipe.vae.to(torch.float32)`, what SDXL's `upcast_vae` does for
+/// the decode): every float parameter widened exactly, computing in float32.
+fn upcast_to_f32(vae: &AutoencoderKL) -> AutoencoderKL {
+    struct ToF32;
+    impl burn::module::ModuleMapper for ToF32 {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            param.map(|t| t.cast(burn::tensor::DType::F32))
+        }
+    }
+    let mut out = burn::module::Module::map(vae.clone(), &mut ToF32);
+    out.settings.dtype = burn::tensor::DType::F32;
+    out
 }
 
 /// diffusers' `check_inputs` for the sizes: both multiples of 8.

@@ -105,6 +105,32 @@ pub enum PipelineError {
     /// A model could not be built, loaded or run (from diff-models).
     #[error(transparent)]
     Model(Box<diff_models::ModelError>),
+    /// A single-file checkpoint could not be read, recognised or converted (from
+    /// diff-convert: a corrupt file, an unknown architecture, a tensor the conversion needs).
+    #[error(transparent)]
+    Convert(Box<diff_convert::ConvertError>),
+    /// A component of a single-file checkpoint could not be converted (diffusers'
+    /// `SingleFileComponentError`): typically the checkpoint does not contain it (a file
+    /// without its VAE), and it has to be loaded separately and passed in.
+    #[error(
+        "cannot load `{component}` ({class_name}) from the single file `{path}`: {reason}. Load it separately and pass it in (`PassedComponents::{component}`, diffusers' `{component}=...`)"
+    )]
+    SingleFileComponent {
+        /// The component name (`vae`, `text_encoder`, ...).
+        component: String,
+        /// Its class in the config's model_index.json.
+        class_name: String,
+        /// The checkpoint.
+        path: PathBuf,
+        /// What the conversion reported.
+        reason: String,
+    },
+}
+
+impl From<diff_convert::ConvertError> for PipelineError {
+    fn from(e: diff_convert::ConvertError) -> Self {
+        PipelineError::Convert(Box::new(e))
+    }
 }
 
 // The wrapped errors are boxed to keep `Result<_, PipelineError>` small.

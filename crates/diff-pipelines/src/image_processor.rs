@@ -25,6 +25,7 @@
 use crate::error::PipelineError;
 use crate::resample::{Image8, Resample, resize};
 use burn::tensor::{Device, Tensor, TensorData};
+use diff_schedulers::NoiseDtype;
 use image::{GrayImage, RgbImage};
 use std::path::Path;
 
@@ -716,6 +717,19 @@ impl VaeImageProcessor {
         images: Tensor<4>,
         do_denormalize: Option<&[bool]>,
     ) -> Result<FloatImages, PipelineError> {
+        self.postprocess_as(images, do_denormalize, NoiseDtype::Float32)
+    }
+
+    /// [`Self::postprocess`] of a decoder output computed in `dtype`: torch denormalises in the
+    /// tensor's dtype (`images * 0.5 + 0.5`, each op rounded to float16 / bfloat16) before the
+    /// float32 conversion, so the images carry that dtype's steps (1/256 near 1 in bfloat16).
+    pub fn postprocess_as(
+        &self,
+        images: Tensor<4>,
+        do_denormalize: Option<&[bool]>,
+        dtype: NoiseDtype,
+    ) -> Result<FloatImages, PipelineError> {
+        let round = |v: f32| diff_schedulers::precision::round_scalar(v, dtype);
         let [n, c, h, w] = images.dims();
         let values: Vec<f32> = images
             .into_data()
@@ -734,7 +748,7 @@ impl VaeImageProcessor {
                     for x in 0..w {
                         let v = values[((b * c + ch) * h + y) * w + x];
                         let v = if denorm {
-                            (v * 0.5 + 0.5).clamp(0.0, 1.0)
+                            round(round(v * 0.5) + 0.5).clamp(0.0, 1.0)
                         } else {
                             v
                         };

@@ -13,8 +13,15 @@
 //! - [`ClipTokenizer`]: transformers 5's `CLIPTokenizer`, id for id.
 //! - [`VaeImageProcessor`] and [`outputs`]: images in and out, PNG and safetensors files;
 //!   [`resample`]: Pillow's `Image.resize`, byte for byte (what diffusers resizes inputs with).
+//! - [`DiffusionPipeline::from_single_file`] with [`SingleFileLoadOptions`]: an original
+//!   single-file checkpoint (`.safetensors` / `.ckpt`) converted in memory by diff-convert and
+//!   loaded as a pipeline, configs from `config=` or the family's default repo.
 //! - [`DiffusionPipeline::prepare_latents`]: the initial latents of a text-to-image call, drawn
 //!   in the pipeline's dtype as torch does.
+//! - Half precision: with `LoadOptions::dtype` float16 / bfloat16 the denoising loop rounds to
+//!   that dtype where torch does (latents, `scale_model_input`, [`guide`], the scheduler step,
+//!   the VAE input and the denormalisation), and SDXL decodes with a float32 copy of a float16
+//!   `force_upcast` VAE, as diffusers' `upcast_vae` does.
 //! - [`validate::validate_pipeline`]: `validate ORIGINAL SAVED` (files and tensors through
 //!   diff-convert, tokenizers, one forward of each model on fixed inputs, with a per-dtype
 //!   tolerance).
@@ -27,6 +34,11 @@
 //! 0.42.1 on the bundled tiny pipelines) within 2/255 per pixel; `tests/sdxl_refiner_inpaint.rs`
 //! replays `tests/fixtures/42-sdxl` (the SDXL refiner layout `tests/fixtures/tiny-sdxl-refiner`,
 //! base -> refiner handoffs, SDXL inpaint with 4- and 9-channel UNets) with the same tolerances.
+//! `tests/single_file.rs` loads every single-file fixture (`tests/fixtures/50-convert`,
+//! `tests/fixtures/51-single-file`) with `from_single_file` and generates bit for bit as from
+//! diffusers' converted folder; `tests/single_file_parity.rs` replays
+//! `tests/fixtures/54-single-file-load` (diffusers' own `from_single_file` + generation, SD 1.x
+//! and SDXL) within 2/255 per pixel.
 //!
 //! **Must not know:** the network protocol (diff-hub resolves repo ids to folders, with
 //! diff-format's file selection), weight file
@@ -35,7 +47,8 @@
 //! Dependencies: `diff-format` (model_index.json and configs), `diff-hub` (repo id -> folder;
 //! `diff-hub-server` only as a dev-dependency, for the download test),
 //! `diff-schedulers`, `diff-models`, `diff-convert` (the burn-free file and tensor half of
-//! `validate`; it sits below this crate and never sees burn), `burn` (tensors), `image` (decode/encode PNG and JPEG, resize),
+//! `validate`, and the key conversion of `from_single_file`; it sits below this crate and never
+//! sees burn), `burn` (tensors), `image` (decode/encode PNG and JPEG, resize),
 //! `serde`/`serde_json` (configs), `thiserror` (the typed error), `tracing` (warnings diffusers
 //! prints, such as the truncated-prompt and safety-checker ones), `safetensors` and `half` (`--out-array` float images and `--latents` input files, as the
 //! models' weights already use), `regex` (the CLIP
@@ -58,6 +71,7 @@ pub mod image_processor;
 pub mod outputs;
 pub mod pipeline;
 pub mod resample;
+pub mod single_file;
 mod stable_diffusion;
 mod stable_diffusion_xl;
 mod stable_diffusion_xl_inpaint;
@@ -66,7 +80,8 @@ pub mod validate;
 /// burn's dtype and device types, re-exported for callers that pick them (the CLI).
 pub use burn::tensor::{DType, Device};
 pub use call::{
-    CallArgs, Generators, OutputType, PipelineOutput, StepCallback, StepControl, StepInfo,
+    CallArgs, Generators, OutputType, PipelineOutput, StepCallback, StepControl, StepInfo, guide,
+    noise_dtype,
 };
 pub use clip_tokenizer::ClipTokenizer;
 pub use device::{DeviceChoice, DeviceError, default_device, parse_device};
@@ -76,4 +91,5 @@ pub use pipeline::{
     Components, DiffusionPipeline, LoadOptions, Passed, PassedComponents, PipelineClass,
     SUPPORTED_PIPELINES,
 };
+pub use single_file::SingleFileLoadOptions;
 pub use stable_diffusion_xl::XlEmbeds;

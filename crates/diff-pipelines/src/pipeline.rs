@@ -253,7 +253,30 @@ pub struct DiffusionPipeline {
     dtype: DType,
 }
 
-fn read_json_map(path: &Path) -> Result<Map<String, Value>, PipelineError> {
+/// The class to build: the one asked for (a task pipeline ignores `_class_name`, as diffusers
+/// does), else the index's `_class_name`, which must be one of [`SUPPORTED_PIPELINES`].
+pub(crate) fn pipeline_class(
+    index: &ModelIndex,
+    index_path: &Path,
+    options: &LoadOptions,
+) -> Result<PipelineClass, PipelineError> {
+    if let Some(c) = options.pipeline_class {
+        return Ok(c);
+    }
+    let name = match &index.class_name {
+        IndexClass::Builtin(n) => n.clone(),
+        IndexClass::Custom { module, class_name } => {
+            format!("[{module}, {class_name}] (custom code)")
+        }
+    };
+    PipelineClass::from_name(&name).ok_or_else(|| PipelineError::UnknownPipeline {
+        class_name: name.clone(),
+        path: index_path.to_path_buf(),
+        supported: supported_list(),
+    })
+}
+
+pub(crate) fn read_json_map(path: &Path) -> Result<Map<String, Value>, PipelineError> {
     let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
     // diff-format's reader also takes Python's `-Infinity` (DPMSolverMultistep configs).
     match diff_format::json::loads(&text).map_err(|e| PipelineError::json(path, &e))? {
@@ -354,25 +377,26 @@ impl DiffusionPipeline {
         options: &LoadOptions,
     ) -> Result<Self, PipelineError> {
         let folder = resolve_folder(repo_or_folder, options)?;
+        Self::from_folder(
+            &folder,
+            repo_or_folder,
+            options,
+            &PassedComponents::default(),
+        )
+    }
+
+    /// Builds the pipeline of a local diffusers `folder`. `preloaded` holds models already built
+    /// elsewhere (`from_single_file`'s conversions): their configs are read from the folder as
+    /// for a loaded model, but their weights are not looked for there.
+    pub(crate) fn from_folder(
+        folder: &Path,
+        name_or_path: &str,
+        options: &LoadOptions,
+        preloaded: &PassedComponents,
+    ) -> Result<Self, PipelineError> {
         let index_path = folder.join("model_index.json");
         let index = ModelIndex::load(&index_path)?;
-        let class = match options.pipeline_class {
-            // A task pipeline ignores `_class_name`, as diffusers does.
-            Some(c) => c,
-            None => {
-                let name = match &index.class_name {
-                    IndexClass::Builtin(n) => n.clone(),
-                    IndexClass::Custom { module, class_name } => {
-                        format!("[{module}, {class_name}] (custom code)")
-                    }
-                };
-                PipelineClass::from_name(&name).ok_or_else(|| PipelineError::UnknownPipeline {
-                    class_name: name.clone(),
-                    path: index_path.clone(),
-                    supported: supported_list(),
-                })?
-            }
-        };
+        let class = pipeline_class(&index, &index_path, options)?;
         let _span = tracing::info_span!("DiffusionPipeline::from_pretrained", class = class.name(), folder = %folder.display()).entered();
 
         // Scalar config: passed > model_index.json > the class default.
@@ -439,6 +463,9 @@ impl DiffusionPipeline {
                     Arc::new(read_json_map(&sub.join(config_file))?),
                 );
             }
+            if is_passed(preloaded, name) {
+                continue;
+            }
             load_component(
                 &mut comps,
                 name,
@@ -451,6 +478,7 @@ impl DiffusionPipeline {
                 options,
             )?;
         }
+        apply_passed(&mut comps, preloaded);
         apply_passed(&mut comps, passed);
         record_passed_configs(&mut comps, passed);
         if !class.is_xl() {
@@ -460,7 +488,7 @@ impl DiffusionPipeline {
             class,
             components: comps,
             config,
-            name_or_path: repo_or_folder.to_string(),
+            name_or_path: name_or_path.to_string(),
             device: options.device.clone(),
             dtype: options.dtype,
         };

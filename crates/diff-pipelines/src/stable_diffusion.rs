@@ -23,6 +23,7 @@ use crate::pipeline::{DiffusionPipeline, PipelineClass};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use diff_models::{CLIPTextModel, UNet2DConditionInput};
 use diff_schedulers::StepOptions;
+use diff_schedulers::precision::round_tensor;
 
 /// Tokenizes a batch as diffusers' `encode_prompt` does (max-length padding, truncation with
 /// diffusers' warning) and returns the ids tensor `[B, 77]`.
@@ -180,8 +181,10 @@ impl DiffusionPipeline {
         let mut scheduler = self.require(self.scheduler(), "scheduler")?.clone();
         scheduler.set_timesteps(args.num_inference_steps)?;
         let sigma0 = scheduler.init_noise_sigma();
+        // `latents * init_noise_sigma` runs in the pipeline's dtype (rounded in half precision).
+        let half = noise_dtype(self.dtype());
         if let Some(l) = &args.latents {
-            return Ok(l.clone().mul_scalar(sigma0));
+            return Ok(round_tensor(l.clone().mul_scalar(sigma0), half));
         }
         let mut gens = args.generator.build();
         if gens.len() > 1 && gens.len() != total {
@@ -194,10 +197,10 @@ impl DiffusionPipeline {
             ));
         }
         let shape = [total, channels, height / factor, width / factor];
-        Ok(
-            randn_as(shape, &mut gens, noise_dtype(self.dtype()), self.device())?
-                .mul_scalar(sigma0),
-        )
+        Ok(round_tensor(
+            randn_as(shape, &mut gens, half, self.device())?.mul_scalar(sigma0),
+            half,
+        ))
     }
 
     /// SD 1.x/2.x `encode_prompt`: `(prompt_embeds, negative_prompt_embeds)`, both repeated
@@ -304,6 +307,20 @@ impl DiffusionPipeline {
             ));
         }
         let guidance = args.guidance_scale.unwrap_or(default_guidance(class));
+        // diffusers' SD img2img and inpaint `__call__` have no `guidance_rescale` (their
+        // `**kwargs` swallow it): only text-to-image rescales.
+        let guidance_rescale = match class {
+            PipelineClass::StableDiffusion => args.guidance_rescale,
+            _ => {
+                if args.guidance_rescale > 0.0 {
+                    tracing::warn!(
+                        "guidance_rescale is ignored by {}, as in diffusers",
+                        class.name()
+                    );
+                }
+                0.0
+            }
+        };
         let do_cfg = guidance > 1.0 && time_cond_dim.is_none();
 
         let (cond, uncond) = self.encode_prompt(args, do_cfg)?;
@@ -330,7 +347,13 @@ impl DiffusionPipeline {
             PipelineClass::StableDiffusion => scheduler.timesteps().to_vec(),
             _ => strength_timesteps(&mut scheduler, args.num_inference_steps, strength),
         };
-        if timesteps.is_empty() {
+        // Inpaint checks the step count strength leaves (`num_inference_steps - t_start`),
+        // which is 0 where PNDM's schedule still has a timestep; img2img only fails on an
+        // empty schedule.
+        let steps = args.num_inference_steps;
+        let no_step_left = class == PipelineClass::StableDiffusionInpaint
+            && ((steps as f64 * crate::call::py_float(strength)) as usize).min(steps) == 0;
+        if timesteps.is_empty() || no_step_left {
             return Err(PipelineError::arg(
                 "strength",
                 format!(
@@ -353,7 +376,7 @@ impl DiffusionPipeline {
         );
         let mut overlay: Option<Overlay> = None;
 
-        let mut latents = match class {
+        let latents = match class {
             PipelineClass::StableDiffusion => match &args.latents {
                 // diffusers fails deep in the UNet on a wrongly shaped `latents`; name it here.
                 Some(l) if l.dims() != shape => {
@@ -578,6 +601,10 @@ impl DiffusionPipeline {
             ..StepOptions::default()
         };
         let timestep_cond = time_cond_dim.map(|d| guidance_embedding(guidance, d, total, &device));
+        // torch keeps the latents in the model dtype: from here on every elementwise op of the
+        // loop is rounded to it (`round_tensor` is the identity in float32).
+        let half = noise;
+        let mut latents = round_tensor(latents, half);
         let mut interrupted = false;
         let steps = timesteps.len();
         for (i, &t) in timesteps.iter().enumerate() {
@@ -586,7 +613,7 @@ impl DiffusionPipeline {
             } else {
                 latents.clone()
             };
-            let mut input = scheduler.scale_model_input(input, t)?;
+            let mut input = round_tensor(scheduler.scale_model_input(input, t)?, half);
             if let (Some((mask, masked, _, _)), 9..) = (&inpaint, unet_channels) {
                 input = Tensor::cat(vec![input, mask.clone(), masked.clone()], 1);
             }
@@ -595,7 +622,7 @@ impl DiffusionPipeline {
             unet_in.timestep_cond = timestep_cond.clone();
             let noise_pred = unet.forward(unet_in)?.cast(burn::tensor::DType::F32);
             let noise_pred = if do_cfg {
-                guide(noise_pred, guidance, args.guidance_rescale)
+                guide(noise_pred, guidance, guidance_rescale, half)
             } else {
                 noise_pred
             };
@@ -608,7 +635,10 @@ impl DiffusionPipeline {
                 if let Some(&next_t) = timesteps.get(i + 1) {
                     proper = scheduler.add_noise(proper, noise.clone(), &[next_t])?;
                 }
-                latents = init_mask.clone().neg().add_scalar(1.0) * proper + init_mask * latents;
+                latents = round_tensor(
+                    init_mask.clone().neg().add_scalar(1.0) * proper + init_mask * latents,
+                    half,
+                );
             }
             if let Some(cb) = callback.as_mut() {
                 let info = StepInfo {

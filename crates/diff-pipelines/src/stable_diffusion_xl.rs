@@ -31,6 +31,7 @@ use crate::stable_diffusion_xl_inpaint::XlInpaint;
 use burn::tensor::{Device, Tensor, TensorData};
 use diff_format::configs::unet::SampleSize;
 use diff_models::{AutoencoderKL, UNet2DConditionInput, UNet2DConditionModel};
+use diff_schedulers::precision::round_tensor;
 use diff_schedulers::{NoiseDtype, Scheduler, StepOptions, TorchGenerator, to_tensor};
 use serde_json::Value;
 
@@ -489,7 +490,14 @@ impl DiffusionPipeline {
         } else {
             scheduler.timesteps().to_vec()
         };
-        if timesteps.is_empty() {
+        // Inpaint checks the step count strength leaves (`num_inference_steps - t_start`),
+        // which is 0 where PNDM's schedule still has a timestep; img2img only fails on an
+        // empty schedule.
+        let steps = args.num_inference_steps;
+        let no_step_left = inpaint
+            && denoising_start.is_none()
+            && ((steps as f64 * crate::call::py_float(strength)) as usize).min(steps) == 0;
+        if timesteps.is_empty() || no_step_left {
             return Err(PipelineError::arg(
                 "strength",
                 format!(
@@ -507,7 +515,7 @@ impl DiffusionPipeline {
         }
         let sigma0 = scheduler.init_noise_sigma();
         let mut inpaint_state: Option<XlInpaint> = None;
-        let mut latents = if img2img {
+        let latents = if img2img {
             match &args.latents {
                 // Given latents are used as they are (prepare_latents is skipped).
                 Some(l) => l.clone(),
@@ -639,6 +647,10 @@ impl DiffusionPipeline {
             .config
             .time_cond_proj_dim
             .map(|d| guidance_embedding(guidance, to_usize(d), total, &device));
+        // torch keeps the latents in the model dtype: from here on every elementwise op of the
+        // loop is rounded to it (`round_tensor` is the identity in float32).
+        let half = noise_dtype(self.dtype());
+        let mut latents = round_tensor(latents, half);
         let mut interrupted = false;
         let steps = timesteps.len();
         for (i, &t) in timesteps.iter().enumerate() {
@@ -647,7 +659,7 @@ impl DiffusionPipeline {
             } else {
                 latents.clone()
             };
-            let mut input = scheduler.scale_model_input(input, t)?;
+            let mut input = round_tensor(scheduler.scale_model_input(input, t)?, half);
             if let Some(state) = &inpaint_state {
                 input = state.unet_input(input);
             }
@@ -658,7 +670,7 @@ impl DiffusionPipeline {
             unet_in.timestep_cond = timestep_cond.clone();
             let noise_pred = unet.forward(unet_in)?.cast(burn::tensor::DType::F32);
             let noise_pred = if do_cfg {
-                guide(noise_pred, guidance, args.guidance_rescale)
+                guide(noise_pred, guidance, args.guidance_rescale, half)
             } else {
                 noise_pred
             };

@@ -321,35 +321,27 @@ fn half_and_bfloat16_pipelines_draw_the_initial_latents_torch_draws_bit_for_bit(
     }
 }
 
-/// `prev / n` for every element: constant (σ_up) when `n` is the noise the step drew.
-fn ratio_spread(prev: &[f32], noise: &[f32]) -> f64 {
-    let ratios: Vec<f64> = prev
-        .iter()
-        .zip(noise)
-        .filter(|(_, n)| n.abs() > 0.1)
-        .map(|(p, n)| f64::from(*p) / f64::from(*n))
-        .collect();
-    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
-    let var = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / ratios.len() as f64;
-    var.sqrt() / mean.abs()
-}
-
 #[test]
 fn ancestral_step_noise_is_drawn_in_the_step_options_dtype() {
     // Euler ancestral with a zero model output and a zero sample returns `noise * sigma_up`,
-    // so the noise it drew can be read back: with `noise_dtype = Float16` it is torch's
-    // float16 draw (relative spread of prev / noise at float32 rounding, < 1e-6), not the
-    // float32 one (spread > 1e-5, float16's rounding).
+    // rounded to the model dtype (`noise_dtype`: torch keeps float16 latents in float16), so the
+    // noise it drew can be read back: with `noise_dtype = Float16` it is torch's float16 draw
+    // (every value equal to the float16 draw times sigma_up, rounded to float16), not the
+    // float32 one.
     let mut pipe = load("tiny-sd", None, DType::F32);
     pipe.swap_scheduler("EulerAncestralDiscreteScheduler", &serde_json::Map::new())
         .unwrap();
     let mut scheduler = pipe.scheduler().unwrap().clone();
     scheduler.set_timesteps(4).unwrap();
     let t = scheduler.timesteps()[0];
+    let sigmas = scheduler.sigmas().unwrap().to_vec();
+    let (s2, t2) = (sigmas[0] * sigmas[0], sigmas[1] * sigmas[1]);
+    let sigma_up = (t2 * (s2 - t2) / s2).sqrt();
     let shape = [1usize, 4, 8, 8];
     let zeros = || burn::tensor::Tensor::<4>::zeros(shape, pipe.device());
+    let f16 = diff_schedulers::NoiseDtype::Float16;
     let options = diff_schedulers::StepOptions {
-        noise_dtype: diff_schedulers::NoiseDtype::Float16,
+        noise_dtype: f16,
         ..diff_schedulers::StepOptions::default()
     };
     let mut gens = vec![diff_schedulers::TorchGenerator::new(7)];
@@ -361,14 +353,21 @@ fn ancestral_step_noise_is_drawn_in_the_step_options_dtype() {
         .convert::<f32>()
         .try_to_vec::<f32>()
         .unwrap();
-    let draw = |dtype| {
+    let expected = |dtype| -> Vec<f32> {
         let mut g = vec![diff_schedulers::TorchGenerator::new(7)];
-        diff_schedulers::randn_tensor(&shape, &mut g, dtype).unwrap()
+        diff_schedulers::randn_tensor(&shape, &mut g, dtype)
+            .unwrap()
+            .iter()
+            .map(|z| diff_schedulers::precision::round_scalar(z * sigma_up, f16))
+            .collect()
     };
-    let half = ratio_spread(&prev, &draw(diff_schedulers::NoiseDtype::Float16));
-    let single = ratio_spread(&prev, &draw(diff_schedulers::NoiseDtype::Float32));
-    assert!(half < 1e-6, "float16 draw: spread {half:e}");
-    assert!(single > 1e-5, "float32 draw: spread {single:e}");
+    // Tolerance: none, bit for bit.
+    let differing = |want: &[f32]| prev.iter().zip(want).filter(|(a, b)| a != b).count();
+    assert_eq!(differing(&expected(f16)), 0, "float16 draw");
+    assert!(
+        differing(&expected(diff_schedulers::NoiseDtype::Float32)) > 0,
+        "the float32 draw must differ"
+    );
 }
 
 fn inpaint_args() -> CallArgs {

@@ -477,6 +477,22 @@ fn sdxl_inpaint_bad_inputs_give_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("strength should be in [0.0, 1.0]"), "{msg}");
+    // int(2 * 0.3) = 0 steps left: diffusers' inpaint raises even though PNDM's schedule
+    // (steps + 1 entries) still has a timestep past `t_start`.
+    let mut pndm = load("tiny-sdxl", Some(PipelineClass::StableDiffusionXLInpaint)).unwrap();
+    pndm.swap_scheduler("PNDMScheduler", &serde_json::Map::new())
+        .unwrap();
+    let msg = pndm
+        .call(
+            &CallArgs {
+                strength: Some(0.3),
+                ..small_call(true, true)
+            },
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("the number of pipeline steps is 0"), "{msg}");
     let msg = base
         .call(
             &CallArgs {

@@ -603,15 +603,36 @@ pub(crate) fn ddpm_x0<const D: usize>(
     sample: Tensor<D>,
     alpha_prod: f32,
 ) -> Tensor<D> {
+    ddpm_x0_in(
+        prediction,
+        model_output,
+        sample,
+        alpha_prod,
+        crate::NoiseDtype::Float32,
+    )
+}
+
+/// [`ddpm_x0`] on tensors of `dtype` (float32 tensors holding its values): each op is rounded
+/// to it, as torch does when the sample and model output are float16 / bfloat16.
+pub(crate) fn ddpm_x0_in<const D: usize>(
+    prediction: Prediction,
+    model_output: Tensor<D>,
+    sample: Tensor<D>,
+    alpha_prod: f32,
+    dtype: crate::NoiseDtype,
+) -> Tensor<D> {
+    use crate::precision::{mul_left, round_tensor};
+    let r = |t: Tensor<D>| round_tensor(t, dtype);
     let beta_prod = 1.0 - alpha_prod;
+    // `beta_prod_t ** 0.5 * model_output`: 0-d float32 factors on the left (see `precision`).
     match prediction {
         Prediction::Epsilon | Prediction::Flow => {
-            (sample - model_output.mul_scalar(beta_prod.sqrt())).div_scalar(alpha_prod.sqrt())
+            r(r(sample - mul_left(beta_prod.sqrt(), model_output, dtype))
+                .div_scalar(alpha_prod.sqrt()))
         }
         Prediction::Sample => model_output,
-        Prediction::VPrediction => {
-            sample.mul_scalar(alpha_prod.sqrt()) - model_output.mul_scalar(beta_prod.sqrt())
-        }
+        Prediction::VPrediction => r(mul_left(alpha_prod.sqrt(), sample, dtype)
+            - mul_left(beta_prod.sqrt(), model_output, dtype)),
     }
 }
 

@@ -1,9 +1,10 @@
 //! `DDIMScheduler`: denoising diffusion implicit models (deterministic unless `eta > 0`).
 
 use crate::common::{
-    Prediction, Spacing, alphas_cumprod, ddpm_x0, make_betas, noise_like,
+    Prediction, Spacing, alphas_cumprod, ddpm_x0_in, make_betas, noise_like,
     rescale_zero_terminal_snr, spacing_timesteps, threshold_sample,
 };
+use crate::precision::{mul_left, round_tensor};
 use crate::{
     SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
@@ -189,54 +190,61 @@ impl DDIMScheduler {
             self.final_alpha_cumprod
         };
         let beta_t = 1.0 - alpha_t;
+        // DDIM computes in the sample's dtype: with float16 / bfloat16 latents every op is
+        // rounded to it, and its 0-d float32 coefficients, on the left of each product, are
+        // rounded to it first (the identity in float32; see `precision`).
+        let half = options.noise_dtype;
+        let r = |t: Tensor<D>| round_tensor(t, half);
+        let ml = |c: f32, t: Tensor<D>| mul_left(c, t, half);
         let (mut x0, mut eps) = match self.prediction {
             Prediction::Sample => {
                 let x0 = model_output.clone();
-                let eps = (sample.clone() - x0.clone().mul_scalar(alpha_t.sqrt()))
-                    .div_scalar(beta_t.sqrt());
+                let eps = r(
+                    r(sample.clone() - ml(alpha_t.sqrt(), x0.clone())).div_scalar(beta_t.sqrt())
+                );
                 (x0, eps)
             }
             Prediction::VPrediction => (
-                ddpm_x0(
+                ddpm_x0_in(
                     self.prediction,
                     model_output.clone(),
                     sample.clone(),
                     alpha_t,
+                    half,
                 ),
-                model_output.clone().mul_scalar(alpha_t.sqrt())
-                    + sample.clone().mul_scalar(beta_t.sqrt()),
+                r(ml(alpha_t.sqrt(), model_output.clone()) + ml(beta_t.sqrt(), sample.clone())),
             ),
             _ => (
-                ddpm_x0(
+                ddpm_x0_in(
                     self.prediction,
                     model_output.clone(),
                     sample.clone(),
                     alpha_t,
+                    half,
                 ),
                 model_output.clone(),
             ),
         };
-        x0 = clip_or_threshold(
+        x0 = r(clip_or_threshold(
             x0,
             c.thresholding,
             c.clip_sample,
             c.clip_sample_range,
             c.dynamic_thresholding_ratio,
             c.sample_max_value,
-        )?;
+        )?);
         let beta_prev = 1.0 - alpha_prev;
         let variance = (beta_prev / beta_t) * (1.0 - alpha_t / alpha_prev);
         let eta = options.eta.unwrap_or(0.0);
         let std_dev = eta * variance.sqrt();
         if options.use_clipped_model_output {
-            eps =
-                (sample.clone() - x0.clone().mul_scalar(alpha_t.sqrt())).div_scalar(beta_t.sqrt());
+            eps = r(r(sample.clone() - ml(alpha_t.sqrt(), x0.clone())).div_scalar(beta_t.sqrt()));
         }
-        let direction = eps.mul_scalar((1.0 - alpha_prev - std_dev * std_dev).sqrt());
-        let mut prev = x0.clone().mul_scalar(alpha_prev.sqrt()) + direction;
+        let direction = ml((1.0 - alpha_prev - std_dev * std_dev).sqrt(), eps);
+        let mut prev = r(ml(alpha_prev.sqrt(), x0.clone()) + direction);
         if eta > 0.0 {
             let noise = noise_like(&model_output, generator, options.noise_dtype)?;
-            prev = prev + noise.mul_scalar(std_dev);
+            prev = r(prev + ml(std_dev, noise));
         }
         self.index.advance(1);
         Ok(SchedulerOutput {

@@ -65,35 +65,61 @@ pub(crate) fn convert_model_output<const D: usize>(
     data_prediction: bool,
     thresholding: Option<Thresholding>,
 ) -> Result<Tensor<D>, SchedulerError> {
+    convert_model_output_in(
+        model_output,
+        sample,
+        sigma,
+        use_flow_sigmas,
+        prediction,
+        data_prediction,
+        thresholding,
+        crate::NoiseDtype::Float32,
+    )
+}
+
+/// [`convert_model_output`] on tensors of `dtype` (float32 tensors holding its values): diffusers
+/// converts before it upcasts the sample, so with float16 / bfloat16 latents each op is rounded
+/// to that dtype (the identity for float32).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn convert_model_output_in<const D: usize>(
+    model_output: Tensor<D>,
+    sample: Tensor<D>,
+    sigma: f32,
+    use_flow_sigmas: bool,
+    prediction: Prediction,
+    data_prediction: bool,
+    thresholding: Option<Thresholding>,
+    dtype: crate::NoiseDtype,
+) -> Result<Tensor<D>, SchedulerError> {
+    let r = |t: Tensor<D>| crate::precision::round_tensor(t, dtype);
+    // `sigma_t * model_output` and the like: 0-d float32 factors on the left (see `precision`).
+    let ml = |c: f32, t: Tensor<D>| crate::precision::mul_left(c, t, dtype);
     let (alpha_t, sigma_t) = alpha_sigma(sigma, use_flow_sigmas);
     if data_prediction {
         let x0 = match prediction {
-            Prediction::Epsilon => (sample - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t),
+            Prediction::Epsilon => r(r(sample - ml(sigma_t, model_output)).div_scalar(alpha_t)),
             Prediction::Sample => model_output,
-            Prediction::VPrediction => {
-                sample.mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t)
-            }
-            Prediction::Flow => sample - model_output.mul_scalar(sigma),
+            Prediction::VPrediction => r(ml(alpha_t, sample) - ml(sigma_t, model_output)),
+            Prediction::Flow => r(sample - ml(sigma, model_output)),
         };
         match thresholding {
-            Some(t) => threshold_sample(x0, t.ratio, t.max),
+            // `_threshold_sample` works in float32 and casts back to the sample's dtype.
+            Some(t) => Ok(r(threshold_sample(x0, t.ratio, t.max)?)),
             None => Ok(x0),
         }
     } else {
         let eps = match prediction {
             Prediction::Sample => {
-                (sample.clone() - model_output.mul_scalar(alpha_t)).div_scalar(sigma_t)
+                r(r(sample.clone() - ml(alpha_t, model_output)).div_scalar(sigma_t))
             }
-            Prediction::VPrediction => {
-                model_output.mul_scalar(alpha_t) + sample.clone().mul_scalar(sigma_t)
-            }
+            Prediction::VPrediction => r(ml(alpha_t, model_output) + ml(sigma_t, sample.clone())),
             _ => model_output,
         };
         match thresholding {
             Some(t) => {
-                let x0 = (sample.clone() - eps.mul_scalar(sigma_t)).div_scalar(alpha_t);
-                let x0 = threshold_sample(x0, t.ratio, t.max)?;
-                Ok((sample - x0.mul_scalar(alpha_t)).div_scalar(sigma_t))
+                let x0 = r(r(sample.clone() - ml(sigma_t, eps)).div_scalar(alpha_t));
+                let x0 = r(threshold_sample(x0, t.ratio, t.max)?);
+                Ok(r(r(sample - ml(alpha_t, x0)).div_scalar(sigma_t)))
             }
             None => Ok(eps),
         }

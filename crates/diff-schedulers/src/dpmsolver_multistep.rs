@@ -6,11 +6,13 @@ use crate::common::{
     np_arange, np_interp, np_linspace, np_round, sigma_to_t, train_sigmas, unsupported,
 };
 use crate::dpm_family::{
-    ModelOutputs, Thresholding, alpha_sigma, convert_model_output, dpm_add_noise, lambda,
+    ModelOutputs, Thresholding, alpha_sigma, convert_model_output_in, dpm_add_noise, lambda,
     lambda_table,
 };
+use crate::precision::{mul_left, round_tensor};
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
+    TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::DPMSolverMultistepSchedulerConfig;
@@ -346,6 +348,7 @@ impl DPMSolverMultistepScheduler {
         model_output: Tensor<D>,
         sample: Tensor<D>,
         i: usize,
+        half: NoiseDtype,
     ) -> Result<Tensor<D>, SchedulerError> {
         let c = &self.config;
         // With a learned variance the model output carries it in the extra channels.
@@ -359,7 +362,7 @@ impl DPMSolverMultistepScheduler {
             c.dynamic_thresholding_ratio,
             c.sample_max_value,
         );
-        convert_model_output(
+        convert_model_output_in(
             model_output,
             sample,
             self.sigma_at(i)?,
@@ -367,6 +370,7 @@ impl DPMSolverMultistepScheduler {
             self.prediction,
             self.algorithm.is_pp(),
             thresholding,
+            half,
         )
     }
 
@@ -400,31 +404,35 @@ impl DPMSolverMultistepScheduler {
                 || c.final_sigmas_type == "zero");
         let lower_order_second = i + 2 == len && c.lower_order_final && len < 15;
         let dims = sample.dims();
-        let converted = self.convert(model_output, sample.clone(), i)?;
+        // The dtype of `model_output` (the pipeline's model dtype): the conversion runs in it,
+        // the update in float32, and the result is cast back to it.
+        let half = options.noise_dtype;
+        let converted = self.convert(model_output, sample.clone(), i, half)?;
         let out_dims = converted.dims();
         let m = converted.flatten::<1>(0, D - 1);
         self.model_outputs.push(m.clone());
         let x = sample.flatten::<1>(0, D - 1);
         let noise = if self.algorithm.is_sde() {
             let like = Tensor::<D>::zeros(out_dims, &x.device());
-            Some(noise_like(&like, generator, options.noise_dtype)?.flatten::<1>(0, D - 1))
+            // diffusers draws the SDE noise in float32 whatever the model dtype.
+            Some(noise_like(&like, generator, NoiseDtype::Float32)?.flatten::<1>(0, D - 1))
         } else {
             None
         };
         let order = c.solver_order;
         let prev = if order == 1 || self.lower_order_nums < 1 || lower_order_final {
-            self.first_order(m, x, noise, i)?
+            self.first_order(m, x, noise, i, half)?
         } else if order == 2 || self.lower_order_nums < 2 || lower_order_second {
-            self.second_order(x, noise, i)?
+            self.second_order(x, noise, i, half)?
         } else {
-            self.third_order(x, noise, i)?
+            self.third_order(x, noise, i, half)?
         };
         if self.lower_order_nums < order {
             self.lower_order_nums += 1;
         }
         self.index.advance(1);
         Ok(SchedulerOutput {
-            prev_sample: prev.reshape(dims),
+            prev_sample: round_tensor(prev, half).reshape(dims),
             pred_original_sample: None,
         })
     }
@@ -440,24 +448,30 @@ impl DPMSolverMultistepScheduler {
         x: Tensor<1>,
         noise: Option<Tensor<1>>,
         i: usize,
+        half: NoiseDtype,
     ) -> Result<Tensor<1>, SchedulerError> {
+        // diffusers upcasts the sample to float32, but the converted model outputs stay in the
+        // model dtype: their differences and their products with the 0-d float32 coefficients
+        // (on the left, so rounded to the dtype first) are rounded to it before they meet the
+        // float32 sample.
+        let p = |t: Tensor<1>, c: f32| mul_left(c, t, half);
         let (alpha_t, sigma_t, lambda_t) = self.alpha_sigma_lambda(i + 1)?;
         let (alpha_s, sigma_s, lambda_s) = self.alpha_sigma_lambda(i)?;
         let h = lambda_t - lambda_s;
         Ok(match (self.algorithm, noise) {
             (Algorithm::DpmSolverPP, _) => {
-                x.mul_scalar(sigma_t / sigma_s) - m0.mul_scalar(alpha_t * ((-h).exp() - 1.0))
+                x.mul_scalar(sigma_t / sigma_s) - p(m0, alpha_t * ((-h).exp() - 1.0))
             }
             (Algorithm::DpmSolver, _) => {
-                x.mul_scalar(alpha_t / alpha_s) - m0.mul_scalar(sigma_t * (h.exp() - 1.0))
+                x.mul_scalar(alpha_t / alpha_s) - p(m0, sigma_t * (h.exp() - 1.0))
             }
             (Algorithm::SdeDpmSolverPP, Some(z)) => {
                 x.mul_scalar(sigma_t / sigma_s * (-h).exp())
-                    + m0.mul_scalar(alpha_t * (1.0 - (-2.0 * h).exp()))
+                    + p(m0, alpha_t * (1.0 - (-2.0 * h).exp()))
                     + z.mul_scalar(sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())
             }
             (Algorithm::SdeDpmSolver, Some(z)) => {
-                x.mul_scalar(alpha_t / alpha_s) - m0.mul_scalar(2.0 * (sigma_t * (h.exp() - 1.0)))
+                x.mul_scalar(alpha_t / alpha_s) - p(m0, 2.0 * (sigma_t * (h.exp() - 1.0)))
                     + z.mul_scalar(sigma_t * ((2.0 * h).exp() - 1.0).sqrt())
             }
             _ => {
@@ -473,7 +487,14 @@ impl DPMSolverMultistepScheduler {
         x: Tensor<1>,
         noise: Option<Tensor<1>>,
         i: usize,
+        half: NoiseDtype,
     ) -> Result<Tensor<1>, SchedulerError> {
+        // diffusers upcasts the sample to float32, but the converted model outputs stay in the
+        // model dtype: their differences and their products with the 0-d float32 coefficients
+        // (on the left, so rounded to the dtype first) are rounded to it before they meet the
+        // float32 sample.
+        let r = |t: Tensor<1>| round_tensor(t, half);
+        let p = |t: Tensor<1>, c: f32| mul_left(c, t, half);
         let (alpha_t, sigma_t, lambda_t) = self.alpha_sigma_lambda(i + 1)?;
         let (alpha_s0, sigma_s0, lambda_s0) = self.alpha_sigma_lambda(i)?;
         let (_, _, lambda_s1) = self.alpha_sigma_lambda(i.checked_sub(1).ok_or(
@@ -485,45 +506,42 @@ impl DPMSolverMultistepScheduler {
         let h0 = lambda_s0 - lambda_s1;
         let r0 = h0 / h;
         let d0 = m0.clone();
-        let d1 = (m0 - m1).mul_scalar(1.0 / r0);
+        let d1 = p(r(m0 - m1), 1.0 / r0);
         let e = (-h).exp() - 1.0;
         Ok(match (self.algorithm, self.heun, noise) {
             (Algorithm::DpmSolverPP, false, _) => {
-                x.mul_scalar(sigma_t / sigma_s0)
-                    - d0.mul_scalar(alpha_t * e)
-                    - d1.mul_scalar(0.5 * (alpha_t * e))
+                x.mul_scalar(sigma_t / sigma_s0) - p(d0, alpha_t * e) - p(d1, 0.5 * (alpha_t * e))
             }
             (Algorithm::DpmSolverPP, true, _) => {
-                x.mul_scalar(sigma_t / sigma_s0) - d0.mul_scalar(alpha_t * e)
-                    + d1.mul_scalar(alpha_t * (e / h + 1.0))
+                x.mul_scalar(sigma_t / sigma_s0) - p(d0, alpha_t * e)
+                    + p(d1, alpha_t * (e / h + 1.0))
             }
             (Algorithm::DpmSolver, heun, _) => {
                 let eh = h.exp() - 1.0;
-                let base = x.mul_scalar(alpha_t / alpha_s0) - d0.mul_scalar(sigma_t * eh);
+                let base = x.mul_scalar(alpha_t / alpha_s0) - p(d0, sigma_t * eh);
                 if heun {
-                    base - d1.mul_scalar(sigma_t * (eh / h - 1.0))
+                    base - p(d1, sigma_t * (eh / h - 1.0))
                 } else {
-                    base - d1.mul_scalar(0.5 * (sigma_t * eh))
+                    base - p(d1, 0.5 * (sigma_t * eh))
                 }
             }
             (Algorithm::SdeDpmSolverPP, heun, Some(z)) => {
                 let e2 = 1.0 - (-2.0 * h).exp();
-                let base =
-                    x.mul_scalar(sigma_t / sigma_s0 * (-h).exp()) + d0.mul_scalar(alpha_t * e2);
+                let base = x.mul_scalar(sigma_t / sigma_s0 * (-h).exp()) + p(d0, alpha_t * e2);
                 let d1_term = if heun {
-                    d1.mul_scalar(alpha_t * (e2 / (-2.0 * h) + 1.0))
+                    p(d1, alpha_t * (e2 / (-2.0 * h) + 1.0))
                 } else {
-                    d1.mul_scalar(0.5 * (alpha_t * e2))
+                    p(d1, 0.5 * (alpha_t * e2))
                 };
                 base + d1_term + z.mul_scalar(sigma_t * e2.sqrt())
             }
             (Algorithm::SdeDpmSolver, heun, Some(z)) => {
                 let eh = h.exp() - 1.0;
-                let base = x.mul_scalar(alpha_t / alpha_s0) - d0.mul_scalar(2.0 * (sigma_t * eh));
+                let base = x.mul_scalar(alpha_t / alpha_s0) - p(d0, 2.0 * (sigma_t * eh));
                 let d1_term = if heun {
-                    d1.mul_scalar(2.0 * (sigma_t * (eh / h - 1.0)))
+                    p(d1, 2.0 * (sigma_t * (eh / h - 1.0)))
                 } else {
-                    d1.mul_scalar(sigma_t * eh)
+                    p(d1, sigma_t * eh)
                 };
                 base - d1_term + z.mul_scalar(sigma_t * ((2.0 * h).exp() - 1.0).sqrt())
             }
@@ -540,7 +558,14 @@ impl DPMSolverMultistepScheduler {
         x: Tensor<1>,
         noise: Option<Tensor<1>>,
         i: usize,
+        half: NoiseDtype,
     ) -> Result<Tensor<1>, SchedulerError> {
+        // diffusers upcasts the sample to float32, but the converted model outputs stay in the
+        // model dtype: their differences and their products with the 0-d float32 coefficients
+        // (on the left, so rounded to the dtype first) are rounded to it before they meet the
+        // float32 sample.
+        let r = |t: Tensor<1>| round_tensor(t, half);
+        let p = |t: Tensor<1>, c: f32| mul_left(c, t, half);
         let too_early =
             || SchedulerError::InvalidArgument(format!("{CLASS}: third order too early"));
         let (alpha_t, sigma_t, lambda_t) = self.alpha_sigma_lambda(i + 1)?;
@@ -557,30 +582,33 @@ impl DPMSolverMultistepScheduler {
         let h1 = lambda_s1 - lambda_s2;
         let (r0, r1) = (h0 / h, h1 / h);
         let d0 = m0.clone();
-        let d1_0 = (m0 - m1.clone()).mul_scalar(1.0 / r0);
-        let d1_1 = (m1 - m2).mul_scalar(1.0 / r1);
-        let d1 = d1_0.clone() + (d1_0.clone() - d1_1.clone()).mul_scalar(r0 / (r0 + r1));
-        let d2 = (d1_0 - d1_1).mul_scalar(1.0 / (r0 + r1));
+        let d1_0 = p(r(m0 - m1.clone()), 1.0 / r0);
+        let d1_1 = p(r(m1 - m2), 1.0 / r1);
+        let d1 = r(d1_0.clone() + p(r(d1_0.clone() - d1_1.clone()), r0 / (r0 + r1)));
+        let d2 = p(r(d1_0 - d1_1), 1.0 / (r0 + r1));
         Ok(match (self.algorithm, noise) {
             (Algorithm::DpmSolverPP, _) => {
                 let e = (-h).exp() - 1.0;
-                x.mul_scalar(sigma_t / sigma_s0) - d0.mul_scalar(alpha_t * e)
-                    + d1.mul_scalar(alpha_t * (e / h + 1.0))
-                    - d2.mul_scalar(alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5))
+                x.mul_scalar(sigma_t / sigma_s0) - p(d0, alpha_t * e)
+                    + p(d1, alpha_t * (e / h + 1.0))
+                    - p(d2, alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5))
             }
             (Algorithm::DpmSolver, _) => {
                 let e = h.exp() - 1.0;
                 x.mul_scalar(alpha_t / alpha_s0)
-                    - d0.mul_scalar(sigma_t * e)
-                    - d1.mul_scalar(sigma_t * (e / h - 1.0))
-                    - d2.mul_scalar(sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5))
+                    - p(d0, sigma_t * e)
+                    - p(d1, sigma_t * (e / h - 1.0))
+                    - p(d2, sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5))
             }
             (Algorithm::SdeDpmSolverPP, Some(z)) => {
                 let e2 = 1.0 - (-2.0 * h).exp();
                 x.mul_scalar(sigma_t / sigma_s0 * (-h).exp())
-                    + d0.mul_scalar(alpha_t * e2)
-                    + d1.mul_scalar(alpha_t * (e2 / (-2.0 * h) + 1.0))
-                    + d2.mul_scalar(alpha_t * ((e2 - 2.0 * h) / ((2.0 * h) * (2.0 * h)) - 0.5))
+                    + p(d0, alpha_t * e2)
+                    + p(d1, alpha_t * (e2 / (-2.0 * h) + 1.0))
+                    + p(
+                        d2,
+                        alpha_t * ((e2 - 2.0 * h) / ((2.0 * h) * (2.0 * h)) - 0.5),
+                    )
                     + z.mul_scalar(sigma_t * e2.sqrt())
             }
             _ => {

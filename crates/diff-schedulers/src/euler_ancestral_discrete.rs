@@ -2,6 +2,7 @@
 //! (including the last, where σ_up = 0 but the generator is still advanced).
 
 use crate::common::{Prediction, Spacing, noise_like, np_interp, spacing_timesteps, train_sigmas};
+use crate::precision::{mul_left, round_tensor};
 use crate::{
     SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
@@ -143,14 +144,19 @@ impl EulerAncestralDiscreteScheduler {
         let i = self.index.current(&self.timesteps, timestep)?;
         let sigma = self.sigma_at(i)?;
         let sigma_to = self.sigma_at(i + 1)?;
+        // As Euler: `sample` is upcast to float32, the products with the half-precision
+        // `model_output` and noise are rounded to its dtype, the result cast back.
+        let half = options.noise_dtype;
         let pred = match self.prediction {
             Prediction::VPrediction => {
-                model_output
-                    .clone()
-                    .mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt())
-                    + sample.clone().div_scalar(sigma * sigma + 1.0)
+                round_tensor(
+                    model_output
+                        .clone()
+                        .mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt()),
+                    half,
+                ) + sample.clone().div_scalar(sigma * sigma + 1.0)
             }
-            _ => sample.clone() - model_output.clone().mul_scalar(sigma),
+            _ => sample.clone() - mul_left(sigma, model_output.clone(), half),
         };
         let s2 = sigma * sigma;
         let t2 = sigma_to * sigma_to;
@@ -160,7 +166,7 @@ impl EulerAncestralDiscreteScheduler {
         let dt = sigma_down - sigma;
         let prev = sample + derivative.mul_scalar(dt);
         let noise = noise_like(&model_output, generator, options.noise_dtype)?;
-        let prev = prev + noise.mul_scalar(sigma_up);
+        let prev = round_tensor(prev + round_tensor(noise.mul_scalar(sigma_up), half), half);
         self.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,

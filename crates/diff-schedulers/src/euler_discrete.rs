@@ -5,6 +5,7 @@ use crate::common::{
     Prediction, Spacing, check_sigma_flags, exponential_sigmas, karras_sigmas, noise_like,
     np_interp, sigma_to_t, spacing_timesteps, torch_linspace_f32, train_sigmas, unsupported,
 };
+use crate::precision::{mul_left, round_tensor};
 use crate::{
     SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
@@ -263,25 +264,36 @@ impl EulerDiscreteScheduler {
             0.0
         };
         let sigma_hat = sigma * (gamma + 1.0);
+        // diffusers upcasts `sample` to float32 for the step, but the products with the
+        // half-precision `model_output` (and the step noise, drawn in its dtype) stay in that
+        // dtype, rounded per op (`sigma_hat * model_output`: the 0-d sigma on the left is
+        // rounded too); the result is cast back to it.
+        let half = options.noise_dtype;
         let mut sample = sample;
         if gamma > 0.0 {
             let noise = noise_like(&model_output, generator, options.noise_dtype)?;
-            let eps = noise.mul_scalar(options.s_noise);
-            sample = sample + eps.mul_scalar((sigma_hat * sigma_hat - sigma * sigma).sqrt());
+            let eps = round_tensor(noise.mul_scalar(options.s_noise), half);
+            sample = sample
+                + round_tensor(
+                    eps.mul_scalar((sigma_hat * sigma_hat - sigma * sigma).sqrt()),
+                    half,
+                );
         }
         let pred = match self.prediction {
             Prediction::Sample => model_output.clone(),
             Prediction::VPrediction => {
-                model_output
-                    .clone()
-                    .mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt())
-                    + sample.clone().div_scalar(sigma * sigma + 1.0)
+                round_tensor(
+                    model_output
+                        .clone()
+                        .mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt()),
+                    half,
+                ) + sample.clone().div_scalar(sigma * sigma + 1.0)
             }
-            _ => sample.clone() - model_output.clone().mul_scalar(sigma_hat),
+            _ => sample.clone() - mul_left(sigma_hat, model_output.clone(), half),
         };
         let derivative = (sample.clone() - pred.clone()).div_scalar(sigma_hat);
         let dt = sigma_next - sigma_hat;
-        let prev = sample + derivative.mul_scalar(dt);
+        let prev = round_tensor(sample + derivative.mul_scalar(dt), half);
         self.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,

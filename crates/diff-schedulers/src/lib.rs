@@ -4,16 +4,19 @@
 //! **Owns:** the schedulers (one file per diffusers class, same names), the timestep and sigma
 //! tables they compute on the host (float64 where diffusers uses numpy float64, float32 with
 //! torch's exact `linspace` / `cumprod` where it uses torch), their `step` maths on
-//! `burn::Tensor` (float32, on whatever device the tensors live), the [`Scheduler`] enum that
+//! `burn::Tensor` (float32, on whatever device the tensors live; with torch's per-op rounding
+//! when the pipeline runs in float16 / bfloat16, see [`precision`]), the [`Scheduler`] enum that
 //! pipelines hold (built from a `scheduler_config.json` by `_class_name`, or by class name plus
-//! overrides as `Class.from_config(config, **overrides)`), and [`TorchGenerator`], the
-//! `torch.Generator("cpu")` emulation used for latents and step noise.
+//! overrides as `Class.from_config(config, **overrides)`), [`TorchGenerator`], the
+//! `torch.Generator("cpu")` emulation used for latents and step noise, and
+//! [`brownian_tree`], torchsde's Brownian interval as `DPMSolverSDEScheduler` draws from it.
 //!
 //! **Must not know:** models, pipelines, the hub, file layouts. Configs come from
 //! `diff-format` (typed structs and the `from_config` rules); this crate only adds maths.
 //!
 //! See `README.md` for the list of classes, the numerics and the measured parity with
-//! diffusers 0.42.1 (`tests/parity.rs`, `tests/rng.rs` against `tests/fixtures/10-schedulers`).
+//! diffusers 0.42.1 (`tests/parity.rs`, `tests/rng.rs` against `tests/fixtures/10-schedulers`;
+//! `tests/dpmsolver_sde.rs` against `tests/fixtures/12-dpmsolver-sde`).
 //!
 //! Dependencies: `diff-format` (the scheduler config structs and `from_config` rules), `burn`
 //! (tensors), `half` (rounding noise to float16 / bfloat16 exactly as torch does),
@@ -21,12 +24,14 @@
 //! when step noise has no seeded generator). Dev-only: `sha2` (hashing a 4 MB torch draw instead of storing it).
 #![deny(missing_docs)]
 
+pub mod brownian_tree;
 mod common;
 pub mod ddim;
 pub mod ddpm;
 pub mod deis_multistep;
 mod dpm_family;
 pub mod dpmsolver_multistep;
+pub mod dpmsolver_sde;
 pub mod dpmsolver_singlestep;
 pub mod edm_euler;
 pub mod euler_ancestral_discrete;
@@ -39,6 +44,7 @@ pub mod k_dpm_2_discrete;
 pub mod lcm;
 pub mod lms_discrete;
 pub mod pndm;
+pub mod precision;
 pub mod random;
 pub mod replay;
 mod scheduler;
@@ -134,9 +140,11 @@ pub struct StepOptions {
     pub s_tmax: f32,
     /// Noise scale of the churn.
     pub s_noise: f32,
-    /// The dtype the step's noise is drawn in: diffusers draws it with
-    /// `randn_tensor(..., dtype=model_output.dtype)`, the pipeline's model dtype, and torch's
-    /// float16 / bfloat16 normals are rounded to that dtype. Default float32.
+    /// The pipeline's model dtype (`model_output.dtype`): the step's noise is drawn in it, as
+    /// diffusers' `randn_tensor(..., dtype=model_output.dtype)` does (torch's float16 / bfloat16
+    /// normals are their own draws), and DDIM, Euler, Euler ancestral, DPM-Solver multistep and
+    /// PNDM round their arithmetic to it where torch does (see [`precision`]); the model output
+    /// and sample must then hold values of that dtype. Default float32 (no rounding).
     pub noise_dtype: NoiseDtype,
 }
 

@@ -3,8 +3,10 @@
 
 use crate::common::{Prediction, Spacing, np_arange, np_linspace, np_round};
 use crate::ddim::{add_noise_ddpm, ddpm_family_alphas};
+use crate::precision::{mul_left, round_tensor};
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
+    TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::PNDMSchedulerConfig;
@@ -190,22 +192,27 @@ impl PNDMScheduler {
         t: i64,
         prev_t: i64,
         model_output: Tensor<1>,
+        half: NoiseDtype,
     ) -> Result<Tensor<1>, SchedulerError> {
+        let r = |t: Tensor<1>| round_tensor(t, half);
         let alpha_t = self.alpha(t)?;
         let alpha_prev = self.alpha(prev_t)?;
         let beta_t = 1.0 - alpha_t;
         let beta_prev = 1.0 - alpha_prev;
         let model_output = if self.prediction == Prediction::VPrediction {
-            model_output.mul_scalar(alpha_t.sqrt()) + sample.clone().mul_scalar(beta_t.sqrt())
+            r(mul_left(alpha_t.sqrt(), model_output, half)
+                + mul_left(beta_t.sqrt(), sample.clone(), half))
         } else {
             model_output
         };
         let sample_coeff = (alpha_prev / alpha_t).sqrt();
         let denom = alpha_t * beta_prev.sqrt() + (alpha_t * beta_t * alpha_prev).sqrt();
-        Ok(sample.mul_scalar(sample_coeff)
-            - model_output
-                .mul_scalar(alpha_prev - alpha_t)
-                .div_scalar(denom))
+        // `sample_coeff * sample - (alpha_prod_t_prev - alpha_prod_t) * model_output / denom`:
+        // 0-d float32 factors on the left, rounded to the sample's dtype first.
+        Ok(r(mul_left(sample_coeff, sample, half)
+            - r(
+                mul_left(alpha_prev - alpha_t, model_output, half).div_scalar(denom)
+            )))
     }
 
     /// One PRK or PLMS step, by the call counter as diffusers does.
@@ -214,9 +221,12 @@ impl PNDMScheduler {
         model_output: Tensor<D>,
         timestep: f64,
         sample: Tensor<D>,
-        _options: &StepOptions,
+        options: &StepOptions,
         _generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        // PNDM computes in the sample's dtype: with float16 / bfloat16 latents every op is
+        // rounded to it (the identity in float32).
+        let half = options.noise_dtype;
         let n = self
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialised(CLASS))?;
@@ -224,9 +234,9 @@ impl PNDMScheduler {
         let mo = model_output.flatten::<1>(0, D - 1);
         let x = sample.flatten::<1>(0, D - 1);
         let prev = if self.counter < self.prk_timesteps.len() && !self.config.skip_prk_steps {
-            self.step_prk(mo, timestep as i64, x, n)?
+            self.step_prk(mo, timestep as i64, x, n, half)?
         } else {
-            self.step_plms(mo, timestep as i64, x, n)?
+            self.step_plms(mo, timestep as i64, x, n, half)?
         };
         self.index.advance(1);
         Ok(SchedulerOutput {
@@ -241,7 +251,9 @@ impl PNDMScheduler {
         timestep: i64,
         sample: Tensor<1>,
         n: usize,
+        half: NoiseDtype,
     ) -> Result<Tensor<1>, SchedulerError> {
+        let r = |t: Tensor<1>| round_tensor(t, half);
         let t_train = self.config.num_train_timesteps;
         let diff_to_prev = if self.counter % 2 == 1 {
             0
@@ -251,14 +263,14 @@ impl PNDMScheduler {
         let prev_t = timestep - diff_to_prev;
         let t = self.prk_timesteps[self.counter / 4 * 4];
         let add = |acc: Option<Tensor<1>>, v: Tensor<1>| match acc {
-            Some(a) => a + v,
+            Some(a) => r(a + v),
             None => v,
         };
         let model_output = match self.counter % 4 {
             0 => {
                 self.cur_model_output = Some(add(
                     self.cur_model_output.take(),
-                    model_output.clone().mul_scalar(1.0f32 / 6.0),
+                    r(model_output.clone().mul_scalar(1.0f32 / 6.0)),
                 ));
                 self.ets.push(model_output.clone());
                 self.cur_sample = Some(sample.clone());
@@ -267,17 +279,17 @@ impl PNDMScheduler {
             1 | 2 => {
                 self.cur_model_output = Some(add(
                     self.cur_model_output.take(),
-                    model_output.clone().mul_scalar(1.0f32 / 3.0),
+                    r(model_output.clone().mul_scalar(1.0f32 / 3.0)),
                 ));
                 model_output
             }
             _ => add(
                 self.cur_model_output.take(),
-                model_output.mul_scalar(1.0f32 / 6.0),
+                r(model_output.mul_scalar(1.0f32 / 6.0)),
             ),
         };
         let cur = self.cur_sample.clone().unwrap_or(sample);
-        let prev = self.prev_sample(cur, t, prev_t, model_output)?;
+        let prev = self.prev_sample(cur, t, prev_t, model_output, half)?;
         self.counter += 1;
         Ok(prev)
     }
@@ -288,7 +300,9 @@ impl PNDMScheduler {
         timestep: i64,
         sample: Tensor<1>,
         n: usize,
+        half: NoiseDtype,
     ) -> Result<Tensor<1>, SchedulerError> {
+        let r = |t: Tensor<1>| round_tensor(t, half);
         if !self.config.skip_prk_steps && self.ets.len() < 3 {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS} can only run PLMS steps after at least 12 Runge-Kutta steps"
@@ -312,24 +326,27 @@ impl PNDMScheduler {
             self.cur_sample = Some(sample.clone());
             model_output
         } else if k == 1 && self.counter == 1 {
-            let averaged = (model_output + e[k - 1].clone()).div_scalar(2.0);
+            let averaged = r(r(model_output + e[k - 1].clone()).div_scalar(2.0));
             if let Some(cur) = self.cur_sample.take() {
                 sample = cur;
             }
             averaged
         } else if k == 2 {
-            (e[1].clone().mul_scalar(3.0) - e[0].clone()).div_scalar(2.0)
+            r(r(r(e[1].clone().mul_scalar(3.0)) - e[0].clone()).div_scalar(2.0))
         } else if k == 3 {
-            (e[2].clone().mul_scalar(23.0) - e[1].clone().mul_scalar(16.0)
-                + e[0].clone().mul_scalar(5.0))
-            .div_scalar(12.0)
+            r(r(
+                r(r(e[2].clone().mul_scalar(23.0)) - r(e[1].clone().mul_scalar(16.0)))
+                    + r(e[0].clone().mul_scalar(5.0)),
+            )
+            .div_scalar(12.0))
         } else {
-            (e[k - 1].clone().mul_scalar(55.0) - e[k - 2].clone().mul_scalar(59.0)
-                + e[k - 3].clone().mul_scalar(37.0)
-                - e[k - 4].clone().mul_scalar(9.0))
-            .mul_scalar(1.0f32 / 24.0)
+            r(r(r(
+                r(r(e[k - 1].clone().mul_scalar(55.0)) - r(e[k - 2].clone().mul_scalar(59.0)))
+                    + r(e[k - 3].clone().mul_scalar(37.0)),
+            ) - r(e[k - 4].clone().mul_scalar(9.0)))
+            .mul_scalar(1.0f32 / 24.0))
         };
-        let prev = self.prev_sample(sample, t, prev_t, model_output)?;
+        let prev = self.prev_sample(sample, t, prev_t, model_output, half)?;
         self.counter += 1;
         Ok(prev)
     }

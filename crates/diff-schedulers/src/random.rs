@@ -34,7 +34,7 @@ pub enum NoiseDtype {
 
 impl NoiseDtype {
     /// Rounds an `f32` to this dtype (round to nearest even), returned as `f32`.
-    fn round(self, v: f32) -> f32 {
+    pub(crate) fn round(self, v: f32) -> f32 {
         match self {
             NoiseDtype::Float32 => v,
             NoiseDtype::Float16 => half::f16::from_f32(v).to_f32(),

@@ -183,7 +183,8 @@ has_sigmas!(
     crate::edm_euler::EDMEulerScheduler,
     crate::unipc_multistep::UniPCMultistepScheduler,
     crate::deis_multistep::DEISMultistepScheduler,
-    crate::dpmsolver_singlestep::DPMSolverSinglestepScheduler
+    crate::dpmsolver_singlestep::DPMSolverSinglestepScheduler,
+    crate::dpmsolver_sde::DPMSolverSDEScheduler
 );
 
 schedulers! {
@@ -198,6 +199,7 @@ schedulers! {
     KDpm2AncestralDiscrete => k_dpm_2_ancestral_discrete::KDPM2AncestralDiscreteScheduler, KDPM2AncestralDiscreteSchedulerConfig;
     EdmEuler => edm_euler::EDMEulerScheduler, EDMEulerSchedulerConfig;
     DpmSolverSinglestep => dpmsolver_singlestep::DPMSolverSinglestepScheduler, DPMSolverSinglestepSchedulerConfig;
+    DpmSolverSde => dpmsolver_sde::DPMSolverSDEScheduler, DPMSolverSDESchedulerConfig;
     Lcm => lcm::LCMScheduler, LCMSchedulerConfig;
     LmsDiscrete => lms_discrete::LMSDiscreteScheduler, LMSDiscreteSchedulerConfig;
     Tcd => tcd::TCDScheduler, TCDSchedulerConfig;

@@ -56,8 +56,45 @@ fn inconsistent_and_unknown_configs_are_errors() {
     );
     assert!(matches!(err, Err(SchedulerError::InvalidConfig { .. })));
     assert!(matches!(
-        Scheduler::from_config_as("DPMSolverSDEScheduler", &Map::new(), &Map::new()),
+        Scheduler::from_config_as("DPMSolverSDEScheduler2", &Map::new(), &Map::new()),
         Err(SchedulerError::UnknownClass(_))
+    ));
+    // diffusers accepts `prediction_type="sample"` at construction and raises
+    // NotImplementedError in `step`; the step here is a typed error.
+    let mut sde = Scheduler::from_config_as(
+        "DPMSolverSDEScheduler",
+        &Map::new(),
+        &obj(json!({"prediction_type": "sample", "noise_sampler_seed": 1})),
+    )
+    .expect("diffusers builds it");
+    sde.set_timesteps(4).expect("set_timesteps");
+    let device = burn::tensor::Device::default();
+    let x = burn::tensor::Tensor::<4>::zeros([1, 1, 2, 2], &device);
+    let t = sde.timesteps()[0];
+    assert!(matches!(
+        sde.step(x.clone(), t, x, &Default::default(), None),
+        Err(SchedulerError::Unsupported {
+            key: "prediction_type",
+            ..
+        })
+    ));
+    // A float16 pipeline: diffusers' Brownian tree and step would run in float16, which is not
+    // emulated, so it is refused rather than silently run in float32.
+    let mut sde = Scheduler::from_config_as("DPMSolverSDEScheduler", &Map::new(), &Map::new())
+        .expect("defaults build");
+    sde.set_timesteps(4).expect("set_timesteps");
+    let t = sde.timesteps()[0];
+    let x = burn::tensor::Tensor::<4>::zeros([1, 1, 2, 2], &device);
+    let half = diff_schedulers::StepOptions {
+        noise_dtype: diff_schedulers::NoiseDtype::Float16,
+        ..Default::default()
+    };
+    assert!(matches!(
+        sde.step(x.clone(), t, x, &half, None),
+        Err(SchedulerError::Unsupported {
+            key: "model dtype",
+            ..
+        })
     ));
     assert!(
         Scheduler::from_config(&Map::new()).is_err(),

@@ -1,6 +1,10 @@
 //! `burn-diffusers generate --model REPO_OR_DIR --prompt TEXT [...]`: run a Stable Diffusion /
 //! SDXL pipeline and write PNGs and/or a float array.
 //!
+//! `--model` may also be an original single-file checkpoint (an existing file:
+//! `FILE.safetensors`, `FILE.ckpt`), loaded as diffusers' `from_single_file` with the configs of
+//! `--config` (a folder or repo id; default: the repo diffusers uses for the detected family).
+//!
 //! The pipeline class comes from `model_index.json`; `--image` switches SD / SDXL text-to-image
 //! checkpoints to their img2img class and `--mask` to the inpaint class, as a diffusers user
 //! would pick `StableDiffusionImg2ImgPipeline.from_pretrained(same repo)`. `--scheduler CLASS`
@@ -9,8 +13,13 @@
 //! string otherwise (`linear`).
 
 use anyhow::{Context, Result, bail};
+use burn_diffusers::models::AutoencoderKL;
+use burn_diffusers::models::weights::LoadOptions as ModelLoadOptions;
 use burn_diffusers::pipelines::image_processor::load_image;
 use burn_diffusers::pipelines::outputs::{load_latents, save_float_images, save_png};
+use burn_diffusers::pipelines::single_file::{
+    SingleFileLoadOptions, autoencoder_kl_from_single_file, is_single_file,
+};
 use burn_diffusers::pipelines::{
     CallArgs, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
     StepControl, StepInfo,
@@ -19,14 +28,27 @@ use burn_diffusers::schedulers::SCHEDULER_CLASSES;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Arguments of `generate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A local diffusers pipeline folder or a Hub repo id (`owner/name`, downloaded into the
-    /// Hugging Face cache; `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE` apply).
+    /// A local diffusers pipeline folder, a Hub repo id (`owner/name`, downloaded into the
+    /// Hugging Face cache; `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE` apply), or an original
+    /// single-file checkpoint (`FILE.safetensors`, `FILE.ckpt`), converted in memory as
+    /// diffusers' `from_single_file` does.
     #[arg(long)]
     pub model: String,
+    /// For a single-file --model: the diffusers folder or Hub repo id its configs, tokenizers
+    /// and scheduler come from (default: the repo diffusers uses for the detected family; only
+    /// its config files are downloaded).
+    #[arg(long, value_name = "REPO_OR_DIR")]
+    pub config: Option<String>,
+    /// Replace the VAE (diffusers' `vae=`): a diffusers VAE folder, or a single-file VAE
+    /// (`vae-ft-mse-840000-ema-pruned.safetensors`) converted with the `vae/config.json` of
+    /// --config, or of --model when that is a folder or repo.
+    #[arg(long, value_name = "FILE_OR_DIR")]
+    pub vae: Option<PathBuf>,
     /// Where a repo id comes from: `--revision`, `--endpoint`, `--offline`, `--cache-dir`.
     #[command(flatten)]
     pub hub: super::download::HubArgs,
@@ -161,6 +183,31 @@ fn numbered(path: &Path, index: usize, count: usize) -> PathBuf {
     path.with_file_name(format!("{stem}-{}.{ext}", index + 1))
 }
 
+/// The `--vae` model: a diffusers folder as it is, a single file converted with the VAE config
+/// of `--config` or of a folder / repo `--model`.
+fn load_vae(vae: &Path, args: &Args, options: &LoadOptions) -> Result<AutoencoderKL> {
+    if vae.is_dir() {
+        let load = ModelLoadOptions::new().with_dtype(options.dtype);
+        let (model, _) = AutoencoderKL::from_pretrained(vae, None, &options.device, &load)
+            .with_context(|| format!("loading --vae {}", vae.display()))?;
+        return Ok(model);
+    }
+    let config = match &args.config {
+        Some(c) => c.clone(),
+        None if !is_single_file(&args.model) => args.model.clone(),
+        None => bail!(
+            "--vae {} is a single file: pass --config REPO_OR_DIR for its vae/config.json (the single-file --model does not carry configs)",
+            vae.display()
+        ),
+    };
+    autoencoder_kl_from_single_file(vae, &config, "vae", options).with_context(|| {
+        format!(
+            "loading --vae {} with the configs of {config}",
+            vae.display()
+        )
+    })
+}
+
 /// Runs `generate`.
 pub fn run(args: Args) -> Result<()> {
     if args.out.is_none() && args.out_array.is_none() {
@@ -168,10 +215,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     let device = burn_diffusers::pipelines::parse_device(&args.device)
         .with_context(|| format!("--device {}", args.device))?;
-    if let Some(h) = args.height.filter(|h| h % 8 != 0) {
+    // img2img (an --image without --mask) ignores the size flags, as diffusers does; the other
+    // modes check them here, before any model is loaded.
+    let sized = args.image.is_none() || args.mask.is_some();
+    if let Some(h) = args.height.filter(|h| sized && h % 8 != 0) {
         bail!("--height {h} is not a multiple of 8");
     }
-    if let Some(w) = args.width.filter(|w| w % 8 != 0) {
+    if let Some(w) = args.width.filter(|w| sized && w % 8 != 0) {
         bail!("--width {w} is not a multiple of 8");
     }
     if args.num_images == 0 {
@@ -204,6 +254,9 @@ pub fn run(args: Args) -> Result<()> {
     if args.no_safety_checker {
         options.components.safety_checker = Passed::Drop;
     }
+    if let Some(vae) = &args.vae {
+        options.components.vae = Passed::Replace(Arc::new(load_vae(vae, &args, &options)?));
+    }
     let latents = match &args.latents {
         Some(p) => Some(
             load_latents(p, &options.device)
@@ -211,8 +264,24 @@ pub fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
-    let mut pipe = DiffusionPipeline::from_pretrained(&args.model, &options)
-        .with_context(|| format!("loading {}", args.model))?;
+    let mut pipe = if is_single_file(&args.model) {
+        let options = SingleFileLoadOptions {
+            config: args.config.clone(),
+            load: options,
+            ..SingleFileLoadOptions::default()
+        };
+        DiffusionPipeline::from_single_file(&args.model, &options)
+            .with_context(|| format!("loading the single-file checkpoint {}", args.model))?
+    } else {
+        if let Some(config) = &args.config {
+            bail!(
+                "--config {config} is for single-file checkpoints, but --model {} is a folder or repo id (its own configs are used)",
+                args.model
+            );
+        }
+        DiffusionPipeline::from_pretrained(&args.model, &options)
+            .with_context(|| format!("loading {}", args.model))?
+    };
     let wanted = match (pipe.class(), image.is_some(), mask.is_some()) {
         (c, _, true) if c.is_xl() => Some(PipelineClass::StableDiffusionXLInpaint),
         (_, _, true) => Some(PipelineClass::StableDiffusionInpaint),
@@ -352,6 +421,8 @@ mod tests {
     fn base_args(out_dir: &Path) -> Args {
         Args {
             model: fixtures().join("tiny-sd").display().to_string(),
+            config: None,
+            vae: None,
             hub: super::super::download::HubArgs::default(),
             prompt: "a photo of an astronaut riding a horse on mars".into(),
             negative_prompt: None,

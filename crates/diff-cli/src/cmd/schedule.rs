@@ -19,7 +19,10 @@ Replay (--replay trace.safetensors --seed S --out out.safetensors):
   by init_noise_sigma); for i = 0..T with t = timesteps[i]: scale_model_input(x, t) is called
   (its result is not used: model_outputs[i] is the recorded model answer to it), then
   x = step(model_outputs[i], t, x, generator). Step noise (ancestral / SDE schedulers) comes
-  from one torch-compatible CPU generator seeded with --seed. The output file gets
+  from one torch-compatible CPU generator seeded with --seed, except DPMSolverSDEScheduler,
+  which (as in diffusers) draws it from a Brownian tree seeded by the config's
+  noise_sampler_seed (--set noise_sampler_seed=N; when null, a random seed, as torch's
+  unseeded global generator gives, logged so that the run can be repeated). The output file gets
   `prev_samples` [T,B,C,H,W] (the output of every step, in order) and `final` [B,C,H,W].";
 
 /// Print a scheduler's timesteps, sigmas and init_noise_sigma, or replay a trace.

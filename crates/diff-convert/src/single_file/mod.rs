@@ -319,6 +319,26 @@ pub fn convert_component(
     Ok(Some(converted))
 }
 
+/// [`convert_component`], moving the UNet's tensors out of `ckpt` instead of copying them: the
+/// UNet is most of a checkpoint, so converting it (and saving or loading the result) then holds
+/// it once, not twice. Other classes are converted as [`convert_component`] does (copied; they
+/// are small), with the same checks against `config`.
+pub fn take_component(
+    ckpt: &mut Checkpoint,
+    class_name: &str,
+    config: &Map<String, Value>,
+    extract_ema: bool,
+) -> Result<Option<(Library, crate::StateDict)>, ConvertError> {
+    if class_name == "UNet2DConditionModel"
+        && !is_diffusers_layout(ckpt, "conv_in.weight", "time_embedding.linear_1.weight")
+    {
+        let tensors = unet::take_unet(ckpt, config, extract_ema)?;
+        check::check_component(ckpt, class_name, config, &tensors)?;
+        return Ok(Some((Library::Diffusers, tensors)));
+    }
+    convert_component(ckpt, class_name, config, extract_ema)
+}
+
 /// A single-file component already in the diffusers layout (a `diffusion_pytorch_model`
 /// renamed, say): diffusers then loads its keys unchanged (`_should_convert_state_dict_to_diffusers`).
 fn is_diffusers_layout(ckpt: &Checkpoint, a: &str, b: &str) -> bool {
@@ -468,19 +488,7 @@ pub fn convert_single_file_with(
                         }
                         converted
                     }
-                    // The UNet is most of a checkpoint: move it out rather than copy it.
-                    None if class == "UNet2DConditionModel"
-                        && !is_diffusers_layout(
-                            &ckpt,
-                            "conv_in.weight",
-                            "time_embedding.linear_1.weight",
-                        ) =>
-                    {
-                        let tensors = unet::take_unet(&mut ckpt, &config, options.extract_ema)?;
-                        check::check_component(&ckpt, class, &config, &tensors)?;
-                        Some((Library::Diffusers, tensors))
-                    }
-                    None => convert_component(&ckpt, class, &config, options.extract_ema)?,
+                    None => take_component(&mut ckpt, class, &config, options.extract_ema)?,
                 }
             } else {
                 None

@@ -35,23 +35,6 @@ pub const KARRAS_COMPATIBLES: &[&str] = &[
     "EDMEulerScheduler",
 ];
 
-/// `__init__` keys of `DPMSolverSDEScheduler`, which has no config struct here yet but whose
-/// keys `from_config` must recognise when it appears as the original class of a config.
-const DPM_SOLVER_SDE_INIT_KEYS: &[&str] = &[
-    "num_train_timesteps",
-    "beta_start",
-    "beta_end",
-    "beta_schedule",
-    "trained_betas",
-    "prediction_type",
-    "use_karras_sigmas",
-    "use_exponential_sigmas",
-    "use_beta_sigmas",
-    "noise_sampler_seed",
-    "timestep_spacing",
-    "steps_offset",
-];
-
 /// What every scheduler config struct knows about its diffusers class.
 pub trait SchedulerConfigClass:
     Sized + Default + Clone + Serialize + for<'de> Deserialize<'de>
@@ -133,7 +116,7 @@ pub fn scheduler_init_keys(class_name: &str) -> Option<&'static [&'static str]> 
         "LCMScheduler" => LCMSchedulerConfig::INIT_KEYS,
         "TCDScheduler" => TCDSchedulerConfig::INIT_KEYS,
         "FlowMatchEulerDiscreteScheduler" => FlowMatchEulerDiscreteSchedulerConfig::INIT_KEYS,
-        "DPMSolverSDEScheduler" => DPM_SOLVER_SDE_INIT_KEYS,
+        "DPMSolverSDEScheduler" => DPMSolverSDESchedulerConfig::INIT_KEYS,
         _ => return None,
     })
 }
@@ -891,6 +874,37 @@ scheduler_config! {
         timestep_scaling: f64 = 10.0,
         /// `rescale_betas_zero_snr`, default `False`.
         rescale_betas_zero_snr: bool = false,
+    }
+}
+
+scheduler_config! {
+    /// `DPMSolverSDEScheduler` (DPM-Solver++ 2S SDE with a Brownian-tree noise sampler): every `__init__` argument of diffusers 0.42.1 with its default.
+    DPMSolverSDESchedulerConfig, "DPMSolverSDEScheduler", KARRAS_COMPATIBLES, {
+        /// `num_train_timesteps`, default `1000`.
+        num_train_timesteps: usize = 1000,
+        /// `beta_start`, default `0.00085`.
+        beta_start: f64 = 0.00085,
+        /// `beta_end`, default `0.012`.
+        beta_end: f64 = 0.012,
+        /// `beta_schedule`, default `'linear'`.
+        beta_schedule: String = "linear".to_string(),
+        /// `trained_betas`, default `None`.
+        trained_betas: Option<Vec<f64>> = None,
+        /// `prediction_type`, default `'epsilon'`.
+        prediction_type: String = "epsilon".to_string(),
+        /// `use_karras_sigmas`, default `False`.
+        use_karras_sigmas: bool = false,
+        /// `use_exponential_sigmas`, default `False`.
+        use_exponential_sigmas: bool = false,
+        /// `use_beta_sigmas`, default `False`.
+        use_beta_sigmas: bool = false,
+        /// `noise_sampler_seed`, default `None` (the Brownian tree's entropy is then drawn
+        /// from torch's global generator at the first step).
+        noise_sampler_seed: Option<u64> = None,
+        /// `timestep_spacing`, default `'linspace'`.
+        timestep_spacing: String = "linspace".to_string(),
+        /// `steps_offset`, default `0`.
+        steps_offset: i64 = 0,
     }
 }
 

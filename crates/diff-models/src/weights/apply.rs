@@ -178,8 +178,8 @@ fn tensor_data(
         path: origin.clone(),
         reason: format!("tensor `{key}` disappeared from the source"),
     })?;
-    let bytes = source.read(key)?;
-    let bytes: &[u8] = &bytes;
+    // Owned bytes (pickle and in-memory sources) are moved, borrowed ones copied once.
+    let owned = source.read(key)?.into_owned();
     let disk = match info.dtype {
         RawDType::F32 => DType::F32,
         RawDType::F16 => DType::F16,
@@ -194,7 +194,6 @@ fn tensor_data(
             });
         }
     };
-    let owned = bytes.to_vec();
     let data = TensorData::try_from_bytes_vec(owned, slot.torch_shape(), disk).map_err(|e| {
         ModelError::WeightFile {
             path: origin.clone(),

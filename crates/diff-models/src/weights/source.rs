@@ -68,7 +68,8 @@ impl RawDType {
         }
     }
 
-    fn from_safetensors(dtype: safetensors::Dtype) -> Self {
+    /// The dtype for a safetensors header dtype.
+    pub fn from_safetensors(dtype: safetensors::Dtype) -> Self {
         use safetensors::Dtype as D;
         match dtype {
             D::F16 => RawDType::F16,
@@ -107,13 +108,17 @@ struct MappedFile {
     mmap: Mmap,
 }
 
-/// The tensors of one checkpoint: a safetensors file or sharded index (memory-mapped), or a
-/// PyTorch pickle checkpoint read through `diff_format::pickle`'s restricted reader.
+/// The tensors of one checkpoint: a safetensors file or sharded index (memory-mapped), a
+/// PyTorch pickle checkpoint read through `diff_format::pickle`'s restricted reader, or tensors
+/// handed over in memory.
 pub struct TensorSource {
     files: Vec<MappedFile>,
     tensors: BTreeMap<String, TensorInfo>,
     origin: PathBuf,
     pickle: Option<PickleBacking>,
+    /// Tensors held in memory ([`TensorSource::from_memory`]); a tensor's buffer is freed by
+    /// [`TensorSource::release`] once the loader has copied it.
+    memory: Option<std::sync::Mutex<BTreeMap<String, Vec<u8>>>>,
 }
 
 /// A `.bin` checkpoint: tensors are materialised one at a time by the restricted reader.
@@ -269,6 +274,7 @@ impl TensorSource {
             tensors,
             origin: path.to_path_buf(),
             pickle: None,
+            memory: None,
         })
     }
 
@@ -314,6 +320,7 @@ impl TensorSource {
             tensors,
             origin: index_path.to_path_buf(),
             pickle: None,
+            memory: None,
         })
     }
 
@@ -357,6 +364,58 @@ impl TensorSource {
             tensors,
             origin: path.to_path_buf(),
             pickle: Some(PickleBacking { checkpoint, infos }),
+            memory: None,
+        })
+    }
+
+    /// A source over tensors already in memory, as `(name, dtype, shape, little-endian bytes)`
+    /// (a single-file checkpoint converted to the diffusers layout, say); `origin` names where
+    /// they came from in messages. The buffers are moved in, not copied, and each is freed as
+    /// soon as the loader has copied it ([`TensorSource::release`]), so loading from memory
+    /// holds one tensor twice at most. A buffer whose length disagrees with its shape and
+    /// dtype, or a name given twice, is an error.
+    pub fn from_memory(
+        origin: &Path,
+        tensors: impl IntoIterator<Item = (String, RawDType, Vec<usize>, Vec<u8>)>,
+    ) -> Result<Self, ModelError> {
+        let mut infos = BTreeMap::new();
+        let mut buffers = BTreeMap::new();
+        for (name, dtype, shape, data) in tensors {
+            let numel = shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| bad(origin, format!("tensor `{name}`: shape overflows")))?;
+            if dtype.size() != 0 && numel.checked_mul(dtype.size()) != Some(data.len()) {
+                return Err(bad(
+                    origin,
+                    format!(
+                        "tensor `{name}`: shape {shape:?} of {} needs {} bytes, got {}",
+                        dtype.name(),
+                        numel.saturating_mul(dtype.size()),
+                        data.len()
+                    ),
+                ));
+            }
+            if infos.contains_key(&name) {
+                return Err(bad(origin, format!("tensor `{name}` is given twice")));
+            }
+            infos.insert(
+                name.clone(),
+                TensorInfo {
+                    dtype,
+                    shape,
+                    file: 0,
+                    range: 0..data.len(),
+                },
+            );
+            buffers.insert(name, data);
+        }
+        Ok(Self {
+            files: Vec::new(),
+            tensors: infos,
+            origin: origin.to_path_buf(),
+            pickle: None,
+            memory: Some(std::sync::Mutex::new(buffers)),
         })
     }
 
@@ -381,7 +440,8 @@ impl TensorSource {
     }
 
     /// The raw little-endian bytes of a tensor, row-major: borrowed from the mapping for
-    /// safetensors, materialised by the restricted reader for pickle checkpoints.
+    /// safetensors, materialised by the restricted reader for pickle checkpoints, copied for
+    /// in-memory sources (an error once [`TensorSource::release`] has freed it).
     pub fn read(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>, ModelError> {
         if let Some(p) = &self.pickle {
             let info = p
@@ -393,6 +453,21 @@ impl TensorSource {
                 .read_tensor(name, info)
                 .map_err(|e| bad(&self.origin, e.to_string()))?;
             return Ok(std::borrow::Cow::Owned(bytes));
+        }
+        if let Some(memory) = &self.memory {
+            // A poisoned lock only means another reader panicked; the buffers are intact.
+            let buffers = memory.lock().unwrap_or_else(|e| e.into_inner());
+            return buffers
+                .get(name)
+                .map(|b| std::borrow::Cow::Owned(b.clone()))
+                .ok_or_else(|| {
+                    let why = if self.tensors.contains_key(name) {
+                        "was already loaded and released"
+                    } else {
+                        "does not exist"
+                    };
+                    bad(&self.origin, format!("tensor `{name}` {why}"))
+                });
         }
         self.bytes(name)
             .map(std::borrow::Cow::Borrowed)
@@ -425,7 +500,7 @@ impl TensorSource {
     }
 
     /// The raw little-endian bytes of a tensor, borrowed from the mapping (`None` for pickle
-    /// checkpoints, whose tensors are materialised by [`TensorSource::read`]).
+    /// checkpoints and in-memory sources, whose tensors [`TensorSource::read`] hands out).
     pub fn bytes(&self, name: &str) -> Option<&[u8]> {
         let info = self.tensors.get(name)?;
         self.files.get(info.file)?.mmap.get(info.range.clone())
@@ -448,8 +523,16 @@ impl TensorSource {
 
     /// Tells the kernel the pages of a tensor are no longer needed, so a tensor already copied
     /// into its own buffer stops counting twice in the resident set. Harmless if it fails:
-    /// the pages are file-backed and would be evicted under pressure anyway.
+    /// the pages are file-backed and would be evicted under pressure anyway. For an in-memory
+    /// source ([`TensorSource::from_memory`]) the tensor's buffer is freed.
     pub fn release(&self, name: &str) {
+        if let Some(memory) = &self.memory {
+            memory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+            return;
+        }
         let Some(info) = self.tensors.get(name) else {
             return;
         };
