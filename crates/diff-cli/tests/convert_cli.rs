@@ -6,8 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::copy_tree;
+
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/51-single-file")
+    common::fixture_path("51-single-file")
 }
 
 fn cli(args: &[&str]) -> Output {
@@ -22,49 +25,64 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// `burn-diffusers convert CASE/CHECKPOINT --out OUT --config CASE/config EXTRA...`.
+fn convert(case: &Path, checkpoint: &str, out: &Path, extra: &[&str]) -> Output {
+    let checkpoint = case.join(checkpoint);
+    let config = case.join("config");
+    let mut args = vec![
+        "convert",
+        checkpoint.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
+/// Each of `files` under `out` equals, byte for byte, the one under `expected` (tolerance:
+/// none).
+fn assert_same_files(out: &Path, expected: &Path, files: &[&str]) {
+    for file in files {
+        assert!(
+            read(&out.join(file)) == read(&expected.join(file)),
+            "{file} (exact)"
+        );
+    }
+}
+
 #[test]
 fn convert_with_separate_vae_and_extract_ema_writes_what_diffusers_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let case = fixtures().join("sd1_vae");
     let out = tmp.path().join("out");
-    let o = cli(&[
-        "convert",
-        case.join("model.safetensors").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        case.join("config").to_str().unwrap(),
-        "--vae",
-        case.join("vae.safetensors").to_str().unwrap(),
-    ]);
+    let vae = case.join("vae.safetensors");
+    let o = convert(
+        &case,
+        "model.safetensors",
+        &out,
+        &["--vae", vae.to_str().unwrap()],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for file in [
-        "model_index.json",
-        "vae/diffusion_pytorch_model.safetensors",
-        "unet/diffusion_pytorch_model.safetensors",
-        "text_encoder/model.safetensors",
-    ] {
-        assert!(
-            read(&out.join(file)) == read(&case.join("expected").join(file)),
-            "{file} (exact)"
-        );
-    }
+    assert_same_files(
+        &out,
+        &case.join("expected"),
+        &[
+            "model_index.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.safetensors",
+            "text_encoder/model.safetensors",
+        ],
+    );
 
     let case = fixtures().join("sd1_ema");
-    let o = cli(&[
-        "convert",
-        case.join("model.ckpt").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        case.join("config").to_str().unwrap(),
-        "--extract-ema",
-    ]);
+    let o = convert(&case, "model.ckpt", &out, &["--extract-ema"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let file = "unet/diffusion_pytorch_model.safetensors";
-    assert!(
-        read(&out.join(file)) == read(&case.join("expected_ema").join(file)),
-        "{file} (exact)"
+    assert_same_files(
+        &out,
+        &case.join("expected_ema"),
+        &["unet/diffusion_pytorch_model.safetensors"],
     );
 }
 
@@ -73,38 +91,22 @@ fn convert_dtype_variant_and_shards_reach_the_save() {
     let tmp = tempfile::tempdir().unwrap();
     let case = fixtures().join("sd1_fp16");
     let out = tmp.path().join("out");
-    let o = cli(&[
-        "convert",
-        case.join("model.safetensors").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        case.join("config").to_str().unwrap(),
-        "--dtype",
-        "f16",
-    ]);
+    let o = convert(&case, "model.safetensors", &out, &["--dtype", "f16"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for file in [
-        "unet/diffusion_pytorch_model.safetensors",
-        "text_encoder/config.json",
-    ] {
-        assert!(
-            read(&out.join(file)) == read(&case.join("expected_fp16").join(file)),
-            "{file} (exact)"
-        );
-    }
-    let o = cli(&[
-        "convert",
-        case.join("model.safetensors").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        case.join("config").to_str().unwrap(),
-        "--variant",
-        "fp16",
-        "--max-shard-size",
-        "20KB",
-    ]);
+    assert_same_files(
+        &out,
+        &case.join("expected_fp16"),
+        &[
+            "unet/diffusion_pytorch_model.safetensors",
+            "text_encoder/config.json",
+        ],
+    );
+    let o = convert(
+        &case,
+        "model.safetensors",
+        &out,
+        &["--variant", "fp16", "--max-shard-size", "20KB"],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let index: serde_json::Value = serde_json::from_slice(&read(
         &out.join("unet/diffusion_pytorch_model.safetensors.index.fp16.json"),
@@ -170,19 +172,6 @@ fn convert_help_explains_detection_and_default_configs() {
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn convert_without_config_takes_the_default_repo_of_the_detected_family_from_the_cache() {
     // diffusers' `from_single_file` without `config=` downloads the configs of the family's
@@ -215,17 +204,16 @@ fn convert_without_config_takes_the_default_repo_of_the_detected_family_from_the
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains(repo), "{stderr}");
-    for file in [
-        "model_index.json",
-        "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors",
-        "vae/diffusion_pytorch_model.safetensors",
-        "text_encoder/model.safetensors",
-        "scheduler/scheduler_config.json",
-    ] {
-        assert!(
-            read(&out.join(file)) == read(&case.join("expected").join(file)),
-            "{file} (exact)"
-        );
-    }
+    assert_same_files(
+        &out,
+        &case.join("expected"),
+        &[
+            "model_index.json",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "vae/diffusion_pytorch_model.safetensors",
+            "text_encoder/model.safetensors",
+            "scheduler/scheduler_config.json",
+        ],
+    );
 }

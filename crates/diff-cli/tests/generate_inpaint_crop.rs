@@ -6,11 +6,13 @@
 
 use burn_diffusers::pipelines::outputs::load_float_images;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
+mod common;
+
 fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/41-image-processor")
+    common::fixture_path("41-image-processor")
 }
 
 #[test]
@@ -66,18 +68,11 @@ fn generate_with_padding_mask_crop_matches_diffusers() {
         String::from_utf8_lossy(&run.stderr)
     );
     let got = load_float_images(&out).unwrap();
-    let bytes = std::fs::read(dir.join("pipelines.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let want = st.tensor("sd_inpaint_padding_mask_crop.images").unwrap();
-    assert_eq!(
-        vec![got.count, got.height, got.width, 3],
-        want.shape().to_vec()
+    let (want_shape, want) = common::read_tensor(
+        &dir.join("pipelines.safetensors"),
+        "sd_inpaint_padding_mask_crop.images",
     );
-    let want: Vec<f32> = want
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    assert_eq!(vec![got.count, got.height, got.width, 3], want_shape);
     let (max_tol, mean_tol) = (2.0 / 255.0, 0.5 / 255.0);
     let mut max = 0f32;
     let mut sum = 0f64;

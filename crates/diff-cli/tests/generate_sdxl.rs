@@ -124,3 +124,107 @@ fn generate_refiner_inpaint_with_aesthetic_score_matches_diffusers() {
         &["--aesthetic-score", &score],
     );
 }
+
+fn read_f32(path: &Path, key: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(key).unwrap();
+    assert_eq!(view.dtype(), safetensors::Dtype::F32, "{key} in {path:?}");
+    view.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn cli(args: &[String]) {
+    let run = Command::new(env!("CARGO_BIN_EXE_burn-diffusers"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "burn-diffusers {args:?} failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+/// diffusers' "ensemble of expert denoisers" through the CLI: the base stops at
+/// `denoising_end` and writes its latents (`output_type="latent"`), the refiner continues from
+/// them with `denoising_start`. Latents within 1e-4 of the largest value (float32 UNet and
+/// scheduler differences only), images within the library gate's 2/255 / 0.5/255.
+#[test]
+fn base_to_refiner_handoff_through_out_latents_and_image_latents_matches_diffusers() {
+    let name = "base_to_refiner_handoff_euler";
+    let fx = fixtures();
+    let want_file = fx.join(format!("42-sdxl/{name}.safetensors"));
+    let dir = tempfile::tempdir().unwrap();
+    let latents = dir.path().join("base.safetensors");
+    let out = dir.path().join("out.safetensors");
+    let s = |v: &str| v.to_string();
+    let prompt = "a photo of an astronaut riding a horse on mars";
+    cli(&[
+        s("generate"),
+        s("--model"),
+        fx.join("tiny-sdxl").display().to_string(),
+        s("--prompt"),
+        s(prompt),
+        s("--steps"),
+        s("8"),
+        s("--denoising-end"),
+        s("0.7"),
+        s("--height"),
+        s("32"),
+        s("--width"),
+        s("32"),
+        s("--seed"),
+        s("44"),
+        s("--out-latents"),
+        latents.display().to_string(),
+    ]);
+    let got = read_f32(&latents, "latents");
+    let want = read_f32(&want_file, "stage0_latents");
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let max = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(max / scale < 1e-4, "base latents: max {max}, scale {scale}");
+    cli(&[
+        s("generate"),
+        s("--model"),
+        fx.join("tiny-sdxl-refiner").display().to_string(),
+        s("--prompt"),
+        s(prompt),
+        s("--steps"),
+        s("8"),
+        s("--denoising-start"),
+        s("0.7"),
+        s("--image-latents"),
+        latents.display().to_string(),
+        s("--seed"),
+        s("45"),
+        s("--out-array"),
+        out.display().to_string(),
+    ]);
+    let got = load_float_images(&out).unwrap();
+    let want = load_float_images(&want_file).unwrap();
+    assert_eq!(
+        (got.count, got.height, got.width),
+        (want.count, want.height, want.width)
+    );
+    let diffs: Vec<f32> = got
+        .data
+        .iter()
+        .zip(&want.data)
+        .map(|(a, b)| (a - b).abs())
+        .collect();
+    let max = diffs.iter().copied().fold(0.0, f32::max);
+    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+    assert!(
+        max <= 2.0 / 255.0 && mean < 0.5 / 255.0,
+        "{name}: max {max}, mean {mean}"
+    );
+}

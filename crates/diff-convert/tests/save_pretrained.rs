@@ -7,30 +7,11 @@ use diff_convert::{SaveDtype, cast};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/50-convert/save")
-}
+mod common;
+use common::tree;
 
-/// Every file under `root`, relative path → bytes.
-fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
+fn fixtures() -> PathBuf {
+    common::fixture_path("50-convert/save")
 }
 
 /// Compares our output with diffusers'. transformers 5.23 adds its loading state

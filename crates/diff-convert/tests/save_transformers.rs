@@ -10,6 +10,9 @@ use diff_convert::save::{SaveOptions, save_component_as, save_pipeline};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::{copy_tree, tree};
+
 const ERAS: [&str; 3] = ["4.22.2", "4.25.1", "4.33.3"];
 /// The components the fixture keeps of diffusers' outputs, with `model_index.json` and the
 /// UNet's `config.json` (the diffusers components' weights are covered by 50-convert).
@@ -22,37 +25,7 @@ const KEPT: [&str; 5] = [
 ];
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/53-save-transformers")
-}
-
-/// Every file under `root`, relative path → bytes.
-fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for (name, bytes) in tree(from) {
-        let p = to.join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, bytes).unwrap();
-    }
+    common::fixture_path("53-save-transformers")
 }
 
 /// The era's source pipeline: the shared diffusers components plus the era's own files.

@@ -12,29 +12,11 @@ use diff_convert::{Checkpoint, ConvertError, SaveDtype, SaveOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/51-single-file")
-}
+mod common;
+use common::{copy_tree, tree};
 
-fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
+fn fixtures() -> PathBuf {
+    common::fixture_path("51-single-file")
 }
 
 /// The options `case.json` records for one expected folder.
@@ -520,19 +502,6 @@ fn converted_output_saves_as_fp16_variant_shards() {
                     .all(|t| !t.is_float() || t.dtype == safetensors::Dtype::F16),
                 "{component}/{shard}: every float tensor is f16"
             );
-        }
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
         }
     }
 }

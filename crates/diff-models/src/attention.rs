@@ -2,9 +2,12 @@
 //! `models/transformers/transformer_2d.py`): `Attention`, `FeedForward` with GEGLU,
 //! `BasicTransformerBlock` and the continuous-input `Transformer2DModel` the UNet blocks use.
 //!
-//! Scaled dot-product attention goes through burn's fused `attention` op: on flex it tiles over
-//! the keys with an online softmax (memory linear in the sequence) and computes f16/bf16 inputs
-//! in f32, which is what `upcast_attention` / `upcast_softmax` ask for.
+//! Scaled dot-product attention goes through `crate::precision::attention`: burn's fused
+//! `attention` op in float32 (on flex it tiles over the keys with an online softmax, memory
+//! linear in the sequence), torch's CPU flash-attention arithmetic for float16 / bfloat16 on
+//! flex. Both compute scores and softmax in f32, which is what `upcast_attention` /
+//! `upcast_softmax` ask for. Linears, norms and convolutions go through `crate::precision` too,
+//! so half-precision models round where torch rounds.
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;

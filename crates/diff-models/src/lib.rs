@@ -4,6 +4,11 @@
 //! weight loading (safetensors, sharded indexes, restricted `.bin`), built from their
 //! `config.json` and numerically equal to diffusers/transformers.
 //!
+//! A model loaded in float16 / bfloat16 rounds where torch's CPU kernels round (the private
+//! `precision` module: each linear, convolution, norm and activation computed in float32 from the
+//! half weights and rounded once, attention as torch's CPU flash kernel computes it), so half
+//! precision outputs match diffusers' `torch_dtype=torch.float16 / bfloat16` on the CPU.
+//!
 //! **Must not know:** pipelines, schedulers, the Hub. Configs and file names come from
 //! `diff-format`.
 //!

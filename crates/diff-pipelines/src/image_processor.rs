@@ -113,8 +113,27 @@ pub struct VaeImageProcessor {
 /// Reads an image file (PNG or JPEG) as diffusers' `load_image` does: applies the EXIF
 /// orientation (`ImageOps.exif_transpose`, so a phone photo stored sideways comes out upright)
 /// and converts to RGB (alpha dropped, grey and palette expanded).
+///
+/// JPEG files go through [`crate::jpeg`], which gives Pillow's (libjpeg-turbo's) bytes; JPEG
+/// kinds it does not implement (arithmetic coding, 12-bit, CMYK, ...) fall back to the `image`
+/// crate with a warning, since its decoder rounds differently from Pillow by a few levels.
 pub fn load_image(path: &Path) -> Result<RgbImage, PipelineError> {
     let bytes = std::fs::read(path).map_err(|e| PipelineError::io(path, e))?;
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        match crate::jpeg::decode(&bytes) {
+            Ok(decoded) => return jpeg_to_rgb(path, decoded),
+            Err(crate::jpeg::JpegError::Unsupported(what)) => tracing::warn!(
+                path = %path.display(),
+                "{what}: decoding with the `image` crate, whose pixels may differ from Pillow's"
+            ),
+            Err(e) => {
+                return Err(PipelineError::Image {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
     let bad = |e: image::ImageError| PipelineError::Image {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -126,6 +145,26 @@ pub fn load_image(path: &Path) -> Result<RgbImage, PipelineError> {
     let orientation = image::ImageDecoder::orientation(&mut decoder)
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(bad)?;
+    img.apply_orientation(orientation);
+    Ok(img.to_rgb8())
+}
+
+/// An RGB image from [`crate::jpeg::decode`]'s output, turned upright by its EXIF orientation.
+fn jpeg_to_rgb(path: &Path, decoded: crate::jpeg::DecodedJpeg) -> Result<RgbImage, PipelineError> {
+    let orientation = decoded
+        .exif
+        .as_deref()
+        .and_then(image::metadata::Orientation::from_exif_chunk)
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let (width, height) = (decoded.width, decoded.height);
+    let size_error = || PipelineError::Image {
+        path: path.to_path_buf(),
+        message: format!("JPEG size {width}x{height} does not fit in u32"),
+    };
+    let w = u32::try_from(width).map_err(|_| size_error())?;
+    let h = u32::try_from(height).map_err(|_| size_error())?;
+    let rgb = RgbImage::from_raw(w, h, decoded.into_rgb()).ok_or_else(size_error)?;
+    let mut img = image::DynamicImage::ImageRgb8(rgb);
     img.apply_orientation(orientation);
     Ok(img.to_rgb8())
 }

@@ -12,7 +12,9 @@
 //!   `swap_scheduler` (`Class.from_config(pipe.scheduler.config, **overrides)`) and `from_pipe`.
 //! - [`ClipTokenizer`]: transformers 5's `CLIPTokenizer`, id for id.
 //! - [`VaeImageProcessor`] and [`outputs`]: images in and out, PNG and safetensors files;
-//!   [`resample`]: Pillow's `Image.resize`, byte for byte (what diffusers resizes inputs with).
+//!   [`resample`]: Pillow's `Image.resize`, byte for byte (what diffusers resizes inputs with);
+//!   [`jpeg`]: a JPEG decoder giving Pillow's (libjpeg-turbo's) bytes, used by
+//!   `image_processor::load_image` (`tests/jpeg_parity.rs`, `tests/fixtures/44-jpeg`).
 //! - [`DiffusionPipeline::from_single_file`] with [`SingleFileLoadOptions`]: an original
 //!   single-file checkpoint (`.safetensors` / `.ckpt`) converted in memory by diff-convert and
 //!   loaded as a pipeline, configs from `config=` or the family's default repo.
@@ -68,6 +70,7 @@ pub mod clip_tokenizer;
 pub mod device;
 mod error;
 pub mod image_processor;
+pub mod jpeg;
 pub mod outputs;
 pub mod pipeline;
 pub mod resample;

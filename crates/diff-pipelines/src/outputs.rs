@@ -63,6 +63,32 @@ pub fn save_float_images(path: &Path, images: &FloatImages) -> Result<(), Pipeli
     })
 }
 
+/// Writes latents `[N, C, h, w]` as a safetensors file with one float32 tensor under the key
+/// `latents` (what `generate --out-latents` writes and `--latents` / `--image-latents` read).
+pub fn save_latents(path: &Path, latents: &Tensor<4>) -> Result<(), PipelineError> {
+    let shape = latents.dims().to_vec();
+    let values: Vec<f32> = latents
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| PipelineError::arg("latents", format!("cannot read the latents: {e:?}")))?;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
+        .map_err(|e| {
+            PipelineError::arg("latents", format!("cannot build the `latents` tensor: {e}"))
+        })?;
+    let data = safetensors::serialize([("latents", view)], None).map_err(|e| {
+        PipelineError::arg(
+            "latents",
+            format!("cannot serialize {}: {e}", path.display()),
+        )
+    })?;
+    write_atomic(path, |tmp| {
+        std::fs::write(tmp, &data).map_err(|e| PipelineError::io(tmp, e))
+    })
+}
+
 /// Reads initial latents `[N, C, h, w]` (float32, float16 or bfloat16) from a safetensors file:
 /// the tensor named `latents`, or the only tensor in the file.
 pub fn load_latents(path: &Path, device: &Device) -> Result<Tensor<4>, PipelineError> {

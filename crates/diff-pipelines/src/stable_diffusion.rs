@@ -186,16 +186,7 @@ impl DiffusionPipeline {
         if let Some(l) = &args.latents {
             return Ok(round_tensor(l.clone().mul_scalar(sigma0), half));
         }
-        let mut gens = args.generator.build();
-        if gens.len() > 1 && gens.len() != total {
-            return Err(PipelineError::arg(
-                "generator",
-                format!(
-                    "You have passed a list of generators of length {}, but requested an effective batch size of {total}. Make sure the batch size matches the length of the generators.",
-                    gens.len()
-                ),
-            ));
-        }
+        let mut gens = generators_for(args, total)?;
         let shape = [total, channels, height / factor, width / factor];
         Ok(round_tensor(
             randn_as(shape, &mut gens, half, self.device())?.mul_scalar(sigma0),
@@ -330,16 +321,7 @@ impl DiffusionPipeline {
             None => cond,
         };
 
-        let mut gens = args.generator.build();
-        if gens.len() > 1 && gens.len() != total {
-            return Err(PipelineError::arg(
-                "generator",
-                format!(
-                    "You have passed a list of generators of length {}, but requested an effective batch size of {total}. Make sure the batch size matches the length of the generators.",
-                    gens.len()
-                ),
-            ));
-        }
+        let mut gens = generators_for(args, total)?;
 
         let mut scheduler = self.require(self.scheduler(), "scheduler")?.clone();
         scheduler.set_timesteps(args.num_inference_steps)?;
@@ -443,49 +425,8 @@ impl DiffusionPipeline {
                 }
                 // padding_mask_crop: crop both to the masked region grown to the generation
                 // aspect, and fit them with resize_mode "fill".
-                let (crops_coords, resize_mode) = match args.padding_mask_crop {
-                    Some(pad) => {
-                        let (image, mask) = match (images.as_slice(), masks.as_slice()) {
-                            ([i], [m]) => (i, m),
-                            _ => {
-                                return Err(PipelineError::arg(
-                                    "padding_mask_crop",
-                                    format!(
-                                        "inpainting mask crop needs one image and one mask, got {} and {}",
-                                        images.len(),
-                                        masks.len()
-                                    ),
-                                ));
-                            }
-                        };
-                        if args.output_type != OutputType::Pil {
-                            return Err(PipelineError::arg(
-                                "output_type",
-                                format!(
-                                    "The output type should be PIL when inpainting mask crop, but is {:?}.",
-                                    args.output_type
-                                ),
-                            ));
-                        }
-                        if image.dimensions() != mask.dimensions() {
-                            return Err(PipelineError::arg(
-                                "mask_image",
-                                format!(
-                                    "with padding_mask_crop the mask ({}x{}) must have the image's size ({}x{})",
-                                    mask.width(),
-                                    mask.height(),
-                                    image.width(),
-                                    image.height()
-                                ),
-                            ));
-                        }
-                        (
-                            Some(get_crop_region(mask, width, height, pad)?),
-                            ResizeMode::Fill,
-                        )
-                    }
-                    None => (None, ResizeMode::Default),
-                };
+                let (crops_coords, resize_mode) =
+                    padding_mask_crop(args, images, masks, false, (height, width))?;
                 overlay = crops_coords.map(|c| (c, images.clone(), masks.clone()));
                 let init_image = processor.preprocess_with(
                     images,
@@ -674,6 +615,81 @@ impl DiffusionPipeline {
             interrupted,
         })
     }
+}
+
+/// The call's generators, with diffusers' error when a list of them does not match the
+/// effective batch size `total` (one generator, or none, serves any batch).
+pub(crate) fn generators_for(
+    args: &CallArgs,
+    total: usize,
+) -> Result<Vec<diff_schedulers::TorchGenerator>, PipelineError> {
+    let gens = args.generator.build();
+    if gens.len() > 1 && gens.len() != total {
+        return Err(PipelineError::arg(
+            "generator",
+            format!(
+                "You have passed a list of generators of length {}, but requested an effective batch size of {total}. Make sure the batch size matches the length of the generators.",
+                gens.len()
+            ),
+        ));
+    }
+    Ok(gens)
+}
+
+/// `padding_mask_crop`'s checks (`check_inputs`: one image given as pixels, one mask, PIL
+/// output, and here also equal image and mask sizes) and crop box
+/// (`mask_processor.get_crop_region(mask_image, width, height, pad)`, then
+/// `resize_mode="fill"`), shared by the SD and SDXL inpaint pipelines. `latents_given` says
+/// that the image came as latents (SDXL's `image_latents`), which a crop cannot use.
+pub(crate) fn padding_mask_crop(
+    args: &CallArgs,
+    images: &[image::RgbImage],
+    masks: &[image::RgbImage],
+    latents_given: bool,
+    (height, width): (usize, usize),
+) -> Result<(Option<crate::image_processor::CropBox>, ResizeMode), PipelineError> {
+    let Some(pad) = args.padding_mask_crop else {
+        return Ok((None, ResizeMode::Default));
+    };
+    let (image, mask) = match (images, masks, latents_given) {
+        ([i], [m], false) => (i, m),
+        _ => {
+            return Err(PipelineError::arg(
+                "padding_mask_crop",
+                format!(
+                    "inpainting mask crop needs one image and one mask (the image as pixels), got {} images{} and {} masks",
+                    images.len(),
+                    if latents_given { " (as latents)" } else { "" },
+                    masks.len()
+                ),
+            ));
+        }
+    };
+    if args.output_type != OutputType::Pil {
+        return Err(PipelineError::arg(
+            "output_type",
+            format!(
+                "The output type should be PIL when inpainting mask crop, but is {:?}.",
+                args.output_type
+            ),
+        ));
+    }
+    if image.dimensions() != mask.dimensions() {
+        return Err(PipelineError::arg(
+            "mask_image",
+            format!(
+                "with padding_mask_crop the mask ({}x{}) must have the image's size ({}x{})",
+                mask.width(),
+                mask.height(),
+                image.width(),
+                image.height()
+            ),
+        ));
+    }
+    Ok((
+        Some(get_crop_region(mask, width, height, pad)?),
+        ResizeMode::Fill,
+    ))
 }
 
 /// The inpaint pipeline's last step with `padding_mask_crop`: each generated image (rounded to

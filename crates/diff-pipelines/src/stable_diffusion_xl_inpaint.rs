@@ -15,13 +15,11 @@
 //! final `apply_overlay`), the VAE sampling and the nearest-neighbour mask resize are the SD
 //! inpaint pipeline's (`image_processor.rs`, `call.rs`, `stable_diffusion.rs`).
 
-use crate::call::{CallArgs, OutputType, encode_vae_image_as, noise_dtype, randn_as};
+use crate::call::{CallArgs, encode_vae_image_as, noise_dtype, randn_as};
 use crate::error::PipelineError;
-use crate::image_processor::{
-    CropBox, FloatImages, ResizeMode, VaeImageProcessor, get_crop_region,
-};
+use crate::image_processor::{CropBox, FloatImages, VaeImageProcessor};
 use crate::pipeline::DiffusionPipeline;
-use crate::stable_diffusion::{apply_overlays, nearest_downsample};
+use crate::stable_diffusion::{apply_overlays, nearest_downsample, padding_mask_crop};
 use burn::tensor::Tensor;
 use diff_models::{AutoencoderKL, UNet2DConditionModel};
 use diff_schedulers::{NoiseDtype, Scheduler, TorchGenerator};
@@ -43,62 +41,6 @@ pub(crate) struct XlInpaint {
     total: usize,
     /// `padding_mask_crop`: the crop box, the original image and mask for `apply_overlay`.
     overlay: Option<(CropBox, Vec<RgbImage>, Vec<RgbImage>)>,
-}
-
-/// `padding_mask_crop`'s checks (`check_inputs`: one image, one mask, PIL output) and crop box
-/// (`mask_processor.get_crop_region(mask_image, width, height, pad)`, then `resize_mode="fill"`).
-fn mask_crop(
-    args: &CallArgs,
-    (height, width): (usize, usize),
-) -> Result<(Option<CropBox>, ResizeMode), PipelineError> {
-    let Some(pad) = args.padding_mask_crop else {
-        return Ok((None, ResizeMode::Default));
-    };
-    let images = args.image.as_deref().unwrap_or_default();
-    let masks = args.mask_image.as_deref().unwrap_or_default();
-    let (image, mask) = match (images, masks, &args.image_latents) {
-        ([i], [m], None) => (i, m),
-        _ => {
-            return Err(PipelineError::arg(
-                "padding_mask_crop",
-                format!(
-                    "inpainting mask crop needs one image (as pixels) and one mask, got {} images{} and {} masks",
-                    images.len(),
-                    if args.image_latents.is_some() {
-                        " (as latents)"
-                    } else {
-                        ""
-                    },
-                    masks.len()
-                ),
-            ));
-        }
-    };
-    if args.output_type != OutputType::Pil {
-        return Err(PipelineError::arg(
-            "output_type",
-            format!(
-                "The output type should be PIL when inpainting mask crop, but is {:?}.",
-                args.output_type
-            ),
-        ));
-    }
-    if image.dimensions() != mask.dimensions() {
-        return Err(PipelineError::arg(
-            "mask_image",
-            format!(
-                "with padding_mask_crop the mask ({}x{}) must have the image's size ({}x{})",
-                mask.width(),
-                mask.height(),
-                image.width(),
-                image.height()
-            ),
-        ));
-    }
-    Ok((
-        Some(get_crop_region(mask, width, height, pad)?),
-        ResizeMode::Fill,
-    ))
 }
 
 /// `t` repeated along the batch up to `total` rows (`t.repeat(total // n, 1, 1, 1)`), with
@@ -175,7 +117,13 @@ impl XlInpaint {
         } else {
             model_noise
         };
-        let (crops_coords, resize_mode) = mask_crop(args, (height, width))?;
+        let (crops_coords, resize_mode) = padding_mask_crop(
+            args,
+            args.image.as_deref().unwrap_or_default(),
+            args.mask_image.as_deref().unwrap_or_default(),
+            args.image_latents.is_some(),
+            (height, width),
+        )?;
         let init_image = match (&args.image_latents, &args.image) {
             (Some(_), _) => None,
             (None, Some(images)) => Some(processor.preprocess_with(

@@ -9,11 +9,10 @@ use diff_pipelines::{
     CallArgs, DType, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
 };
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+mod common;
+use common::fixtures;
 
 fn dir() -> PathBuf {
     fixtures().join("41-image-processor")
@@ -24,23 +23,11 @@ fn meta() -> Value {
 }
 
 fn read_tensor(key: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(dir().join("pipelines.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e:?}"));
-    let data = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (t.shape().to_vec(), data)
+    common::read_tensor(&dir().join("pipelines.safetensors"), key)
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    match v {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a.iter().map(|x| x.as_str().unwrap().to_string()).collect(),
-        _ => panic!("not a prompt: {v}"),
-    }
+    common::strings(v).unwrap_or_else(|| panic!("not a prompt: {v}"))
 }
 
 fn generators(args: &Value) -> Generators {
@@ -72,33 +59,13 @@ fn load(folder: &str, class: Option<&str>, dtype: DType) -> DiffusionPipeline {
 }
 
 fn compare(what: &str, got: &[f32], want: &[f32], max_tol: f32, mean_tol: f32) -> (f32, f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut max = 0f32;
-    let mut sum = 0f64;
-    for (a, b) in got.iter().zip(want) {
-        let d = (a - b).abs();
-        max = max.max(d);
-        sum += f64::from(d);
-    }
-    let mean = (sum / want.len().max(1) as f64) as f32;
-    assert!(
-        max <= max_tol && mean < mean_tol,
-        "{what}: max abs {max:.3e} (tol {max_tol:.3e}), mean abs {mean:.3e} (tol {mean_tol:.3e})"
-    );
-    (max, mean)
+    common::compare(what, got, want, max_tol, mean_tol).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn run_case(name: &str) {
     let meta = meta();
-    let max_tol = meta["tolerance"]["max_abs"].as_f64().unwrap() as f32;
-    let mean_tol = meta["tolerance"]["mean_abs"].as_f64().unwrap() as f32;
-    let case = meta["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no run {name}"))
-        .clone();
+    let (max_tol, mean_tol) = common::tolerance(&meta);
+    let case = common::case_named(&meta, "runs", name);
     let args = &case["args"];
     let mut pipe = load(
         case["pipeline_folder"].as_str().unwrap(),

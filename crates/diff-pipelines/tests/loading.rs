@@ -9,10 +9,11 @@ use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod common;
+use common::copy_dir;
+
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
+    common::fixtures().join(name)
 }
 
 fn no_checker() -> LoadOptions {
@@ -300,6 +301,25 @@ fn callback_sees_every_step_and_can_stop_early() {
 }
 
 #[test]
+fn a_generator_list_not_matching_the_batch_is_diffusers_error() {
+    let pipe = load("tiny-sd", &no_checker()).unwrap();
+    let args = CallArgs {
+        num_inference_steps: 1,
+        height: Some(16),
+        width: Some(16),
+        num_images_per_prompt: 2,
+        generator: Generators::Seeds(vec![1, 2, 3]),
+        output_type: OutputType::Latent,
+        ..CallArgs::prompt("a cat")
+    };
+    let err = pipe.call(&args, None).unwrap_err().to_string();
+    assert!(
+        err.contains("list of generators of length 3") && err.contains("batch size of 2"),
+        "{err}"
+    );
+}
+
+#[test]
 fn height_not_multiple_of_8_is_an_invalid_argument() {
     let pipe = load("tiny-sd", &no_checker()).unwrap();
     let args = CallArgs {
@@ -403,19 +423,6 @@ fn passed_scheduler_replaces_the_loaded_one() {
     options.components.scheduler = Passed::Replace(ddim);
     let pipe = load("tiny-sd", &options).unwrap();
     assert_eq!(pipe.scheduler().unwrap().class_name(), "DDIMScheduler");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -7,36 +7,11 @@ use diff_pipelines::{
     CallArgs, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
 };
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn read_tensor(path: &Path, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(key).unwrap();
-    let data = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (t.shape().to_vec(), data)
-}
-
-fn strings(v: &Value) -> Option<Vec<String>> {
-    match v {
-        Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string)).collect(),
-        _ => None,
-    }
-}
-
-fn pair(v: Option<&Value>) -> Option<(usize, usize)> {
-    let a = v?.as_array()?;
-    Some((a.first()?.as_u64()? as usize, a.get(1)?.as_u64()? as usize))
-}
+#[macro_use]
+mod common;
+use common::{compare, fixtures, pair, read_tensor, strings};
 
 fn call_args(args: &Value, dir: &Path) -> CallArgs {
     let get = |k: &str| args.get(k);
@@ -91,36 +66,6 @@ fn call_args(args: &Value, dir: &Path) -> CallArgs {
         output_type: OutputType::Np,
         ..CallArgs::default()
     }
-}
-
-fn compare(
-    what: &str,
-    got: &[f32],
-    want: &[f32],
-    max_tol: f32,
-    mean_tol: f32,
-) -> Result<(f32, f32), String> {
-    if got.len() != want.len() {
-        return Err(format!(
-            "{what}: {} values, expected {}",
-            got.len(),
-            want.len()
-        ));
-    }
-    let mut max = 0f32;
-    let mut sum = 0f64;
-    for (a, b) in got.iter().zip(want) {
-        let d = (a - b).abs();
-        max = max.max(d);
-        sum += f64::from(d);
-    }
-    let mean = (sum / want.len().max(1) as f64) as f32;
-    if !(max <= max_tol && mean < mean_tol) {
-        return Err(format!(
-            "{what}: max abs {max:.3e} (tol {max_tol:.3e}), mean abs {mean:.3e} (tol {mean_tol:.3e})"
-        ));
-    }
-    Ok((max, mean))
 }
 
 struct Meta {
@@ -232,18 +177,6 @@ fn run_case(name: &str) {
     eprintln!("{name}: images {img:?}; latents {lat:?}");
     img.unwrap();
     lat.unwrap();
-}
-
-macro_rules! parity {
-    ($($case:ident => $test:ident;)*) => {
-        const TESTED: &[&str] = &[$(stringify!($case)),*];
-        $(
-            #[test]
-            fn $test() {
-                run_case(stringify!($case));
-            }
-        )*
-    };
 }
 
 parity! {

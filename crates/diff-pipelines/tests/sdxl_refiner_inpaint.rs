@@ -11,40 +11,15 @@ use diff_pipelines::{
     PipelineError,
 };
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+#[macro_use]
+mod common;
+use common::{case_named, compare, fixtures, pair, read_tensor, strings, tolerance};
 
 fn case_dir() -> PathBuf {
     fixtures().join("42-sdxl")
-}
-
-fn read_tensor(path: &Path, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(key).unwrap();
-    let data = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (t.shape().to_vec(), data)
-}
-
-fn strings(v: &Value) -> Option<Vec<String>> {
-    match v {
-        Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string)).collect(),
-        _ => None,
-    }
-}
-
-fn pair(v: Option<&Value>) -> Option<(usize, usize)> {
-    let a = v?.as_array()?;
-    Some((a.first()?.as_u64()? as usize, a.get(1)?.as_u64()? as usize))
 }
 
 fn f32_of(v: Option<&Value>) -> Option<f32> {
@@ -116,36 +91,6 @@ fn call_args(args: &Value, previous: Option<&burn::tensor::Tensor<4>>) -> CallAr
     }
 }
 
-fn compare(
-    what: &str,
-    got: &[f32],
-    want: &[f32],
-    max_tol: f32,
-    mean_tol: f32,
-) -> Result<(f32, f32), String> {
-    if got.len() != want.len() {
-        return Err(format!(
-            "{what}: {} values, expected {}",
-            got.len(),
-            want.len()
-        ));
-    }
-    let mut max = 0f32;
-    let mut sum = 0f64;
-    for (a, b) in got.iter().zip(want) {
-        let d = (a - b).abs();
-        max = max.max(d);
-        sum += f64::from(d);
-    }
-    let mean = (sum / want.len().max(1) as f64) as f32;
-    if !(max <= max_tol && mean < mean_tol) {
-        return Err(format!(
-            "{what}: max abs {max:.3e} (tol {max_tol:.3e}), mean abs {mean:.3e} (tol {mean_tol:.3e})"
-        ));
-    }
-    Ok((max, mean))
-}
-
 fn meta() -> Value {
     serde_json::from_str(&std::fs::read_to_string(case_dir().join("cases.json")).unwrap()).unwrap()
 }
@@ -197,15 +142,8 @@ fn load_stage(stage: &Value) -> DiffusionPipeline {
 
 fn run_case(name: &str) {
     let meta = meta();
-    let max_tol = meta["tolerance"]["max_abs"].as_f64().unwrap() as f32;
-    let mean_tol = meta["tolerance"]["mean_abs"].as_f64().unwrap() as f32;
-    let case = meta["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no case {name} in cases.json"))
-        .clone();
+    let (max_tol, mean_tol) = tolerance(&meta);
+    let case = case_named(&meta, "cases", name);
     let file = case_dir().join(format!("{name}.safetensors"));
     let stages = case["stages"].as_array().unwrap();
     let mut previous = None;
@@ -280,18 +218,6 @@ fn run_case(name: &str) {
         lat.unwrap();
         previous = Some(out.latents);
     }
-}
-
-macro_rules! parity {
-    ($($case:ident => $test:ident;)*) => {
-        const TESTED: &[&str] = &[$(stringify!($case)),*];
-        $(
-            #[test]
-            fn $test() {
-                run_case(stringify!($case));
-            }
-        )*
-    };
 }
 
 parity! {
@@ -589,13 +515,7 @@ fn refiner_with_the_base_text_encoder_2_and_vae_shared_continues_diffusers_base_
     ));
     assert!(Arc::ptr_eq(refiner.vae().unwrap(), base.vae().unwrap()));
     let name = "base_to_refiner_handoff_euler";
-    let case = meta()["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap()
-        .clone();
+    let case = case_named(&meta(), "cases", name);
     let file = case_dir().join(format!("{name}.safetensors"));
     let (shape, values) = read_tensor(&file, "stage0_latents");
     let dims: [usize; 4] = shape.try_into().unwrap();

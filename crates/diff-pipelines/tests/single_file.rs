@@ -14,12 +14,11 @@ use diff_pipelines::{
     PipelineError,
 };
 use image::RgbImage;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+mod common;
+use common::{copy_dir, fixtures};
 
 fn load_options(dtype: DType) -> LoadOptions {
     LoadOptions {
@@ -365,19 +364,6 @@ fn unknown_architecture_and_missing_config_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("corrupt.safetensors"), "{msg}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn files_under(dir: &Path) -> Vec<String> {

@@ -8,25 +8,19 @@ use diff_pipelines::{CallArgs, DiffusionPipeline, Generators, LoadOptions, Outpu
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+mod common;
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn images(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor("images").unwrap();
-    let data = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (t.shape().to_vec(), data)
+    common::read_tensor(path, "images")
 }
 
 #[test]
 fn single_file_generation_matches_diffusers_from_single_file() {
     let dir = root().join("tests/fixtures/54-single-file-load");
+
     let cases: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let cases = cases.as_object().unwrap();

@@ -674,10 +674,35 @@ pub(crate) fn k_schedule(
     round_karras: bool,
 ) -> (Vec<f64>, Vec<f64>, Vec<f32>) {
     let train_steps = alphas_cumprod.len();
-    let mut ts: Vec<f64> = spacing_timesteps(spacing, train_steps, n, steps_offset, false)
+    let ts: Vec<f64> = spacing_timesteps(spacing, train_steps, n, steps_offset, false)
         .into_iter()
         .map(|t| f64::from(t as f32))
         .collect();
+    k_sigmas(
+        ts,
+        alphas_cumprod,
+        n,
+        karras,
+        exponential,
+        beta,
+        round_karras,
+    )
+}
+
+/// The second half of [`k_schedule`], for schedulers that keep their spaced timesteps in
+/// float64 (DPMSolverSDE) rather than rounding them to float32 first: the training sigmas
+/// interpolated at `ts`, optionally replaced by karras / exponential / beta sigmas with the
+/// timesteps re-derived by `_sigma_to_t` (rounded when `round_karras`).
+/// Returns (timesteps, sigmas without the final entry, float32 log training sigmas).
+pub(crate) fn k_sigmas(
+    mut ts: Vec<f64>,
+    alphas_cumprod: &[f32],
+    n: usize,
+    karras: bool,
+    exponential: bool,
+    beta: bool,
+    round_karras: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f32>) {
     let train = train_sigmas(alphas_cumprod);
     let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
     let mut sig = np_interp(&ts, &train);
@@ -786,6 +811,21 @@ pub(crate) fn k_x0<const D: usize>(
     }
 }
 
+/// The v-prediction x0 of the Euler schedulers for a σ in a pipeline's dtype: the product
+/// with the (half-precision) `model_output` is rounded to `dtype`, the rest is float32, as
+/// torch computes `model_output * (-σ / √(σ² + 1)) + sample / (σ² + 1)` with a float32 sample.
+pub(crate) fn v_prediction_x0_in<const D: usize>(
+    model_output: Tensor<D>,
+    sample: Tensor<D>,
+    sigma: f32,
+    dtype: crate::NoiseDtype,
+) -> Tensor<D> {
+    crate::precision::round_tensor(
+        model_output.mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt()),
+        dtype,
+    ) + sample.div_scalar(sigma * sigma + 1.0)
+}
+
 /// Builds the betas and `alphas_cumprod` of the k-diffusion schedulers without zero-SNR.
 pub(crate) fn k_alphas(
     class: &'static str,
@@ -805,6 +845,66 @@ pub(crate) fn k_alphas(
         trained,
         extra_schedules,
     )?))
+}
+
+/// diffusers' layout of the Heun-like second-order schedulers (Heun, DPMSolverSDE):
+/// `cat([v[:1], v[1:-1].repeat_interleave(2), v[-1:]])`, where `v` already ends in the
+/// final σ = 0.
+pub(crate) fn interleave_inner(v: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(v.len() * 2);
+    if let Some(first) = v.first() {
+        out.push(*first);
+    }
+    if let Some(inner) = v.get(1..v.len().saturating_sub(1)) {
+        for x in inner {
+            out.push(*x);
+            out.push(*x);
+        }
+    }
+    if v.len() > 1
+        && let Some(last) = v.last()
+    {
+        out.push(*last);
+    }
+    out
+}
+
+/// `init_noise_sigma` of the k-diffusion style schedulers: max σ for linspace / trailing
+/// spacing, √(max σ² + 1) for leading.
+pub(crate) fn k_init_noise_sigma(sigmas: &[f32], spacing: Spacing) -> f32 {
+    let max = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    match spacing {
+        Spacing::Linspace | Spacing::Trailing => max,
+        Spacing::Leading => (max * max + 1.0).sqrt(),
+    }
+}
+
+/// The σ of each `add_noise` timestep, found by the same index rules as `step` (begin
+/// index, or the timestep's position in `schedule`).
+pub(crate) fn noise_sigmas(
+    index: &crate::StepIndex,
+    schedule: &[f64],
+    sigmas: &[f32],
+    timesteps: &[f64],
+) -> Result<Vec<f32>, SchedulerError> {
+    index
+        .noise_indices(schedule, timesteps)?
+        .into_iter()
+        .map(|i| sigma_at(sigmas, i))
+        .collect()
+}
+
+/// `add_noise` of the k-diffusion style schedulers: x0 + z·σ per batch entry.
+pub(crate) fn k_add_noise<const D: usize>(
+    index: &crate::StepIndex,
+    schedule: &[f64],
+    sigmas: &[f32],
+    original: Tensor<D>,
+    noise: Tensor<D>,
+    timesteps: &[f64],
+) -> Result<Tensor<D>, SchedulerError> {
+    let sigmas = noise_sigmas(index, schedule, sigmas, timesteps)?;
+    crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
 }
 
 /// `sigmas[i]`, or a typed error when a step runs past the schedule (shared by the k-diffusion

@@ -16,8 +16,8 @@
 
 use crate::brownian_tree::BrownianTreeNoiseSampler;
 use crate::common::{
-    Prediction, Spacing, check_sigma_flags, k_alphas, np_interp, numpy_log_f32, sigma_to_t,
-    spacing_timesteps, torch_exp_f32, torch_log_f32, train_sigmas,
+    Prediction, Spacing, check_sigma_flags, k_alphas, k_sigmas, sigma_to_t, spacing_timesteps,
+    torch_exp_f32, torch_log_f32,
 };
 use crate::{
     NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
@@ -153,33 +153,22 @@ impl DPMSolverSDEScheduler {
         let n = request.resolved_steps(CLASS)?;
         let c = &self.config;
         // numpy float64 throughout, as diffusers' set_timesteps.
-        let mut ts = spacing_timesteps(
+        let ts = spacing_timesteps(
             self.spacing,
             c.num_train_timesteps,
             n,
             c.steps_offset,
             false,
         );
-        let train = train_sigmas(&self.alphas_cumprod);
-        let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
-        let mut sig = np_interp(&ts, &train);
-        let (min, max) = (
-            sig.last().copied().unwrap_or(0.0),
-            sig.first().copied().unwrap_or(0.0),
+        let (ts, sig, log_sigmas) = k_sigmas(
+            ts,
+            &self.alphas_cumprod,
+            n,
+            c.use_karras_sigmas,
+            c.use_exponential_sigmas,
+            c.use_beta_sigmas,
+            false,
         );
-        let converted = if c.use_karras_sigmas {
-            Some(crate::common::karras_sigmas(min, max, n, 7.0))
-        } else if c.use_exponential_sigmas {
-            Some(crate::common::exponential_sigmas(min, max, n))
-        } else if c.use_beta_sigmas {
-            Some(crate::common::beta_sigmas(min, max, n))
-        } else {
-            None
-        };
-        if let Some(converted) = converted {
-            sig = converted;
-            ts = sig.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
-        }
         // `_second_order_timesteps`: the log-σ midpoints, in float64 numpy.
         let t: Vec<f64> = sig.iter().map(|s| -s.ln()).collect();
         let second: Vec<f64> = t
@@ -192,13 +181,7 @@ impl DPMSolverSDEScheduler {
 
         let mut s32: Vec<f32> = sig.iter().map(|v| *v as f32).collect();
         s32.push(0.0);
-        // cat([s[:1], s[1:-1].repeat_interleave(2), s[-1:]])
-        let mut sigmas = vec![s32[0]];
-        for v in &s32[1..s32.len() - 1] {
-            sigmas.push(*v);
-            sigmas.push(*v);
-        }
-        sigmas.push(0.0);
+        let sigmas = crate::common::interleave_inner(&s32);
         // cat([t[:1], t[1:].repeat_interleave(2)]) with the odd entries replaced by the
         // second-order timesteps.
         let mut timesteps = vec![ts[0]];
@@ -228,15 +211,7 @@ impl DPMSolverSDEScheduler {
 
     /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
     pub fn init_noise_sigma(&self) -> f32 {
-        let max = self
-            .sigmas
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
-        match self.spacing {
-            Spacing::Linspace | Spacing::Trailing => max,
-            Spacing::Leading => (max * max + 1.0).sqrt(),
-        }
+        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
     }
 
     /// The index bookkeeping.
@@ -416,13 +391,14 @@ impl DPMSolverSDEScheduler {
         noise: Tensor<D>,
         timesteps: &[f64],
     ) -> Result<Tensor<D>, SchedulerError> {
-        let sigmas = self
-            .index
-            .noise_indices(&self.timesteps, timesteps)?
-            .into_iter()
-            .map(|i| self.sigma_at(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
+        crate::common::k_add_noise(
+            &self.index,
+            &self.timesteps,
+            &self.sigmas,
+            original,
+            noise,
+            timesteps,
+        )
     }
 
     /// `order` (2).

@@ -214,13 +214,14 @@ impl EDMEulerScheduler {
         noise: Tensor<D>,
         timesteps: &[f64],
     ) -> Result<Tensor<D>, SchedulerError> {
-        let sigmas = self
-            .index
-            .noise_indices(&self.timesteps, timesteps)?
-            .into_iter()
-            .map(|i| self.sigma_at(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
+        crate::common::k_add_noise(
+            &self.index,
+            &self.timesteps,
+            &self.sigmas,
+            original,
+            noise,
+            timesteps,
+        )
     }
 
     /// `order`.

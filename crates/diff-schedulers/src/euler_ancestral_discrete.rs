@@ -1,7 +1,9 @@
 //! `EulerAncestralDiscreteScheduler`: Euler steps with ancestral noise at every step
 //! (including the last, where σ_up = 0 but the generator is still advanced).
 
-use crate::common::{Prediction, Spacing, noise_like, np_interp, spacing_timesteps, train_sigmas};
+use crate::common::{
+    Prediction, Spacing, noise_like, np_interp, spacing_timesteps, train_sigmas, v_prediction_x0_in,
+};
 use crate::precision::{mul_left, round_tensor};
 use crate::{
     SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
@@ -101,15 +103,7 @@ impl EulerAncestralDiscreteScheduler {
 
     /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
     pub fn init_noise_sigma(&self) -> f32 {
-        let max = self
-            .sigmas
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
-        match self.spacing {
-            Spacing::Linspace | Spacing::Trailing => max,
-            Spacing::Leading => (max * max + 1.0).sqrt(),
-        }
+        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
     }
 
     /// The index bookkeeping.
@@ -149,12 +143,7 @@ impl EulerAncestralDiscreteScheduler {
         let half = options.noise_dtype;
         let pred = match self.prediction {
             Prediction::VPrediction => {
-                round_tensor(
-                    model_output
-                        .clone()
-                        .mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt()),
-                    half,
-                ) + sample.clone().div_scalar(sigma * sigma + 1.0)
+                v_prediction_x0_in(model_output.clone(), sample.clone(), sigma, half)
             }
             _ => sample.clone() - mul_left(sigma, model_output.clone(), half),
         };
@@ -181,13 +170,14 @@ impl EulerAncestralDiscreteScheduler {
         noise: Tensor<D>,
         timesteps: &[f64],
     ) -> Result<Tensor<D>, SchedulerError> {
-        let sigmas = self
-            .index
-            .noise_indices(&self.timesteps, timesteps)?
-            .into_iter()
-            .map(|i| self.sigma_at(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
+        crate::common::k_add_noise(
+            &self.index,
+            &self.timesteps,
+            &self.sigmas,
+            original,
+            noise,
+            timesteps,
+        )
     }
 
     /// `order`.

@@ -4,6 +4,7 @@
 use crate::common::{
     Prediction, Spacing, check_sigma_flags, exponential_sigmas, karras_sigmas, noise_like,
     np_interp, sigma_to_t, spacing_timesteps, torch_linspace_f32, train_sigmas, unsupported,
+    v_prediction_x0_in,
 };
 use crate::precision::{mul_left, round_tensor};
 use crate::{
@@ -215,15 +216,7 @@ impl EulerDiscreteScheduler {
 
     /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
     pub fn init_noise_sigma(&self) -> f32 {
-        let max = self
-            .sigmas
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
-        match self.spacing {
-            Spacing::Linspace | Spacing::Trailing => max,
-            Spacing::Leading => (max * max + 1.0).sqrt(),
-        }
+        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
     }
 
     /// The index bookkeeping (`step_index`, `begin_index`).
@@ -282,12 +275,7 @@ impl EulerDiscreteScheduler {
         let pred = match self.prediction {
             Prediction::Sample => model_output.clone(),
             Prediction::VPrediction => {
-                round_tensor(
-                    model_output
-                        .clone()
-                        .mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt()),
-                    half,
-                ) + sample.clone().div_scalar(sigma * sigma + 1.0)
+                v_prediction_x0_in(model_output.clone(), sample.clone(), sigma, half)
             }
             _ => sample.clone() - mul_left(sigma_hat, model_output.clone(), half),
         };
@@ -308,13 +296,14 @@ impl EulerDiscreteScheduler {
         noise: Tensor<D>,
         timesteps: &[f64],
     ) -> Result<Tensor<D>, SchedulerError> {
-        let sigmas = self
-            .index
-            .noise_indices(&self.timesteps, timesteps)?
-            .into_iter()
-            .map(|i| self.sigma_at(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
+        crate::common::k_add_noise(
+            &self.index,
+            &self.timesteps,
+            &self.sigmas,
+            original,
+            noise,
+            timesteps,
+        )
     }
 
     /// `order`.

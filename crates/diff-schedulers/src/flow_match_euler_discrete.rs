@@ -240,12 +240,8 @@ impl FlowMatchEulerDiscreteScheduler {
         noise: Tensor<D>,
         timesteps: &[f64],
     ) -> Result<Tensor<D>, SchedulerError> {
-        let sigmas = self
-            .index
-            .noise_indices(&self.timesteps, timesteps)?
-            .into_iter()
-            .map(|i| self.sigma_at(i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sigmas =
+            crate::common::noise_sigmas(&self.index, &self.timesteps, &self.sigmas, timesteps)?;
         crate::per_batch(original, noise, &sigmas, |x, z, s| {
             z.mul_scalar(s) + x.mul_scalar(1.0 - s)
         })

@@ -109,13 +109,7 @@ impl HeunDiscreteScheduler {
         };
         let mut s32: Vec<f32> = sig.into_iter().map(|v| v as f32).collect();
         s32.push(0.0);
-        // cat([s[:1], s[1:-1].repeat_interleave(2), s[-1:]])
-        let mut sigmas = vec![s32[0]];
-        for v in &s32[1..s32.len() - 1] {
-            sigmas.push(*v);
-            sigmas.push(*v);
-        }
-        sigmas.push(0.0);
+        let sigmas = crate::common::interleave_inner(&s32);
         let ts32: Vec<f64> = ts.iter().map(|t| f64::from(*t as f32)).collect();
         let mut timesteps = vec![ts32[0]];
         for t in &ts32[1..] {
@@ -141,15 +135,7 @@ impl HeunDiscreteScheduler {
 
     /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
     pub fn init_noise_sigma(&self) -> f32 {
-        let max = self
-            .sigmas
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
-        match self.spacing {
-            Spacing::Linspace | Spacing::Trailing => max,
-            Spacing::Leading => (max * max + 1.0).sqrt(),
-        }
+        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
     }
 
     /// The index bookkeeping.
@@ -232,13 +218,14 @@ impl HeunDiscreteScheduler {
         noise: Tensor<D>,
         timesteps: &[f64],
     ) -> Result<Tensor<D>, SchedulerError> {
-        let sigmas = self
-            .index
-            .noise_indices(&self.timesteps, timesteps)?
-            .into_iter()
-            .map(|i| self.sigma_at(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
+        crate::common::k_add_noise(
+            &self.index,
+            &self.timesteps,
+            &self.sigmas,
+            original,
+            noise,
+            timesteps,
+        )
     }
 
     /// `order` (2).

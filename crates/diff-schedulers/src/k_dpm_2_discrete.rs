@@ -173,15 +173,7 @@ impl KDpm2Core {
     }
 
     pub(crate) fn init_noise_sigma(&self) -> f32 {
-        let max = self
-            .sigmas
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
-        match self.spacing {
-            Spacing::Linspace | Spacing::Trailing => max,
-            Spacing::Leading => (max * max + 1.0).sqrt(),
-        }
+        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
     }
 
     fn at(table: &[f32], i: Option<usize>) -> Result<f32, SchedulerError> {
@@ -306,13 +298,14 @@ impl KDpm2Core {
         noise: Tensor<D>,
         timesteps: &[f64],
     ) -> Result<Tensor<D>, SchedulerError> {
-        let sigmas = self
-            .index
-            .noise_indices(&self.timesteps, timesteps)?
-            .into_iter()
-            .map(|i| Self::at(&self.sigmas, Some(i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
+        crate::common::k_add_noise(
+            &self.index,
+            &self.timesteps,
+            &self.sigmas,
+            original,
+            noise,
+            timesteps,
+        )
     }
 }
 

@@ -114,15 +114,7 @@ impl LMSDiscreteScheduler {
 
     /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
     pub fn init_noise_sigma(&self) -> f32 {
-        let max = self
-            .sigmas
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
-        match self.spacing {
-            Spacing::Linspace | Spacing::Trailing => max,
-            Spacing::Leading => (max * max + 1.0).sqrt(),
-        }
+        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
     }
 
     /// The index bookkeeping.
@@ -224,13 +216,14 @@ impl LMSDiscreteScheduler {
         noise: Tensor<D>,
         timesteps: &[f64],
     ) -> Result<Tensor<D>, SchedulerError> {
-        let sigmas = self
-            .index
-            .noise_indices(&self.timesteps, timesteps)?
-            .into_iter()
-            .map(|i| self.sigma_at(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        crate::per_batch(original, noise, &sigmas, |x, z, s| x + z.mul_scalar(s))
+        crate::common::k_add_noise(
+            &self.index,
+            &self.timesteps,
+            &self.sigmas,
+            original,
+            noise,
+            timesteps,
+        )
     }
 
     /// `order`.

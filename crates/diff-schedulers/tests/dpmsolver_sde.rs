@@ -14,7 +14,6 @@
 //!   tree's 6-decimal rounding, which diffusers itself does between CPUs.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use diff_format::json::as_py_float;
 use diff_schedulers::brownian_tree::{
     BrownianTreeNoiseSampler, POOL_SIZE, py_round6, seed_sequence_state,
 };
@@ -22,64 +21,14 @@ use diff_schedulers::{NoiseDtype, Scheduler, StepOptions, TorchGenerator};
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
 
+mod common;
+use common::{config_mismatches, floats, harness_loop, relative_error, scaled_error, u64s, values};
+
 const TOLERANCE: f64 = 1e-5;
 
 fn fixture() -> &'static Value {
     static CASES: OnceLock<Value> = OnceLock::new();
-    CASES.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/12-dpmsolver-sde/cases.json"
-        );
-        let text = std::fs::read_to_string(path).expect("fixture cases.json is committed");
-        diff_format::json::loads(&text).expect("cases.json is valid JSON")
-    })
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default()
-}
-
-fn u64s(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default()
-}
-
-/// max |a - b| / max(1, max |b|).
-fn scaled_error(rust: &[f64], python: &[f64]) -> f64 {
-    assert_eq!(rust.len(), python.len(), "length differs");
-    let scale = python.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    rust.iter()
-        .zip(python)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
-
-/// max |a - b| / |b| element-wise (|b| floored at 1e-30).
-fn relative_error(rust: &[f64], python: &[f64]) -> f64 {
-    assert_eq!(rust.len(), python.len(), "length differs");
-    rust.iter()
-        .zip(python)
-        .map(|(a, b)| {
-            if a == b {
-                0.0
-            } else {
-                (a - b).abs() / b.abs().max(1e-30)
-            }
-        })
-        .fold(0.0, f64::max)
-}
-
-fn values<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
-    t.to_data()
-        .convert::<f32>()
-        .iter::<f32>()
-        .map(f64::from)
-        .collect()
+    CASES.get_or_init(|| common::fixture_json("12-dpmsolver-sde/cases.json"))
 }
 
 #[test]
@@ -132,21 +81,6 @@ fn brownian_tree_noise_matches_torchsde_bit_for_bit() {
     }
     eprintln!("BROWNIAN {checked} queries bit-exact");
     assert!(checked > 50);
-}
-
-fn config_mismatches(rust: &Map<String, Value>, python: &Map<String, Value>) -> Vec<String> {
-    let mut out = Vec::new();
-    for (k, pv) in python {
-        let rv = rust.get(k).unwrap_or(&Value::Null);
-        let same = match (as_py_float(rv), as_py_float(pv)) {
-            (Some(a), Some(b)) => a == b,
-            _ => rv == pv,
-        };
-        if !same {
-            out.push(format!("{k}: rust {rv} vs python {pv}"));
-        }
-    }
-    out
 }
 
 /// Runs one recorded loop; returns (sigma error, sample error).
@@ -228,27 +162,13 @@ fn run_case(case: &Value, device: &Device) -> Result<(f64, f64), String> {
     let shape = [2usize, 4, 4, 4];
     let numel: usize = shape.iter().product();
     let tensor = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), device);
-    let mut x = tensor(TorchGenerator::new(0).randn(numel, NoiseDtype::Float32))
+    let x = tensor(TorchGenerator::new(0).randn(numel, NoiseDtype::Float32))
         .mul_scalar(sched.init_noise_sigma());
     let options = StepOptions {
         s_noise: case["s_noise"].as_f64().unwrap_or(1.0) as f32,
         ..StepOptions::default()
     };
-    let mut first = None;
-    for (i, t) in ts_rs.iter().enumerate() {
-        let inp = sched
-            .scale_model_input(x.clone(), *t)
-            .map_err(|e| format!("{name}: scale {i}: {e}"))?;
-        let base = tensor(TorchGenerator::new(1000 + i as u64).randn(numel, NoiseDtype::Float32));
-        let model_output = inp.mul_scalar(0.3) + base.mul_scalar(0.7);
-        x = sched
-            .step(model_output, *t, x, &options, None)
-            .map_err(|e| format!("{name}: step {i}: {e}"))?
-            .prev_sample;
-        if first.is_none() {
-            first = Some(values(&x));
-        }
-    }
+    let (first, x) = harness_loop(&name, &mut sched, &ts_rs, x, &options, None)?;
     let mismatches = config_mismatches(
         &sched.config_json().map_err(|e| e.to_string())?,
         case["config"].as_object().ok_or("no config")?,
@@ -382,19 +302,19 @@ fn dpmsolver_sde_img2img_start_add_noise_and_loop_match_diffusers() {
     let tensor = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), &device);
     let x0 = tensor(TorchGenerator::new(11).randn(numel, NoiseDtype::Float32));
     let noise = tensor(TorchGenerator::new(12).randn(numel, NoiseDtype::Float32));
-    let mut x = sched
+    let x = sched
         .add_noise(x0, noise, &[timesteps[0]; 2])
         .expect("add_noise");
     let noisy_err = scaled_error(&values(&x), &floats(&e["noisy"]));
-    for (i, t) in timesteps.iter().enumerate() {
-        let inp = sched.scale_model_input(x.clone(), *t).expect("scale");
-        let b = tensor(TorchGenerator::new(1000 + i as u64).randn(numel, NoiseDtype::Float32));
-        let model_output = inp.mul_scalar(0.3) + b.mul_scalar(0.7);
-        x = sched
-            .step(model_output, *t, x, &StepOptions::default(), None)
-            .expect("step")
-            .prev_sample;
-    }
+    let (_, x) = harness_loop(
+        "img2img",
+        &mut sched,
+        &timesteps,
+        x,
+        &StepOptions::default(),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let final_err = scaled_error(&values(&x), &floats(&e["final"]));
     eprintln!("IMG2IMG DPMSolverSDEScheduler add_noise={noisy_err:.2e} final={final_err:.2e}");
     assert!(noisy_err <= TOLERANCE, "add_noise error {noisy_err:e}");

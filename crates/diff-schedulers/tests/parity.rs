@@ -14,59 +14,14 @@ use diff_schedulers::{NoiseDtype, Scheduler, StepOptions, TimestepsRequest, Torc
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
 
+mod common;
+use common::{config_mismatches, floats, harness_loop, relative_error, scaled_error, values};
+
 const TOLERANCE: f64 = 1e-5;
 
 fn cases() -> &'static Value {
     static CASES: OnceLock<Value> = OnceLock::new();
-    CASES.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/10-schedulers/cases.json"
-        );
-        let text = std::fs::read_to_string(path).expect("fixture cases.json is committed");
-        // Python's json writes DPM-Solver's -inf default as `-Infinity`.
-        diff_format::json::loads(&text).expect("cases.json is valid JSON")
-    })
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default()
-}
-
-/// max |a - b| / max(1, max |b|).
-fn scaled_error(rust: &[f64], python: &[f64]) -> f64 {
-    assert_eq!(rust.len(), python.len(), "length differs");
-    let scale = python.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    rust.iter()
-        .zip(python)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
-
-/// max |a - b| / |b| element-wise (|b| floored at 1e-30), for schedule tables.
-fn relative_error(rust: &[f64], python: &[f64]) -> f64 {
-    assert_eq!(rust.len(), python.len(), "length differs");
-    rust.iter()
-        .zip(python)
-        .map(|(a, b)| {
-            if a == b {
-                0.0
-            } else {
-                (a - b).abs() / b.abs().max(1e-30)
-            }
-        })
-        .fold(0.0, f64::max)
-}
-
-fn values<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
-    t.to_data()
-        .convert::<f32>()
-        .iter::<f32>()
-        .map(f64::from)
-        .collect()
+    CASES.get_or_init(|| common::fixture_json("10-schedulers/cases.json"))
 }
 
 fn step_options(kw: &Map<String, Value>) -> StepOptions {
@@ -81,25 +36,6 @@ fn step_options(kw: &Map<String, Value>) -> StepOptions {
         o.use_clipped_model_output = v;
     }
     o
-}
-
-/// Compares the Python config (init keys and kept keys) with ours.
-use diff_format::json::as_py_float;
-
-fn config_mismatches(rust: &Map<String, Value>, python: &Map<String, Value>) -> Vec<String> {
-    let mut out = Vec::new();
-    for (k, pv) in python {
-        let rv = rust.get(k).unwrap_or(&Value::Null);
-        // Numbers compare as floats; Python's `-Infinity` arrives as diff-format's marker.
-        let same = match (as_py_float(rv), as_py_float(pv)) {
-            (Some(a), Some(b)) => a == b || (a.is_nan() && b.is_nan()),
-            _ => rv == pv,
-        };
-        if !same {
-            out.push(format!("{k}: rust {rv} vs python {pv}"));
-        }
-    }
-    out
 }
 
 /// The errors of one case, or a description of why it failed.
@@ -220,24 +156,10 @@ fn run_case(case: &Value, device: &Device) -> Result<CaseResult, String> {
     let numel: usize = shape.iter().product();
     let tensor = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), device);
     let latents = tensor(TorchGenerator::new(0).randn(numel, NoiseDtype::Float32));
-    let mut x = latents.mul_scalar(sched.init_noise_sigma());
+    let x = latents.mul_scalar(sched.init_noise_sigma());
     let mut noise_gen = [TorchGenerator::new(7)];
     let options = step_options(case["step_kwargs"].as_object().ok_or("no step_kwargs")?);
-    let mut first = None;
-    for (i, t) in ts_rs.iter().enumerate() {
-        let inp = sched
-            .scale_model_input(x.clone(), *t)
-            .map_err(|e| format!("{name}: scale {i}: {e}"))?;
-        let base = tensor(TorchGenerator::new(1000 + i as u64).randn(numel, NoiseDtype::Float32));
-        let model_output = inp.mul_scalar(0.3) + base.mul_scalar(0.7);
-        x = sched
-            .step(model_output, *t, x, &options, Some(&mut noise_gen))
-            .map_err(|e| format!("{name}: step {i}: {e}"))?
-            .prev_sample;
-        if first.is_none() {
-            first = Some(values(&x));
-        }
-    }
+    let (first, x) = harness_loop(&name, &mut sched, &ts_rs, x, &options, Some(&mut noise_gen))?;
     // The generator records the config after the loop (DPM-Solver singlestep rewrites
     // `lower_order_final` in set_timesteps), so compare it here.
     let mismatches = config_mismatches(

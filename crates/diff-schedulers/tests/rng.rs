@@ -6,19 +6,11 @@ use diff_schedulers::{NoiseDtype, TorchGenerator, randn_tensor};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/10-schedulers/rng.json"
-    );
-    let text = std::fs::read_to_string(path).expect("rng.json is committed");
-    serde_json::from_str(&text).expect("rng.json is valid JSON")
-}
+mod common;
+use common::u64s;
 
-fn u64s(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default()
+fn fixture() -> Value {
+    common::fixture_json("10-schedulers/rng.json")
 }
 
 fn bits32(values: &[f32]) -> Vec<u64> {

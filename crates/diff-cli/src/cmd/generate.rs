@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use burn_diffusers::models::AutoencoderKL;
 use burn_diffusers::models::weights::LoadOptions as ModelLoadOptions;
 use burn_diffusers::pipelines::image_processor::load_image;
-use burn_diffusers::pipelines::outputs::{load_latents, save_float_images, save_png};
+use burn_diffusers::pipelines::outputs::{load_latents, save_float_images, save_latents, save_png};
 use burn_diffusers::pipelines::single_file::{
     SingleFileLoadOptions, autoencoder_kl_from_single_file, is_single_file,
 };
@@ -129,6 +129,20 @@ pub struct Args {
     /// Initial latents (safetensors, tensor `latents` or the only tensor).
     #[arg(long)]
     pub latents: Option<PathBuf>,
+    /// SDXL img2img / inpaint: the `image` given as latents (a safetensors file, key `latents`,
+    /// e.g. a base run's `--out-latents`), used as is without the VAE, as diffusers takes a
+    /// latent-channel `image`; with `--denoising-start` this is the refiner half of diffusers'
+    /// "ensemble of expert denoisers".
+    #[arg(long, value_name = "IN.safetensors", conflicts_with = "image")]
+    pub image_latents: Option<PathBuf>,
+    /// SDXL `denoising_end` in (0, 1): stop after this fraction of the schedule (hand the rest to
+    /// a refiner with `--out-latents` and `--denoising-start`).
+    #[arg(long)]
+    pub denoising_end: Option<f32>,
+    /// SDXL img2img / inpaint `denoising_start` in (0, 1): start at this fraction of the
+    /// schedule, without noising the input (strength is then ignored, as in diffusers).
+    #[arg(long)]
+    pub denoising_start: Option<f32>,
     /// Images to generate (`num_images_per_prompt`).
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
@@ -141,6 +155,10 @@ pub struct Args {
     /// Write the float images in [0, 1], [N, H, W, 3], under the key `images`.
     #[arg(long)]
     pub out_array: Option<PathBuf>,
+    /// Write the final latents `[N, C, h, w]` (float32, key `latents`) instead of decoding
+    /// them: diffusers' `output_type="latent"`. Cannot be combined with --out / --out-array.
+    #[arg(long, value_name = "OUT.safetensors", conflicts_with_all = ["out", "out_array"])]
+    pub out_latents: Option<PathBuf>,
 }
 
 /// `torch.Generator.manual_seed`'s range: a u64, or a negative i64 taken modulo 2^64.
@@ -210,8 +228,10 @@ fn load_vae(vae: &Path, args: &Args, options: &LoadOptions) -> Result<Autoencode
 
 /// Runs `generate`.
 pub fn run(args: Args) -> Result<()> {
-    if args.out.is_none() && args.out_array.is_none() {
-        bail!("nothing to write: pass --out OUT.png and/or --out-array OUT.safetensors");
+    if args.out.is_none() && args.out_array.is_none() && args.out_latents.is_none() {
+        bail!(
+            "nothing to write: pass --out OUT.png and/or --out-array OUT.safetensors, or --out-latents OUT.safetensors"
+        );
     }
     let device = burn_diffusers::pipelines::parse_device(&args.device)
         .with_context(|| format!("--device {}", args.device))?;
@@ -264,6 +284,13 @@ pub fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
+    let image_latents = match &args.image_latents {
+        Some(p) => Some(
+            load_latents(p, &options.device)
+                .with_context(|| format!("reading --image-latents {}", p.display()))?,
+        ),
+        None => None,
+    };
     let mut pipe = if is_single_file(&args.model) {
         let options = SingleFileLoadOptions {
             config: args.config.clone(),
@@ -282,7 +309,15 @@ pub fn run(args: Args) -> Result<()> {
         DiffusionPipeline::from_pretrained(&args.model, &options)
             .with_context(|| format!("loading {}", args.model))?
     };
-    let wanted = match (pipe.class(), image.is_some(), mask.is_some()) {
+    if image_latents.is_some() && !pipe.class().is_xl() {
+        bail!(
+            "--image-latents is for the SDXL pipelines (diffusers' Stable Diffusion img2img encodes a pixel image); {} is {}",
+            args.model,
+            pipe.class().name()
+        );
+    }
+    let has_image = image.is_some() || image_latents.is_some();
+    let wanted = match (pipe.class(), has_image, mask.is_some()) {
         (c, _, true) if c.is_xl() => Some(PipelineClass::StableDiffusionXLInpaint),
         (_, _, true) => Some(PipelineClass::StableDiffusionInpaint),
         (c, true, false) if c.is_xl() => Some(PipelineClass::StableDiffusionXLImg2Img),
@@ -352,9 +387,14 @@ pub fn run(args: Args) -> Result<()> {
         aesthetic_score: args.aesthetic_score.unwrap_or(6.0),
         negative_aesthetic_score: args.negative_aesthetic_score.unwrap_or(2.5),
         latents,
+        image_latents,
+        denoising_start: args.denoising_start,
+        denoising_end: args.denoising_end,
         num_images_per_prompt: args.num_images,
         // diffusers pastes the crop back onto the 8-bit image, so it needs output_type="pil".
-        output_type: if args.padding_mask_crop.is_some() {
+        output_type: if args.out_latents.is_some() {
+            OutputType::Latent
+        } else if args.padding_mask_crop.is_some() {
             OutputType::Pil
         } else {
             OutputType::Np
@@ -376,6 +416,15 @@ pub fn run(args: Args) -> Result<()> {
     };
     let out = pipe.call(&call, Some(&mut on_step))?;
     bar.finish_and_clear();
+    if let Some(path) = &args.out_latents {
+        save_latents(path, &out.latents)?;
+        eprintln!(
+            "wrote {} ({:?} float32 latents under `latents`)",
+            path.display(),
+            out.latents.dims()
+        );
+        return Ok(());
+    }
     let images = out
         .images
         .as_ref()
@@ -446,10 +495,14 @@ mod tests {
             aesthetic_score: None,
             negative_aesthetic_score: None,
             latents: None,
+            image_latents: None,
+            denoising_end: None,
+            denoising_start: None,
             num_images: 1,
             no_safety_checker: true,
             out: Some(out_dir.join("out.png")),
             out_array: Some(out_dir.join("out.safetensors")),
+            out_latents: None,
         }
     }
 
