@@ -20,6 +20,17 @@
 //! (CMYK / YCCK) and non-integral sampling ratios are reported as
 //! [`JpegError::Unsupported`]; the caller falls back to another decoder for those.
 //!
+//! Non-integral ratios are refused by libjpeg too (Pillow raises), so there is no Pillow output
+//! to match; the fallback at least gives the user an image.
+//!
+//! Layout: this file parses markers and frames and assembles the image; `jpeg/entropy.rs`
+//! holds the Huffman decoding of sequential and progressive scans, `jpeg/samples.rs` the IDCT,
+//! upsampling and colour conversion. Checked byte for byte against Pillow 13 by
+//! `tests/jpeg_parity.rs` on `tests/fixtures/44-jpeg` (Pillow-written files of every
+//! subsampling, quality 5..100, odd and 1-pixel sizes, restarts, optimized tables,
+//! progressive, greyscale, EXIF orientation, plus 4:4:0 / 4:1:1 / 4:1:0 / mixed-factor /
+//! RGB / Adobe / 16-bit-table files from the generator's own small encoder).
+//!
 //! Corrupt data never panics: every read of file data is bounds-checked and reported as
 //! [`JpegError::Corrupt`] / [`JpegError::Truncated`]. Like libjpeg, entropy-coded data that ends
 //! early (a marker where more bits were expected) is read as zero bits rather than failing.

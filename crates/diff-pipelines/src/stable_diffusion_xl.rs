@@ -450,16 +450,7 @@ impl DiffusionPipeline {
 
         let embeds = self.encode_prompt_xl(args, do_cfg)?;
         let total = embeds.prompt_embeds.dims()[0];
-        let mut gens = args.generator.build();
-        if gens.len() > 1 && gens.len() != total {
-            return Err(PipelineError::arg(
-                "generator",
-                format!(
-                    "You have passed a list of generators of length {}, but requested an effective batch size of {total}. Make sure the batch size matches the length of the generators.",
-                    gens.len()
-                ),
-            ));
-        }
+        let mut gens = crate::stable_diffusion::generators_for(args, total)?;
 
         let mut scheduler = self.require(self.scheduler(), "scheduler")?.clone();
         scheduler.set_timesteps(args.num_inference_steps)?;
