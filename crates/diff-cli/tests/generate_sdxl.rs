@@ -3,6 +3,8 @@
 //! `--image`, `--mask`, `--strength` and `--aesthetic-score`, compared with the same tolerances as
 //! the library gate (every pixel within 2/255, mean absolute error under 0.5/255).
 
+mod common;
+
 use burn_diffusers::pipelines::outputs::load_float_images;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -84,8 +86,14 @@ fn generate_case(name: &str, extra: &[&str]) {
         "burn-diffusers {cli:?} failed: {}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let got = load_float_images(&out).unwrap();
-    let want = load_float_images(&fx.join(format!("42-sdxl/{name}.safetensors"))).unwrap();
+    assert_images_match(name, &out, &fx.join(format!("42-sdxl/{name}.safetensors")));
+}
+
+/// The CLI's `--out-array` against the fixture's `images`, with the library gate's tolerances
+/// (every pixel within 2/255, mean absolute error under 0.5/255).
+fn assert_images_match(name: &str, got: &Path, want: &Path) {
+    let got = load_float_images(got).unwrap();
+    let want = load_float_images(want).unwrap();
     assert_eq!(
         (got.count, got.height, got.width),
         (want.count, want.height, want.width)
@@ -123,17 +131,6 @@ fn generate_refiner_inpaint_with_aesthetic_score_matches_diffusers() {
         "inpaint_refiner_aesthetic_strength_07",
         &["--aesthetic-score", &score],
     );
-}
-
-fn read_f32(path: &Path, key: &str) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let view = st.tensor(key).unwrap();
-    assert_eq!(view.dtype(), safetensors::Dtype::F32, "{key} in {path:?}");
-    view.data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 fn cli(args: &[String]) {
@@ -182,8 +179,8 @@ fn base_to_refiner_handoff_through_out_latents_and_image_latents_matches_diffuse
         s("--out-latents"),
         latents.display().to_string(),
     ]);
-    let got = read_f32(&latents, "latents");
-    let want = read_f32(&want_file, "stage0_latents");
+    let (_, got) = common::read_tensor(&latents, "latents");
+    let (_, want) = common::read_tensor(&want_file, "stage0_latents");
     assert_eq!(got.len(), want.len());
     let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
     let max = got
@@ -209,22 +206,5 @@ fn base_to_refiner_handoff_through_out_latents_and_image_latents_matches_diffuse
         s("--out-array"),
         out.display().to_string(),
     ]);
-    let got = load_float_images(&out).unwrap();
-    let want = load_float_images(&want_file).unwrap();
-    assert_eq!(
-        (got.count, got.height, got.width),
-        (want.count, want.height, want.width)
-    );
-    let diffs: Vec<f32> = got
-        .data
-        .iter()
-        .zip(&want.data)
-        .map(|(a, b)| (a - b).abs())
-        .collect();
-    let max = diffs.iter().copied().fold(0.0, f32::max);
-    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
-    assert!(
-        max <= 2.0 / 255.0 && mean < 0.5 / 255.0,
-        "{name}: max {max}, mean {mean}"
-    );
+    assert_images_match(name, &out, &want_file);
 }
