@@ -19,6 +19,10 @@
 //!    patterns with their `*.index.*json` forms, and the expected files matched with
 //!    [`fnmatch`] (Python's `fnmatch.translate`: `*` crosses `/`, case-sensitive).
 //!
+//! Loading a local folder (no download) decides per component whether it loads the variant:
+//! [`ComponentVariants`] (`_identify_model_variants`); the file each component then loads is
+//! [`crate::model_files::resolve_model_files`].
+//!
 //! Sets are `BTreeSet`s where Python uses (unordered) sets; lists keep Python's order.
 
 use crate::error::FormatError;

@@ -67,6 +67,7 @@
 
 pub mod call;
 pub mod clip_tokenizer;
+pub mod components;
 pub mod device;
 mod error;
 pub mod image_processor;
