@@ -157,6 +157,9 @@ pub struct ComponentSlot {
     pub sd: Role,
     /// Its role in the SDXL classes.
     pub xl: Role,
+    /// The key prefixes of its weights in an original single-file checkpoint (freed once no
+    /// later slot to convert reads them).
+    pub checkpoint_prefixes: &'static [&'static str],
     load: Option<LoadFn>,
     convert: Option<ConvertFn>,
     passed: fn(&PassedComponents) -> PassedKind,
@@ -357,11 +360,13 @@ macro_rules! slot_fields {
     };
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn slot_of(
     name: &'static str,
     classes: &'static [(&'static str, &'static str)],
     config_file: &'static str,
     (sd, xl): (Role, Role),
+    checkpoint_prefixes: &'static [&'static str],
     fields: (
         fn(&PassedComponents) -> PassedKind,
         fn(&mut Components, &PassedComponents),
@@ -377,6 +382,7 @@ const fn slot_of(
         config_file,
         sd,
         xl,
+        checkpoint_prefixes,
         load,
         convert,
         passed: fields.0,
@@ -389,13 +395,16 @@ const fn slot_of(
 use Role::{Absent, Optional, Required};
 
 /// Every slot, in the order components load (diffusers' `__init__` order; SDXL lists
-/// `image_encoder` before `feature_extractor`, which changes nothing: both are optional).
+/// `image_encoder` before `feature_extractor`, which changes nothing: both are optional). The
+/// UNet comes after the VAE and text encoders: `from_single_file` converts in this order, and
+/// moves the UNet (most of a checkpoint) out last rather than copying it.
 pub static COMPONENTS: [ComponentSlot; 10] = [
     slot_of(
         "vae",
         &[("diffusers", "AutoencoderKL")],
         "config.json",
         (Required, Required),
+        &["first_stage_model."],
         slot_fields!(vae),
         Some(|c, ctx| {
             c.vae = Some(load_model(ctx)?);
@@ -412,6 +421,7 @@ pub static COMPONENTS: [ComponentSlot; 10] = [
         &[("transformers", "CLIPTextModel")],
         "config.json",
         (Required, Optional),
+        &["cond_stage_model.", "conditioner."],
         slot_fields!(text_encoder),
         Some(|c, ctx| {
             c.text_encoder = Some(load_model(ctx)?);
@@ -428,6 +438,7 @@ pub static COMPONENTS: [ComponentSlot; 10] = [
         &[("transformers", "CLIPTextModelWithProjection")],
         "config.json",
         (Absent, Required),
+        &["conditioner."],
         slot_fields!(text_encoder_2),
         Some(|c, ctx| {
             c.text_encoder_2 = Some(load_model(ctx)?);
@@ -447,6 +458,7 @@ pub static COMPONENTS: [ComponentSlot; 10] = [
         ],
         "tokenizer_config.json",
         (Required, Optional),
+        &[],
         slot_fields!(tokenizer),
         Some(|c, ctx| {
             c.tokenizer = Some(Arc::new(ClipTokenizer::from_pretrained(ctx.folder)?));
@@ -463,6 +475,7 @@ pub static COMPONENTS: [ComponentSlot; 10] = [
         ],
         "tokenizer_config.json",
         (Absent, Required),
+        &[],
         slot_fields!(tokenizer_2),
         Some(|c, ctx| {
             c.tokenizer_2 = Some(Arc::new(ClipTokenizer::from_pretrained(ctx.folder)?));
@@ -476,6 +489,7 @@ pub static COMPONENTS: [ComponentSlot; 10] = [
         &[("diffusers", "UNet2DConditionModel")],
         "config.json",
         (Required, Required),
+        &["model.diffusion_model."],
         slot_fields!(unet),
         Some(|c, ctx| {
             c.unet = Some(load_model(ctx)?);
@@ -492,6 +506,7 @@ pub static COMPONENTS: [ComponentSlot; 10] = [
         &[("diffusers", "*")],
         "scheduler_config.json",
         (Required, Required),
+        &[],
         slot_fields!(scheduler),
         Some(load_scheduler),
         None,
@@ -502,6 +517,7 @@ pub static COMPONENTS: [ComponentSlot; 10] = [
         &[("stable_diffusion", "StableDiffusionSafetyChecker")],
         "config.json",
         (Optional, Absent),
+        &[],
         slot_fields!(safety_checker),
         Some(|c, ctx| {
             c.safety_checker = Some(load_model(ctx)?);
@@ -518,6 +534,7 @@ pub static COMPONENTS: [ComponentSlot; 10] = [
         ],
         "preprocessor_config.json",
         (Optional, Optional),
+        &[],
         slot_fields!(feature_extractor),
         Some(|c, ctx| {
             c.feature_extractor = Some(Arc::new(CLIPImageProcessor::from_pretrained(ctx.folder)?));
@@ -532,6 +549,7 @@ pub static COMPONENTS: [ComponentSlot; 10] = [
         &[],
         "config.json",
         (Optional, Optional),
+        &[],
         (|_| PassedKind::Default, |_, _| {}, |_| false),
         None,
         None,

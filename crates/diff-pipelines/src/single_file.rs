@@ -205,9 +205,10 @@ impl DiffusionPipeline {
         let model_options =
             ModelLoadOptions::new(&options.load.device).with_dtype(options.load.dtype);
 
-        // The models to convert, the UNet last: the VAE and text encoders are copied out of the
-        // checkpoint, whose originals are then dropped, and the UNet is moved out. Others are
-        // loaded from the config folder, or refused there as unsupported.
+        // The models to convert, in the table's order, which puts the UNet last: the VAE and
+        // text encoders are copied out of the checkpoint, whose originals are then dropped, and
+        // the UNet is moved out. Others are loaded from the config folder, or refused there as
+        // unsupported.
         let mut to_convert: Vec<(&ComponentSlot, &str)> = Vec::new();
         for slot in &COMPONENTS {
             let Some(ComponentEntry::Class {
@@ -225,7 +226,6 @@ impl DiffusionPipeline {
                 to_convert.push((slot, class_name));
             }
         }
-        to_convert.sort_by_key(|(slot, _)| slot.name == "unet");
 
         let mut preloaded = PassedComponents::default();
         for (i, (slot, class_name)) in to_convert.iter().enumerate() {
@@ -251,18 +251,15 @@ impl DiffusionPipeline {
             slot.convert(&mut preloaded, &config_path, &source, &model_options)?;
             drop(source);
             // Free the originals of what no later component reads (the original layout keeps
-            // each model under its own prefix).
+            // each model under its own prefix; SDXL's two text encoders share `conditioner.`).
             let later = &to_convert[i + 1..];
-            if name == "vae" {
-                drop_prefixes(&mut ckpt, &["first_stage_model."]);
-            }
-            if name.starts_with("text_encoder")
-                && !later
-                    .iter()
-                    .any(|(s, _)| s.name.starts_with("text_encoder"))
-            {
-                drop_prefixes(&mut ckpt, &["cond_stage_model.", "conditioner."]);
-            }
+            let done: Vec<&str> = slot
+                .checkpoint_prefixes
+                .iter()
+                .copied()
+                .filter(|p| !later.iter().any(|(s, _)| s.checkpoint_prefixes.contains(p)))
+                .collect();
+            drop_prefixes(&mut ckpt, &done);
         }
         // The rest of the checkpoint (EMA copies, optimizer state, what was copied rather than
         // moved) is not needed any more.
