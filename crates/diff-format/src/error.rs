@@ -148,8 +148,6 @@ pub enum FormatError {
         safetensors: String,
         /// The pickle name looked for (`pytorch_model[.V].bin`).
         pickle: String,
-        /// Every file name tried, in order.
-        tried: Vec<String>,
     },
 
     /// A pipeline was asked for a `variant` that no component folder has a file of

@@ -160,7 +160,6 @@ pub fn resolve_transformers_model_files(
         folder: folder.to_path_buf(),
         safetensors,
         pickle: variant_weights_name(naming, Bin, variant),
-        tried,
     })
 }
 

@@ -589,7 +589,7 @@ impl ComponentVariants {
                 continue;
             }
             let files: Vec<String> = std::fs::read_dir(entry.path())
-                .map_err(|e| FormatError::io(&entry.path(), e))?
+                .map_err(|e| FormatError::io(entry.path(), e))?
                 .flatten()
                 .map(|f| f.file_name().to_string_lossy().into_owned())
                 .collect();

@@ -141,6 +141,12 @@ pub struct LoadContext<'a> {
     pub device: &'a Device,
 }
 
+/// A slot's field plumbing: what the caller passed, putting it in place, presence.
+type SlotFields = (
+    fn(&PassedComponents) -> PassedKind,
+    fn(&mut Components, &PassedComponents),
+    fn(&Components) -> bool,
+);
 type LoadFn = fn(&mut Components, &LoadContext<'_>) -> Result<(), PipelineError>;
 type ConvertFn =
     fn(&mut PassedComponents, &Path, &TensorSource, &ModelLoadOptions) -> Result<(), PipelineError>;
@@ -367,11 +373,7 @@ const fn slot_of(
     config_file: &'static str,
     (sd, xl): (Role, Role),
     checkpoint_prefixes: &'static [&'static str],
-    fields: (
-        fn(&PassedComponents) -> PassedKind,
-        fn(&mut Components, &PassedComponents),
-        fn(&Components) -> bool,
-    ),
+    fields: SlotFields,
     load: Option<LoadFn>,
     convert: Option<ConvertFn>,
     config: fn(&Components) -> Option<Map<String, Value>>,
