@@ -138,6 +138,30 @@ pub enum FormatError {
         tried: Vec<String>,
     },
 
+    /// None of the weight files a transformers model may load exists in its folder, pickle
+    /// allowed (transformers' message names both formats).
+    #[error("Error no file named {safetensors}, or {pickle}, found in directory {}.", folder.display())]
+    TransformersWeightsNotFound {
+        /// The component folder.
+        folder: PathBuf,
+        /// The safetensors name looked for (`model[.V].safetensors`).
+        safetensors: String,
+        /// The pickle name looked for (`pytorch_model[.V].bin`).
+        pickle: String,
+    },
+
+    /// A pipeline was asked for a `variant` that no component folder has a file of
+    /// (`DiffusionPipeline.from_pretrained` on a local folder).
+    #[error(
+        "You are trying to load the model files of the `variant={variant}`, but no such modeling files are available."
+    )]
+    NoVariantModelFiles {
+        /// The requested variant, e.g. `fp16`.
+        variant: String,
+        /// The pipeline folder.
+        folder: PathBuf,
+    },
+
     /// A safetensors header is malformed; `kind` says how.
     #[error("{}: invalid safetensors header: {kind}", path.display())]
     SafetensorsHeader {

@@ -19,6 +19,10 @@
 //!    patterns with their `*.index.*json` forms, and the expected files matched with
 //!    [`fnmatch`] (Python's `fnmatch.translate`: `*` crosses `/`, case-sensitive).
 //!
+//! Loading a local folder (no download) decides per component whether it loads the variant:
+//! [`ComponentVariants`] (`_identify_model_variants`); the file each component then loads is
+//! [`crate::model_files::resolve_model_files`].
+//!
 //! Sets are `BTreeSet`s where Python uses (unordered) sets; lists keep Python's order.
 
 use crate::error::FormatError;
@@ -542,16 +546,107 @@ pub fn identify_model_variants(
     model_index: &ModelIndex,
     variant: &str,
 ) -> BTreeSet<String> {
+    identify_model_variants_in(
+        listing,
+        |name| model_index.components.contains_key(name),
+        variant,
+    )
+}
+
+/// Which components of a local pipeline folder load the requested variant: diffusers'
+/// `DiffusionPipeline.from_pretrained` step 2 (`_identify_model_variants`, then
+/// `load_sub_model`'s `model_variants.pop(name, None)`). A component folder with a variant file
+/// gets the variant; the others load their non-variant files. No component with the variant is
+/// [`FormatError::NoVariantModelFiles`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ComponentVariants {
+    variant: Option<String>,
+    with_variant: BTreeSet<String>,
+}
+
+impl ComponentVariants {
+    /// Lists `folder`'s component folders (those named in `model_index.json`, as keys of
+    /// diffusers' config dict) and decides per component. `variant=None` asks no component for
+    /// a variant.
+    ///
+    /// One deliberate difference: diffusers raises `IndexError` on a file name without a dot in
+    /// a component folder (`p.split(".")[1]`); here such a file simply has no variant.
+    pub fn for_folder(
+        folder: &std::path::Path,
+        model_index: &ModelIndex,
+        variant: Option<&str>,
+    ) -> Result<Self, FormatError> {
+        let Some(variant) = variant else {
+            return Ok(Self::default());
+        };
+        let mut listing = BTreeMap::new();
+        let entries = std::fs::read_dir(folder).map_err(|e| FormatError::io(folder, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_component = model_index.components.contains_key(&name)
+                || model_index.config.contains_key(&name);
+            if !is_component || !entry.path().is_dir() {
+                continue;
+            }
+            let files: Vec<String> = std::fs::read_dir(entry.path())
+                .map_err(|e| FormatError::io(entry.path(), e))?
+                .flatten()
+                .map(|f| f.file_name().to_string_lossy().into_owned())
+                .collect();
+            listing.insert(name, files);
+        }
+        let with_variant = identify_model_variants_in(
+            &listing,
+            |name| {
+                model_index.components.contains_key(name) || model_index.config.contains_key(name)
+            },
+            variant,
+        );
+        if with_variant.is_empty() {
+            return Err(FormatError::NoVariantModelFiles {
+                variant: variant.to_owned(),
+                folder: folder.to_path_buf(),
+            });
+        }
+        Ok(Self {
+            variant: Some(variant.to_owned()),
+            with_variant,
+        })
+    }
+
+    /// The variant `component` loads: the requested one if its folder has it, else `None`.
+    pub fn variant_for(&self, component: &str) -> Option<&str> {
+        self.variant
+            .as_deref()
+            .filter(|_| self.with_variant.contains(component))
+    }
+
+    /// The components that load the variant.
+    pub fn with_variant(&self) -> &BTreeSet<String> {
+        &self.with_variant
+    }
+}
+
+fn identify_model_variants_in(
+    listing: &BTreeMap<String, Vec<String>>,
+    is_component: impl Fn(&str) -> bool,
+    variant: &str,
+) -> BTreeSet<String> {
     listing
         .iter()
-        .filter(|(folder, _)| model_index.components.contains_key(*folder))
-        .filter(|(_, files)| {
-            files
-                .iter()
-                .any(|f| f.split('.').nth(1).is_some_and(|s| s.starts_with(variant)))
-        })
+        .filter(|(folder, _)| is_component(folder))
+        .filter(|(_, files)| has_variant_file(files, variant))
         .map(|(folder, _)| folder.clone())
         .collect()
+}
+
+/// diffusers' per-folder variant test (`_identify_model_variants`): some file name's second
+/// dot-segment starts with `variant` (`model.fp16.safetensors`, and the legacy
+/// `model-00001-of-00002.fp16.safetensors`).
+pub fn has_variant_file(names: &[String], variant: &str) -> bool {
+    names
+        .iter()
+        .any(|f| f.split('.').nth(1).is_some_and(|s| s.starts_with(variant)))
 }
 
 /// Component names that are loadable (not `[null, null]`), in `model_index.json` order.

@@ -6,12 +6,13 @@
 //! `CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
 //! num_attention_heads=12, eos_token_id=2)).save_pretrained(folder)`.
 
+use diff_models::FromPretrained;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::{DType, Device, Int, Tensor};
 use diff_models::CLIPTextModel;
-use diff_models::weights::{TensorSource, WeightFiles, find_weight_files};
+use diff_models::weights::{Naming, open_weights, resolve_weights};
 
 fn status_kb(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -35,17 +36,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("f16") => DType::F16,
         _ => DType::F32,
     };
-    let file = match find_weight_files(&folder, variant.as_deref())? {
-        WeightFiles::Safetensors(p) | WeightFiles::SafetensorsIndex(p) | WeightFiles::Pickle(p) => {
-            p
-        }
-    };
-    let disk_bytes = TensorSource::open(&file)?.total_bytes() as f64;
+    let weights = resolve_weights(&folder, Naming::Transformers, variant.as_deref(), None)?;
+    let file = weights.entry().to_path_buf();
+    let disk_bytes = open_weights(&weights)?.total_bytes() as f64;
     let device = Device::default();
     let rss_before = status_kb("VmRSS:");
     let start = Instant::now();
-    let (model, report) =
-        CLIPTextModel::from_pretrained(&folder, variant.as_deref(), &device, dtype)?;
+    let (model, report) = CLIPTextModel::from_pretrained(
+        &folder,
+        &diff_models::ModelLoadOptions::new(&device)
+            .with_dtype(dtype)
+            .with_variant(variant.as_deref()),
+    )?;
     let load_s = start.elapsed().as_secs_f64();
     let peak_kb = status_kb("VmHWM:");
     let rss_after = status_kb("VmRSS:");

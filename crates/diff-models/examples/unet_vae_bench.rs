@@ -9,11 +9,11 @@
 //!
 //! Each mode prints one JSON line: timings in seconds and the peak RSS in bytes (`VmHWM`).
 
+use diff_models::FromPretrained;
 use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use diff_models::weights::LoadOptions;
 use diff_models::{AutoencoderKL, CLIPTextModel, UNet2DConditionInput, UNet2DConditionModel};
 
 type Error = Box<dyn std::error::Error>;
@@ -69,20 +69,21 @@ fn main() -> Result<(), Error> {
             .ok_or_else(|| "usage: unet_vae_bench first-forward UNET | steady UNET VAE CLIP".into())
     };
     let device = Device::default();
-    let options = LoadOptions::new();
+    let options = diff_models::ModelLoadOptions::new(&device);
     match args.get(1).map(String::as_str) {
         Some("first-forward") => {
-            let (unet, _) =
-                UNet2DConditionModel::from_pretrained(arg(2)?, None, &device, &options)?;
+            let (unet, _) = UNet2DConditionModel::from_pretrained(arg(2)?, &options)?;
             let out = unet.forward(unet_input(&device))?;
             let check = sync(&out);
             println!("{{\"peak_rss\": {}, \"check\": {check}}}", peak_rss());
         }
         Some("steady") => {
-            let (unet, _) =
-                UNet2DConditionModel::from_pretrained(arg(2)?, None, &device, &options)?;
-            let (vae, _) = AutoencoderKL::from_pretrained(arg(3)?, None, &device, &options)?;
-            let (clip, _) = CLIPTextModel::from_pretrained(arg(4)?, None, &device, DType::F32)?;
+            let (unet, _) = UNet2DConditionModel::from_pretrained(arg(2)?, &options)?;
+            let (vae, _) = AutoencoderKL::from_pretrained(arg(3)?, &options)?;
+            let (clip, _) = CLIPTextModel::from_pretrained(
+                arg(4)?,
+                &diff_models::ModelLoadOptions::new(&device).with_dtype(DType::F32),
+            )?;
             let z = || {
                 let v: Vec<f32> = (0..4 * 32 * 32)
                     .map(|i| ((i % 83) as f32 / 83.0) - 0.5)

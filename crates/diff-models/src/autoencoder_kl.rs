@@ -2,9 +2,6 @@
 //! diffusers' tiled encode/decode (overlapping tiles blended linearly, bit-for-bit the same
 //! tile grid and blend weights) and sliced (one sample at a time) encode/decode.
 
-use std::path::Path;
-use std::sync::Arc;
-
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Device, Tensor, TensorData};
@@ -13,7 +10,6 @@ use diff_format::configs::vae::AutoencoderKLConfig;
 use crate::ModelError;
 use crate::resnet::{Activation, check_groups, conv2d};
 use crate::vae::{CoderConfig, Decoder, DiagonalGaussianDistribution, Encoder};
-use crate::weights::{LoadOptions, LoadReport, load_component};
 
 const MODEL: &str = "AutoencoderKL";
 
@@ -166,36 +162,6 @@ impl AutoencoderKL {
             },
             config: c.clone(),
         })
-    }
-
-    /// Reads `config.json` from a diffusers component folder (`vae/`) and loads its weights.
-    pub fn from_pretrained(
-        folder: &Path,
-        variant: Option<&str>,
-        device: &Device,
-        options: &LoadOptions,
-    ) -> Result<(Self, LoadReport), ModelError> {
-        let _span =
-            tracing::info_span!("AutoencoderKL::from_pretrained", folder = %folder.display())
-                .entered();
-        // diff-format applies diffusers' `_use_default_values` rule and names a bad key.
-        let path = folder.join("config.json");
-        let config: AutoencoderKLConfig =
-            diff_format::load_config(&path).map_err(|e| ModelError::Config {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        let model = Self::from_config(&config, device, options.dtype)?;
-        load_component(model, folder, variant, &Self::load_options(options))
-    }
-
-    /// `options` plus the key renames diffusers applies to this class: the attention weights
-    /// of old checkpoints (`query` / `key` / `value` / `proj_attn`) load as `to_q` / `to_k` /
-    /// `to_v` / `to_out.0`.
-    pub fn load_options(options: &LoadOptions) -> LoadOptions {
-        options
-            .clone()
-            .with_rename(Arc::new(rename_deprecated_attention))
     }
 
     /// The factor between image and latent sides, `2^(len(block_out_channels) - 1)`
@@ -378,7 +344,7 @@ impl AutoencoderKL {
 /// Maps the names of diffusers' deprecated `AttentionBlock` (`query`, `key`, `value`,
 /// `proj_attn`), which older VAE checkpoints still use, to the `Attention` names, as diffusers'
 /// `_convert_deprecated_attention_blocks` does on load.
-fn rename_deprecated_attention(key: &str) -> Option<String> {
+pub(crate) fn rename_deprecated_attention(key: &str) -> Option<String> {
     if !key.contains(".attentions.") {
         return None;
     }

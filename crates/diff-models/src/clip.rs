@@ -18,7 +18,6 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use diff_format::configs::clip::{CLIPTextConfig, TokenIds};
 
 use crate::ModelError;
-use crate::weights::{LoadOptions, LoadReport, load_component};
 
 /// The activations transformers' `ACT2FN` offers that CLIP checkpoints use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,7 +278,7 @@ pub struct CLIPTextOutput {
 /// transformers' `CLIPTextModel`.
 ///
 /// State-dict keys are those transformers 5 uses (`embeddings.*`, `encoder.layers.N.*`,
-/// `final_layer_norm.*`); [`CLIPTextModel::load_options`] also accepts checkpoints written by
+/// `final_layer_norm.*`); its loading rules ([`crate::FromPretrained::load_options`]) also accept checkpoints written by
 /// transformers 4 with the `text_model.` prefix (every SD text encoder on the Hub).
 #[derive(Module, Debug)]
 pub struct CLIPTextModel {
@@ -293,6 +292,9 @@ pub struct CLIPTextModel {
     pub eos_token_id: i64,
     /// `vocab_size`, to validate token ids.
     pub vocab_size: usize,
+    /// The config the model was built from.
+    #[module(skip)]
+    pub config: CLIPTextConfig,
 }
 
 const TEXT: &str = "CLIPTextModel";
@@ -337,30 +339,8 @@ impl CLIPTextModel {
                 .init(device),
             eos_token_id,
             vocab_size,
+            config: config.clone(),
         })
-    }
-
-    /// The loader options transformers applies to this class: checkpoint keys lose a leading
-    /// `text_model.` (`PrefixChange(prefix_to_remove="text_model")`), and the non-persistent
-    /// `position_ids` buffer that old checkpoints contain is ignored.
-    pub fn load_options(dtype: DType) -> LoadOptions {
-        LoadOptions::new()
-            .with_dtype(dtype)
-            .strip_prefix("text_model")
-            .ignore_unexpected_suffix("position_ids")
-    }
-
-    /// Loads `config.json` and the weights of a `text_encoder/` folder for a variant, as
-    /// `dtype` on `device`.
-    pub fn from_pretrained(
-        folder: &Path,
-        variant: Option<&str>,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<(Self, LoadReport), ModelError> {
-        let config: CLIPTextConfig = read_config(&folder.join("config.json"))?;
-        let model = Self::new(&config, device)?;
-        load_component(model, folder, variant, &Self::load_options(dtype))
     }
 
     /// Where transformers pools each row: with `eos_token_id == 2` (configs older than
@@ -539,26 +519,6 @@ impl CLIPTextModelWithProjection {
                 .with_bias(false)
                 .init(device),
         })
-    }
-
-    /// The loader options for this class (the `position_ids` buffer of old checkpoints is
-    /// ignored).
-    pub fn load_options(dtype: DType) -> LoadOptions {
-        LoadOptions::new()
-            .with_dtype(dtype)
-            .ignore_unexpected_suffix("position_ids")
-    }
-
-    /// Loads `config.json` and the weights of a `text_encoder_2/` folder for a variant.
-    pub fn from_pretrained(
-        folder: &Path,
-        variant: Option<&str>,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<(Self, LoadReport), ModelError> {
-        let config: CLIPTextConfig = read_config(&folder.join("config.json"))?;
-        let model = Self::new(&config, device)?;
-        load_component(model, folder, variant, &Self::load_options(dtype))
     }
 
     /// Encodes `input_ids` and projects the pooled output.

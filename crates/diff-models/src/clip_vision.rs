@@ -7,19 +7,16 @@
 //! non-causal encoder from [`crate::clip`], and `post_layernorm` on the class token as the
 //! pooled output. Inputs must be `image_size` square (no `interpolate_pos_encoding`).
 
-use std::path::Path;
-
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d,
 };
-use burn::tensor::{DType, Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use diff_format::configs::clip::CLIPVisionConfig;
 
 use crate::ModelError;
-use crate::clip::{CLIPEncoder, EncoderDims, HiddenAct, check_heads, read_config, to_usize};
-use crate::weights::{LoadOptions, LoadReport, load_component};
+use crate::clip::{CLIPEncoder, EncoderDims, HiddenAct, check_heads, to_usize};
 
 const VISION: &str = "CLIPVisionModel";
 
@@ -47,7 +44,7 @@ pub struct CLIPVisionOutput {
 
 /// transformers' `CLIPVisionModel` (transformers 5 keys: `embeddings.*`, `pre_layrnorm.*`,
 /// `encoder.*`, `post_layernorm.*`; the transformers-4 `vision_model.` prefix is accepted by
-/// [`CLIPVisionModel::load_options`]).
+/// its loading rules ([`crate::FromPretrained::load_options`])).
 #[derive(Module, Debug)]
 pub struct CLIPVisionModel {
     /// `embeddings`.
@@ -62,6 +59,9 @@ pub struct CLIPVisionModel {
     pub image_size: usize,
     /// `patch_size` (square).
     pub patch_size: usize,
+    /// The config the model was built from.
+    #[module(skip)]
+    pub config: CLIPVisionConfig,
 }
 
 fn square(
@@ -128,27 +128,8 @@ impl CLIPVisionModel {
             post_layernorm: norm(),
             image_size,
             patch_size,
+            config: config.clone(),
         })
-    }
-
-    /// transformers' loading rule for this class: a leading `vision_model.` is removed.
-    pub fn load_options(dtype: DType) -> LoadOptions {
-        LoadOptions::new()
-            .with_dtype(dtype)
-            .strip_prefix("vision_model")
-            .ignore_unexpected_suffix("position_ids")
-    }
-
-    /// Loads `config.json` and the weights of a `CLIPVisionModel` folder for a variant.
-    pub fn from_pretrained(
-        folder: &Path,
-        variant: Option<&str>,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<(Self, LoadReport), ModelError> {
-        let config: CLIPVisionConfig = read_config(&folder.join("config.json"))?;
-        let model = Self::new(&config, device)?;
-        load_component(model, folder, variant, &Self::load_options(dtype))
     }
 
     /// Encodes `pixel_values` (`[batch, channels, image_size, image_size]`).
@@ -238,21 +219,6 @@ impl CLIPVisionModelWithProjection {
                 .with_bias(false)
                 .init(device),
         })
-    }
-
-    /// Loads `config.json` and the weights of an `image_encoder/` folder for a variant.
-    pub fn from_pretrained(
-        folder: &Path,
-        variant: Option<&str>,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<(Self, LoadReport), ModelError> {
-        let config: CLIPVisionConfig = read_config(&folder.join("config.json"))?;
-        let model = Self::new(&config, device)?;
-        let options = LoadOptions::new()
-            .with_dtype(dtype)
-            .ignore_unexpected_suffix("position_ids");
-        load_component(model, folder, variant, &options)
     }
 
     /// Encodes and projects `pixel_values`.

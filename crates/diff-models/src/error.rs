@@ -34,16 +34,11 @@ pub enum ModelError {
         /// What is wrong, with expected vs got where it applies.
         reason: String,
     },
-    /// No weight file for the requested variant exists in a component folder.
-    #[error("no weights in `{folder}` for variant {variant:?}: looked for {tried}")]
-    NoWeights {
-        /// The component folder.
-        folder: String,
-        /// The requested variant (`None` = the plain files).
-        variant: Option<String>,
-        /// The file names that were looked for, comma separated.
-        tried: String,
-    },
+    /// No weight file to load in a component folder (the message is the owning library's:
+    /// "Error no file named … found in directory …"), a variant no component has, or a shard
+    /// an index names that is missing.
+    #[error(transparent)]
+    WeightFiles(#[from] diff_format::FormatError),
     /// A tensor in a weight file has a dtype the loader cannot convert to the model's dtype.
     #[error("tensor `{key}` in `{path}` has dtype {got}; expected one of {expected}")]
     UnsupportedDtype {

@@ -9,6 +9,10 @@
 //! half weights and rounded once, attention as torch's CPU flash kernel computes it), so half
 //! precision outputs match diffusers' `torch_dtype=torch.float16 / bfloat16` on the CPU.
 //!
+//! Every model loads through one trait, [`FromPretrained`] (`from_pretrained(folder,
+//! &ModelLoadOptions)`, `config()`), whose weight files come from diff-format's resolver with the
+//! owning library's rules (diffusers or transformers).
+//!
 //! **Must not know:** pipelines, schedulers, the Hub. Configs and file names come from
 //! `diff-format`.
 //!
@@ -24,6 +28,7 @@
 
 mod error;
 mod precision;
+mod pretrained;
 pub mod weights;
 
 // CLIP text/vision, safety checker, image preprocessing (WEIGHTS+CLIP engineer).
@@ -48,5 +53,6 @@ pub use clip::{CLIPTextModel, CLIPTextModelWithProjection};
 pub use clip_vision::{CLIPVisionModel, CLIPVisionModelWithProjection};
 pub use error::ModelError;
 pub use image_processor::CLIPImageProcessor;
+pub use pretrained::{FromPretrained, ModelLoadOptions};
 pub use safety_checker::StableDiffusionSafetyChecker;
 pub use unet_2d_condition::{UNet2DConditionInput, UNet2DConditionModel};

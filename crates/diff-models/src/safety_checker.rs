@@ -15,17 +15,14 @@
 //! `float32` similarity and Python-float thresholds, and `round(x, 3)` is NumPy's
 //! `rint(x * 1000) / 1000` (ties to even).
 
-use std::path::Path;
-
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 use diff_format::configs::clip::CLIPConfig;
 
 use crate::ModelError;
-use crate::clip::{read_config, to_usize};
+use crate::clip::to_usize;
 use crate::clip_vision::CLIPVisionModel;
-use crate::weights::{LoadOptions, LoadReport, load_component};
 
 const MODEL: &str = "StableDiffusionSafetyChecker";
 
@@ -57,6 +54,9 @@ pub struct StableDiffusionSafetyChecker {
     pub concept_embeds_weights: Param<Tensor<1>>,
     /// `special_care_embeds_weights` (thresholds), `[3]`.
     pub special_care_embeds_weights: Param<Tensor<1>>,
+    /// The config the checker was built from.
+    #[module(skip)]
+    pub config: CLIPConfig,
 }
 
 fn host_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
@@ -111,31 +111,8 @@ impl StableDiffusionSafetyChecker {
             special_care_embeds: Param::from_tensor(Tensor::ones([3, proj], device)),
             concept_embeds_weights: Param::from_tensor(Tensor::ones([17], device)),
             special_care_embeds_weights: Param::from_tensor(Tensor::ones([3], device)),
+            config: config.clone(),
         })
-    }
-
-    /// Loader options: transformers-4 checkpoints (every SD repo) nest the vision tower as
-    /// `vision_model.vision_model.*`; transformers 5 writes `vision_model.*`. Both load.
-    pub fn load_options(dtype: DType) -> LoadOptions {
-        LoadOptions::new()
-            .with_dtype(dtype)
-            .with_rename(std::sync::Arc::new(|key: &str| {
-                key.strip_prefix("vision_model.vision_model.")
-                    .map(|rest| format!("vision_model.{rest}"))
-            }))
-            .ignore_unexpected_suffix("position_ids")
-    }
-
-    /// Loads `config.json` and the weights of a `safety_checker/` folder for a variant.
-    pub fn from_pretrained(
-        folder: &Path,
-        variant: Option<&str>,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<(Self, LoadReport), ModelError> {
-        let config: CLIPConfig = read_config(&folder.join("config.json"))?;
-        let model = Self::new(&config, device)?;
-        load_component(model, folder, variant, &Self::load_options(dtype))
     }
 
     /// The projected image embeddings of `clip_input`, `[batch, projection_dim]`.

@@ -7,8 +7,6 @@
 //! `upcast_attention` needs no switch: attention scores and softmax are always computed in f32
 //! (see [`crate::attention`]).
 
-use std::path::Path;
-
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{EmbeddingConfig, GroupNorm, Initializer, Linear};
@@ -24,7 +22,6 @@ use crate::resnet::{
 use crate::unet_2d_blocks::{
     BlockAttention, BlockResnets, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
 };
-use crate::weights::{LoadOptions, LoadReport, load_component};
 
 const MODEL: &str = "UNet2DConditionModel";
 
@@ -648,26 +645,6 @@ impl UNet2DConditionModel {
             },
             config: c.clone(),
         })
-    }
-
-    /// Reads `config.json` from a diffusers component folder (`unet/`) and loads its weights for
-    /// `variant` (`fp16`, ...) as `options.dtype` on `device`.
-    pub fn from_pretrained(
-        folder: &Path,
-        variant: Option<&str>,
-        device: &Device,
-        options: &LoadOptions,
-    ) -> Result<(Self, LoadReport), ModelError> {
-        let _span = tracing::info_span!("UNet2DConditionModel::from_pretrained", folder = %folder.display()).entered();
-        // diff-format applies diffusers' `_use_default_values` rule and names a bad key.
-        let path = folder.join("config.json");
-        let config: UNet2DConditionConfig =
-            diff_format::load_config(&path).map_err(|e| ModelError::Config {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        let model = Self::from_config(&config, device, options.dtype)?;
-        load_component(model, folder, variant, options)
     }
 
     fn check_inputs(&self, input: &UNet2DConditionInput) -> Result<(), ModelError> {

@@ -6,6 +6,7 @@ mod common;
 
 use burn::tensor::{DType, Device, Tensor};
 use common::{check, fixture, int_tensor, io};
+use diff_models::FromPretrained;
 use diff_models::{CLIPTextModel, CLIPTextModelWithProjection, ModelError};
 
 const F32_TOL: f32 = 1e-4;
@@ -17,8 +18,11 @@ fn f32_of<const D: usize>(t: Tensor<D>) -> Tensor<D> {
 
 fn text_model_case(case: &str, folder: &str, dtype: DType, tol: f32) {
     let device = Device::default();
-    let (model, report) =
-        CLIPTextModel::from_pretrained(&fixture(folder), None, &device, dtype).expect("load");
+    let (model, report) = CLIPTextModel::from_pretrained(
+        &fixture(folder),
+        &diff_models::ModelLoadOptions::new(&device).with_dtype(dtype),
+    )
+    .expect("load");
     assert!(report.is_clean(), "{}", report.summary());
     let src = io(case);
     let out = model
@@ -51,9 +55,11 @@ fn text_model_case(case: &str, folder: &str, dtype: DType, tol: f32) {
 
 fn projection_case(case: &str, dtype: DType, tol: f32) {
     let device = Device::default();
-    let (model, report) =
-        CLIPTextModelWithProjection::from_pretrained(&fixture(case), None, &device, dtype)
-            .expect("load");
+    let (model, report) = CLIPTextModelWithProjection::from_pretrained(
+        &fixture(case),
+        &diff_models::ModelLoadOptions::new(&device).with_dtype(dtype),
+    )
+    .expect("load");
     assert!(report.is_clean(), "{}", report.summary());
     let src = io(case);
     let ids = int_tensor::<2>(&src, "input_ids", &device);
@@ -140,9 +146,11 @@ fn text_encoders_in_f16_on_cpu_stay_within_1e2() {
 #[test]
 fn too_long_prompts_and_out_of_vocabulary_ids_are_errors() {
     let device = Device::default();
-    let (model, _) =
-        CLIPTextModel::from_pretrained(&fixture("text_quick_gelu_eos2"), None, &device, DType::F32)
-            .expect("load");
+    let (model, _) = CLIPTextModel::from_pretrained(
+        &fixture("text_quick_gelu_eos2"),
+        &diff_models::ModelLoadOptions::new(&device).with_dtype(DType::F32),
+    )
+    .expect("load");
     let long = Tensor::<2, burn::tensor::Int>::zeros([1, 17], &device);
     let err = model.forward(long).expect_err("17 > 16 positions");
     assert!(matches!(err, ModelError::InvalidInput { .. }));
@@ -158,9 +166,11 @@ fn too_long_prompts_and_out_of_vocabulary_ids_are_errors() {
 #[test]
 fn padding_attention_mask_combines_with_the_causal_mask_like_transformers() {
     let device = Device::default();
-    let (model, _) =
-        CLIPTextModel::from_pretrained(&fixture("text_quick_gelu_eos2"), None, &device, DType::F32)
-            .expect("load");
+    let (model, _) = CLIPTextModel::from_pretrained(
+        &fixture("text_quick_gelu_eos2"),
+        &diff_models::ModelLoadOptions::new(&device).with_dtype(DType::F32),
+    )
+    .expect("load");
     let src = io("text_quick_gelu_eos2");
     let out = model
         .forward_with_mask(

@@ -6,6 +6,7 @@ mod common;
 
 use burn::tensor::{DType, Device, Tensor};
 use common::{check, fixture, floats, io, tensor, values};
+use diff_models::FromPretrained;
 use diff_models::image_processor::ImageU8;
 use diff_models::{
     CLIPImageProcessor, CLIPVisionModelWithProjection, ModelError, StableDiffusionSafetyChecker,
@@ -17,9 +18,7 @@ fn vision_model_with_projection_matches_transformers() {
     for (dtype, tol) in [(DType::F32, 1e-4), (DType::F16, 1e-2)] {
         let (model, report) = CLIPVisionModelWithProjection::from_pretrained(
             &fixture("vision"),
-            None,
-            &device,
-            dtype,
+            &diff_models::ModelLoadOptions::new(&device).with_dtype(dtype),
         )
         .expect("load");
         assert!(report.is_clean(), "{}", report.summary());
@@ -61,9 +60,7 @@ fn vision_model_rejects_the_wrong_image_size() {
     let device = Device::default();
     let (model, _) = CLIPVisionModelWithProjection::from_pretrained(
         &fixture("vision"),
-        None,
-        &device,
-        DType::F32,
+        &diff_models::ModelLoadOptions::new(&device).with_dtype(DType::F32),
     )
     .expect("load");
     let err = model
@@ -82,9 +79,7 @@ fn safety_checker_flags_and_blacks_out_the_same_images_as_diffusers() {
     let device = Device::default();
     let (checker, report) = StableDiffusionSafetyChecker::from_pretrained(
         &fixture("safety_checker"),
-        None,
-        &device,
-        DType::F32,
+        &diff_models::ModelLoadOptions::new(&device).with_dtype(DType::F32),
     )
     .expect("load");
     assert!(report.is_clean(), "{}", report.summary());
@@ -126,9 +121,7 @@ fn safety_checker_in_f16_gives_the_same_flags() {
     let device = Device::default();
     let (checker, _) = StableDiffusionSafetyChecker::from_pretrained(
         &fixture("safety_checker"),
-        None,
-        &device,
-        DType::F16,
+        &diff_models::ModelLoadOptions::new(&device).with_dtype(DType::F16),
     )
     .expect("load");
     let src = io("safety_checker");
@@ -194,9 +187,7 @@ fn sd15_structure_safety_checker_loads_legacy_config_and_keys_and_matches_diffus
     let device = Device::default();
     let (checker, report) = StableDiffusionSafetyChecker::from_pretrained(
         &fixture("safety_checker_sd15"),
-        None,
-        &device,
-        DType::F32,
+        &diff_models::ModelLoadOptions::new(&device).with_dtype(DType::F32),
     )
     .expect("load");
     assert!(report.is_clean(), "{}", report.summary());

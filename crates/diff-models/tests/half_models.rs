@@ -13,10 +13,11 @@
 //! maximum relative to the output's largest magnitude, and the share of values equal bit for
 //! bit; it is gated on the maximum relative error (bounds per case below).
 
+use diff_models::FromPretrained;
 use std::path::PathBuf;
 
 use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorData};
-use diff_models::weights::{LoadOptions, RawDType, TensorSource};
+use diff_models::weights::{RawDType, TensorSource};
 use diff_models::{
     AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, UNet2DConditionInput,
     UNet2DConditionModel,
@@ -110,14 +111,19 @@ fn text_case(case: &str, folder: &str, projection: bool, bounds: (f32, f32)) {
         let tag = format!("{case} {dtype:?}");
         let folder = fixtures().join(folder);
         let (last, pooled) = if projection {
-            let (model, _) =
-                CLIPTextModelWithProjection::from_pretrained(&folder, None, &device, dtype)
-                    .expect("load");
+            let (model, _) = CLIPTextModelWithProjection::from_pretrained(
+                &folder,
+                &diff_models::ModelLoadOptions::new(&device).with_dtype(dtype),
+            )
+            .expect("load");
             let out = model.forward(ids(&src, &device)).expect("forward");
             (out.last_hidden_state, ("text_embeds", out.text_embeds))
         } else {
-            let (model, _) =
-                CLIPTextModel::from_pretrained(&folder, None, &device, dtype).expect("load");
+            let (model, _) = CLIPTextModel::from_pretrained(
+                &folder,
+                &diff_models::ModelLoadOptions::new(&device).with_dtype(dtype),
+            )
+            .expect("load");
             let out = model.forward(ids(&src, &device)).expect("forward");
             (out.last_hidden_state, ("pooler_output", out.pooler_output))
         };
@@ -137,14 +143,9 @@ fn unet_case(case: &str, folder: &str, bounds: (f32, f32)) {
     for dtype in DTYPES {
         let src = io(case, dtype);
         let tag = format!("{case} {dtype:?}");
-        let options = LoadOptions::new().with_dtype(dtype);
-        let (model, _) = UNet2DConditionModel::from_pretrained(
-            &fixtures().join(folder),
-            None,
-            &device,
-            &options,
-        )
-        .expect("load");
+        let options = diff_models::ModelLoadOptions::new(&device).with_dtype(dtype);
+        let (model, _) = UNet2DConditionModel::from_pretrained(&fixtures().join(folder), &options)
+            .expect("load");
         let mut input = UNet2DConditionInput::new(
             tensor(&src, "sample", &device),
             tensor(&src, "timestep", &device),
@@ -165,10 +166,9 @@ fn vae_case(case: &str, folder: &str, bounds: (f32, f32)) {
     for dtype in DTYPES {
         let src = io(case, dtype);
         let tag = format!("{case} {dtype:?}");
-        let options = LoadOptions::new().with_dtype(dtype);
+        let options = diff_models::ModelLoadOptions::new(&device).with_dtype(dtype);
         let (model, _) =
-            AutoencoderKL::from_pretrained(&fixtures().join(folder), None, &device, &options)
-                .expect("load");
+            AutoencoderKL::from_pretrained(&fixtures().join(folder), &options).expect("load");
         let decoded = model.decode(tensor(&src, "z", &device)).expect("decode");
         let e1 = compare(&format!("{tag} decoded"), decoded, &src, "decoded");
         let mean = model

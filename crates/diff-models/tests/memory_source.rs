@@ -3,6 +3,7 @@
 
 use burn::tensor::{DType, Device, Int, Tensor};
 use diff_models::CLIPTextModel;
+use diff_models::FromPretrained;
 use diff_models::weights::{RawDType, TensorSource, load_source};
 use std::path::{Path, PathBuf};
 
@@ -30,11 +31,18 @@ fn memory_source_loads_exactly_as_the_file() {
 
     let config = diff_format::load_config(folder().join("config.json")).unwrap();
     let model = CLIPTextModel::new(&config, &device).unwrap();
-    let (from_memory, report) =
-        load_source(model, &memory, &CLIPTextModel::load_options(DType::F32)).unwrap();
+    let (from_memory, report) = load_source(
+        model,
+        &memory,
+        &CLIPTextModel::load_options(&diff_models::ModelLoadOptions::new(&device)),
+    )
+    .unwrap();
     assert!(report.is_clean(), "{}", report.summary());
-    let (from_file, _) =
-        CLIPTextModel::from_pretrained(&folder(), None, &device, DType::F32).unwrap();
+    let (from_file, _) = CLIPTextModel::from_pretrained(
+        &folder(),
+        &diff_models::ModelLoadOptions::new(&device).with_dtype(DType::F32),
+    )
+    .unwrap();
     let ids = Tensor::<2, Int>::from_data([[518i64, 5, 17, 519, 1, 1]], &device);
     let a = from_memory.forward(ids.clone()).unwrap().last_hidden_state;
     let b = from_file.forward(ids).unwrap().last_hidden_state;

@@ -5,6 +5,7 @@
 //! real diffusers models. Every comparison is `max |ours - ref| / max |ref|`, with the tolerance
 //! stated where it is checked: 1e-4 for float32, 1e-2 for float16.
 
+use diff_models::FromPretrained;
 use std::path::PathBuf;
 
 use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
@@ -93,10 +94,9 @@ fn unet_input(src: &TensorSource, device: &Device) -> UNet2DConditionInput {
 /// Runs one UNet fixture at `dtype` and returns the relative error.
 fn unet_error(case: &str, dtype: DType) -> f64 {
     let device = Device::default();
-    let options = LoadOptions::new().with_dtype(dtype);
+    let options = diff_models::ModelLoadOptions::new(&device).with_dtype(dtype);
     let (unet, report) =
-        UNet2DConditionModel::from_pretrained(&case_dir(case), None, &device, &options)
-            .expect("load unet");
+        UNet2DConditionModel::from_pretrained(&case_dir(case), &options).expect("load unet");
     assert!(report.is_clean(), "{}", report.summary());
     let src = io(case);
     let out = unet.forward(unet_input(&src, &device)).expect("forward");
@@ -154,9 +154,9 @@ fn unet_f16_on_cpu_stays_within_1e2() {
 
 fn load_vae(case: &str, dtype: DType) -> AutoencoderKL {
     let device = Device::default();
-    let options = LoadOptions::new().with_dtype(dtype);
+    let options = diff_models::ModelLoadOptions::new(&device).with_dtype(dtype);
     let (vae, report) =
-        AutoencoderKL::from_pretrained(&case_dir(case), None, &device, &options).expect("load vae");
+        AutoencoderKL::from_pretrained(&case_dir(case), &options).expect("load vae");
     assert!(report.is_clean(), "{}", report.summary());
     vae
 }

@@ -13,7 +13,7 @@ use burn::nn::{
 use burn::tensor::{DType, Device, Tensor};
 use common::{check, fixture, int_tensor, io, tensor, values};
 use diff_models::ModelError;
-use diff_models::weights::{LoadOptions, load_component, load_file};
+use diff_models::weights::{LoadOptions, Naming, load_component, load_file};
 
 /// One entry of the Python `nn.ModuleList([Linear, LayerNorm])`; the enum adds no key segment.
 #[derive(Module, Debug)]
@@ -79,6 +79,8 @@ fn plain_f32_checkpoint_loads_and_matches_diffusers_forward() {
     let (model, report) = load_component(
         TinyLoaderModel::new(&device),
         &fixture("loader/plain"),
+        Naming::Diffusers,
+        None,
         None,
         &LoadOptions::new(),
     )
@@ -95,7 +97,9 @@ fn fp16_and_bf16_variants_load_into_an_f32_model() {
         let (model, _) = load_component(
             TinyLoaderModel::new(&device),
             &fixture("loader/plain"),
+            Naming::Diffusers,
             Some(variant),
+            None,
             &LoadOptions::new(),
         )
         .expect("load variant");
@@ -110,6 +114,8 @@ fn sharded_index_loads_the_same_values_as_the_single_file() {
     let (a, _) = load_component(
         TinyLoaderModel::new(&device),
         &fixture("loader/plain"),
+        Naming::Diffusers,
+        None,
         None,
         &LoadOptions::new(),
     )
@@ -117,6 +123,8 @@ fn sharded_index_loads_the_same_values_as_the_single_file() {
     let (b, report) = load_component(
         TinyLoaderModel::new(&device),
         &fixture("loader/sharded"),
+        Naming::Diffusers,
+        None,
         None,
         &LoadOptions::new(),
     )
@@ -140,6 +148,8 @@ fn f16_model_on_cpu_runs_within_1e2_of_f32_reference() {
     let (model, _) = load_component(
         TinyLoaderModel::new(&device),
         &fixture("loader/plain"),
+        Naming::Diffusers,
+        None,
         None,
         &LoadOptions::new().with_dtype(DType::F16),
     )
@@ -182,6 +192,8 @@ fn strict_load_names_missing_unexpected_and_mis_shaped_keys() {
     let err = load_component(
         wrong_model(&device),
         &fixture("loader/plain"),
+        Naming::Diffusers,
+        None,
         None,
         &LoadOptions::new(),
     )
@@ -221,6 +233,8 @@ fn lenient_load_reports_missing_and_unexpected_keys() {
     let (_, report) = load_component(
         model,
         &fixture("loader/plain"),
+        Naming::Diffusers,
+        None,
         None,
         &LoadOptions::new().lenient(),
     )
@@ -239,16 +253,29 @@ fn a_missing_variant_lists_the_names_it_looked_for() {
     let err = load_component(
         TinyLoaderModel::new(&device),
         &fixture("loader/plain"),
+        Naming::Diffusers,
         Some("non_ema"),
+        None,
         &LoadOptions::new(),
     )
     .expect_err("no such variant");
+    // diffusers' message names the last file looked for (pickle is allowed by default).
     let msg = err.to_string();
     assert!(
-        msg.contains("diffusion_pytorch_model.non_ema.safetensors"),
+        msg.contains("Error no file named diffusion_pytorch_model.non_ema.bin found in directory"),
         "{msg}"
     );
-    assert!(matches!(err, ModelError::NoWeights { .. }));
+    let ModelError::WeightFiles(diff_format::FormatError::WeightsNotFound { tried, .. }) = err
+    else {
+        panic!("expected WeightsNotFound, got {err}");
+    };
+    assert_eq!(
+        tried,
+        [
+            "diffusion_pytorch_model.non_ema.safetensors",
+            "diffusion_pytorch_model.non_ema.bin"
+        ]
+    );
 }
 
 #[test]
@@ -290,6 +317,8 @@ fn corrupt_files_and_escaping_shard_names_are_errors_not_panics() {
     let err = load_component(
         TinyLoaderModel::new(&device),
         &garbage,
+        Naming::Diffusers,
+        None,
         None,
         &LoadOptions::new(),
     )
@@ -303,6 +332,8 @@ fn pickle_bin_checkpoint_loads_through_the_restricted_reader() {
     let (model, report) = load_component(
         TinyLoaderModel::new(&device),
         &fixture("loader/pickle"),
+        Naming::Diffusers,
+        None,
         None,
         &LoadOptions::new(),
     )
@@ -318,6 +349,8 @@ fn a_pickle_that_would_run_code_is_refused() {
     let err = load_component(
         TinyLoaderModel::new(&device),
         &fixture("loader/malicious"),
+        Naming::Diffusers,
+        None,
         None,
         &LoadOptions::new(),
     )
@@ -334,7 +367,9 @@ fn sharded_fp16_variant_loads_through_its_variant_index() {
     let (model, report) = load_component(
         TinyLoaderModel::new(&device),
         &fixture("loader/sharded"),
+        Naming::Diffusers,
         Some("fp16"),
+        None,
         &LoadOptions::new(),
     )
     .expect("sharded fp16");

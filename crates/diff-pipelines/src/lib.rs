@@ -10,6 +10,10 @@
 //!   `use_safetensors`, `local_files_only`, revision, components passed in or dropped with
 //!   [`Passed`], the task class to build), then [`DiffusionPipeline::call`] with [`CallArgs`];
 //!   `swap_scheduler` (`Class.from_config(pipe.scheduler.config, **overrides)`) and `from_pipe`.
+//! - [`components`]: the component table ([`components::COMPONENTS`]): each slot's name,
+//!   accepted `[library, class]`, config file, role per pipeline family, load dispatch, and how
+//!   a passed-in object replaces it or `None` drops it. Models load through
+//!   `diff_models::FromPretrained`, their weight files chosen by diff-format's resolver.
 //! - [`ClipTokenizer`]: transformers 5's `CLIPTokenizer`, id for id.
 //! - [`VaeImageProcessor`] and [`outputs`]: images in and out, PNG and safetensors files;
 //!   [`resample`]: Pillow's `Image.resize`, byte for byte (what diffusers resizes inputs with);
@@ -67,6 +71,7 @@
 
 pub mod call;
 pub mod clip_tokenizer;
+pub mod components;
 pub mod device;
 mod error;
 pub mod image_processor;

@@ -4,13 +4,18 @@
 //! One [`DiffusionPipeline`] type serves the six pipeline classes; its [`PipelineClass`] decides
 //! which `__call__` flow runs. Components are held in `Arc`s so that `from_pipe` shares them
 //! without copying weights (the scheduler, small and stateful, is cloned as diffusers'
-//! pipelines would each mutate their own timesteps).
+//! pipelines would each mutate their own timesteps). What each slot is, accepts and loads is the
+//! component table ([`crate::components::COMPONENTS`]); which components load the requested
+//! variant is diff-format's [`ComponentVariants`], which file each loads is diff-format's
+//! resolver, called by the models' [`diff_models::FromPretrained`].
 
 use crate::clip_tokenizer::ClipTokenizer;
+use crate::components::{COMPONENTS, LoadContext, PassedKind, Role, apply_passed};
+pub use crate::components::{Components, Passed, PassedComponents};
 use crate::error::PipelineError;
 use burn::tensor::{DType, Device};
 use diff_format::model_index::{ComponentEntry, ModelIndex, PipelineClass as IndexClass};
-use diff_models::weights::LoadOptions as ModelLoadOptions;
+use diff_format::selection::ComponentVariants;
 use diff_models::{
     AutoencoderKL, CLIPImageProcessor, CLIPTextModel, CLIPTextModelWithProjection,
     StableDiffusionSafetyChecker, UNet2DConditionModel,
@@ -78,32 +83,16 @@ impl PipelineClass {
         )
     }
 
-    /// The components `__init__` takes, and whether each is optional (`_optional_components`).
-    pub fn expected_components(self) -> &'static [(&'static str, bool)] {
-        if self.is_xl() {
-            &[
-                ("vae", false),
-                ("text_encoder", true),
-                ("text_encoder_2", false),
-                ("tokenizer", true),
-                ("tokenizer_2", false),
-                ("unet", false),
-                ("scheduler", false),
-                ("image_encoder", true),
-                ("feature_extractor", true),
-            ]
-        } else {
-            &[
-                ("vae", false),
-                ("text_encoder", false),
-                ("tokenizer", false),
-                ("unet", false),
-                ("scheduler", false),
-                ("safety_checker", true),
-                ("feature_extractor", true),
-                ("image_encoder", true),
-            ]
-        }
+    /// The components `__init__` takes, and whether each is optional (`_optional_components`),
+    /// from the component table.
+    pub fn expected_components(self) -> Vec<(&'static str, bool)> {
+        COMPONENTS
+            .iter()
+            .filter_map(|slot| match slot.role(self) {
+                Role::Absent => None,
+                role => Some((slot.name, role == Role::Optional)),
+            })
+            .collect()
     }
 
     /// The scalar `__init__` arguments registered to the config, with their defaults.
@@ -135,53 +124,20 @@ fn supported_list() -> String {
         .join(", ")
 }
 
-/// A component given to `from_pretrained` / `from_pipe` in place of the loaded one.
-#[derive(Debug, Clone, Default)]
-pub enum Passed<T> {
-    /// Load it (or, for `from_pipe`, share the source pipeline's).
-    #[default]
-    Default,
-    /// Use this object instead.
-    Replace(T),
-    /// Do not load it (`name=None` in Python).
-    Drop,
-}
-
-/// Components passed in to replace or drop loaded ones.
-#[derive(Debug, Clone, Default)]
-pub struct PassedComponents {
-    /// `unet=`.
-    pub unet: Passed<Arc<UNet2DConditionModel>>,
-    /// `vae=`.
-    pub vae: Passed<Arc<AutoencoderKL>>,
-    /// `text_encoder=`.
-    pub text_encoder: Passed<Arc<CLIPTextModel>>,
-    /// `text_encoder_2=`.
-    pub text_encoder_2: Passed<Arc<CLIPTextModelWithProjection>>,
-    /// `tokenizer=`.
-    pub tokenizer: Passed<Arc<ClipTokenizer>>,
-    /// `tokenizer_2=`.
-    pub tokenizer_2: Passed<Arc<ClipTokenizer>>,
-    /// `scheduler=`.
-    pub scheduler: Passed<Scheduler>,
-    /// `safety_checker=`.
-    pub safety_checker: Passed<Arc<StableDiffusionSafetyChecker>>,
-    /// `feature_extractor=` (the CLIP image processor feeding the safety checker).
-    pub feature_extractor: Passed<Arc<CLIPImageProcessor>>,
-}
-
 /// The keyword arguments of `from_pretrained`.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Hub revision (branch, tag or commit); `None` = `main`. Only used for Hub repo ids.
     pub revision: Option<String>,
-    /// Weight variant (`fp16`, ...): `name.<variant>.safetensors`.
+    /// Weight variant (`fp16`, ...): `name.<variant>.safetensors`, loaded by the components whose
+    /// folder has it; the others load their plain files (diffusers' per-component choice).
     pub variant: Option<String>,
     /// dtype the models are loaded in (`torch_dtype` / `dtype`); default float32.
     pub dtype: DType,
     /// Device the models live on.
     pub device: Device,
-    /// `use_safetensors`: `Some(true)` refuses pickle weights, `None` prefers safetensors.
+    /// `use_safetensors`: `None` prefers safetensors and allows pickle, `Some(true)` refuses
+    /// pickle, `Some(false)` loads pickle only; each model applies it with its library's rules.
     pub use_safetensors: Option<bool>,
     /// Never touch the network.
     pub local_files_only: bool,
@@ -212,34 +168,6 @@ impl Default for LoadOptions {
             hub: None,
         }
     }
-}
-
-/// The loaded components of a pipeline, each with its config.
-#[derive(Debug, Clone, Default)]
-pub struct Components {
-    /// `unet`.
-    pub unet: Option<Arc<UNet2DConditionModel>>,
-    /// `vae`.
-    pub vae: Option<Arc<AutoencoderKL>>,
-    /// `text_encoder`.
-    pub text_encoder: Option<Arc<CLIPTextModel>>,
-    /// `text_encoder_2` (SDXL).
-    pub text_encoder_2: Option<Arc<CLIPTextModelWithProjection>>,
-    /// `tokenizer`.
-    pub tokenizer: Option<Arc<ClipTokenizer>>,
-    /// `tokenizer_2` (SDXL).
-    pub tokenizer_2: Option<Arc<ClipTokenizer>>,
-    /// `scheduler`.
-    pub scheduler: Option<Scheduler>,
-    /// `safety_checker` (SD 1.x / 2.x).
-    pub safety_checker: Option<Arc<StableDiffusionSafetyChecker>>,
-    /// `feature_extractor`.
-    pub feature_extractor: Option<Arc<CLIPImageProcessor>>,
-    /// The `config.json` (or `scheduler_config.json`, `preprocessor_config.json`) of each
-    /// component as read, by component name.
-    pub configs: BTreeMap<String, Arc<Map<String, Value>>>,
-    /// The `model_index.json` entry of each component, `None` for `[null, null]`.
-    pub entries: BTreeMap<String, Option<(String, String)>>,
 }
 
 /// A loaded diffusers pipeline.
@@ -285,22 +213,6 @@ pub(crate) fn read_json_map(path: &Path) -> Result<Map<String, Value>, PipelineE
     }
 }
 
-fn unsupported(
-    component: &str,
-    library: &str,
-    class_name: &str,
-    path: &Path,
-    supported: &str,
-) -> PipelineError {
-    PipelineError::UnsupportedComponent {
-        component: component.to_string(),
-        library: library.to_string(),
-        class_name: class_name.to_string(),
-        path: path.to_path_buf(),
-        supported: supported.to_string(),
-    }
-}
-
 /// Resolves `repo_or_folder` to a local folder: a directory is used as is (diffusers'
 /// `os.path.isdir`, never filtered); anything else is a Hub repo id, downloaded (or found in the
 /// cache) by diff-hub with diffusers' file selection for the variant, `use_safetensors` and the
@@ -329,37 +241,11 @@ pub fn resolve_folder(
         config.offline = true;
     }
     let api = diff_hub::HubApi::new(config);
-    let passed = &options.components;
-    let passed_components = [
-        ("unet", !matches!(passed.unet, Passed::Default)),
-        ("vae", !matches!(passed.vae, Passed::Default)),
-        (
-            "text_encoder",
-            !matches!(passed.text_encoder, Passed::Default),
-        ),
-        (
-            "text_encoder_2",
-            !matches!(passed.text_encoder_2, Passed::Default),
-        ),
-        ("tokenizer", !matches!(passed.tokenizer, Passed::Default)),
-        (
-            "tokenizer_2",
-            !matches!(passed.tokenizer_2, Passed::Default),
-        ),
-        ("scheduler", !matches!(passed.scheduler, Passed::Default)),
-        (
-            "safety_checker",
-            !matches!(passed.safety_checker, Passed::Default),
-        ),
-        (
-            "feature_extractor",
-            !matches!(passed.feature_extractor, Passed::Default),
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, p)| *p)
-    .map(|(n, _)| n.to_string())
-    .collect();
+    let passed_components = COMPONENTS
+        .iter()
+        .filter(|slot| slot.passed(&options.components) != PassedKind::Default)
+        .map(|slot| slot.name.to_string())
+        .collect();
     let selection = diff_format::selection::SelectionOptions {
         variant: options.variant.clone(),
         use_safetensors: options.use_safetensors,
@@ -386,8 +272,8 @@ impl DiffusionPipeline {
     }
 
     /// Builds the pipeline of a local diffusers `folder`. `preloaded` holds models already built
-    /// elsewhere (`from_single_file`'s conversions): their configs are read from the folder as
-    /// for a loaded model, but their weights are not looked for there.
+    /// elsewhere (`from_single_file`'s conversions, built from the folder's configs): they take
+    /// their slots as passed-in objects do, and the folder's weights are not looked for.
     pub(crate) fn from_folder(
         folder: &Path,
         name_or_path: &str,
@@ -411,76 +297,7 @@ impl DiffusionPipeline {
             config.insert(key.to_string(), value);
         }
 
-        let variant = options.variant.as_deref();
-        let device = &options.device;
-        let passed = &options.components;
-        let mut comps = Components::default();
-        for (name, optional) in class.expected_components() {
-            let entry = index.components.get(*name);
-            let pair = match entry {
-                Some(ComponentEntry::Class {
-                    library,
-                    class_name,
-                }) => Some((library.clone(), class_name.clone())),
-                _ => None,
-            };
-            comps.entries.insert((*name).to_string(), pair.clone());
-            let sub = folder.join(name);
-            let dropped = match *name {
-                "unet" => matches!(passed.unet, Passed::Drop),
-                "vae" => matches!(passed.vae, Passed::Drop),
-                "text_encoder" => matches!(passed.text_encoder, Passed::Drop),
-                "text_encoder_2" => matches!(passed.text_encoder_2, Passed::Drop),
-                "tokenizer" => matches!(passed.tokenizer, Passed::Drop),
-                "tokenizer_2" => matches!(passed.tokenizer_2, Passed::Drop),
-                "scheduler" => matches!(passed.scheduler, Passed::Drop),
-                "safety_checker" => matches!(passed.safety_checker, Passed::Drop),
-                "feature_extractor" => matches!(passed.feature_extractor, Passed::Drop),
-                _ => false,
-            };
-            if dropped {
-                comps.entries.insert((*name).to_string(), None);
-                continue;
-            }
-            let Some((library, class_name)) = pair else {
-                if !optional && !is_passed(passed, name) {
-                    return Err(PipelineError::MissingComponent {
-                        pipeline: class.name().to_string(),
-                        component: (*name).to_string(),
-                    });
-                }
-                continue;
-            };
-            let config_file = match *name {
-                "scheduler" => "scheduler_config.json",
-                "tokenizer" | "tokenizer_2" => "tokenizer_config.json",
-                "feature_extractor" => "preprocessor_config.json",
-                _ => "config.json",
-            };
-            if sub.join(config_file).is_file() && !is_passed(passed, name) {
-                comps.configs.insert(
-                    (*name).to_string(),
-                    Arc::new(read_json_map(&sub.join(config_file))?),
-                );
-            }
-            if is_passed(preloaded, name) {
-                continue;
-            }
-            load_component(
-                &mut comps,
-                name,
-                &library,
-                &class_name,
-                &sub,
-                &index_path,
-                variant,
-                device,
-                options,
-            )?;
-        }
-        apply_passed(&mut comps, preloaded);
-        apply_passed(&mut comps, passed);
-        record_passed_configs(&mut comps, passed);
+        let mut comps = load_components(folder, &index, &index_path, class, options, preloaded)?;
         if !class.is_xl() {
             patch_outdated_scheduler(&mut comps)?;
         }
@@ -507,25 +324,11 @@ impl DiffusionPipeline {
     }
 
     fn check_required(&self) -> Result<(), PipelineError> {
-        let c = &self.components;
-        for (name, optional) in self.class.expected_components() {
-            if *optional {
-                continue;
-            }
-            let present = match *name {
-                "unet" => c.unet.is_some(),
-                "vae" => c.vae.is_some(),
-                "text_encoder" => c.text_encoder.is_some(),
-                "text_encoder_2" => c.text_encoder_2.is_some(),
-                "tokenizer" => c.tokenizer.is_some(),
-                "tokenizer_2" => c.tokenizer_2.is_some(),
-                "scheduler" => c.scheduler.is_some(),
-                _ => true,
-            };
-            if !present {
+        for slot in &COMPONENTS {
+            if slot.role(self.class) == Role::Required && !slot.is_present(&self.components) {
                 return Err(PipelineError::MissingComponent {
                     pipeline: self.class.name().to_string(),
-                    component: (*name).to_string(),
+                    component: slot.name.to_string(),
                 });
             }
         }
@@ -591,13 +394,11 @@ impl DiffusionPipeline {
         &self.components
     }
 
-    /// The `config.json` of a component as read (`unet`, `vae`, `text_encoder`, ...), or the
-    /// scheduler's current config.
+    /// The typed config of a component as JSON: a model's `config` (`unet`, `vae`,
+    /// `text_encoder`, ...), the scheduler's current config, the image processor's; `None` for
+    /// an absent component or one without a config (tokenizers).
     pub fn component_config(&self, name: &str) -> Option<Map<String, Value>> {
-        if name == "scheduler" {
-            return self.components.scheduler.as_ref()?.config_json().ok();
-        }
-        self.components.configs.get(name).map(|c| (**c).clone())
+        crate::components::slot(name)?.config_json(&self.components)
     }
 
     /// `pipe.unet`.
@@ -680,7 +481,6 @@ impl DiffusionPipeline {
     ) -> Result<Self, PipelineError> {
         let mut comps = self.components.clone();
         apply_passed(&mut comps, passed);
-        record_passed_configs(&mut comps, passed);
         let mut merged = BTreeMap::new();
         for (key, default) in class.scalar_defaults() {
             let value = config
@@ -725,27 +525,28 @@ impl DiffusionPipeline {
         })
     }
 
-    /// `2 ** (len(vae.config.block_out_channels) - 1)` (8 when there is no VAE config).
+    /// `2 ** (len(vae.config.block_out_channels) - 1)` (8 when there is no VAE).
     pub fn vae_scale_factor(&self) -> usize {
         self.components
-            .configs
-            .get("vae")
-            .and_then(|c| c.get("block_out_channels"))
-            .and_then(Value::as_array)
-            .map_or(8, |a| 1usize << a.len().saturating_sub(1).min(16))
+            .vae
+            .as_ref()
+            .map_or(8, |vae| vae.vae_scale_factor())
     }
 
+    /// Deprecated: read the typed config of the model instead (`pipe.unet()?.config`). A
+    /// number from a component's typed config by its JSON key, kept only for callers not yet
+    /// moved to the typed configs.
     pub(crate) fn config_usize(&self, component: &str, key: &str) -> Option<usize> {
-        self.components
-            .configs
-            .get(component)?
+        self.component_config(component)?
             .get(key)?
             .as_u64()
             .and_then(|v| usize::try_from(v).ok())
     }
 
-    pub(crate) fn config_value(&self, component: &str, key: &str) -> Option<&Value> {
-        self.components.configs.get(component)?.get(key)
+    /// Deprecated: read the typed config of the model instead. A value from a component's
+    /// typed config by its JSON key, kept only for callers not yet moved to the typed configs.
+    pub(crate) fn config_value(&self, component: &str, key: &str) -> Option<Value> {
+        self.component_config(component)?.get(key).cloned()
     }
 }
 
@@ -788,244 +589,64 @@ fn patch_outdated_scheduler(comps: &mut Components) -> Result<(), PipelineError>
     Ok(())
 }
 
-fn is_passed(passed: &PassedComponents, name: &str) -> bool {
-    match name {
-        "unet" => matches!(passed.unet, Passed::Replace(_)),
-        "vae" => matches!(passed.vae, Passed::Replace(_)),
-        "text_encoder" => matches!(passed.text_encoder, Passed::Replace(_)),
-        "text_encoder_2" => matches!(passed.text_encoder_2, Passed::Replace(_)),
-        "tokenizer" => matches!(passed.tokenizer, Passed::Replace(_)),
-        "tokenizer_2" => matches!(passed.tokenizer_2, Passed::Replace(_)),
-        "scheduler" => matches!(passed.scheduler, Passed::Replace(_)),
-        "safety_checker" => matches!(passed.safety_checker, Passed::Replace(_)),
-        "feature_extractor" => matches!(passed.feature_extractor, Passed::Replace(_)),
-        _ => false,
-    }
-}
-
-fn apply_passed(comps: &mut Components, passed: &PassedComponents) {
-    fn apply<T: Clone>(slot: &mut Option<T>, p: &Passed<T>) {
-        match p {
-            Passed::Default => {}
-            Passed::Replace(v) => *slot = Some(v.clone()),
-            Passed::Drop => *slot = None,
-        }
-    }
-    apply(&mut comps.unet, &passed.unet);
-    apply(&mut comps.vae, &passed.vae);
-    apply(&mut comps.text_encoder, &passed.text_encoder);
-    apply(&mut comps.text_encoder_2, &passed.text_encoder_2);
-    apply(&mut comps.tokenizer, &passed.tokenizer);
-    apply(&mut comps.tokenizer_2, &passed.tokenizer_2);
-    apply(&mut comps.scheduler, &passed.scheduler);
-    apply(&mut comps.safety_checker, &passed.safety_checker);
-    apply(&mut comps.feature_extractor, &passed.feature_extractor);
-    if matches!(passed.safety_checker, Passed::Drop) {
-        comps.entries.insert("safety_checker".into(), None);
-    }
-}
-
-/// A UNet or VAE passed in (`unet=` / `vae=`) brings its own config, which diffusers reads as
-/// `pipe.unet.config`: record it, so that `component_config` and what is sized from the configs
-/// (the VAE scale factor, the UNet's input channels) describe the model in use. A dropped
-/// component has no config.
-fn record_passed_configs(comps: &mut Components, passed: &PassedComponents) {
-    fn record<C: serde::Serialize>(comps: &mut Components, name: &str, config: &C) {
-        match serde_json::to_value(config) {
-            Ok(Value::Object(map)) => {
-                comps.configs.insert(name.to_string(), Arc::new(map));
-            }
-            _ => tracing::warn!("{name}: the passed model's config could not be recorded"),
-        }
-    }
-    match &passed.unet {
-        Passed::Replace(unet) => record(comps, "unet", &unet.config),
-        Passed::Drop => {
-            comps.configs.remove("unet");
-        }
-        Passed::Default => {}
-    }
-    match &passed.vae {
-        Passed::Replace(vae) => record(comps, "vae", &vae.config),
-        Passed::Drop => {
-            comps.configs.remove("vae");
-        }
-        Passed::Default => {}
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn load_component(
-    comps: &mut Components,
-    name: &str,
-    library: &str,
-    class_name: &str,
-    sub: &Path,
+/// Loads every component `class` takes from `folder`, in the table's order: each slot's
+/// `model_index.json` entry is recorded; a dropped slot is `[null, null]`; a missing required
+/// one is an error unless passed in; passed-in and `preloaded` objects are not loaded; the rest
+/// load with the variant [`ComponentVariants`] gives them. Passed objects are applied last.
+fn load_components(
+    folder: &Path,
+    index: &ModelIndex,
     index_path: &Path,
-    variant: Option<&str>,
-    device: &Device,
+    class: PipelineClass,
     options: &LoadOptions,
-) -> Result<(), PipelineError> {
-    if is_passed(&options.components, name) {
-        return Ok(());
-    }
-    let dtype = options.dtype;
-    if options.use_safetensors == Some(true)
-        && matches!(name, "unet" | "vae" | "text_encoder" | "text_encoder_2")
-    {
-        let has_safetensors = std::fs::read_dir(sub)
-            .map_err(|e| PipelineError::io(sub, e))?
-            .filter_map(Result::ok)
-            .any(|e| {
-                e.file_name().to_string_lossy().ends_with(".safetensors")
-                    || e.file_name()
-                        .to_string_lossy()
-                        .ends_with(".safetensors.index.json")
-            });
-        if !has_safetensors {
-            return Err(PipelineError::NotFound {
-                what: sub.display().to_string(),
-                message: "use_safetensors=true but the folder has no .safetensors weights".into(),
-            });
+    preloaded: &PassedComponents,
+) -> Result<Components, PipelineError> {
+    let variants = ComponentVariants::for_folder(folder, index, options.variant.as_deref())?;
+    let passed = &options.components;
+    let mut comps = Components::default();
+    for slot in &COMPONENTS {
+        let role = slot.role(class);
+        if role == Role::Absent {
+            continue;
         }
-    }
-    match (name, library, class_name) {
-        ("unet", "diffusers", "UNet2DConditionModel") => {
-            let opts = ModelLoadOptions::new().with_dtype(dtype);
-            let (m, report) = UNet2DConditionModel::from_pretrained(sub, variant, device, &opts)?;
-            log_report(name, &report);
-            comps.unet = Some(Arc::new(m));
-        }
-        ("unet", ..) => {
-            return Err(unsupported(
-                name,
+        let pair = match index.components.get(slot.name) {
+            Some(ComponentEntry::Class {
                 library,
                 class_name,
-                index_path,
-                "[diffusers, UNet2DConditionModel]",
-            ));
-        }
-        ("vae", "diffusers", "AutoencoderKL") => {
-            let opts = ModelLoadOptions::new().with_dtype(dtype);
-            let (m, report) = AutoencoderKL::from_pretrained(sub, variant, device, &opts)?;
-            log_report(name, &report);
-            comps.vae = Some(Arc::new(m));
-        }
-        ("vae", ..) => {
-            return Err(unsupported(
-                name,
-                library,
-                class_name,
-                index_path,
-                "[diffusers, AutoencoderKL]",
-            ));
-        }
-        ("text_encoder", "transformers", "CLIPTextModel") => {
-            let (m, report) = CLIPTextModel::from_pretrained(sub, variant, device, dtype)?;
-            log_report(name, &report);
-            comps.text_encoder = Some(Arc::new(m));
-        }
-        ("text_encoder", ..) => {
-            return Err(unsupported(
-                name,
-                library,
-                class_name,
-                index_path,
-                "[transformers, CLIPTextModel]",
-            ));
-        }
-        ("text_encoder_2", "transformers", "CLIPTextModelWithProjection") => {
-            let (m, report) =
-                CLIPTextModelWithProjection::from_pretrained(sub, variant, device, dtype)?;
-            log_report(name, &report);
-            comps.text_encoder_2 = Some(Arc::new(m));
-        }
-        ("text_encoder_2", ..) => {
-            return Err(unsupported(
-                name,
-                library,
-                class_name,
-                index_path,
-                "[transformers, CLIPTextModelWithProjection]",
-            ));
-        }
-        ("tokenizer" | "tokenizer_2", "transformers", "CLIPTokenizer" | "CLIPTokenizerFast") => {
-            let tok = Arc::new(ClipTokenizer::from_pretrained(sub)?);
-            if name == "tokenizer" {
-                comps.tokenizer = Some(tok);
-            } else {
-                comps.tokenizer_2 = Some(tok);
+            }) => Some((library.clone(), class_name.clone())),
+            _ => None,
+        };
+        let given = slot.passed(passed);
+        comps.entries.insert(
+            slot.name.to_string(),
+            pair.clone().filter(|_| given != PassedKind::Drop),
+        );
+        match (given, pair) {
+            (PassedKind::Drop, _) | (PassedKind::Replace, _) => continue,
+            (PassedKind::Default, None) if role == Role::Required => {
+                return Err(PipelineError::MissingComponent {
+                    pipeline: class.name().to_string(),
+                    component: slot.name.to_string(),
+                });
+            }
+            (PassedKind::Default, None) => continue,
+            (PassedKind::Default, Some(_)) if slot.passed(preloaded) == PassedKind::Replace => {}
+            (PassedKind::Default, Some((library, class_name))) => {
+                let ctx = LoadContext {
+                    folder: &folder.join(slot.name),
+                    index_path,
+                    library: &library,
+                    class_name: &class_name,
+                    variant: variants.variant_for(slot.name),
+                    use_safetensors: options.use_safetensors,
+                    dtype: options.dtype,
+                    device: &options.device,
+                };
+                slot.load(&mut comps, &ctx)?;
             }
         }
-        ("tokenizer" | "tokenizer_2", ..) => {
-            return Err(unsupported(
-                name,
-                library,
-                class_name,
-                index_path,
-                "[transformers, CLIPTokenizer], [transformers, CLIPTokenizerFast]",
-            ));
-        }
-        ("scheduler", "diffusers", _) => {
-            let path = sub.join("scheduler_config.json");
-            let mut config = read_json_map(&path)?;
-            config.insert("_class_name".into(), Value::String(class_name.to_string()));
-            let scheduler = Scheduler::from_config(&config).map_err(|e| match e {
-                diff_schedulers::SchedulerError::UnknownClass(_) => unsupported(
-                    name,
-                    library,
-                    class_name,
-                    index_path,
-                    &diff_schedulers::SCHEDULER_CLASSES.join(", "),
-                ),
-                other => PipelineError::from(other),
-            })?;
-            comps.scheduler = Some(scheduler);
-        }
-        ("scheduler", ..) => {
-            return Err(unsupported(
-                name,
-                library,
-                class_name,
-                index_path,
-                "[diffusers, <scheduler class>]",
-            ));
-        }
-        ("safety_checker", "stable_diffusion", "StableDiffusionSafetyChecker") => {
-            let (m, report) =
-                StableDiffusionSafetyChecker::from_pretrained(sub, variant, device, dtype)?;
-            log_report(name, &report);
-            comps.safety_checker = Some(Arc::new(m));
-        }
-        ("safety_checker", ..) => {
-            return Err(unsupported(
-                name,
-                library,
-                class_name,
-                index_path,
-                "[stable_diffusion, StableDiffusionSafetyChecker]",
-            ));
-        }
-        ("feature_extractor", "transformers", "CLIPImageProcessor" | "CLIPFeatureExtractor") => {
-            comps.feature_extractor = Some(Arc::new(CLIPImageProcessor::from_pretrained(sub)?));
-        }
-        ("feature_extractor", ..) => {
-            return Err(unsupported(
-                name,
-                library,
-                class_name,
-                index_path,
-                "[transformers, CLIPImageProcessor]",
-            ));
-        }
-        // Feature extractor / image encoder: configs only (read above).
-        _ => {}
     }
-    Ok(())
-}
-
-fn log_report(name: &str, report: &diff_models::weights::LoadReport) {
-    if !report.is_clean() {
-        tracing::warn!("{name}: {}", report.summary());
-    }
+    apply_passed(&mut comps, preloaded);
+    apply_passed(&mut comps, passed);
+    Ok(comps)
 }

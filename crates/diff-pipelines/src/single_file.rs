@@ -38,22 +38,16 @@
 //! `from_pretrained` on diffusers' converted folder. Reading the `.safetensors` file with
 //! diff-convert's reader instead (whole mapping resident while copying) peaked at 1.96x.
 
+use crate::components::{COMPONENTS, ComponentSlot, PassedKind, Role};
 use crate::error::PipelineError;
 use crate::pipeline::{
     DiffusionPipeline, LoadOptions, Passed, PassedComponents, pipeline_class, read_json_map,
 };
-use burn::tensor::{DType, Device};
 use diff_convert::single_file::{Checkpoint, ModelType, detect_model_type, take_component};
-use diff_format::configs::clip::CLIPTextConfig;
-use diff_format::configs::unet::UNet2DConditionConfig;
-use diff_format::configs::vae::AutoencoderKLConfig;
 use diff_format::model_index::{ComponentEntry, ModelIndex};
-use diff_models::weights::{LoadOptions as ModelLoadOptions, LoadReport, RawDType, TensorSource};
-use diff_models::{
-    AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, UNet2DConditionModel,
-};
+use diff_models::weights::{RawDType, TensorSource};
+use diff_models::{AutoencoderKL, ModelLoadOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// The files diffusers downloads from a config repo for `from_single_file`
 /// (`_download_diffusers_model_config_from_hub`): configs, tokenizer vocabularies and merges,
@@ -123,17 +117,6 @@ pub fn config_folder(config: &str, options: &LoadOptions) -> Result<PathBuf, Pip
         ..Default::default()
     };
     Ok(diff_hub::HubApi::new(hub).snapshot_download(config, &snapshot, &diff_hub::NoProgress)?)
-}
-
-/// Whether the user left a model slot to the checkpoint (neither passed in nor dropped).
-fn left_to_checkpoint(passed: &PassedComponents, name: &str) -> bool {
-    match name {
-        "unet" => matches!(passed.unet, Passed::Default),
-        "vae" => matches!(passed.vae, Passed::Default),
-        "text_encoder" => matches!(passed.text_encoder, Passed::Default),
-        "text_encoder_2" => matches!(passed.text_encoder_2, Passed::Default),
-        _ => false,
-    }
 }
 
 /// The config folder to use: `config` when given, else the family's default repo; a checkpoint
@@ -219,36 +202,38 @@ impl DiffusionPipeline {
         }
         let index = ModelIndex::load(&index_path)?;
         let class = pipeline_class(&index, &index_path, &options.load)?;
-        let dtype = options.load.dtype;
-        let device = &options.load.device;
+        let model_options =
+            ModelLoadOptions::new(&options.load.device).with_dtype(options.load.dtype);
 
-        // The models to convert, the UNet last: the VAE and text encoders are copied out of the
-        // checkpoint, whose originals are then dropped, and the UNet is moved out.
-        let mut to_convert: Vec<(&str, &str)> = Vec::new();
-        for (name, _) in class.expected_components() {
-            let Some(ComponentEntry::Class { class_name, .. }) = index.components.get(*name) else {
+        // The models to convert, in the table's order, which puts the UNet last: the VAE and
+        // text encoders are copied out of the checkpoint, whose originals are then dropped, and
+        // the UNet is moved out. Others are loaded from the config folder, or refused there as
+        // unsupported.
+        let mut to_convert: Vec<(&ComponentSlot, &str)> = Vec::new();
+        for slot in &COMPONENTS {
+            let Some(ComponentEntry::Class {
+                library,
+                class_name,
+            }) = index.components.get(slot.name)
+            else {
                 continue;
             };
-            let convertible = matches!(
-                (*name, class_name.as_str()),
-                ("unet", "UNet2DConditionModel")
-                    | ("vae", "AutoencoderKL")
-                    | ("text_encoder", "CLIPTextModel")
-                    | ("text_encoder_2", "CLIPTextModelWithProjection")
-            );
-            // Others are loaded from the config folder, or refused there as unsupported.
-            if convertible && left_to_checkpoint(&options.load.components, name) {
-                to_convert.push((name, class_name));
+            if slot.role(class) != Role::Absent
+                && slot.converts_from_single_file()
+                && slot.accepts(library, class_name)
+                && slot.passed(&options.load.components) == PassedKind::Default
+            {
+                to_convert.push((slot, class_name));
             }
         }
-        to_convert.sort_by_key(|(name, _)| *name == "unet");
 
         let mut preloaded = PassedComponents::default();
-        for (i, (name, class_name)) in to_convert.iter().enumerate() {
-            let config_path = folder.join(name).join("config.json");
+        for (i, (slot, class_name)) in to_convert.iter().enumerate() {
+            let name = slot.name;
+            let config_path = folder.join(name).join(slot.config_file);
             let raw = read_json_map(&config_path)?;
             let component_error = |reason: String| PipelineError::SingleFileComponent {
-                component: (*name).to_string(),
+                component: name.to_string(),
                 class_name: (*class_name).to_string(),
                 path: path.to_path_buf(),
                 reason,
@@ -263,25 +248,26 @@ impl DiffusionPipeline {
                     .into_iter()
                     .map(|(key, t)| (key, RawDType::from_safetensors(t.dtype), t.shape, t.data)),
             )?;
-            load_model(&mut preloaded, name, &config_path, &source, device, dtype)?;
+            slot.convert(&mut preloaded, &config_path, &source, &model_options)?;
             drop(source);
             // Free the originals of what no later component reads (the original layout keeps
-            // each model under its own prefix).
+            // each model under its own prefix; SDXL's two text encoders share `conditioner.`).
             let later = &to_convert[i + 1..];
-            if *name == "vae" {
-                drop_prefixes(&mut ckpt, &["first_stage_model."]);
-            }
-            if name.starts_with("text_encoder")
-                && !later.iter().any(|(n, _)| n.starts_with("text_encoder"))
-            {
-                drop_prefixes(&mut ckpt, &["cond_stage_model.", "conditioner."]);
-            }
+            let done: Vec<&str> = slot
+                .checkpoint_prefixes
+                .iter()
+                .copied()
+                .filter(|p| !later.iter().any(|(s, _)| s.checkpoint_prefixes.contains(p)))
+                .collect();
+            drop_prefixes(&mut ckpt, &done);
         }
         // The rest of the checkpoint (EMA copies, optimizer state, what was copied rather than
         // moved) is not needed any more.
         drop(ckpt);
 
         let mut load = options.load.clone();
+        // The config folder has no weights: no variant applies (warned about above).
+        load.variant = None;
         if matches!(load.components.safety_checker, Passed::Default) {
             load.components.safety_checker = Passed::Drop;
         }
@@ -335,24 +321,17 @@ pub fn autoencoder_kl_from_single_file(
             .into_iter()
             .map(|(key, t)| (key, RawDType::from_safetensors(t.dtype), t.shape, t.data)),
     )?;
-    let mut loaded = PassedComponents::default();
-    load_model(
-        &mut loaded,
-        "vae",
-        &config_path,
+    let config = diff_format::load_config(&config_path)?;
+    let model_options = ModelLoadOptions::new(&options.device).with_dtype(options.dtype);
+    let (vae, report) = <AutoencoderKL as diff_models::FromPretrained>::from_source(
+        &config,
         &source,
-        &options.device,
-        options.dtype,
+        &model_options,
     )?;
-    match loaded.vae {
-        Passed::Replace(vae) => Ok(Arc::unwrap_or_clone(vae)),
-        _ => Err(PipelineError::SingleFileComponent {
-            component: "vae".into(),
-            class_name: "AutoencoderKL".into(),
-            path: path.to_path_buf(),
-            reason: "the VAE was not built".into(),
-        }),
+    if !report.is_clean() {
+        tracing::warn!("vae: {}", report.summary());
     }
+    Ok(vae)
 }
 
 fn drop_prefixes(ckpt: &mut Checkpoint, prefixes: &[&str]) {
@@ -413,57 +392,4 @@ fn safetensors_dtype(dtype: RawDType) -> Option<safetensors::Dtype> {
         RawDType::Other("U64") => D::U64,
         _ => return None,
     })
-}
-
-/// Builds model `name` from its config and loads the converted tensors into it.
-fn load_model(
-    preloaded: &mut PassedComponents,
-    name: &str,
-    config_path: &Path,
-    source: &TensorSource,
-    device: &Device,
-    dtype: DType,
-) -> Result<(), PipelineError> {
-    let plain = ModelLoadOptions::new().with_dtype(dtype);
-    match name {
-        "unet" => {
-            let config: UNet2DConditionConfig = diff_format::load_config(config_path)?;
-            let model = UNet2DConditionModel::from_config(&config, device, dtype)?;
-            let (model, report) = diff_models::weights::load_source(model, source, &plain)?;
-            log_report(name, &report);
-            preloaded.unet = Passed::Replace(Arc::new(model));
-        }
-        "vae" => {
-            let config: AutoencoderKLConfig = diff_format::load_config(config_path)?;
-            let model = AutoencoderKL::from_config(&config, device, dtype)?;
-            let options = AutoencoderKL::load_options(&plain);
-            let (model, report) = diff_models::weights::load_source(model, source, &options)?;
-            log_report(name, &report);
-            preloaded.vae = Passed::Replace(Arc::new(model));
-        }
-        "text_encoder" => {
-            let config: CLIPTextConfig = diff_format::load_config(config_path)?;
-            let model = CLIPTextModel::new(&config, device)?;
-            let options = CLIPTextModel::load_options(dtype);
-            let (model, report) = diff_models::weights::load_source(model, source, &options)?;
-            log_report(name, &report);
-            preloaded.text_encoder = Passed::Replace(Arc::new(model));
-        }
-        "text_encoder_2" => {
-            let config: CLIPTextConfig = diff_format::load_config(config_path)?;
-            let model = CLIPTextModelWithProjection::new(&config, device)?;
-            let options = CLIPTextModelWithProjection::load_options(dtype);
-            let (model, report) = diff_models::weights::load_source(model, source, &options)?;
-            log_report(name, &report);
-            preloaded.text_encoder_2 = Passed::Replace(Arc::new(model));
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-fn log_report(name: &str, report: &LoadReport) {
-    if !report.is_clean() {
-        tracing::warn!("{name}: {}", report.summary());
-    }
 }

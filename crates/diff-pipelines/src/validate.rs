@@ -54,7 +54,8 @@ use diff_convert::validate::ComponentReport;
 use diff_models::weights::LoadReport;
 use diff_models::{
     AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection,
-    StableDiffusionSafetyChecker, UNet2DConditionInput, UNet2DConditionModel,
+    FromPretrained, ModelLoadOptions, StableDiffusionSafetyChecker, UNet2DConditionInput,
+    UNet2DConditionModel,
     unet_2d_condition::{ClassEmbedKind, ClassLabels},
 };
 use diff_schedulers::{NoiseDtype, TorchGenerator};
@@ -539,9 +540,16 @@ impl Ctx<'_> {
         // As the file check (and diffusers' loading) does, a saved copy without files of the
         // variant is read from its plain files.
         let saved_dir = self.saved.join(self.name);
+        let names: Vec<String> = std::fs::read_dir(&saved_dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
         let variant = self
             .variant
-            .filter(|v| diff_models::weights::find_weight_files(&saved_dir, Some(v)).is_ok());
+            .filter(|v| diff_format::selection::has_variant_file(&names, v));
         let candidate = match load(&saved_dir, variant) {
             Ok((model, load_report)) => {
                 check_clean(&load_report, "the saved copy", &mut report.problems);
@@ -728,16 +736,13 @@ fn image_size(config: &Map<String, Value>) -> usize {
 
 fn forward_component(ctx: &Ctx<'_>) -> Result<Option<ForwardReport>, ValidateError> {
     let device = ctx.device;
-    let f32_ = DType::F32;
+    let opts = |variant: Option<&str>| ModelLoadOptions::new(device).with_variant(variant);
     let report = match (ctx.name, ctx.class) {
         ("unet", "UNet2DConditionModel") => {
             let config = ctx.config()?;
             let input = unet_input(ctx, &config)?;
             ctx.compare(
-                |dir, variant| {
-                    let options = diff_models::weights::LoadOptions::new().with_dtype(f32_);
-                    UNet2DConditionModel::from_pretrained(dir, variant, device, &options)
-                },
+                |dir, variant| UNet2DConditionModel::from_pretrained(dir, &opts(variant)),
                 |m| Ok(vec![out("sample", m.forward(input.clone())?)]),
             )?
         }
@@ -753,10 +758,7 @@ fn forward_component(ctx: &Ctx<'_>) -> Result<Option<ForwardReport>, ValidateErr
             let image = randn([1, in_channels, 8 * factor, 8 * factor], device);
             let latents = randn([1, latent_channels, 8, 8], device);
             ctx.compare(
-                |dir, variant| {
-                    let options = diff_models::weights::LoadOptions::new().with_dtype(f32_);
-                    AutoencoderKL::from_pretrained(dir, variant, device, &options)
-                },
+                |dir, variant| AutoencoderKL::from_pretrained(dir, &opts(variant)),
                 |m| {
                     let mean = m.encode(image.clone())?.mode();
                     Ok(vec![
@@ -769,7 +771,7 @@ fn forward_component(ctx: &Ctx<'_>) -> Result<Option<ForwardReport>, ValidateErr
         ("text_encoder", "CLIPTextModel") => {
             let ids = prompt_ids(ctx, &ctx.config()?)?;
             ctx.compare(
-                |dir, variant| CLIPTextModel::from_pretrained(dir, variant, device, f32_),
+                |dir, variant| CLIPTextModel::from_pretrained(dir, &opts(variant)),
                 |m| {
                     let out_ = m.forward(ids_tensor(&ids, device))?;
                     Ok(vec![
@@ -782,9 +784,7 @@ fn forward_component(ctx: &Ctx<'_>) -> Result<Option<ForwardReport>, ValidateErr
         (_, "CLIPTextModelWithProjection") => {
             let ids = prompt_ids(ctx, &ctx.config()?)?;
             ctx.compare(
-                |dir, variant| {
-                    CLIPTextModelWithProjection::from_pretrained(dir, variant, device, f32_)
-                },
+                |dir, variant| CLIPTextModelWithProjection::from_pretrained(dir, &opts(variant)),
                 |m| {
                     let out_ = m.forward(ids_tensor(&ids, device))?;
                     Ok(vec![
@@ -798,9 +798,7 @@ fn forward_component(ctx: &Ctx<'_>) -> Result<Option<ForwardReport>, ValidateErr
             let size = image_size(&ctx.config()?);
             let clip_input = randn([1, 3, size, size], device);
             ctx.compare(
-                |dir, variant| {
-                    StableDiffusionSafetyChecker::from_pretrained(dir, variant, device, f32_)
-                },
+                |dir, variant| StableDiffusionSafetyChecker::from_pretrained(dir, &opts(variant)),
                 |m| {
                     Ok(vec![out(
                         "image_embeds",
@@ -813,9 +811,7 @@ fn forward_component(ctx: &Ctx<'_>) -> Result<Option<ForwardReport>, ValidateErr
             let size = image_size(&ctx.config()?);
             let pixels = randn([1, 3, size, size], device);
             ctx.compare(
-                |dir, variant| {
-                    CLIPVisionModelWithProjection::from_pretrained(dir, variant, device, f32_)
-                },
+                |dir, variant| CLIPVisionModelWithProjection::from_pretrained(dir, &opts(variant)),
                 |m| {
                     Ok(vec![out(
                         "image_embeds",

@@ -3,6 +3,7 @@
 //! Tolerances (from `cases.json`): every pixel within 2/255, mean absolute error under 0.5/255.
 //! The final latents are compared too (same tolerances) to tell loop errors from decode errors.
 
+use diff_models::FromPretrained;
 use diff_pipelines::{
     CallArgs, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
 };
@@ -120,9 +121,8 @@ fn run_case(name: &str) {
     {
         let (checker, _) = diff_models::StableDiffusionSafetyChecker::from_pretrained(
             &dir.join(folder),
-            None,
-            &options.device,
-            diff_pipelines::DType::F32,
+            &diff_models::ModelLoadOptions::new(&options.device)
+                .with_dtype(diff_pipelines::DType::F32),
         )
         .unwrap();
         options.components.safety_checker = Passed::Replace(std::sync::Arc::new(checker));

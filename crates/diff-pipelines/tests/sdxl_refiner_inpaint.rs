@@ -6,6 +6,7 @@
 //! own first-stage latents to the second stage, so the chain is checked end to end, and compares
 //! the first stage's latents with diffusers' on the way.
 
+use diff_models::FromPretrained;
 use diff_pipelines::{
     CallArgs, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
     PipelineError,
@@ -112,9 +113,7 @@ fn load_stage(stage: &Value) -> DiffusionPipeline {
     if let Some(folder) = stage["unet_folder"].as_str() {
         let (unet, _) = diff_models::UNet2DConditionModel::from_pretrained(
             &fixtures().join(folder),
-            None,
-            &options.device,
-            &diff_models::weights::LoadOptions::new(),
+            &diff_models::ModelLoadOptions::new(&options.device),
         )
         .unwrap();
         options.components.unet = Passed::Replace(Arc::new(unet));
@@ -444,9 +443,7 @@ fn sdxl_inpaint_mismatched_latents_give_clear_errors() {
     };
     let (unet, _) = diff_models::UNet2DConditionModel::from_pretrained(
         &case_dir().join("unet-9ch"),
-        None,
-        &options.device,
-        &diff_models::weights::LoadOptions::new(),
+        &diff_models::ModelLoadOptions::new(&options.device),
     )
     .unwrap();
     options.components.unet = Passed::Replace(Arc::new(unet));

@@ -13,8 +13,7 @@
 //! string otherwise (`linear`).
 
 use anyhow::{Context, Result, bail};
-use burn_diffusers::models::AutoencoderKL;
-use burn_diffusers::models::weights::LoadOptions as ModelLoadOptions;
+use burn_diffusers::models::{AutoencoderKL, FromPretrained, ModelLoadOptions};
 use burn_diffusers::pipelines::image_processor::load_image;
 use burn_diffusers::pipelines::outputs::{load_latents, save_float_images, save_latents, save_png};
 use burn_diffusers::pipelines::single_file::{
@@ -205,8 +204,8 @@ fn numbered(path: &Path, index: usize, count: usize) -> PathBuf {
 /// of `--config` or of a folder / repo `--model`.
 fn load_vae(vae: &Path, args: &Args, options: &LoadOptions) -> Result<AutoencoderKL> {
     if vae.is_dir() {
-        let load = ModelLoadOptions::new().with_dtype(options.dtype);
-        let (model, _) = AutoencoderKL::from_pretrained(vae, None, &options.device, &load)
+        let load = ModelLoadOptions::new(&options.device).with_dtype(options.dtype);
+        let (model, _) = AutoencoderKL::from_pretrained(vae, &load)
             .with_context(|| format!("loading --vae {}", vae.display()))?;
         return Ok(model);
     }

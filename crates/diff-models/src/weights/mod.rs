@@ -9,8 +9,10 @@
 //! `gamma`/`beta` are PyTorch's `weight`/`bias`. Enum wrappers add no path segment.
 //!
 //! # Files
-//! [`load_component`] picks the file of a component folder for a variant (see [`files`]) and
-//! reads a single `.safetensors` file or every shard of a `.safetensors.index.json`; F32, F16,
+//! [`load_component`] picks the files of a component folder with diff-format's resolver
+//! ([`diff_format::model_files::resolve_model_files`]: diffusers' or transformers' rules, the
+//! variant, `use_safetensors`) and reads a single `.safetensors` file or every shard of a
+//! `.safetensors.index.json` ([`open_weights`]); F32, F16,
 //! BF16 (and F64) on disk become the dtype asked for in [`LoadOptions::dtype`] on the module's
 //! device. A single `.bin` pickle checkpoint is read through `diff_format::pickle`'s restricted
 //! reader (tensor storage only; any other global is refused, nothing is executed); a sharded
@@ -33,7 +35,6 @@
 //! size of the weights plus one tensor, not twice the weights.
 
 mod apply;
-pub mod files;
 pub mod source;
 
 use std::path::{Path, PathBuf};
@@ -43,7 +44,9 @@ use burn::module::Module;
 use burn::tensor::DType;
 
 use crate::ModelError;
-pub use files::{WeightFiles, find_weight_files};
+pub use diff_format::model_files::ModelWeights;
+pub use diff_format::weights::Naming;
+use diff_format::weights::WeightFormat;
 pub use source::{RawDType, TensorInfo, TensorSource};
 
 /// A checkpoint key rewrite, e.g. transformers' `PrefixChange(prefix_to_remove="text_model")`.
@@ -278,22 +281,52 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// Loads the weights of a component folder (`unet/`, `text_encoder/`, ...) for a variant into
-/// `module`, which must already live on the target device.
+/// The weight files a component folder loads, as the library named by `naming` resolves them
+/// for `variant` and `use_safetensors` (diff-format's resolver; its error names the folder and
+/// the file looked for, in the library's words).
+pub fn resolve_weights(
+    folder: &Path,
+    naming: Naming,
+    variant: Option<&str>,
+    use_safetensors: Option<bool>,
+) -> Result<ModelWeights, ModelError> {
+    Ok(diff_format::model_files::resolve_model_files(
+        folder,
+        naming,
+        variant,
+        use_safetensors,
+    )?)
+}
+
+/// Opens resolved weight files: one `.safetensors` or `.bin` file, or the shards of a
+/// `.safetensors` index. A sharded pickle checkpoint is [`ModelError::PickleNotSupported`].
+pub fn open_weights(weights: &ModelWeights) -> Result<TensorSource, ModelError> {
+    match (&weights.index, weights.format) {
+        (Some(index), WeightFormat::Safetensors) => TensorSource::open_index(index),
+        (Some(index), WeightFormat::Bin) => Err(ModelError::PickleNotSupported {
+            path: index.display().to_string(),
+        }),
+        (None, WeightFormat::Safetensors) => TensorSource::open_file(weights.entry()),
+        (None, WeightFormat::Bin) => TensorSource::open_pickle(weights.entry()),
+    }
+}
+
+/// Loads the weights of a component folder (`unet/`, `text_encoder/`, ...) into `module`, which
+/// must already live on the target device: the files are those [`resolve_weights`] chooses.
 pub fn load_component<M: Module>(
     module: M,
     folder: &Path,
+    naming: Naming,
     variant: Option<&str>,
+    use_safetensors: Option<bool>,
     options: &LoadOptions,
 ) -> Result<(M, LoadReport), ModelError> {
     let _span =
         tracing::info_span!("load_component", folder = %folder.display(), variant = ?variant)
             .entered();
-    match find_weight_files(folder, variant)? {
-        WeightFiles::Safetensors(path)
-        | WeightFiles::SafetensorsIndex(path)
-        | WeightFiles::Pickle(path) => load_file(module, &path, options),
-    }
+    let weights = resolve_weights(folder, naming, variant, use_safetensors)?;
+    let source = open_weights(&weights)?;
+    load_source(module, &source, options)
 }
 
 /// Loads one `.safetensors` file, `.safetensors.index.json` or `.bin` checkpoint into `module`.
