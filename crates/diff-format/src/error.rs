@@ -138,6 +138,16 @@ pub enum FormatError {
         tried: Vec<String>,
     },
 
+    /// An output path cannot be written safely: its folder is missing, or something other than
+    /// a regular file (a folder, a FIFO, a device, a socket) is already there.
+    #[error("cannot write {}: {reason}", path.display())]
+    OutputPath {
+        /// The path as given.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+
     /// A safetensors header is malformed; `kind` says how.
     #[error("{}: invalid safetensors header: {kind}", path.display())]
     SafetensorsHeader {
