@@ -212,7 +212,9 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ConvertError> 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.partial"));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let result = std::fs::write(&tmp, bytes)
+        .and_then(|()| set_saved_mode(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(ConvertError::io(path, e));
@@ -244,11 +246,27 @@ fn write_safetensors(
             reason: e.to_string(),
         });
     }
-    if let Err(e) = std::fs::rename(&tmp, path) {
+    if let Err(e) = set_saved_mode(&tmp).and_then(|()| std::fs::rename(&tmp, path)) {
         let _ = std::fs::remove_file(&tmp);
         return Err(ConvertError::io(path, e));
     }
     Ok(())
+}
+
+/// Gives a saved file mode 0644 (owner read-write, everyone read), what diffusers'
+/// `save_pretrained` gives its files under the usual umask, whatever mode the temporary file or
+/// a linked source had.
+fn set_saved_mode(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
 }
 
 /// Copies `from` to `to` without writing into an existing `to` (see [`write_file`]).
@@ -631,6 +649,7 @@ pub fn save_pipeline(src: &Path, dst: &Path, options: &SaveOptions) -> Result<()
         })
         .map(|(k, _)| k.clone())
         .collect();
+    check_not_inside(src, dst)?;
     for name in &components {
         if !is_plain_name(name) {
             return Err(ConvertError::BadJson {
@@ -836,21 +855,133 @@ fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\\')
 }
 
+/// `path` made absolute with `.` and `..` resolved, following symbolic links as far as the path
+/// exists (the rest is appended as written, without `.` / `..`).
+fn resolved(path: &Path) -> Result<PathBuf, ConvertError> {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| ConvertError::io(path, e))?
+            .join(path)
+    };
+    let mut existing = absolute.clone();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                match part.to_str() {
+                    Some(".") => {}
+                    Some("..") => {
+                        out.pop();
+                    }
+                    _ => out.push(part),
+                }
+            }
+            return Ok(out);
+        }
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => return Ok(absolute),
+        }
+    }
+}
+
+/// Refuses an output folder that is the source folder or lies inside it: the save would copy
+/// the folder into itself (`save SRC --out SRC/..`), or replace the source while reading it.
+pub(crate) fn check_not_inside(src: &Path, dst: &Path) -> Result<(), ConvertError> {
+    let (src_real, dst_real) = (resolved(src)?, resolved(dst)?);
+    if dst_real.starts_with(&src_real) {
+        return Err(ConvertError::OutputFolder {
+            path: dst.to_path_buf(),
+            reason: format!(
+                "it is the source folder {} or inside it; save to a folder outside the source",
+                src.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether process `pid` is alive. Only Linux can tell (through `/proc`); elsewhere every
+/// process counts as alive, so nothing of another save is ever touched.
+fn process_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
+
+/// Cleans up what saves to `base` in `parent` left when their process died: an
+/// `.<base>.incomplete-<pid>` folder is deleted; an `.<base>.previous-<pid>` folder (the process
+/// died between the two renames of the swap) is the previous destination: it is put back when
+/// the destination is missing, deleted otherwise.
+fn clean_stale(parent: &Path, base: &str, dst: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(&format!(".{base}.")) else {
+            continue;
+        };
+        let (kind, pid) = match rest.split_once('-') {
+            Some((kind @ ("incomplete" | "previous"), pid)) => match pid.parse::<u32>() {
+                Ok(pid) => (kind, pid),
+                Err(_) => continue,
+            },
+            _ => continue,
+        };
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        if kind == "previous" && !dst.exists() {
+            tracing::warn!("restoring {} from an interrupted save", dst.display());
+            let _ = std::fs::rename(&path, dst);
+        } else {
+            tracing::info!("removing {} left by an interrupted save", path.display());
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 /// Runs `fill` on a fresh temporary folder seeded with links to `dst`'s current files, then
-/// swaps it in place of `dst` (see the module doc).
+/// swaps it in place of `dst` (see the module doc). `dst` must be a folder or not exist: an
+/// existing file there is an error and stays untouched. Temporary folders left by saves to the
+/// same destination whose process died are cleaned up first.
 pub fn atomic_folder(
     dst: &Path,
     fill: impl FnOnce(&Path) -> Result<(), ConvertError>,
 ) -> Result<(), ConvertError> {
+    let given = dst;
+    // `.`, `..` and `out/.` have no usable file name: work on the resolved path.
+    let dst = &resolved(dst)?;
+    let refuse = |reason: String| ConvertError::OutputFolder {
+        path: given.to_path_buf(),
+        reason,
+    };
+    if let Ok(meta) = std::fs::metadata(dst)
+        && !meta.is_dir()
+    {
+        return Err(refuse(
+            "a file is there; refusing to replace it with a folder (remove it or pick another path)"
+                .into(),
+        ));
+    }
     let parent = match dst.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+        _ => return Err(refuse("it is the root folder".into())),
     };
     std::fs::create_dir_all(&parent).map_err(|e| ConvertError::io(&parent, e))?;
     let base = dst
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
+    clean_stale(&parent, &base, dst);
     let pid = std::process::id();
     let tmp = parent.join(format!(".{base}.incomplete-{pid}"));
     let old = parent.join(format!(".{base}.previous-{pid}"));

@@ -201,6 +201,19 @@ fn numbered(path: &Path, index: usize, count: usize) -> PathBuf {
     path.with_file_name(format!("{stem}-{}.{ext}", index + 1))
 }
 
+/// `--out` writes PNG bytes: refuse another image extension rather than write PNG bytes under
+/// a `.jpg` name (diffusers users pick the format by the name given to `Image.save`).
+fn check_png_name(path: &Path) -> Result<()> {
+    match path.extension().and_then(|e| e.to_str()) {
+        None => Ok(()),
+        Some(ext) if ext.eq_ignore_ascii_case("png") => Ok(()),
+        Some(ext) => bail!(
+            "--out {}: only PNG is written; use a .png name (got .{ext})",
+            path.display()
+        ),
+    }
+}
+
 /// The `--vae` model: a diffusers folder as it is, a single file converted with the VAE config
 /// of `--config` or of a folder / repo `--model`.
 fn load_vae(vae: &Path, args: &Args, options: &LoadOptions) -> Result<AutoencoderKL> {
@@ -244,10 +257,40 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(w) = args.width.filter(|w| sized && w % 8 != 0) {
         bail!("--width {w} is not a multiple of 8");
     }
+    super::check_steps(args.steps, super::MAX_GENERATE_STEPS)?;
+    if let (Some(h), Some(w)) = (args.height.filter(|_| sized), args.width.filter(|_| sized)) {
+        super::check_pixels(h, w)?;
+    } else if let Some(side) = args.height.or(args.width).filter(|_| sized) {
+        // One side given: the other is at least 8 (the smallest multiple of 8).
+        super::check_pixels(side, 8)?;
+    }
     if args.num_images == 0 {
         // diffusers fails on an empty batch (a reshape of 0 elements); say why instead.
         bail!("--num-images 0: at least one image per prompt is needed");
     }
+    // Check every output path before any work, so a missing folder or a path that is a folder,
+    // FIFO or device fails now, not after the denoising loop.
+    let out = match &args.out {
+        Some(p) => {
+            check_png_name(p)?;
+            let count = args.num_images;
+            for i in 0..count {
+                super::check_out("--out", &numbered(p, i, count))?;
+            }
+            Some(p.clone())
+        }
+        None => None,
+    };
+    let out_array = args
+        .out_array
+        .as_deref()
+        .map(|p| super::check_out("--out-array", p))
+        .transpose()?;
+    let out_latents = args
+        .out_latents
+        .as_deref()
+        .map(|p| super::check_out("--out-latents", p))
+        .transpose()?;
     // Read inputs before loading models, so a bad file fails fast.
     let image = match &args.image {
         Some(p) => Some(load_image(p).with_context(|| format!("reading --image {}", p.display()))?),
@@ -416,7 +459,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let out = pipe.call(&call, Some(&mut on_step))?;
     bar.finish_and_clear();
-    if let Some(path) = &args.out_latents {
+    if let Some(path) = &out_latents {
         save_latents(path, &out.latents)?;
         eprintln!(
             "wrote {} ({:?} float32 latents under `latents`)",
@@ -429,14 +472,16 @@ pub fn run(args: Args) -> Result<()> {
         .images
         .as_ref()
         .context("the pipeline returned no images")?;
-    if let Some(path) = &args.out {
+    if let Some(path) = &out {
         for (i, img) in images.to_rgb8_all().iter().enumerate() {
             let p = numbered(path, i, images.count);
-            save_png(&p, img)?;
+            // Re-checked: the folder may have changed during the loop. The checked target is
+            // written (the end of a symbolic link), never a folder, FIFO or device.
+            save_png(&super::check_out("--out", &p)?, img)?;
             eprintln!("wrote {}", p.display());
         }
     }
-    if let Some(path) = &args.out_array {
+    if let Some(path) = &out_array {
         save_float_images(path, images)?;
         eprintln!(
             "wrote {} ([{}, {}, {}, 3] float32 under `images`)",
@@ -534,6 +579,52 @@ mod tests {
         );
         let png = load_image(&dir.join("out.png")).unwrap();
         assert_eq!(png.dimensions(), (32, 32));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// Issue 18: outputs, steps and sizes are checked before any model is loaded (the model
+    /// path does not exist here, so reaching the loader would give another message).
+    #[test]
+    fn hostile_outputs_and_sizes_are_refused_up_front() {
+        let dir = scratch("hostile");
+        let err = |args: Args| format!("{:#}", run(args).unwrap_err());
+        let quick = |out_dir: &Path| Args {
+            model: dir.join("no/such/model").display().to_string(),
+            out_array: None,
+            ..base_args(out_dir)
+        };
+        let msg = err(quick(&dir.join("missing-folder")));
+        assert!(
+            msg.contains("--out") && msg.contains("does not exist"),
+            "{msg}"
+        );
+        std::fs::create_dir_all(dir.join("out.png")).unwrap();
+        let msg = err(quick(&dir));
+        assert!(msg.contains("a folder"), "{msg}");
+        std::fs::remove_dir(dir.join("out.png")).unwrap();
+        let msg = err(Args {
+            out: Some(PathBuf::from("/dev/null")),
+            ..quick(&dir)
+        });
+        assert!(msg.contains("character device"), "{msg}");
+        let msg = err(Args {
+            out: Some(dir.join("x.jpg")),
+            ..quick(&dir)
+        });
+        assert!(msg.contains("only PNG"), "{msg}");
+        let msg = err(Args {
+            steps: usize::MAX,
+            ..quick(&dir)
+        });
+        assert!(msg.contains("--steps") && msg.contains("limit"), "{msg}");
+        for (h, w) in [(100_000, 100_000), (4_294_967_288, 8), (8, usize::MAX - 7)] {
+            let msg = err(Args {
+                height: Some(h),
+                width: Some(w),
+                ..quick(&dir)
+            });
+            assert!(msg.contains("pixels") && msg.contains("limit"), "{msg}");
+        }
         std::fs::remove_dir_all(dir).ok();
     }
 
