@@ -196,7 +196,10 @@ pub enum HeaderError {
         dtype: String,
     },
     /// Multiplying out a tensor's shape and element size overflows 64 bits.
-    #[error("tensor `{tensor}`: shape {shape:?} overflows when computing its byte size")]
+    #[error(
+        "tensor `{tensor}`: shape {} overflows when computing its byte size",
+        short_shape(shape)
+    )]
     Overflow {
         /// The tensor name.
         tensor: String,
@@ -273,6 +276,17 @@ impl FormatError {
             column: err.column(),
         }
     }
+}
+
+/// A shape for a message: in full up to 8 dimensions, else its first 8 and the count, so a
+/// hostile 100,000-dimension shape gives a one-line message rather than 300 KB.
+pub fn short_shape<T: std::fmt::Debug>(shape: &[T]) -> String {
+    const SHOWN: usize = 8;
+    if shape.len() <= SHOWN {
+        return format!("{shape:?}");
+    }
+    let head: Vec<String> = shape[..SHOWN].iter().map(|d| format!("{d:?}")).collect();
+    format!("[{}, ... ({} dimensions)]", head.join(", "), shape.len())
 }
 
 /// Describes a JSON value's type in words for error messages ("a string", "an array" ...).

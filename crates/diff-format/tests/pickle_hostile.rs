@@ -89,7 +89,11 @@ fn a_valid_hand_built_checkpoint_reads() {
 
 #[test]
 fn element_count_times_size_overflowing_is_a_typed_error() {
-    for shape in [vec![1u64 << 62], vec![1 << 40, 1 << 40], vec![u64::MAX >> 1, 3]] {
+    for shape in [
+        vec![1u64 << 62],
+        vec![1 << 40, 1 << 40],
+        vec![u64::MAX >> 1, 3],
+    ] {
         let stride = vec![0; shape.len()];
         let root = state_dict(&[("w", "0", 1, shape.clone(), stride)]);
         let ckpt = open(legacy(&root, &[("0", 1)]));
@@ -115,7 +119,10 @@ fn stride_zero_views_of_one_element_are_refused_before_allocating() {
     let ckpt = open(bytes);
     let started = std::time::Instant::now();
     let err = ckpt.read_state_dict().expect_err("refused");
-    assert!(matches!(err, PickleError::MaterializeBudget { .. }), "{err}");
+    assert!(
+        matches!(err, PickleError::MaterializeBudget { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("budget"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
@@ -131,7 +138,10 @@ fn many_tensors_aliasing_one_storage_count_against_the_budget() {
         .collect();
     let ckpt = open(legacy(&state_dict(&tensors), &[("0", 100_000)]));
     let err = ckpt.read_state_dict().expect_err("refused");
-    assert!(matches!(err, PickleError::MaterializeBudget { .. }), "{err}");
+    assert!(
+        matches!(err, PickleError::MaterializeBudget { .. }),
+        "{err}"
+    );
     // The budget can be raised by a caller that expects this much (known parameter count).
     let ckpt = ckpt.with_materialize_limit(100 << 20);
     assert_eq!(ckpt.read_state_dict().expect("within budget").len(), 200);
@@ -192,4 +202,22 @@ mod fuzz {
             }
         }
     }
+}
+
+#[test]
+fn a_100000_dimension_shape_gives_a_short_message() {
+    // One element in a 100,000-dimension view of an empty storage: out of bounds, and the
+    // message names the layout.
+    let shape = vec![1u64; 100_000];
+    let stride = vec![1u64; 100_000];
+    let root = state_dict(&[("w", "0", 0, shape, stride)]);
+    let ckpt = open(legacy(&root, &[("0", 0)]));
+    let msg = ckpt.read_state_dict().expect_err("refused").to_string();
+    assert!(msg.len() < 1000, "{} bytes", msg.len());
+    assert!(msg.contains("(100000 dimensions)"), "{msg}");
+    assert_eq!(diff_format::short_shape(&[1, 2, 3]), "[1, 2, 3]");
+    assert_eq!(
+        diff_format::short_shape(&[7u8; 9]),
+        "[7, 7, 7, 7, 7, 7, 7, 7, ... (9 dimensions)]"
+    );
 }

@@ -270,7 +270,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Check every output path before any work, so a missing folder or a path that is a folder,
     // FIFO or device fails now, not after the denoising loop.
-    let out = match &args.out {
+    let out_png = match &args.out {
         Some(p) => {
             check_png_name(p)?;
             let count = args.num_images;
@@ -291,6 +291,14 @@ pub fn run(args: Args) -> Result<()> {
         .as_deref()
         .map(|p| super::check_out("--out-latents", p))
         .transpose()?;
+    for (flag, path) in [
+        ("--latents", &args.latents),
+        ("--image-latents", &args.image_latents),
+    ] {
+        if let Some(p) = path {
+            super::check_latents_file(flag, p)?;
+        }
+    }
     // Read inputs before loading models, so a bad file fails fast.
     let image = match &args.image {
         Some(p) => Some(load_image(p).with_context(|| format!("reading --image {}", p.display()))?),
@@ -472,7 +480,7 @@ pub fn run(args: Args) -> Result<()> {
         .images
         .as_ref()
         .context("the pipeline returned no images")?;
-    if let Some(path) = &out {
+    if let Some(path) = &out_png {
         for (i, img) in images.to_rgb8_all().iter().enumerate() {
             let p = numbered(path, i, images.count);
             // Re-checked: the folder may have changed during the loop. The checked target is

@@ -70,6 +70,62 @@ pub fn check_card_field(flag: &str, value: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// Checks a `--latents` / `--image-latents` file before the pipeline reads it, with the
+/// reader's rules (the tensor `latents`, or the only tensor; float32, float16 or bfloat16;
+/// `[N, C, h, w]`), so that a wrong file gets a message saying what is wrong with it.
+pub fn check_latents_file(flag: &str, path: &Path) -> Result<()> {
+    use burn_diffusers::format::short_shape;
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{flag} {}: not a valid safetensors file: {e}",
+            path.display()
+        )
+    })?;
+    let mut names = st.names();
+    names.sort();
+    let name = if names.contains(&"latents") {
+        "latents"
+    } else if let [only] = names.as_slice() {
+        only
+    } else {
+        let shown: Vec<&str> = names.iter().take(8).copied().collect();
+        bail!(
+            "{flag} {}: expected a tensor named `latents` or a single tensor, found {} tensors ({}{})",
+            path.display(),
+            names.len(),
+            shown.join(", "),
+            if names.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    };
+    let view = st
+        .tensor(name)
+        .map_err(|e| anyhow::anyhow!("{flag} {}: `{name}`: {e}", path.display()))?;
+    if !matches!(
+        view.dtype(),
+        safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+    ) {
+        bail!(
+            "{flag} {}: `{name}` has dtype {:?}; expected F32, F16 or BF16",
+            path.display(),
+            view.dtype()
+        );
+    }
+    if view.shape().len() != 4 {
+        bail!(
+            "{flag} {}: `{name}` has shape {}; expected 4 dimensions [N, C, h, w]",
+            path.display(),
+            short_shape(view.shape())
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +141,59 @@ mod tests {
         assert!(check_pixels(usize::MAX, usize::MAX).is_err());
         let msg = check_pixels(100_000, 100_000).unwrap_err().to_string();
         assert!(msg.contains("MAX_IMAGE_PIXELS"), "{msg}");
+    }
+
+    /// Issue 18: wrong latents files say what is wrong, not "invalid JSON".
+    #[test]
+    fn latents_files_get_precise_messages() {
+        use safetensors::tensor::TensorView;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, tensors: Vec<(&str, safetensors::Dtype, Vec<usize>)>| {
+            let data: Vec<Vec<u8>> = tensors
+                .iter()
+                .map(|(_, d, s)| vec![0u8; s.iter().product::<usize>() * d.bitsize() / 8])
+                .collect();
+            let views: Vec<(&str, TensorView<'_>)> = tensors
+                .iter()
+                .zip(&data)
+                .map(|((n, d, s), b)| (*n, TensorView::new(*d, s.clone(), b).unwrap()))
+                .collect();
+            let path = dir.path().join(name);
+            std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+            path
+        };
+        let f32 = safetensors::Dtype::F32;
+        let ok = write("ok.safetensors", vec![("x", f32, vec![1, 4, 8, 8])]);
+        assert!(check_latents_file("--latents", &ok).is_ok());
+        let two = write(
+            "two.safetensors",
+            vec![("a", f32, vec![1, 4, 8, 8]), ("b", f32, vec![1, 4, 8, 8])],
+        );
+        let msg = check_latents_file("--latents", &two)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("found 2 tensors (a, b)") && !msg.contains("JSON"),
+            "{msg}"
+        );
+        let int = write(
+            "i.safetensors",
+            vec![("latents", safetensors::Dtype::I64, vec![1, 4, 8, 8])],
+        );
+        let msg = check_latents_file("--latents", &int)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("dtype I64"), "{msg}");
+        let flat = write("f.safetensors", vec![("latents", f32, vec![1; 200])]);
+        let msg = check_latents_file("--latents", &flat)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("(200 dimensions)") && msg.len() < 400, "{msg}");
+        let junk = dir.path().join("junk.safetensors");
+        std::fs::write(&junk, b"not a tensor file").unwrap();
+        let msg = check_latents_file("--latents", &junk)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not a valid safetensors file"), "{msg}");
     }
 }

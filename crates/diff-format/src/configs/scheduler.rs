@@ -271,7 +271,11 @@ pub fn from_config<C: SchedulerConfigClass>(
         serde_path_to_error::deserialize(Value::Object(init.clone())).map_err(|err| {
             SchedulerConfigError::Invalid {
                 class: C::CLASS_NAME,
-                message: format!("key `{}`: {}", err.path(), err.inner()),
+                message: format!(
+                    "key `{}`: {}",
+                    err.path(),
+                    crate::json::clean_message(&err.inner().to_string())
+                ),
             }
         })?;
     let extra = built.extra_mut();
@@ -1139,6 +1143,24 @@ mod tests {
         cfg.insert("trained_betas".into(), json!([0.0001, 0.02]));
         cfg.insert("num_train_timesteps".into(), json!(2));
         assert!(from_config::<DDIMSchedulerConfig>(&cfg, &Map::new()).is_ok());
+    }
+
+    /// Issue 18: a NaN literal where a finite number is needed is named as such, without the
+    /// internal marker string.
+    #[test]
+    fn nan_literal_message_is_clean() {
+        let text = "{\"_class_name\": \"DDIMScheduler\", \"beta_start\": NaN}";
+        let Value::Object(cfg) = crate::json::loads(text).expect("python json") else {
+            panic!("not an object");
+        };
+        let msg = from_config::<DDIMSchedulerConfig>(&cfg, &Map::new())
+            .expect_err("NaN is not an f64 here")
+            .to_string();
+        assert!(msg.contains("beta_start") && msg.contains("NaN"), "{msg}");
+        assert!(
+            !msg.contains("python-float") && !msg.contains('\0'),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -919,8 +919,10 @@ pub(crate) fn materialize(
         path: path.to_path_buf(),
         tensor: name.to_string(),
         layout: format!(
-            "shape {:?}, stride {:?}, offset {}",
-            info.shape, info.stride, info.storage_offset
+            "shape {}, stride {}, offset {}",
+            crate::short_shape(&info.shape),
+            crate::short_shape(&info.stride),
+            info.storage_offset
         ),
         key: info.storage_key.clone(),
         needed,
