@@ -201,6 +201,42 @@ fn numbered(path: &Path, index: usize, count: usize) -> PathBuf {
     path.with_file_name(format!("{stem}-{}.{ext}", index + 1))
 }
 
+/// The default output size is the UNet's `sample_size` times the VAE scale factor: for a
+/// local folder, check it against the pixel limit before any model is loaded (a `sample_size`
+/// of 1e9 would otherwise allocate latents of exabytes). Configs that do not load are left to
+/// the loader, which names the file and key.
+fn check_default_size(model: &str, height: Option<usize>, width: Option<usize>) -> Result<()> {
+    use burn_diffusers::format::configs::unet::{SampleSize, UNet2DConditionConfig};
+    use burn_diffusers::format::configs::vae::AutoencoderKLConfig;
+    use burn_diffusers::format::load_config;
+    let folder = Path::new(model);
+    if !folder.is_dir() {
+        return Ok(());
+    }
+    let Ok(unet) = load_config::<UNet2DConditionConfig>(folder.join("unet/config.json")) else {
+        return Ok(());
+    };
+    let scale: u64 = load_config::<AutoencoderKLConfig>(folder.join("vae/config.json"))
+        .ok()
+        .map_or(8, |v| {
+            1u64.checked_shl(v.block_out_channels.len().saturating_sub(1) as u32)
+                .unwrap_or(u64::MAX)
+        });
+    let (h, w) = match unet.sample_size {
+        Some(SampleSize::Square(s)) => (s, s),
+        Some(SampleSize::HeightWidth(hw)) if hw.len() == 2 => (hw[0], hw[1]),
+        _ => return Ok(()),
+    };
+    let side = |given: Option<usize>, default: u64| {
+        given.map_or(default.saturating_mul(scale), |g| g as u64)
+    };
+    let (h, w) = (side(height, h), side(width, w));
+    let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    super::check_pixels(clamp(h), clamp(w)).with_context(|| {
+        format!("the default output size comes from {model}/unet/config.json `sample_size`; pass --height and --width")
+    })
+}
+
 /// `--out` writes PNG bytes: refuse another image extension rather than write PNG bytes under
 /// a `.jpg` name (diffusers users pick the format by the name given to `Image.save`).
 fn check_png_name(path: &Path) -> Result<()> {
@@ -263,6 +299,9 @@ pub fn run(args: Args) -> Result<()> {
     } else if let Some(side) = args.height.or(args.width).filter(|_| sized) {
         // One side given: the other is at least 8 (the smallest multiple of 8).
         super::check_pixels(side, 8)?;
+    }
+    if sized && (args.height.is_none() || args.width.is_none()) {
+        check_default_size(&args.model, args.height, args.width)?;
     }
     if args.num_images == 0 {
         // diffusers fails on an empty batch (a reshape of 0 elements); say why instead.
@@ -404,6 +443,26 @@ pub fn run(args: Args) -> Result<()> {
                 .copied()
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+    }
+    // diffusers' `__call__`s take `denoising_end` only in the SDXL pipelines and
+    // `denoising_start` only in SDXL img2img / inpaint; elsewhere Python raises a TypeError for
+    // the unexpected keyword, so refuse rather than ignore them.
+    if args.denoising_end.is_some() && !pipe.class().is_xl() {
+        bail!(
+            "--denoising-end is for the SDXL pipelines; {} does not take `denoising_end`",
+            pipe.class().name()
+        );
+    }
+    if args.denoising_start.is_some()
+        && !matches!(
+            pipe.class(),
+            PipelineClass::StableDiffusionXLImg2Img | PipelineClass::StableDiffusionXLInpaint
+        )
+    {
+        bail!(
+            "--denoising-start is for SDXL img2img / inpaint (pass --image or --image-latents); {} does not take `denoising_start`",
+            pipe.class().name()
         );
     }
     // diffusers' img2img pipelines take no height/width (`**kwargs` swallows them): the output
@@ -625,6 +684,24 @@ mod tests {
             ..quick(&dir)
         });
         assert!(msg.contains("--steps") && msg.contains("limit"), "{msg}");
+        // A UNet config whose sample_size asks for a huge default size.
+        let huge = dir.join("huge-unet");
+        std::fs::create_dir_all(huge.join("unet")).unwrap();
+        std::fs::write(
+            huge.join("unet/config.json"),
+            br#"{"sample_size": 1000000000}"#,
+        )
+        .unwrap();
+        let msg = err(Args {
+            model: huge.display().to_string(),
+            height: None,
+            width: None,
+            ..quick(&dir)
+        });
+        assert!(
+            msg.contains("sample_size") && msg.contains("limit"),
+            "{msg}"
+        );
         for (h, w) in [(100_000, 100_000), (4_294_967_288, 8), (8, usize::MAX - 7)] {
             let msg = err(Args {
                 height: Some(h),
@@ -672,6 +749,17 @@ mod tests {
             msg.contains("neither a valid local path nor a valid repo id"),
             "{msg}"
         );
+        // diffusers' StableDiffusionPipeline raises on `denoising_end` / `denoising_start`.
+        let msg = err(Args {
+            denoising_end: Some(0.5),
+            ..base_args(&dir)
+        });
+        assert!(msg.contains("--denoising-end is for the SDXL"), "{msg}");
+        let msg = err(Args {
+            denoising_start: Some(0.5),
+            ..base_args(&dir)
+        });
+        assert!(msg.contains("--denoising-start is for SDXL"), "{msg}");
         let msg = err(Args {
             scheduler: Some("NoSuchScheduler".into()),
             ..base_args(&dir)
