@@ -63,8 +63,11 @@ fn legacy(root: &[u8], storages: &[(&str, u64)]) -> Vec<u8> {
     out
 }
 
+/// One tensor of a hand-built state dict: name, storage key, storage elements, shape, stride.
+type TensorSpec<'a> = (&'a str, &'a str, u64, Vec<u64>, Vec<u64>);
+
 /// A state dict `{name: tensor, ...}` as the body of an object pickle.
-fn state_dict(tensors: &[(&str, &str, u64, Vec<u64>, Vec<u64>)]) -> Vec<u8> {
+fn state_dict(tensors: &[TensorSpec<'_>]) -> Vec<u8> {
     let mut out = vec![b'}', b'('];
     for (name, key, numel, shape, stride) in tensors {
         s(&mut out, name);
