@@ -152,6 +152,20 @@ fn save_and_convert_never_replace_a_file_at_out() {
         .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("inside it"), "{}", stderr(&out));
+    // convert checks --out before reading the checkpoint (this VAE-only file would otherwise
+    // fail family detection first).
+    let ckpt = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/51-single-file/sd1_vae/vae.safetensors");
+    let out = bin()
+        .arg("convert")
+        .arg(&ckpt)
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("a file is there"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
 }
 
 #[test]

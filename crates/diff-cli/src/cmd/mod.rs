@@ -56,6 +56,21 @@ pub fn check_out(flag: &str, path: &Path) -> Result<PathBuf> {
     burn_diffusers::format::fsutil::output_target(path).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
 }
 
+/// Checks an output folder given as `flag` (`save --out`, `convert --out`) before any work: an
+/// existing file there is an error and stays untouched (the save would otherwise refuse it
+/// only after converting everything).
+pub fn check_out_folder(flag: &str, path: &Path) -> Result<()> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_dir()
+    {
+        bail!(
+            "{flag} {}: a file is there; refusing to replace it with a folder (remove it or pick another path)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Checks a model-card field given on the command line (`--license`, `--base-model`): one line
 /// of printable text, so it cannot end the card's YAML front matter or add keys to it.
 pub fn check_card_field(flag: &str, value: Option<&str>) -> Result<()> {
