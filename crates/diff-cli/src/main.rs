@@ -41,12 +41,45 @@ enum Command {
     Schedule(cmd::schedule::Args),
 }
 
+/// The log filter: `RUST_LOG` (default `warn`), with the HTTP library's wire dump switched off
+/// whatever `RUST_LOG` says, since it holds the `authorization` header
+/// (`burn_diffusers::hub::SECRET_LOG_TARGETS`): no log level ever shows the token.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let mut filter = rust_log
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
+    for target in burn_diffusers::hub::SECRET_LOG_TARGETS {
+        if let Ok(directive) = format!("{target}=off").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
+/// The error and its causes, one `: `-separated line, as anyhow's `{:#}` prints them, except
+/// that a cause already quoted by the message before it (an OS error that a library error
+/// includes in its own text) is not printed twice, and control characters (terminal escape
+/// sequences in a server's file name) are escaped.
+fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if previous.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        previous = text;
+    }
+    burn_diffusers::hub::printable(&line)
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -63,8 +96,30 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_line(&err));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_errors_are_printed_once_and_control_characters_escaped() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let inner = burn_diffusers::format::FormatError::io("x\u{1b}[2J.json", io);
+        let err = anyhow::Error::new(inner).context("reading the config");
+        let line = error_line(&err);
+        assert_eq!(line.matches("No such file").count(), 1, "{line}");
+        assert!(
+            line.starts_with("reading the config: I/O error on x"),
+            "{line}"
+        );
+        assert!(
+            !line.contains('\u{1b}') && line.contains("\\u{1b}"),
+            "{line}"
+        );
     }
 }

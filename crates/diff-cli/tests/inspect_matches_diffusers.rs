@@ -107,8 +107,9 @@ fn inspect_fails_clearly_for_a_missing_variant() {
 }
 
 #[test]
-fn inspect_warns_when_a_model_component_would_load_nothing() {
-    // tiny-sd ships safetensors only; diffusers with use_safetensors=False selects no weights.
+fn inspect_fails_when_a_model_component_would_load_nothing() {
+    // tiny-sd ships safetensors only; diffusers with use_safetensors=False selects no weights,
+    // so loading fails: each component is a problem, and inspect exits non-zero (issue 18).
     let folder = fixtures().join("tiny-sd");
     let (ok, report, stderr) = inspect(&[
         folder.to_str().unwrap(),
@@ -116,15 +117,16 @@ fn inspect_warns_when_a_model_component_would_load_nothing() {
         "--use-safetensors",
         "false",
     ]);
-    assert!(ok, "{stderr}");
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("4 problem(s)"), "{stderr}");
     assert!(set(&report["weight_files"]).is_empty());
-    let warnings = set(&report["warnings"]);
+    let problems = set(&report["problems"]);
     for component in ["safety_checker", "text_encoder", "unet", "vae"] {
         assert!(
-            warnings
+            problems
                 .iter()
                 .any(|w| w.contains(&format!("`{component}`"))),
-            "no warning for {component}: {warnings:?}"
+            "no problem for {component}: {problems:?}"
         );
     }
 }
@@ -138,7 +140,19 @@ fn inspect_reads_pickle_weights_without_executing_them() {
     .unwrap();
     let folder = fixtures().join("format/bin-vae");
     let (ok, report, stderr) = inspect(&[folder.to_str().unwrap(), "--json"]);
-    assert!(ok, "{stderr}");
+    // The folder holds only the VAE of a StableDiffusionPipeline: the report is complete, and
+    // the missing required components are problems (issue 18), so the exit status is 1.
+    assert!(!ok, "{stderr}");
+    let problems = set(&report["problems"]);
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    for component in ["text_encoder", "tokenizer", "unet", "scheduler"] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(&format!("`{component}` is required"))),
+            "{problems:?}"
+        );
+    }
     let file = want["file"].as_str().unwrap().to_owned();
     assert_eq!(set(&report["weight_files"]), BTreeSet::from([file]));
     let vae = &report["components"][0];
@@ -202,4 +216,91 @@ fn inspect_resolves_a_repo_id_from_the_offline_cache() {
         .find(|r| r["pipeline"] == "tiny-sd" && r["variant"] == "fp16")
         .unwrap();
     assert_eq!(set(&report["weight_files"]), set(&want["loaded_files"]));
+}
+
+/// Issue 18: every reason `generate` could not load a folder is reported, with its reason, and
+/// the exit status is non-zero; the inputs are the tiny-sd fixture with one thing broken each.
+#[test]
+fn inspect_reports_every_load_problem_with_its_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fresh = |name: &str| {
+        let dir = tmp.path().join(name);
+        copy_tree(&fixtures().join("tiny-sd"), &dir);
+        dir
+    };
+    let edit_json = |path: &Path, key: &str, value: Value| {
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        v[key] = value;
+        std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    };
+    let problems_of = |dir: &Path| {
+        let (ok, report, stderr) = inspect(&[dir.to_str().unwrap(), "--json"]);
+        assert!(!ok, "{}: {stderr}", dir.display());
+        assert!(stderr.contains("problem(s)"), "{stderr}");
+        set(&report["problems"])
+    };
+    let has = |problems: &BTreeSet<String>, needle: &str| {
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "no `{needle}` in {problems:?}"
+        );
+    };
+
+    let unknown = fresh("unknown");
+    edit_json(
+        &unknown.join("model_index.json"),
+        "_class_name",
+        Value::from("NoSuchPipeline"),
+    );
+    has(
+        &problems_of(&unknown),
+        "pipeline class `NoSuchPipeline` is not one",
+    );
+
+    let wrong_type = fresh("wrong-type");
+    edit_json(
+        &wrong_type.join("unet/config.json"),
+        "sample_size",
+        Value::from("big"),
+    );
+    let p = problems_of(&wrong_type);
+    has(&p, "component `unet` (UNet2DConditionModel)");
+    has(&p, "sample_size");
+
+    let null_unet = fresh("null-unet");
+    edit_json(
+        &null_unet.join("model_index.json"),
+        "unet",
+        serde_json::json!([null, null]),
+    );
+    has(&problems_of(&null_unet), "component `unet` is [null, null]");
+
+    let no_folder = fresh("no-folder");
+    std::fs::remove_dir_all(no_folder.join("unet")).unwrap();
+    has(&problems_of(&no_folder), "its folder unet/ is missing");
+
+    let bad_scheduler = fresh("bad-scheduler");
+    edit_json(
+        &bad_scheduler.join("scheduler/scheduler_config.json"),
+        "num_train_timesteps",
+        Value::from(0),
+    );
+    has(&problems_of(&bad_scheduler), "num_train_timesteps");
+
+    // A pickle that calls os.system (`posix.system`): refused, with the reason.
+    let refused = fresh("refused-pickle");
+    for f in std::fs::read_dir(refused.join("vae")).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e == "safetensors") {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    std::fs::copy(
+        fixtures().join("50-convert/pickle/malicious_os_system.bin"),
+        refused.join("vae/diffusion_pytorch_model.bin"),
+    )
+    .unwrap();
+    let p = problems_of(&refused);
+    has(&p, "vae/diffusion_pytorch_model.bin cannot be loaded");
+    has(&p, "system`, which is not allowed");
 }

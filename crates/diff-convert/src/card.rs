@@ -38,10 +38,40 @@ fn yaml_scalar(s: &str) -> String {
             .all(|c| c.is_ascii_alphanumeric() || "-_./+".contains(c))
         && !s.starts_with(['-', '.']);
     if plain {
-        s.to_string()
-    } else {
-        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+        return s.to_string();
     }
+    // A YAML double-quoted scalar with every control character escaped, so a newline in a
+    // license or base model can never end the front matter or add a key.
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' || c == '\u{feff}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `s` on one line for the card's Markdown body: control characters shown as `\u{..}`.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The text of a new card for a pipeline of class `class_name`.
@@ -61,7 +91,8 @@ pub fn render_model_card(class_name: &str, options: &ModelCardOptions) -> String
         yaml_scalar(&format!("diffusers:{class_name}"))
     ));
     out.push_str("- burn-diffusers\n---\n\n");
-    let repo = options.repo_id.as_deref().unwrap_or("<this-repo>");
+    let repo = one_line(options.repo_id.as_deref().unwrap_or("<this-repo>"));
+    let class_name = &one_line(class_name);
     out.push_str(&format!("# {repo}\n\n"));
     out.push_str(&format!(
         "A 🧨 diffusers `{class_name}` saved in the diffusers layout by burn-diffusers.\n\n"
@@ -155,6 +186,49 @@ mod tests {
             populate_existing_card("# Bare\n"),
             "---\nlibrary_name: diffusers\n---\n# Bare\n"
         );
+    }
+
+    /// Issue 18: newlines and other control characters in `--license` / `--base-model` stay
+    /// inside one quoted YAML scalar, so the front matter keeps exactly its keys.
+    #[test]
+    fn control_characters_cannot_break_the_front_matter() {
+        let card = render_model_card(
+            "StableDiffusionPipeline\n---\nevil: 1",
+            &ModelCardOptions {
+                repo_id: Some("me/x\n# injected".into()),
+                license: Some("mit\n---\npipeline_tag: evil".into()),
+                base_model: Some("a\"b\\c\u{1b}[31m\r\t".into()),
+            },
+        );
+        let front = card
+            .strip_prefix("---\n")
+            .and_then(|rest| rest.split_once("\n---\n"))
+            .map(|(front, _)| front)
+            .unwrap();
+        assert!(
+            front.contains("license: \"mit\\n---\\npipeline_tag: evil\"\n"),
+            "{front}"
+        );
+        assert!(
+            front.contains("base_model: \"a\\\"b\\\\c\\u001b[31m\\r\\t\"\n"),
+            "{front}"
+        );
+        let keys: Vec<&str> = front
+            .lines()
+            .filter(|l| !l.starts_with("- ") && !l.starts_with(' '))
+            .map(|l| l.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "library_name",
+                "license",
+                "base_model",
+                "pipeline_tag",
+                "tags"
+            ]
+        );
+        assert!(!card.contains("\n# injected"), "{card}");
     }
 
     #[test]

@@ -14,6 +14,15 @@ pub enum ConvertError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The output folder of a save cannot be used: a file is there, or it lies inside the
+    /// folder being saved.
+    #[error("output folder {path}: {reason}")]
+    OutputFolder {
+        /// The output path as given.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A `max_shard_size` string could not be parsed (huggingface_hub's `parse_size_to_int` rules).
     #[error(
         "invalid max_shard_size `{value}`: {reason} (expected e.g. \"10GB\", \"200KB\" or a number of bytes)"

@@ -52,7 +52,10 @@ use crate::transformers_config;
 use safetensors::tensor::TensorView;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod outdir;
+use outdir::{check_not_inside, clean_stale, resolved};
 
 /// diffusers' default `max_shard_size` for its models.
 pub const DIFFUSERS_MAX_SHARD_SIZE: u64 = 10_000_000_000;
@@ -212,7 +215,9 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ConvertError> 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.partial"));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let result = std::fs::write(&tmp, bytes)
+        .and_then(|()| set_saved_mode(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(ConvertError::io(path, e));
@@ -244,11 +249,27 @@ fn write_safetensors(
             reason: e.to_string(),
         });
     }
-    if let Err(e) = std::fs::rename(&tmp, path) {
+    if let Err(e) = set_saved_mode(&tmp).and_then(|()| std::fs::rename(&tmp, path)) {
         let _ = std::fs::remove_file(&tmp);
         return Err(ConvertError::io(path, e));
     }
     Ok(())
+}
+
+/// Gives a saved file mode 0644 (owner read-write, everyone read), what diffusers'
+/// `save_pretrained` gives its files under the usual umask, whatever mode the temporary file or
+/// a linked source had.
+fn set_saved_mode(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
 }
 
 /// Copies `from` to `to` without writing into an existing `to` (see [`write_file`]).
@@ -631,6 +652,7 @@ pub fn save_pipeline(src: &Path, dst: &Path, options: &SaveOptions) -> Result<()
         })
         .map(|(k, _)| k.clone())
         .collect();
+    check_not_inside(src, dst)?;
     for name in &components {
         if !is_plain_name(name) {
             return Err(ConvertError::BadJson {
@@ -837,20 +859,38 @@ fn is_plain_name(name: &str) -> bool {
 }
 
 /// Runs `fill` on a fresh temporary folder seeded with links to `dst`'s current files, then
-/// swaps it in place of `dst` (see the module doc).
+/// swaps it in place of `dst` (see the module doc). `dst` must be a folder or not exist: an
+/// existing file there is an error and stays untouched. Temporary folders left by saves to the
+/// same destination whose process died are cleaned up first.
 pub fn atomic_folder(
     dst: &Path,
     fill: impl FnOnce(&Path) -> Result<(), ConvertError>,
 ) -> Result<(), ConvertError> {
+    let given = dst;
+    // `.`, `..` and `out/.` have no usable file name: work on the resolved path.
+    let dst = &resolved(dst)?;
+    let refuse = |reason: String| ConvertError::OutputFolder {
+        path: given.to_path_buf(),
+        reason,
+    };
+    if let Ok(meta) = std::fs::metadata(dst)
+        && !meta.is_dir()
+    {
+        return Err(refuse(
+            "a file is there; refusing to replace it with a folder (remove it or pick another path)"
+                .into(),
+        ));
+    }
     let parent = match dst.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+        _ => return Err(refuse("it is the root folder".into())),
     };
     std::fs::create_dir_all(&parent).map_err(|e| ConvertError::io(&parent, e))?;
     let base = dst
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
+    clean_stale(&parent, &base, dst);
     let pid = std::process::id();
     let tmp = parent.join(format!(".{base}.incomplete-{pid}"));
     let old = parent.join(format!(".{base}.previous-{pid}"));

@@ -139,7 +139,7 @@ pub fn from_object<T: DeserializeOwned>(
         FormatError::ConfigValue {
             path: origin.to_path_buf(),
             key: path,
-            message: err.into_inner().to_string(),
+            message: crate::json::clean_message(&err.into_inner().to_string()),
         }
     })
 }

@@ -162,6 +162,16 @@ pub enum FormatError {
         folder: PathBuf,
     },
 
+    /// An output path cannot be written safely: its folder is missing, or something other than
+    /// a regular file (a folder, a FIFO, a device, a socket) is already there.
+    #[error("cannot write {}: {reason}", path.display())]
+    OutputPath {
+        /// The path as given.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+
     /// A safetensors header is malformed; `kind` says how.
     #[error("{}: invalid safetensors header: {kind}", path.display())]
     SafetensorsHeader {
@@ -210,7 +220,10 @@ pub enum HeaderError {
         dtype: String,
     },
     /// Multiplying out a tensor's shape and element size overflows 64 bits.
-    #[error("tensor `{tensor}`: shape {shape:?} overflows when computing its byte size")]
+    #[error(
+        "tensor `{tensor}`: shape {} overflows when computing its byte size",
+        short_shape(shape)
+    )]
     Overflow {
         /// The tensor name.
         tensor: String,
@@ -287,6 +300,17 @@ impl FormatError {
             column: err.column(),
         }
     }
+}
+
+/// A shape for a message: in full up to 8 dimensions, else its first 8 and the count, so a
+/// hostile 100,000-dimension shape gives a one-line message rather than 300 KB.
+pub fn short_shape<T: std::fmt::Debug>(shape: &[T]) -> String {
+    const SHOWN: usize = 8;
+    if shape.len() <= SHOWN {
+        return format!("{shape:?}");
+    }
+    let head: Vec<String> = shape[..SHOWN].iter().map(|d| format!("{d:?}")).collect();
+    format!("[{}, ... ({} dimensions)]", head.join(", "), shape.len())
 }
 
 /// Describes a JSON value's type in words for error messages ("a string", "an array" ...).

@@ -132,6 +132,35 @@ pub fn as_py_float(value: &Value) -> Option<f64> {
     }
 }
 
+/// A serde error message with every marker string (see the module doc) written back as the bare
+/// Python token, so a `NaN` in a config reads `invalid type: non-finite float NaN, expected
+/// f64`, not the internal marker.
+pub fn clean_message(message: &str) -> String {
+    if !message.contains("python-float:") {
+        return message.to_string();
+    }
+    let mut out = message.to_string();
+    // serde quotes a string with `{:?}`: the NUL may appear raw or escaped.
+    for prefix in [
+        PY_NONFINITE_PREFIX,
+        "\\0python-float:",
+        "\\u{0}python-float:",
+        "\\u0000python-float:",
+    ] {
+        for token in NONFINITE_TOKENS {
+            let marker = format!("{prefix}{token}");
+            out = out
+                .replace(
+                    &format!("string \"{marker}\""),
+                    &format!("non-finite float {token}"),
+                )
+                .replace(&format!("\"{marker}\""), token)
+                .replace(&marker, token);
+        }
+    }
+    out
+}
+
 /// Parses JSON text as Python's `json.loads` does, including the bare tokens `-Infinity`,
 /// `Infinity` and `NaN` outside strings (they become marker strings, see the module doc).
 ///

@@ -43,7 +43,7 @@ pub mod shard_index;
 pub mod weights;
 
 pub use config::{ConfigFile, load_config};
-pub use error::{FormatError, HeaderError};
+pub use error::{FormatError, HeaderError, short_shape};
 pub use model_index::{ComponentEntry, ModelIndex, PipelineClass};
 pub use selection::{DownloadPlan, SelectionOptions, download_plan};
 

@@ -151,6 +151,21 @@ pub enum PickleError {
         /// Elements present.
         available: u64,
     },
+    /// Reading the tensors would produce far more bytes than the file holds: stride-0
+    /// (broadcast) views or many tensors over one small storage, each materialised as a copy.
+    #[error(
+        "{path}: tensor `{tensor}` would bring the bytes materialised from this checkpoint to {needed}, above its budget of {budget} (see PickleCheckpoint::materialize_limit: stride-0 views or tensors aliasing one storage?)"
+    )]
+    MaterializeBudget {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor that would exceed the budget.
+        tensor: String,
+        /// Bytes materialised including this tensor.
+        needed: u64,
+        /// The budget in bytes.
+        budget: u64,
+    },
     /// No dictionary of tensors was found where one was expected.
     #[error("{path}: no state dict found: {reason}")]
     NoStateDict {
@@ -187,6 +202,17 @@ pub struct PickleCheckpoint {
     big_endian: bool,
     /// The whole checkpoint, for checkpoints parsed from memory ([`Self::from_bytes`]).
     memory: Option<std::sync::Arc<Vec<u8>>>,
+    /// The file's size in bytes.
+    file_len: u64,
+    /// Bytes the tensors may materialise, all together ([`Self::materialize_limit`]).
+    limit: u64,
+}
+
+/// The default materialisation budget for a checkpoint of `file_len` bytes: four times the file
+/// plus 64 MiB. Real checkpoints materialise about their own size (each storage once, plus the
+/// odd tied weight); a few hundred bytes of stride-0 views asking for gigabytes are refused.
+pub fn default_materialize_limit(file_len: u64) -> u64 {
+    file_len.saturating_mul(4).saturating_add(64 << 20)
 }
 
 impl PickleCheckpoint {
@@ -224,7 +250,7 @@ impl PickleCheckpoint {
         if got == 4 && head == *b"PK\x03\x04" {
             Self::open_zip(path, file, len)
         } else if got >= 2 && head[0] == 0x80 && head[1] <= 5 {
-            Self::open_legacy(path, file)
+            Self::open_legacy(path, file, len)
         } else {
             Err(PickleError::NotACheckpoint {
                 path: path.to_path_buf(),
@@ -282,10 +308,16 @@ impl PickleCheckpoint {
             layout: Layout::Zip(storages),
             big_endian,
             memory: None,
+            file_len: len,
+            limit: default_materialize_limit(len),
         })
     }
 
-    fn open_legacy<R: Read + Seek>(path: &Path, file: &mut R) -> Result<Self, PickleError> {
+    fn open_legacy<R: Read + Seek>(
+        path: &Path,
+        file: &mut R,
+        len: u64,
+    ) -> Result<Self, PickleError> {
         let mut counting = CountingReader {
             inner: file,
             count: 0,
@@ -366,12 +398,53 @@ impl PickleCheckpoint {
             layout: Layout::Legacy(storages),
             big_endian,
             memory: None,
+            file_len: len,
+            limit: default_materialize_limit(len),
         })
     }
 
     /// The file this checkpoint was read from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many bytes [`Self::read_state_dict`] may materialise in all, and
+    /// [`Self::read_tensor`] for one tensor: by default [`default_materialize_limit`] of the
+    /// file size.
+    pub fn materialize_limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Sets the materialisation budget, e.g. to the expected parameters' bytes of the model being
+    /// loaded when that is known and larger than the default (a checkpoint whose tensors share
+    /// storages on purpose).
+    pub fn with_materialize_limit(mut self, bytes: u64) -> Self {
+        self.limit = bytes;
+        self
+    }
+
+    /// The file's size in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Refuses a tensor that would bring the bytes materialised to more than the budget.
+    fn charge(&self, name: &str, info: &TensorInfo, spent: &mut u64) -> Result<(), PickleError> {
+        let bytes = info
+            .numel()
+            .and_then(|n| n.checked_mul(info.dtype.size()))
+            .map_or(u64::MAX, |b| b as u64);
+        let needed = spent.saturating_add(bytes);
+        if needed > self.limit {
+            return Err(PickleError::MaterializeBudget {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                needed,
+                budget: self.limit,
+            });
+        }
+        *spent = needed;
+        Ok(())
     }
 
     /// The whole unpickled object tree (tensors appear as [`Value::Tensor`]).
@@ -412,6 +485,7 @@ impl PickleCheckpoint {
     /// Reads one tensor's elements as contiguous, row-major, little-endian bytes (the layout
     /// safetensors stores), applying its storage offset and strides.
     pub fn read_tensor(&self, name: &str, info: &TensorInfo) -> Result<Vec<u8>, PickleError> {
+        self.charge(name, info, &mut 0)?;
         let storage = self.read_storage(name, info)?;
         vm::materialize(&self.path, name, info, &storage, self.big_endian)
     }
@@ -431,6 +505,11 @@ impl PickleCheckpoint {
                     by_storage.push((info.storage_key.clone(), vec![i]));
                 }
             }
+        }
+        // The whole budget is checked before any storage is read.
+        let mut spent = 0u64;
+        for (name, info) in &tensors {
+            self.charge(name, info, &mut spent)?;
         }
         let mut data: Vec<Option<Vec<u8>>> = vec![None; tensors.len()];
         for (_, members) in &by_storage {

@@ -8,6 +8,11 @@ use std::time::Duration;
 /// The public Hub.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
+/// The longest `HF_HUB_ETAG_TIMEOUT` / `HF_HUB_DOWNLOAD_TIMEOUT` used: one day. Larger values
+/// (Python accepts any integer) are clamped with a warning, since a deadline past what the
+/// clock can represent would otherwise overflow.
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
 /// An access token. Its `Debug` never shows the value, and it has no `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);
@@ -120,12 +125,16 @@ impl HubConfig {
                 .map(Token::new)
         };
         let seconds = |name: &str, default: u64| {
-            Duration::from_secs_f64(
-                non_empty(name)
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .filter(|v| v.is_finite() && *v > 0.0)
-                    .unwrap_or(default as f64),
-            )
+            let value = non_empty(name)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .unwrap_or(default as f64);
+            if value > MAX_TIMEOUT_SECS {
+                tracing::warn!(
+                    "{name}={value} is longer than the longest timeout used ({MAX_TIMEOUT_SECS} s); using {MAX_TIMEOUT_SECS} s"
+                );
+            }
+            Duration::from_secs_f64(value.min(MAX_TIMEOUT_SECS))
         };
         Ok(Self {
             endpoint,

@@ -7,6 +7,31 @@ use std::io::Read;
 use std::time::Duration;
 use ureq::http;
 
+/// Log targets of the HTTP library that write raw request bytes, the `authorization` header and
+/// so the token included, at `trace` level (`ureq_proto`'s wire dump). A program that installs a
+/// log subscriber must switch these targets off (`EnvFilter`: `ureq_proto::util=off`, added
+/// after the user's `RUST_LOG`), so that no log level ever shows the token. Every other log line
+/// of this crate and of `ureq` holds no token (`ureq` redacts headers it logs at `debug`).
+pub const SECRET_LOG_TARGETS: &[&str] = &["ureq_proto::util"];
+
+/// `text` safe to print on a terminal: control characters (escape sequences, carriage
+/// returns, newlines) are shown as `\u{..}` escapes. For names that come from a server (Hub
+/// file names, messages) before they are printed or logged.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A response whose status is already known to be acceptable.
 pub(crate) type Response = http::Response<ureq::Body>;
 
@@ -210,6 +235,18 @@ impl Http {
         payload: &Payload<'_>,
         retry: bool,
     ) -> Result<(Response, u32)> {
+        // Only http(s) URLs are sent; anything else (an `HF_ENDPOINT` of `ftp://…` or
+        // `localhost:8080` without a scheme) fails at once instead of being retried.
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("http" | "https")) {
+            return Err(HubError::InvalidPath {
+                what: "URL",
+                value: printable(url),
+                reason:
+                    "only http:// and https:// URLs are supported (check HF_ENDPOINT / --endpoint)"
+                        .into(),
+            });
+        }
         let attempts = if retry { self.max_attempts } else { 1 };
         let mut attempt = 0;
         loop {
@@ -228,7 +265,7 @@ impl Http {
                 }
                 Err(e) => {
                     let message = self.scrub(&e.to_string());
-                    if attempt < attempts {
+                    if attempt < attempts && is_transient(&e) {
                         let wait = self.delay(attempt - 1, None);
                         tracing::warn!(%url, error = %message, attempt, ?wait, "request failed, retrying");
                         std::thread::sleep(wait);
@@ -354,6 +391,20 @@ impl Http {
             },
         }
     }
+}
+
+/// Whether a failed request may succeed when sent again: dropped or refused connections,
+/// timeouts, name resolution. A malformed URL or a TLS or protocol failure will not.
+fn is_transient(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Io(_)
+            | ureq::Error::Timeout(_)
+            | ureq::Error::HostNotFound
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::BodyStalled
+            | ureq::Error::Protocol(_)
+    )
 }
 
 /// Reads a JSON body (at most 256 MiB: tree listings of huge repos are big, but bounded).

@@ -51,11 +51,12 @@ mod tests;
 
 pub use cache::{CachedFile, HubCache, TreeCacheEntry};
 pub use config::{
-    DEFAULT_ENDPOINT, HubConfig, Token, env_flag, is_commit_hash, validate_file_path,
-    validate_repo_id, validate_revision,
+    DEFAULT_ENDPOINT, HubConfig, MAX_TIMEOUT_SECS, Token, env_flag, is_commit_hash,
+    validate_file_path, validate_repo_id, validate_revision,
 };
 pub use download::{DownloadOptions, FileMetadata};
 pub use error::{HubError, Result};
+pub use http::{SECRET_LOG_TARGETS, printable};
 pub use progress::{NoProgress, Progress};
 pub use snapshot::{LfsInfo, RepoEntry, RepoInfo, Sibling, SnapshotOptions, filter_paths};
 pub use upload::{AddSource, CommitInfo, CommitOperation, CommitOptions, UploadFolderOptions};

@@ -6,11 +6,16 @@ use crate::cache::TreeCacheEntry;
 use crate::config::{is_commit_hash, validate_file_path, validate_repo_id, validate_revision};
 use crate::download::cache_fallback_allowed;
 use crate::error::{HubError, Result};
-use crate::http::{Payload, Subject, header, quote, quote_path};
+use crate::http::{Payload, Subject, header, printable, quote, quote_path};
 use crate::progress::Progress;
 use diff_format::selection::fnmatch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+/// Pages of a tree listing read at most (the Hub serves 1,000 entries or more per page).
+const MAX_TREE_PAGES: usize = 10_000;
+/// Entries of a tree listing kept at most.
+const MAX_TREE_ENTRIES: usize = 1_000_000;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -184,7 +189,18 @@ impl HubApi {
             quote(revision)
         );
         let mut entries = Vec::new();
-        for _ in 0..100_000 {
+        // A server whose `Link` header points back to a page already read would be followed
+        // forever, each page adding its entries again: refuse repeated links, and cap the pages
+        // and entries (the largest model repos list well under 100,000 files).
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..MAX_TREE_PAGES {
+            if !seen.insert(url.clone()) {
+                return Err(HubError::Protocol {
+                    url: printable(&url),
+                    message: "the tree listing's pagination links back to a page already read"
+                        .into(),
+                });
+            }
             let (value, resp) =
                 self.http
                     .json("GET", &url, &[], &Payload::Empty, &subject, true)?;
@@ -194,13 +210,21 @@ impl HubApi {
                     message: e.to_string(),
                 })?;
             entries.extend(page);
+            if entries.len() > MAX_TREE_ENTRIES {
+                return Err(HubError::Protocol {
+                    url: printable(&url),
+                    message: format!(
+                        "the tree listing has more than {MAX_TREE_ENTRIES} entries; refusing to read further"
+                    ),
+                });
+            }
             let next = header(&resp, "link").and_then(next_link);
             match next {
                 Some(next) if self.http.is_hub_origin(&next) => url = next,
                 Some(next) => {
                     return Err(HubError::Protocol {
                         url,
-                        message: format!("pagination link to another origin: {next}"),
+                        message: format!("pagination link to another origin: {}", printable(&next)),
                     });
                 }
                 None => return Ok(entries),
@@ -208,7 +232,7 @@ impl HubApi {
         }
         Err(HubError::Protocol {
             url,
-            message: "too many tree pages".into(),
+            message: format!("more than {MAX_TREE_PAGES} tree pages"),
         })
     }
 

@@ -271,9 +271,14 @@ fn token_never_appears_in_logs_or_errors() {
     let captured = Captured::default();
     let writer = captured.clone();
     // Global, with the `log` bridge: ureq's own `log` records (and every test running in
-    // parallel in this binary) are captured too, at TRACE.
+    // parallel in this binary) are captured too, at TRACE, with the filter a program must add
+    // (`SECRET_LOG_TARGETS` off; the CLI adds it after RUST_LOG).
+    let mut filter = tracing_subscriber::EnvFilter::new("trace");
+    for target in diff_hub::SECRET_LOG_TARGETS {
+        filter = filter.add_directive(format!("{target}=off").parse().expect("directive"));
+    }
     tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
+        .with_env_filter(filter)
         .with_writer(move || writer.clone())
         .try_init()
         .expect("first global subscriber of this test binary");
@@ -310,9 +315,119 @@ fn token_never_appears_in_logs_or_errors() {
     assert!(messages.len() > 8);
     for secret in [WRITE_TOKEN, READ_TOKEN] {
         assert!(!logs.contains(secret), "token in logs");
+        // The HTTP library's wire dump prints 16 bytes a line: look for any 8 characters of
+        // the token, not just the whole of it.
+        for window in secret.as_bytes().windows(8) {
+            let window = std::str::from_utf8(window).expect("ascii");
+            assert!(
+                !logs.contains(window),
+                "part of the token in logs: {window}"
+            );
+        }
         assert!(
             messages.iter().all(|m| !m.contains(secret)),
             "token in {messages:?}"
         );
     }
+}
+
+/// Issue 18: a server whose tree pagination links back to the same page is detected instead
+/// of being followed until memory runs out.
+#[test]
+fn pagination_that_links_back_to_itself_is_refused() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let handle = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut served = 0;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if request.starts_with("QUIT") {
+                break;
+            }
+            let path = request.split(' ').nth(1).unwrap_or("/").to_string();
+            let body = br#"[{"type":"file","oid":"0","size":1,"path":"a.json"}]"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nLink: <http://127.0.0.1:{port}{path}>; rel=\"next\"\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body);
+            served += 1;
+            if served > 50 {
+                break;
+            }
+        }
+        served
+    });
+    let env = start(|_| {});
+    let mut config = env.config(None);
+    config.endpoint = format!("http://127.0.0.1:{port}");
+    let err = diff_hub::HubApi::new(config)
+        .list_repo_tree("user/tiny", "main")
+        .expect_err("looping pagination");
+    assert!(
+        matches!(err, HubError::Protocol { .. }) && err.to_string().contains("links back"),
+        "{err}"
+    );
+    {
+        use std::io::Write;
+        let mut quit = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _ = quit.write_all(b"QUIT");
+    }
+    // The first page only: its link repeats it, so it is not fetched again.
+    assert_eq!(handle.join().expect("server thread"), 1);
+}
+
+/// Issue 18: an endpoint that is not http(s) fails at once, without retries or waits.
+#[test]
+fn a_non_http_endpoint_fails_fast() {
+    let env = start(|_| {});
+    for endpoint in ["ftp://127.0.0.1:9", "localhost:9", "file:///etc"] {
+        let mut config = env.config(None);
+        config.endpoint = endpoint.into();
+        config.retry_delay = std::time::Duration::from_secs(5);
+        let started = std::time::Instant::now();
+        let err = diff_hub::HubApi::new(config)
+            .repo_info("user/tiny", "main")
+            .expect_err("not http");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{endpoint}"
+        );
+        assert!(
+            err.to_string().contains("only http:// and https://"),
+            "{err}"
+        );
+    }
+}
+
+/// Issue 18: a huge HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT is clamped, never a panic.
+#[test]
+fn huge_timeouts_are_clamped() {
+    for value in ["1e300", "18446744073709551616", "99999999999999999999"] {
+        let config = diff_hub::HubConfig::from_lookup(|k| match k {
+            "HF_HUB_CACHE" => Some("/c".into()),
+            "HF_HUB_ETAG_TIMEOUT" | "HF_HUB_DOWNLOAD_TIMEOUT" => Some(value.into()),
+            _ => None,
+        })
+        .expect("config");
+        let max = std::time::Duration::from_secs_f64(diff_hub::MAX_TIMEOUT_SECS);
+        assert_eq!(config.timeout, max, "{value}");
+        assert_eq!(config.read_timeout, max, "{value}");
+        // The client builds with it.
+        let _ = diff_hub::HubApi::new(config);
+    }
+}
+
+#[test]
+fn printable_escapes_terminal_control_sequences() {
+    assert_eq!(diff_hub::printable("unet/a.json"), "unet/a.json");
+    assert_eq!(
+        diff_hub::printable("x\u{1b}]0;owned\u{7}\r\n.bin"),
+        "x\\u{1b}]0;owned\\u{7}\\u{d}\\u{a}.bin"
+    );
 }

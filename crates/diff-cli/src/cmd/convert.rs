@@ -126,6 +126,7 @@ fn config_folder(config: &str, hub: &super::download::HubArgs) -> Result<PathBuf
 
 /// Runs `convert`.
 pub fn run(args: Args) -> Result<()> {
+    super::check_out_folder("--out", &args.out)?;
     let dtype = save_dtype(args.dtype.as_deref(), args.variant.as_deref())?;
     let mut save = SaveOptions {
         variant: args.variant.clone(),

@@ -200,6 +200,55 @@ fn numbered(path: &Path, index: usize, count: usize) -> PathBuf {
     path.with_file_name(format!("{stem}-{}.{ext}", index + 1))
 }
 
+/// The default output size is the UNet's `sample_size` times the VAE scale factor: for a
+/// local folder, check it against the pixel limit before any model is loaded (a `sample_size`
+/// of 1e9 would otherwise allocate latents of exabytes). Configs that do not load are left to
+/// the loader, which names the file and key.
+fn check_default_size(model: &str, height: Option<usize>, width: Option<usize>) -> Result<()> {
+    use burn_diffusers::format::configs::unet::{SampleSize, UNet2DConditionConfig};
+    use burn_diffusers::format::configs::vae::AutoencoderKLConfig;
+    use burn_diffusers::format::load_config;
+    let folder = Path::new(model);
+    if !folder.is_dir() {
+        return Ok(());
+    }
+    let Ok(unet) = load_config::<UNet2DConditionConfig>(folder.join("unet/config.json")) else {
+        return Ok(());
+    };
+    let scale: u64 = load_config::<AutoencoderKLConfig>(folder.join("vae/config.json"))
+        .ok()
+        .map_or(8, |v| {
+            1u64.checked_shl(v.block_out_channels.len().saturating_sub(1) as u32)
+                .unwrap_or(u64::MAX)
+        });
+    let (h, w) = match unet.sample_size {
+        Some(SampleSize::Square(s)) => (s, s),
+        Some(SampleSize::HeightWidth(hw)) if hw.len() == 2 => (hw[0], hw[1]),
+        _ => return Ok(()),
+    };
+    let side = |given: Option<usize>, default: u64| {
+        given.map_or(default.saturating_mul(scale), |g| g as u64)
+    };
+    let (h, w) = (side(height, h), side(width, w));
+    let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    super::check_pixels(clamp(h), clamp(w)).with_context(|| {
+        format!("the default output size comes from {model}/unet/config.json `sample_size`; pass --height and --width")
+    })
+}
+
+/// `--out` writes PNG bytes: refuse another image extension rather than write PNG bytes under
+/// a `.jpg` name (diffusers users pick the format by the name given to `Image.save`).
+fn check_png_name(path: &Path) -> Result<()> {
+    match path.extension().and_then(|e| e.to_str()) {
+        None => Ok(()),
+        Some(ext) if ext.eq_ignore_ascii_case("png") => Ok(()),
+        Some(ext) => bail!(
+            "--out {}: only PNG is written; use a .png name (got .{ext})",
+            path.display()
+        ),
+    }
+}
+
 /// The `--vae` model: a diffusers folder as it is, a single file converted with the VAE config
 /// of `--config` or of a folder / repo `--model`.
 fn load_vae(vae: &Path, args: &Args, options: &LoadOptions) -> Result<AutoencoderKL> {
@@ -243,9 +292,50 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(w) = args.width.filter(|w| sized && w % 8 != 0) {
         bail!("--width {w} is not a multiple of 8");
     }
+    super::check_steps(args.steps, super::MAX_GENERATE_STEPS)?;
+    if let (Some(h), Some(w)) = (args.height.filter(|_| sized), args.width.filter(|_| sized)) {
+        super::check_pixels(h, w)?;
+    } else if let Some(side) = args.height.or(args.width).filter(|_| sized) {
+        // One side given: the other is at least 8 (the smallest multiple of 8).
+        super::check_pixels(side, 8)?;
+    }
+    if sized && (args.height.is_none() || args.width.is_none()) {
+        check_default_size(&args.model, args.height, args.width)?;
+    }
     if args.num_images == 0 {
         // diffusers fails on an empty batch (a reshape of 0 elements); say why instead.
         bail!("--num-images 0: at least one image per prompt is needed");
+    }
+    // Check every output path before any work, so a missing folder or a path that is a folder,
+    // FIFO or device fails now, not after the denoising loop.
+    let out_png = match &args.out {
+        Some(p) => {
+            check_png_name(p)?;
+            let count = args.num_images;
+            for i in 0..count {
+                super::check_out("--out", &numbered(p, i, count))?;
+            }
+            Some(p.clone())
+        }
+        None => None,
+    };
+    let out_array = args
+        .out_array
+        .as_deref()
+        .map(|p| super::check_out("--out-array", p))
+        .transpose()?;
+    let out_latents = args
+        .out_latents
+        .as_deref()
+        .map(|p| super::check_out("--out-latents", p))
+        .transpose()?;
+    for (flag, path) in [
+        ("--latents", &args.latents),
+        ("--image-latents", &args.image_latents),
+    ] {
+        if let Some(p) = path {
+            super::check_latents_file(flag, p)?;
+        }
     }
     // Read inputs before loading models, so a bad file fails fast.
     let image = match &args.image {
@@ -354,6 +444,26 @@ pub fn run(args: Args) -> Result<()> {
                 .join(", ")
         );
     }
+    // diffusers' `__call__`s take `denoising_end` only in the SDXL pipelines and
+    // `denoising_start` only in SDXL img2img / inpaint; elsewhere Python raises a TypeError for
+    // the unexpected keyword, so refuse rather than ignore them.
+    if args.denoising_end.is_some() && !pipe.class().is_xl() {
+        bail!(
+            "--denoising-end is for the SDXL pipelines; {} does not take `denoising_end`",
+            pipe.class().name()
+        );
+    }
+    if args.denoising_start.is_some()
+        && !matches!(
+            pipe.class(),
+            PipelineClass::StableDiffusionXLImg2Img | PipelineClass::StableDiffusionXLInpaint
+        )
+    {
+        bail!(
+            "--denoising-start is for SDXL img2img / inpaint (pass --image or --image-latents); {} does not take `denoising_start`",
+            pipe.class().name()
+        );
+    }
     // diffusers' img2img pipelines take no height/width (`**kwargs` swallows them): the output
     // has the input image's size. Do the same, and say so.
     let img2img = matches!(
@@ -415,7 +525,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let out = pipe.call(&call, Some(&mut on_step))?;
     bar.finish_and_clear();
-    if let Some(path) = &args.out_latents {
+    if let Some(path) = &out_latents {
         save_latents(path, &out.latents)?;
         eprintln!(
             "wrote {} ({:?} float32 latents under `latents`)",
@@ -428,14 +538,16 @@ pub fn run(args: Args) -> Result<()> {
         .images
         .as_ref()
         .context("the pipeline returned no images")?;
-    if let Some(path) = &args.out {
+    if let Some(path) = &out_png {
         for (i, img) in images.to_rgb8_all().iter().enumerate() {
             let p = numbered(path, i, images.count);
-            save_png(&p, img)?;
+            // Re-checked: the folder may have changed during the loop. The checked target is
+            // written (the end of a symbolic link), never a folder, FIFO or device.
+            save_png(&super::check_out("--out", &p)?, img)?;
             eprintln!("wrote {}", p.display());
         }
     }
-    if let Some(path) = &args.out_array {
+    if let Some(path) = &out_array {
         save_float_images(path, images)?;
         eprintln!(
             "wrote {} ([{}, {}, {}, 3] float32 under `images`)",
@@ -536,6 +648,70 @@ mod tests {
         std::fs::remove_dir_all(dir).ok();
     }
 
+    /// Issue 18: outputs, steps and sizes are checked before any model is loaded (the model
+    /// path does not exist here, so reaching the loader would give another message).
+    #[test]
+    fn hostile_outputs_and_sizes_are_refused_up_front() {
+        let dir = scratch("hostile");
+        let err = |args: Args| format!("{:#}", run(args).unwrap_err());
+        let quick = |out_dir: &Path| Args {
+            model: dir.join("no/such/model").display().to_string(),
+            out_array: None,
+            ..base_args(out_dir)
+        };
+        let msg = err(quick(&dir.join("missing-folder")));
+        assert!(
+            msg.contains("--out") && msg.contains("does not exist"),
+            "{msg}"
+        );
+        std::fs::create_dir_all(dir.join("out.png")).unwrap();
+        let msg = err(quick(&dir));
+        assert!(msg.contains("a folder"), "{msg}");
+        std::fs::remove_dir(dir.join("out.png")).unwrap();
+        let msg = err(Args {
+            out: Some(PathBuf::from("/dev/null")),
+            ..quick(&dir)
+        });
+        assert!(msg.contains("character device"), "{msg}");
+        let msg = err(Args {
+            out: Some(dir.join("x.jpg")),
+            ..quick(&dir)
+        });
+        assert!(msg.contains("only PNG"), "{msg}");
+        let msg = err(Args {
+            steps: usize::MAX,
+            ..quick(&dir)
+        });
+        assert!(msg.contains("--steps") && msg.contains("limit"), "{msg}");
+        // A UNet config whose sample_size asks for a huge default size.
+        let huge = dir.join("huge-unet");
+        std::fs::create_dir_all(huge.join("unet")).unwrap();
+        std::fs::write(
+            huge.join("unet/config.json"),
+            br#"{"sample_size": 1000000000}"#,
+        )
+        .unwrap();
+        let msg = err(Args {
+            model: huge.display().to_string(),
+            height: None,
+            width: None,
+            ..quick(&dir)
+        });
+        assert!(
+            msg.contains("sample_size") && msg.contains("limit"),
+            "{msg}"
+        );
+        for (h, w) in [(100_000, 100_000), (4_294_967_288, 8), (8, usize::MAX - 7)] {
+            let msg = err(Args {
+                height: Some(h),
+                width: Some(w),
+                ..quick(&dir)
+            });
+            assert!(msg.contains("pixels") && msg.contains("limit"), "{msg}");
+        }
+        std::fs::remove_dir_all(dir).ok();
+    }
+
     #[test]
     fn bad_inputs_give_clear_errors() {
         let dir = scratch("bad");
@@ -572,6 +748,17 @@ mod tests {
             msg.contains("neither a valid local path nor a valid repo id"),
             "{msg}"
         );
+        // diffusers' StableDiffusionPipeline raises on `denoising_end` / `denoising_start`.
+        let msg = err(Args {
+            denoising_end: Some(0.5),
+            ..base_args(&dir)
+        });
+        assert!(msg.contains("--denoising-end is for the SDXL"), "{msg}");
+        let msg = err(Args {
+            denoising_start: Some(0.5),
+            ..base_args(&dir)
+        });
+        assert!(msg.contains("--denoising-start is for SDXL"), "{msg}");
         let msg = err(Args {
             scheduler: Some("NoSuchScheduler".into()),
             ..base_args(&dir)

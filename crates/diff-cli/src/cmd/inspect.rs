@@ -44,7 +44,8 @@ pub struct Args {
     pub hub: super::download::HubArgs,
 }
 
-/// Runs `inspect`.
+/// Runs `inspect`. Exits non-zero when the report lists problems: what would make `generate`
+/// fail to load the folder (each printed with its reason).
 pub fn run(args: Args) -> Result<()> {
     let root = resolve_source(&args.path, &args.hub, args.variant.as_deref())?;
     let report = build_report(&root, &args)?;
@@ -53,7 +54,86 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         print_text(&report);
     }
+    let problems = report["problems"].as_array().map_or(0, Vec::len);
+    if problems > 0 {
+        bail!(
+            "{problems} problem(s): `generate` could not load {}",
+            report["source"].as_str().unwrap_or("")
+        );
+    }
     Ok(())
+}
+
+/// What would stop `generate` from loading the pipeline: an unknown pipeline class, a required
+/// component that is `[null, null]` or absent, a component folder that is missing, a config
+/// that does not load as its class's typed config, weights that cannot be read. Each entry
+/// says which component and why.
+fn load_problems(root: &Path, index: &ModelIndex) -> Vec<String> {
+    use burn_diffusers::convert::single_file::pipeline::{PIPELINES, spec};
+    use burn_diffusers::format::configs::{
+        clip::CLIPTextConfig, unet::UNet2DConditionConfig, vae::AutoencoderKLConfig,
+    };
+    use burn_diffusers::format::load_config;
+    let mut problems = Vec::new();
+    let class = match &index.class_name {
+        PipelineClass::Builtin(name) => name.clone(),
+        PipelineClass::Custom { class_name, .. } => class_name.clone(),
+    };
+    let pipeline = spec(&class);
+    if pipeline.is_none() {
+        problems.push(format!(
+            "pipeline class `{class}` is not one burn-diffusers can run (known: {})",
+            PIPELINES
+                .iter()
+                .map(|p| p.class)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(p) = pipeline {
+        for name in p.components.iter().filter(|c| !p.optional.contains(c)) {
+            match index.components.get(*name) {
+                None => problems.push(format!(
+                    "component `{name}` is required by {class} but model_index.json does not list it"
+                )),
+                Some(ComponentEntry::Null) => problems.push(format!(
+                    "component `{name}` is [null, null], but {class} requires it"
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    for (name, entry) in &index.components {
+        let Some(class_name) = entry.class_name() else {
+            continue;
+        };
+        let folder = root.join(name);
+        if !folder.is_dir() {
+            problems.push(format!(
+                "component `{name}` ({class_name}): its folder {name}/ is missing"
+            ));
+            continue;
+        }
+        let config = folder.join("config.json");
+        let loaded = match class_name {
+            "UNet2DConditionModel" => load_config::<UNet2DConditionConfig>(&config).map(|_| ()),
+            "AutoencoderKL" => load_config::<AutoencoderKLConfig>(&config).map(|_| ()),
+            "CLIPTextModel" | "CLIPTextModelWithProjection" => {
+                load_config::<CLIPTextConfig>(&config).map(|_| ())
+            }
+            c if c.ends_with("Scheduler") => {
+                if let Err(e) = burn_diffusers::schedulers::Scheduler::from_pretrained(&folder) {
+                    problems.push(format!("component `{name}` ({class_name}): {e}"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = loaded {
+            problems.push(format!("component `{name}` ({class_name}): {e}"));
+        }
+    }
+    problems
 }
 
 /// Turns the PATH argument into a local folder. Repo ids are the diff-hub hook.
@@ -88,7 +168,8 @@ fn build_report(root: &Path, args: &Args) -> Result<Value> {
     let plan = download_plan(&files, &index, &options, &source)?;
 
     let mut components = Vec::new();
-    let mut warnings: Vec<String> = plan.warnings.iter().map(|w| w.to_string()).collect();
+    let warnings: Vec<String> = plan.warnings.iter().map(|w| w.to_string()).collect();
+    let mut problems = load_problems(root, &index);
     for (name, entry) in &index.components {
         let (library, class_name) = match entry {
             ComponentEntry::Null => (Value::Null, Value::Null),
@@ -106,7 +187,7 @@ fn build_report(root: &Path, args: &Args) -> Result<Value> {
         });
         if has_model_files && selected.weights.is_empty() {
             // diffusers downloads nothing for such a component and then fails to load it.
-            warnings.push(format!(
+            problems.push(format!(
                 "component `{name}` has weight files, but none match variant={} use_safetensors={}; loading it would fail",
                 args.variant.as_deref().unwrap_or("None"),
                 args.use_safetensors.map_or("None".to_owned(), |b| b.to_string())
@@ -157,6 +238,7 @@ fn build_report(root: &Path, args: &Args) -> Result<Value> {
                     Err(err) => {
                         inspected_all = false;
                         file["note"] = json!(format!("pickle checkpoint not readable: {err}"));
+                        problems.push(format!("component `{name}`: {rel} cannot be loaded: {err}"));
                     }
                 }
             } else {
@@ -191,7 +273,8 @@ fn build_report(root: &Path, args: &Args) -> Result<Value> {
         }));
     }
 
-    let scheduler = scheduler_config(root, &index)?;
+    // A scheduler config that does not parse is listed as a problem above.
+    let scheduler = scheduler_config(root, &index).unwrap_or(Value::Null);
     let pipeline_class = match &index.class_name {
         PipelineClass::Builtin(name) => name.clone(),
         PipelineClass::Custom { class_name, .. } => class_name.clone(),
@@ -214,6 +297,7 @@ fn build_report(root: &Path, args: &Args) -> Result<Value> {
         "allow_patterns": plan.allow_patterns,
         "ignore_patterns": plan.ignore_patterns,
         "warnings": warnings,
+        "problems": problems,
         "scheduler": scheduler,
     }))
 }
@@ -317,6 +401,12 @@ fn print_text(report: &Value) {
     }
     for w in report["warnings"].as_array().into_iter().flatten() {
         println!("\nwarning: {}", w.as_str().unwrap_or(""));
+    }
+    for p in report["problems"].as_array().into_iter().flatten() {
+        println!(
+            "\nproblem: {}",
+            burn_diffusers::hub::printable(p.as_str().unwrap_or(""))
+        );
     }
     if let Some(s) = report["scheduler"].as_object() {
         println!(

@@ -59,6 +59,7 @@ pub struct Args {
 
 /// Runs `push`; the token comes from HF_TOKEN or the token file.
 pub fn run(args: Args) -> Result<()> {
+    super::check_card_field("--license", args.license.as_deref())?;
     if args.dir.is_some()
         && (args.variant.is_some() || args.dtype.is_some() || args.max_shard_size.is_some())
     {

@@ -74,6 +74,9 @@ pub fn resolve_pipeline_source(
 
 /// Runs `save`.
 pub fn run(args: Args) -> Result<()> {
+    super::check_card_field("--license", args.license.as_deref())?;
+    super::check_out_folder("--out", &args.out)?;
+    super::check_card_field("--base-model", args.base_model.as_deref())?;
     let dtype = super::convert::save_dtype(args.dtype.as_deref(), args.variant.as_deref())?;
     let mut options = SaveOptions {
         variant: args.variant.clone(),

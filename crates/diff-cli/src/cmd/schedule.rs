@@ -130,6 +130,13 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<()> {
+    super::check_steps(args.steps, super::MAX_SCHEDULE_STEPS)?;
+    // Check where --out goes before any work, so a missing folder fails at once.
+    let out = args
+        .out
+        .as_deref()
+        .map(|p| super::check_out("--out", p))
+        .transpose()?;
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let config: Map<String, Value> = match burn_diffusers::format::json::loads(&text)
@@ -157,8 +164,8 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("{class}.set_timesteps({})", args.steps))?;
 
     if let Some(trace) = &args.replay {
-        let out = args.out.as_ref().context("--replay needs --out")?;
-        return replay(&mut scheduler, trace, out, args.seed);
+        let out = out.context("--replay needs --out")?;
+        return replay(&mut scheduler, trace, &out, args.seed);
     }
 
     let timesteps = scheduler.timesteps().to_vec();
@@ -223,11 +230,9 @@ fn replay(scheduler: &mut Scheduler, trace: &Path, out: &Path, seed: u64) -> Res
     let prev_view = TensorView::new(Dtype::F32, out_shape.clone(), &prev_bytes)?;
     let final_view = TensorView::new(Dtype::F32, sample_shape.clone(), &final_bytes)?;
     let data = safetensors::serialize([("final", final_view), ("prev_samples", prev_view)], None)?;
-    // Write beside the target, then rename, so a failure never leaves a half-written file.
-    let tmp = out.with_extension("safetensors.partial");
-    std::fs::write(&tmp, &data).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    // Written beside the target, then renamed, so a failure never leaves a half-written file;
+    // never over anything but a regular file.
+    burn_diffusers::format::fsutil::write_atomic(out, &data)?;
     eprintln!("wrote {} ({} steps)", out.display(), t);
     Ok(())
 }

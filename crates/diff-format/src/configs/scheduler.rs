@@ -94,6 +94,87 @@ pub enum SchedulerConfigError {
     /// `_class_name` is not a string.
     #[error("`_class_name` must be a string, got {0}")]
     BadClassName(Value),
+    /// A value has the right type but no scheduler can be built from it (`num_train_timesteps:
+    /// 0`, `trained_betas: []`).
+    #[error("invalid {class} config: key `{key}` = {value}: {expected}")]
+    OutOfRange {
+        /// The class being built.
+        class: &'static str,
+        /// The key.
+        key: &'static str,
+        /// The value found (shortened when long).
+        value: String,
+        /// What the key must hold.
+        expected: String,
+    },
+}
+
+/// The largest `num_train_timesteps` accepted. diffusers sets no bound, but builds tables of
+/// that many entries (betas, alphas, their cumulative products, the timesteps); released
+/// checkpoints use 1000, and 100,000 keeps a typo such as `1e9` from allocating gigabytes.
+pub const MAX_TRAIN_TIMESTEPS: u64 = 100_000;
+
+/// Checks the values every scheduler builds its tables from, after the types are known to be
+/// right: `num_train_timesteps` in `1..=MAX_TRAIN_TIMESTEPS`, `trained_betas` (when given)
+/// non-empty and finite. diffusers raises later, deep in the maths (a division by zero, an
+/// index error); we refuse at load, naming the key.
+fn check_values(
+    class: &'static str,
+    init: &Map<String, Value>,
+) -> Result<(), SchedulerConfigError> {
+    let out_of_range = |key: &'static str, value: &Value, expected: String| {
+        let mut value = value.to_string();
+        if value.len() > 80 {
+            value.truncate(77);
+            value.push_str("...");
+        }
+        SchedulerConfigError::OutOfRange {
+            class,
+            key,
+            value,
+            expected,
+        }
+    };
+    if let Some(v) = init.get("num_train_timesteps")
+        && !v
+            .as_u64()
+            .is_some_and(|n| (1..=MAX_TRAIN_TIMESTEPS).contains(&n))
+    {
+        return Err(out_of_range(
+            "num_train_timesteps",
+            v,
+            format!(
+                "must be an integer from 1 to {MAX_TRAIN_TIMESTEPS} (the number of training steps; 1000 for Stable Diffusion)"
+            ),
+        ));
+    }
+    if let Some(v @ Value::Array(items)) = init.get("trained_betas") {
+        if items.is_empty() {
+            return Err(out_of_range(
+                "trained_betas",
+                v,
+                "must hold one beta per training step, or be null".into(),
+            ));
+        }
+        if items.len() as u64 > MAX_TRAIN_TIMESTEPS {
+            return Err(out_of_range(
+                "trained_betas",
+                &Value::String(format!("<{} values>", items.len())),
+                format!("must hold at most {MAX_TRAIN_TIMESTEPS} values"),
+            ));
+        }
+        if let Some(bad) = items.iter().find(|b| {
+            !b.as_f64()
+                .is_some_and(|b| b.is_finite() && (0.0..=1.0).contains(&b))
+        }) {
+            return Err(out_of_range(
+                "trained_betas",
+                bad,
+                "every beta must be a number in [0, 1]".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The `__init__` keys of a diffusers scheduler class known here, by class name.
@@ -182,11 +263,19 @@ pub fn from_config<C: SchedulerConfigClass>(
         }
     }
     // serde_path_to_error names the key whose value has the wrong type.
+    let built: Result<C, _> = serde_path_to_error::deserialize(Value::Object(init.clone()));
+    if built.is_ok() {
+        check_values(C::CLASS_NAME, &init)?;
+    }
     let mut built: C =
         serde_path_to_error::deserialize(Value::Object(init.clone())).map_err(|err| {
             SchedulerConfigError::Invalid {
                 class: C::CLASS_NAME,
-                message: format!("key `{}`: {}", err.path(), err.inner()),
+                message: format!(
+                    "key `{}`: {}",
+                    err.path(),
+                    crate::json::clean_message(&err.inner().to_string())
+                ),
             }
         })?;
     let extra = built.extra_mut();
@@ -1018,6 +1107,59 @@ mod tests {
         assert!(
             msg.contains("num_train_timesteps"),
             "the key is named: {msg}"
+        );
+    }
+
+    /// Issue 18: values no scheduler can be built from are refused at load, naming the key,
+    /// for every class (diffusers fails later, deep in the maths).
+    #[test]
+    fn impossible_table_sizes_are_refused_with_the_key() {
+        let cases = [
+            ("num_train_timesteps", json!(0)),
+            ("num_train_timesteps", json!(1_000_000_000u64)),
+            ("num_train_timesteps", json!(-1)),
+            ("trained_betas", json!([])),
+            ("trained_betas", json!([0.1, 2.5])),
+        ];
+        for (key, value) in cases {
+            let mut cfg = sd15();
+            cfg.insert(key.into(), value.clone());
+            for err in [
+                from_config::<PNDMSchedulerConfig>(&cfg, &Map::new()).map(|_| ()),
+                from_config::<DDIMSchedulerConfig>(&cfg, &Map::new()).map(|_| ()),
+                from_config::<DPMSolverMultistepSchedulerConfig>(&cfg, &Map::new()).map(|_| ()),
+                from_config::<DPMSolverSinglestepSchedulerConfig>(&cfg, &Map::new()).map(|_| ()),
+                from_config::<DEISMultistepSchedulerConfig>(&cfg, &Map::new()).map(|_| ()),
+            ] {
+                let msg = err.expect_err("refused").to_string();
+                assert!(msg.contains(key), "{key}={value}: {msg}");
+            }
+        }
+        // The same keys given as overrides are checked too; valid values still load.
+        let mut overrides = Map::new();
+        overrides.insert("num_train_timesteps".into(), json!(0));
+        assert!(from_config::<EulerDiscreteSchedulerConfig>(&sd15(), &overrides).is_err());
+        let mut cfg = sd15();
+        cfg.insert("trained_betas".into(), json!([0.0001, 0.02]));
+        cfg.insert("num_train_timesteps".into(), json!(2));
+        assert!(from_config::<DDIMSchedulerConfig>(&cfg, &Map::new()).is_ok());
+    }
+
+    /// Issue 18: a NaN literal where a finite number is needed is named as such, without the
+    /// internal marker string.
+    #[test]
+    fn nan_literal_message_is_clean() {
+        let text = "{\"_class_name\": \"DDIMScheduler\", \"beta_start\": NaN}";
+        let Value::Object(cfg) = crate::json::loads(text).expect("python json") else {
+            panic!("not an object");
+        };
+        let msg = from_config::<DDIMSchedulerConfig>(&cfg, &Map::new())
+            .expect_err("NaN is not an f64 here")
+            .to_string();
+        assert!(msg.contains("beta_start") && msg.contains("NaN"), "{msg}");
+        assert!(
+            !msg.contains("python-float") && !msg.contains('\0'),
+            "{msg}"
         );
     }
 

@@ -250,6 +250,12 @@ fn resolve_global(module: &str, name: &str) -> Option<Global> {
 
 type Id = usize;
 
+/// What [`Machine::to_value`] may still produce: values, and bytes of strings.
+struct ExpansionBudget {
+    values: usize,
+    bytes: usize,
+}
+
 #[derive(Debug, Clone)]
 enum Obj {
     None,
@@ -618,7 +624,8 @@ impl Machine {
                 }
                 b'.' => {
                     let id = self.pop()?;
-                    return self.to_value(id, 0);
+                    let mut budget = self.expansion_budget();
+                    return self.to_value(id, 0, &mut budget);
                 }
                 b'}' => self.push(Obj::Dict(Vec::new()))?,
                 b']' | 0x8f => self.push(Obj::List(Vec::new()))?,
@@ -803,13 +810,61 @@ impl Machine {
         }
     }
 
-    fn to_value(&self, id: Id, depth: usize) -> Result<Value, PickleError> {
+    /// What turning the arena into a tree may produce. A memoised object referenced twice is
+    /// copied twice, so a 1 KB pickle whose lists hold their own memo entry ten times, thirty
+    /// levels deep ("billion laughs"), would expand to 10^30 values: the tree may hold at most
+    /// twice the arena's objects and string bytes, plus a margin (real state dicts share only
+    /// small objects, such as the `'cpu'` location string of every storage).
+    fn expansion_budget(&self) -> ExpansionBudget {
+        let bytes: usize = self
+            .arena
+            .iter()
+            .map(|o| match o {
+                Obj::Str(s) => s.len(),
+                Obj::Bytes(b) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        ExpansionBudget {
+            values: self.arena.len().saturating_mul(2).saturating_add(1 << 20),
+            bytes: bytes.saturating_mul(2).saturating_add(64 << 20),
+        }
+    }
+
+    fn to_values(
+        &self,
+        items: &[Id],
+        depth: usize,
+        budget: &mut ExpansionBudget,
+    ) -> Result<Vec<Value>, PickleError> {
+        items
+            .iter()
+            .map(|&i| self.to_value(i, depth, budget))
+            .collect()
+    }
+
+    fn to_value(
+        &self,
+        id: Id,
+        depth: usize,
+        budget: &mut ExpansionBudget,
+    ) -> Result<Value, PickleError> {
         if depth > MAX_DEPTH {
             return Err(self.err(format!("nesting deeper than {MAX_DEPTH} (or a cycle)")));
         }
-        let list = |items: &[Id]| -> Result<Vec<Value>, PickleError> {
-            items.iter().map(|&i| self.to_value(i, depth + 1)).collect()
+        let payload = match self.obj(id) {
+            Obj::Str(s) => s.len(),
+            Obj::Bytes(b) => b.len(),
+            _ => 0,
         };
+        if budget.values == 0 || budget.bytes < payload {
+            return Err(self.err(
+                "the object tree expands to far more than the pickle holds (memoised objects \
+                 referenced over and over, as in a \"billion laughs\" attack); refusing",
+            ));
+        }
+        budget.values -= 1;
+        budget.bytes -= payload;
         Ok(match self.obj(id) {
             Obj::None => Value::None,
             Obj::Bool(b) => Value::Bool(*b),
@@ -817,15 +872,15 @@ impl Machine {
             Obj::Float(f) => Value::Float(*f),
             Obj::Str(s) => Value::Str(s.clone()),
             Obj::Bytes(b) => Value::Bytes(b.clone()),
-            Obj::Tuple(items) => Value::Tuple(list(items)?),
-            Obj::List(items) => Value::List(list(items)?),
+            Obj::Tuple(items) => Value::Tuple(self.to_values(items, depth + 1, budget)?),
+            Obj::List(items) => Value::List(self.to_values(items, depth + 1, budget)?),
             Obj::Dict(pairs) => {
                 // Python dict semantics: a repeated key keeps its first position and last value.
                 let mut out: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
                 let mut seen: HashMap<String, usize> = HashMap::new();
                 for &(k, v) in pairs {
-                    let key = self.to_value(k, depth + 1)?;
-                    let value = self.to_value(v, depth + 1)?;
+                    let key = self.to_value(k, depth + 1, budget)?;
+                    let value = self.to_value(v, depth + 1, budget)?;
                     let hash_key = match &key {
                         Value::Str(s) => Some(format!("s{s}")),
                         Value::Int(i) => Some(format!("i{i}")),
@@ -864,8 +919,10 @@ pub(crate) fn materialize(
         path: path.to_path_buf(),
         tensor: name.to_string(),
         layout: format!(
-            "shape {:?}, stride {:?}, offset {}",
-            info.shape, info.stride, info.storage_offset
+            "shape {}, stride {}, offset {}",
+            crate::short_shape(&info.shape),
+            crate::short_shape(&info.stride),
+            info.storage_offset
         ),
         key: info.storage_key.clone(),
         needed,
@@ -886,7 +943,10 @@ pub(crate) fn materialize(
     if last >= available {
         return Err(out_of_bounds(last as u64 + 1));
     }
-    let mut out = Vec::with_capacity(numel * elsize);
+    let nbytes = numel
+        .checked_mul(elsize)
+        .ok_or_else(|| out_of_bounds(u64::MAX))?;
+    let mut out = Vec::with_capacity(nbytes);
     let contiguous = {
         let mut expect = 1usize;
         let mut ok = true;
@@ -901,7 +961,7 @@ pub(crate) fn materialize(
     };
     if contiguous {
         let start = info.storage_offset * elsize;
-        out.extend_from_slice(&storage[start..start + numel * elsize]);
+        out.extend_from_slice(&storage[start..start + nbytes]);
     } else {
         // Odometer over the index space, in row-major order.
         let rank = info.shape.len();
