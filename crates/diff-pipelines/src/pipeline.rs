@@ -734,19 +734,6 @@ impl DiffusionPipeline {
             .and_then(Value::as_array)
             .map_or(8, |a| 1usize << a.len().saturating_sub(1).min(16))
     }
-
-    pub(crate) fn config_usize(&self, component: &str, key: &str) -> Option<usize> {
-        self.components
-            .configs
-            .get(component)?
-            .get(key)?
-            .as_u64()
-            .and_then(|v| usize::try_from(v).ok())
-    }
-
-    pub(crate) fn config_value(&self, component: &str, key: &str) -> Option<&Value> {
-        self.components.configs.get(component)?.get(key)
-    }
 }
 
 /// SD's `__init__` fixes outdated scheduler configs in memory: `steps_offset != 1` becomes 1 and
