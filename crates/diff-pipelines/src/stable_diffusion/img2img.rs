@@ -120,7 +120,7 @@ fn prepare_latents(
     let mut image = processor.preprocess(images, Some(height), Some(width), &device)?;
     let n_img = image.dims()[0];
     if gens.len() > 1 && n_img < total {
-        if total % n_img != 0 {
+        if !total.is_multiple_of(n_img) {
             return Err(PipelineError::arg(
                 "image",
                 format!(
@@ -133,7 +133,7 @@ fn prepare_latents(
     let mut init = encode_vae_image_as(vae, image, gens, dtype, &device)?;
     let n_lat = init.dims()[0];
     if total > n_lat {
-        if total % n_lat != 0 {
+        if !total.is_multiple_of(n_lat) {
             return Err(PipelineError::arg(
                 "image",
                 format!("Cannot duplicate `image` of batch size {n_lat} to {total} text prompts."),

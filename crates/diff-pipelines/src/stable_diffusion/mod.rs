@@ -1,9 +1,9 @@
 //! Stable Diffusion 1.x / 2.x `__call__` flows, one file per task as diffusers'
 //! `pipelines/stable_diffusion/pipeline_stable_diffusion{,_img2img,_inpaint}.py`:
 //!
-//! - [`text2img`]: `StableDiffusionPipeline`;
-//! - [`img2img`]: `StableDiffusionImg2ImgPipeline`;
-//! - [`inpaint`]: `StableDiffusionInpaintPipeline`.
+//! - `text2img.rs`: `StableDiffusionPipeline`;
+//! - `img2img.rs`: `StableDiffusionImg2ImgPipeline`;
+//! - `inpaint.rs`: `StableDiffusionInpaintPipeline`.
 //!
 //! Each runs diffusers' numbered steps in diffusers' order of random draws and arithmetic; the
 //! prompt encoding (`prompt.rs`), the latent and timestep preparation (`latents.rs`,

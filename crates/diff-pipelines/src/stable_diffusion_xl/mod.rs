@@ -1,9 +1,9 @@
 //! Stable Diffusion XL `__call__` flows, one file per task as diffusers'
 //! `pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl{,_img2img,_inpaint}.py`:
 //!
-//! - [`text2img`]: `StableDiffusionXLPipeline`;
-//! - [`img2img`]: `StableDiffusionXLImg2ImgPipeline` (also the refiner's class);
-//! - [`inpaint`]: `StableDiffusionXLInpaintPipeline`.
+//! - `text2img.rs`: `StableDiffusionXLPipeline`;
+//! - `img2img.rs`: `StableDiffusionXLImg2ImgPipeline` (also the refiner's class);
+//! - `inpaint.rs`: `StableDiffusionXLInpaintPipeline`.
 //!
 //! Differences from SD 1.x (diffusers 0.42.1): two text encoders whose penultimate hidden states
 //! (`hidden_states[-2]`, no final layer norm; `-(clip_skip + 2)` with clip_skip) are
