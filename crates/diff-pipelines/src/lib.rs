@@ -5,6 +5,14 @@
 //! Diffusion / SDXL `__call__` flows (text-to-image, img2img, inpaint), the CLIP tokenizer and
 //! diffusers' `VaeImageProcessor`.
 //!
+//! The flows follow diffusers' layout: one file per task (`stable_diffusion/{text2img,
+//! img2img, inpaint}.rs`, the same under `stable_diffusion_xl/`), each `__call__` in diffusers'
+//! numbered steps; the class -> flow registration is `flows.rs`; prompt encoding
+//! (`prompt.rs`), timesteps (`timesteps.rs`), latents (`latents.rs`), the one denoising loop
+//! with its per-step hook (`denoise.rs`), inpaint's shared parts (`inpaint_common.rs`) and the
+//! decode (`decode.rs`) are shared by SD and SDXL. [`CallArgs`] is a shared core plus one part
+//! per task family ([`Img2ImgArgs`], [`InpaintArgs`], [`XlArgs`]).
+//!
 //! Entry points:
 //! - [`DiffusionPipeline::from_pretrained`] with [`LoadOptions`] (variant, dtype, device,
 //!   `use_safetensors`, `local_files_only`, revision, components passed in or dropped with
@@ -72,32 +80,40 @@
 pub mod call;
 pub mod clip_tokenizer;
 pub mod components;
+mod decode;
+mod denoise;
 pub mod device;
 mod error;
+mod flows;
 pub mod image_processor;
+mod inpaint_common;
 pub mod jpeg;
+mod latents;
 pub mod outputs;
 pub mod pipeline;
+mod prompt;
 pub mod resample;
 pub mod single_file;
 mod stable_diffusion;
 mod stable_diffusion_xl;
-mod stable_diffusion_xl_inpaint;
+mod timesteps;
 pub mod validate;
 
 /// burn's dtype and device types, re-exported for callers that pick them (the CLI).
 pub use burn::tensor::{DType, Device};
 pub use call::{
-    CallArgs, Generators, OutputType, PipelineOutput, StepCallback, StepControl, StepInfo, guide,
-    noise_dtype,
+    CallArgs, Generators, Img2ImgArgs, InpaintArgs, OutputType, PipelineOutput, StepCallback,
+    StepControl, StepInfo, XlArgs,
 };
 pub use clip_tokenizer::ClipTokenizer;
+pub use denoise::guide;
 pub use device::{DeviceChoice, DeviceError, default_device, parse_device};
 pub use error::PipelineError;
 pub use image_processor::{FloatImages, VaeImageProcessor};
+pub use latents::noise_dtype;
 pub use pipeline::{
     Components, DiffusionPipeline, LoadOptions, Passed, PassedComponents, PipelineClass,
     SUPPORTED_PIPELINES,
 };
+pub use prompt::XlEmbeds;
 pub use single_file::SingleFileLoadOptions;
-pub use stable_diffusion_xl::XlEmbeds;

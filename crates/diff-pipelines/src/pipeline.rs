@@ -532,22 +532,6 @@ impl DiffusionPipeline {
             .as_ref()
             .map_or(8, |vae| vae.vae_scale_factor())
     }
-
-    /// Deprecated: read the typed config of the model instead (`pipe.unet()?.config`). A
-    /// number from a component's typed config by its JSON key, kept only for callers not yet
-    /// moved to the typed configs.
-    pub(crate) fn config_usize(&self, component: &str, key: &str) -> Option<usize> {
-        self.component_config(component)?
-            .get(key)?
-            .as_u64()
-            .and_then(|v| usize::try_from(v).ok())
-    }
-
-    /// Deprecated: read the typed config of the model instead. A value from a component's
-    /// typed config by its JSON key, kept only for callers not yet moved to the typed configs.
-    pub(crate) fn config_value(&self, component: &str, key: &str) -> Option<Value> {
-        self.component_config(component)?.get(key).cloned()
-    }
 }
 
 /// SD's `__init__` fixes outdated scheduler configs in memory: `steps_offset != 1` becomes 1 and

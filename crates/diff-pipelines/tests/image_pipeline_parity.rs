@@ -6,7 +6,8 @@
 //! [0, 1]); the initial latents of reduced-precision pipelines bit for bit.
 
 use diff_pipelines::{
-    CallArgs, DType, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
+    CallArgs, DType, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions,
+    OutputType, Passed, PipelineClass,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -110,18 +111,23 @@ fn run_case(name: &str) {
             .get("guidance_scale")
             .and_then(Value::as_f64)
             .map(|v| v as f32),
-        strength: args
-            .get("strength")
-            .and_then(Value::as_f64)
-            .map(|v| v as f32),
         generator: generators(args),
-        image: image("image"),
-        mask_image: image("mask_image"),
-        masked_image_latents,
-        padding_mask_crop: args
-            .get("padding_mask_crop")
-            .and_then(Value::as_u64)
-            .map(|v| v as usize),
+        img2img: Img2ImgArgs {
+            image: image("image"),
+            strength: args
+                .get("strength")
+                .and_then(Value::as_f64)
+                .map(|v| v as f32),
+            ..Img2ImgArgs::default()
+        },
+        inpaint: InpaintArgs {
+            mask_image: image("mask_image"),
+            masked_image_latents,
+            padding_mask_crop: args
+                .get("padding_mask_crop")
+                .and_then(Value::as_u64)
+                .map(|v| v as usize),
+        },
         output_type: if pil { OutputType::Pil } else { OutputType::Np },
         ..CallArgs::default()
     };
@@ -342,8 +348,14 @@ fn inpaint_args() -> CallArgs {
         |p: &str| vec![diff_pipelines::image_processor::load_image(&dir().join(p)).unwrap()];
     CallArgs {
         prompt: vec!["a red barn".into()],
-        image: Some(image("inputs/image_50x38.png")),
-        mask_image: Some(image("inputs/mask_50x38.png")),
+        img2img: Img2ImgArgs {
+            image: Some(image("inputs/image_50x38.png")),
+            ..Img2ImgArgs::default()
+        },
+        inpaint: InpaintArgs {
+            mask_image: Some(image("inputs/mask_50x38.png")),
+            ..InpaintArgs::default()
+        },
         height: Some(32),
         width: Some(32),
         num_inference_steps: 2,
@@ -355,28 +367,20 @@ fn inpaint_args() -> CallArgs {
 #[test]
 fn padding_mask_crop_needs_pil_output_one_image_and_a_mask_of_its_size() {
     let pipe = load("tiny-sd-inpaint", None, DType::F32);
-    let np = CallArgs {
-        padding_mask_crop: Some(2),
-        output_type: OutputType::Np,
-        ..inpaint_args()
-    };
+    let np = inpaint_args()
+        .with_padding_mask_crop(2)
+        .with_output_type(OutputType::Np);
     let err = pipe.call(&np, None).unwrap_err().to_string();
     assert!(err.contains("output type should be PIL"), "{err}");
 
-    let mut two = CallArgs {
-        padding_mask_crop: Some(2),
-        ..inpaint_args()
-    };
-    let img = two.image.as_ref().unwrap()[0].clone();
-    two.image = Some(vec![img.clone(), img]);
+    let mut two = inpaint_args().with_padding_mask_crop(2);
+    let img = two.img2img.image.as_ref().unwrap()[0].clone();
+    two.img2img.image = Some(vec![img.clone(), img]);
     let err = pipe.call(&two, None).unwrap_err().to_string();
     assert!(err.contains("one image and one mask"), "{err}");
 
-    let mut small_mask = CallArgs {
-        padding_mask_crop: Some(2),
-        ..inpaint_args()
-    };
-    small_mask.mask_image = Some(vec![
+    let mut small_mask = inpaint_args().with_padding_mask_crop(2);
+    small_mask.inpaint.mask_image = Some(vec![
         diff_pipelines::image_processor::load_image(&dir().join("inputs/mask_25x19.png")).unwrap(),
     ]);
     let err = pipe.call(&small_mask, None).unwrap_err().to_string();
@@ -386,13 +390,10 @@ fn padding_mask_crop_needs_pil_output_one_image_and_a_mask_of_its_size() {
 #[test]
 fn masked_image_latents_with_the_wrong_channel_count_are_a_clear_error() {
     let pipe = load("tiny-sd-inpaint", None, DType::F32);
-    let args = CallArgs {
-        masked_image_latents: Some(burn::tensor::Tensor::<4>::zeros(
-            [1, 3, 16, 16],
-            pipe.device(),
-        )),
-        ..inpaint_args()
-    };
+    let args = inpaint_args().with_masked_image_latents(burn::tensor::Tensor::<4>::zeros(
+        [1, 3, 16, 16],
+        pipe.device(),
+    ));
     let err = pipe.call(&args, None).unwrap_err().to_string();
     assert!(
         err.contains("masked_image_latents must have the VAE's 4 latent channels"),

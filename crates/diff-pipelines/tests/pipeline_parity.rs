@@ -5,7 +5,8 @@
 
 use diff_models::FromPretrained;
 use diff_pipelines::{
-    CallArgs, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
+    CallArgs, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions, OutputType,
+    Passed, PipelineClass, XlArgs,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -23,7 +24,6 @@ fn call_args(args: &Value, dir: &Path) -> CallArgs {
     };
     CallArgs {
         prompt: strings(get("prompt").unwrap()).unwrap(),
-        prompt_2: get("prompt_2").and_then(strings),
         negative_prompt: get("negative_prompt").and_then(strings),
         num_images_per_prompt: get("num_images_per_prompt")
             .and_then(Value::as_u64)
@@ -39,7 +39,6 @@ fn call_args(args: &Value, dir: &Path) -> CallArgs {
             .unwrap_or(0.0) as f32,
         clip_skip: get("clip_skip").and_then(Value::as_u64).map(|v| v as usize),
         eta: get("eta").and_then(Value::as_f64).unwrap_or(0.0) as f32,
-        strength: get("strength").and_then(Value::as_f64).map(|v| v as f32),
         generator: match (get("seed"), get("seeds")) {
             (Some(s), _) => Generators::Seed(s.as_u64().unwrap()),
             (_, Some(s)) => Generators::Seeds(
@@ -51,19 +50,30 @@ fn call_args(args: &Value, dir: &Path) -> CallArgs {
             ),
             _ => Generators::Random,
         },
-        image: image("image"),
-        mask_image: image("mask_image"),
-        original_size: pair(get("original_size")),
-        crops_coords_top_left: pair(get("crops_coords_top_left")).unwrap_or((0, 0)),
-        target_size: pair(get("target_size")),
-        negative_original_size: pair(get("negative_original_size")),
-        negative_target_size: pair(get("negative_target_size")),
-        denoising_end: get("denoising_end")
-            .and_then(Value::as_f64)
-            .map(|v| v as f32),
-        denoising_start: get("denoising_start")
-            .and_then(Value::as_f64)
-            .map(|v| v as f32),
+        img2img: Img2ImgArgs {
+            image: image("image"),
+            strength: get("strength").and_then(Value::as_f64).map(|v| v as f32),
+            ..Img2ImgArgs::default()
+        },
+        inpaint: InpaintArgs {
+            mask_image: image("mask_image"),
+            ..InpaintArgs::default()
+        },
+        xl: XlArgs {
+            prompt_2: get("prompt_2").and_then(strings),
+            original_size: pair(get("original_size")),
+            crops_coords_top_left: pair(get("crops_coords_top_left")).unwrap_or((0, 0)),
+            target_size: pair(get("target_size")),
+            negative_original_size: pair(get("negative_original_size")),
+            negative_target_size: pair(get("negative_target_size")),
+            denoising_end: get("denoising_end")
+                .and_then(Value::as_f64)
+                .map(|v| v as f32),
+            denoising_start: get("denoising_start")
+                .and_then(Value::as_f64)
+                .map(|v| v as f32),
+            ..XlArgs::default()
+        },
         output_type: OutputType::Np,
         ..CallArgs::default()
     }

@@ -8,8 +8,8 @@
 
 use diff_models::FromPretrained;
 use diff_pipelines::{
-    CallArgs, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
-    PipelineError,
+    CallArgs, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions, OutputType,
+    Passed, PipelineClass, PipelineError, XlArgs,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -40,7 +40,6 @@ fn call_args(args: &Value, previous: Option<&burn::tensor::Tensor<4>>) -> CallAr
     let defaults = CallArgs::default();
     CallArgs {
         prompt: strings(get("prompt").unwrap()).unwrap(),
-        prompt_2: get("prompt_2").and_then(strings),
         negative_prompt: get("negative_prompt").and_then(strings),
         num_images_per_prompt: get("num_images_per_prompt")
             .and_then(Value::as_u64)
@@ -49,7 +48,6 @@ fn call_args(args: &Value, previous: Option<&burn::tensor::Tensor<4>>) -> CallAr
         width: get("width").and_then(Value::as_u64).map(|v| v as usize),
         num_inference_steps: get("num_inference_steps").and_then(Value::as_u64).unwrap() as usize,
         guidance_scale: f32_of(get("guidance_scale")),
-        strength: f32_of(get("strength")),
         generator: match (get("seed"), get("seeds")) {
             (Some(s), _) => Generators::Seed(s.as_u64().unwrap()),
             (_, Some(s)) => Generators::Seeds(
@@ -61,32 +59,42 @@ fn call_args(args: &Value, previous: Option<&burn::tensor::Tensor<4>>) -> CallAr
             ),
             _ => Generators::Random,
         },
-        image: image("image"),
-        image_latents: match get("image").and_then(Value::as_str) {
-            Some("previous") => Some(previous.expect("a previous stage").clone()),
-            _ => None,
+        img2img: Img2ImgArgs {
+            image: image("image"),
+            image_latents: match get("image").and_then(Value::as_str) {
+                Some("previous") => Some(previous.expect("a previous stage").clone()),
+                _ => None,
+            },
+            strength: f32_of(get("strength")),
         },
-        mask_image: image("mask_image"),
-        masked_image_latents: get("masked_image_latents")
-            .and_then(Value::as_str)
-            .map(|p| {
-                diff_pipelines::outputs::load_latents(&dir.join(p), &Default::default()).unwrap()
-            }),
-        padding_mask_crop: get("padding_mask_crop")
-            .and_then(Value::as_u64)
-            .map(|v| v as usize),
-        original_size: pair(get("original_size")),
-        crops_coords_top_left: pair(get("crops_coords_top_left")).unwrap_or((0, 0)),
-        target_size: pair(get("target_size")),
-        negative_original_size: pair(get("negative_original_size")),
-        negative_crops_coords_top_left: pair(get("negative_crops_coords_top_left"))
-            .unwrap_or((0, 0)),
-        negative_target_size: pair(get("negative_target_size")),
-        aesthetic_score: f32_of(get("aesthetic_score")).unwrap_or(defaults.aesthetic_score),
-        negative_aesthetic_score: f32_of(get("negative_aesthetic_score"))
-            .unwrap_or(defaults.negative_aesthetic_score),
-        denoising_end: f32_of(get("denoising_end")),
-        denoising_start: f32_of(get("denoising_start")),
+        inpaint: InpaintArgs {
+            mask_image: image("mask_image"),
+            masked_image_latents: get("masked_image_latents")
+                .and_then(Value::as_str)
+                .map(|p| {
+                    diff_pipelines::outputs::load_latents(&dir.join(p), &Default::default())
+                        .unwrap()
+                }),
+            padding_mask_crop: get("padding_mask_crop")
+                .and_then(Value::as_u64)
+                .map(|v| v as usize),
+        },
+        xl: XlArgs {
+            prompt_2: get("prompt_2").and_then(strings),
+            original_size: pair(get("original_size")),
+            crops_coords_top_left: pair(get("crops_coords_top_left")).unwrap_or((0, 0)),
+            target_size: pair(get("target_size")),
+            negative_original_size: pair(get("negative_original_size")),
+            negative_crops_coords_top_left: pair(get("negative_crops_coords_top_left"))
+                .unwrap_or((0, 0)),
+            negative_target_size: pair(get("negative_target_size")),
+            aesthetic_score: f32_of(get("aesthetic_score")).unwrap_or(defaults.xl.aesthetic_score),
+            negative_aesthetic_score: f32_of(get("negative_aesthetic_score"))
+                .unwrap_or(defaults.xl.negative_aesthetic_score),
+            denoising_end: f32_of(get("denoising_end")),
+            denoising_start: f32_of(get("denoising_start")),
+            ..XlArgs::default()
+        },
         output_type: OutputType::Np,
         ..defaults
     }
@@ -318,10 +326,16 @@ fn small_call(image: bool, mask: bool) -> CallArgs {
         |p: &str| vec![diff_pipelines::image_processor::load_image(&dir.join(p)).unwrap()];
     CallArgs {
         num_inference_steps: 2,
-        strength: Some(0.5),
         generator: Generators::Seed(0),
-        image: image.then(|| load_png("inputs/image_32x32.png")),
-        mask_image: mask.then(|| load_png("inputs/mask_32x32.png")),
+        img2img: Img2ImgArgs {
+            image: image.then(|| load_png("inputs/image_32x32.png")),
+            strength: Some(0.5),
+            ..Img2ImgArgs::default()
+        },
+        inpaint: InpaintArgs {
+            mask_image: mask.then(|| load_png("inputs/mask_32x32.png")),
+            ..InpaintArgs::default()
+        },
         height: Some(32),
         width: Some(32),
         output_type: OutputType::Latent,
@@ -392,13 +406,7 @@ fn sdxl_inpaint_bad_inputs_give_clear_errors() {
         .to_string();
     assert!(msg.contains("`image`"), "{msg}");
     let msg = base
-        .call(
-            &CallArgs {
-                strength: Some(1.5),
-                ..small_call(true, true)
-            },
-            None,
-        )
+        .call(&small_call(true, true).with_strength(1.5), None)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("strength should be in [0.0, 1.0]"), "{msg}");
@@ -408,23 +416,13 @@ fn sdxl_inpaint_bad_inputs_give_clear_errors() {
     pndm.swap_scheduler("PNDMScheduler", &serde_json::Map::new())
         .unwrap();
     let msg = pndm
-        .call(
-            &CallArgs {
-                strength: Some(0.3),
-                ..small_call(true, true)
-            },
-            None,
-        )
+        .call(&small_call(true, true).with_strength(0.3), None)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("the number of pipeline steps is 0"), "{msg}");
     let msg = base
         .call(
-            &CallArgs {
-                denoising_start: Some(0.8),
-                denoising_end: Some(0.4),
-                ..small_call(true, true)
-            },
+            &small_call(true, true).with_denoising(Some(0.8), Some(0.4)),
             None,
         )
         .unwrap_err()
@@ -461,11 +459,8 @@ fn sdxl_inpaint_mismatched_latents_give_clear_errors() {
     // An image given as latents cannot be masked for the 9-channel UNet's input.
     let msg = nine
         .call(
-            &CallArgs {
-                image: None,
-                image_latents: Some(burn::tensor::Tensor::zeros([1, 4, 16, 16], &device)),
-                ..small_call(false, true)
-            },
+            &small_call(false, true)
+                .with_image_latents(burn::tensor::Tensor::zeros([1, 4, 16, 16], &device)),
             None,
         )
         .unwrap_err()
@@ -474,10 +469,8 @@ fn sdxl_inpaint_mismatched_latents_give_clear_errors() {
     // Given masked-image latents of the wrong size.
     let msg = nine
         .call(
-            &CallArgs {
-                masked_image_latents: Some(burn::tensor::Tensor::zeros([1, 4, 8, 8], &device)),
-                ..small_call(true, true)
-            },
+            &small_call(true, true)
+                .with_masked_image_latents(burn::tensor::Tensor::zeros([1, 4, 8, 8], &device)),
             None,
         )
         .unwrap_err()
@@ -485,8 +478,8 @@ fn sdxl_inpaint_mismatched_latents_give_clear_errors() {
     assert!(msg.contains("masked_image_latents is 8x8"), "{msg}");
     // Two masks for one image and one prompt.
     let mut two_masks = small_call(true, true);
-    let mask = two_masks.mask_image.clone().unwrap();
-    two_masks.mask_image = Some([mask.clone(), mask].concat());
+    let mask = two_masks.inpaint.mask_image.clone().unwrap();
+    two_masks.inpaint.mask_image = Some([mask.clone(), mask].concat());
     let msg = nine.call(&two_masks, None).unwrap_err().to_string();
     assert!(msg.contains("masks"), "{msg}");
 }

@@ -10,8 +10,8 @@
 
 use diff_pipelines::single_file::SingleFileLoadOptions;
 use diff_pipelines::{
-    CallArgs, DType, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
-    PipelineError,
+    CallArgs, DType, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions,
+    OutputType, Passed, PipelineClass, PipelineError,
 };
 use image::RgbImage;
 use std::path::Path;
@@ -56,9 +56,15 @@ fn generate(pipe: &DiffusionPipeline) -> Vec<f32> {
         num_inference_steps: 2,
         guidance_scale: Some(5.0),
         generator: Generators::Seed(7),
-        image: img2img.then(|| vec![image]),
-        mask_image: inpaint.then(|| vec![mask]),
-        strength: img2img.then_some(0.75),
+        img2img: Img2ImgArgs {
+            image: img2img.then(|| vec![image]),
+            strength: img2img.then_some(0.75),
+            ..Img2ImgArgs::default()
+        },
+        inpaint: InpaintArgs {
+            mask_image: inpaint.then(|| vec![mask]),
+            ..InpaintArgs::default()
+        },
         output_type: OutputType::Np,
         ..CallArgs::default()
     };

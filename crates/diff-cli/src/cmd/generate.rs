@@ -20,8 +20,8 @@ use burn_diffusers::pipelines::single_file::{
     SingleFileLoadOptions, autoencoder_kl_from_single_file, is_single_file,
 };
 use burn_diffusers::pipelines::{
-    CallArgs, DiffusionPipeline, Generators, LoadOptions, OutputType, Passed, PipelineClass,
-    StepControl, StepInfo,
+    CallArgs, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions, OutputType,
+    Passed, PipelineClass, StepControl, StepInfo, XlArgs,
 };
 use burn_diffusers::schedulers::SCHEDULER_CLASSES;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -489,16 +489,24 @@ pub fn run(args: Args) -> Result<()> {
         height: size(args.height),
         width: size(args.width),
         generator: args.seed.map_or(Generators::Random, Generators::Seed),
-        strength: args.strength,
-        image: image.map(|i| vec![i]),
-        mask_image: mask.map(|m| vec![m]),
-        padding_mask_crop: args.padding_mask_crop,
-        aesthetic_score: args.aesthetic_score.unwrap_or(6.0),
-        negative_aesthetic_score: args.negative_aesthetic_score.unwrap_or(2.5),
         latents,
-        image_latents,
-        denoising_start: args.denoising_start,
-        denoising_end: args.denoising_end,
+        img2img: Img2ImgArgs {
+            image: image.map(|i| vec![i]),
+            image_latents,
+            strength: args.strength,
+        },
+        inpaint: InpaintArgs {
+            mask_image: mask.map(|m| vec![m]),
+            padding_mask_crop: args.padding_mask_crop,
+            ..InpaintArgs::default()
+        },
+        xl: XlArgs {
+            aesthetic_score: args.aesthetic_score.unwrap_or(6.0),
+            negative_aesthetic_score: args.negative_aesthetic_score.unwrap_or(2.5),
+            denoising_start: args.denoising_start,
+            denoising_end: args.denoising_end,
+            ..XlArgs::default()
+        },
         num_images_per_prompt: args.num_images,
         // diffusers pastes the crop back onto the 8-bit image, so it needs output_type="pil".
         output_type: if args.out_latents.is_some() {
