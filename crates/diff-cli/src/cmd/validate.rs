@@ -4,14 +4,14 @@
 //! `HF_ENDPOINT` / `HF_TOKEN` / the Hugging Face cache).
 //!
 //! Compares a saved pipeline folder with the one it was saved from
-//! (`burn_diffusers::pipelines::validate`): every config value and every tensor (exact, or exact
+//! (`burn_diffusers::validate`): every config value and every tensor (exact, or exact
 //! after torch's rounding for a cast variant), the tokenizers (ids on fixed prompts), and one
 //! forward of each model on fixed inputs (exact for the same weights, within the cast dtype's
 //! stated tolerance otherwise). Prints one line per component and check; the exit status is
 //! non-zero on any difference.
 
 use anyhow::{Context, Result, bail};
-use burn_diffusers::pipelines::validate::{ValidateOptions, validate_pipeline};
+use burn_diffusers::validate::{ValidateOptions, validate_pipeline};
 
 /// Arguments of `validate`.
 #[derive(clap::Args)]
