@@ -22,7 +22,7 @@ use burn_diffusers::format::{
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Arguments of `inspect`.
 #[derive(clap::Args)]
@@ -46,7 +46,7 @@ pub struct Args {
 
 /// Runs `inspect`.
 pub fn run(args: Args) -> Result<()> {
-    let root = resolve_source(&args.path, &args.hub, args.variant.as_deref())?;
+    let root = super::download::resolve_source(&args.path, &args.hub, args.variant.as_deref())?;
     let report = build_report(&root, &args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -54,25 +54,6 @@ pub fn run(args: Args) -> Result<()> {
         print_text(&report);
     }
     Ok(())
-}
-
-/// Turns the PATH argument into a local folder. Repo ids are the diff-hub hook.
-fn resolve_source(
-    path: &str,
-    hub: &super::download::HubArgs,
-    variant: Option<&str>,
-) -> Result<PathBuf> {
-    let local = PathBuf::from(path);
-    if local.is_dir() {
-        return Ok(local);
-    }
-    if local.exists() {
-        bail!(
-            "{path} is a file; inspect expects a diffusers pipeline folder (with model_index.json)"
-        );
-    }
-    // A repo id: diff-hub downloads the pipeline's selection (HF_ENDPOINT, HF_HUB_OFFLINE…).
-    super::download::resolve_source(path, hub, variant)
 }
 
 /// Everything `inspect` reports, as JSON (the text output is rendered from it).
