@@ -47,7 +47,7 @@
 //! converting folders (diff-convert: this crate does not depend on it), the CLI.
 //!
 //! Dependencies: `diff-format` (model_index.json and configs), `diff-hub` (repo id -> folder,
-//! [`diff_hub::resolve_pipeline`]; `diff-hub-server` only as a dev-dependency, for the download
+//! [`diff_hub::HubApi::resolve`]; `diff-hub-server` only as a dev-dependency, for the download
 //! test), `diff-schedulers`, `diff-models`, `diff-image` (Pillow-exact image bytes),
 //! `diff-tokenizer` (the CLIP tokenizer), `diff-checkpoint` (the burn-free key conversion of
 //! `from_single_file`), `burn` (tensors), `image` (the `RgbImage` type of inputs and outputs),
