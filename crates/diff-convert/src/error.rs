@@ -129,3 +129,42 @@ impl ConvertError {
         }
     }
 }
+
+impl From<diff_checkpoint::CheckpointError> for ConvertError {
+    fn from(e: diff_checkpoint::CheckpointError) -> Self {
+        use diff_checkpoint::CheckpointError as E;
+        match e {
+            E::Io { path, source } => ConvertError::Io { path, source },
+            E::BadWeights { path, reason } => ConvertError::BadWeights { path, reason },
+            E::BadJson { path, reason } => ConvertError::BadJson { path, reason },
+            E::Pickle(e) => ConvertError::Pickle(e),
+            E::UnknownArchitecture { path, reason } => {
+                ConvertError::UnknownArchitecture { path, reason }
+            }
+            E::MissingKey {
+                path,
+                key,
+                needed_for,
+            } => ConvertError::MissingKey {
+                path,
+                key,
+                needed_for,
+            },
+            E::BadShape {
+                path,
+                key,
+                got,
+                expected,
+            } => ConvertError::BadShape {
+                path,
+                key,
+                got,
+                expected,
+            },
+            other => ConvertError::BadWeights {
+                path: std::path::PathBuf::new(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}

@@ -6,17 +6,20 @@
 //!   shard index, the stale-index trap, atomic folder replacement) for models and pipelines;
 //! - [`shard`]: huggingface_hub's size parsing and shard assignment, diffusers' file names;
 //! - [`cast`]: f32/f16/bf16 casts bit-identical to torch;
-//! - [`single_file`]: `from_single_file` for original SD 1.x / 2.x / SDXL (base, refiner) and
-//!   inpainting checkpoints (`.safetensors` or `.ckpt`), family detection, key conversion;
+//! - [`single_file`]: `convert` of original SD 1.x / 2.x / SDXL (base, refiner) and inpainting
+//!   checkpoints (`.safetensors` or `.ckpt`) to a diffusers folder (the model_index diffusers
+//!   writes, configs, the atomic write); the family detection and the key conversion are
+//!   diff-checkpoint's, shared with diff-pipelines' `from_single_file`;
 //! - [`card`]: the `README.md` model card (Hub metadata, usage), keeping an existing card;
 //! - [`publish`]: `push_to_hub` (save to a temporary folder, model card, one commit or PR);
 //! - [`validate`]: compares an original and a saved pipeline (configs and every tensor, exact or
-//!   exact-after-cast); the forward-pass half is `diff_pipelines::validate`, which builds on it;
+//!   exact-after-cast); the `validate` command (this check, tokenizers and one forward per
+//!   model) is the diff-validate crate, above this one and diff-pipelines;
 //! - [`transformers_config`]: transformers 5.23's re-serialisation of CLIP model configs and
 //!   `CLIPImageProcessor` configs (old Hub configs are rewritten on save, as diffusers does);
 //! - [`order`]: PyTorch `state_dict()` order of the known model families (shard boundaries);
 //! - [`tensors`]: raw tensors read from safetensors files, shard indexes and pickle checkpoints
-//!   (through `diff_format::pickle`, the restricted reader: nothing is executed).
+//!   (diff-checkpoint's, re-exported).
 //!
 //! **Must not know:** the network (publishing goes through `diff-hub`), burn's maths: saving and
 //! converting move bytes and JSON only.
@@ -26,10 +29,11 @@
 //! Python `safetensors` package binds), `half` (f16 rounding identical to torch), `memmap2` (weights
 //! are mapped, not read, so a re-save holds one copy of a component), `serde`/`serde_json`
 //! (configs and indexes, through diff-format's typed configs), `thiserror` (the typed [`ConvertError`]), `tracing` (logs).
-//! `diff-hub` (repo creation, model-card download, folder upload for `push_to_hub`).
-//! Forward-pass validation needs burn and the models, so it lives in `diff-pipelines`
-//! (`diff_pipelines::validate`, which depends on this crate): saving, converting and publishing
-//! compile without burn.
+//! `diff-hub` (repo creation, model-card download, folder upload for `push_to_hub`),
+//! `diff-checkpoint` (raw tensors, the family detection and key conversion of single files).
+//! Forward-pass validation needs burn and the models, so it lives in `diff-pipelines`, and the
+//! `validate` command that joins both halves in `diff-validate`: saving, converting and
+//! publishing compile without burn.
 #![deny(missing_docs)]
 
 pub mod card;
@@ -40,7 +44,8 @@ pub mod publish;
 pub mod save;
 pub mod shard;
 pub mod single_file;
-pub mod tensors;
+/// Raw tensors and their readers (diff-checkpoint), under their former path.
+pub use diff_checkpoint::tensors;
 pub mod transformers_config;
 pub mod validate;
 

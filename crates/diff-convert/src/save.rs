@@ -98,14 +98,7 @@ fn check_variant(variant: Option<&str>) -> Result<(), ConvertError> {
     Ok(())
 }
 
-/// Which library a model folder belongs to decides file names and index metadata.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Library {
-    /// diffusers `ModelMixin` (`diffusion_pytorch_model*.safetensors`).
-    Diffusers,
-    /// transformers `PreTrainedModel` (`model*.safetensors`).
-    Transformers,
-}
+pub use diff_checkpoint::Library;
 
 /// Writes a model's weights into `dir` (which must exist) as diffusers / transformers
 /// `save_pretrained` would. `state_dict` must be in PyTorch `state_dict()` order for shard

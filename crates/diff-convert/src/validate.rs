@@ -15,9 +15,10 @@
 //!   cast (e.g. an fp16 variant), identical to the original cast with torch's rounding. That is
 //!   stricter than a tolerance and exact for a correct save: a cast is deterministic.
 //!
-//! This is the burn-free half of the issue's `validate`; the forward pass of each model on fixed
-//! inputs (and the functional tokenizer check) is `diff_pipelines::validate`, which calls this
-//! first and uses [`ComponentReport::narrowed_to`] to pick its tolerance.
+//! This is the burn-free half of `validate`; the forward pass of each model on fixed inputs is
+//! `diff_pipelines::validate`, and the command (the functional tokenizer check too) is the
+//! diff-validate crate, which calls this first and uses [`ComponentReport::narrowed_to`] to
+//! pick the forward tolerance.
 //!
 //! # Tokenizer folders
 //! Tokenizer folders have no `config.json` and are not compared here; diff-pipelines compares

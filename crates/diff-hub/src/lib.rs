@@ -12,6 +12,12 @@
 //! (`create_repo`, preupload, LFS batch with basic and multipart transfers and verify, NDJSON
 //! commits with parent commit, pull requests, deletions).
 //!
+//! It also owns the one repo-id-or-folder rule of the project: [`HubApi::resolve`] (and
+//! [`HubApi::resolve_snapshot`] for a pattern selection) uses an existing folder as it is,
+//! refuses a file or a malformed id with a typed error, and otherwise resolves the repo id
+//! through the cache / Hub with the client's endpoint and offline mode and the given revision
+//! and selection. Every CLI command and `DiffusionPipeline::from_pretrained` go through it.
+//!
 //! **Must not know:** burn, tensors, model code. It moves bytes and reads only the JSON it needs
 //! (`model_index.json` through diff-format, to select files).
 //!

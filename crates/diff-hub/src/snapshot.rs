@@ -507,9 +507,11 @@ impl HubApi {
         )
     }
 
-    /// A local folder as is (no network), or a repo id downloaded with
-    /// [`HubApi::download_pipeline`]. This is what every command taking a "folder or repo id"
-    /// calls.
+    /// The one repo-id-or-folder rule of burn-diffusers: a local folder as is (no network),
+    /// or a repo id downloaded with [`HubApi::download_pipeline`] (diffusers' file selection
+    /// for `selection`) at `revision`, through this client's endpoint, cache and offline mode.
+    /// Every command taking a "folder or repo id" and `DiffusionPipeline::from_pretrained`
+    /// call this (or [`HubApi::resolve_snapshot`] for a pattern selection).
     pub fn resolve(
         &self,
         repo_or_folder: &str,
@@ -517,17 +519,25 @@ impl HubApi {
         selection: &diff_format::SelectionOptions,
         progress: &dyn Progress,
     ) -> Result<PathBuf> {
-        let local = Path::new(repo_or_folder);
-        if local.is_dir() {
-            return Ok(local.to_path_buf());
-        }
-        if validate_repo_id(repo_or_folder).is_err() {
-            return Err(HubError::InvalidRepoId {
-                repo_id: repo_or_folder.into(),
-                reason: "not an existing folder, and not a valid `namespace/name` repo id".into(),
-            });
+        if let Some(folder) = local_folder(repo_or_folder)? {
+            return Ok(folder);
         }
         self.download_pipeline(repo_or_folder, revision, selection, progress)
+    }
+
+    /// [`HubApi::resolve`] with a pattern selection (`options.allow_patterns`, revision,
+    /// `local_files_only`) instead of a pipeline's: a local folder as is, or a repo id through
+    /// [`HubApi::snapshot_download`] (e.g. the configs of a single-file conversion).
+    pub fn resolve_snapshot(
+        &self,
+        repo_or_folder: &str,
+        options: &SnapshotOptions,
+        progress: &dyn Progress,
+    ) -> Result<PathBuf> {
+        if let Some(folder) = local_folder(repo_or_folder)? {
+            return Ok(folder);
+        }
+        self.snapshot_download(repo_or_folder, options, progress)
     }
 
     /// The URL of a file for display (`{endpoint}/{repo}/blob/{rev}/{path}`).
@@ -539,6 +549,28 @@ impl HubApi {
             quote_path(path)
         )
     }
+}
+
+/// `Some(folder)` when `repo_or_folder` is an existing folder; an error when it is an existing
+/// file or neither a folder nor a valid `namespace/name` repo id; `None` for a repo id.
+fn local_folder(repo_or_folder: &str) -> Result<Option<PathBuf>> {
+    let local = Path::new(repo_or_folder);
+    if local.is_dir() {
+        return Ok(Some(local.to_path_buf()));
+    }
+    if local.exists() {
+        return Err(HubError::InvalidRepoId {
+            repo_id: repo_or_folder.into(),
+            reason: "this is a file; expected a diffusers folder or a repo id".into(),
+        });
+    }
+    if validate_repo_id(repo_or_folder).is_err() {
+        return Err(HubError::InvalidRepoId {
+            repo_id: repo_or_folder.into(),
+            reason: "not an existing folder, and not a valid `namespace/name` repo id".into(),
+        });
+    }
+    Ok(None)
 }
 
 /// The `rel="next"` URL of an RFC 5988 `Link` header.

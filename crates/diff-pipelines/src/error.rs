@@ -93,6 +93,11 @@ pub enum PipelineError {
         /// What was looked for.
         message: String,
     },
+    /// An input image is refused before decoding (from diff-image: Pillow's
+    /// decompression-bomb limit). Other image errors map to [`PipelineError::Io`],
+    /// [`PipelineError::Image`] and [`PipelineError::InvalidArgument`].
+    #[error(transparent)]
+    ImageInput(Box<diff_image::ImageError>),
     /// A Hub repo could not be resolved or downloaded (from diff-hub).
     #[error(transparent)]
     Hub(Box<diff_hub::HubError>),
@@ -106,9 +111,9 @@ pub enum PipelineError {
     #[error(transparent)]
     Model(Box<diff_models::ModelError>),
     /// A single-file checkpoint could not be read, recognised or converted (from
-    /// diff-convert: a corrupt file, an unknown architecture, a tensor the conversion needs).
+    /// diff-checkpoint: a corrupt file, an unknown architecture, a tensor the conversion needs).
     #[error(transparent)]
-    Convert(Box<diff_convert::ConvertError>),
+    Convert(Box<diff_checkpoint::CheckpointError>),
     /// A component of a single-file checkpoint could not be converted (diffusers'
     /// `SingleFileComponentError`): typically the checkpoint does not contain it (a file
     /// without its VAE), and it has to be loaded separately and passed in.
@@ -127,9 +132,38 @@ pub enum PipelineError {
     },
 }
 
-impl From<diff_convert::ConvertError> for PipelineError {
-    fn from(e: diff_convert::ConvertError) -> Self {
+impl From<diff_checkpoint::CheckpointError> for PipelineError {
+    fn from(e: diff_checkpoint::CheckpointError) -> Self {
         PipelineError::Convert(Box::new(e))
+    }
+}
+
+impl From<diff_image::ImageError> for PipelineError {
+    fn from(e: diff_image::ImageError) -> Self {
+        use diff_image::ImageError as E;
+        match e {
+            E::Io { path, error } => PipelineError::Io { path, error },
+            E::Decode { path, message } => PipelineError::Image { path, message },
+            E::InvalidArgument { name, message } => {
+                PipelineError::InvalidArgument { name, message }
+            }
+            other => PipelineError::ImageInput(Box::new(other)),
+        }
+    }
+}
+
+impl From<diff_tokenizer::TokenizerError> for PipelineError {
+    fn from(e: diff_tokenizer::TokenizerError) -> Self {
+        use diff_tokenizer::TokenizerError as E;
+        match e {
+            E::Io { path, error } => PipelineError::Io { path, error },
+            E::Json { path, message } => PipelineError::Json { path, message },
+            E::Invalid { path, message } => PipelineError::Tokenizer { path, message },
+            other => PipelineError::Tokenizer {
+                path: std::path::PathBuf::new(),
+                message: other.to_string(),
+            },
+        }
     }
 }
 

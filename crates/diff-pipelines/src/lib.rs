@@ -2,8 +2,8 @@
 //!
 //! Owns `DiffusionPipeline` loading (`model_index.json` -> the pipeline its `_class_name`
 //! names, components passed in or dropped, scheduler swapping, `from_pipe` sharing), the Stable
-//! Diffusion / SDXL `__call__` flows (text-to-image, img2img, inpaint), the CLIP tokenizer and
-//! diffusers' `VaeImageProcessor`.
+//! Diffusion / SDXL `__call__` flows (text-to-image, img2img, inpaint), the tensor half of
+//! diffusers' `VaeImageProcessor`, `from_single_file` and the forward half of `validate`.
 //!
 //! The flows follow diffusers' layout: one file per task (`stable_diffusion/{text2img,
 //! img2img, inpaint}.rs`, the same under `stable_diffusion_xl/`), each `__call__` in diffusers'
@@ -22,26 +22,25 @@
 //!   accepted `[library, class]`, config file, role per pipeline family, load dispatch, and how
 //!   a passed-in object replaces it or `None` drops it. Models load through
 //!   `diff_models::FromPretrained`, their weight files chosen by diff-format's resolver.
-//! - [`ClipTokenizer`]: transformers 5's `CLIPTokenizer`, id for id.
-//! - [`VaeImageProcessor`] and [`outputs`]: images in and out, PNG and safetensors files;
-//!   [`resample`]: Pillow's `Image.resize`, byte for byte (what diffusers resizes inputs with);
-//!   [`jpeg`]: a JPEG decoder giving Pillow's (libjpeg-turbo's) bytes, used by
-//!   `image_processor::load_image` (`tests/jpeg_parity.rs`, `tests/fixtures/44-jpeg`).
+//! - [`VaeImageProcessor`] and [`outputs`]: images to tensors and back, PNG and safetensors
+//!   files. The byte-level half (Pillow's resize, the JPEG decoder, `load_image`,
+//!   `get_crop_region`) is diff-image's, re-exported as [`resample`], [`jpeg`] and in
+//!   [`image_processor`]; the CLIP tokenizer is diff-tokenizer's ([`ClipTokenizer`]).
 //! - [`DiffusionPipeline::from_single_file`] with [`SingleFileLoadOptions`]: an original
-//!   single-file checkpoint (`.safetensors` / `.ckpt`) converted in memory by diff-convert and
-//!   loaded as a pipeline, configs from `config=` or the family's default repo.
+//!   single-file checkpoint (`.safetensors` / `.ckpt`) converted in memory by diff-checkpoint
+//!   and loaded as a pipeline, configs from `config=` or the family's default repo.
 //! - [`DiffusionPipeline::prepare_latents`]: the initial latents of a text-to-image call, drawn
 //!   in the pipeline's dtype as torch does.
 //! - Half precision: with `LoadOptions::dtype` float16 / bfloat16 the denoising loop rounds to
 //!   that dtype where torch does (latents, `scale_model_input`, [`guide`], the scheduler step,
 //!   the VAE input and the denormalisation), and SDXL decodes with a float32 copy of a float16
 //!   `force_upcast` VAE, as diffusers' `upcast_vae` does.
-//! - [`validate::validate_pipeline`]: `validate ORIGINAL SAVED` (files and tensors through
-//!   diff-convert, tokenizers, one forward of each model on fixed inputs, with a per-dtype
-//!   tolerance).
+//! - [`validate::forward_component`]: one forward of a model from two folders on fixed inputs,
+//!   compared with a per-dtype tolerance (the `validate` command is the diff-validate crate,
+//!   above this one and diff-convert).
 //!
 //! Parity: `tests/image_processor_parity.rs` and `tests/image_pipeline_parity.rs` replay
-//! `tests/fixtures/41-image-processor` (Pillow's resize and diffusers' image processor exactly;
+//! `tests/fixtures/41-image-processor` (diffusers' image processor exactly;
 //! off-size inputs, `padding_mask_crop`, `masked_image_latents` within 2/255 per pixel, and
 //! float16 / bfloat16 initial latents bit for bit).
 //! `tests/pipeline_parity.rs` replays `tests/fixtures/40-pipeline-runs` (real diffusers
@@ -55,30 +54,22 @@
 //! and SDXL) within 2/255 per pixel.
 //!
 //! **Must not know:** the network protocol (diff-hub resolves repo ids to folders, with
-//! diff-format's file selection), weight file
-//! layouts (diff-models loads them), scheduler math (diff-schedulers), the CLI.
+//! diff-format's file selection), weight file layouts (diff-models loads them), scheduler math
+//! (diff-schedulers), image bytes (diff-image), tokenization (diff-tokenizer), saving and
+//! converting folders (diff-convert: this crate does not depend on it), the CLI.
 //!
-//! Dependencies: `diff-format` (model_index.json and configs), `diff-hub` (repo id -> folder;
-//! `diff-hub-server` only as a dev-dependency, for the download test),
-//! `diff-schedulers`, `diff-models`, `diff-convert` (the burn-free file and tensor half of
-//! `validate`, and the key conversion of `from_single_file`; it sits below this crate and never
-//! sees burn), `burn` (tensors), `image` (decode/encode PNG and JPEG, resize),
+//! Dependencies: `diff-format` (model_index.json and configs), `diff-hub` (repo id -> folder,
+//! [`diff_hub::HubApi::resolve`]; `diff-hub-server` only as a dev-dependency, for the download
+//! test), `diff-schedulers`, `diff-models`, `diff-image` (Pillow-exact image bytes),
+//! `diff-tokenizer` (the CLIP tokenizer), `diff-checkpoint` (the burn-free key conversion of
+//! `from_single_file`), `burn` (tensors), `image` (the `RgbImage` type of inputs and outputs),
 //! `serde`/`serde_json` (configs), `thiserror` (the typed error), `tracing` (warnings diffusers
-//! prints, such as the truncated-prompt and safety-checker ones), `safetensors` and `half` (`--out-array` float images and `--latents` input files, as the
-//! models' weights already use), `regex` (the CLIP
-//! pre-tokenizer's Unicode-class split; already in the build through tracing-subscriber) and
-//! `unicode-normalization` (NFC, the first step of CLIP's normalizer; small, no dependencies of
-//! its own).
-//!
-//! The CLIP tokenizer is our own ~500-line BPE rather than the `tokenizers` crate: transformers 5's
-//! CLIPTokenizer is a fixed tokenizers pipeline (NFC, whitespace, lower-case, one regex split,
-//! byte-level BPE with `</w>`), so a direct implementation is short, checked id for id against
-//! transformers on the fixture prompts, and avoids `tokenizers`' compile cost (onig or
-//! fancy-regex, rayon, esaxx, several dozen crates).
+//! prints, such as the truncated-prompt and safety-checker ones), `safetensors` and `half`
+//! (`--out-array` float images and `--latents` input files, as the models' weights already
+//! use).
 #![deny(missing_docs)]
 
 pub mod call;
-pub mod clip_tokenizer;
 pub mod components;
 mod decode;
 mod denoise;
@@ -87,12 +78,10 @@ mod error;
 mod flows;
 pub mod image_processor;
 mod inpaint_common;
-pub mod jpeg;
 mod latents;
 pub mod outputs;
 pub mod pipeline;
 mod prompt;
-pub mod resample;
 pub mod single_file;
 mod stable_diffusion;
 mod stable_diffusion_xl;
@@ -105,9 +94,13 @@ pub use call::{
     CallArgs, Generators, Img2ImgArgs, InpaintArgs, OutputType, PipelineOutput, StepCallback,
     StepControl, StepInfo, XlArgs,
 };
-pub use clip_tokenizer::ClipTokenizer;
 pub use denoise::guide;
 pub use device::{DeviceChoice, DeviceError, default_device, parse_device};
+/// Pillow-exact JPEG decoding and resizing (diff-image), under their former paths.
+pub use diff_image::{jpeg, resample};
+/// The CLIP tokenizer (diff-tokenizer), under its former path.
+pub use diff_tokenizer::clip as clip_tokenizer;
+pub use diff_tokenizer::{ClipTokenizer, TokenizerError};
 pub use error::PipelineError;
 pub use image_processor::{FloatImages, VaeImageProcessor};
 pub use latents::noise_dtype;

@@ -31,16 +31,9 @@ fn write_atomic(
     })
 }
 
-/// Writes an RGB image as PNG.
+/// Writes an RGB image as PNG (atomically; [`diff_image::save_png`]).
 pub fn save_png(path: &Path, image: &RgbImage) -> Result<(), PipelineError> {
-    write_atomic(path, |tmp| {
-        image
-            .save_with_format(tmp, image::ImageFormat::Png)
-            .map_err(|e| PipelineError::Image {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })
-    })
+    Ok(diff_image::save_png(path, image)?)
 }
 
 /// Writes float images `[N, H, W, 3]` in `[0, 1]` as a safetensors file with one float32

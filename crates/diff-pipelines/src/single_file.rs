@@ -4,7 +4,7 @@
 //! # Flow (diffusers 0.42.1 `FromSingleFileMixin.from_single_file`)
 //! 1. Read the checkpoint (`.safetensors`, or `.ckpt` / `.pt` / `.bin` through the restricted
 //!    pickle reader: nothing is executed) and detect its family from keys and shapes
-//!    ([`diff_convert::single_file::detect_model_type`]).
+//!    ([`diff_checkpoint::detect_model_type`]).
 //! 2. The configs come from `config` (a diffusers folder or a Hub repo id) or, without it, from
 //!    the repo diffusers uses for the family (`DIFFUSERS_DEFAULT_PIPELINE_PATHS`, e.g.
 //!    `stable-diffusion-v1-5/stable-diffusion-v1-5`). Of a repo only the config, tokenizer and
@@ -14,7 +14,7 @@
 //! 3. The pipeline class is the one asked for ([`LoadOptions::pipeline_class`], the class
 //!    `from_single_file` is called on) or the config's `_class_name`. Each model the class takes
 //!    (`unet`, `vae`, `text_encoder`, `text_encoder_2`) is converted from the checkpoint with its
-//!    config (diff-convert's key conversion, in memory) and loaded into burn with diff-models,
+//!    config (diff-checkpoint's key conversion, in memory) and loaded into burn with diff-models,
 //!    one at a time; tokenizers, the scheduler and the feature extractor are read from the config
 //!    folder. The safety checker is never loaded (diffusers' `SINGLE_FILE_OPTIONAL_COMPONENTS`):
 //!    pass one in to use it. Components passed in or dropped are not converted.
@@ -22,7 +22,7 @@
 //!    patches, the safety-checker warning, the required-component checks.
 //!
 //! # Memory
-//! No temporary folder: diff-convert hands over the converted tensors, and diff-models loads
+//! No temporary folder: diff-checkpoint hands over the converted tensors, and diff-models loads
 //! them from memory ([`TensorSource::from_memory`]), freeing each buffer as soon as it is copied
 //! into its parameter. The checkpoint is read whole (as diffusers' `load_state_dict`), a
 //! `.safetensors` file through a memory map released tensor by tensor. The VAE and text
@@ -36,14 +36,14 @@
 //! encoder 342 MB): peak RSS 2263 MB from the `.safetensors` file and 2282 MB from the same
 //! tensors as a `.ckpt`, i.e. 1.17x and 1.18x the loaded models, against 1921 MB (0.99x) for
 //! `from_pretrained` on diffusers' converted folder. Reading the `.safetensors` file with
-//! diff-convert's reader instead (whole mapping resident while copying) peaked at 1.96x.
+//! diff-checkpoint's reader instead (whole mapping resident while copying) peaked at 1.96x.
 
 use crate::components::{COMPONENTS, ComponentSlot, PassedKind, Role};
 use crate::error::PipelineError;
 use crate::pipeline::{
     DiffusionPipeline, LoadOptions, Passed, PassedComponents, pipeline_class, read_json_map,
 };
-use diff_convert::single_file::{Checkpoint, ModelType, detect_model_type, take_component};
+use diff_checkpoint::{Checkpoint, ModelType, detect_model_type, take_component};
 use diff_format::model_index::{ComponentEntry, ModelIndex};
 use diff_models::weights::{RawDType, TensorSource};
 use diff_models::{AutoencoderKL, ModelLoadOptions};
@@ -339,7 +339,7 @@ fn drop_prefixes(ckpt: &mut Checkpoint, prefixes: &[&str]) {
         .retain(|key, _| !prefixes.iter().any(|p| key.starts_with(p)));
 }
 
-/// Reads a checkpoint whole, as diff-convert's [`Checkpoint::open`], but a `.safetensors` file
+/// Reads a checkpoint whole, as diff-checkpoint's [`Checkpoint::open`], but a `.safetensors` file
 /// through a memory map whose pages are released tensor by tensor as they are copied: the peak
 /// is then one copy of the file plus one tensor, not the copy plus the whole mapping. Pickle
 /// checkpoints, and safetensors files with a dtype the map reader does not name (fp8), go
@@ -360,8 +360,8 @@ fn open_checkpoint(path: &Path) -> Result<Checkpoint, PipelineError> {
         let data = source.read(name)?.into_owned();
         source.release(name);
         let tensor =
-            diff_convert::RawTensor::new(dtype, info.shape.clone(), data).map_err(|reason| {
-                diff_convert::ConvertError::BadWeights {
+            diff_checkpoint::RawTensor::new(dtype, info.shape.clone(), data).map_err(|reason| {
+                diff_checkpoint::CheckpointError::BadWeights {
                     path: path.to_path_buf(),
                     reason: format!("tensor `{name}`: {reason}"),
                 }

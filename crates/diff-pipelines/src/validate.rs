@@ -1,22 +1,12 @@
-//! `validate ORIGINAL SAVED`: is a saved (or converted) pipeline folder the same pipeline as the
-//! one it came from?
+//! The forward half of `validate ORIGINAL SAVED`: does each model of a saved (or converted)
+//! pipeline compute what the original computes?
 //!
-//! Three checks, one report line each per component:
-//! 1. **Files** ([`diff_convert::validate`], burn-free): every config value and every tensor
-//!    (exact, or exact after torch's rounding for a cast variant).
-//! 2. **Tokenizers**: both copies' tokenizer folders are loaded with [`ClipTokenizer`] and must
-//!    agree on the vocabulary size, the special-token ids, `model_max_length` and the ids of
-//!    [`TOKENIZER_PROMPTS`]. This is a functional comparison on purpose: a folder saved by
-//!    burn-diffusers keeps the original tokenizer files (`vocab.json`, `merges.txt`,
-//!    `special_tokens_map.json`, `tokenizer_config.json`), while transformers 5.23's
-//!    `save_pretrained` writes the same tokenizer as `tokenizer.json` plus a rewritten
-//!    `tokenizer_config.json`; both are accepted when they tokenize alike.
-//! 3. **Forward** (unless [`ValidateOptions::forward`] is off): each model component is loaded
-//!    from both folders with diff-models, strictly (every checkpoint tensor used, every shape
-//!    checked; only the `position_ids` buffer transformers itself ignores may be left over),
-//!    one at a time (each model is dropped before the next is loaded), and run once on
-//!    fixed inputs built from its config: seeded `torch.randn` values from
-//!    [`TorchGenerator`], token ids from the original's tokenizer on [`FORWARD_PROMPT`].
+//! [`forward_component`] loads one model component from both folders with diff-models,
+//! strictly (every checkpoint tensor used, every shape checked; only the `position_ids` buffer
+//! transformers itself ignores may be left over), one at a time (each model is dropped before
+//! the next is loaded), and runs it once on fixed inputs built from its config: seeded
+//! `torch.randn` values from [`TorchGenerator`], token ids from the original's tokenizer on
+//! [`FORWARD_PROMPT`].
 //!
 //! | component | inputs | outputs compared |
 //! |---|---|---|
@@ -34,23 +24,20 @@
 //! - Same weights (every tensor bit-identical, or a lossless up-cast such as f16 -> f32):
 //!   **exact**, `max_abs == 0`. This relies on the device's kernels being deterministic, as
 //!   burn's flex CPU backend (the default) is: the same weights and inputs give the same bits.
-//! - A lossy cast (the file check's [`ComponentReport::narrowed_to`]): `rel <=`
-//!   [`F16_REL_TOLERANCE`] for float16, [`BF16_REL_TOLERANCE`] for bfloat16. Rounding a weight
-//!   to f16 changes it by at most 2^-11 (4.9e-4) relative, to bf16 by 2^-8 (3.9e-3); through a
-//!   network the outputs move by about that much (measured on the bundled tiny pipelines, every
-//!   model: f16 rel 2.3e-4 to 9.3e-4, bf16 rel 1.1e-3 to 5.6e-3). The limits are about 10x
-//!   the measured errors, leaving room for deeper real models, while a wrong tensor gives an
-//!   error of the order of the output itself. The tests hold the measured errors under a
-//!   quarter of the limits.
+//! - A lossy cast (the file check's `narrowed_to`): `rel <=` [`F16_REL_TOLERANCE`] for float16,
+//!   [`BF16_REL_TOLERANCE`] for bfloat16. Rounding a weight to f16 changes it by at most 2^-11
+//!   (4.9e-4) relative, to bf16 by 2^-8 (3.9e-3); through a network the outputs move by about
+//!   that much (measured on the bundled tiny pipelines, every model: f16 rel 2.3e-4 to 9.3e-4,
+//!   bf16 rel 1.1e-3 to 5.6e-3). The limits are about 10x the measured errors, leaving room for
+//!   deeper real models, while a wrong tensor gives an error of the order of the output itself.
 //!
-//! This module lives in diff-pipelines rather than diff-convert because it needs burn, the
-//! models and the tokenizer; diff-convert stays burn-free (saving and converting move bytes
-//! only) and this crate depends on it for the file check.
+//! The whole command (the file and tensor check of diff-convert, the tokenizer check, this
+//! forward check and the report) is the `diff-validate` crate, which sits above this one and
+//! diff-convert: the forward half needs burn and the models, the file half must stay burn-free,
+//! and neither of the two crates depends on the other.
 
-use crate::clip_tokenizer::ClipTokenizer;
 use crate::error::PipelineError;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use diff_convert::validate::ComponentReport;
 use diff_models::weights::LoadReport;
 use diff_models::{
     AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection,
@@ -59,27 +46,13 @@ use diff_models::{
     unet_2d_condition::{ClassEmbedKind, ClassLabels},
 };
 use diff_schedulers::{NoiseDtype, TorchGenerator};
+use diff_tokenizer::ClipTokenizer;
 use safetensors::Dtype;
 use serde_json::{Map, Value};
-use std::fmt::Write as _;
 use std::path::Path;
 
 /// The prompt whose token ids feed the text encoders.
 pub const FORWARD_PROMPT: &str = "a photo of an astronaut riding a horse on mars";
-
-/// Prompts both tokenizers must encode alike: plain text, case and punctuation, numbers, an
-/// apostrophe contraction, non-ASCII text, a special token written out, and one longer than 77
-/// tokens (truncation).
-pub const TOKENIZER_PROMPTS: [&str; 6] = [
-    FORWARD_PROMPT,
-    "A Cat's PORTRAIT, oil on canvas -- 1889, by Vincent van Gogh!!",
-    "naïve café crème brûlée 東京 🚀",
-    "",
-    "<|startoftext|>hello<|endoftext|> world",
-    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen \
-     sixteen seventeen eighteen nineteen twenty twenty-one twenty-two twenty-three twenty-four \
-     twenty-five twenty-six twenty-seven twenty-eight twenty-nine thirty thirty-one thirty-two",
-];
 
 /// The largest `max |saved - original| / max |original|` accepted for a component whose
 /// weights were cast to float16.
@@ -91,28 +64,6 @@ pub const BF16_REL_TOLERANCE: f64 = 4e-2;
 const SEED: u64 = 0;
 /// The timestep fed to the UNet.
 const TIMESTEP: f32 = 500.0;
-
-/// What to validate.
-#[derive(Debug, Clone)]
-pub struct ValidateOptions {
-    /// The saved copy's weight variant (`fp16`, ...); the original is read from its plain files.
-    pub variant: Option<String>,
-    /// Run one forward of each model (default `true`); `false` compares files and tokenizers
-    /// only.
-    pub forward: bool,
-    /// Where the forward passes run.
-    pub device: Device,
-}
-
-impl Default for ValidateOptions {
-    fn default() -> Self {
-        Self {
-            variant: None,
-            forward: true,
-            device: crate::default_device(),
-        }
-    }
-}
 
 /// How closely two forward outputs must agree.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -205,209 +156,6 @@ impl ForwardReport {
     }
 }
 
-/// The tokenizer check of one tokenizer component.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenizerReport {
-    /// The component (`tokenizer`, `tokenizer_2`).
-    pub name: String,
-    /// Prompts encoded by both.
-    pub prompts: usize,
-    /// The files of each copy's folder (to show the layout each uses).
-    pub files: (Vec<String>, Vec<String>),
-    /// Every difference found.
-    pub problems: Vec<String>,
-}
-
-impl TokenizerReport {
-    /// Whether both tokenizers agree.
-    pub fn ok(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-/// Everything `validate` found.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidationReport {
-    /// The file check (configs and tensors), one per component plus `model_index.json`.
-    pub files: Vec<ComponentReport>,
-    /// The tokenizer check, one per tokenizer component.
-    pub tokenizers: Vec<TokenizerReport>,
-    /// The forward check, one per model component (empty with `forward: false`).
-    pub forward: Vec<ForwardReport>,
-}
-
-impl ValidationReport {
-    /// Whether no check found a difference.
-    pub fn ok(&self) -> bool {
-        self.files.iter().all(ComponentReport::ok)
-            && self.tokenizers.iter().all(TokenizerReport::ok)
-            && self.forward.iter().all(ForwardReport::ok)
-    }
-
-    /// How many report lines show a difference.
-    pub fn failures(&self) -> usize {
-        self.files.iter().filter(|r| !r.ok()).count()
-            + self.tokenizers.iter().filter(|r| !r.ok()).count()
-            + self.forward.iter().filter(|r| !r.ok()).count()
-    }
-
-    /// The per-component report, one line per check and an indented line per problem.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for r in &self.files {
-            let status = if r.ok() { "ok" } else { "FAILED" };
-            let _ = writeln!(
-                out,
-                "{status:<7} files    {:<20} {} tensors ({} compared after a cast)",
-                r.name, r.tensors, r.cast
-            );
-            problems(&mut out, &r.problems);
-        }
-        for r in &self.tokenizers {
-            let status = if r.ok() { "ok" } else { "FAILED" };
-            let _ = writeln!(
-                out,
-                "{status:<7} tokens   {:<20} ids identical on {} prompts ({} vs {})",
-                r.name,
-                r.prompts,
-                r.files.0.join(", "),
-                r.files.1.join(", ")
-            );
-            problems(&mut out, &r.problems);
-        }
-        for r in &self.forward {
-            if let Some(why) = &r.skipped {
-                let _ = writeln!(out, "skipped forward  {:<20} {why}", r.name);
-                continue;
-            }
-            let status = if r.ok() { "ok" } else { "FAILED" };
-            if r.outputs.is_empty() {
-                let _ = writeln!(out, "{status:<7} forward  {:<20} not run", r.name);
-                problems(&mut out, &r.problems);
-                continue;
-            }
-            let (abs, rel) = r.worst();
-            let outputs: Vec<String> = r
-                .outputs
-                .iter()
-                .map(|d| format!("{}{:?}", d.output, d.shape))
-                .collect();
-            let _ = writeln!(
-                out,
-                "{status:<7} forward  {:<20} max abs {abs:.3e}, rel {rel:.3e} [{}] over {}",
-                r.name,
-                r.tolerance,
-                outputs.join(", ")
-            );
-            problems(&mut out, &r.problems);
-        }
-        out
-    }
-}
-
-fn problems(out: &mut String, list: &[String]) {
-    for p in list {
-        let _ = writeln!(out, "          {p}");
-    }
-}
-
-/// What can stop `validate` before it reaches a verdict (a difference is not an error: it is
-/// reported in the [`ValidationReport`]).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ValidateError {
-    /// Reading the files failed (a missing `model_index.json`, corrupt safetensors, bad JSON).
-    #[error(transparent)]
-    Files(Box<diff_convert::ConvertError>),
-    /// Reading a config or building the original's model or tokenizer failed.
-    #[error(transparent)]
-    Pipeline(Box<PipelineError>),
-}
-
-impl From<diff_convert::ConvertError> for ValidateError {
-    fn from(e: diff_convert::ConvertError) -> Self {
-        ValidateError::Files(Box::new(e))
-    }
-}
-
-impl From<PipelineError> for ValidateError {
-    fn from(e: PipelineError) -> Self {
-        ValidateError::Pipeline(Box::new(e))
-    }
-}
-
-impl From<diff_models::ModelError> for ValidateError {
-    fn from(e: diff_models::ModelError) -> Self {
-        ValidateError::Pipeline(Box::new(PipelineError::from(e)))
-    }
-}
-
-/// Compares `saved` with `original` (two diffusers pipeline folders): files, tokenizers and,
-/// unless turned off, one forward of each model. See the module doc.
-///
-/// # Errors
-/// [`ValidateError`] when the original cannot be read at all; differences in the saved copy,
-/// including a saved model that fails to load, are problems in the report.
-pub fn validate_pipeline(
-    original: &Path,
-    saved: &Path,
-    options: &ValidateOptions,
-) -> Result<ValidationReport, ValidateError> {
-    let _span =
-        tracing::info_span!("validate", original = %original.display(), saved = %saved.display())
-            .entered();
-    let variant = options.variant.as_deref();
-    let files = diff_convert::validate::validate_pipeline(original, saved, variant)?;
-    let index = read_map(&original.join("model_index.json"))?;
-    let components: Vec<(String, String, String)> = index
-        .iter()
-        .filter(|(k, _)| !k.starts_with('_') && !k.contains(['/', '\\']) && *k != "..")
-        .filter_map(|(k, v)| match v.as_array().map(Vec::as_slice) {
-            Some([Value::String(lib), Value::String(class)]) => {
-                Some((k.clone(), lib.clone(), class.clone()))
-            }
-            _ => None,
-        })
-        .collect();
-    let mut tokenizers = Vec::new();
-    for (name, _, class) in &components {
-        if class.starts_with("CLIPTokenizer") {
-            tokenizers.push(compare_tokenizers(
-                name,
-                &original.join(name),
-                &saved.join(name),
-            ));
-        }
-    }
-    let mut forward = Vec::new();
-    if options.forward {
-        for (name, _, class) in &components {
-            let narrowed = files
-                .iter()
-                .find(|r| &r.name == name)
-                .and_then(|r| r.narrowed_to);
-            let ctx = Ctx {
-                name,
-                class,
-                original,
-                saved,
-                variant,
-                device: &options.device,
-                tolerance: Tolerance::for_cast(narrowed),
-                index: &index,
-            };
-            if let Some(report) = forward_component(&ctx)? {
-                forward.push(report);
-            }
-        }
-    }
-    Ok(ValidationReport {
-        files,
-        tokenizers,
-        forward,
-    })
-}
-
 fn read_map(path: &Path) -> Result<Map<String, Value>, PipelineError> {
     let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
     match serde_json::from_str(&text) {
@@ -420,85 +168,28 @@ fn read_map(path: &Path) -> Result<Map<String, Value>, PipelineError> {
     }
 }
 
-fn file_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|it| {
-            it.filter_map(Result::ok)
-                .filter(|e| e.path().is_file())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+/// One component to run from both folders: what [`forward_component`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardCheck<'a> {
+    /// The component (`unet`, `vae`, `text_encoder`, ...).
+    pub name: &'a str,
+    /// Its class in `model_index.json`.
+    pub class: &'a str,
+    /// The original pipeline folder.
+    pub original: &'a Path,
+    /// The saved pipeline folder.
+    pub saved: &'a Path,
+    /// The saved copy's weight variant (its plain files when it has none of that variant).
+    pub variant: Option<&'a str>,
+    /// Where the forward passes run.
+    pub device: &'a Device,
+    /// How closely the outputs must agree.
+    pub tolerance: Tolerance,
+    /// The original's `model_index.json` (which tokenizer feeds which text encoder).
+    pub index: &'a Map<String, Value>,
 }
 
-/// Loads both tokenizers and compares what they do (module doc).
-pub fn compare_tokenizers(name: &str, original: &Path, saved: &Path) -> TokenizerReport {
-    let mut report = TokenizerReport {
-        name: name.to_string(),
-        prompts: 0,
-        files: (file_names(original), file_names(saved)),
-        problems: Vec::new(),
-    };
-    let a = match ClipTokenizer::from_pretrained(original) {
-        Ok(t) => t,
-        Err(e) => {
-            report.problems.push(format!("the original: {e}"));
-            return report;
-        }
-    };
-    let b = match ClipTokenizer::from_pretrained(saved) {
-        Ok(t) => t,
-        Err(e) => {
-            report.problems.push(format!("the saved copy: {e}"));
-            return report;
-        }
-    };
-    let facts = |t: &ClipTokenizer| {
-        [
-            ("vocabulary size", Some(t.vocab_size())),
-            ("bos_token id", Some(t.bos_token_id() as usize)),
-            ("eos_token id", Some(t.eos_token_id() as usize)),
-            ("pad_token id", Some(t.pad_token_id() as usize)),
-            ("model_max_length", t.model_max_length()),
-        ]
-    };
-    for ((what, x), (_, y)) in facts(&a).into_iter().zip(facts(&b)) {
-        if x != y {
-            report.problems.push(format!(
-                "{what}: {x:?} in the original, {y:?} in the saved copy"
-            ));
-        }
-    }
-    let max_length = a.model_max_length().unwrap_or(77);
-    for prompt in TOKENIZER_PROMPTS {
-        let (x, y) = (
-            a.encode_padded(prompt, max_length),
-            b.encode_padded(prompt, max_length),
-        );
-        if x != y {
-            report.problems.push(format!(
-                "ids of {prompt:?} differ: {x:?} in the original, {y:?} in the saved copy"
-            ));
-        }
-        report.prompts += 1;
-    }
-    report
-}
-
-struct Ctx<'a> {
-    name: &'a str,
-    class: &'a str,
-    original: &'a Path,
-    saved: &'a Path,
-    variant: Option<&'a str>,
-    device: &'a Device,
-    tolerance: Tolerance,
-    index: &'a Map<String, Value>,
-}
-
-impl Ctx<'_> {
+impl ForwardCheck<'_> {
     fn report(&self) -> ForwardReport {
         ForwardReport {
             name: self.name.to_string(),
@@ -516,7 +207,7 @@ impl Ctx<'_> {
         &self,
         load: impl Fn(&Path, Option<&str>) -> Result<(M, LoadReport), diff_models::ModelError>,
         run: impl Fn(&M) -> Result<Vec<Output>, diff_models::ModelError>,
-    ) -> Result<ForwardReport, ValidateError> {
+    ) -> Result<ForwardReport, PipelineError> {
         let mut report = self.report();
         let _span = tracing::info_span!("forward", component = self.name).entered();
         let reference = {
@@ -614,7 +305,7 @@ fn check_clean(report: &LoadReport, which: &str, problems: &mut Vec<String>) {
 
 type HostOutput = (&'static str, Vec<usize>, Vec<f32>);
 
-fn host_outputs(outs: Vec<Output>) -> Result<Vec<HostOutput>, ValidateError> {
+fn host_outputs(outs: Vec<Output>) -> Result<Vec<HostOutput>, PipelineError> {
     outs.into_iter()
         .map(|(name, shape, t)| {
             let values = t
@@ -623,10 +314,7 @@ fn host_outputs(outs: Vec<Output>) -> Result<Vec<HostOutput>, ValidateError> {
                 .convert::<f32>()
                 .try_into_vec::<f32>()
                 .map_err(|e| {
-                    ValidateError::Pipeline(Box::new(PipelineError::arg(
-                        name,
-                        format!("output could not be read back as f32: {e:?}"),
-                    )))
+                    PipelineError::arg(name, format!("output could not be read back as f32: {e:?}"))
                 })?;
             Ok((name, shape, values))
         })
@@ -678,7 +366,10 @@ fn as_usize(v: Option<&Value>) -> Option<usize> {
 /// Token ids of [`FORWARD_PROMPT`] for the text encoder `name`, from the original's matching
 /// tokenizer (`tokenizer` for `text_encoder`, `tokenizer_2` for `text_encoder_2`), or, when
 /// the pipeline has none, BOS, a few fixed ids and EOS from the encoder's config.
-fn prompt_ids(ctx: &Ctx<'_>, config: &Map<String, Value>) -> Result<Vec<i64>, ValidateError> {
+fn prompt_ids(
+    ctx: &ForwardCheck<'_>,
+    config: &Map<String, Value>,
+) -> Result<Vec<i64>, PipelineError> {
     let max_pos = as_usize(config.get("max_position_embeddings")).unwrap_or(77);
     let tokenizer = ctx.name.replacen("text_encoder", "tokenizer", 1);
     let folder = ctx.original.join(&tokenizer);
@@ -734,7 +425,14 @@ fn image_size(config: &Map<String, Value>) -> usize {
         .unwrap_or(224)
 }
 
-fn forward_component(ctx: &Ctx<'_>) -> Result<Option<ForwardReport>, ValidateError> {
+/// Loads the component from both folders (strictly, one after the other), runs it once on
+/// fixed inputs and compares the outputs (module doc); `None` for classes without a forward
+/// check (tokenizers, schedulers, feature extractors).
+///
+/// # Errors
+/// When the original's config or tokenizer cannot be read; a saved copy that fails to load
+/// or run is a problem in the report.
+pub fn forward_component(ctx: &ForwardCheck<'_>) -> Result<Option<ForwardReport>, PipelineError> {
     let device = ctx.device;
     let opts = |variant: Option<&str>| ModelLoadOptions::new(device).with_variant(variant);
     let report = match (ctx.name, ctx.class) {
@@ -839,9 +537,9 @@ fn forward_component(ctx: &Ctx<'_>) -> Result<Option<ForwardReport>, ValidateErr
 
 /// The UNet's fixed inputs (module doc), shaped from its config.
 fn unet_input(
-    ctx: &Ctx<'_>,
+    ctx: &ForwardCheck<'_>,
     config: &Map<String, Value>,
-) -> Result<UNet2DConditionInput, ValidateError> {
+) -> Result<UNet2DConditionInput, PipelineError> {
     let device = ctx.device;
     // Build the model's settings without weights to read the shapes it expects: the context
     // width, the down-sampling factor and the class-embedding kind.

@@ -10,12 +10,12 @@
 //! downloaded (diffusers' own allow patterns). The output folder is replaced atomically: a
 //! failed conversion leaves no folder, or the previous one untouched.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn_diffusers::convert::single_file::{SingleFileOptions, convert_single_file_with};
 use burn_diffusers::convert::{
     Checkpoint, ModelType, SaveDtype, SaveOptions, single_file::detect_model_type,
 };
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// How families are detected and where configs come from (`convert --help`).
 const FAMILIES_HELP: &str = "\
@@ -101,27 +101,12 @@ pub fn save_dtype(dtype: Option<&str>, variant: Option<&str>) -> Result<Option<S
 }
 
 fn config_folder(config: &str, hub: &super::download::HubArgs) -> Result<PathBuf> {
-    let local = Path::new(config);
-    if local.is_dir() {
-        return Ok(local.to_path_buf());
-    }
-    if local.exists() {
-        bail!("--config {config} is a file; expected a diffusers folder or a repo id");
-    }
-    let api = hub.api()?;
     // diffusers' `_download_diffusers_model_config_from_hub` patterns.
-    let options = burn_diffusers::hub::SnapshotOptions {
-        revision: hub.revision.clone(),
-        allow_patterns: Some(
-            ["**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"]
-                .map(String::from)
-                .to_vec(),
-        ),
-        local_files_only: hub.offline,
-        ..Default::default()
-    };
-    api.snapshot_download(config, &options, &burn_diffusers::hub::NoProgress)
-        .with_context(|| format!("downloading the configs of {config}"))
+    let patterns = ["**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"]
+        .map(String::from)
+        .to_vec();
+    super::download::resolve_snapshot_source(config, hub, Some(patterns))
+        .with_context(|| format!("the configs of --config {config}"))
 }
 
 /// Runs `convert`.

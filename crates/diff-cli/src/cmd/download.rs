@@ -62,11 +62,9 @@ impl HubArgs {
 }
 
 /// A local folder as is, or a repo id downloaded (pipeline selection for `variant`) into the
-/// cache; returns the folder to load from.
+/// cache; returns the folder to load from. Every command taking a pipeline "folder or repo
+/// id" calls this, which calls diff-hub's `HubApi::resolve`, the one place of the rule.
 pub fn resolve_source(source: &str, hub: &HubArgs, variant: Option<&str>) -> Result<PathBuf> {
-    if std::path::Path::new(source).is_dir() {
-        return Ok(PathBuf::from(source));
-    }
     let api = hub.api()?;
     let selection = SelectionOptions {
         variant: variant.map(str::to_string),
@@ -75,6 +73,28 @@ pub fn resolve_source(source: &str, hub: &HubArgs, variant: Option<&str>) -> Res
     let bar = Bar::new();
     let folder = api
         .resolve(source, &hub.revision, &selection, &bar)
+        .with_context(|| format!("resolving `{source}`"))?;
+    bar.0.finish_and_clear();
+    Ok(folder)
+}
+
+/// [`resolve_source`] for a pattern selection (`allow_patterns`; every file when `None`)
+/// rather than a pipeline's: diff-hub's `HubApi::resolve_snapshot`.
+pub fn resolve_snapshot_source(
+    source: &str,
+    hub: &HubArgs,
+    allow_patterns: Option<Vec<String>>,
+) -> Result<PathBuf> {
+    let api = hub.api()?;
+    let options = SnapshotOptions {
+        revision: hub.revision.clone(),
+        allow_patterns,
+        local_files_only: hub.offline,
+        ..Default::default()
+    };
+    let bar = Bar::new();
+    let folder = api
+        .resolve_snapshot(source, &options, &bar)
         .with_context(|| format!("resolving `{source}`"))?;
     bar.0.finish_and_clear();
     Ok(folder)
@@ -136,13 +156,13 @@ pub fn run(args: Args) -> Result<()> {
             revision: args.hub.revision.clone(),
             ..Default::default()
         };
-        api.snapshot_download(&args.repo, &options, &bar)
+        api.resolve_snapshot(&args.repo, &options, &bar)
     } else {
         let selection = SelectionOptions {
             variant: args.variant.clone(),
             ..Default::default()
         };
-        api.download_pipeline(&args.repo, &args.hub.revision, &selection, &bar)
+        api.resolve(&args.repo, &args.hub.revision, &selection, &bar)
     };
     let folder = match result {
         Err(HubError::EntryNotFound { path, .. }) if path == "model_index.json" => bail!(

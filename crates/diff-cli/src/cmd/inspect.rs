@@ -22,7 +22,7 @@ use burn_diffusers::format::{
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Arguments of `inspect`.
 #[derive(clap::Args)]
@@ -47,7 +47,7 @@ pub struct Args {
 /// Runs `inspect`. Exits non-zero when the report lists problems: what would make `generate`
 /// fail to load the folder (each printed with its reason).
 pub fn run(args: Args) -> Result<()> {
-    let root = resolve_source(&args.path, &args.hub, args.variant.as_deref())?;
+    let root = super::download::resolve_source(&args.path, &args.hub, args.variant.as_deref())?;
     let report = build_report(&root, &args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -134,25 +134,6 @@ fn load_problems(root: &Path, index: &ModelIndex) -> Vec<String> {
         }
     }
     problems
-}
-
-/// Turns the PATH argument into a local folder. Repo ids are the diff-hub hook.
-fn resolve_source(
-    path: &str,
-    hub: &super::download::HubArgs,
-    variant: Option<&str>,
-) -> Result<PathBuf> {
-    let local = PathBuf::from(path);
-    if local.is_dir() {
-        return Ok(local);
-    }
-    if local.exists() {
-        bail!(
-            "{path} is a file; inspect expects a diffusers pipeline folder (with model_index.json)"
-        );
-    }
-    // A repo id: diff-hub downloads the pipeline's selection (HF_ENDPOINT, HF_HUB_OFFLINE…).
-    super::download::resolve_source(path, hub, variant)
 }
 
 /// Everything `inspect` reports, as JSON (the text output is rendered from it).

@@ -96,17 +96,13 @@ fn push_from(api: &HubApi, from: &str, args: &Args) -> Result<burn_diffusers::hu
     if let Some(size) = &args.max_shard_size {
         save = save.with_max_shard_size(size)?;
     }
-    // A repo id source is read through the same endpoint the push goes to.
-    let src = if Path::new(from).exists() {
-        super::save::resolve_pipeline_source(from, args.variant.as_deref(), None)?
-    } else {
-        let selection = burn_diffusers::format::SelectionOptions {
-            variant: args.variant.clone(),
-            ..Default::default()
-        };
-        api.download_pipeline(from, "main", &selection, &burn_diffusers::hub::NoProgress)
-            .with_context(|| format!("downloading {from}"))?
+    // A repo id source is read through the same endpoint the push goes to, from its main
+    // branch (`--revision` names the branch pushed to).
+    let hub = super::download::HubArgs {
+        endpoint: args.endpoint.clone(),
+        ..Default::default()
     };
+    let src = super::download::resolve_source(from, &hub, args.variant.as_deref())?;
     let is_repo = !Path::new(from).exists();
     let options = PushOptions {
         save,

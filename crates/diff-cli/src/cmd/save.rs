@@ -1,10 +1,10 @@
 //! `burn-diffusers save SRC --out DIR [--variant V] [--dtype f32|f16|bf16] [--max-shard-size S]`.
 //!
 //! Re-saves a pipeline (a local folder with `model_index.json`, or a Hub repo id, downloaded
-//! through diff-hub first) in the diffusers layout, as `DiffusionPipeline.save_pretrained` writes
+//! through diff-hub first with `--revision` / `--endpoint` / `--offline` / `--cache-dir`) in the diffusers layout, as `DiffusionPipeline.save_pretrained` writes
 //! it; see `diff_convert::save` for the rules (variants, casts, sharding, atomic replacement).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn_diffusers::convert::{SaveOptions, save_pipeline};
 use std::path::{Path, PathBuf};
 
@@ -29,9 +29,9 @@ pub struct Args {
     /// (10GB diffusers, 50GB transformers).
     #[arg(long, value_name = "SIZE")]
     pub max_shard_size: Option<String>,
-    /// Hub revision (branch, tag or commit) when SRC is a repo id.
-    #[arg(long)]
-    pub revision: Option<String>,
+    /// Where a repo id comes from: `--revision`, `--endpoint`, `--offline`, `--cache-dir`.
+    #[command(flatten)]
+    pub hub: super::download::HubArgs,
     /// Write a README.md model card (kept if the folder already has one).
     #[arg(long)]
     pub card: bool,
@@ -41,35 +41,6 @@ pub struct Args {
     /// `base_model` for the model card (default: SRC when it is a repo id).
     #[arg(long)]
     pub base_model: Option<String>,
-}
-
-/// Turns SRC into a local folder: a folder as is, otherwise a repo id resolved by diff-hub.
-pub fn resolve_pipeline_source(
-    src: &str,
-    variant: Option<&str>,
-    revision: Option<&str>,
-) -> Result<PathBuf> {
-    let local = Path::new(src);
-    if local.is_dir() {
-        return Ok(local.to_path_buf());
-    }
-    if local.exists() {
-        bail!(
-            "{src} is a file; expected a diffusers pipeline folder (with model_index.json) or a repo id"
-        );
-    }
-    let api = burn_diffusers::hub::HubApi::from_env().context("configuring the Hub client")?;
-    let selection = burn_diffusers::format::SelectionOptions {
-        variant: variant.map(str::to_string),
-        ..Default::default()
-    };
-    api.download_pipeline(
-        src,
-        revision.unwrap_or("main"),
-        &selection,
-        &burn_diffusers::hub::NoProgress,
-    )
-    .with_context(|| format!("downloading {src}"))
 }
 
 /// Runs `save`.
@@ -87,8 +58,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(size) = &args.max_shard_size {
         options = options.with_max_shard_size(size)?;
     }
-    let src =
-        resolve_pipeline_source(&args.src, args.variant.as_deref(), args.revision.as_deref())?;
+    let src = super::download::resolve_source(&args.src, &args.hub, args.variant.as_deref())?;
     save_pipeline(&src, &args.out, &options)
         .with_context(|| format!("saving {} to {}", args.src, args.out.display()))?;
     if args.card {

@@ -1,17 +1,18 @@
 //! `burn-diffusers validate ORIGINAL SAVED [--variant V] [--no-forward] [--device D]`.
 //!
-//! ORIGINAL and SAVED are folders or Hub repo ids (resolved as `save` resolves SRC, through
-//! `HF_ENDPOINT` / `HF_TOKEN` / the Hugging Face cache).
+//! ORIGINAL and SAVED are folders or Hub repo ids (resolved as every command resolves them,
+//! with `--revision` / `--endpoint` / `--offline` / `--cache-dir` over `HF_ENDPOINT` /
+//! `HF_HUB_OFFLINE` / `HF_TOKEN` / the Hugging Face cache).
 //!
 //! Compares a saved pipeline folder with the one it was saved from
-//! (`burn_diffusers::pipelines::validate`): every config value and every tensor (exact, or exact
+//! (`burn_diffusers::validate`): every config value and every tensor (exact, or exact
 //! after torch's rounding for a cast variant), the tokenizers (ids on fixed prompts), and one
 //! forward of each model on fixed inputs (exact for the same weights, within the cast dtype's
 //! stated tolerance otherwise). Prints one line per component and check; the exit status is
 //! non-zero on any difference.
 
 use anyhow::{Context, Result, bail};
-use burn_diffusers::pipelines::validate::{ValidateOptions, validate_pipeline};
+use burn_diffusers::validate::{ValidateOptions, validate_pipeline};
 
 /// Arguments of `validate`.
 #[derive(clap::Args)]
@@ -31,6 +32,9 @@ pub struct Args {
     /// Device of the forward passes: `flex` (the default), `wgpu`, `cuda`, ... (as `generate`).
     #[arg(long, default_value = "flex")]
     pub device: String,
+    /// Where repo ids come from: `--revision`, `--endpoint`, `--offline`, `--cache-dir`.
+    #[command(flatten)]
+    pub hub: super::download::HubArgs,
 }
 
 /// Runs `validate`.
@@ -42,9 +46,9 @@ pub fn run(args: Args) -> Result<()> {
         forward: !args.no_forward,
         device,
     };
-    let original = super::save::resolve_pipeline_source(&args.original, None, None)?;
+    let original = super::download::resolve_source(&args.original, &args.hub, None)?;
     let saved =
-        super::save::resolve_pipeline_source(&args.saved, options.variant.as_deref(), None)?;
+        super::download::resolve_source(&args.saved, &args.hub, options.variant.as_deref())?;
     let report = validate_pipeline(&original, &saved, &options)?;
     print!("{}", report.render());
     let failed = report.failures();

@@ -3,7 +3,7 @@
 //! Re-saving and converting never need tensor maths, so this crate moves bytes, not burn
 //! tensors: a component is a list of [`RawTensor`]s in state-dict order.
 
-use crate::ConvertError;
+use crate::CheckpointError;
 use diff_format::pickle::{PickleCheckpoint, StorageDtype};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
@@ -86,24 +86,25 @@ pub type Metadata = BTreeMap<String, String>;
 /// Reads every tensor of one `.safetensors` file, sorted by name, with the file's metadata.
 pub fn read_safetensors(
     path: &Path,
-) -> Result<(BTreeMap<String, RawTensor>, Option<Metadata>), ConvertError> {
-    let file = std::fs::File::open(path).map_err(|e| ConvertError::io(path, e))?;
+) -> Result<(BTreeMap<String, RawTensor>, Option<Metadata>), CheckpointError> {
+    let file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
     // SAFETY: the mapping is read-only and private; weights files are treated as immutable
     // while they are read (safetensors' own `load_file` maps them the same way). Mapping instead
     // of reading keeps peak memory at one copy of the tensors (the copies made below).
-    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ConvertError::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| ConvertError::BadWeights {
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CheckpointError::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::BadWeights {
         path: path.to_path_buf(),
         reason: format!("corrupt safetensors file: {e}"),
     })?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ConvertError::BadWeights {
-        path: path.to_path_buf(),
-        reason: format!("corrupt safetensors header: {e}"),
-    })?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| CheckpointError::BadWeights {
+            path: path.to_path_buf(),
+            reason: format!("corrupt safetensors header: {e}"),
+        })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let t = RawTensor::new(view.dtype(), view.shape().to_vec(), view.data().to_vec()).map_err(
-            |reason| ConvertError::BadWeights {
+            |reason| CheckpointError::BadWeights {
                 path: path.to_path_buf(),
                 reason: format!("tensor `{name}`: {reason}"),
             },
@@ -118,16 +119,16 @@ pub fn read_safetensors(
 
 /// Reads the state dict of a PyTorch pickle checkpoint (restricted reader, nothing executed), in
 /// the file's order.
-pub fn read_pickle(path: &Path) -> Result<StateDict, ConvertError> {
+pub fn read_pickle(path: &Path) -> Result<StateDict, CheckpointError> {
     let ckpt = PickleCheckpoint::open(path)?;
     let mut out = Vec::new();
     for (name, info, data) in ckpt.read_state_dict()? {
-        let dtype = dtype_from_storage(info.dtype).ok_or_else(|| ConvertError::BadWeights {
+        let dtype = dtype_from_storage(info.dtype).ok_or_else(|| CheckpointError::BadWeights {
             path: path.to_path_buf(),
             reason: format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
         })?;
         let t = RawTensor::new(dtype, info.shape.clone(), data).map_err(|reason| {
-            ConvertError::BadWeights {
+            CheckpointError::BadWeights {
                 path: path.to_path_buf(),
                 reason: format!("tensor `{name}`: {reason}"),
             }
@@ -138,17 +139,17 @@ pub fn read_pickle(path: &Path) -> Result<StateDict, ConvertError> {
 }
 
 /// Reads every shard listed in a `*.index.json` (safetensors or pickle shards), by name.
-pub fn read_index(index: &Path) -> Result<BTreeMap<String, RawTensor>, ConvertError> {
-    let text = std::fs::read_to_string(index).map_err(|e| ConvertError::io(index, e))?;
+pub fn read_index(index: &Path) -> Result<BTreeMap<String, RawTensor>, CheckpointError> {
+    let text = std::fs::read_to_string(index).map_err(|e| CheckpointError::io(index, e))?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ConvertError::BadJson {
+        serde_json::from_str(&text).map_err(|e| CheckpointError::BadJson {
             path: index.to_path_buf(),
             reason: format!("invalid JSON: {e}"),
         })?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| ConvertError::BadJson {
+        .ok_or_else(|| CheckpointError::BadJson {
             path: index.to_path_buf(),
             reason: "no `weight_map` object".into(),
         })?;
@@ -159,7 +160,7 @@ pub fn read_index(index: &Path) -> Result<BTreeMap<String, RawTensor>, ConvertEr
     let mut out = BTreeMap::new();
     for shard in shards {
         if shard.contains('/') || shard.contains('\\') || shard.contains("..") || shard.is_empty() {
-            return Err(ConvertError::BadJson {
+            return Err(CheckpointError::BadJson {
                 path: index.to_path_buf(),
                 reason: format!("shard name `{shard}` must be a bare file name"),
             });
@@ -178,7 +179,7 @@ pub fn read_index(index: &Path) -> Result<BTreeMap<String, RawTensor>, ConvertEr
     }
     for key in map.keys() {
         if !out.contains_key(key) {
-            return Err(ConvertError::BadWeights {
+            return Err(CheckpointError::BadWeights {
                 path: index.to_path_buf(),
                 reason: format!("the index lists `{key}` but its shard does not hold it"),
             });

@@ -3,8 +3,8 @@
 
 use diff_convert::SaveDtype;
 use diff_convert::save::{SaveOptions, save_pipeline};
-use diff_pipelines::ClipTokenizer;
-use diff_pipelines::validate::{
+use diff_tokenizer::ClipTokenizer;
+use diff_validate::{
     BF16_REL_TOLERANCE, F16_REL_TOLERANCE, TOKENIZER_PROMPTS, Tolerance, ValidateOptions,
     ValidationReport, compare_tokenizers, validate_pipeline,
 };

@@ -22,11 +22,12 @@
 //! Every step above is checked against transformers on the prompts of
 //! `tests/fixtures/30-tokenizer`.
 
-use crate::error::PipelineError;
+use crate::error::TokenizerError;
 use diff_format::configs::tokenizer::{SpecialToken, SpecialTokensMap, TokenizerConfig};
 use regex::Regex;
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
+use std::sync::RwLock;
 use unicode_normalization::UnicodeNormalization;
 
 const CLIP_SPLIT: &str =
@@ -36,6 +37,12 @@ const CLIP_SPLIT: &str =
 /// other alternatives is never present.
 const BYTE_LEVEL_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+";
 const END_OF_WORD: &str = "</w>";
+/// Words held by the BPE cache at most (tokenizers' `DEFAULT_CACHE_CAPACITY`); once full, new
+/// words are computed and not stored.
+const CACHE_CAPACITY: usize = 10_000;
+/// Only words shorter than this many characters are cached (tokenizers' `MAX_LENGTH`), so one
+/// huge word cannot fill the cache's memory.
+const CACHE_MAX_WORD_CHARS: usize = 256;
 
 /// A token cut out of the text before BPE (a special token or a `added_tokens` entry).
 #[derive(Debug, Clone)]
@@ -67,6 +74,8 @@ pub struct ClipTokenizer {
     byte_level_re: Regex,
     whitespace_re: Regex,
     config: TokenizerConfig,
+    /// Word -> ids of words already through BPE (bounded, as tokenizers' BPE cache).
+    cache: RwLock<HashMap<String, Vec<u32>>>,
 }
 
 /// The byte -> printable-char table of GPT-2 / CLIP byte-level BPE.
@@ -91,12 +100,12 @@ fn bytes_to_unicode() -> [char; 256] {
     table
 }
 
-fn read_text(path: &Path) -> Result<String, PipelineError> {
-    std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))
+fn read_text(path: &Path) -> Result<String, TokenizerError> {
+    std::fs::read_to_string(path).map_err(|e| TokenizerError::io(path, e))
 }
 
-fn tok_err(path: &Path, message: impl Into<String>) -> PipelineError {
-    PipelineError::Tokenizer {
+fn tok_err(path: &Path, message: impl Into<String>) -> TokenizerError {
+    TokenizerError::Invalid {
         path: path.to_path_buf(),
         message: message.into(),
     }
@@ -120,12 +129,12 @@ impl ClipTokenizer {
     /// if present, else `vocab.json` + `merges.txt`; `tokenizer_config.json` and (when that has
     /// no `added_tokens_decoder`) `special_tokens_map.json` for the special tokens and
     /// `model_max_length`.
-    pub fn from_pretrained(folder: impl AsRef<Path>) -> Result<Self, PipelineError> {
+    pub fn from_pretrained(folder: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let folder = folder.as_ref();
         let config_path = folder.join("tokenizer_config.json");
         let mut config: TokenizerConfig = if config_path.is_file() {
             let text = read_text(&config_path)?;
-            serde_json::from_str(&text).map_err(|e| PipelineError::json(&config_path, &e))?
+            serde_json::from_str(&text).map_err(|e| TokenizerError::json(&config_path, &e))?
         } else {
             TokenizerConfig::default()
         };
@@ -133,7 +142,7 @@ impl ClipTokenizer {
         if config.added_tokens_decoder.is_none() && map_path.is_file() {
             let text = read_text(&map_path)?;
             let map: SpecialTokensMap =
-                serde_json::from_str(&text).map_err(|e| PipelineError::json(&map_path, &e))?;
+                serde_json::from_str(&text).map_err(|e| TokenizerError::json(&map_path, &e))?;
             // Entries of the legacy map override the config's, as transformers does.
             for (slot, value) in [
                 (&mut config.bos_token, map.bos_token),
@@ -175,9 +184,9 @@ impl ClipTokenizer {
         vocab_path: &Path,
         merges_path: &Path,
         config: TokenizerConfig,
-    ) -> Result<Self, PipelineError> {
+    ) -> Result<Self, TokenizerError> {
         let vocab: HashMap<String, u32> = serde_json::from_str(&read_text(vocab_path)?)
-            .map_err(|e| PipelineError::json(vocab_path, &e))?;
+            .map_err(|e| TokenizerError::json(vocab_path, &e))?;
         let text = read_text(merges_path)?;
         let mut merges = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -202,9 +211,9 @@ impl ClipTokenizer {
         Self::build(merges_path, vocab, merges, Vec::new(), config)
     }
 
-    fn from_tokenizer_json(path: &Path, config: TokenizerConfig) -> Result<Self, PipelineError> {
+    fn from_tokenizer_json(path: &Path, config: TokenizerConfig) -> Result<Self, TokenizerError> {
         let value: serde_json::Value =
-            serde_json::from_str(&read_text(path)?).map_err(|e| PipelineError::json(path, &e))?;
+            serde_json::from_str(&read_text(path)?).map_err(|e| TokenizerError::json(path, &e))?;
         let model = value
             .get("model")
             .ok_or_else(|| tok_err(path, "no `model` object"))?;
@@ -281,7 +290,7 @@ impl ClipTokenizer {
         merge_list: Vec<(String, String)>,
         mut added: Vec<(AddedTok, bool)>,
         config: TokenizerConfig,
-    ) -> Result<Self, PipelineError> {
+    ) -> Result<Self, TokenizerError> {
         let mut merges = HashMap::with_capacity(merge_list.len());
         for (rank, (a, b)) in merge_list.iter().enumerate() {
             let lookup = |s: &str| {
@@ -425,6 +434,7 @@ impl ClipTokenizer {
             byte_level_re: re(BYTE_LEVEL_SPLIT)?,
             whitespace_re: re(r"\s+")?,
             config,
+            cache: RwLock::new(HashMap::new()),
         })
     }
 
@@ -594,7 +604,34 @@ impl ClipTokenizer {
         }
     }
 
+    /// Byte-level BPE of one pre-tokenized word, through the cache.
     fn bpe(&self, word: &str, ids: &mut Vec<u32>) {
+        let cacheable = word.chars().count() < CACHE_MAX_WORD_CHARS;
+        if cacheable
+            && let Ok(cache) = self.cache.read()
+            && let Some(hit) = cache.get(word)
+        {
+            ids.extend_from_slice(hit);
+            return;
+        }
+        let start = ids.len();
+        self.bpe_uncached(word, ids);
+        if cacheable
+            && let Ok(mut cache) = self.cache.write()
+            && cache.len() < CACHE_CAPACITY
+        {
+            cache.insert(word.to_string(), ids[start..].to_vec());
+        }
+    }
+
+    /// Merges the lowest-ranked adjacent pair first, leftmost on ties, until no pair merges.
+    ///
+    /// The symbols form a linked list and candidate merges wait in a min-heap keyed by
+    /// `(rank, position)`, as tokenizers' `Word::merge_all` does, so a word of `n` symbols
+    /// costs `O(n log n)` rather than a rescan of the whole word per merge. An entry is applied
+    /// only if its pair is still adjacent and still merges with the same rank and result, so
+    /// the heap gives exactly the greedy order of the plain loop.
+    fn bpe_uncached(&self, word: &str, ids: &mut Vec<u32>) {
         let chars: Vec<char> = word.chars().collect();
         let mut symbols: Vec<u32> = Vec::with_capacity(chars.len());
         let mut buf = String::new();
@@ -611,19 +648,54 @@ impl ClipTokenizer {
                 None => symbols.extend(self.unk_id),
             }
         }
-        loop {
-            let best = symbols
-                .windows(2)
-                .enumerate()
-                .filter_map(|(pos, w)| {
-                    let (a, b) = (*w.first()?, *w.get(1)?);
-                    self.merges.get(&(a, b)).map(|(rank, id)| (*rank, pos, *id))
-                })
-                .min_by_key(|(rank, pos, _)| (*rank, *pos));
-            let Some((_, pos, id)) = best else { break };
-            symbols.splice(pos..pos + 2, [id]);
+        let n = symbols.len();
+        // Linked list over positions; `alive[i]` is false once `i` was merged into its left.
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
+        let mut alive = vec![true; n];
+        let mut heap = BinaryHeap::new();
+        let push = |heap: &mut BinaryHeap<std::cmp::Reverse<(u32, usize, u32)>>,
+                    symbols: &[u32],
+                    left: usize,
+                    right: usize| {
+            if let (Some(a), Some(b)) = (symbols.get(left), symbols.get(right))
+                && let Some((rank, id)) = self.merges.get(&(*a, *b))
+            {
+                heap.push(std::cmp::Reverse((*rank, left, *id)));
+            }
+        };
+        for i in 1..n {
+            push(&mut heap, &symbols, i - 1, i);
         }
-        ids.extend(symbols);
+        while let Some(std::cmp::Reverse((rank, left, id))) = heap.pop() {
+            let right = next[left];
+            if !alive[left] || right >= n {
+                continue;
+            }
+            if self.merges.get(&(symbols[left], symbols[right])) != Some(&(rank, id)) {
+                continue;
+            }
+            symbols[left] = id;
+            alive[right] = false;
+            next[left] = next[right];
+            if let Some(after) = next.get(right).copied()
+                && after < n
+            {
+                prev[after] = Some(left);
+            }
+            if let Some(before) = prev[left] {
+                push(&mut heap, &symbols, before, left);
+            }
+            if next[left] < n {
+                push(&mut heap, &symbols, left, next[left]);
+            }
+        }
+        ids.extend(
+            symbols
+                .iter()
+                .zip(&alive)
+                .filter_map(|(s, a)| a.then_some(*s)),
+        );
     }
 }
 

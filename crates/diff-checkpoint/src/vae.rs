@@ -7,8 +7,8 @@
 //! 1×1 convolutions (`q, k, v, proj_out`) that become linear layers (`to_q, ...`), so their
 //! weights lose the trailing unit dimensions.
 
-use super::Checkpoint;
-use crate::ConvertError;
+use crate::CheckpointError;
+use crate::family::Checkpoint;
 use crate::tensors::{RawTensor, StateDict};
 use serde_json::{Map, Value};
 
@@ -49,7 +49,7 @@ fn attention(rest: &str) -> Option<&'static str> {
 pub fn convert_vae(
     ckpt: &Checkpoint,
     config: &Map<String, Value>,
-) -> Result<StateDict, ConvertError> {
+) -> Result<StateDict, CheckpointError> {
     let count = |key: &str| config.get(key).and_then(Value::as_array).map(Vec::len);
     let num_down = count("down_block_types").unwrap_or(1);
     let num_up = count("up_block_types").unwrap_or(1);

@@ -2,7 +2,7 @@
 //! `tests/fixtures/30-tokenizer` (ids must be equal: tolerance zero). The SD tokenizers are the
 //! bundled tiny pipelines' (`tiny-sd/tokenizer`, `tiny-sdxl/tokenizer_2`).
 
-use diff_pipelines::ClipTokenizer;
+use diff_tokenizer::ClipTokenizer;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -168,4 +168,25 @@ fn decode_round_trips_words_with_spaces() {
     let tok = load(&expected().tokenizer);
     let ids = tok.encode("A photo of an astronaut, riding!");
     assert_eq!(tok.decode(&ids, true), "a photo of an astronaut , riding !");
+}
+
+#[test]
+fn a_very_long_word_tokenizes_fast_and_as_short_words_do() {
+    let tok = load(&expected().tokenizer);
+    // One 20,000-letter word: the BPE must not rescan the word per merge (quadratic).
+    let word: String = "abcdefghij".repeat(2_000);
+    let start = std::time::Instant::now();
+    let ids = tok.tokenize(&word);
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_secs(2),
+        "20,000-char word took {elapsed:?}"
+    );
+    assert!(!ids.is_empty());
+    // Through the cache and without it, the same ids; a repeated short word hits the cache.
+    assert_eq!(tok.tokenize("astronaut astronaut"), {
+        let one = tok.tokenize("astronaut");
+        [one.clone(), one].concat()
+    });
+    assert_eq!(tok.tokenize(&word), ids);
 }

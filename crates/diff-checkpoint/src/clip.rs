@@ -17,8 +17,9 @@
 //! `CLIPTextModelWithProjection` keeps it. The result holds exactly the keys the model has: the
 //! `position_ids` buffer (not persistent) and layers beyond `num_hidden_layers` are dropped.
 
-use super::{Checkpoint, config_usize};
-use crate::ConvertError;
+use crate::CheckpointError;
+use crate::convert::config_usize;
+use crate::family::Checkpoint;
 use crate::tensors::{RawTensor, StateDict};
 use serde_json::{Map, Value};
 
@@ -130,8 +131,8 @@ fn open_clip_rename(rest: &str) -> String {
 fn convert_open_clip(
     ckpt: &Checkpoint,
     prefix: &str,
-) -> Result<Vec<(String, RawTensor)>, ConvertError> {
-    let bad_shape = |key: &str, t: &RawTensor, expected: &str| ConvertError::BadShape {
+) -> Result<Vec<(String, RawTensor)>, CheckpointError> {
+    let bad_shape = |key: &str, t: &RawTensor, expected: &str| CheckpointError::BadShape {
         path: ckpt.path.clone(),
         key: key.to_string(),
         got: t.shape.clone(),
@@ -234,7 +235,7 @@ pub fn convert_clip(
     ckpt: &Checkpoint,
     class_name: &str,
     config: &Map<String, Value>,
-) -> Result<StateDict, ConvertError> {
+) -> Result<StateDict, CheckpointError> {
     let projection = class_name == "CLIPTextModelWithProjection";
     let hidden = config_usize(config, "hidden_size");
     let layers = config_usize(config, "num_hidden_layers");
@@ -251,7 +252,7 @@ pub fn convert_clip(
             .collect(),
         Some(Source::OpenClip(prefix)) => convert_open_clip(ckpt, prefix)?,
         None => {
-            return Err(ConvertError::UnknownArchitecture {
+            return Err(CheckpointError::UnknownArchitecture {
                 path: ckpt.path.clone(),
                 reason: format!(
                     "the checkpoint does not contain a CLIP text encoder matching {class_name} (hidden size {hidden:?})"

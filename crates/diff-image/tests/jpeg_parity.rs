@@ -2,9 +2,8 @@
 //! `generate.py` with Pillow 13 / diffusers' `load_image`. Every case must match byte for byte
 //! (tolerance 0), both from [`jpeg::decode`] and through `load_image` (EXIF orientation applied).
 
-use diff_pipelines::PipelineError;
-use diff_pipelines::image_processor::load_image;
-use diff_pipelines::jpeg::{self, JpegError};
+use diff_image::jpeg::{self, JpegError};
+use diff_image::{ImageError, load_image};
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -138,7 +137,7 @@ fn corrupt_jpeg_is_an_error_naming_the_file() {
     let path = dir.path().join("cut.jpg");
     std::fs::write(&path, &data[..data.len() / 2]).expect("write");
     match load_image(&path) {
-        Err(PipelineError::Image { path: p, message }) => {
+        Err(ImageError::Decode { path: p, message }) => {
             assert_eq!(p, path);
             assert!(message.contains("truncated"), "message: {message}");
         }

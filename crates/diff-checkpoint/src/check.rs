@@ -7,8 +7,9 @@
 //! width, hidden size, number of layers) must agree with it. The errors name the original key
 //! (or the converted one for text encoders) and what was expected.
 
-use super::{Checkpoint, config_usize};
-use crate::ConvertError;
+use crate::CheckpointError;
+use crate::convert::config_usize;
+use crate::family::Checkpoint;
 use crate::tensors::StateDict;
 use serde_json::{Map, Value};
 
@@ -27,9 +28,9 @@ pub(crate) fn check_component(
     class: &str,
     config: &Map<String, Value>,
     tensors: &StateDict,
-) -> Result<(), ConvertError> {
+) -> Result<(), CheckpointError> {
     if tensors.is_empty() {
-        return Err(ConvertError::MissingKey {
+        return Err(CheckpointError::MissingKey {
             path: ckpt.path.clone(),
             key: origin(class).to_string(),
             needed_for: format!(
@@ -43,12 +44,12 @@ pub(crate) fn check_component(
         });
     }
     let get = |k: &str| tensors.iter().find(|(n, _)| n == k).map(|(_, t)| t);
-    let missing = |key: &str, original: &str| ConvertError::MissingKey {
+    let missing = |key: &str, original: &str| CheckpointError::MissingKey {
         path: ckpt.path.clone(),
         key: original.to_string(),
         needed_for: format!("the {class}'s `{key}`"),
     };
-    let bad = |key: &str, shape: &[usize], expected: String| ConvertError::BadShape {
+    let bad = |key: &str, shape: &[usize], expected: String| CheckpointError::BadShape {
         path: ckpt.path.clone(),
         key: key.to_string(),
         got: shape.to_vec(),

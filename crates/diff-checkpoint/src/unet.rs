@@ -10,8 +10,9 @@
 //! Transformer keys are the same in both layouts; resnet keys are renamed (`in_layers.0` →
 //! `norm1`, ...). Keys the conversion does not know are dropped, as diffusers drops them.
 
-use super::{Checkpoint, config_str, config_usize};
-use crate::ConvertError;
+use crate::CheckpointError;
+use crate::convert::{config_str, config_usize};
+use crate::family::Checkpoint;
 use crate::tensors::StateDict;
 use serde_json::{Map, Value};
 
@@ -53,7 +54,10 @@ pub const EMA_MIN_KEYS: usize = 100;
 /// The UNet tensors of the checkpoint, as (name without `model.diffusion_model.`, key of the
 /// tensor to take): the `model.diffusion_model.*` ones, or with `extract_ema` and an EMA
 /// checkpoint, their EMA copies (diffusers `extract_ema`).
-fn unet_source(ckpt: &Checkpoint, extract_ema: bool) -> Result<Vec<(&str, String)>, ConvertError> {
+fn unet_source(
+    ckpt: &Checkpoint,
+    extract_ema: bool,
+) -> Result<Vec<(&str, String)>, CheckpointError> {
     let ema_keys = ckpt
         .tensors
         .keys()
@@ -78,7 +82,7 @@ fn unet_source(ckpt: &Checkpoint, extract_ema: bool) -> Result<Vec<(&str, String
         if use_ema {
             let ema = ema_key(key);
             if !ckpt.tensors.contains_key(&ema) {
-                return Err(ConvertError::MissingKey {
+                return Err(CheckpointError::MissingKey {
                     path: ckpt.path.clone(),
                     key: ema,
                     needed_for: format!("the EMA copy of `{key}` (extract_ema)"),
@@ -99,7 +103,7 @@ pub fn convert_unet(
     ckpt: &Checkpoint,
     config: &Map<String, Value>,
     extract_ema: bool,
-) -> Result<StateDict, ConvertError> {
+) -> Result<StateDict, CheckpointError> {
     unet_renames(ckpt, config, extract_ema)?
         .into_iter()
         .map(|(new, old)| match ckpt.tensors.get(&old) {
@@ -115,7 +119,7 @@ pub fn take_unet(
     ckpt: &mut Checkpoint,
     config: &Map<String, Value>,
     extract_ema: bool,
-) -> Result<StateDict, ConvertError> {
+) -> Result<StateDict, CheckpointError> {
     let renames = unet_renames(ckpt, config, extract_ema)?;
     let mut out = Vec::with_capacity(renames.len());
     for (new, old) in renames {
@@ -129,8 +133,8 @@ pub fn take_unet(
 
 /// Each original key feeds at most one diffusers key; a key asked for twice (or vanished) is a
 /// conversion bug reported as a missing key rather than a panic.
-fn missing_source(ckpt: &Checkpoint, key: &str) -> ConvertError {
-    ConvertError::MissingKey {
+fn missing_source(ckpt: &Checkpoint, key: &str) -> CheckpointError {
+    CheckpointError::MissingKey {
         path: ckpt.path.clone(),
         key: key.to_string(),
         needed_for: "the UNet conversion".into(),
@@ -143,7 +147,7 @@ fn unet_renames(
     ckpt: &Checkpoint,
     config: &Map<String, Value>,
     extract_ema: bool,
-) -> Result<Vec<(String, String)>, ConvertError> {
+) -> Result<Vec<(String, String)>, CheckpointError> {
     let layers = config_usize(config, "layers_per_block").unwrap_or(2);
     let per_block = layers.saturating_add(1);
     let text_time = config_str(config, "addition_embed_type") == Some("text_time");
@@ -250,7 +254,7 @@ fn unet_renames(
         }
     }
     if (text_time || class_embed) && !label_emb_seen {
-        return Err(ConvertError::MissingKey {
+        return Err(CheckpointError::MissingKey {
             path: ckpt.path.clone(),
             key: format!("{LDM_UNET_KEY}label_emb.0.0.weight"),
             needed_for: "the UNet's add_embedding / class_embedding (the config asks for one)"

@@ -24,7 +24,7 @@
 //! Every channel is filtered independently, so an `L` image and an `RGB` image whose three
 //! channels are equal give the same values.
 
-use crate::error::PipelineError;
+use crate::error::ImageError;
 
 /// 8 bits of result plus 2 bits of headroom for negative lobes and overshoot.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -51,13 +51,13 @@ impl Resample {
     /// The filter a `VaeImageProcessor` config's `resample` names, through diffusers'
     /// `PIL_INTERPOLATION` table (`linear`, `bilinear`, `bicubic`, `lanczos`, `nearest`; diffusers
     /// has no entry for `box` or `hamming` and neither do we).
-    pub fn from_diffusers_name(name: &str) -> Result<Self, PipelineError> {
+    pub fn from_diffusers_name(name: &str) -> Result<Self, ImageError> {
         match name {
             "linear" | "bilinear" => Ok(Self::Bilinear),
             "bicubic" => Ok(Self::Bicubic),
             "lanczos" => Ok(Self::Lanczos),
             "nearest" => Ok(Self::Nearest),
-            other => Err(PipelineError::arg(
+            other => Err(ImageError::arg(
                 "resample",
                 format!(
                     "unknown resample `{other}`; diffusers' PIL_INTERPOLATION has linear, bilinear, bicubic, lanczos, nearest"
@@ -177,12 +177,12 @@ impl Image8 {
         height: usize,
         channels: usize,
         data: Vec<u8>,
-    ) -> Result<Self, PipelineError> {
+    ) -> Result<Self, ImageError> {
         let want = width
             .checked_mul(height)
             .and_then(|n| n.checked_mul(channels));
         if want != Some(data.len()) {
-            return Err(PipelineError::arg(
+            return Err(ImageError::arg(
                 "image",
                 format!(
                     "a {width}x{height} image with {channels} channels needs {want:?} bytes, got {}",
@@ -408,9 +408,9 @@ pub fn resize(
     out_h: usize,
     filter: Resample,
     box_: Option<[f32; 4]>,
-) -> Result<Image8, PipelineError> {
+) -> Result<Image8, ImageError> {
     if src.data.len() != src.width * src.height * src.channels {
-        return Err(PipelineError::arg(
+        return Err(ImageError::arg(
             "image",
             format!(
                 "a {}x{} image with {} channels needs {} bytes, got {}",
@@ -428,25 +428,25 @@ pub fn resize(
         return Ok(src.clone());
     }
     if out_w < 1 || out_h < 1 {
-        return Err(PipelineError::arg(
+        return Err(ImageError::arg(
             "size",
             format!("height and width must be > 0, got {out_w}x{out_h}"),
         ));
     }
     if src.width < 1 || src.height < 1 {
-        return Err(PipelineError::arg(
+        return Err(ImageError::arg(
             "image",
             format!("cannot resize an empty {}x{} image", src.width, src.height),
         ));
     }
     if b.iter().any(|v| !v.is_finite()) || b[0] < 0.0 || b[1] < 0.0 {
-        return Err(PipelineError::arg(
+        return Err(ImageError::arg(
             "box",
             format!("box offset can't be negative: {b:?}"),
         ));
     }
     if b[2] > src.width as f32 || b[3] > src.height as f32 {
-        return Err(PipelineError::arg(
+        return Err(ImageError::arg(
             "box",
             format!(
                 "box {b:?} can't exceed the original image size {}x{}",
@@ -455,10 +455,7 @@ pub fn resize(
         ));
     }
     if b[2] - b[0] < 0.0 || b[3] - b[1] < 0.0 {
-        return Err(PipelineError::arg(
-            "box",
-            format!("box can't be empty: {b:?}"),
-        ));
+        return Err(ImageError::arg("box", format!("box can't be empty: {b:?}")));
     }
     let integral = |v: f32| v - (v as i32) as f32 == 0.0;
     if integral(b[0])

@@ -1,0 +1,42 @@
+//! `diff-image`: the image bytes of burn-diffusers, as Pillow makes them.
+//!
+//! diffusers reads and resizes its input images with Pillow; for the same seed to give the
+//! same image, the pipeline must see the same bytes. This crate owns everything that happens
+//! to an image before it becomes a tensor:
+//!
+//! - [`load_image`] / [`decode_image`]: diffusers' `load_image` (decode, EXIF orientation,
+//!   RGB), with Pillow's decompression-bomb rule checked on the header before any pixel is
+//!   decoded ([`MAX_IMAGE_PIXELS`]: a warning above it, [`ImageError::DecompressionBomb`] above
+//!   twice it), and [`save_png`] (atomic);
+//! - [`jpeg`]: a JPEG decoder giving libjpeg-turbo's bytes as Pillow decodes them (ISLOW IDCT,
+//!   fancy upsampling, fixed-point YCbCr; baseline and progressive), gate
+//!   `tests/fixtures/44-jpeg`;
+//! - [`resample`]: Pillow's `Image.resize`, byte for byte ([`Image8`], [`resize`]), gate
+//!   `tests/fixtures/41-image-processor`;
+//! - [`processor`]: the byte-level half of `VaeImageProcessor` (resize modes, `convert("L")`,
+//!   `get_crop_region`, `apply_overlay`).
+//!
+//! **Must not know:** burn or tensors (the float half of the image processors is
+//! `diff_pipelines::VaeImageProcessor`), pipelines, models, the Hub.
+//!
+//! Dependencies: `image` (PNG decoding and encoding, EXIF orientation, the fallback decoder for
+//! JPEG kinds [`jpeg`] does not implement), `thiserror` (the typed [`ImageError`]), `tracing`
+//! (the warnings Pillow prints: decompression-bomb size, fallback decoder).
+#![deny(missing_docs)]
+
+mod error;
+mod io;
+pub mod jpeg;
+pub mod processor;
+pub mod resample;
+
+pub use error::ImageError;
+pub use io::{
+    MAX_IMAGE_PIXELS, check_decompression_bomb, decode_image, image_dimensions, load_image,
+    save_png,
+};
+pub use processor::{
+    CropBox, ResizeMode, apply_overlay, get_crop_region, image8_to_gray, image8_to_rgb,
+    resize_with_mode, rgb_to_image8, to_grayscale,
+};
+pub use resample::{Image8, Resample, resize};
