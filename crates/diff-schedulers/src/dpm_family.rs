@@ -8,7 +8,8 @@
 //! formulas; the shared parts live here once, with diffusers' operation order.
 
 use crate::SchedulerError;
-use crate::common::{Prediction, threshold_sample, torch_log_f32};
+use crate::float_kernels::torch_log_f32;
+use crate::prediction::{Prediction, threshold_sample};
 use burn::tensor::Tensor;
 
 /// α_t and σ_t of a sigma: VP form (α = 1/√(σ²+1), σ_t = σ·α) or, with `use_flow_sigmas`,

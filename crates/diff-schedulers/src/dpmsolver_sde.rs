@@ -14,14 +14,16 @@
 //! [`DPMSolverSDEScheduler::set_global_generator`]`(TorchGenerator::new(s))` is
 //! `torch.manual_seed(s)`.
 
+use crate::betas::k_alphas;
 use crate::brownian_tree::BrownianTreeNoiseSampler;
-use crate::common::{
-    Prediction, Spacing, check_sigma_flags, k_alphas, k_sigmas, sigma_to_t, spacing_timesteps,
-    torch_exp_f32, torch_log_f32,
-};
+use crate::float_kernels::{torch_exp_f32, torch_log_f32};
+use crate::interpolation::sigma_to_t;
+use crate::prediction::Prediction;
+use crate::sigma_schedules::{check_sigma_flags, k_sigmas};
+use crate::timestep_spacing::{Spacing, spacing_timesteps};
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    NoiseDtype, NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState,
+    StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::{Tensor, TensorData};
 use diff_format::configs::scheduler::DPMSolverSDESchedulerConfig;
@@ -34,9 +36,7 @@ pub struct DPMSolverSDEScheduler {
     config: DPMSolverSDESchedulerConfig,
     prediction: Prediction,
     spacing: Spacing,
-    alphas_cumprod: Vec<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
+    state: SchedulerState,
     /// First-stage state: the sample the interval started from and the midpoint σ
     /// (diffusers' `sample`, `mid_point_sigma`).
     first_stage: Option<(Tensor<1>, f32)>,
@@ -46,7 +46,6 @@ pub struct DPMSolverSDEScheduler {
     /// torch's global generator, drawn from when `noise_sampler_seed` is `None` (seeded from
     /// the clock on first use unless set).
     global_generator: Option<TorchGenerator>,
-    index: StepIndex,
 }
 
 /// σ(t) = exp(−t) on a float32 torch scalar.
@@ -66,58 +65,6 @@ fn expm1_f32(x: f32) -> f32 {
 }
 
 impl DPMSolverSDEScheduler {
-    /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: DPMSolverSDESchedulerConfig) -> Result<Self, SchedulerError> {
-        // diffusers accepts `sample` at construction and raises NotImplementedError in `step`.
-        let prediction = Prediction::parse(
-            CLASS,
-            &config.prediction_type,
-            &[
-                Prediction::Epsilon,
-                Prediction::VPrediction,
-                Prediction::Sample,
-            ],
-        )?;
-        let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
-        check_sigma_flags(
-            CLASS,
-            config.use_karras_sigmas,
-            config.use_exponential_sigmas,
-            config.use_beta_sigmas,
-        )?;
-        let ac = k_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
-        )?;
-        let mut s = Self {
-            config,
-            prediction,
-            spacing,
-            alphas_cumprod: ac,
-            timesteps: Vec::new(),
-            sigmas: Vec::new(),
-            first_stage: None,
-            noise_sampler: None,
-            noise_queries: Vec::new(),
-            global_generator: None,
-            index: StepIndex::default(),
-        };
-        // diffusers' __init__ calls set_timesteps(num_train_timesteps).
-        let n = s.config.num_train_timesteps;
-        s.set_timesteps(&TimestepsRequest::steps(n))?;
-        Ok(s)
-    }
-
-    /// The config, for re-save.
-    pub fn config(&self) -> &DPMSolverSDESchedulerConfig {
-        &self.config
-    }
-
     /// Sets the emulated torch global generator the noise-sampler seed is drawn from when
     /// `noise_sampler_seed` is `None`: `TorchGenerator::new(s)` is `torch.manual_seed(s)` in
     /// the Python process (without it, the generator is seeded from the clock, as torch seeds
@@ -141,103 +88,6 @@ impl DPMSolverSDEScheduler {
         &self.noise_queries
     }
 
-    /// `set_timesteps(num_inference_steps)` (diffusers takes no custom timesteps or sigmas
-    /// here).
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
-        if request.sigmas.is_some() || request.timesteps.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "{CLASS} takes no custom timesteps or sigmas"
-            )));
-        }
-        request.check_exclusive(CLASS)?;
-        let n = request.resolved_steps(CLASS)?;
-        let c = &self.config;
-        // numpy float64 throughout, as diffusers' set_timesteps.
-        let ts = spacing_timesteps(
-            self.spacing,
-            c.num_train_timesteps,
-            n,
-            c.steps_offset,
-            false,
-        );
-        let (ts, sig, log_sigmas) = k_sigmas(
-            ts,
-            &self.alphas_cumprod,
-            n,
-            c.use_karras_sigmas,
-            c.use_exponential_sigmas,
-            c.use_beta_sigmas,
-            false,
-        );
-        // `_second_order_timesteps`: the log-σ midpoints, in float64 numpy.
-        let t: Vec<f64> = sig.iter().map(|s| -s.ln()).collect();
-        let second: Vec<f64> = t
-            .windows(2)
-            .map(|w| {
-                let proposed = w[0] + (w[1] - w[0]) * 0.5;
-                sigma_to_t((-proposed).exp(), &log_sigmas)
-            })
-            .collect();
-
-        let mut s32: Vec<f32> = sig.iter().map(|v| *v as f32).collect();
-        s32.push(0.0);
-        let sigmas = crate::common::interleave_inner(&s32);
-        // cat([t[:1], t[1:].repeat_interleave(2)]) with the odd entries replaced by the
-        // second-order timesteps.
-        let mut timesteps = vec![ts[0]];
-        for (i, t) in ts.iter().enumerate().skip(1) {
-            timesteps.push(second[i - 1]);
-            timesteps.push(*t);
-        }
-        self.timesteps = timesteps;
-        self.sigmas = sigmas;
-        self.first_stage = None;
-        self.noise_sampler = None;
-        self.noise_queries.clear();
-        self.index = StepIndex::default();
-        Ok(())
-    }
-
-    /// The inference timesteps (2n − 1 entries, float64: each interval's start, then its
-    /// log-σ midpoint).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas (2n entries).
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
-    pub fn init_noise_sigma(&self) -> f32 {
-        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
-    /// `scale_model_input`: x / √(σ² + 1) with σ = `sigmas[step_index]` in the first stage
-    /// and the midpoint σ in the second.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let sigma = match &self.first_stage {
-            None => self.sigma_at(i)?,
-            Some((_, mid)) => *mid,
-        };
-        Ok(sample.div_scalar((sigma * sigma + 1.0).sqrt()))
-    }
-
     /// Makes the noise sampler on first use, as diffusers does in `step`.
     fn noise_sampler(
         &mut self,
@@ -252,9 +102,10 @@ impl DPMSolverSDEScheduler {
             )));
         }
         if self.noise_sampler.is_none() {
-            let positive = self.sigmas.iter().copied().filter(|s| *s > 0.0);
+            let positive = self.state.sigmas.iter().copied().filter(|s| *s > 0.0);
             let min = positive.fold(f32::INFINITY, f32::min);
             let max = self
+                .state
                 .sigmas
                 .iter()
                 .copied()
@@ -287,10 +138,134 @@ impl DPMSolverSDEScheduler {
             .as_mut()
             .ok_or(SchedulerError::NotInitialised(CLASS))
     }
+}
+
+impl SchedulerMixin for DPMSolverSDEScheduler {
+    const ORDER: usize = 2;
+
+    type Config = DPMSolverSDESchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    fn new(config: DPMSolverSDESchedulerConfig) -> Result<Self, SchedulerError> {
+        // diffusers accepts `sample` at construction and raises NotImplementedError in `step`.
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[
+                Prediction::Epsilon,
+                Prediction::VPrediction,
+                Prediction::Sample,
+            ],
+        )?;
+        let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
+        check_sigma_flags(
+            CLASS,
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+        )?;
+        let ac = k_alphas(
+            CLASS,
+            &config.beta_schedule,
+            config.beta_start,
+            config.beta_end,
+            config.num_train_timesteps,
+            config.trained_betas.as_deref(),
+            &[],
+        )?;
+        let mut s = Self {
+            config,
+            prediction,
+            spacing,
+            first_stage: None,
+            noise_sampler: None,
+            noise_queries: Vec::new(),
+            global_generator: None,
+            state: SchedulerState::new(NoiseKind::Sigma(spacing), Vec::new(), Vec::new(), ac),
+        };
+        // diffusers' __init__ calls set_timesteps(num_train_timesteps).
+        let n = s.config.num_train_timesteps;
+        s.set_timesteps(n)?;
+        Ok(s)
+    }
+
+    /// `set_timesteps(num_inference_steps)` (diffusers takes no custom timesteps or sigmas
+    /// here).
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        if request.sigmas.is_some() || request.timesteps.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom timesteps or sigmas"
+            )));
+        }
+        request.check_exclusive(CLASS)?;
+        let n = request.resolved_steps(CLASS)?;
+        let c = &self.config;
+        // numpy float64 throughout, as diffusers' set_timesteps.
+        let ts = spacing_timesteps(
+            self.spacing,
+            c.num_train_timesteps,
+            n,
+            c.steps_offset,
+            false,
+        );
+        let (ts, sig, log_sigmas) = k_sigmas(
+            ts,
+            &self.state.alphas_cumprod,
+            n,
+            c.use_karras_sigmas,
+            c.use_exponential_sigmas,
+            c.use_beta_sigmas,
+            false,
+        );
+        // `_second_order_timesteps`: the log-σ midpoints, in float64 numpy.
+        let t: Vec<f64> = sig.iter().map(|s| -s.ln()).collect();
+        let second: Vec<f64> = t
+            .windows(2)
+            .map(|w| {
+                let proposed = w[0] + (w[1] - w[0]) * 0.5;
+                sigma_to_t((-proposed).exp(), &log_sigmas)
+            })
+            .collect();
+
+        let mut s32: Vec<f32> = sig.iter().map(|v| *v as f32).collect();
+        s32.push(0.0);
+        let sigmas = crate::array_math::interleave_inner(&s32);
+        // cat([t[:1], t[1:].repeat_interleave(2)]) with the odd entries replaced by the
+        // second-order timesteps.
+        let mut timesteps = vec![ts[0]];
+        for (i, t) in ts.iter().enumerate().skip(1) {
+            timesteps.push(second[i - 1]);
+            timesteps.push(*t);
+        }
+        self.state.timesteps = timesteps;
+        self.state.sigmas = sigmas;
+        self.first_stage = None;
+        self.noise_sampler = None;
+        self.noise_queries.clear();
+        self.state.index = StepIndex::default();
+        Ok(())
+    }
+
+    /// `scale_model_input`: x / √(σ² + 1) with σ = `sigmas[step_index]` in the first stage
+    /// and the midpoint σ in the second.
+    fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let sigma = match &self.first_stage {
+            None => self.state.sigma_at(i)?,
+            Some((_, mid)) => *mid,
+        };
+        Ok(sample.div_scalar((sigma * sigma + 1.0).sqrt()))
+    }
 
     /// One stage: the first (σ → midpoint) or the second (σ → σ_next from the stored
     /// sample, with the midpoint's model output); the last interval is a plain Euler step.
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -310,18 +285,18 @@ impl DPMSolverSDEScheduler {
                 ),
             });
         }
-        let i = self.index.current(&self.timesteps, timestep)?;
+        let i = self.state.index.current(&self.state.timesteps, timestep)?;
         let dims = sample.dims();
         let size: usize = dims.iter().product();
         self.noise_sampler(size)?;
         let first = self.first_stage.is_none();
         let (sigma, sigma_next) = if first {
-            (self.sigma_at(i)?, self.sigma_at(i + 1)?)
+            (self.state.sigma_at(i)?, self.state.sigma_at(i + 1)?)
         } else {
             let prev = i
                 .checked_sub(1)
                 .ok_or(SchedulerError::StepOutOfRange { index: 0, len: 0 })?;
-            (self.sigma_at(prev)?, self.sigma_at(i)?)
+            (self.state.sigma_at(prev)?, self.state.sigma_at(i)?)
         };
         let t = t_fn(sigma);
         let mut t_next = t_fn(sigma_next);
@@ -334,7 +309,7 @@ impl DPMSolverSDEScheduler {
                 model_output.mul_scalar(-sigma_input / s2.sqrt()) + sample.clone().div_scalar(s2)
             }
             _ => {
-                return Err(crate::common::unsupported(
+                return Err(crate::unsupported(
                     CLASS,
                     "prediction_type",
                     &self.config.prediction_type,
@@ -377,32 +352,10 @@ impl DPMSolverSDEScheduler {
             }
             prev.reshape(dims)
         };
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),
         })
-    }
-
-    /// `add_noise`: x0 + z·σ.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        crate::common::k_add_noise(
-            &self.index,
-            &self.timesteps,
-            &self.sigmas,
-            original,
-            noise,
-            timesteps,
-        )
-    }
-
-    /// `order` (2).
-    pub fn order(&self) -> usize {
-        2
     }
 }

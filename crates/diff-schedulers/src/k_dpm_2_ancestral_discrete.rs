@@ -1,10 +1,10 @@
 //! `KDPM2AncestralDiscreteScheduler`: DPM-Solver-2 with ancestral noise in every second stage
 //! (the machinery is shared with `k_dpm_2_discrete`).
 
-use crate::common::k_alphas;
+use crate::betas::k_alphas;
 use crate::k_dpm_2_discrete::KDpm2Core;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    SchedulerError, SchedulerMixin, SchedulerOutput, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::KDPM2AncestralDiscreteSchedulerConfig;
@@ -18,9 +18,15 @@ pub struct KDPM2AncestralDiscreteScheduler {
     core: KDpm2Core,
 }
 
-impl KDPM2AncestralDiscreteScheduler {
+impl SchedulerMixin for KDPM2AncestralDiscreteScheduler {
+    const ORDER: usize = 2;
+
+    type Config = KDPM2AncestralDiscreteSchedulerConfig;
+
+    crate::mixin::state_accessors!(core.state);
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: KDPM2AncestralDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: KDPM2AncestralDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
         let alphas = k_alphas(
             CLASS,
             &config.beta_schedule,
@@ -50,13 +56,8 @@ impl KDPM2AncestralDiscreteScheduler {
         Ok(Self { config, core })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &KDPM2AncestralDiscreteSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         let c = &self.config;
         self.core.set_timesteps(
             request,
@@ -67,28 +68,8 @@ impl KDPM2AncestralDiscreteScheduler {
         )
     }
 
-    /// The inference timesteps (2n − 1 entries, midpoints interleaved).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.core.timesteps
-    }
-
-    /// The sigmas (2n + 2 entries, as diffusers lays them out).
-    pub fn sigmas(&self) -> &[f32] {
-        &self.core.sigmas
-    }
-
-    /// `init_noise_sigma`.
-    pub fn init_noise_sigma(&self) -> f32 {
-        self.core.init_noise_sigma()
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.core.index
-    }
-
     /// `scale_model_input`: x / √(σ² + 1) with the stage's σ.
-    pub fn scale_model_input<const D: usize>(
+    fn scale_model_input<const D: usize>(
         &mut self,
         sample: Tensor<D>,
         timestep: f64,
@@ -97,7 +78,7 @@ impl KDPM2AncestralDiscreteScheduler {
     }
 
     /// One DPM2 stage (the second stage draws `randn(model_output.shape)`).
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -112,20 +93,5 @@ impl KDPM2AncestralDiscreteScheduler {
             options.noise_dtype,
             generator,
         )
-    }
-
-    /// `add_noise`: x0 + z·σ.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        self.core.add_noise(original, noise, timesteps)
-    }
-
-    /// `order` (2).
-    pub fn order(&self) -> usize {
-        2
     }
 }

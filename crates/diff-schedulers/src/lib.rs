@@ -24,8 +24,9 @@
 //! when step noise has no seeded generator). Dev-only: `sha2` (hashing a 4 MB torch draw instead of storing it).
 #![deny(missing_docs)]
 
+mod array_math;
+mod betas;
 pub mod brownian_tree;
-mod common;
 pub mod ddim;
 pub mod ddpm;
 pub mod deis_multistep;
@@ -39,22 +40,31 @@ pub mod euler_discrete;
 mod float_kernels;
 pub mod flow_match_euler_discrete;
 pub mod heun_discrete;
+mod interpolation;
 pub mod k_dpm_2_ancestral_discrete;
 pub mod k_dpm_2_discrete;
 pub mod lcm;
 pub mod lms_discrete;
+mod mixin;
 pub mod pndm;
 pub mod precision;
+mod prediction;
 pub mod random;
 pub mod replay;
 mod scheduler;
+mod sigma_schedules;
 pub mod tcd;
+mod timestep_spacing;
 pub mod unipc_multistep;
 
-pub use common::Prediction;
+pub use mixin::{NoiseKind, SchedulerMixin, SchedulerState, StepIndex};
+pub use prediction::Prediction;
 pub use random::{NoiseDtype, TorchGenerator, randn_tensor, to_tensor};
 pub use replay::{ReplayOutput, replay_trace};
-pub use scheduler::{CONFIG_NAME, SCHEDULER_CLASSES, Scheduler};
+pub use scheduler::{
+    CONFIG_NAME, SCHEDULER_CLASSES, SCHEDULER_REGISTRY, Scheduler, SchedulerClass,
+};
+pub use timestep_spacing::Spacing;
 
 use burn::tensor::Tensor;
 
@@ -222,52 +232,6 @@ impl TimestepsRequest {
     }
 }
 
-/// The step index bookkeeping every diffusers scheduler shares (`_step_index`,
-/// `_begin_index`, `_init_step_index`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StepIndex {
-    /// The index of the next `step` in the schedule, once known.
-    pub step_index: Option<usize>,
-    /// The index a pipeline starts at (`set_begin_index`; img2img's strength).
-    pub begin_index: Option<usize>,
-}
-
-impl StepIndex {
-    /// The current index, initialising it from `timestep` (or the begin index) on first use.
-    pub fn current(&mut self, schedule: &[f64], timestep: f64) -> Result<usize, SchedulerError> {
-        if let Some(i) = self.step_index {
-            return Ok(i);
-        }
-        let i = match self.begin_index {
-            Some(b) => b,
-            None => common::index_for_timestep(schedule, timestep)?,
-        };
-        self.step_index = Some(i);
-        Ok(i)
-    }
-
-    /// Moves on by `n` entries.
-    pub fn advance(&mut self, n: usize) {
-        self.step_index = Some(self.step_index.unwrap_or(0) + n);
-    }
-
-    /// The schedule indices `add_noise` uses for each batch item's timestep.
-    pub fn noise_indices(
-        &self,
-        schedule: &[f64],
-        timesteps: &[f64],
-    ) -> Result<Vec<usize>, SchedulerError> {
-        match (self.begin_index, self.step_index) {
-            (None, _) => timesteps
-                .iter()
-                .map(|t| common::index_for_timestep(schedule, *t))
-                .collect(),
-            (Some(_), Some(i)) => Ok(vec![i; timesteps.len()]),
-            (Some(b), None) => Ok(vec![b; timesteps.len()]),
-        }
-    }
-}
-
 /// Applies `f(x, z, scalar)` per batch item with that item's scalar (one scalar for all items
 /// when they agree), as diffusers broadcasts a per-item coefficient.
 pub(crate) fn per_batch<const D: usize>(
@@ -320,4 +284,13 @@ pub fn img2img_begin_index(num_inference_steps: usize, strength: f64, order: usi
     let init = ((num_inference_steps as f64 * strength) as usize).min(num_inference_steps);
     let t_start = num_inference_steps.saturating_sub(init);
     t_start * order
+}
+
+/// The typed error for an option value this port does not support (or diffusers rejects).
+pub(crate) fn unsupported(class: &'static str, key: &'static str, value: &str) -> SchedulerError {
+    SchedulerError::Unsupported {
+        class,
+        key,
+        value: value.to_string(),
+    }
 }

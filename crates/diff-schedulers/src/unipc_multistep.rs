@@ -1,15 +1,18 @@
 //! `UniPCMultistepScheduler`: the unified predictor-corrector solver (UniP predictor, UniC
 //! corrector, B(h) variants bh1 / bh2).
 
-use crate::common::{
-    Prediction, Spacing, check_sigma_flags, exponential_sigmas, karras_sigmas, np_arange,
-    np_interp, np_linspace, np_round, numpy_log_f32, sigma_to_t, train_sigmas, unsupported,
-};
-use crate::dpm_family::{
-    ModelOutputs, Thresholding, alpha_sigma, convert_model_output, dpm_add_noise, lambda,
-};
+use crate::array_math::{np_arange, np_linspace, np_round};
+use crate::betas::train_sigmas;
+use crate::dpm_family::{ModelOutputs, Thresholding, alpha_sigma, convert_model_output, lambda};
+use crate::float_kernels::numpy_log_f32;
+use crate::interpolation::{np_interp, sigma_to_t};
+use crate::prediction::Prediction;
+use crate::sigma_schedules::{check_sigma_flags, exponential_sigmas, karras_sigmas};
+use crate::timestep_spacing::Spacing;
+use crate::unsupported;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::UniPCMultistepSchedulerConfig;
@@ -58,277 +61,16 @@ pub struct UniPCMultistepScheduler {
     prediction: Prediction,
     spacing: Spacing,
     bh1: bool,
-    alphas_cumprod: Vec<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
+    state: SchedulerState,
     model_outputs: ModelOutputs,
     last_sample: Option<Tensor<1>>,
     this_order: usize,
     lower_order_nums: usize,
-    num_inference_steps: Option<usize>,
-    index: StepIndex,
 }
 
 impl UniPCMultistepScheduler {
-    /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(mut config: UniPCMultistepSchedulerConfig) -> Result<Self, SchedulerError> {
-        let prediction = Prediction::parse(
-            CLASS,
-            &config.prediction_type,
-            &[
-                Prediction::Epsilon,
-                Prediction::Sample,
-                Prediction::VPrediction,
-                Prediction::Flow,
-            ],
-        )?;
-        let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
-        check_sigma_flags(
-            CLASS,
-            config.use_karras_sigmas,
-            config.use_exponential_sigmas,
-            config.use_beta_sigmas,
-        )?;
-        if matches!(config.solver_type.as_str(), "midpoint" | "heun" | "logrho") {
-            config.solver_type = "bh2".into();
-        }
-        let bh1 = match config.solver_type.as_str() {
-            "bh1" => true,
-            "bh2" => false,
-            other => return Err(unsupported(CLASS, "solver_type", other)),
-        };
-        if config.solver_p.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(unsupported(CLASS, "solver_p", "a scheduler object"));
-        }
-        if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
-            return Err(unsupported(
-                CLASS,
-                "final_sigmas_type",
-                &config.final_sigmas_type,
-            ));
-        }
-        if config.solver_order == 0 {
-            return Err(unsupported(CLASS, "solver_order", "0"));
-        }
-        if prediction == Prediction::Flow && !config.predict_x0 {
-            return Err(unsupported(
-                CLASS,
-                "prediction_type",
-                "flow_prediction with predict_x0=false",
-            ));
-        }
-        let ac = crate::common::alphas_cumprod_zero_snr(
-            CLASS,
-            &crate::common::beta_config!(config),
-            config.rescale_betas_zero_snr,
-        )?;
-        let sigmas = train_sigmas(&ac);
-        let order = config.solver_order;
-        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
-        Ok(Self {
-            config,
-            prediction,
-            spacing,
-            bh1,
-            alphas_cumprod: ac,
-            timesteps,
-            sigmas,
-            model_outputs: ModelOutputs::new(CLASS, order),
-            last_sample: None,
-            this_order: 1,
-            lower_order_nums: 0,
-            num_inference_steps: None,
-            index: StepIndex::default(),
-        })
-    }
-
-    /// The config, for re-save.
-    pub fn config(&self) -> &UniPCMultistepSchedulerConfig {
-        &self.config
-    }
-
-    /// `set_timesteps(num_inference_steps | sigmas (flow sigmas only), mu)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
-        let c = &self.config;
-        if request.timesteps.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "{CLASS} takes no custom timesteps"
-            )));
-        }
-        if c.use_dynamic_shifting && request.mu.is_none() {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "{CLASS}: `mu` must be passed when use_dynamic_shifting is set"
-            )));
-        }
-        if request.sigmas.is_some() && !c.use_flow_sigmas {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "{CLASS}: custom sigmas need use_flow_sigmas"
-            )));
-        }
-        let n = match &request.sigmas {
-            Some(s) => s.len(),
-            None => request.resolved_steps(CLASS)?,
-        };
-        let t_train = c.num_train_timesteps;
-        let mut ts: Vec<f64> = match self.spacing {
-            Spacing::Linspace => {
-                let mut v: Vec<f64> = np_linspace(0.0, (t_train - 1) as f64, n + 1)
-                    .into_iter()
-                    .map(np_round)
-                    .collect();
-                v.reverse();
-                v.pop();
-                v
-            }
-            Spacing::Leading => {
-                let ratio = t_train / (n + 1);
-                let mut v: Vec<f64> = (0..=n).map(|i| (i * ratio) as f64).collect();
-                v.reverse();
-                v.pop();
-                v.into_iter().map(|t| t + c.steps_offset as f64).collect()
-            }
-            Spacing::Trailing => {
-                let ratio = t_train as f64 / n as f64;
-                np_arange(t_train as f64, 0.0, -ratio)
-                    .into_iter()
-                    .map(|x| np_round(x) - 1.0)
-                    .collect()
-            }
-        };
-        let train = train_sigmas(&self.alphas_cumprod);
-        let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
-        let last_min = |sig: &[f64]| sig.last().copied().unwrap_or(0.0);
-        let (mut sig, last): (Vec<f64>, f64) =
-            if c.use_karras_sigmas || c.use_exponential_sigmas || c.use_beta_sigmas {
-                let smin = c.sigma_min.unwrap_or(f64::from(train[0]));
-                let smax = c.sigma_max.unwrap_or(f64::from(train[train.len() - 1]));
-                let mut s = if c.use_karras_sigmas {
-                    karras_sigmas(smin, smax, n, 7.0)
-                } else if c.use_exponential_sigmas {
-                    exponential_sigmas(smin, smax, n)
-                } else {
-                    crate::common::beta_sigmas(smin, smax, n)
-                };
-                if c.use_karras_sigmas && c.use_flow_sigmas {
-                    s = s.into_iter().map(|v| v / (v + 1.0)).collect();
-                    ts = s.iter().map(|v| v * t_train as f64).collect();
-                } else {
-                    ts = s
-                        .iter()
-                        .map(|v| {
-                            let t = sigma_to_t(*v, &log_sigmas);
-                            if c.use_karras_sigmas { np_round(t) } else { t }
-                        })
-                        .collect();
-                }
-                let l = if c.final_sigmas_type == "sigma_min" {
-                    last_min(&s)
-                } else {
-                    0.0
-                };
-                (s, l)
-            } else if c.use_flow_sigmas {
-                let mut s: Vec<f64> = match &request.sigmas {
-                    Some(v) => v.clone(),
-                    None => {
-                        let mut v = np_linspace(1.0, 1.0 / t_train as f64, n + 1);
-                        v.pop();
-                        v
-                    }
-                };
-                if c.use_dynamic_shifting {
-                    let mu = request.mu.unwrap_or(0.0);
-                    s = s
-                        .into_iter()
-                        .map(|t| {
-                            if c.time_shift_type == "linear" {
-                                mu / (mu + (1.0 / t - 1.0))
-                            } else {
-                                mu.exp() / (mu.exp() + (1.0 / t - 1.0))
-                            }
-                        })
-                        .collect();
-                } else {
-                    let shift = c.flow_shift;
-                    s = s
-                        .into_iter()
-                        .map(|v| shift * v / (1.0 + (shift - 1.0) * v))
-                        .collect();
-                }
-                if let Some(terminal) = c.shift_terminal
-                    && terminal != 0.0
-                {
-                    let scale = (1.0 - last_min(&s)) / (1.0 - terminal);
-                    s = s.into_iter().map(|v| 1.0 - (1.0 - v) / scale).collect();
-                }
-                if let Some(first) = s.first_mut()
-                    && (*first - 1.0).abs() < 1e-6
-                {
-                    *first -= 1e-6;
-                }
-                ts = s.iter().map(|v| v * t_train as f64).collect();
-                let l = if c.final_sigmas_type == "sigma_min" {
-                    last_min(&s)
-                } else {
-                    0.0
-                };
-                (s, l)
-            } else {
-                let s = np_interp(&ts, &train);
-                let l = if c.final_sigmas_type == "sigma_min" {
-                    let a0 = self.alphas_cumprod[0];
-                    f64::from(((1.0 - a0) / a0).sqrt())
-                } else {
-                    0.0
-                };
-                (s, l)
-            };
-        sig.push(last);
-        self.sigmas = sig.into_iter().map(|s| s as f32).collect();
-        self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
-        self.num_inference_steps = Some(self.timesteps.len());
-        self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
-        self.lower_order_nums = 0;
-        self.last_sample = None;
-        self.index = StepIndex::default();
-        Ok(())
-    }
-
-    /// The inference timesteps (integers).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas, one more than the timesteps.
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// `init_noise_sigma` (1.0).
-    pub fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// `scale_model_input`: the identity.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        _timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
     fn asl(&self, i: usize) -> Result<(f32, f32, f32), SchedulerError> {
-        let (a, s) = alpha_sigma(self.sigma_at(i)?, self.config.use_flow_sigmas);
+        let (a, s) = alpha_sigma(self.state.sigma_at(i)?, self.config.use_flow_sigmas);
         Ok((a, s, lambda(a, s)))
     }
 
@@ -349,7 +91,7 @@ impl UniPCMultistepScheduler {
         convert_model_output(
             model_output,
             sample,
-            self.sigma_at(i)?,
+            self.state.sigma_at(i)?,
             c.use_flow_sigmas,
             self.prediction,
             c.predict_x0,
@@ -499,9 +241,233 @@ impl UniPCMultistepScheduler {
                 - inner.mul_scalar(sigma_t * b_h)
         })
     }
+}
+
+impl SchedulerMixin for UniPCMultistepScheduler {
+    type Config = UniPCMultistepSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    fn new(mut config: UniPCMultistepSchedulerConfig) -> Result<Self, SchedulerError> {
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+                Prediction::Flow,
+            ],
+        )?;
+        let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
+        check_sigma_flags(
+            CLASS,
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+        )?;
+        if matches!(config.solver_type.as_str(), "midpoint" | "heun" | "logrho") {
+            config.solver_type = "bh2".into();
+        }
+        let bh1 = match config.solver_type.as_str() {
+            "bh1" => true,
+            "bh2" => false,
+            other => return Err(unsupported(CLASS, "solver_type", other)),
+        };
+        if config.solver_p.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(unsupported(CLASS, "solver_p", "a scheduler object"));
+        }
+        if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
+            return Err(unsupported(
+                CLASS,
+                "final_sigmas_type",
+                &config.final_sigmas_type,
+            ));
+        }
+        if config.solver_order == 0 {
+            return Err(unsupported(CLASS, "solver_order", "0"));
+        }
+        if prediction == Prediction::Flow && !config.predict_x0 {
+            return Err(unsupported(
+                CLASS,
+                "prediction_type",
+                "flow_prediction with predict_x0=false",
+            ));
+        }
+        let ac = crate::betas::alphas_cumprod_zero_snr(
+            CLASS,
+            &crate::betas::beta_config!(config),
+            config.rescale_betas_zero_snr,
+        )?;
+        let sigmas = train_sigmas(&ac);
+        let order = config.solver_order;
+        let timesteps = crate::timestep_spacing::initial_timesteps(config.num_train_timesteps);
+        let kind = NoiseKind::AlphaSigma {
+            flow: config.use_flow_sigmas,
+        };
+        Ok(Self {
+            config,
+            prediction,
+            spacing,
+            bh1,
+            model_outputs: ModelOutputs::new(CLASS, order),
+            last_sample: None,
+            this_order: 1,
+            lower_order_nums: 0,
+            state: SchedulerState::new(kind, timesteps, sigmas, ac),
+        })
+    }
+
+    /// `set_timesteps(num_inference_steps | sigmas (flow sigmas only), mu)`.
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        let c = &self.config;
+        if request.timesteps.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom timesteps"
+            )));
+        }
+        if c.use_dynamic_shifting && request.mu.is_none() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}: `mu` must be passed when use_dynamic_shifting is set"
+            )));
+        }
+        if request.sigmas.is_some() && !c.use_flow_sigmas {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}: custom sigmas need use_flow_sigmas"
+            )));
+        }
+        let n = match &request.sigmas {
+            Some(s) => s.len(),
+            None => request.resolved_steps(CLASS)?,
+        };
+        let t_train = c.num_train_timesteps;
+        let mut ts: Vec<f64> = match self.spacing {
+            Spacing::Linspace => {
+                let mut v: Vec<f64> = np_linspace(0.0, (t_train - 1) as f64, n + 1)
+                    .into_iter()
+                    .map(np_round)
+                    .collect();
+                v.reverse();
+                v.pop();
+                v
+            }
+            Spacing::Leading => {
+                let ratio = t_train / (n + 1);
+                let mut v: Vec<f64> = (0..=n).map(|i| (i * ratio) as f64).collect();
+                v.reverse();
+                v.pop();
+                v.into_iter().map(|t| t + c.steps_offset as f64).collect()
+            }
+            Spacing::Trailing => {
+                let ratio = t_train as f64 / n as f64;
+                np_arange(t_train as f64, 0.0, -ratio)
+                    .into_iter()
+                    .map(|x| np_round(x) - 1.0)
+                    .collect()
+            }
+        };
+        let train = train_sigmas(&self.state.alphas_cumprod);
+        let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
+        let last_min = |sig: &[f64]| sig.last().copied().unwrap_or(0.0);
+        let (mut sig, last): (Vec<f64>, f64) =
+            if c.use_karras_sigmas || c.use_exponential_sigmas || c.use_beta_sigmas {
+                let smin = c.sigma_min.unwrap_or(f64::from(train[0]));
+                let smax = c.sigma_max.unwrap_or(f64::from(train[train.len() - 1]));
+                let mut s = if c.use_karras_sigmas {
+                    karras_sigmas(smin, smax, n, 7.0)
+                } else if c.use_exponential_sigmas {
+                    exponential_sigmas(smin, smax, n)
+                } else {
+                    crate::sigma_schedules::beta_sigmas(smin, smax, n)
+                };
+                if c.use_karras_sigmas && c.use_flow_sigmas {
+                    s = s.into_iter().map(|v| v / (v + 1.0)).collect();
+                    ts = s.iter().map(|v| v * t_train as f64).collect();
+                } else {
+                    ts = s
+                        .iter()
+                        .map(|v| {
+                            let t = sigma_to_t(*v, &log_sigmas);
+                            if c.use_karras_sigmas { np_round(t) } else { t }
+                        })
+                        .collect();
+                }
+                let l = if c.final_sigmas_type == "sigma_min" {
+                    last_min(&s)
+                } else {
+                    0.0
+                };
+                (s, l)
+            } else if c.use_flow_sigmas {
+                let mut s: Vec<f64> = match &request.sigmas {
+                    Some(v) => v.clone(),
+                    None => {
+                        let mut v = np_linspace(1.0, 1.0 / t_train as f64, n + 1);
+                        v.pop();
+                        v
+                    }
+                };
+                if c.use_dynamic_shifting {
+                    let mu = request.mu.unwrap_or(0.0);
+                    s = s
+                        .into_iter()
+                        .map(|t| {
+                            if c.time_shift_type == "linear" {
+                                mu / (mu + (1.0 / t - 1.0))
+                            } else {
+                                mu.exp() / (mu.exp() + (1.0 / t - 1.0))
+                            }
+                        })
+                        .collect();
+                } else {
+                    let shift = c.flow_shift;
+                    s = s
+                        .into_iter()
+                        .map(|v| shift * v / (1.0 + (shift - 1.0) * v))
+                        .collect();
+                }
+                if let Some(terminal) = c.shift_terminal
+                    && terminal != 0.0
+                {
+                    let scale = (1.0 - last_min(&s)) / (1.0 - terminal);
+                    s = s.into_iter().map(|v| 1.0 - (1.0 - v) / scale).collect();
+                }
+                if let Some(first) = s.first_mut()
+                    && (*first - 1.0).abs() < 1e-6
+                {
+                    *first -= 1e-6;
+                }
+                ts = s.iter().map(|v| v * t_train as f64).collect();
+                let l = if c.final_sigmas_type == "sigma_min" {
+                    last_min(&s)
+                } else {
+                    0.0
+                };
+                (s, l)
+            } else {
+                let s = np_interp(&ts, &train);
+                let l = if c.final_sigmas_type == "sigma_min" {
+                    let a0 = self.state.alphas_cumprod[0];
+                    f64::from(((1.0 - a0) / a0).sqrt())
+                } else {
+                    0.0
+                };
+                (s, l)
+            };
+        sig.push(last);
+        self.state.sigmas = sig.into_iter().map(|s| s as f32).collect();
+        self.state.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
+        self.state.num_inference_steps = Some(self.state.timesteps.len());
+        self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
+        self.lower_order_nums = 0;
+        self.last_sample = None;
+        self.state.index = StepIndex::default();
+        Ok(())
+    }
 
     /// One UniPC step: corrector on the previous prediction, then predictor.
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -509,18 +475,18 @@ impl UniPCMultistepScheduler {
         _options: &StepOptions,
         _generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        if self.num_inference_steps.is_none() {
+        if self.state.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialised(CLASS));
         }
-        if self.index.step_index.is_none() {
-            let i = match self.index.begin_index {
+        if self.state.index.step_index.is_none() {
+            let i = match self.state.index.begin_index {
                 Some(b) => b,
-                None => crate::common::index_for_timestep(&self.timesteps, timestep)
-                    .unwrap_or(self.timesteps.len().saturating_sub(1)),
+                None => crate::interpolation::index_for_timestep(&self.state.timesteps, timestep)
+                    .unwrap_or(self.state.timesteps.len().saturating_sub(1)),
             };
-            self.index.step_index = Some(i);
+            self.state.index.step_index = Some(i);
         }
-        let i = self.index.step_index.unwrap_or(0);
+        let i = self.state.index.step_index.unwrap_or(0);
         let dims = sample.dims();
         let use_corrector = i > 0
             && !self.config.disable_corrector.contains(&(i as i64 - 1))
@@ -533,7 +499,7 @@ impl UniPCMultistepScheduler {
             x = self.corrector(converted.clone(), last, i, self.this_order)?;
         }
         self.model_outputs.push(converted);
-        let len = self.timesteps.len();
+        let len = self.state.timesteps.len();
         let order = if self.config.lower_order_final {
             self.config.solver_order.min(len - i)
         } else {
@@ -545,31 +511,10 @@ impl UniPCMultistepScheduler {
         if self.lower_order_nums < self.config.solver_order {
             self.lower_order_nums += 1;
         }
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev.reshape(dims),
             pred_original_sample: None,
         })
-    }
-
-    /// `add_noise`: α_t·x0 + σ_t·z.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let idx = self.index.noise_indices(&self.timesteps, timesteps)?;
-        let flow = self.config.use_flow_sigmas;
-        let pairs = idx
-            .into_iter()
-            .map(|i| self.sigma_at(i).map(|s| alpha_sigma(s, flow)))
-            .collect::<Result<Vec<_>, _>>()?;
-        dpm_add_noise(original, noise, &pairs)
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
     }
 }
