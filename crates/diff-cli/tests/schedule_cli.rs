@@ -149,3 +149,29 @@ fn schedule_works_on_the_tiny_sd_pipeline_scheduler_config() {
     );
     assert_eq!(doc["sigmas"].as_array().map(Vec::len), Some(5));
 }
+
+#[test]
+fn schedule_names_the_keys_a_class_takes_when_an_override_is_not_one() {
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny-sd/scheduler/scheduler_config.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_burn-diffusers"))
+        .args(["schedule", "--config"])
+        .arg(&config)
+        .args([
+            "--class",
+            "DDIMScheduler",
+            "--set",
+            "use_karras_sigmas=true",
+        ])
+        .args(["--steps", "4", "--json"])
+        .output()
+        .expect("run burn-diffusers");
+    // diffusers ignores an unused kwarg with a warning; so does `schedule`, naming the keys.
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("DDIMScheduler does not take `use_karras_sigmas`")
+            && stderr.contains("timestep_spacing"),
+        "stderr: {stderr}"
+    );
+}

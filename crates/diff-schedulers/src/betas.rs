@@ -124,13 +124,14 @@ macro_rules! beta_config {
 }
 pub(crate) use beta_config;
 
-/// `alphas_cumprod` as the Euler / Euler-ancestral / DPM-Solver multistep / UniPC `__init__`
-/// builds it: with `rescale_betas_zero_snr` the betas are rescaled to zero terminal SNR and the
-/// last ᾱ is then set to 2⁻²⁴ (float16's smallest subnormal), so that σ_max stays finite.
-pub(crate) fn alphas_cumprod_zero_snr(
+/// `alphas_cumprod` of a config: the betas of `beta_schedule` (or `trained_betas`; the
+/// schedules in `extra_schedules` are allowed beyond the common three), optionally rescaled
+/// to zero terminal SNR, then `cumprod(1 - betas)`.
+pub(crate) fn alphas_cumprod_of(
     class: &'static str,
     betas: &BetaConfig<'_>,
     rescale_betas_zero_snr: bool,
+    extra_schedules: &[&str],
 ) -> Result<Vec<f32>, SchedulerError> {
     let mut b = make_betas(
         class,
@@ -139,12 +140,23 @@ pub(crate) fn alphas_cumprod_zero_snr(
         betas.end,
         betas.num_train_timesteps,
         betas.trained,
-        &[],
+        extra_schedules,
     )?;
     if rescale_betas_zero_snr {
         b = rescale_zero_terminal_snr(&b);
     }
-    let mut ac = alphas_cumprod(&b);
+    Ok(alphas_cumprod(&b))
+}
+
+/// `alphas_cumprod` as the Euler / Euler-ancestral / DPM-Solver multistep / UniPC `__init__`
+/// builds it: with `rescale_betas_zero_snr` the betas are rescaled to zero terminal SNR and the
+/// last ᾱ is then set to 2⁻²⁴ (float16's smallest subnormal), so that σ_max stays finite.
+pub(crate) fn alphas_cumprod_zero_snr(
+    class: &'static str,
+    betas: &BetaConfig<'_>,
+    rescale_betas_zero_snr: bool,
+) -> Result<Vec<f32>, SchedulerError> {
+    let mut ac = alphas_cumprod_of(class, betas, rescale_betas_zero_snr, &[])?;
     if rescale_betas_zero_snr && let Some(last) = ac.last_mut() {
         *last = 2f32.powi(-24);
     }
@@ -157,54 +169,6 @@ pub(crate) fn train_sigmas(alphas_cumprod: &[f32]) -> Vec<f32> {
         .iter()
         .map(|a| ((1.0 - a) / a).sqrt())
         .collect()
-}
-
-/// Builds the betas and `alphas_cumprod` of the k-diffusion schedulers without zero-SNR.
-pub(crate) fn k_alphas(
-    class: &'static str,
-    schedule: &str,
-    beta_start: f64,
-    beta_end: f64,
-    n: usize,
-    trained: Option<&[f64]>,
-    extra_schedules: &[&str],
-) -> Result<Vec<f32>, SchedulerError> {
-    Ok(alphas_cumprod(&make_betas(
-        class,
-        schedule,
-        beta_start,
-        beta_end,
-        n,
-        trained,
-        extra_schedules,
-    )?))
-}
-
-/// Builds `alphas_cumprod` of a DDPM-family config.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn ddpm_family_alphas(
-    class: &'static str,
-    schedule: &str,
-    beta_start: f64,
-    beta_end: f64,
-    n: usize,
-    trained: Option<&[f64]>,
-    rescale: bool,
-    extra_schedules: &[&str],
-) -> Result<Vec<f32>, SchedulerError> {
-    let mut betas = make_betas(
-        class,
-        schedule,
-        beta_start,
-        beta_end,
-        n,
-        trained,
-        extra_schedules,
-    )?;
-    if rescale {
-        betas = rescale_zero_terminal_snr(&betas);
-    }
-    Ok(alphas_cumprod(&betas))
 }
 
 #[cfg(test)]

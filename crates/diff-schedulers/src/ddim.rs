@@ -1,6 +1,6 @@
 //! `DDIMScheduler`: denoising diffusion implicit models (deterministic unless `eta > 0`).
 
-use crate::betas::ddpm_family_alphas;
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::precision::{mul_left, round_tensor};
 use crate::prediction::{Prediction, clip_or_threshold, ddpm_x0_in};
 use crate::random::noise_like;
@@ -24,15 +24,6 @@ pub struct DDIMScheduler {
     final_alpha_cumprod: f32,
 }
 
-impl DDIMScheduler {
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
-    }
-}
-
 impl SchedulerMixin for DDIMScheduler {
     type Config = DDIMSchedulerConfig;
 
@@ -50,13 +41,9 @@ impl SchedulerMixin for DDIMScheduler {
             ],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
-        let ac = ddpm_family_alphas(
+        let ac = alphas_cumprod_of(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
+            &beta_config!(config),
             config.rescale_betas_zero_snr,
             &[],
         )?;
@@ -179,5 +166,14 @@ impl SchedulerMixin for DDIMScheduler {
             prev_sample: prev,
             pred_original_sample: Some(x0),
         })
+    }
+}
+
+impl DDIMScheduler {
+    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
+        usize::try_from(t)
+            .ok()
+            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
+            .ok_or(SchedulerError::UnknownTimestep(t as f64))
     }
 }

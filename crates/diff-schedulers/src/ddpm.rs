@@ -1,6 +1,6 @@
 //! `DDPMScheduler`: denoising diffusion probabilistic models (noise at every step with t > 0).
 
-use crate::betas::ddpm_family_alphas;
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::prediction::clip_or_threshold;
 use crate::prediction::{Prediction, ddpm_x0};
 use crate::random::noise_like;
@@ -23,31 +23,6 @@ pub struct DDPMScheduler {
     spacing: Spacing,
     state: SchedulerState,
     custom_timesteps: bool,
-}
-
-impl DDPMScheduler {
-    /// `previous_timestep`: the next schedule entry (-1 after the last), or t - 1 before
-    /// `set_timesteps`.
-    fn previous_timestep(&self, t: f64) -> Result<i64, SchedulerError> {
-        if self.custom_timesteps || self.state.num_inference_steps.is_some() {
-            let i = self
-                .state
-                .timesteps
-                .iter()
-                .position(|v| *v == t)
-                .ok_or(SchedulerError::UnknownTimestep(t))?;
-            Ok(self.state.timesteps.get(i + 1).map_or(-1, |v| *v as i64))
-        } else {
-            Ok(t as i64 - 1)
-        }
-    }
-
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
-    }
 }
 
 impl SchedulerMixin for DDPMScheduler {
@@ -78,13 +53,9 @@ impl SchedulerMixin for DDPMScheduler {
         ) {
             return Err(unsupported(CLASS, "variance_type", &config.variance_type));
         }
-        let ac = ddpm_family_alphas(
+        let ac = alphas_cumprod_of(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
+            &beta_config!(config),
             config.rescale_betas_zero_snr,
             &["sigmoid", "laplace"],
         )?;
@@ -221,5 +192,30 @@ impl SchedulerMixin for DDPMScheduler {
             prev_sample: prev,
             pred_original_sample: Some(x0),
         })
+    }
+}
+
+impl DDPMScheduler {
+    /// `previous_timestep`: the next schedule entry (-1 after the last), or t - 1 before
+    /// `set_timesteps`.
+    fn previous_timestep(&self, t: f64) -> Result<i64, SchedulerError> {
+        if self.custom_timesteps || self.state.num_inference_steps.is_some() {
+            let i = self
+                .state
+                .timesteps
+                .iter()
+                .position(|v| *v == t)
+                .ok_or(SchedulerError::UnknownTimestep(t))?;
+            Ok(self.state.timesteps.get(i + 1).map_or(-1, |v| *v as i64))
+        } else {
+            Ok(t as i64 - 1)
+        }
+    }
+
+    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
+        usize::try_from(t)
+            .ok()
+            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
+            .ok_or(SchedulerError::UnknownTimestep(t as f64))
     }
 }

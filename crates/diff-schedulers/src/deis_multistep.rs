@@ -30,42 +30,6 @@ pub struct DEISMultistepScheduler {
     lower_order_nums: usize,
 }
 
-impl DEISMultistepScheduler {
-    fn alpha_sigma_at(&self, i: usize) -> Result<(f32, f32), SchedulerError> {
-        Ok(alpha_sigma(
-            self.state.sigma_at(i)?,
-            self.config.use_flow_sigmas,
-        ))
-    }
-
-    /// `convert_model_output`: ε recovered from the x0 prediction.
-    fn convert<const D: usize>(
-        &self,
-        model_output: Tensor<D>,
-        sample: Tensor<D>,
-        i: usize,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let c = &self.config;
-        let sigma = self.state.sigma_at(i)?;
-        let thresholding = Thresholding::when(
-            c.thresholding,
-            c.dynamic_thresholding_ratio,
-            c.sample_max_value,
-        );
-        let x0 = convert_model_output(
-            model_output,
-            sample.clone(),
-            sigma,
-            c.use_flow_sigmas,
-            self.prediction,
-            true,
-            thresholding,
-        )?;
-        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
-        Ok((sample - x0.mul_scalar(alpha_t)).div_scalar(sigma_t))
-    }
-}
-
 impl SchedulerMixin for DEISMultistepScheduler {
     type Config = DEISMultistepSchedulerConfig;
 
@@ -242,18 +206,7 @@ impl SchedulerMixin for DEISMultistepScheduler {
         _options: &StepOptions,
         _generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        if self.state.num_inference_steps.is_none() {
-            return Err(SchedulerError::NotInitialised(CLASS));
-        }
-        if self.state.index.step_index.is_none() {
-            let i = match self.state.index.begin_index {
-                Some(b) => b,
-                None => crate::interpolation::index_for_timestep(&self.state.timesteps, timestep)
-                    .unwrap_or(self.state.timesteps.len().saturating_sub(1)),
-            };
-            self.state.index.step_index = Some(i);
-        }
-        let i = self.state.index.step_index.unwrap_or(0);
+        let i = self.state.dpm_step_index(CLASS, timestep)?;
         let len = self.state.timesteps.len();
         let c = &self.config;
         let lower_order_final = i + 1 == len && c.lower_order_final && len < 15;
@@ -316,5 +269,41 @@ impl SchedulerMixin for DEISMultistepScheduler {
             prev_sample: prev.reshape(dims),
             pred_original_sample: None,
         })
+    }
+}
+
+impl DEISMultistepScheduler {
+    fn alpha_sigma_at(&self, i: usize) -> Result<(f32, f32), SchedulerError> {
+        Ok(alpha_sigma(
+            self.state.sigma_at(i)?,
+            self.config.use_flow_sigmas,
+        ))
+    }
+
+    /// `convert_model_output`: ε recovered from the x0 prediction.
+    fn convert<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        sample: Tensor<D>,
+        i: usize,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let c = &self.config;
+        let sigma = self.state.sigma_at(i)?;
+        let thresholding = Thresholding::when(
+            c.thresholding,
+            c.dynamic_thresholding_ratio,
+            c.sample_max_value,
+        );
+        let x0 = convert_model_output(
+            model_output,
+            sample.clone(),
+            sigma,
+            c.use_flow_sigmas,
+            self.prediction,
+            true,
+            thresholding,
+        )?;
+        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
+        Ok((sample - x0.mul_scalar(alpha_t)).div_scalar(sigma_t))
     }
 }

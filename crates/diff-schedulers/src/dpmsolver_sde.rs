@@ -14,7 +14,7 @@
 //! [`DPMSolverSDEScheduler::set_global_generator`]`(TorchGenerator::new(s))` is
 //! `torch.manual_seed(s)`.
 
-use crate::betas::k_alphas;
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::brownian_tree::BrownianTreeNoiseSampler;
 use crate::float_kernels::{torch_exp_f32, torch_log_f32};
 use crate::interpolation::sigma_to_t;
@@ -64,82 +64,6 @@ fn expm1_f32(x: f32) -> f32 {
     f64::from(x).exp_m1() as f32
 }
 
-impl DPMSolverSDEScheduler {
-    /// Sets the emulated torch global generator the noise-sampler seed is drawn from when
-    /// `noise_sampler_seed` is `None`: `TorchGenerator::new(s)` is `torch.manual_seed(s)` in
-    /// the Python process (without it, the generator is seeded from the clock, as torch seeds
-    /// its own per process). Each noise sampler (one per `set_timesteps`, made at the first
-    /// `step`) draws one `torch.randint(0, 2**63 - 1, [])` from it.
-    pub fn set_global_generator(&mut self, generator: TorchGenerator) {
-        self.global_generator = Some(generator);
-    }
-
-    /// The seed of the current noise sampler, once the first `step` has made it.
-    pub fn noise_sampler_seed_in_use(&self) -> Option<u64> {
-        self.noise_sampler
-            .as_ref()
-            .map(BrownianTreeNoiseSampler::seed)
-    }
-
-    /// The (σ, σ_next) of every noise draw since `set_timesteps`, in order: the times the
-    /// Brownian tree was queried at (before its rounding to 6 decimals). For diagnostics and
-    /// parity checks (see the crate README on MKL near-ties).
-    pub fn noise_queries(&self) -> &[(f32, f32)] {
-        &self.noise_queries
-    }
-
-    /// Makes the noise sampler on first use, as diffusers does in `step`.
-    fn noise_sampler(
-        &mut self,
-        size: usize,
-    ) -> Result<&mut BrownianTreeNoiseSampler, SchedulerError> {
-        if let Some(existing) = &self.noise_sampler
-            && existing.size() != size
-        {
-            return Err(SchedulerError::Shape(format!(
-                "{CLASS}: the sample has {size} elements but the noise sampler was made for {}",
-                existing.size()
-            )));
-        }
-        if self.noise_sampler.is_none() {
-            let positive = self.state.sigmas.iter().copied().filter(|s| *s > 0.0);
-            let min = positive.fold(f32::INFINITY, f32::min);
-            let max = self
-                .state
-                .sigmas
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            let seed = match self.config.noise_sampler_seed {
-                Some(seed) => seed,
-                None => {
-                    let seeded = self.global_generator.is_some();
-                    let generator = self
-                        .global_generator
-                        .get_or_insert_with(TorchGenerator::from_entropy);
-                    // torch.randint(0, 2**63 - 1, []): random64() % range on the CPU.
-                    let seed = generator.next_u64() % (i64::MAX as u64);
-                    if seeded {
-                        tracing::debug!(
-                            "{CLASS}: no noise_sampler_seed; drew {seed} from the global generator"
-                        );
-                    } else {
-                        tracing::info!(
-                            "{CLASS}: no noise_sampler_seed, so the noise is not reproducible (as in \
-                             diffusers); this run drew seed {seed}: set noise_sampler_seed={seed} to repeat it"
-                        );
-                    }
-                    seed
-                }
-            };
-            self.noise_sampler = Some(BrownianTreeNoiseSampler::new(size, min, max, seed)?);
-        }
-        self.noise_sampler
-            .as_mut()
-            .ok_or(SchedulerError::NotInitialised(CLASS))
-    }
-}
-
 impl SchedulerMixin for DPMSolverSDEScheduler {
     const ORDER: usize = 2;
 
@@ -166,15 +90,7 @@ impl SchedulerMixin for DPMSolverSDEScheduler {
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
         )?;
-        let ac = k_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
-        )?;
+        let ac = alphas_cumprod_of(CLASS, &beta_config!(config), false, &[])?;
         let mut s = Self {
             config,
             prediction,
@@ -357,5 +273,81 @@ impl SchedulerMixin for DPMSolverSDEScheduler {
             prev_sample: prev,
             pred_original_sample: Some(x0),
         })
+    }
+}
+
+impl DPMSolverSDEScheduler {
+    /// Sets the emulated torch global generator the noise-sampler seed is drawn from when
+    /// `noise_sampler_seed` is `None`: `TorchGenerator::new(s)` is `torch.manual_seed(s)` in
+    /// the Python process (without it, the generator is seeded from the clock, as torch seeds
+    /// its own per process). Each noise sampler (one per `set_timesteps`, made at the first
+    /// `step`) draws one `torch.randint(0, 2**63 - 1, [])` from it.
+    pub fn set_global_generator(&mut self, generator: TorchGenerator) {
+        self.global_generator = Some(generator);
+    }
+
+    /// The seed of the current noise sampler, once the first `step` has made it.
+    pub fn noise_sampler_seed_in_use(&self) -> Option<u64> {
+        self.noise_sampler
+            .as_ref()
+            .map(BrownianTreeNoiseSampler::seed)
+    }
+
+    /// The (σ, σ_next) of every noise draw since `set_timesteps`, in order: the times the
+    /// Brownian tree was queried at (before its rounding to 6 decimals). For diagnostics and
+    /// parity checks (see the crate README on MKL near-ties).
+    pub fn noise_queries(&self) -> &[(f32, f32)] {
+        &self.noise_queries
+    }
+
+    /// Makes the noise sampler on first use, as diffusers does in `step`.
+    fn noise_sampler(
+        &mut self,
+        size: usize,
+    ) -> Result<&mut BrownianTreeNoiseSampler, SchedulerError> {
+        if let Some(existing) = &self.noise_sampler
+            && existing.size() != size
+        {
+            return Err(SchedulerError::Shape(format!(
+                "{CLASS}: the sample has {size} elements but the noise sampler was made for {}",
+                existing.size()
+            )));
+        }
+        if self.noise_sampler.is_none() {
+            let positive = self.state.sigmas.iter().copied().filter(|s| *s > 0.0);
+            let min = positive.fold(f32::INFINITY, f32::min);
+            let max = self
+                .state
+                .sigmas
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            let seed = match self.config.noise_sampler_seed {
+                Some(seed) => seed,
+                None => {
+                    let seeded = self.global_generator.is_some();
+                    let generator = self
+                        .global_generator
+                        .get_or_insert_with(TorchGenerator::from_entropy);
+                    // torch.randint(0, 2**63 - 1, []): random64() % range on the CPU.
+                    let seed = generator.next_u64() % (i64::MAX as u64);
+                    if seeded {
+                        tracing::debug!(
+                            "{CLASS}: no noise_sampler_seed; drew {seed} from the global generator"
+                        );
+                    } else {
+                        tracing::info!(
+                            "{CLASS}: no noise_sampler_seed, so the noise is not reproducible (as in \
+                             diffusers); this run drew seed {seed}: set noise_sampler_seed={seed} to repeat it"
+                        );
+                    }
+                    seed
+                }
+            };
+            self.noise_sampler = Some(BrownianTreeNoiseSampler::new(size, min, max, seed)?);
+        }
+        self.noise_sampler
+            .as_mut()
+            .ok_or(SchedulerError::NotInitialised(CLASS))
     }
 }

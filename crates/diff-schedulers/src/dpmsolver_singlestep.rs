@@ -36,6 +36,241 @@ pub struct DPMSolverSinglestepScheduler {
     anchor: Option<Tensor<1>>,
 }
 
+impl SchedulerMixin for DPMSolverSinglestepScheduler {
+    type Config = DPMSolverSinglestepSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    fn new(mut config: DPMSolverSinglestepSchedulerConfig) -> Result<Self, SchedulerError> {
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[
+                Prediction::Epsilon,
+                Prediction::Sample,
+                Prediction::VPrediction,
+                Prediction::Flow,
+            ],
+        )?;
+        check_sigma_flags(
+            CLASS,
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+        )?;
+        if config.algorithm_type == "deis" {
+            config.algorithm_type = "dpmsolver++".into();
+        }
+        if matches!(config.solver_type.as_str(), "logrho" | "bh1" | "bh2") {
+            config.solver_type = "midpoint".into();
+        }
+        let algorithm = match config.algorithm_type.as_str() {
+            "dpmsolver" => Algorithm::DpmSolver,
+            "dpmsolver++" => Algorithm::DpmSolverPP,
+            "sde-dpmsolver++" => Algorithm::SdeDpmSolverPP,
+            other => return Err(unsupported(CLASS, "algorithm_type", other)),
+        };
+        let heun = match config.solver_type.as_str() {
+            "midpoint" => false,
+            "heun" => true,
+            other => return Err(unsupported(CLASS, "solver_type", other)),
+        };
+        if algorithm == Algorithm::DpmSolver && config.final_sigmas_type == "zero" {
+            return Err(SchedulerError::InvalidConfig {
+                class: CLASS,
+                message:
+                    "`final_sigmas_type` zero is not supported for `algorithm_type` dpmsolver; \
+                          use `sigma_min`"
+                        .into(),
+            });
+        }
+        if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
+            return Err(unsupported(
+                CLASS,
+                "final_sigmas_type",
+                &config.final_sigmas_type,
+            ));
+        }
+        if config.solver_order == 0 || config.solver_order > 3 {
+            return Err(unsupported(
+                CLASS,
+                "solver_order",
+                &config.solver_order.to_string(),
+            ));
+        }
+        if let Some(v) = &config.variance_type
+            && !matches!(v.as_str(), "learned" | "learned_range")
+        {
+            return Err(unsupported(CLASS, "variance_type", v));
+        }
+        let ac = crate::betas::alphas_cumprod_zero_snr(
+            CLASS,
+            &crate::betas::beta_config!(config),
+            false,
+        )?;
+        let lambda_t = lambda_table(&ac);
+        let sigmas = train_sigmas(&ac);
+        let order = config.solver_order;
+        let timesteps = crate::timestep_spacing::initial_timesteps(config.num_train_timesteps);
+        let kind = NoiseKind::AlphaSigma {
+            flow: config.use_flow_sigmas,
+        };
+        Ok(Self {
+            config,
+            prediction,
+            algorithm,
+            heun,
+            lambda_t,
+            order_list: Vec::new(),
+            model_outputs: ModelOutputs::new(CLASS, order),
+            anchor: None,
+            state: SchedulerState::new(kind, timesteps, sigmas, ac),
+        })
+    }
+
+    /// `set_timesteps(num_inference_steps | timesteps, mu)`.
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        if request.sigmas.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom sigmas"
+            )));
+        }
+        request.check_exclusive(CLASS)?;
+        if let Some(mu) = request.mu {
+            if !self.config.use_dynamic_shifting {
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "{CLASS}: `mu` needs use_dynamic_shifting"
+                )));
+            }
+            self.config.flow_shift = mu.exp();
+        }
+        let c = &self.config;
+        if request.timesteps.is_some()
+            && (c.use_karras_sigmas || c.use_exponential_sigmas || c.use_beta_sigmas)
+        {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}: custom timesteps cannot be used with karras / exponential sigmas"
+            )));
+        }
+        let n = request.resolved_steps(CLASS)?;
+        let t_train = c.num_train_timesteps;
+        let mut ts: Vec<f64> = match &request.timesteps {
+            Some(custom) => custom.iter().map(|t| (*t as i64) as f64).collect(),
+            None => {
+                let clipped = self
+                    .lambda_t
+                    .iter()
+                    .filter(|l| f64::from(**l) < c.lambda_min_clipped)
+                    .count();
+                let mut v: Vec<f64> = np_linspace(0.0, (t_train - 1 - clipped) as f64, n + 1)
+                    .into_iter()
+                    .map(np_round)
+                    .collect();
+                v.reverse();
+                v.pop();
+                v
+            }
+        };
+        let train = train_sigmas(&self.state.alphas_cumprod);
+        let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
+        let (smin, smax) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
+        let mut sig: Vec<f64> = if c.use_karras_sigmas {
+            let s = karras_sigmas(smin, smax, n, 7.0);
+            ts = s
+                .iter()
+                .map(|v| np_round(sigma_to_t(*v, &log_sigmas)))
+                .collect();
+            s
+        } else if c.use_exponential_sigmas {
+            let s = exponential_sigmas(smin, smax, n);
+            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
+            s
+        } else if c.use_beta_sigmas {
+            let s = crate::sigma_schedules::beta_sigmas(smin, smax, n);
+            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
+            s
+        } else if c.use_flow_sigmas {
+            let shift = c.flow_shift;
+            let mut s: Vec<f64> = np_linspace(1.0, 1.0 / t_train as f64, n + 1)
+                .into_iter()
+                .map(|a| {
+                    let v = 1.0 - a;
+                    shift * v / (1.0 + (shift - 1.0) * v)
+                })
+                .collect();
+            s.reverse();
+            s.pop();
+            ts = s.iter().map(|v| v * t_train as f64).collect();
+            s
+        } else {
+            np_interp(&ts, &train)
+        };
+        let last = if c.final_sigmas_type == "sigma_min" {
+            let a0 = self.state.alphas_cumprod[0];
+            f64::from(((1.0 - a0) / a0).sqrt())
+        } else {
+            0.0
+        };
+        sig.push(last);
+        self.state.sigmas = sig.into_iter().map(|s| s as f32).collect();
+        self.state.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
+        self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
+        self.anchor = None;
+        // diffusers rewrites its config here.
+        if !self.config.lower_order_final
+            && (!n.is_multiple_of(self.config.solver_order)
+                || self.config.final_sigmas_type == "zero")
+        {
+            self.config.lower_order_final = true;
+        }
+        self.order_list = self.order_list(n);
+        self.state.num_inference_steps = Some(n);
+        self.state.index = StepIndex::default();
+        Ok(())
+    }
+
+    /// One singlestep DPM-Solver step.
+    fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        options: &StepOptions,
+        generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        let i = self.state.dpm_step_index(CLASS, timestep)?;
+        let dims = sample.dims();
+        let converted = self.convert(model_output, sample.clone(), i)?;
+        let out_dims = converted.dims();
+        self.model_outputs.push(converted.flatten::<1>(0, D - 1));
+        let x = sample.flatten::<1>(0, D - 1);
+        let noise = if self.algorithm == Algorithm::SdeDpmSolverPP {
+            let like = Tensor::<D>::zeros(out_dims, &x.device());
+            Some(noise_like(&like, generator, options.noise_dtype)?.flatten::<1>(0, D - 1))
+        } else {
+            None
+        };
+        let mut order = self.order_list.get(i).copied().unwrap_or(1);
+        while order > 1 && self.model_outputs.is_missing(order - 1) {
+            order -= 1;
+        }
+        if order == 1 {
+            self.anchor = Some(x);
+        }
+        let anchor = self
+            .anchor
+            .clone()
+            .ok_or(SchedulerError::NotInitialised(CLASS))?;
+        let prev = self.update(anchor, noise, i, order)?;
+        self.state.index.advance(1);
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: None,
+        })
+    }
+}
+
 impl DPMSolverSinglestepScheduler {
     /// `get_order_list`: the solver order of every step.
     pub fn order_list(&self, steps: usize) -> Vec<usize> {
@@ -256,251 +491,5 @@ impl DPMSolverSinglestepScheduler {
                 })
             }
         }
-    }
-}
-
-impl SchedulerMixin for DPMSolverSinglestepScheduler {
-    type Config = DPMSolverSinglestepSchedulerConfig;
-
-    crate::mixin::state_accessors!();
-
-    /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    fn new(mut config: DPMSolverSinglestepSchedulerConfig) -> Result<Self, SchedulerError> {
-        let prediction = Prediction::parse(
-            CLASS,
-            &config.prediction_type,
-            &[
-                Prediction::Epsilon,
-                Prediction::Sample,
-                Prediction::VPrediction,
-                Prediction::Flow,
-            ],
-        )?;
-        check_sigma_flags(
-            CLASS,
-            config.use_karras_sigmas,
-            config.use_exponential_sigmas,
-            config.use_beta_sigmas,
-        )?;
-        if config.algorithm_type == "deis" {
-            config.algorithm_type = "dpmsolver++".into();
-        }
-        if matches!(config.solver_type.as_str(), "logrho" | "bh1" | "bh2") {
-            config.solver_type = "midpoint".into();
-        }
-        let algorithm = match config.algorithm_type.as_str() {
-            "dpmsolver" => Algorithm::DpmSolver,
-            "dpmsolver++" => Algorithm::DpmSolverPP,
-            "sde-dpmsolver++" => Algorithm::SdeDpmSolverPP,
-            other => return Err(unsupported(CLASS, "algorithm_type", other)),
-        };
-        let heun = match config.solver_type.as_str() {
-            "midpoint" => false,
-            "heun" => true,
-            other => return Err(unsupported(CLASS, "solver_type", other)),
-        };
-        if algorithm == Algorithm::DpmSolver && config.final_sigmas_type == "zero" {
-            return Err(SchedulerError::InvalidConfig {
-                class: CLASS,
-                message:
-                    "`final_sigmas_type` zero is not supported for `algorithm_type` dpmsolver; \
-                          use `sigma_min`"
-                        .into(),
-            });
-        }
-        if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
-            return Err(unsupported(
-                CLASS,
-                "final_sigmas_type",
-                &config.final_sigmas_type,
-            ));
-        }
-        if config.solver_order == 0 || config.solver_order > 3 {
-            return Err(unsupported(
-                CLASS,
-                "solver_order",
-                &config.solver_order.to_string(),
-            ));
-        }
-        if let Some(v) = &config.variance_type
-            && !matches!(v.as_str(), "learned" | "learned_range")
-        {
-            return Err(unsupported(CLASS, "variance_type", v));
-        }
-        let ac = crate::betas::alphas_cumprod_zero_snr(
-            CLASS,
-            &crate::betas::beta_config!(config),
-            false,
-        )?;
-        let lambda_t = lambda_table(&ac);
-        let sigmas = train_sigmas(&ac);
-        let order = config.solver_order;
-        let timesteps = crate::timestep_spacing::initial_timesteps(config.num_train_timesteps);
-        let kind = NoiseKind::AlphaSigma {
-            flow: config.use_flow_sigmas,
-        };
-        Ok(Self {
-            config,
-            prediction,
-            algorithm,
-            heun,
-            lambda_t,
-            order_list: Vec::new(),
-            model_outputs: ModelOutputs::new(CLASS, order),
-            anchor: None,
-            state: SchedulerState::new(kind, timesteps, sigmas, ac),
-        })
-    }
-
-    /// `set_timesteps(num_inference_steps | timesteps, mu)`.
-    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
-        if request.sigmas.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "{CLASS} takes no custom sigmas"
-            )));
-        }
-        request.check_exclusive(CLASS)?;
-        if let Some(mu) = request.mu {
-            if !self.config.use_dynamic_shifting {
-                return Err(SchedulerError::InvalidArgument(format!(
-                    "{CLASS}: `mu` needs use_dynamic_shifting"
-                )));
-            }
-            self.config.flow_shift = mu.exp();
-        }
-        let c = &self.config;
-        if request.timesteps.is_some()
-            && (c.use_karras_sigmas || c.use_exponential_sigmas || c.use_beta_sigmas)
-        {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "{CLASS}: custom timesteps cannot be used with karras / exponential sigmas"
-            )));
-        }
-        let n = request.resolved_steps(CLASS)?;
-        let t_train = c.num_train_timesteps;
-        let mut ts: Vec<f64> = match &request.timesteps {
-            Some(custom) => custom.iter().map(|t| (*t as i64) as f64).collect(),
-            None => {
-                let clipped = self
-                    .lambda_t
-                    .iter()
-                    .filter(|l| f64::from(**l) < c.lambda_min_clipped)
-                    .count();
-                let mut v: Vec<f64> = np_linspace(0.0, (t_train - 1 - clipped) as f64, n + 1)
-                    .into_iter()
-                    .map(np_round)
-                    .collect();
-                v.reverse();
-                v.pop();
-                v
-            }
-        };
-        let train = train_sigmas(&self.state.alphas_cumprod);
-        let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
-        let (smin, smax) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
-        let mut sig: Vec<f64> = if c.use_karras_sigmas {
-            let s = karras_sigmas(smin, smax, n, 7.0);
-            ts = s
-                .iter()
-                .map(|v| np_round(sigma_to_t(*v, &log_sigmas)))
-                .collect();
-            s
-        } else if c.use_exponential_sigmas {
-            let s = exponential_sigmas(smin, smax, n);
-            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
-            s
-        } else if c.use_beta_sigmas {
-            let s = crate::sigma_schedules::beta_sigmas(smin, smax, n);
-            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
-            s
-        } else if c.use_flow_sigmas {
-            let shift = c.flow_shift;
-            let mut s: Vec<f64> = np_linspace(1.0, 1.0 / t_train as f64, n + 1)
-                .into_iter()
-                .map(|a| {
-                    let v = 1.0 - a;
-                    shift * v / (1.0 + (shift - 1.0) * v)
-                })
-                .collect();
-            s.reverse();
-            s.pop();
-            ts = s.iter().map(|v| v * t_train as f64).collect();
-            s
-        } else {
-            np_interp(&ts, &train)
-        };
-        let last = if c.final_sigmas_type == "sigma_min" {
-            let a0 = self.state.alphas_cumprod[0];
-            f64::from(((1.0 - a0) / a0).sqrt())
-        } else {
-            0.0
-        };
-        sig.push(last);
-        self.state.sigmas = sig.into_iter().map(|s| s as f32).collect();
-        self.state.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
-        self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
-        self.anchor = None;
-        // diffusers rewrites its config here.
-        if !self.config.lower_order_final
-            && (!n.is_multiple_of(self.config.solver_order)
-                || self.config.final_sigmas_type == "zero")
-        {
-            self.config.lower_order_final = true;
-        }
-        self.order_list = self.order_list(n);
-        self.state.num_inference_steps = Some(n);
-        self.state.index = StepIndex::default();
-        Ok(())
-    }
-
-    /// One singlestep DPM-Solver step.
-    fn step<const D: usize>(
-        &mut self,
-        model_output: Tensor<D>,
-        timestep: f64,
-        sample: Tensor<D>,
-        options: &StepOptions,
-        generator: Option<&mut [TorchGenerator]>,
-    ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        if self.state.num_inference_steps.is_none() {
-            return Err(SchedulerError::NotInitialised(CLASS));
-        }
-        if self.state.index.step_index.is_none() {
-            let i = match self.state.index.begin_index {
-                Some(b) => b,
-                None => crate::interpolation::index_for_timestep(&self.state.timesteps, timestep)
-                    .unwrap_or(self.state.timesteps.len().saturating_sub(1)),
-            };
-            self.state.index.step_index = Some(i);
-        }
-        let i = self.state.index.step_index.unwrap_or(0);
-        let dims = sample.dims();
-        let converted = self.convert(model_output, sample.clone(), i)?;
-        let out_dims = converted.dims();
-        self.model_outputs.push(converted.flatten::<1>(0, D - 1));
-        let x = sample.flatten::<1>(0, D - 1);
-        let noise = if self.algorithm == Algorithm::SdeDpmSolverPP {
-            let like = Tensor::<D>::zeros(out_dims, &x.device());
-            Some(noise_like(&like, generator, options.noise_dtype)?.flatten::<1>(0, D - 1))
-        } else {
-            None
-        };
-        let mut order = self.order_list.get(i).copied().unwrap_or(1);
-        while order > 1 && self.model_outputs.is_missing(order - 1) {
-            order -= 1;
-        }
-        if order == 1 {
-            self.anchor = Some(x);
-        }
-        let anchor = self
-            .anchor
-            .clone()
-            .ok_or(SchedulerError::NotInitialised(CLASS))?;
-        let prev = self.update(anchor, noise, i, order)?;
-        self.state.index.advance(1);
-        Ok(SchedulerOutput {
-            prev_sample: prev.reshape(dims),
-            pred_original_sample: None,
-        })
     }
 }

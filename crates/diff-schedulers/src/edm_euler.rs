@@ -41,43 +41,6 @@ pub struct EDMEulerScheduler {
     state: SchedulerState,
 }
 
-impl EDMEulerScheduler {
-    fn fill(&mut self, ramp: &[f64]) {
-        let c = &self.config;
-        let sigmas: Vec<f32> = if c.sigma_schedule == "karras" {
-            let min_inv = c.sigma_min.powf(1.0 / c.rho);
-            let max_inv = c.sigma_max.powf(1.0 / c.rho);
-            ramp.iter()
-                .map(|r| (max_inv + r * (min_inv - max_inv)).powf(c.rho) as f32)
-                .collect()
-        } else {
-            // torch.linspace in the default float32, exp, flipped.
-            let mut v: Vec<f32> = crate::array_math::torch_linspace_f32(
-                c.sigma_min.ln() as f32,
-                c.sigma_max.ln() as f32,
-                ramp.len(),
-            )
-            .into_iter()
-            .map(crate::float_kernels::torch_exp_f32)
-            .collect();
-            v.reverse();
-            v
-        };
-        self.state.timesteps = sigmas
-            .iter()
-            .map(|s| f64::from(0.25 * crate::float_kernels::torch_log_f32(*s)))
-            .collect();
-        let last = if c.final_sigmas_type == "sigma_min" {
-            sigmas.last().copied().unwrap_or(0.0)
-        } else {
-            0.0
-        };
-        self.state.sigmas = sigmas;
-        self.state.sigmas.push(last);
-        self.state.index = StepIndex::default();
-    }
-}
-
 impl SchedulerMixin for EDMEulerScheduler {
     type Config = EDMEulerSchedulerConfig;
 
@@ -191,5 +154,42 @@ impl SchedulerMixin for EDMEulerScheduler {
             prev_sample: prev,
             pred_original_sample: Some(x0),
         })
+    }
+}
+
+impl EDMEulerScheduler {
+    fn fill(&mut self, ramp: &[f64]) {
+        let c = &self.config;
+        let sigmas: Vec<f32> = if c.sigma_schedule == "karras" {
+            let min_inv = c.sigma_min.powf(1.0 / c.rho);
+            let max_inv = c.sigma_max.powf(1.0 / c.rho);
+            ramp.iter()
+                .map(|r| (max_inv + r * (min_inv - max_inv)).powf(c.rho) as f32)
+                .collect()
+        } else {
+            // torch.linspace in the default float32, exp, flipped.
+            let mut v: Vec<f32> = crate::array_math::torch_linspace_f32(
+                c.sigma_min.ln() as f32,
+                c.sigma_max.ln() as f32,
+                ramp.len(),
+            )
+            .into_iter()
+            .map(crate::float_kernels::torch_exp_f32)
+            .collect();
+            v.reverse();
+            v
+        };
+        self.state.timesteps = sigmas
+            .iter()
+            .map(|s| f64::from(0.25 * crate::float_kernels::torch_log_f32(*s)))
+            .collect();
+        let last = if c.final_sigmas_type == "sigma_min" {
+            sigmas.last().copied().unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        self.state.sigmas = sigmas;
+        self.state.sigmas.push(last);
+        self.state.index = StepIndex::default();
     }
 }

@@ -24,13 +24,6 @@ pub struct FlowMatchEulerDiscreteScheduler {
     state: SchedulerState,
 }
 
-impl FlowMatchEulerDiscreteScheduler {
-    /// `set_shift`.
-    pub fn set_shift(&mut self, shift: f64) {
-        self.shift = shift;
-    }
-}
-
 impl SchedulerMixin for FlowMatchEulerDiscreteScheduler {
     type Config = FlowMatchEulerDiscreteSchedulerConfig;
 
@@ -195,5 +188,12 @@ impl SchedulerMixin for FlowMatchEulerDiscreteScheduler {
             prev_sample: prev,
             pred_original_sample: None,
         })
+    }
+}
+
+impl FlowMatchEulerDiscreteScheduler {
+    /// `set_shift`.
+    pub fn set_shift(&mut self, shift: f64) {
+        self.shift = shift;
     }
 }

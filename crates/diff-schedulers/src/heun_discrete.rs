@@ -1,7 +1,7 @@
 //! `HeunDiscreteScheduler`: Heun's second-order method on the k-diffusion sigmas (two model
 //! calls per interval, the last interval Euler only).
 
-use crate::betas::k_alphas;
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::prediction::{Prediction, k_x0};
 use crate::sigma_schedules::{check_sigma_flags, k_schedule};
 use crate::timestep_spacing::Spacing;
@@ -51,15 +51,7 @@ impl SchedulerMixin for HeunDiscreteScheduler {
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
         )?;
-        let ac = k_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &["exp"],
-        )?;
+        let ac = alphas_cumprod_of(CLASS, &beta_config!(config), false, &["exp"])?;
         let mut s = Self {
             config,
             prediction,

@@ -1,7 +1,7 @@
 //! `KDPM2AncestralDiscreteScheduler`: DPM-Solver-2 with ancestral noise in every second stage
 //! (the machinery is shared with `k_dpm_2_discrete`).
 
-use crate::betas::k_alphas;
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::k_dpm_2_discrete::KDpm2Core;
 use crate::{
     SchedulerError, SchedulerMixin, SchedulerOutput, StepOptions, TimestepsRequest, TorchGenerator,
@@ -27,15 +27,7 @@ impl SchedulerMixin for KDPM2AncestralDiscreteScheduler {
 
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
     fn new(config: KDPM2AncestralDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
-        let alphas = k_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
-        );
+        let alphas = alphas_cumprod_of(CLASS, &beta_config!(config), false, &[]);
         let mut core = KDpm2Core::new(
             CLASS,
             true,

@@ -3,7 +3,7 @@
 //! `k_dpm_2_ancestral_discrete` shares the machinery here.
 
 use crate::array_math::{interleave_pairs, lerp_half};
-use crate::betas::k_alphas;
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::float_kernels::{torch_exp_f32, torch_log_f32};
 use crate::interpolation::{SigmaToT, sigma_to_t_f32};
 use crate::prediction::{Prediction, k_x0};
@@ -303,15 +303,7 @@ impl SchedulerMixin for KDPM2DiscreteScheduler {
 
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
     fn new(config: KDPM2DiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
-        let alphas = k_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
-        );
+        let alphas = alphas_cumprod_of(CLASS, &beta_config!(config), false, &[]);
         let mut core = KDpm2Core::new(
             CLASS,
             false,

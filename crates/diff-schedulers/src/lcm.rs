@@ -2,7 +2,7 @@
 //! step but the last).
 
 use crate::array_math::np_linspace_open;
-use crate::betas::ddpm_family_alphas;
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::prediction::clip_or_threshold;
 use crate::prediction::{Prediction, ddpm_x0};
 use crate::random::noise_like;
@@ -85,18 +85,6 @@ pub struct LCMScheduler {
     final_alpha_cumprod: f32,
 }
 
-impl LCMScheduler {
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        if t < 0 {
-            return Ok(self.final_alpha_cumprod);
-        }
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
-    }
-}
-
 impl SchedulerMixin for LCMScheduler {
     type Config = LCMSchedulerConfig;
 
@@ -113,13 +101,9 @@ impl SchedulerMixin for LCMScheduler {
                 Prediction::VPrediction,
             ],
         )?;
-        let ac = ddpm_family_alphas(
+        let ac = alphas_cumprod_of(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
+            &beta_config!(config),
             config.rescale_betas_zero_snr,
             &[],
         )?;
@@ -214,5 +198,17 @@ impl SchedulerMixin for LCMScheduler {
             prev_sample: prev,
             pred_original_sample: Some(denoised),
         })
+    }
+}
+
+impl LCMScheduler {
+    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
+        if t < 0 {
+            return Ok(self.final_alpha_cumprod);
+        }
+        usize::try_from(t)
+            .ok()
+            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
+            .ok_or(SchedulerError::UnknownTimestep(t as f64))
     }
 }

@@ -14,6 +14,30 @@
 //! **Must not know:** models, pipelines, the hub, file layouts. Configs come from
 //! `diff-format` (typed structs and the `from_config` rules); this crate only adds maths.
 //!
+//! **Layout.** Every class implements [`SchedulerMixin`] (diffusers' `SchedulerMixin` protocol:
+//! `set_timesteps_with`, `step`, `scale_model_input`, `add_noise`, `timesteps`, `sigmas`,
+//! `init_noise_sigma`, `order`, `set_begin_index`, `step_index`, `config_json`, `class_name`,
+//! `compatibles`) and embeds a [`SchedulerState`] (timesteps, sigmas, `alphas_cumprod`, step /
+//! begin index); the trait's default methods read that state and follow the class's
+//! [`NoiseKind`] (DDPM-style, k-diffusion σ, DPM-Solver α/σ, flow matching), so a class file
+//! holds only its own maths. [`Scheduler`], [`SCHEDULER_CLASSES`] and [`SCHEDULER_REGISTRY`]
+//! (class name, config keys, compatibles, order, builder) are all made from the one registry in
+//! `src/scheduler.rs`. The shared host maths is split by topic: `betas.rs` (betas and
+//! `alphas_cumprod`), `sigma_schedules.rs` (karras / exponential / beta sigmas, the k-diffusion
+//! schedule), `timestep_spacing.rs`, `interpolation.rs` (`np.interp`, `_sigma_to_t`,
+//! `index_for_timestep`), `prediction.rs` (x0 conversions, thresholding), `array_math.rs`
+//! (numpy / torch array ops), `dpm_family.rs` (the DPM-Solver family's shared steps) and
+//! `float_kernels.rs` (numpy's and torch's `log` / `exp`).
+//!
+//! **A new scheduler** is one file and one registry line: `src/<diffusers_module_name>.rs` with
+//! a struct holding `config` (its diff-format config struct) and `state: SchedulerState`, and an
+//! `impl SchedulerMixin` giving `type Config`, `state_accessors!()`, `new`,
+//! `set_timesteps_with` and `step` (plus `ORDER` or an override where the class differs from
+//! its [`NoiseKind`] defaults); then `Variant => module::Type;` in `registry!` in
+//! `src/scheduler.rs` (and `pub mod module;` here). Its config struct goes in
+//! `diff-format/src/configs/scheduler.rs`; its parity case in
+//! `tests/fixtures/10-schedulers/generate.py`.
+//!
 //! See `README.md` for the list of classes, the numerics and the measured parity with
 //! diffusers 0.42.1 (`tests/parity.rs`, `tests/rng.rs` against `tests/fixtures/10-schedulers`;
 //! `tests/dpmsolver_sde.rs` against `tests/fixtures/12-dpmsolver-sde`).

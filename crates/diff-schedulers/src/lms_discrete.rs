@@ -1,7 +1,7 @@
 //! `LMSDiscreteScheduler`: the linear multistep method on the k-diffusion sigmas (up to
 //! fourth order, coefficients from integrating the Lagrange basis between sigmas).
 
-use crate::betas::k_alphas;
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::prediction::{Prediction, k_x0};
 use crate::sigma_schedules::{check_sigma_flags, k_schedule};
 use crate::timestep_spacing::Spacing;
@@ -24,41 +24,6 @@ pub struct LMSDiscreteScheduler {
     spacing: Spacing,
     state: SchedulerState,
     derivatives: Vec<Tensor<1>>,
-}
-
-impl LMSDiscreteScheduler {
-    /// `get_lms_coefficient`: ∫ from σ_t to σ_{t+1} of the Lagrange basis polynomial of
-    /// `current` among the last `order` sigmas. diffusers integrates with `scipy.quad`; the
-    /// integrand is a polynomial of degree ≤ 3, which 3-point Gauss–Legendre integrates
-    /// exactly, so the results agree to rounding (float32 evaluation in diffusers).
-    fn lms_coefficient(
-        &self,
-        order: usize,
-        t: usize,
-        current: usize,
-    ) -> Result<f64, SchedulerError> {
-        let s =
-            |i: usize| -> Result<f64, SchedulerError> { Ok(f64::from(self.state.sigma_at(i)?)) };
-        let basis = |tau: f64| -> Result<f64, SchedulerError> {
-            let mut prod = 1.0;
-            for k in 0..order {
-                if k == current {
-                    continue;
-                }
-                let sk = s(t - k)?;
-                prod *= (tau - sk) / (s(t - current)? - sk);
-            }
-            Ok(prod)
-        };
-        let (a, b) = (s(t)?, s(t + 1)?);
-        let half = (b - a) / 2.0;
-        let mid = (a + b) / 2.0;
-        let node = (3.0f64 / 5.0).sqrt();
-        let sum = 5.0 / 9.0 * basis(mid - half * node)?
-            + 8.0 / 9.0 * basis(mid)?
-            + 5.0 / 9.0 * basis(mid + half * node)?;
-        Ok(sum * half)
-    }
 }
 
 impl SchedulerMixin for LMSDiscreteScheduler {
@@ -84,15 +49,7 @@ impl SchedulerMixin for LMSDiscreteScheduler {
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
         )?;
-        let ac = k_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
-        )?;
+        let ac = alphas_cumprod_of(CLASS, &beta_config!(config), false, &[])?;
         let mut sigmas = crate::betas::train_sigmas(&ac);
         sigmas.reverse();
         sigmas.push(0.0);
@@ -172,5 +129,40 @@ impl SchedulerMixin for LMSDiscreteScheduler {
             prev_sample: prev.reshape(dims),
             pred_original_sample: Some(x0),
         })
+    }
+}
+
+impl LMSDiscreteScheduler {
+    /// `get_lms_coefficient`: ∫ from σ_t to σ_{t+1} of the Lagrange basis polynomial of
+    /// `current` among the last `order` sigmas. diffusers integrates with `scipy.quad`; the
+    /// integrand is a polynomial of degree ≤ 3, which 3-point Gauss–Legendre integrates
+    /// exactly, so the results agree to rounding (float32 evaluation in diffusers).
+    fn lms_coefficient(
+        &self,
+        order: usize,
+        t: usize,
+        current: usize,
+    ) -> Result<f64, SchedulerError> {
+        let s =
+            |i: usize| -> Result<f64, SchedulerError> { Ok(f64::from(self.state.sigma_at(i)?)) };
+        let basis = |tau: f64| -> Result<f64, SchedulerError> {
+            let mut prod = 1.0;
+            for k in 0..order {
+                if k == current {
+                    continue;
+                }
+                let sk = s(t - k)?;
+                prod *= (tau - sk) / (s(t - current)? - sk);
+            }
+            Ok(prod)
+        };
+        let (a, b) = (s(t)?, s(t + 1)?);
+        let half = (b - a) / 2.0;
+        let mid = (a + b) / 2.0;
+        let node = (3.0f64 / 5.0).sqrt();
+        let sum = 5.0 / 9.0 * basis(mid - half * node)?
+            + 8.0 / 9.0 * basis(mid)?
+            + 5.0 / 9.0 * basis(mid + half * node)?;
+        Ok(sum * half)
     }
 }

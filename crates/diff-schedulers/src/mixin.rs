@@ -147,6 +147,28 @@ impl SchedulerState {
         self.index.current(&self.timesteps, timestep)
     }
 
+    /// The DPM-Solver family's `_init_step_index`: as [`current_index`](Self::current_index),
+    /// but a timestep not in the schedule falls back to the last index, as diffusers does; an
+    /// error before `set_timesteps`.
+    pub(crate) fn dpm_step_index(
+        &mut self,
+        class: &'static str,
+        timestep: f64,
+    ) -> Result<usize, SchedulerError> {
+        if self.num_inference_steps.is_none() {
+            return Err(SchedulerError::NotInitialised(class));
+        }
+        if self.index.step_index.is_none() {
+            let i = match self.index.begin_index {
+                Some(b) => b,
+                None => index_for_timestep(&self.timesteps, timestep)
+                    .unwrap_or(self.timesteps.len().saturating_sub(1)),
+            };
+            self.index.step_index = Some(i);
+        }
+        Ok(self.index.step_index.unwrap_or(0))
+    }
+
     /// The σ of each `add_noise` timestep, found by the same index rules as `step` (begin
     /// index, or the timestep's position in the schedule).
     pub(crate) fn noise_sigmas(&self, timesteps: &[f64]) -> Result<Vec<f32>, SchedulerError> {

@@ -2,7 +2,7 @@
 //! then linear multistep; Stable Diffusion 1.x ships it with `skip_prk_steps`).
 
 use crate::array_math::{np_arange, np_linspace, np_round};
-use crate::betas::ddpm_family_alphas;
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::precision::{mul_left, round_tensor};
 use crate::prediction::Prediction;
 use crate::timestep_spacing::Spacing;
@@ -30,6 +30,142 @@ pub struct PNDMScheduler {
     cur_model_output: Option<Tensor<1>>,
     cur_sample: Option<Tensor<1>>,
     ets: Vec<Tensor<1>>,
+}
+
+impl SchedulerMixin for PNDMScheduler {
+    type Config = PNDMSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
+    /// Builds the scheduler (diffusers' `__init__`), validating every option.
+    fn new(config: PNDMSchedulerConfig) -> Result<Self, SchedulerError> {
+        let prediction = Prediction::parse(
+            CLASS,
+            &config.prediction_type,
+            &[Prediction::Epsilon, Prediction::VPrediction],
+        )?;
+        let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
+        let ac = alphas_cumprod_of(CLASS, &beta_config!(config), false, &[])?;
+        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { ac[0] };
+        Ok(Self {
+            config,
+            prediction,
+            spacing,
+            final_alpha_cumprod,
+            prk_timesteps: Vec::new(),
+            counter: 0,
+            cur_model_output: None,
+            cur_sample: None,
+            ets: Vec::new(),
+            state: SchedulerState::new(NoiseKind::AlphasCumprod, Vec::new(), Vec::new(), ac),
+        })
+    }
+
+    /// `set_timesteps(num_inference_steps)`.
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        if request.timesteps.is_some() || request.sigmas.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}.set_timesteps takes only num_inference_steps"
+            )));
+        }
+        let n = request.resolved_steps(CLASS)?;
+        let t = self.config.num_train_timesteps;
+        // Ascending, as diffusers' `_timesteps`.
+        let base: Vec<i64> = match self.spacing {
+            Spacing::Linspace => np_linspace(0.0, (t - 1) as f64, n)
+                .into_iter()
+                .map(|x| np_round(x) as i64)
+                .collect(),
+            Spacing::Leading => {
+                let ratio = t / n;
+                (0..n)
+                    .map(|i| (i * ratio) as i64 + self.config.steps_offset)
+                    .collect()
+            }
+            Spacing::Trailing => {
+                let ratio = t as f64 / n as f64;
+                let mut v: Vec<i64> = np_arange(t as f64, 0.0, -ratio)
+                    .into_iter()
+                    .map(|x| np_round(x) as i64 - 1)
+                    .collect();
+                v.reverse();
+                v
+            }
+        };
+        let (prk, plms): (Vec<i64>, Vec<i64>) = if self.config.skip_prk_steps {
+            let len = base.len();
+            let mut plms: Vec<i64> = base[..len.saturating_sub(1)].to_vec();
+            if len >= 2 {
+                plms.push(base[len - 2]);
+            }
+            if let Some(last) = base.last() {
+                plms.push(*last);
+            }
+            plms.reverse();
+            (Vec::new(), plms)
+        } else {
+            if base.len() < PNDM_ORDER {
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "{CLASS} with Runge-Kutta steps needs at least {PNDM_ORDER} inference steps"
+                )));
+            }
+            let half = (t / n / 2) as i64;
+            let tail = &base[base.len() - PNDM_ORDER..];
+            let mut rep: Vec<i64> = Vec::new();
+            for v in tail {
+                rep.push(*v);
+                rep.push(*v + half);
+            }
+            // prk_timesteps[:-1].repeat(2)[1:-1][::-1]
+            let head = &rep[..rep.len() - 1];
+            let doubled: Vec<i64> = head.iter().flat_map(|v| [*v, *v]).collect();
+            let mut prk: Vec<i64> = doubled[1..doubled.len() - 1].to_vec();
+            prk.reverse();
+            let mut plms: Vec<i64> = base[..base.len().saturating_sub(3)].to_vec();
+            plms.reverse();
+            (prk, plms)
+        };
+        self.state.timesteps = prk.iter().chain(plms.iter()).map(|v| *v as f64).collect();
+        self.prk_timesteps = prk;
+        self.state.num_inference_steps = Some(n);
+        self.ets.clear();
+        self.counter = 0;
+        self.cur_model_output = None;
+        self.cur_sample = None;
+        self.state.index = StepIndex::default();
+        Ok(())
+    }
+
+    /// One PRK or PLMS step, by the call counter as diffusers does.
+    fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        options: &StepOptions,
+        _generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        // PNDM computes in the sample's dtype: with float16 / bfloat16 latents every op is
+        // rounded to it (the identity in float32).
+        let half = options.noise_dtype;
+        let n = self
+            .state
+            .num_inference_steps
+            .ok_or(SchedulerError::NotInitialised(CLASS))?;
+        let dims = sample.dims();
+        let mo = model_output.flatten::<1>(0, D - 1);
+        let x = sample.flatten::<1>(0, D - 1);
+        let prev = if self.counter < self.prk_timesteps.len() && !self.config.skip_prk_steps {
+            self.step_prk(mo, timestep as i64, x, n, half)?
+        } else {
+            self.step_plms(mo, timestep as i64, x, n, half)?
+        };
+        self.state.index.advance(1);
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: None,
+        })
+    }
 }
 
 impl PNDMScheduler {
@@ -177,150 +313,5 @@ impl PNDMScheduler {
         let prev = self.prev_sample(sample, t, prev_t, model_output, half)?;
         self.counter += 1;
         Ok(prev)
-    }
-}
-
-impl SchedulerMixin for PNDMScheduler {
-    type Config = PNDMSchedulerConfig;
-
-    crate::mixin::state_accessors!();
-
-    /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    fn new(config: PNDMSchedulerConfig) -> Result<Self, SchedulerError> {
-        let prediction = Prediction::parse(
-            CLASS,
-            &config.prediction_type,
-            &[Prediction::Epsilon, Prediction::VPrediction],
-        )?;
-        let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
-        let ac = ddpm_family_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            false,
-            &[],
-        )?;
-        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { ac[0] };
-        Ok(Self {
-            config,
-            prediction,
-            spacing,
-            final_alpha_cumprod,
-            prk_timesteps: Vec::new(),
-            counter: 0,
-            cur_model_output: None,
-            cur_sample: None,
-            ets: Vec::new(),
-            state: SchedulerState::new(NoiseKind::AlphasCumprod, Vec::new(), Vec::new(), ac),
-        })
-    }
-
-    /// `set_timesteps(num_inference_steps)`.
-    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
-        if request.timesteps.is_some() || request.sigmas.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "{CLASS}.set_timesteps takes only num_inference_steps"
-            )));
-        }
-        let n = request.resolved_steps(CLASS)?;
-        let t = self.config.num_train_timesteps;
-        // Ascending, as diffusers' `_timesteps`.
-        let base: Vec<i64> = match self.spacing {
-            Spacing::Linspace => np_linspace(0.0, (t - 1) as f64, n)
-                .into_iter()
-                .map(|x| np_round(x) as i64)
-                .collect(),
-            Spacing::Leading => {
-                let ratio = t / n;
-                (0..n)
-                    .map(|i| (i * ratio) as i64 + self.config.steps_offset)
-                    .collect()
-            }
-            Spacing::Trailing => {
-                let ratio = t as f64 / n as f64;
-                let mut v: Vec<i64> = np_arange(t as f64, 0.0, -ratio)
-                    .into_iter()
-                    .map(|x| np_round(x) as i64 - 1)
-                    .collect();
-                v.reverse();
-                v
-            }
-        };
-        let (prk, plms): (Vec<i64>, Vec<i64>) = if self.config.skip_prk_steps {
-            let len = base.len();
-            let mut plms: Vec<i64> = base[..len.saturating_sub(1)].to_vec();
-            if len >= 2 {
-                plms.push(base[len - 2]);
-            }
-            if let Some(last) = base.last() {
-                plms.push(*last);
-            }
-            plms.reverse();
-            (Vec::new(), plms)
-        } else {
-            if base.len() < PNDM_ORDER {
-                return Err(SchedulerError::InvalidArgument(format!(
-                    "{CLASS} with Runge-Kutta steps needs at least {PNDM_ORDER} inference steps"
-                )));
-            }
-            let half = (t / n / 2) as i64;
-            let tail = &base[base.len() - PNDM_ORDER..];
-            let mut rep: Vec<i64> = Vec::new();
-            for v in tail {
-                rep.push(*v);
-                rep.push(*v + half);
-            }
-            // prk_timesteps[:-1].repeat(2)[1:-1][::-1]
-            let head = &rep[..rep.len() - 1];
-            let doubled: Vec<i64> = head.iter().flat_map(|v| [*v, *v]).collect();
-            let mut prk: Vec<i64> = doubled[1..doubled.len() - 1].to_vec();
-            prk.reverse();
-            let mut plms: Vec<i64> = base[..base.len().saturating_sub(3)].to_vec();
-            plms.reverse();
-            (prk, plms)
-        };
-        self.state.timesteps = prk.iter().chain(plms.iter()).map(|v| *v as f64).collect();
-        self.prk_timesteps = prk;
-        self.state.num_inference_steps = Some(n);
-        self.ets.clear();
-        self.counter = 0;
-        self.cur_model_output = None;
-        self.cur_sample = None;
-        self.state.index = StepIndex::default();
-        Ok(())
-    }
-
-    /// One PRK or PLMS step, by the call counter as diffusers does.
-    fn step<const D: usize>(
-        &mut self,
-        model_output: Tensor<D>,
-        timestep: f64,
-        sample: Tensor<D>,
-        options: &StepOptions,
-        _generator: Option<&mut [TorchGenerator]>,
-    ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        // PNDM computes in the sample's dtype: with float16 / bfloat16 latents every op is
-        // rounded to it (the identity in float32).
-        let half = options.noise_dtype;
-        let n = self
-            .state
-            .num_inference_steps
-            .ok_or(SchedulerError::NotInitialised(CLASS))?;
-        let dims = sample.dims();
-        let mo = model_output.flatten::<1>(0, D - 1);
-        let x = sample.flatten::<1>(0, D - 1);
-        let prev = if self.counter < self.prk_timesteps.len() && !self.config.skip_prk_steps {
-            self.step_prk(mo, timestep as i64, x, n, half)?
-        } else {
-            self.step_plms(mo, timestep as i64, x, n, half)?
-        };
-        self.state.index.advance(1);
-        Ok(SchedulerOutput {
-            prev_sample: prev.reshape(dims),
-            pred_original_sample: None,
-        })
     }
 }

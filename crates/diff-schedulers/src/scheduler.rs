@@ -10,6 +10,10 @@ use serde_json::{Map, Value};
 /// diffusers' `SCHEDULER_CONFIG_NAME`.
 pub const CONFIG_NAME: &str = "scheduler_config.json";
 
+/// `Class.from_config(config, **overrides)` of one registered class.
+pub type BuildFn =
+    fn(&Map<String, Value>, &Map<String, Value>) -> Result<Scheduler, SchedulerError>;
+
 /// One registered scheduler class: its diffusers name, the config keys its config struct
 /// takes (the `__init__` arguments, in signature order), its `_compatibles`, and how to
 /// build it from a config.
@@ -24,7 +28,7 @@ pub struct SchedulerClass {
     /// `order` (model calls per step of the underlying solver).
     pub order: usize,
     /// `Class.from_config(config, **overrides)`.
-    pub build: fn(&Map<String, Value>, &Map<String, Value>) -> Result<Scheduler, SchedulerError>,
+    pub build: BuildFn,
 }
 
 impl std::fmt::Debug for SchedulerClass {

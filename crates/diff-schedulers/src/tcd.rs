@@ -1,7 +1,7 @@
 //! `TCDScheduler`: trajectory consistency distillation (strategic stochastic sampling with
 //! `eta`, default 0.3).
 
-use crate::betas::ddpm_family_alphas;
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::lcm::consistency_timesteps;
 use crate::prediction::{Prediction, ddpm_x0};
 use crate::random::noise_like;
@@ -23,18 +23,6 @@ pub struct TCDScheduler {
     final_alpha_cumprod: f32,
 }
 
-impl TCDScheduler {
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        if t < 0 {
-            return Ok(self.final_alpha_cumprod);
-        }
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
-    }
-}
-
 impl SchedulerMixin for TCDScheduler {
     type Config = TCDSchedulerConfig;
 
@@ -51,13 +39,9 @@ impl SchedulerMixin for TCDScheduler {
                 Prediction::VPrediction,
             ],
         )?;
-        let ac = ddpm_family_alphas(
+        let ac = alphas_cumprod_of(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
+            &beta_config!(config),
             config.rescale_betas_zero_snr,
             &[],
         )?;
@@ -178,5 +162,17 @@ impl SchedulerMixin for TCDScheduler {
             prev_sample: prev,
             pred_original_sample: Some(noised),
         })
+    }
+}
+
+impl TCDScheduler {
+    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
+        if t < 0 {
+            return Ok(self.final_alpha_cumprod);
+        }
+        usize::try_from(t)
+            .ok()
+            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
+            .ok_or(SchedulerError::UnknownTimestep(t as f64))
     }
 }

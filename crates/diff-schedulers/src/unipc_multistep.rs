@@ -68,181 +68,6 @@ pub struct UniPCMultistepScheduler {
     lower_order_nums: usize,
 }
 
-impl UniPCMultistepScheduler {
-    fn asl(&self, i: usize) -> Result<(f32, f32, f32), SchedulerError> {
-        let (a, s) = alpha_sigma(self.state.sigma_at(i)?, self.config.use_flow_sigmas);
-        Ok((a, s, lambda(a, s)))
-    }
-
-    /// `convert_model_output`: x0 with `predict_x0` (thresholded if asked), else ε (diffusers
-    /// has no thresholding on that branch).
-    fn convert<const D: usize>(
-        &self,
-        model_output: Tensor<D>,
-        sample: Tensor<D>,
-        i: usize,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let c = &self.config;
-        let thresholding = Thresholding::when(
-            c.thresholding && c.predict_x0,
-            c.dynamic_thresholding_ratio,
-            c.sample_max_value,
-        );
-        convert_model_output(
-            model_output,
-            sample,
-            self.state.sigma_at(i)?,
-            c.use_flow_sigmas,
-            self.prediction,
-            c.predict_x0,
-            thresholding,
-        )
-    }
-
-    /// The shared coefficient set of UniP / UniC: h, h·φ₁, B(h), the r_k, D1_k and b.
-    #[allow(clippy::type_complexity)]
-    fn coefficients(
-        &self,
-        t_idx: usize,
-        s0_idx: usize,
-        older: &[usize],
-        order: usize,
-    ) -> Result<(f32, f32, f32, f32, f32, Vec<f32>, Vec<f32>), SchedulerError> {
-        let (alpha_t, sigma_t, lambda_t) = self.asl(t_idx)?;
-        let (alpha_s0, sigma_s0, lambda_s0) = self.asl(s0_idx)?;
-        let h = lambda_t - lambda_s0;
-        let mut rks = Vec::new();
-        for si in older.iter().take(order.saturating_sub(1)) {
-            let (_, _, lambda_si) = self.asl(*si)?;
-            rks.push((lambda_si - lambda_s0) / h);
-        }
-        let hh = if self.config.predict_x0 { -h } else { h };
-        let h_phi_1 = hh.exp_m1();
-        let mut h_phi_k = h_phi_1 / hh - 1.0;
-        let mut factorial = 1.0f32;
-        let b_h = if self.bh1 { hh } else { hh.exp_m1() };
-        let mut b = Vec::with_capacity(order);
-        for i in 1..=order {
-            b.push(h_phi_k * factorial / b_h);
-            factorial *= (i + 1) as f32;
-            h_phi_k = h_phi_k / hh - 1.0 / factorial;
-        }
-        let _ = (alpha_s0, sigma_t);
-        Ok((alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, {
-            let mut v = b;
-            v.push(b_h);
-            v
-        }))
-    }
-
-    /// R[i][k] = rks[k]^i with the final r = 1.
-    fn vandermonde(rks: &[f32], order: usize) -> Vec<Vec<f64>> {
-        let mut all: Vec<f64> = rks.iter().map(|r| f64::from(*r)).collect();
-        all.push(1.0);
-        (0..order)
-            .map(|i| all.iter().map(|r| r.powi(i as i32)).collect())
-            .collect()
-    }
-
-    /// Σ ρ_k·D1_k.
-    fn weighted(d1s: &[Tensor<1>], rhos: &[f32]) -> Option<Tensor<1>> {
-        let mut acc: Option<Tensor<1>> = None;
-        for (d, r) in d1s.iter().zip(rhos) {
-            let term = d.clone().mul_scalar(*r);
-            acc = Some(match acc {
-                Some(a) => a + term,
-                None => term,
-            });
-        }
-        acc
-    }
-
-    fn predictor(&self, x: Tensor<1>, i: usize, order: usize) -> Result<Tensor<1>, SchedulerError> {
-        let older: Vec<usize> = (1..order).map(|k| i - k).collect();
-        let (alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, mut b) =
-            self.coefficients(i + 1, i, &older, order)?;
-        let b_h = b.pop().unwrap_or(1.0);
-        let m0 = self.model_outputs.back(0)?;
-        let d1s: Vec<Tensor<1>> = (1..order)
-            .map(|k| Ok((self.model_outputs.back(k)? - m0.clone()).div_scalar(rks[k - 1])))
-            .collect::<Result<_, SchedulerError>>()?;
-        let rhos: Vec<f32> = if d1s.is_empty() {
-            Vec::new()
-        } else if order == 2 {
-            vec![0.5]
-        } else {
-            let r = Self::vandermonde(&rks, order);
-            let a: Vec<Vec<f64>> = r[..order - 1]
-                .iter()
-                .map(|row| row[..order - 1].to_vec())
-                .collect();
-            solve_small(a, b[..order - 1].iter().map(|v| f64::from(*v)).collect())?
-                .into_iter()
-                .map(|v| v as f32)
-                .collect()
-        };
-        let res = Self::weighted(&d1s, &rhos);
-        let out = if self.config.predict_x0 {
-            let base = x.mul_scalar(sigma_t / sigma_s0) - m0.mul_scalar(alpha_t * h_phi_1);
-            match res {
-                Some(r) => base - r.mul_scalar(alpha_t * b_h),
-                None => base,
-            }
-        } else {
-            let base = x.mul_scalar(alpha_t / alpha_s0) - m0.mul_scalar(sigma_t * h_phi_1);
-            match res {
-                Some(r) => base - r.mul_scalar(sigma_t * b_h),
-                None => base,
-            }
-        };
-        Ok(out)
-    }
-
-    fn corrector(
-        &self,
-        model_t: Tensor<1>,
-        last: Tensor<1>,
-        i: usize,
-        order: usize,
-    ) -> Result<Tensor<1>, SchedulerError> {
-        let older: Vec<usize> = (1..order).map(|k| i - (k + 1)).collect();
-        let (alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, mut b) =
-            self.coefficients(i, i - 1, &older, order)?;
-        let b_h = b.pop().unwrap_or(1.0);
-        let m0 = self.model_outputs.back(0)?;
-        let d1s: Vec<Tensor<1>> = (1..order)
-            .map(|k| Ok((self.model_outputs.back(k)? - m0.clone()).div_scalar(rks[k - 1])))
-            .collect::<Result<_, SchedulerError>>()?;
-        let rhos: Vec<f32> = if order == 1 {
-            vec![0.5]
-        } else {
-            let r = Self::vandermonde(&rks, order);
-            solve_small(r, b.iter().map(|v| f64::from(*v)).collect())?
-                .into_iter()
-                .map(|v| v as f32)
-                .collect()
-        };
-        let (last_rho, rest) = rhos
-            .split_last()
-            .ok_or_else(|| SchedulerError::InvalidArgument("no rho".into()))?;
-        let corr = Self::weighted(&d1s, rest);
-        let d1_t = model_t - m0.clone();
-        let inner = match corr {
-            Some(c) => c + d1_t.mul_scalar(*last_rho),
-            None => d1_t.mul_scalar(*last_rho),
-        };
-        Ok(if self.config.predict_x0 {
-            last.mul_scalar(sigma_t / sigma_s0)
-                - m0.mul_scalar(alpha_t * h_phi_1)
-                - inner.mul_scalar(alpha_t * b_h)
-        } else {
-            last.mul_scalar(alpha_t / alpha_s0)
-                - m0.mul_scalar(sigma_t * h_phi_1)
-                - inner.mul_scalar(sigma_t * b_h)
-        })
-    }
-}
-
 impl SchedulerMixin for UniPCMultistepScheduler {
     type Config = UniPCMultistepSchedulerConfig;
 
@@ -475,18 +300,7 @@ impl SchedulerMixin for UniPCMultistepScheduler {
         _options: &StepOptions,
         _generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        if self.state.num_inference_steps.is_none() {
-            return Err(SchedulerError::NotInitialised(CLASS));
-        }
-        if self.state.index.step_index.is_none() {
-            let i = match self.state.index.begin_index {
-                Some(b) => b,
-                None => crate::interpolation::index_for_timestep(&self.state.timesteps, timestep)
-                    .unwrap_or(self.state.timesteps.len().saturating_sub(1)),
-            };
-            self.state.index.step_index = Some(i);
-        }
-        let i = self.state.index.step_index.unwrap_or(0);
+        let i = self.state.dpm_step_index(CLASS, timestep)?;
         let dims = sample.dims();
         let use_corrector = i > 0
             && !self.config.disable_corrector.contains(&(i as i64 - 1))
@@ -515,6 +329,181 @@ impl SchedulerMixin for UniPCMultistepScheduler {
         Ok(SchedulerOutput {
             prev_sample: prev.reshape(dims),
             pred_original_sample: None,
+        })
+    }
+}
+
+impl UniPCMultistepScheduler {
+    fn asl(&self, i: usize) -> Result<(f32, f32, f32), SchedulerError> {
+        let (a, s) = alpha_sigma(self.state.sigma_at(i)?, self.config.use_flow_sigmas);
+        Ok((a, s, lambda(a, s)))
+    }
+
+    /// `convert_model_output`: x0 with `predict_x0` (thresholded if asked), else ε (diffusers
+    /// has no thresholding on that branch).
+    fn convert<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        sample: Tensor<D>,
+        i: usize,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let c = &self.config;
+        let thresholding = Thresholding::when(
+            c.thresholding && c.predict_x0,
+            c.dynamic_thresholding_ratio,
+            c.sample_max_value,
+        );
+        convert_model_output(
+            model_output,
+            sample,
+            self.state.sigma_at(i)?,
+            c.use_flow_sigmas,
+            self.prediction,
+            c.predict_x0,
+            thresholding,
+        )
+    }
+
+    /// The shared coefficient set of UniP / UniC: h, h·φ₁, B(h), the r_k, D1_k and b.
+    #[allow(clippy::type_complexity)]
+    fn coefficients(
+        &self,
+        t_idx: usize,
+        s0_idx: usize,
+        older: &[usize],
+        order: usize,
+    ) -> Result<(f32, f32, f32, f32, f32, Vec<f32>, Vec<f32>), SchedulerError> {
+        let (alpha_t, sigma_t, lambda_t) = self.asl(t_idx)?;
+        let (alpha_s0, sigma_s0, lambda_s0) = self.asl(s0_idx)?;
+        let h = lambda_t - lambda_s0;
+        let mut rks = Vec::new();
+        for si in older.iter().take(order.saturating_sub(1)) {
+            let (_, _, lambda_si) = self.asl(*si)?;
+            rks.push((lambda_si - lambda_s0) / h);
+        }
+        let hh = if self.config.predict_x0 { -h } else { h };
+        let h_phi_1 = hh.exp_m1();
+        let mut h_phi_k = h_phi_1 / hh - 1.0;
+        let mut factorial = 1.0f32;
+        let b_h = if self.bh1 { hh } else { hh.exp_m1() };
+        let mut b = Vec::with_capacity(order);
+        for i in 1..=order {
+            b.push(h_phi_k * factorial / b_h);
+            factorial *= (i + 1) as f32;
+            h_phi_k = h_phi_k / hh - 1.0 / factorial;
+        }
+        let _ = (alpha_s0, sigma_t);
+        Ok((alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, {
+            let mut v = b;
+            v.push(b_h);
+            v
+        }))
+    }
+
+    /// R[i][k] = rks[k]^i with the final r = 1.
+    fn vandermonde(rks: &[f32], order: usize) -> Vec<Vec<f64>> {
+        let mut all: Vec<f64> = rks.iter().map(|r| f64::from(*r)).collect();
+        all.push(1.0);
+        (0..order)
+            .map(|i| all.iter().map(|r| r.powi(i as i32)).collect())
+            .collect()
+    }
+
+    /// Σ ρ_k·D1_k.
+    fn weighted(d1s: &[Tensor<1>], rhos: &[f32]) -> Option<Tensor<1>> {
+        let mut acc: Option<Tensor<1>> = None;
+        for (d, r) in d1s.iter().zip(rhos) {
+            let term = d.clone().mul_scalar(*r);
+            acc = Some(match acc {
+                Some(a) => a + term,
+                None => term,
+            });
+        }
+        acc
+    }
+
+    fn predictor(&self, x: Tensor<1>, i: usize, order: usize) -> Result<Tensor<1>, SchedulerError> {
+        let older: Vec<usize> = (1..order).map(|k| i - k).collect();
+        let (alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, mut b) =
+            self.coefficients(i + 1, i, &older, order)?;
+        let b_h = b.pop().unwrap_or(1.0);
+        let m0 = self.model_outputs.back(0)?;
+        let d1s: Vec<Tensor<1>> = (1..order)
+            .map(|k| Ok((self.model_outputs.back(k)? - m0.clone()).div_scalar(rks[k - 1])))
+            .collect::<Result<_, SchedulerError>>()?;
+        let rhos: Vec<f32> = if d1s.is_empty() {
+            Vec::new()
+        } else if order == 2 {
+            vec![0.5]
+        } else {
+            let r = Self::vandermonde(&rks, order);
+            let a: Vec<Vec<f64>> = r[..order - 1]
+                .iter()
+                .map(|row| row[..order - 1].to_vec())
+                .collect();
+            solve_small(a, b[..order - 1].iter().map(|v| f64::from(*v)).collect())?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()
+        };
+        let res = Self::weighted(&d1s, &rhos);
+        let out = if self.config.predict_x0 {
+            let base = x.mul_scalar(sigma_t / sigma_s0) - m0.mul_scalar(alpha_t * h_phi_1);
+            match res {
+                Some(r) => base - r.mul_scalar(alpha_t * b_h),
+                None => base,
+            }
+        } else {
+            let base = x.mul_scalar(alpha_t / alpha_s0) - m0.mul_scalar(sigma_t * h_phi_1);
+            match res {
+                Some(r) => base - r.mul_scalar(sigma_t * b_h),
+                None => base,
+            }
+        };
+        Ok(out)
+    }
+
+    fn corrector(
+        &self,
+        model_t: Tensor<1>,
+        last: Tensor<1>,
+        i: usize,
+        order: usize,
+    ) -> Result<Tensor<1>, SchedulerError> {
+        let older: Vec<usize> = (1..order).map(|k| i - (k + 1)).collect();
+        let (alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, rks, mut b) =
+            self.coefficients(i, i - 1, &older, order)?;
+        let b_h = b.pop().unwrap_or(1.0);
+        let m0 = self.model_outputs.back(0)?;
+        let d1s: Vec<Tensor<1>> = (1..order)
+            .map(|k| Ok((self.model_outputs.back(k)? - m0.clone()).div_scalar(rks[k - 1])))
+            .collect::<Result<_, SchedulerError>>()?;
+        let rhos: Vec<f32> = if order == 1 {
+            vec![0.5]
+        } else {
+            let r = Self::vandermonde(&rks, order);
+            solve_small(r, b.iter().map(|v| f64::from(*v)).collect())?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()
+        };
+        let (last_rho, rest) = rhos
+            .split_last()
+            .ok_or_else(|| SchedulerError::InvalidArgument("no rho".into()))?;
+        let corr = Self::weighted(&d1s, rest);
+        let d1_t = model_t - m0.clone();
+        let inner = match corr {
+            Some(c) => c + d1_t.mul_scalar(*last_rho),
+            None => d1_t.mul_scalar(*last_rho),
+        };
+        Ok(if self.config.predict_x0 {
+            last.mul_scalar(sigma_t / sigma_s0)
+                - m0.mul_scalar(alpha_t * h_phi_1)
+                - inner.mul_scalar(alpha_t * b_h)
+        } else {
+            last.mul_scalar(alpha_t / alpha_s0)
+                - m0.mul_scalar(sigma_t * h_phi_1)
+                - inner.mul_scalar(sigma_t * b_h)
         })
     }
 }
