@@ -98,12 +98,10 @@ impl SchedulerMixin for DDIMScheduler {
         let c = &self.config;
         let t = timestep as i64;
         let prev_t = t - (c.num_train_timesteps / n) as i64;
-        let alpha_t = self.alpha(t)?;
-        let alpha_prev = if prev_t >= 0 {
-            self.alpha(prev_t)?
-        } else {
-            self.final_alpha_cumprod
-        };
+        let alpha_t = self.state.alpha_cumprod_at(t)?;
+        let alpha_prev = self
+            .state
+            .alpha_cumprod_or_final(prev_t, self.final_alpha_cumprod)?;
         let beta_t = 1.0 - alpha_t;
         // DDIM computes in the sample's dtype: with float16 / bfloat16 latents every op is
         // rounded to it, and its 0-d float32 coefficients, on the left of each product, are
@@ -166,14 +164,5 @@ impl SchedulerMixin for DDIMScheduler {
             prev_sample: prev,
             pred_original_sample: Some(x0),
         })
-    }
-}
-
-impl DDIMScheduler {
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
     }
 }

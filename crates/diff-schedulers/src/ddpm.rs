@@ -141,9 +141,9 @@ impl SchedulerMixin for DDPMScheduler {
             } else {
                 (model_output, None)
             };
-        let alpha_t = self.alpha(t)?;
+        let alpha_t = self.state.alpha_cumprod_at(t)?;
         let alpha_prev = if prev_t >= 0 {
-            self.alpha(prev_t)?
+            self.state.alpha_cumprod_at(prev_t)?
         } else {
             1.0
         };
@@ -210,12 +210,5 @@ impl DDPMScheduler {
         } else {
             Ok(t as i64 - 1)
         }
-    }
-
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
     }
 }

@@ -53,6 +53,20 @@ impl Thresholding {
     }
 }
 
+/// The model output without the learned-variance channels: with `variance_type` set and an ε
+/// prediction, diffusers' `convert_model_output` keeps `model_output[:, :3]`.
+pub(crate) fn without_learned_variance<const D: usize>(
+    model_output: Tensor<D>,
+    variance_type: bool,
+    prediction: Prediction,
+) -> Tensor<D> {
+    if variance_type && prediction == Prediction::Epsilon {
+        model_output.narrow(1, 0, 3)
+    } else {
+        model_output
+    }
+}
+
 /// `convert_model_output` of the DPM family: with `data_prediction` the x0 prediction (the
 /// "++" algorithms, DEIS before its final conversion, UniPC `predict_x0`), thresholded when
 /// asked; otherwise the ε prediction, where `thresholding` (DPM-Solver) round-trips through a

@@ -5,6 +5,7 @@ use crate::array_math::{np_linspace, np_round};
 use crate::betas::train_sigmas;
 use crate::dpm_family::{
     ModelOutputs, Thresholding, alpha_sigma, convert_model_output, lambda, lambda_table,
+    without_learned_variance,
 };
 use crate::dpmsolver_multistep::Algorithm;
 use crate::float_kernels::numpy_log_f32;
@@ -332,11 +333,8 @@ impl DPMSolverSinglestepScheduler {
     ) -> Result<Tensor<D>, SchedulerError> {
         let c = &self.config;
         // With a learned variance the model output carries it in the extra channels.
-        let model_output = if c.variance_type.is_some() && self.prediction == Prediction::Epsilon {
-            model_output.narrow(1, 0, 3)
-        } else {
-            model_output
-        };
+        let model_output =
+            without_learned_variance(model_output, c.variance_type.is_some(), self.prediction);
         let thresholding = Thresholding::when(
             c.thresholding,
             c.dynamic_thresholding_ratio,

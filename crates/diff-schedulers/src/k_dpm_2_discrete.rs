@@ -3,7 +3,6 @@
 //! `k_dpm_2_ancestral_discrete` shares the machinery here.
 
 use crate::array_math::{interleave_pairs, lerp_half};
-use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::float_kernels::{torch_exp_f32, torch_log_f32};
 use crate::interpolation::{SigmaToT, sigma_to_t_f32};
 use crate::prediction::{Prediction, k_x0};
@@ -11,13 +10,11 @@ use crate::random::noise_like;
 use crate::sigma_schedules::{check_sigma_flags, k_schedule};
 use crate::timestep_spacing::Spacing;
 use crate::{
-    NoiseDtype, NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState,
-    StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseDtype, NoiseKind, SchedulerError, SchedulerOutput, SchedulerState, StepIndex,
+    TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::KDPM2DiscreteSchedulerConfig;
-
-const CLASS: &str = "KDPM2DiscreteScheduler";
 
 /// The tables and state shared by KDPM2 and KDPM2 ancestral.
 #[derive(Debug, Clone)]
@@ -287,79 +284,99 @@ impl KDpm2Core {
     }
 }
 
-/// diffusers' `KDPM2DiscreteScheduler`.
-#[derive(Debug, Clone)]
-pub struct KDPM2DiscreteScheduler {
-    config: KDPM2DiscreteSchedulerConfig,
-    core: KDpm2Core,
+/// Declares a KDPM2 class (the struct: its config and the shared [`KDpm2Core`], and its
+/// `SchedulerMixin` impl); the two classes differ only in their config struct and `ancestral`.
+macro_rules! kdpm2_class {
+    ($(#[$meta:meta])* $name:ident, $config:ty, ancestral: $ancestral:expr) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            config: $config,
+            core: $crate::k_dpm_2_discrete::KDpm2Core,
+        }
+
+        impl $crate::SchedulerMixin for $name {
+            const ORDER: usize = 2;
+
+            type Config = $config;
+
+            $crate::mixin::state_accessors!(core.state);
+
+            /// Builds the scheduler (diffusers' `__init__`), validating every option.
+            fn new(config: $config) -> Result<Self, $crate::SchedulerError> {
+                use diff_format::configs::scheduler::SchedulerConfigClass;
+                let class = <$config as SchedulerConfigClass>::CLASS_NAME;
+                let alphas = $crate::betas::alphas_cumprod_of(
+                    class,
+                    &$crate::betas::beta_config!(config),
+                    false,
+                    &[],
+                );
+                let mut core = $crate::k_dpm_2_discrete::KDpm2Core::new(
+                    class,
+                    $ancestral,
+                    &config.prediction_type,
+                    &config.timestep_spacing,
+                    config.use_karras_sigmas,
+                    config.use_exponential_sigmas,
+                    config.use_beta_sigmas,
+                    alphas,
+                )?;
+                core.set_timesteps(
+                    &$crate::TimestepsRequest::steps(config.num_train_timesteps),
+                    config.steps_offset,
+                    config.use_karras_sigmas,
+                    config.use_exponential_sigmas,
+                    config.use_beta_sigmas,
+                )?;
+                Ok(Self { config, core })
+            }
+
+            /// `set_timesteps(num_inference_steps)`.
+            fn set_timesteps_with(
+                &mut self,
+                request: &$crate::TimestepsRequest,
+            ) -> Result<(), $crate::SchedulerError> {
+                let c = &self.config;
+                self.core.set_timesteps(
+                    request,
+                    c.steps_offset,
+                    c.use_karras_sigmas,
+                    c.use_exponential_sigmas,
+                    c.use_beta_sigmas,
+                )
+            }
+
+            /// `scale_model_input`: x / √(σ² + 1) with the stage's σ.
+            fn scale_model_input<const D: usize>(
+                &mut self,
+                sample: burn::tensor::Tensor<D>,
+                timestep: f64,
+            ) -> Result<burn::tensor::Tensor<D>, $crate::SchedulerError> {
+                self.core.scale_model_input(sample, timestep)
+            }
+
+            /// One DPM2 stage (the ancestral class's second stage draws
+            /// `randn(model_output.shape)`).
+            fn step<const D: usize>(
+                &mut self,
+                model_output: burn::tensor::Tensor<D>,
+                timestep: f64,
+                sample: burn::tensor::Tensor<D>,
+                options: &$crate::StepOptions,
+                generator: Option<&mut [$crate::TorchGenerator]>,
+            ) -> Result<$crate::SchedulerOutput<D>, $crate::SchedulerError> {
+                self.core
+                    .step(model_output, timestep, sample, options.noise_dtype, generator)
+            }
+        }
+    };
 }
+pub(crate) use kdpm2_class;
 
-impl SchedulerMixin for KDPM2DiscreteScheduler {
-    const ORDER: usize = 2;
-
-    type Config = KDPM2DiscreteSchedulerConfig;
-
-    crate::mixin::state_accessors!(core.state);
-
-    /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    fn new(config: KDPM2DiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
-        let alphas = alphas_cumprod_of(CLASS, &beta_config!(config), false, &[]);
-        let mut core = KDpm2Core::new(
-            CLASS,
-            false,
-            &config.prediction_type,
-            &config.timestep_spacing,
-            config.use_karras_sigmas,
-            config.use_exponential_sigmas,
-            config.use_beta_sigmas,
-            alphas,
-        )?;
-        core.set_timesteps(
-            &TimestepsRequest::steps(config.num_train_timesteps),
-            config.steps_offset,
-            config.use_karras_sigmas,
-            config.use_exponential_sigmas,
-            config.use_beta_sigmas,
-        )?;
-        Ok(Self { config, core })
-    }
-
-    /// `set_timesteps(num_inference_steps)`.
-    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
-        let c = &self.config;
-        self.core.set_timesteps(
-            request,
-            c.steps_offset,
-            c.use_karras_sigmas,
-            c.use_exponential_sigmas,
-            c.use_beta_sigmas,
-        )
-    }
-
-    /// `scale_model_input`: x / √(σ² + 1) with the stage's σ.
-    fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        self.core.scale_model_input(sample, timestep)
-    }
-
-    /// One DPM2 stage.
-    fn step<const D: usize>(
-        &mut self,
-        model_output: Tensor<D>,
-        timestep: f64,
-        sample: Tensor<D>,
-        options: &StepOptions,
-        generator: Option<&mut [TorchGenerator]>,
-    ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        self.core.step(
-            model_output,
-            timestep,
-            sample,
-            options.noise_dtype,
-            generator,
-        )
-    }
-}
+kdpm2_class!(
+    /// diffusers' `KDPM2DiscreteScheduler`.
+    KDPM2DiscreteScheduler,
+    KDPM2DiscreteSchedulerConfig,
+    ancestral: false
+);

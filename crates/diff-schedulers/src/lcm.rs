@@ -164,8 +164,12 @@ impl SchedulerMixin for LCMScheduler {
         let i = self.state.index.current(&self.state.timesteps, timestep)?;
         let prev_t = self.state.timesteps.get(i + 1).copied().unwrap_or(timestep) as i64;
         let t = timestep as i64;
-        let alpha_t = self.alpha(t)?;
-        let alpha_prev = self.alpha(prev_t)?;
+        let alpha_t = self
+            .state
+            .alpha_cumprod_or_final(t, self.final_alpha_cumprod)?;
+        let alpha_prev = self
+            .state
+            .alpha_cumprod_or_final(prev_t, self.final_alpha_cumprod)?;
         let beta_prev = 1.0 - alpha_prev;
         // The timestep is an int64 tensor; times a Python float it becomes float32.
         let scaled = t as f32 * self.config.timestep_scaling as f32;
@@ -198,17 +202,5 @@ impl SchedulerMixin for LCMScheduler {
             prev_sample: prev,
             pred_original_sample: Some(denoised),
         })
-    }
-}
-
-impl LCMScheduler {
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        if t < 0 {
-            return Ok(self.final_alpha_cumprod);
-        }
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
     }
 }

@@ -147,6 +147,28 @@ impl SchedulerState {
         self.index.current(&self.timesteps, timestep)
     }
 
+    /// `alphas_cumprod[t]` for an integer timestep; one outside the table is an error.
+    pub(crate) fn alpha_cumprod_at(&self, t: i64) -> Result<f32, SchedulerError> {
+        usize::try_from(t)
+            .ok()
+            .and_then(|i| self.alphas_cumprod.get(i).copied())
+            .ok_or(SchedulerError::UnknownTimestep(t as f64))
+    }
+
+    /// `alphas_cumprod[t]`, or `final_alpha_cumprod` for the step past the first training
+    /// timestep (t < 0).
+    pub(crate) fn alpha_cumprod_or_final(
+        &self,
+        t: i64,
+        final_alpha_cumprod: f32,
+    ) -> Result<f32, SchedulerError> {
+        if t < 0 {
+            Ok(final_alpha_cumprod)
+        } else {
+            self.alpha_cumprod_at(t)
+        }
+    }
+
     /// The DPM-Solver family's `_init_step_index`: as [`current_index`](Self::current_index),
     /// but a timestep not in the schedule falls back to the last index, as diffusers does; an
     /// error before `set_timesteps`.
@@ -215,10 +237,8 @@ impl SchedulerState {
                 let alphas = timesteps
                     .iter()
                     .map(|t| {
-                        usize::try_from(*t as i64)
-                            .ok()
-                            .and_then(|i| self.alphas_cumprod.get(i).copied())
-                            .ok_or(SchedulerError::UnknownTimestep(*t))
+                        self.alpha_cumprod_at(*t as i64)
+                            .map_err(|_| SchedulerError::UnknownTimestep(*t))
                     })
                     .collect::<Result<Vec<f32>, _>>()?;
                 crate::per_batch(original, noise, &alphas, |x, z, a| {

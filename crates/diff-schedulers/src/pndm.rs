@@ -169,16 +169,6 @@ impl SchedulerMixin for PNDMScheduler {
 }
 
 impl PNDMScheduler {
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        if t < 0 {
-            return Ok(self.final_alpha_cumprod);
-        }
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
-    }
-
     /// `_get_prev_sample` (PNDM paper eq. 9), on flattened tensors.
     fn prev_sample(
         &self,
@@ -189,8 +179,12 @@ impl PNDMScheduler {
         half: NoiseDtype,
     ) -> Result<Tensor<1>, SchedulerError> {
         let r = |t: Tensor<1>| round_tensor(t, half);
-        let alpha_t = self.alpha(t)?;
-        let alpha_prev = self.alpha(prev_t)?;
+        let alpha_t = self
+            .state
+            .alpha_cumprod_or_final(t, self.final_alpha_cumprod)?;
+        let alpha_prev = self
+            .state
+            .alpha_cumprod_or_final(prev_t, self.final_alpha_cumprod)?;
         let beta_t = 1.0 - alpha_t;
         let beta_prev = 1.0 - alpha_prev;
         let model_output = if self.prediction == Prediction::VPrediction {

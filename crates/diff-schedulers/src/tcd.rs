@@ -117,10 +117,16 @@ impl SchedulerMixin for TCDScheduler {
         let prev_t = self.state.timesteps.get(i + 1).copied().unwrap_or(0.0) as i64;
         // (1 - eta) is a Python double; times the int64 tensor it becomes float32.
         let s = ((1.0 - f64::from(eta)) as f32 * prev_t as f32).floor() as i64;
-        let alpha_t = self.alpha(timestep as i64)?;
+        let alpha_t = self
+            .state
+            .alpha_cumprod_or_final(timestep as i64, self.final_alpha_cumprod)?;
         let beta_t = 1.0 - alpha_t;
-        let alpha_prev = self.alpha(prev_t)?;
-        let alpha_s = self.alpha(s)?;
+        let alpha_prev = self
+            .state
+            .alpha_cumprod_or_final(prev_t, self.final_alpha_cumprod)?;
+        let alpha_s = self
+            .state
+            .alpha_cumprod_or_final(s, self.final_alpha_cumprod)?;
         let beta_s = 1.0 - alpha_s;
         let (x0, eps) = match self.prediction {
             Prediction::Sample => {
@@ -162,17 +168,5 @@ impl SchedulerMixin for TCDScheduler {
             prev_sample: prev,
             pred_original_sample: Some(noised),
         })
-    }
-}
-
-impl TCDScheduler {
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        if t < 0 {
-            return Ok(self.final_alpha_cumprod);
-        }
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.state.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
     }
 }
