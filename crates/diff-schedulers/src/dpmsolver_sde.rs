@@ -171,7 +171,7 @@ impl SchedulerMixin for DPMSolverSDEScheduler {
         sample: Tensor<D>,
         timestep: f64,
     ) -> Result<Tensor<D>, SchedulerError> {
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let sigma = match &self.first_stage {
             None => self.state.sigma_at(i)?,
             Some((_, mid)) => *mid,
@@ -201,7 +201,7 @@ impl SchedulerMixin for DPMSolverSDEScheduler {
                 ),
             });
         }
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let dims = sample.dims();
         let size: usize = dims.iter().product();
         self.noise_sampler(size)?;

@@ -106,7 +106,7 @@ impl SchedulerMixin for EDMEulerScheduler {
         sample: Tensor<D>,
         timestep: f64,
     ) -> Result<Tensor<D>, SchedulerError> {
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let sigma = self.state.sigma_at(i)?;
         let sd = self.config.sigma_data as f32;
         let c_in = 1.0 / (sigma * sigma + sd * sd).sqrt();
@@ -122,7 +122,7 @@ impl SchedulerMixin for EDMEulerScheduler {
         options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let sigma = self.state.sigma_at(i)?;
         let gamma = if options.s_tmin <= sigma && sigma <= options.s_tmax {
             (options.s_churn / (self.state.sigmas.len() - 1) as f32).min(2f32.sqrt() - 1.0)

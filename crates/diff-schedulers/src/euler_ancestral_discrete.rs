@@ -96,7 +96,7 @@ impl SchedulerMixin for EulerAncestralDiscreteScheduler {
         options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let sigma = self.state.sigma_at(i)?;
         let sigma_to = self.state.sigma_at(i + 1)?;
         // As Euler: `sample` is upcast to float32, the products with the half-precision

@@ -212,7 +212,7 @@ impl SchedulerMixin for EulerDiscreteScheduler {
         options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let sigma = self.state.sigma_at(i)?;
         let sigma_next = self.state.sigma_at(i + 1)?;
         let gamma = if options.s_tmin <= sigma && sigma <= options.s_tmax {

@@ -173,7 +173,7 @@ impl SchedulerMixin for FlowMatchEulerDiscreteScheduler {
         options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let sigma = self.state.sigma_at(i)?;
         let sigma_next = self.state.sigma_at(i + 1)?;
         let prev = if self.config.stochastic_sampling {

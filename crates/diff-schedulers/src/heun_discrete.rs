@@ -123,7 +123,7 @@ impl SchedulerMixin for HeunDiscreteScheduler {
         _options: &StepOptions,
         _generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let dims = sample.dims();
         let first = self.first_stage.is_none();
         let (sigma, sigma_next) = if first {

@@ -180,7 +180,7 @@ impl KDpm2Core {
         sample: Tensor<D>,
         timestep: f64,
     ) -> Result<Tensor<D>, SchedulerError> {
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let sigma = if self.stored.is_none() {
             Self::at(&self.state.sigmas, Some(i))?
         } else if self.ancestral {
@@ -199,7 +199,7 @@ impl KDpm2Core {
         noise_dtype: NoiseDtype,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let first = self.stored.is_none();
         let prev_i = i.checked_sub(1);
         let (sigma, sigma_interpol, sigma_next, sigma_up, sigma_down) = if self.ancestral {

@@ -161,7 +161,7 @@ impl SchedulerMixin for LCMScheduler {
             .state
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialised(CLASS))?;
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let prev_t = self.state.timesteps.get(i + 1).copied().unwrap_or(timestep) as i64;
         let t = timestep as i64;
         let alpha_t = self

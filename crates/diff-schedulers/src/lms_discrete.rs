@@ -100,7 +100,7 @@ impl SchedulerMixin for LMSDiscreteScheduler {
         _options: &StepOptions,
         _generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let sigma = self.state.sigma_at(i)?;
         let dims = sample.dims();
         let x0 = k_x0(self.prediction, model_output, sample.clone(), sigma);

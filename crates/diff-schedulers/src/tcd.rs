@@ -113,7 +113,7 @@ impl SchedulerMixin for TCDScheduler {
                 "{CLASS}: eta {eta} must be in [0, 1]"
             )));
         }
-        let i = self.state.index.current(&self.state.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let prev_t = self.state.timesteps.get(i + 1).copied().unwrap_or(0.0) as i64;
         // (1 - eta) is a Python double; times the int64 tensor it becomes float32.
         let s = ((1.0 - f64::from(eta)) as f32 * prev_t as f32).floor() as i64;
