@@ -120,22 +120,23 @@ fn schedule_replay_rejects_a_trace_with_the_wrong_number_of_steps() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-#[test]
-fn schedule_works_on_the_tiny_sd_pipeline_scheduler_config() {
+/// Runs `schedule` on the tiny SD pipeline's scheduler config as `class` with one `--set`,
+/// for 4 steps, printing JSON.
+fn schedule_tiny_sd(class: &str, set: &str) -> std::process::Output {
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/tiny-sd/scheduler/scheduler_config.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_burn-diffusers"))
+    Command::new(env!("CARGO_BIN_EXE_burn-diffusers"))
         .args(["schedule", "--config"])
         .arg(&config)
-        .args([
-            "--class",
-            "EulerDiscreteScheduler",
-            "--set",
-            "timestep_spacing=trailing",
-        ])
+        .args(["--class", class, "--set", set])
         .args(["--steps", "4", "--json"])
         .output()
-        .expect("run burn-diffusers");
+        .expect("run burn-diffusers")
+}
+
+#[test]
+fn schedule_works_on_the_tiny_sd_pipeline_scheduler_config() {
+    let out = schedule_tiny_sd("EulerDiscreteScheduler", "timestep_spacing=trailing");
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -148,4 +149,17 @@ fn schedule_works_on_the_tiny_sd_pipeline_scheduler_config() {
         serde_json::json!([999.0, 749.0, 499.0, 249.0])
     );
     assert_eq!(doc["sigmas"].as_array().map(Vec::len), Some(5));
+}
+
+#[test]
+fn schedule_names_the_keys_a_class_takes_when_an_override_is_not_one() {
+    let out = schedule_tiny_sd("DDIMScheduler", "use_karras_sigmas=true");
+    // diffusers ignores an unused kwarg with a warning; so does `schedule`, naming the keys.
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("DDIMScheduler does not take `use_karras_sigmas`")
+            && stderr.contains("timestep_spacing"),
+        "stderr: {stderr}"
+    );
 }

@@ -1,12 +1,13 @@
 //! `DDIMScheduler`: denoising diffusion implicit models (deterministic unless `eta > 0`).
 
-use crate::common::{
-    Prediction, Spacing, alphas_cumprod, ddpm_x0_in, make_betas, noise_like,
-    rescale_zero_terminal_snr, spacing_timesteps, threshold_sample,
-};
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::precision::{mul_left, round_tensor};
+use crate::prediction::{Prediction, clip_or_threshold, ddpm_x0_in};
+use crate::random::noise_like;
+use crate::timestep_spacing::{Spacing, spacing_timesteps};
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::DDIMSchedulerConfig;
@@ -19,62 +20,17 @@ pub struct DDIMScheduler {
     config: DDIMSchedulerConfig,
     prediction: Prediction,
     spacing: Spacing,
-    alphas_cumprod: Vec<f32>,
+    state: SchedulerState,
     final_alpha_cumprod: f32,
-    timesteps: Vec<f64>,
-    num_inference_steps: Option<usize>,
-    index: StepIndex,
 }
 
-/// Clips or thresholds x0 as the DDPM-family schedulers do.
-pub(crate) fn clip_or_threshold<const D: usize>(
-    x0: Tensor<D>,
-    thresholding: bool,
-    clip_sample: bool,
-    clip_range: f64,
-    ratio: f64,
-    max_value: f64,
-) -> Result<Tensor<D>, SchedulerError> {
-    if thresholding {
-        threshold_sample(x0, ratio, max_value)
-    } else if clip_sample {
-        let r = clip_range as f32;
-        Ok(x0.clamp(-r, r))
-    } else {
-        Ok(x0)
-    }
-}
+impl SchedulerMixin for DDIMScheduler {
+    type Config = DDIMSchedulerConfig;
 
-/// Builds `alphas_cumprod` of a DDPM-family config.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn ddpm_family_alphas(
-    class: &'static str,
-    schedule: &str,
-    beta_start: f64,
-    beta_end: f64,
-    n: usize,
-    trained: Option<&[f64]>,
-    rescale: bool,
-    extra_schedules: &[&str],
-) -> Result<Vec<f32>, SchedulerError> {
-    let mut betas = make_betas(
-        class,
-        schedule,
-        beta_start,
-        beta_end,
-        n,
-        trained,
-        extra_schedules,
-    )?;
-    if rescale {
-        betas = rescale_zero_terminal_snr(&betas);
-    }
-    Ok(alphas_cumprod(&betas))
-}
+    crate::mixin::state_accessors!();
 
-impl DDIMScheduler {
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: DDIMSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: DDIMSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -85,13 +41,9 @@ impl DDIMScheduler {
             ],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
-        let ac = ddpm_family_alphas(
+        let ac = alphas_cumprod_of(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
+            &beta_config!(config),
             config.rescale_betas_zero_snr,
             &[],
         )?;
@@ -104,21 +56,13 @@ impl DDIMScheduler {
             config,
             prediction,
             spacing,
-            alphas_cumprod: ac,
             final_alpha_cumprod,
-            timesteps,
-            num_inference_steps: None,
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::AlphasCumprod, timesteps, Vec::new(), ac),
         })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &DDIMSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps)` (DDIM takes no custom timesteps).
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.timesteps.is_some() || request.sigmas.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS}.set_timesteps takes only num_inference_steps"
@@ -131,45 +75,15 @@ impl DDIMScheduler {
                 "{CLASS}: num_inference_steps {n} exceeds num_train_timesteps {t}"
             )));
         }
-        self.timesteps = spacing_timesteps(self.spacing, t, n, self.config.steps_offset, true);
-        self.num_inference_steps = Some(n);
-        self.index = StepIndex::default();
+        self.state.timesteps =
+            spacing_timesteps(self.spacing, t, n, self.config.steps_offset, true);
+        self.state.num_inference_steps = Some(n);
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (integers).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// `init_noise_sigma` (1.0).
-    pub fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// `scale_model_input`: the identity.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        _timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
-    }
-
     /// One DDIM step. `prev_t = t - T // n` whatever the spacing, as diffusers does.
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -178,17 +92,16 @@ impl DDIMScheduler {
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
         let n = self
+            .state
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialised(CLASS))?;
         let c = &self.config;
         let t = timestep as i64;
         let prev_t = t - (c.num_train_timesteps / n) as i64;
-        let alpha_t = self.alpha(t)?;
-        let alpha_prev = if prev_t >= 0 {
-            self.alpha(prev_t)?
-        } else {
-            self.final_alpha_cumprod
-        };
+        let alpha_t = self.state.alpha_cumprod_at(t)?;
+        let alpha_prev = self
+            .state
+            .alpha_cumprod_or_final(prev_t, self.final_alpha_cumprod)?;
         let beta_t = 1.0 - alpha_t;
         // DDIM computes in the sample's dtype: with float16 / bfloat16 latents every op is
         // rounded to it, and its 0-d float32 coefficients, on the left of each product, are
@@ -246,46 +159,10 @@ impl DDIMScheduler {
             let noise = noise_like(&model_output, generator, options.noise_dtype)?;
             prev = r(prev + ml(std_dev, noise));
         }
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),
         })
     }
-
-    /// `add_noise`: √ᾱ_t·x0 + √(1-ᾱ_t)·z.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        add_noise_ddpm(&self.alphas_cumprod, original, noise, timesteps)
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
-    }
-}
-
-/// `add_noise` of the DDPM family, indexing `alphas_cumprod` by the timesteps.
-pub(crate) fn add_noise_ddpm<const D: usize>(
-    alphas_cumprod: &[f32],
-    original: Tensor<D>,
-    noise: Tensor<D>,
-    timesteps: &[f64],
-) -> Result<Tensor<D>, SchedulerError> {
-    let alphas = timesteps
-        .iter()
-        .map(|t| {
-            usize::try_from(*t as i64)
-                .ok()
-                .and_then(|i| alphas_cumprod.get(i).copied())
-                .ok_or(SchedulerError::UnknownTimestep(*t))
-        })
-        .collect::<Result<Vec<f32>, _>>()?;
-    crate::per_batch(original, noise, &alphas, |x, z, a| {
-        x.mul_scalar(a.sqrt()) + z.mul_scalar((1.0 - a).sqrt())
-    })
 }

@@ -1,9 +1,14 @@
 //! `DDPMScheduler`: denoising diffusion probabilistic models (noise at every step with t > 0).
 
-use crate::common::{Prediction, Spacing, ddpm_x0, noise_like, spacing_timesteps, unsupported};
-use crate::ddim::{add_noise_ddpm, clip_or_threshold, ddpm_family_alphas};
+use crate::betas::{alphas_cumprod_of, beta_config};
+use crate::prediction::clip_or_threshold;
+use crate::prediction::{Prediction, ddpm_x0};
+use crate::random::noise_like;
+use crate::timestep_spacing::{Spacing, spacing_timesteps};
+use crate::unsupported;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::DDPMSchedulerConfig;
@@ -16,16 +21,17 @@ pub struct DDPMScheduler {
     config: DDPMSchedulerConfig,
     prediction: Prediction,
     spacing: Spacing,
-    alphas_cumprod: Vec<f32>,
-    timesteps: Vec<f64>,
-    num_inference_steps: Option<usize>,
+    state: SchedulerState,
     custom_timesteps: bool,
-    index: StepIndex,
 }
 
-impl DDPMScheduler {
+impl SchedulerMixin for DDPMScheduler {
+    type Config = DDPMSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: DDPMSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: DDPMSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -47,13 +53,9 @@ impl DDPMScheduler {
         ) {
             return Err(unsupported(CLASS, "variance_type", &config.variance_type));
         }
-        let ac = ddpm_family_alphas(
+        let ac = alphas_cumprod_of(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
+            &beta_config!(config),
             config.rescale_betas_zero_snr,
             &["sigmoid", "laplace"],
         )?;
@@ -65,21 +67,13 @@ impl DDPMScheduler {
             config,
             prediction,
             spacing,
-            alphas_cumprod: ac,
-            timesteps,
-            num_inference_steps: None,
             custom_timesteps: false,
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::AlphasCumprod, timesteps, Vec::new(), ac),
         })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &DDPMSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps | timesteps)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.sigmas.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS} takes no custom sigmas"
@@ -98,9 +92,9 @@ impl DDPMScheduler {
                     "`timesteps` must start before `num_train_timesteps` ({t})"
                 )));
             }
-            self.timesteps = custom.iter().map(|v| (*v as i64) as f64).collect();
+            self.state.timesteps = custom.iter().map(|v| (*v as i64) as f64).collect();
             self.custom_timesteps = true;
-            self.num_inference_steps = Some(custom.len());
+            self.state.num_inference_steps = Some(custom.len());
         } else {
             let n = request.resolved_steps(CLASS)?;
             if n > t {
@@ -108,62 +102,17 @@ impl DDPMScheduler {
                     "{CLASS}: num_inference_steps {n} exceeds num_train_timesteps {t}"
                 )));
             }
-            self.timesteps = spacing_timesteps(self.spacing, t, n, self.config.steps_offset, true);
+            self.state.timesteps =
+                spacing_timesteps(self.spacing, t, n, self.config.steps_offset, true);
             self.custom_timesteps = false;
-            self.num_inference_steps = Some(n);
+            self.state.num_inference_steps = Some(n);
         }
-        self.index = StepIndex::default();
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (integers).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// `init_noise_sigma` (1.0).
-    pub fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// `scale_model_input`: the identity.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        _timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        Ok(sample)
-    }
-
-    /// `previous_timestep`: the next schedule entry (-1 after the last), or t - 1 before
-    /// `set_timesteps`.
-    fn previous_timestep(&self, t: f64) -> Result<i64, SchedulerError> {
-        if self.custom_timesteps || self.num_inference_steps.is_some() {
-            let i = self
-                .timesteps
-                .iter()
-                .position(|v| *v == t)
-                .ok_or(SchedulerError::UnknownTimestep(t))?;
-            Ok(self.timesteps.get(i + 1).map_or(-1, |v| *v as i64))
-        } else {
-            Ok(t as i64 - 1)
-        }
-    }
-
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
-    }
-
     /// One DDPM step.
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -192,9 +141,9 @@ impl DDPMScheduler {
             } else {
                 (model_output, None)
             };
-        let alpha_t = self.alpha(t)?;
+        let alpha_t = self.state.alpha_cumprod_at(t)?;
         let alpha_prev = if prev_t >= 0 {
-            self.alpha(prev_t)?
+            self.state.alpha_cumprod_at(prev_t)?
         } else {
             1.0
         };
@@ -238,25 +187,28 @@ impl DDPMScheduler {
             };
             prev = prev + term;
         }
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),
         })
     }
+}
 
-    /// `add_noise`: √ᾱ_t·x0 + √(1-ᾱ_t)·z.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        add_noise_ddpm(&self.alphas_cumprod, original, noise, timesteps)
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
+impl DDPMScheduler {
+    /// `previous_timestep`: the next schedule entry (-1 after the last), or t - 1 before
+    /// `set_timesteps`.
+    fn previous_timestep(&self, t: f64) -> Result<i64, SchedulerError> {
+        if self.custom_timesteps || self.state.num_inference_steps.is_some() {
+            let i = self
+                .state
+                .timesteps
+                .iter()
+                .position(|v| *v == t)
+                .ok_or(SchedulerError::UnknownTimestep(t))?;
+            Ok(self.state.timesteps.get(i + 1).map_or(-1, |v| *v as i64))
+        } else {
+            Ok(t as i64 - 1)
+        }
     }
 }

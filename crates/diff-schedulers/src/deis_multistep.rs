@@ -1,15 +1,18 @@
 //! `DEISMultistepScheduler`: diffusion exponential integrator sampler (log-ρ multistep, up to
 //! third order).
 
-use crate::common::{
-    Prediction, Spacing, check_sigma_flags, exponential_sigmas, karras_sigmas, np_arange,
-    np_interp, np_linspace, np_round, numpy_log_f32, sigma_to_t, train_sigmas, unsupported,
-};
-use crate::dpm_family::{
-    ModelOutputs, Thresholding, alpha_sigma, convert_model_output, dpm_add_noise, lambda,
-};
+use crate::array_math::{np_arange, np_linspace, np_round};
+use crate::betas::train_sigmas;
+use crate::dpm_family::{ModelOutputs, Thresholding, alpha_sigma, convert_model_output, lambda};
+use crate::float_kernels::numpy_log_f32;
+use crate::interpolation::{np_interp, sigma_to_t};
+use crate::prediction::Prediction;
+use crate::sigma_schedules::{check_sigma_flags, exponential_sigmas, karras_sigmas};
+use crate::timestep_spacing::Spacing;
+use crate::unsupported;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::DEISMultistepSchedulerConfig;
@@ -22,18 +25,18 @@ pub struct DEISMultistepScheduler {
     config: DEISMultistepSchedulerConfig,
     prediction: Prediction,
     spacing: Spacing,
-    alphas_cumprod: Vec<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
+    state: SchedulerState,
     model_outputs: ModelOutputs,
     lower_order_nums: usize,
-    num_inference_steps: Option<usize>,
-    index: StepIndex,
 }
 
-impl DEISMultistepScheduler {
+impl SchedulerMixin for DEISMultistepScheduler {
+    type Config = DEISMultistepSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(mut config: DEISMultistepSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(mut config: DEISMultistepSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -74,35 +77,29 @@ impl DEISMultistepScheduler {
                 &config.solver_order.to_string(),
             ));
         }
-        let ac = crate::common::alphas_cumprod_zero_snr(
+        let ac = crate::betas::alphas_cumprod_zero_snr(
             CLASS,
-            &crate::common::beta_config!(config),
+            &crate::betas::beta_config!(config),
             false,
         )?;
         let sigmas = train_sigmas(&ac);
         let order = config.solver_order;
-        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
+        let timesteps = crate::timestep_spacing::initial_timesteps(config.num_train_timesteps);
+        let kind = NoiseKind::AlphaSigma {
+            flow: config.use_flow_sigmas,
+        };
         Ok(Self {
             config,
             prediction,
             spacing,
-            alphas_cumprod: ac,
-            timesteps,
-            sigmas,
             model_outputs: ModelOutputs::new(CLASS, order),
             lower_order_nums: 0,
-            num_inference_steps: None,
-            index: StepIndex::default(),
+            state: SchedulerState::new(kind, timesteps, sigmas, ac),
         })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &DEISMultistepSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps, mu)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.timesteps.is_some() || request.sigmas.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS}.set_timesteps takes only num_inference_steps"
@@ -144,7 +141,7 @@ impl DEISMultistepScheduler {
                     .collect()
             }
         };
-        let train = train_sigmas(&self.alphas_cumprod);
+        let train = train_sigmas(&self.state.alphas_cumprod);
         let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
         let (smin, smax) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
         let mut sig: Vec<f64> =
@@ -154,7 +151,7 @@ impl DEISMultistepScheduler {
                 } else if c.use_exponential_sigmas {
                     exponential_sigmas(smin, smax, n)
                 } else {
-                    crate::common::beta_sigmas(smin, smax, n)
+                    crate::sigma_schedules::beta_sigmas(smin, smax, n)
                 };
                 ts = s
                     .iter()
@@ -184,88 +181,24 @@ impl DEISMultistepScheduler {
                 s
             } else {
                 let mut s = np_interp(&ts, &train);
-                let a0 = self.alphas_cumprod[0];
+                let a0 = self.state.alphas_cumprod[0];
                 s.push(f64::from(((1.0 - a0) / a0).sqrt()));
                 s
             };
         if sig.is_empty() {
             sig.push(0.0);
         }
-        self.sigmas = sig.into_iter().map(|s| s as f32).collect();
-        self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
-        self.num_inference_steps = Some(self.timesteps.len());
+        self.state.sigmas = sig.into_iter().map(|s| s as f32).collect();
+        self.state.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
+        self.state.num_inference_steps = Some(self.state.timesteps.len());
         self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
         self.lower_order_nums = 0;
-        self.index = StepIndex::default();
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (integers).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas, one more than the timesteps (the last is σ_min, not 0, by default).
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// `init_noise_sigma` (1.0).
-    pub fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// `scale_model_input`: the identity.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        _timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
-    fn alpha_sigma_at(&self, i: usize) -> Result<(f32, f32), SchedulerError> {
-        Ok(alpha_sigma(self.sigma_at(i)?, self.config.use_flow_sigmas))
-    }
-
-    /// `convert_model_output`: ε recovered from the x0 prediction.
-    fn convert<const D: usize>(
-        &self,
-        model_output: Tensor<D>,
-        sample: Tensor<D>,
-        i: usize,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let c = &self.config;
-        let sigma = self.sigma_at(i)?;
-        let thresholding = Thresholding::when(
-            c.thresholding,
-            c.dynamic_thresholding_ratio,
-            c.sample_max_value,
-        );
-        let x0 = convert_model_output(
-            model_output,
-            sample.clone(),
-            sigma,
-            c.use_flow_sigmas,
-            self.prediction,
-            true,
-            thresholding,
-        )?;
-        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
-        Ok((sample - x0.mul_scalar(alpha_t)).div_scalar(sigma_t))
-    }
-
     /// One DEIS step.
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -273,19 +206,8 @@ impl DEISMultistepScheduler {
         _options: &StepOptions,
         _generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        if self.num_inference_steps.is_none() {
-            return Err(SchedulerError::NotInitialised(CLASS));
-        }
-        if self.index.step_index.is_none() {
-            let i = match self.index.begin_index {
-                Some(b) => b,
-                None => crate::common::index_for_timestep(&self.timesteps, timestep)
-                    .unwrap_or(self.timesteps.len().saturating_sub(1)),
-            };
-            self.index.step_index = Some(i);
-        }
-        let i = self.index.step_index.unwrap_or(0);
-        let len = self.timesteps.len();
+        let i = self.state.dpm_step_index(CLASS, timestep)?;
+        let len = self.state.timesteps.len();
         let c = &self.config;
         let lower_order_final = i + 1 == len && c.lower_order_final && len < 15;
         let lower_order_second = i + 2 == len && c.lower_order_final && len < 15;
@@ -342,30 +264,46 @@ impl DEISMultistepScheduler {
         if self.lower_order_nums < order {
             self.lower_order_nums += 1;
         }
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev.reshape(dims),
             pred_original_sample: None,
         })
     }
+}
 
-    /// `add_noise`: α_t·x0 + σ_t·z.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let idx = self.index.noise_indices(&self.timesteps, timesteps)?;
-        let pairs = idx
-            .into_iter()
-            .map(|i| self.alpha_sigma_at(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        dpm_add_noise(original, noise, &pairs)
+impl DEISMultistepScheduler {
+    fn alpha_sigma_at(&self, i: usize) -> Result<(f32, f32), SchedulerError> {
+        Ok(alpha_sigma(
+            self.state.sigma_at(i)?,
+            self.config.use_flow_sigmas,
+        ))
     }
 
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
+    /// `convert_model_output`: ε recovered from the x0 prediction.
+    fn convert<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        sample: Tensor<D>,
+        i: usize,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let c = &self.config;
+        let sigma = self.state.sigma_at(i)?;
+        let thresholding = Thresholding::when(
+            c.thresholding,
+            c.dynamic_thresholding_ratio,
+            c.sample_max_value,
+        );
+        let x0 = convert_model_output(
+            model_output,
+            sample.clone(),
+            sigma,
+            c.use_flow_sigmas,
+            self.prediction,
+            true,
+            thresholding,
+        )?;
+        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
+        Ok((sample - x0.mul_scalar(alpha_t)).div_scalar(sigma_t))
     }
 }

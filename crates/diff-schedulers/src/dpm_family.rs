@@ -8,7 +8,8 @@
 //! formulas; the shared parts live here once, with diffusers' operation order.
 
 use crate::SchedulerError;
-use crate::common::{Prediction, threshold_sample, torch_log_f32};
+use crate::float_kernels::torch_log_f32;
+use crate::prediction::{Prediction, threshold_sample};
 use burn::tensor::Tensor;
 
 /// α_t and σ_t of a sigma: VP form (α = 1/√(σ²+1), σ_t = σ·α) or, with `use_flow_sigmas`,
@@ -49,6 +50,20 @@ impl Thresholding {
     /// The settings when `thresholding` is on, `None` otherwise.
     pub(crate) fn when(thresholding: bool, ratio: f64, max: f64) -> Option<Self> {
         thresholding.then_some(Self { ratio, max })
+    }
+}
+
+/// The model output without the learned-variance channels: with `variance_type` set and an ε
+/// prediction, diffusers' `convert_model_output` keeps `model_output[:, :3]`.
+pub(crate) fn without_learned_variance<const D: usize>(
+    model_output: Tensor<D>,
+    variance_type: bool,
+    prediction: Prediction,
+) -> Tensor<D> {
+    if variance_type && prediction == Prediction::Epsilon {
+        model_output.narrow(1, 0, 3)
+    } else {
+        model_output
     }
 }
 

@@ -1,18 +1,22 @@
 //! `DPMSolverMultistepScheduler`: DPM-Solver and DPM-Solver++ (1st to 3rd order multistep,
 //! midpoint or Heun, ODE or SDE variants), the most used SD sampler ("DPM++ 2M (Karras)").
 
-use crate::common::{
-    Prediction, Spacing, check_sigma_flags, exponential_sigmas, karras_sigmas, noise_like,
-    np_arange, np_interp, np_linspace, np_round, sigma_to_t, train_sigmas, unsupported,
-};
+use crate::array_math::{np_arange, np_linspace, np_round};
+use crate::betas::train_sigmas;
 use crate::dpm_family::{
-    ModelOutputs, Thresholding, alpha_sigma, convert_model_output_in, dpm_add_noise, lambda,
-    lambda_table,
+    ModelOutputs, Thresholding, alpha_sigma, convert_model_output_in, lambda, lambda_table,
+    without_learned_variance,
 };
+use crate::interpolation::{np_interp, sigma_to_t};
 use crate::precision::{mul_left, round_tensor};
+use crate::prediction::Prediction;
+use crate::random::noise_like;
+use crate::sigma_schedules::{check_sigma_flags, exponential_sigmas, karras_sigmas};
+use crate::timestep_spacing::Spacing;
+use crate::unsupported;
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    NoiseDtype, NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState,
+    StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::DPMSolverMultistepSchedulerConfig;
@@ -49,19 +53,19 @@ pub struct DPMSolverMultistepScheduler {
     spacing: Spacing,
     algorithm: Algorithm,
     heun: bool,
-    alphas_cumprod: Vec<f32>,
+    state: SchedulerState,
     lambda_t: Vec<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
     model_outputs: ModelOutputs,
     lower_order_nums: usize,
-    num_inference_steps: Option<usize>,
-    index: StepIndex,
 }
 
-impl DPMSolverMultistepScheduler {
+impl SchedulerMixin for DPMSolverMultistepScheduler {
+    type Config = DPMSolverMultistepSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(mut config: DPMSolverMultistepSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(mut config: DPMSolverMultistepSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -137,39 +141,33 @@ impl DPMSolverMultistepScheduler {
                 &config.solver_order.to_string(),
             ));
         }
-        let ac = crate::common::alphas_cumprod_zero_snr(
+        let ac = crate::betas::alphas_cumprod_zero_snr(
             CLASS,
-            &crate::common::beta_config!(config),
+            &crate::betas::beta_config!(config),
             config.rescale_betas_zero_snr,
         )?;
         let lambda_t = lambda_table(&ac);
         let sigmas = train_sigmas(&ac);
         let order = config.solver_order;
-        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
+        let timesteps = crate::timestep_spacing::initial_timesteps(config.num_train_timesteps);
+        let kind = NoiseKind::AlphaSigma {
+            flow: config.use_flow_sigmas,
+        };
         Ok(Self {
             config,
             prediction,
             spacing,
             algorithm,
             heun,
-            alphas_cumprod: ac,
             lambda_t,
-            timesteps,
-            sigmas,
             model_outputs: ModelOutputs::new(CLASS, order),
             lower_order_nums: 0,
-            num_inference_steps: None,
-            index: StepIndex::default(),
+            state: SchedulerState::new(kind, timesteps, sigmas, ac),
         })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &DPMSolverMultistepSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps | timesteps, mu)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.sigmas.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS} takes no custom sigmas"
@@ -234,10 +232,10 @@ impl DPMSolverMultistepScheduler {
             }
         };
         let n = ts.len();
-        let train = train_sigmas(&self.alphas_cumprod);
+        let train = train_sigmas(&self.state.alphas_cumprod);
         let log_sigmas: Vec<f32> = train
             .iter()
-            .map(|s| crate::common::numpy_log_f32(*s))
+            .map(|s| crate::float_kernels::numpy_log_f32(*s))
             .collect();
         let round_ts = c.beta_schedule != "squaredcos_cap_v2";
         let (sigma_min, sigma_max) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
@@ -272,7 +270,7 @@ impl DPMSolverMultistepScheduler {
             ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
             s
         } else if c.use_beta_sigmas {
-            let s = crate::common::beta_sigmas(sigma_min, sigma_max, n);
+            let s = crate::sigma_schedules::beta_sigmas(sigma_min, sigma_max, n);
             ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
             s
         } else if c.use_flow_sigmas {
@@ -293,89 +291,24 @@ impl DPMSolverMultistepScheduler {
             np_interp(&ts, &train)
         };
         let last = if c.final_sigmas_type == "sigma_min" {
-            let a0 = self.alphas_cumprod[0];
+            let a0 = self.state.alphas_cumprod[0];
             f64::from(((1.0 - a0) / a0).sqrt())
         } else {
             0.0
         };
         sig.push(last);
         // `.to(torch.int64)` truncates.
-        self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
-        self.sigmas = sig.into_iter().map(|s| s as f32).collect();
-        self.num_inference_steps = Some(self.timesteps.len());
+        self.state.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
+        self.state.sigmas = sig.into_iter().map(|s| s as f32).collect();
+        self.state.num_inference_steps = Some(self.state.timesteps.len());
         self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
         self.lower_order_nums = 0;
-        self.index = StepIndex::default();
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (integers).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas, one more than the timesteps.
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// `init_noise_sigma` (1.0: the VP formulation does not scale latents).
-    pub fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// `scale_model_input`: the identity.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        _timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
-    /// `convert_model_output`: x0 for the ++ algorithms, ε otherwise.
-    fn convert<const D: usize>(
-        &self,
-        model_output: Tensor<D>,
-        sample: Tensor<D>,
-        i: usize,
-        half: NoiseDtype,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let c = &self.config;
-        // With a learned variance the model output carries it in the extra channels.
-        let model_output = if c.variance_type.is_some() && self.prediction == Prediction::Epsilon {
-            model_output.narrow(1, 0, 3)
-        } else {
-            model_output
-        };
-        let thresholding = Thresholding::when(
-            c.thresholding,
-            c.dynamic_thresholding_ratio,
-            c.sample_max_value,
-        );
-        convert_model_output_in(
-            model_output,
-            sample,
-            self.sigma_at(i)?,
-            c.use_flow_sigmas,
-            self.prediction,
-            self.algorithm.is_pp(),
-            thresholding,
-            half,
-        )
-    }
-
     /// One multistep DPM-Solver step.
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -383,21 +316,9 @@ impl DPMSolverMultistepScheduler {
         options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        if self.num_inference_steps.is_none() {
-            return Err(SchedulerError::NotInitialised(CLASS));
-        }
-        if self.index.step_index.is_none() {
-            // diffusers falls back to the last index for a timestep not in the schedule.
-            let i = match self.index.begin_index {
-                Some(b) => b,
-                None => crate::common::index_for_timestep(&self.timesteps, timestep)
-                    .unwrap_or(self.timesteps.len().saturating_sub(1)),
-            };
-            self.index.step_index = Some(i);
-        }
-        let i = self.index.step_index.unwrap_or(0);
+        let i = self.state.dpm_step_index(CLASS, timestep)?;
         let c = &self.config;
-        let len = self.timesteps.len();
+        let len = self.state.timesteps.len();
         let lower_order_final = i + 1 == len
             && (c.euler_at_final
                 || (c.lower_order_final && len < 15)
@@ -430,15 +351,46 @@ impl DPMSolverMultistepScheduler {
         if self.lower_order_nums < order {
             self.lower_order_nums += 1;
         }
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: round_tensor(prev, half).reshape(dims),
             pred_original_sample: None,
         })
     }
+}
+
+impl DPMSolverMultistepScheduler {
+    /// `convert_model_output`: x0 for the ++ algorithms, ε otherwise.
+    fn convert<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        sample: Tensor<D>,
+        i: usize,
+        half: NoiseDtype,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        let c = &self.config;
+        // With a learned variance the model output carries it in the extra channels.
+        let model_output =
+            without_learned_variance(model_output, c.variance_type.is_some(), self.prediction);
+        let thresholding = Thresholding::when(
+            c.thresholding,
+            c.dynamic_thresholding_ratio,
+            c.sample_max_value,
+        );
+        convert_model_output_in(
+            model_output,
+            sample,
+            self.state.sigma_at(i)?,
+            c.use_flow_sigmas,
+            self.prediction,
+            self.algorithm.is_pp(),
+            thresholding,
+            half,
+        )
+    }
 
     fn alpha_sigma_lambda(&self, i: usize) -> Result<(f32, f32, f32), SchedulerError> {
-        let (a, s) = alpha_sigma(self.sigma_at(i)?, self.config.use_flow_sigmas);
+        let (a, s) = alpha_sigma(self.state.sigma_at(i)?, self.config.use_flow_sigmas);
         Ok((a, s, lambda(a, s)))
     }
 
@@ -619,26 +571,5 @@ impl DPMSolverMultistepScheduler {
                 ));
             }
         })
-    }
-
-    /// `add_noise`: α_t·x0 + σ_t·z at the timesteps' sigma.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let idx = self.index.noise_indices(&self.timesteps, timesteps)?;
-        let flow = self.config.use_flow_sigmas;
-        let pairs = idx
-            .into_iter()
-            .map(|i| self.sigma_at(i).map(|s| alpha_sigma(s, flow)))
-            .collect::<Result<Vec<_>, _>>()?;
-        dpm_add_noise(original, noise, &pairs)
-    }
-
-    /// `order` (1: one model call per step).
-    pub fn order(&self) -> usize {
-        1
     }
 }

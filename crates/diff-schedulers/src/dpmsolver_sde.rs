@@ -14,14 +14,16 @@
 //! [`DPMSolverSDEScheduler::set_global_generator`]`(TorchGenerator::new(s))` is
 //! `torch.manual_seed(s)`.
 
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::brownian_tree::BrownianTreeNoiseSampler;
-use crate::common::{
-    Prediction, Spacing, check_sigma_flags, k_alphas, k_sigmas, sigma_to_t, spacing_timesteps,
-    torch_exp_f32, torch_log_f32,
-};
+use crate::float_kernels::{torch_exp_f32, torch_log_f32};
+use crate::interpolation::sigma_to_t;
+use crate::prediction::Prediction;
+use crate::sigma_schedules::{check_sigma_flags, k_sigmas};
+use crate::timestep_spacing::{Spacing, spacing_timesteps};
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    NoiseDtype, NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState,
+    StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::{Tensor, TensorData};
 use diff_format::configs::scheduler::DPMSolverSDESchedulerConfig;
@@ -34,9 +36,7 @@ pub struct DPMSolverSDEScheduler {
     config: DPMSolverSDESchedulerConfig,
     prediction: Prediction,
     spacing: Spacing,
-    alphas_cumprod: Vec<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
+    state: SchedulerState,
     /// First-stage state: the sample the interval started from and the midpoint σ
     /// (diffusers' `sample`, `mid_point_sigma`).
     first_stage: Option<(Tensor<1>, f32)>,
@@ -46,7 +46,6 @@ pub struct DPMSolverSDEScheduler {
     /// torch's global generator, drawn from when `noise_sampler_seed` is `None` (seeded from
     /// the clock on first use unless set).
     global_generator: Option<TorchGenerator>,
-    index: StepIndex,
 }
 
 /// σ(t) = exp(−t) on a float32 torch scalar.
@@ -65,9 +64,15 @@ fn expm1_f32(x: f32) -> f32 {
     f64::from(x).exp_m1() as f32
 }
 
-impl DPMSolverSDEScheduler {
+impl SchedulerMixin for DPMSolverSDEScheduler {
+    const ORDER: usize = 2;
+
+    type Config = DPMSolverSDESchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: DPMSolverSDESchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: DPMSolverSDESchedulerConfig) -> Result<Self, SchedulerError> {
         // diffusers accepts `sample` at construction and raises NotImplementedError in `step`.
         let prediction = Prediction::parse(
             CLASS,
@@ -85,65 +90,26 @@ impl DPMSolverSDEScheduler {
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
         )?;
-        let ac = k_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
-        )?;
+        let ac = alphas_cumprod_of(CLASS, &beta_config!(config), false, &[])?;
         let mut s = Self {
             config,
             prediction,
             spacing,
-            alphas_cumprod: ac,
-            timesteps: Vec::new(),
-            sigmas: Vec::new(),
             first_stage: None,
             noise_sampler: None,
             noise_queries: Vec::new(),
             global_generator: None,
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::Sigma(spacing), Vec::new(), Vec::new(), ac),
         };
         // diffusers' __init__ calls set_timesteps(num_train_timesteps).
         let n = s.config.num_train_timesteps;
-        s.set_timesteps(&TimestepsRequest::steps(n))?;
+        s.set_timesteps(n)?;
         Ok(s)
-    }
-
-    /// The config, for re-save.
-    pub fn config(&self) -> &DPMSolverSDESchedulerConfig {
-        &self.config
-    }
-
-    /// Sets the emulated torch global generator the noise-sampler seed is drawn from when
-    /// `noise_sampler_seed` is `None`: `TorchGenerator::new(s)` is `torch.manual_seed(s)` in
-    /// the Python process (without it, the generator is seeded from the clock, as torch seeds
-    /// its own per process). Each noise sampler (one per `set_timesteps`, made at the first
-    /// `step`) draws one `torch.randint(0, 2**63 - 1, [])` from it.
-    pub fn set_global_generator(&mut self, generator: TorchGenerator) {
-        self.global_generator = Some(generator);
-    }
-
-    /// The seed of the current noise sampler, once the first `step` has made it.
-    pub fn noise_sampler_seed_in_use(&self) -> Option<u64> {
-        self.noise_sampler
-            .as_ref()
-            .map(BrownianTreeNoiseSampler::seed)
-    }
-
-    /// The (σ, σ_next) of every noise draw since `set_timesteps`, in order: the times the
-    /// Brownian tree was queried at (before its rounding to 6 decimals). For diagnostics and
-    /// parity checks (see the crate README on MKL near-ties).
-    pub fn noise_queries(&self) -> &[(f32, f32)] {
-        &self.noise_queries
     }
 
     /// `set_timesteps(num_inference_steps)` (diffusers takes no custom timesteps or sigmas
     /// here).
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.sigmas.is_some() || request.timesteps.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS} takes no custom timesteps or sigmas"
@@ -162,7 +128,7 @@ impl DPMSolverSDEScheduler {
         );
         let (ts, sig, log_sigmas) = k_sigmas(
             ts,
-            &self.alphas_cumprod,
+            &self.state.alphas_cumprod,
             n,
             c.use_karras_sigmas,
             c.use_exponential_sigmas,
@@ -181,7 +147,7 @@ impl DPMSolverSDEScheduler {
 
         let mut s32: Vec<f32> = sig.iter().map(|v| *v as f32).collect();
         s32.push(0.0);
-        let sigmas = crate::common::interleave_inner(&s32);
+        let sigmas = crate::array_math::interleave_inner(&s32);
         // cat([t[:1], t[1:].repeat_interleave(2)]) with the odd entries replaced by the
         // second-order timesteps.
         let mut timesteps = vec![ts[0]];
@@ -189,108 +155,33 @@ impl DPMSolverSDEScheduler {
             timesteps.push(second[i - 1]);
             timesteps.push(*t);
         }
-        self.timesteps = timesteps;
-        self.sigmas = sigmas;
+        self.state.timesteps = timesteps;
+        self.state.sigmas = sigmas;
         self.first_stage = None;
         self.noise_sampler = None;
         self.noise_queries.clear();
-        self.index = StepIndex::default();
+        self.state.index = StepIndex::default();
         Ok(())
-    }
-
-    /// The inference timesteps (2n − 1 entries, float64: each interval's start, then its
-    /// log-σ midpoint).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas (2n entries).
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
-    pub fn init_noise_sigma(&self) -> f32 {
-        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
     }
 
     /// `scale_model_input`: x / √(σ² + 1) with σ = `sigmas[step_index]` in the first stage
     /// and the midpoint σ in the second.
-    pub fn scale_model_input<const D: usize>(
+    fn scale_model_input<const D: usize>(
         &mut self,
         sample: Tensor<D>,
         timestep: f64,
     ) -> Result<Tensor<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let sigma = match &self.first_stage {
-            None => self.sigma_at(i)?,
+            None => self.state.sigma_at(i)?,
             Some((_, mid)) => *mid,
         };
         Ok(sample.div_scalar((sigma * sigma + 1.0).sqrt()))
     }
 
-    /// Makes the noise sampler on first use, as diffusers does in `step`.
-    fn noise_sampler(
-        &mut self,
-        size: usize,
-    ) -> Result<&mut BrownianTreeNoiseSampler, SchedulerError> {
-        if let Some(existing) = &self.noise_sampler
-            && existing.size() != size
-        {
-            return Err(SchedulerError::Shape(format!(
-                "{CLASS}: the sample has {size} elements but the noise sampler was made for {}",
-                existing.size()
-            )));
-        }
-        if self.noise_sampler.is_none() {
-            let positive = self.sigmas.iter().copied().filter(|s| *s > 0.0);
-            let min = positive.fold(f32::INFINITY, f32::min);
-            let max = self
-                .sigmas
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            let seed = match self.config.noise_sampler_seed {
-                Some(seed) => seed,
-                None => {
-                    let seeded = self.global_generator.is_some();
-                    let generator = self
-                        .global_generator
-                        .get_or_insert_with(TorchGenerator::from_entropy);
-                    // torch.randint(0, 2**63 - 1, []): random64() % range on the CPU.
-                    let seed = generator.next_u64() % (i64::MAX as u64);
-                    if seeded {
-                        tracing::debug!(
-                            "{CLASS}: no noise_sampler_seed; drew {seed} from the global generator"
-                        );
-                    } else {
-                        tracing::info!(
-                            "{CLASS}: no noise_sampler_seed, so the noise is not reproducible (as in \
-                             diffusers); this run drew seed {seed}: set noise_sampler_seed={seed} to repeat it"
-                        );
-                    }
-                    seed
-                }
-            };
-            self.noise_sampler = Some(BrownianTreeNoiseSampler::new(size, min, max, seed)?);
-        }
-        self.noise_sampler
-            .as_mut()
-            .ok_or(SchedulerError::NotInitialised(CLASS))
-    }
-
     /// One stage: the first (σ → midpoint) or the second (σ → σ_next from the stored
     /// sample, with the midpoint's model output); the last interval is a plain Euler step.
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -310,18 +201,18 @@ impl DPMSolverSDEScheduler {
                 ),
             });
         }
-        let i = self.index.current(&self.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let dims = sample.dims();
         let size: usize = dims.iter().product();
         self.noise_sampler(size)?;
         let first = self.first_stage.is_none();
         let (sigma, sigma_next) = if first {
-            (self.sigma_at(i)?, self.sigma_at(i + 1)?)
+            (self.state.sigma_at(i)?, self.state.sigma_at(i + 1)?)
         } else {
             let prev = i
                 .checked_sub(1)
                 .ok_or(SchedulerError::StepOutOfRange { index: 0, len: 0 })?;
-            (self.sigma_at(prev)?, self.sigma_at(i)?)
+            (self.state.sigma_at(prev)?, self.state.sigma_at(i)?)
         };
         let t = t_fn(sigma);
         let mut t_next = t_fn(sigma_next);
@@ -334,7 +225,7 @@ impl DPMSolverSDEScheduler {
                 model_output.mul_scalar(-sigma_input / s2.sqrt()) + sample.clone().div_scalar(s2)
             }
             _ => {
-                return Err(crate::common::unsupported(
+                return Err(crate::unsupported(
                     CLASS,
                     "prediction_type",
                     &self.config.prediction_type,
@@ -377,32 +268,86 @@ impl DPMSolverSDEScheduler {
             }
             prev.reshape(dims)
         };
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),
         })
     }
+}
 
-    /// `add_noise`: x0 + z·σ.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        crate::common::k_add_noise(
-            &self.index,
-            &self.timesteps,
-            &self.sigmas,
-            original,
-            noise,
-            timesteps,
-        )
+impl DPMSolverSDEScheduler {
+    /// Sets the emulated torch global generator the noise-sampler seed is drawn from when
+    /// `noise_sampler_seed` is `None`: `TorchGenerator::new(s)` is `torch.manual_seed(s)` in
+    /// the Python process (without it, the generator is seeded from the clock, as torch seeds
+    /// its own per process). Each noise sampler (one per `set_timesteps`, made at the first
+    /// `step`) draws one `torch.randint(0, 2**63 - 1, [])` from it.
+    pub fn set_global_generator(&mut self, generator: TorchGenerator) {
+        self.global_generator = Some(generator);
     }
 
-    /// `order` (2).
-    pub fn order(&self) -> usize {
-        2
+    /// The seed of the current noise sampler, once the first `step` has made it.
+    pub fn noise_sampler_seed_in_use(&self) -> Option<u64> {
+        self.noise_sampler
+            .as_ref()
+            .map(BrownianTreeNoiseSampler::seed)
+    }
+
+    /// The (σ, σ_next) of every noise draw since `set_timesteps`, in order: the times the
+    /// Brownian tree was queried at (before its rounding to 6 decimals). For diagnostics and
+    /// parity checks (see the crate README on MKL near-ties).
+    pub fn noise_queries(&self) -> &[(f32, f32)] {
+        &self.noise_queries
+    }
+
+    /// Makes the noise sampler on first use, as diffusers does in `step`.
+    fn noise_sampler(
+        &mut self,
+        size: usize,
+    ) -> Result<&mut BrownianTreeNoiseSampler, SchedulerError> {
+        if let Some(existing) = &self.noise_sampler
+            && existing.size() != size
+        {
+            return Err(SchedulerError::Shape(format!(
+                "{CLASS}: the sample has {size} elements but the noise sampler was made for {}",
+                existing.size()
+            )));
+        }
+        if self.noise_sampler.is_none() {
+            let positive = self.state.sigmas.iter().copied().filter(|s| *s > 0.0);
+            let min = positive.fold(f32::INFINITY, f32::min);
+            let max = self
+                .state
+                .sigmas
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            let seed = match self.config.noise_sampler_seed {
+                Some(seed) => seed,
+                None => {
+                    let seeded = self.global_generator.is_some();
+                    let generator = self
+                        .global_generator
+                        .get_or_insert_with(TorchGenerator::from_entropy);
+                    // torch.randint(0, 2**63 - 1, []): random64() % range on the CPU.
+                    let seed = generator.next_u64() % (i64::MAX as u64);
+                    if seeded {
+                        tracing::debug!(
+                            "{CLASS}: no noise_sampler_seed; drew {seed} from the global generator"
+                        );
+                    } else {
+                        tracing::info!(
+                            "{CLASS}: no noise_sampler_seed, so the noise is not reproducible (as in \
+                             diffusers); this run drew seed {seed}: set noise_sampler_seed={seed} to repeat it"
+                        );
+                    }
+                    seed
+                }
+            };
+            self.noise_sampler = Some(BrownianTreeNoiseSampler::new(size, min, max, seed)?);
+        }
+        self.noise_sampler
+            .as_mut()
+            .ok_or(SchedulerError::NotInitialised(CLASS))
     }
 }

@@ -1,17 +1,22 @@
 //! `DPMSolverSinglestepScheduler`: DPM-Solver(++) in singlestep form (each order-k update
 //! starts again from the anchor sample of its first stage, following an order list).
 
-use crate::common::{
-    Prediction, check_sigma_flags, exponential_sigmas, karras_sigmas, noise_like, np_interp,
-    np_linspace, np_round, numpy_log_f32, sigma_to_t, train_sigmas, unsupported,
-};
+use crate::array_math::{np_linspace, np_round};
+use crate::betas::train_sigmas;
 use crate::dpm_family::{
-    ModelOutputs, Thresholding, alpha_sigma, convert_model_output, dpm_add_noise, lambda,
-    lambda_table,
+    ModelOutputs, Thresholding, alpha_sigma, convert_model_output, lambda, lambda_table,
+    without_learned_variance,
 };
 use crate::dpmsolver_multistep::Algorithm;
+use crate::float_kernels::numpy_log_f32;
+use crate::interpolation::{np_interp, sigma_to_t};
+use crate::prediction::Prediction;
+use crate::random::noise_like;
+use crate::sigma_schedules::{check_sigma_flags, exponential_sigmas, karras_sigmas};
+use crate::unsupported;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::DPMSolverSinglestepSchedulerConfig;
@@ -25,20 +30,20 @@ pub struct DPMSolverSinglestepScheduler {
     prediction: Prediction,
     algorithm: Algorithm,
     heun: bool,
-    alphas_cumprod: Vec<f32>,
+    state: SchedulerState,
     lambda_t: Vec<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
     order_list: Vec<usize>,
     model_outputs: ModelOutputs,
     anchor: Option<Tensor<1>>,
-    num_inference_steps: Option<usize>,
-    index: StepIndex,
 }
 
-impl DPMSolverSinglestepScheduler {
+impl SchedulerMixin for DPMSolverSinglestepScheduler {
+    type Config = DPMSolverSinglestepSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(mut config: DPMSolverSinglestepSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(mut config: DPMSolverSinglestepSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -100,38 +105,174 @@ impl DPMSolverSinglestepScheduler {
         {
             return Err(unsupported(CLASS, "variance_type", v));
         }
-        let ac = crate::common::alphas_cumprod_zero_snr(
+        let ac = crate::betas::alphas_cumprod_zero_snr(
             CLASS,
-            &crate::common::beta_config!(config),
+            &crate::betas::beta_config!(config),
             false,
         )?;
         let lambda_t = lambda_table(&ac);
         let sigmas = train_sigmas(&ac);
         let order = config.solver_order;
-        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
+        let timesteps = crate::timestep_spacing::initial_timesteps(config.num_train_timesteps);
+        let kind = NoiseKind::AlphaSigma {
+            flow: config.use_flow_sigmas,
+        };
         Ok(Self {
             config,
             prediction,
             algorithm,
             heun,
-            alphas_cumprod: ac,
             lambda_t,
-            timesteps,
-            sigmas,
             order_list: Vec::new(),
             model_outputs: ModelOutputs::new(CLASS, order),
             anchor: None,
-            num_inference_steps: None,
-            index: StepIndex::default(),
+            state: SchedulerState::new(kind, timesteps, sigmas, ac),
         })
     }
 
-    /// The config, for re-save (`lower_order_final` is rewritten by `set_timesteps` as in
-    /// diffusers).
-    pub fn config(&self) -> &DPMSolverSinglestepSchedulerConfig {
-        &self.config
+    /// `set_timesteps(num_inference_steps | timesteps, mu)`.
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        if request.sigmas.is_some() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS} takes no custom sigmas"
+            )));
+        }
+        request.check_exclusive(CLASS)?;
+        if let Some(mu) = request.mu {
+            if !self.config.use_dynamic_shifting {
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "{CLASS}: `mu` needs use_dynamic_shifting"
+                )));
+            }
+            self.config.flow_shift = mu.exp();
+        }
+        let c = &self.config;
+        if request.timesteps.is_some()
+            && (c.use_karras_sigmas || c.use_exponential_sigmas || c.use_beta_sigmas)
+        {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{CLASS}: custom timesteps cannot be used with karras / exponential sigmas"
+            )));
+        }
+        let n = request.resolved_steps(CLASS)?;
+        let t_train = c.num_train_timesteps;
+        let mut ts: Vec<f64> = match &request.timesteps {
+            Some(custom) => custom.iter().map(|t| (*t as i64) as f64).collect(),
+            None => {
+                let clipped = self
+                    .lambda_t
+                    .iter()
+                    .filter(|l| f64::from(**l) < c.lambda_min_clipped)
+                    .count();
+                let mut v: Vec<f64> = np_linspace(0.0, (t_train - 1 - clipped) as f64, n + 1)
+                    .into_iter()
+                    .map(np_round)
+                    .collect();
+                v.reverse();
+                v.pop();
+                v
+            }
+        };
+        let train = train_sigmas(&self.state.alphas_cumprod);
+        let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
+        let (smin, smax) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
+        let mut sig: Vec<f64> = if c.use_karras_sigmas {
+            let s = karras_sigmas(smin, smax, n, 7.0);
+            ts = s
+                .iter()
+                .map(|v| np_round(sigma_to_t(*v, &log_sigmas)))
+                .collect();
+            s
+        } else if c.use_exponential_sigmas {
+            let s = exponential_sigmas(smin, smax, n);
+            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
+            s
+        } else if c.use_beta_sigmas {
+            let s = crate::sigma_schedules::beta_sigmas(smin, smax, n);
+            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
+            s
+        } else if c.use_flow_sigmas {
+            let shift = c.flow_shift;
+            let mut s: Vec<f64> = np_linspace(1.0, 1.0 / t_train as f64, n + 1)
+                .into_iter()
+                .map(|a| {
+                    let v = 1.0 - a;
+                    shift * v / (1.0 + (shift - 1.0) * v)
+                })
+                .collect();
+            s.reverse();
+            s.pop();
+            ts = s.iter().map(|v| v * t_train as f64).collect();
+            s
+        } else {
+            np_interp(&ts, &train)
+        };
+        let last = if c.final_sigmas_type == "sigma_min" {
+            let a0 = self.state.alphas_cumprod[0];
+            f64::from(((1.0 - a0) / a0).sqrt())
+        } else {
+            0.0
+        };
+        sig.push(last);
+        self.state.sigmas = sig.into_iter().map(|s| s as f32).collect();
+        self.state.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
+        self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
+        self.anchor = None;
+        // diffusers rewrites its config here.
+        if !self.config.lower_order_final
+            && (!n.is_multiple_of(self.config.solver_order)
+                || self.config.final_sigmas_type == "zero")
+        {
+            self.config.lower_order_final = true;
+        }
+        self.order_list = self.order_list(n);
+        self.state.num_inference_steps = Some(n);
+        self.state.index = StepIndex::default();
+        Ok(())
     }
 
+    /// One singlestep DPM-Solver step.
+    fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        options: &StepOptions,
+        generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        let i = self.state.dpm_step_index(CLASS, timestep)?;
+        let dims = sample.dims();
+        let converted = self.convert(model_output, sample.clone(), i)?;
+        let out_dims = converted.dims();
+        self.model_outputs.push(converted.flatten::<1>(0, D - 1));
+        let x = sample.flatten::<1>(0, D - 1);
+        let noise = if self.algorithm == Algorithm::SdeDpmSolverPP {
+            let like = Tensor::<D>::zeros(out_dims, &x.device());
+            Some(noise_like(&like, generator, options.noise_dtype)?.flatten::<1>(0, D - 1))
+        } else {
+            None
+        };
+        let mut order = self.order_list.get(i).copied().unwrap_or(1);
+        while order > 1 && self.model_outputs.is_missing(order - 1) {
+            order -= 1;
+        }
+        if order == 1 {
+            self.anchor = Some(x);
+        }
+        let anchor = self
+            .anchor
+            .clone()
+            .ok_or(SchedulerError::NotInitialised(CLASS))?;
+        let prev = self.update(anchor, noise, i, order)?;
+        self.state.index.advance(1);
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: None,
+        })
+    }
+}
+
+impl DPMSolverSinglestepScheduler {
     /// `get_order_list`: the solver order of every step.
     pub fn order_list(&self, steps: usize) -> Vec<usize> {
         let order = self.config.solver_order;
@@ -178,142 +319,8 @@ impl DPMSolverSinglestepScheduler {
         orders
     }
 
-    /// `set_timesteps(num_inference_steps | timesteps, mu)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
-        if request.sigmas.is_some() {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "{CLASS} takes no custom sigmas"
-            )));
-        }
-        request.check_exclusive(CLASS)?;
-        if let Some(mu) = request.mu {
-            if !self.config.use_dynamic_shifting {
-                return Err(SchedulerError::InvalidArgument(format!(
-                    "{CLASS}: `mu` needs use_dynamic_shifting"
-                )));
-            }
-            self.config.flow_shift = mu.exp();
-        }
-        let c = &self.config;
-        if request.timesteps.is_some()
-            && (c.use_karras_sigmas || c.use_exponential_sigmas || c.use_beta_sigmas)
-        {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "{CLASS}: custom timesteps cannot be used with karras / exponential sigmas"
-            )));
-        }
-        let n = request.resolved_steps(CLASS)?;
-        let t_train = c.num_train_timesteps;
-        let mut ts: Vec<f64> = match &request.timesteps {
-            Some(custom) => custom.iter().map(|t| (*t as i64) as f64).collect(),
-            None => {
-                let clipped = self
-                    .lambda_t
-                    .iter()
-                    .filter(|l| f64::from(**l) < c.lambda_min_clipped)
-                    .count();
-                let mut v: Vec<f64> = np_linspace(0.0, (t_train - 1 - clipped) as f64, n + 1)
-                    .into_iter()
-                    .map(np_round)
-                    .collect();
-                v.reverse();
-                v.pop();
-                v
-            }
-        };
-        let train = train_sigmas(&self.alphas_cumprod);
-        let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
-        let (smin, smax) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
-        let mut sig: Vec<f64> = if c.use_karras_sigmas {
-            let s = karras_sigmas(smin, smax, n, 7.0);
-            ts = s
-                .iter()
-                .map(|v| np_round(sigma_to_t(*v, &log_sigmas)))
-                .collect();
-            s
-        } else if c.use_exponential_sigmas {
-            let s = exponential_sigmas(smin, smax, n);
-            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
-            s
-        } else if c.use_beta_sigmas {
-            let s = crate::common::beta_sigmas(smin, smax, n);
-            ts = s.iter().map(|v| sigma_to_t(*v, &log_sigmas)).collect();
-            s
-        } else if c.use_flow_sigmas {
-            let shift = c.flow_shift;
-            let mut s: Vec<f64> = np_linspace(1.0, 1.0 / t_train as f64, n + 1)
-                .into_iter()
-                .map(|a| {
-                    let v = 1.0 - a;
-                    shift * v / (1.0 + (shift - 1.0) * v)
-                })
-                .collect();
-            s.reverse();
-            s.pop();
-            ts = s.iter().map(|v| v * t_train as f64).collect();
-            s
-        } else {
-            np_interp(&ts, &train)
-        };
-        let last = if c.final_sigmas_type == "sigma_min" {
-            let a0 = self.alphas_cumprod[0];
-            f64::from(((1.0 - a0) / a0).sqrt())
-        } else {
-            0.0
-        };
-        sig.push(last);
-        self.sigmas = sig.into_iter().map(|s| s as f32).collect();
-        self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
-        self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
-        self.anchor = None;
-        // diffusers rewrites its config here.
-        if !self.config.lower_order_final
-            && (!n.is_multiple_of(self.config.solver_order)
-                || self.config.final_sigmas_type == "zero")
-        {
-            self.config.lower_order_final = true;
-        }
-        self.order_list = self.order_list(n);
-        self.num_inference_steps = Some(n);
-        self.index = StepIndex::default();
-        Ok(())
-    }
-
-    /// The inference timesteps (integers).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas, one more than the timesteps.
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// `init_noise_sigma` (1.0).
-    pub fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// `scale_model_input`: the identity.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        _timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
     fn asl(&self, i: usize) -> Result<(f32, f32, f32), SchedulerError> {
-        let (a, s) = alpha_sigma(self.sigma_at(i)?, self.config.use_flow_sigmas);
+        let (a, s) = alpha_sigma(self.state.sigma_at(i)?, self.config.use_flow_sigmas);
         Ok((a, s, lambda(a, s)))
     }
 
@@ -326,11 +333,8 @@ impl DPMSolverSinglestepScheduler {
     ) -> Result<Tensor<D>, SchedulerError> {
         let c = &self.config;
         // With a learned variance the model output carries it in the extra channels.
-        let model_output = if c.variance_type.is_some() && self.prediction == Prediction::Epsilon {
-            model_output.narrow(1, 0, 3)
-        } else {
-            model_output
-        };
+        let model_output =
+            without_learned_variance(model_output, c.variance_type.is_some(), self.prediction);
         let thresholding = Thresholding::when(
             c.thresholding,
             c.dynamic_thresholding_ratio,
@@ -339,7 +343,7 @@ impl DPMSolverSinglestepScheduler {
         convert_model_output(
             model_output,
             sample,
-            self.sigma_at(i)?,
+            self.state.sigma_at(i)?,
             c.use_flow_sigmas,
             self.prediction,
             self.algorithm != Algorithm::DpmSolver,
@@ -485,77 +489,5 @@ impl DPMSolverSinglestepScheduler {
                 })
             }
         }
-    }
-
-    /// One singlestep DPM-Solver step.
-    pub fn step<const D: usize>(
-        &mut self,
-        model_output: Tensor<D>,
-        timestep: f64,
-        sample: Tensor<D>,
-        options: &StepOptions,
-        generator: Option<&mut [TorchGenerator]>,
-    ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        if self.num_inference_steps.is_none() {
-            return Err(SchedulerError::NotInitialised(CLASS));
-        }
-        if self.index.step_index.is_none() {
-            let i = match self.index.begin_index {
-                Some(b) => b,
-                None => crate::common::index_for_timestep(&self.timesteps, timestep)
-                    .unwrap_or(self.timesteps.len().saturating_sub(1)),
-            };
-            self.index.step_index = Some(i);
-        }
-        let i = self.index.step_index.unwrap_or(0);
-        let dims = sample.dims();
-        let converted = self.convert(model_output, sample.clone(), i)?;
-        let out_dims = converted.dims();
-        self.model_outputs.push(converted.flatten::<1>(0, D - 1));
-        let x = sample.flatten::<1>(0, D - 1);
-        let noise = if self.algorithm == Algorithm::SdeDpmSolverPP {
-            let like = Tensor::<D>::zeros(out_dims, &x.device());
-            Some(noise_like(&like, generator, options.noise_dtype)?.flatten::<1>(0, D - 1))
-        } else {
-            None
-        };
-        let mut order = self.order_list.get(i).copied().unwrap_or(1);
-        while order > 1 && self.model_outputs.is_missing(order - 1) {
-            order -= 1;
-        }
-        if order == 1 {
-            self.anchor = Some(x);
-        }
-        let anchor = self
-            .anchor
-            .clone()
-            .ok_or(SchedulerError::NotInitialised(CLASS))?;
-        let prev = self.update(anchor, noise, i, order)?;
-        self.index.advance(1);
-        Ok(SchedulerOutput {
-            prev_sample: prev.reshape(dims),
-            pred_original_sample: None,
-        })
-    }
-
-    /// `add_noise`: α_t·x0 + σ_t·z.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let idx = self.index.noise_indices(&self.timesteps, timesteps)?;
-        let flow = self.config.use_flow_sigmas;
-        let pairs = idx
-            .into_iter()
-            .map(|i| self.sigma_at(i).map(|s| alpha_sigma(s, flow)))
-            .collect::<Result<Vec<_>, _>>()?;
-        dpm_add_noise(original, noise, &pairs)
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
     }
 }

@@ -1,9 +1,12 @@
 //! `EDMEulerScheduler`: Euler steps in Karras et al.'s EDM formulation (preconditioned
 //! inputs and outputs, karras or exponential sigmas, optional churn).
 
-use crate::common::{Prediction, noise_like, unsupported};
+use crate::prediction::Prediction;
+use crate::random::noise_like;
+use crate::unsupported;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::EDMEulerSchedulerConfig;
@@ -35,14 +38,16 @@ fn torch_linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
 pub struct EDMEulerScheduler {
     config: EDMEulerSchedulerConfig,
     prediction: Prediction,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
-    index: StepIndex,
+    state: SchedulerState,
 }
 
-impl EDMEulerScheduler {
+impl SchedulerMixin for EDMEulerScheduler {
+    type Config = EDMEulerSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: EDMEulerSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: EDMEulerSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -63,57 +68,20 @@ impl EDMEulerScheduler {
         let mut s = Self {
             config,
             prediction,
-            timesteps: Vec::new(),
-            sigmas: Vec::new(),
-            index: StepIndex::default(),
+            state: SchedulerState::new(
+                NoiseKind::Sigma(crate::Spacing::Linspace),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            ),
         };
         s.fill(&ramp);
         Ok(s)
     }
 
-    fn fill(&mut self, ramp: &[f64]) {
-        let c = &self.config;
-        let sigmas: Vec<f32> = if c.sigma_schedule == "karras" {
-            let min_inv = c.sigma_min.powf(1.0 / c.rho);
-            let max_inv = c.sigma_max.powf(1.0 / c.rho);
-            ramp.iter()
-                .map(|r| (max_inv + r * (min_inv - max_inv)).powf(c.rho) as f32)
-                .collect()
-        } else {
-            // torch.linspace in the default float32, exp, flipped.
-            let mut v: Vec<f32> = crate::common::torch_linspace_f32(
-                c.sigma_min.ln() as f32,
-                c.sigma_max.ln() as f32,
-                ramp.len(),
-            )
-            .into_iter()
-            .map(crate::common::torch_exp_f32)
-            .collect();
-            v.reverse();
-            v
-        };
-        self.timesteps = sigmas
-            .iter()
-            .map(|s| f64::from(0.25 * crate::common::torch_log_f32(*s)))
-            .collect();
-        let last = if c.final_sigmas_type == "sigma_min" {
-            sigmas.last().copied().unwrap_or(0.0)
-        } else {
-            0.0
-        };
-        self.sigmas = sigmas;
-        self.sigmas.push(last);
-        self.index = StepIndex::default();
-    }
-
-    /// The config, for re-save.
-    pub fn config(&self) -> &EDMEulerSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps | sigmas)`; custom `sigmas` are the ramp values in
     /// [0, 1] that diffusers passes through the schedule.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.timesteps.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS} takes no custom timesteps"
@@ -127,45 +95,26 @@ impl EDMEulerScheduler {
         Ok(())
     }
 
-    /// The inference timesteps (c_noise = ¼·log σ, float32).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas, one more than the timesteps.
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
     /// `init_noise_sigma`: √(sigma_max² + 1), from the config.
-    pub fn init_noise_sigma(&self) -> f32 {
+    fn init_noise_sigma(&self) -> f32 {
         (self.config.sigma_max * self.config.sigma_max + 1.0).sqrt() as f32
     }
 
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
     /// `scale_model_input`: x·c_in with c_in = 1/√(σ² + σ_data²).
-    pub fn scale_model_input<const D: usize>(
+    fn scale_model_input<const D: usize>(
         &mut self,
         sample: Tensor<D>,
         timestep: f64,
     ) -> Result<Tensor<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let sigma = self.sigma_at(i)?;
+        let i = self.state.current_index(timestep)?;
+        let sigma = self.state.sigma_at(i)?;
         let sd = self.config.sigma_data as f32;
         let c_in = 1.0 / (sigma * sigma + sd * sd).sqrt();
         Ok(sample.mul_scalar(c_in))
     }
 
     /// One EDM Euler step (with churn when `options.s_churn > 0`).
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -173,10 +122,10 @@ impl EDMEulerScheduler {
         options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let sigma = self.sigma_at(i)?;
+        let i = self.state.current_index(timestep)?;
+        let sigma = self.state.sigma_at(i)?;
         let gamma = if options.s_tmin <= sigma && sigma <= options.s_tmax {
-            (options.s_churn / (self.sigmas.len() - 1) as f32).min(2f32.sqrt() - 1.0)
+            (options.s_churn / (self.state.sigmas.len() - 1) as f32).min(2f32.sqrt() - 1.0)
         } else {
             0.0
         };
@@ -198,34 +147,49 @@ impl EDMEulerScheduler {
         };
         let x0 = sample.clone().mul_scalar(c_skip) + model_output.mul_scalar(c_out);
         let derivative = (sample.clone() - x0.clone()).div_scalar(sigma_hat);
-        let dt = self.sigma_at(i + 1)? - sigma_hat;
+        let dt = self.state.sigma_at(i + 1)? - sigma_hat;
         let prev = sample + derivative.mul_scalar(dt);
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),
         })
     }
+}
 
-    /// `add_noise`: x0 + z·σ.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        crate::common::k_add_noise(
-            &self.index,
-            &self.timesteps,
-            &self.sigmas,
-            original,
-            noise,
-            timesteps,
-        )
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
+impl EDMEulerScheduler {
+    fn fill(&mut self, ramp: &[f64]) {
+        let c = &self.config;
+        let sigmas: Vec<f32> = if c.sigma_schedule == "karras" {
+            let min_inv = c.sigma_min.powf(1.0 / c.rho);
+            let max_inv = c.sigma_max.powf(1.0 / c.rho);
+            ramp.iter()
+                .map(|r| (max_inv + r * (min_inv - max_inv)).powf(c.rho) as f32)
+                .collect()
+        } else {
+            // torch.linspace in the default float32, exp, flipped.
+            let mut v: Vec<f32> = crate::array_math::torch_linspace_f32(
+                c.sigma_min.ln() as f32,
+                c.sigma_max.ln() as f32,
+                ramp.len(),
+            )
+            .into_iter()
+            .map(crate::float_kernels::torch_exp_f32)
+            .collect();
+            v.reverse();
+            v
+        };
+        self.state.timesteps = sigmas
+            .iter()
+            .map(|s| f64::from(0.25 * crate::float_kernels::torch_log_f32(*s)))
+            .collect();
+        let last = if c.final_sigmas_type == "sigma_min" {
+            sigmas.last().copied().unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        self.state.sigmas = sigmas;
+        self.state.sigmas.push(last);
+        self.state.index = StepIndex::default();
     }
 }

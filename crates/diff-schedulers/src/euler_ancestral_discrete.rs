@@ -1,12 +1,15 @@
 //! `EulerAncestralDiscreteScheduler`: Euler steps with ancestral noise at every step
 //! (including the last, where σ_up = 0 but the generator is still advanced).
 
-use crate::common::{
-    Prediction, Spacing, noise_like, np_interp, spacing_timesteps, train_sigmas, v_prediction_x0_in,
-};
+use crate::betas::train_sigmas;
+use crate::interpolation::np_interp;
 use crate::precision::{mul_left, round_tensor};
+use crate::prediction::{Prediction, v_prediction_x0_in};
+use crate::random::noise_like;
+use crate::timestep_spacing::{Spacing, spacing_timesteps};
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::EulerAncestralDiscreteSchedulerConfig;
@@ -19,15 +22,16 @@ pub struct EulerAncestralDiscreteScheduler {
     config: EulerAncestralDiscreteSchedulerConfig,
     prediction: Prediction,
     spacing: Spacing,
-    alphas_cumprod: Vec<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
-    index: StepIndex,
+    state: SchedulerState,
 }
 
-impl EulerAncestralDiscreteScheduler {
+impl SchedulerMixin for EulerAncestralDiscreteScheduler {
+    type Config = EulerAncestralDiscreteSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: EulerAncestralDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: EulerAncestralDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
         // diffusers raises NotImplementedError for `sample`.
         let prediction = Prediction::parse(
             CLASS,
@@ -35,33 +39,25 @@ impl EulerAncestralDiscreteScheduler {
             &[Prediction::Epsilon, Prediction::VPrediction],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
-        let ac = crate::common::alphas_cumprod_zero_snr(
+        let ac = crate::betas::alphas_cumprod_zero_snr(
             CLASS,
-            &crate::common::beta_config!(config),
+            &crate::betas::beta_config!(config),
             config.rescale_betas_zero_snr,
         )?;
         let mut sigmas = train_sigmas(&ac);
         sigmas.reverse();
         sigmas.push(0.0);
-        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
+        let timesteps = crate::timestep_spacing::initial_timesteps(config.num_train_timesteps);
         Ok(Self {
             config,
             prediction,
             spacing,
-            alphas_cumprod: ac,
-            timesteps,
-            sigmas,
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::Sigma(spacing), timesteps, sigmas, ac),
         })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &EulerAncestralDiscreteSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.timesteps.is_some() || request.sigmas.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS}.set_timesteps takes only num_inference_steps"
@@ -79,55 +75,20 @@ impl EulerAncestralDiscreteScheduler {
         .into_iter()
         .map(|t| f64::from(t as f32))
         .collect();
-        let train = train_sigmas(&self.alphas_cumprod);
+        let train = train_sigmas(&self.state.alphas_cumprod);
         let mut sig: Vec<f32> = np_interp(&ts, &train)
             .into_iter()
             .map(|s| s as f32)
             .collect();
         sig.push(0.0);
-        self.timesteps = ts;
-        self.sigmas = sig;
-        self.index = StepIndex::default();
+        self.state.timesteps = ts;
+        self.state.sigmas = sig;
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (float32 values).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas, one more than the timesteps.
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
-    pub fn init_noise_sigma(&self) -> f32 {
-        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
-    /// `scale_model_input`: x / √(σ² + 1).
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let sigma = self.sigma_at(i)?;
-        Ok(sample.div_scalar((sigma * sigma + 1.0).sqrt()))
-    }
-
     /// One ancestral Euler step; always draws `randn(model_output.shape)`.
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -135,9 +96,9 @@ impl EulerAncestralDiscreteScheduler {
         options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let sigma = self.sigma_at(i)?;
-        let sigma_to = self.sigma_at(i + 1)?;
+        let i = self.state.current_index(timestep)?;
+        let sigma = self.state.sigma_at(i)?;
+        let sigma_to = self.state.sigma_at(i + 1)?;
         // As Euler: `sample` is upcast to float32, the products with the half-precision
         // `model_output` and noise are rounded to its dtype, the result cast back.
         let half = options.noise_dtype;
@@ -156,32 +117,10 @@ impl EulerAncestralDiscreteScheduler {
         let prev = sample + derivative.mul_scalar(dt);
         let noise = noise_like(&model_output, generator, options.noise_dtype)?;
         let prev = round_tensor(prev + round_tensor(noise.mul_scalar(sigma_up), half), half);
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,
             pred_original_sample: Some(pred),
         })
-    }
-
-    /// `add_noise`: x0 + z·σ.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        crate::common::k_add_noise(
-            &self.index,
-            &self.timesteps,
-            &self.sigmas,
-            original,
-            noise,
-            timesteps,
-        )
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
     }
 }

@@ -1,14 +1,18 @@
 //! `EulerDiscreteScheduler`: Euler steps on the k-diffusion sigma schedule, with optional
 //! churn (noise) and karras / exponential sigmas.
 
-use crate::common::{
-    Prediction, Spacing, check_sigma_flags, exponential_sigmas, karras_sigmas, noise_like,
-    np_interp, sigma_to_t, spacing_timesteps, torch_linspace_f32, train_sigmas, unsupported,
-    v_prediction_x0_in,
-};
+use crate::array_math::torch_linspace_f32;
+use crate::betas::train_sigmas;
+use crate::interpolation::{np_interp, sigma_to_t};
 use crate::precision::{mul_left, round_tensor};
+use crate::prediction::{Prediction, v_prediction_x0_in};
+use crate::random::noise_like;
+use crate::sigma_schedules::{check_sigma_flags, exponential_sigmas, karras_sigmas};
+use crate::timestep_spacing::{Spacing, spacing_timesteps};
+use crate::unsupported;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::EulerDiscreteSchedulerConfig;
@@ -22,16 +26,16 @@ pub struct EulerDiscreteScheduler {
     prediction: Prediction,
     spacing: Spacing,
     continuous: bool,
-    alphas_cumprod: Vec<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
-    num_inference_steps: Option<usize>,
-    index: StepIndex,
+    state: SchedulerState,
 }
 
-impl EulerDiscreteScheduler {
+impl SchedulerMixin for EulerDiscreteScheduler {
+    type Config = EulerDiscreteSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: EulerDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: EulerDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -67,9 +71,9 @@ impl EulerDiscreteScheduler {
             "continuous" => prediction == Prediction::VPrediction,
             other => return Err(unsupported(CLASS, "timestep_type", other)),
         };
-        let ac = crate::common::alphas_cumprod_zero_snr(
+        let ac = crate::betas::alphas_cumprod_zero_snr(
             CLASS,
-            &crate::common::beta_config!(config),
+            &crate::betas::beta_config!(config),
             config.rescale_betas_zero_snr,
         )?;
         let mut sigmas: Vec<f32> = train_sigmas(&ac);
@@ -77,10 +81,10 @@ impl EulerDiscreteScheduler {
         let timesteps: Vec<f64> = if continuous {
             sigmas
                 .iter()
-                .map(|s| f64::from(0.25 * crate::common::torch_log_f32(*s)))
+                .map(|s| f64::from(0.25 * crate::float_kernels::torch_log_f32(*s)))
                 .collect()
         } else {
-            crate::common::initial_timesteps(config.num_train_timesteps)
+            crate::timestep_spacing::initial_timesteps(config.num_train_timesteps)
         };
         sigmas.push(0.0);
         Ok(Self {
@@ -88,21 +92,12 @@ impl EulerDiscreteScheduler {
             prediction,
             spacing,
             continuous,
-            alphas_cumprod: ac,
-            timesteps,
-            sigmas,
-            num_inference_steps: None,
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::Sigma(spacing), timesteps, sigmas, ac),
         })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &EulerDiscreteSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps | timesteps | sigmas)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         let c = &self.config;
         let karras = c.use_karras_sigmas.unwrap_or(false);
         let exponential = c.use_exponential_sigmas.unwrap_or(false);
@@ -119,17 +114,21 @@ impl EulerDiscreteScheduler {
                 "{CLASS}: cannot set `timesteps` with continuous v-prediction timesteps"
             )));
         }
-        let train = train_sigmas(&self.alphas_cumprod);
+        let train = train_sigmas(&self.state.alphas_cumprod);
         let log_sigmas: Vec<f32> = train
             .iter()
-            .map(|s| crate::common::numpy_log_f32(*s))
+            .map(|s| crate::float_kernels::numpy_log_f32(*s))
             .collect();
         let (timesteps, sigmas): (Vec<f64>, Vec<f32>) = if let Some(custom) = &request.sigmas {
             let sig: Vec<f32> = custom.iter().map(|s| *s as f32).collect();
             let ts = sig[..sig.len().saturating_sub(1)]
                 .iter()
                 .map(|s| {
-                    crate::common::sigma_to_t_f32(*s, &log_sigmas, crate::common::SigmaToT::Numpy)
+                    crate::interpolation::sigma_to_t_f32(
+                        *s,
+                        &log_sigmas,
+                        crate::interpolation::SigmaToT::Numpy,
+                    )
                 })
                 .collect();
             (ts, sig)
@@ -155,12 +154,12 @@ impl EulerDiscreteScheduler {
                 };
                 // `np.log` of float32 numpy scalars, then torch's `exp` of the float32 linspace.
                 torch_linspace_f32(
-                    crate::common::numpy_log_f32(*last),
-                    crate::common::numpy_log_f32(*first),
+                    crate::float_kernels::numpy_log_f32(*last),
+                    crate::float_kernels::numpy_log_f32(*first),
                     n + 1,
                 )
                 .into_iter()
-                .map(|v| f64::from(crate::common::torch_exp_f32(v)))
+                .map(|v| f64::from(crate::float_kernels::torch_exp_f32(v)))
                 .collect()
             } else {
                 np_interp(&ts, &train)
@@ -178,11 +177,11 @@ impl EulerDiscreteScheduler {
                 sig = exponential_sigmas(range.0, range.1, n);
                 ts = sig.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
             } else if c.use_beta_sigmas.unwrap_or(false) {
-                sig = crate::common::beta_sigmas(range.0, range.1, n);
+                sig = crate::sigma_schedules::beta_sigmas(range.0, range.1, n);
                 ts = sig.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
             }
             let last = if c.final_sigmas_type == "sigma_min" {
-                let a0 = self.alphas_cumprod[0];
+                let a0 = self.state.alphas_cumprod[0];
                 f64::from(((1.0 - a0) / a0).sqrt())
             } else {
                 0.0
@@ -190,57 +189,22 @@ impl EulerDiscreteScheduler {
             sig.push(last);
             (ts, sig.into_iter().map(|s| s as f32).collect())
         };
-        self.timesteps = if self.continuous {
+        self.state.timesteps = if self.continuous {
             sigmas[..sigmas.len().saturating_sub(1)]
                 .iter()
-                .map(|s| f64::from(0.25 * crate::common::torch_log_f32(*s)))
+                .map(|s| f64::from(0.25 * crate::float_kernels::torch_log_f32(*s)))
                 .collect()
         } else {
             timesteps.into_iter().map(|t| f64::from(t as f32)).collect()
         };
-        self.num_inference_steps = Some(self.timesteps.len());
-        self.sigmas = sigmas;
-        self.index = StepIndex::default();
+        self.state.num_inference_steps = Some(self.state.timesteps.len());
+        self.state.sigmas = sigmas;
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (float32 values).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas, one more than the timesteps.
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
-    pub fn init_noise_sigma(&self) -> f32 {
-        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
-    }
-
-    /// The index bookkeeping (`step_index`, `begin_index`).
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// `scale_model_input`: x / √(σ² + 1).
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let sigma = self.sigma_at(i)?;
-        Ok(sample.div_scalar((sigma * sigma + 1.0).sqrt()))
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
     /// One Euler step (with churn when `options.s_churn > 0`).
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -248,11 +212,11 @@ impl EulerDiscreteScheduler {
         options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let sigma = self.sigma_at(i)?;
-        let sigma_next = self.sigma_at(i + 1)?;
+        let i = self.state.current_index(timestep)?;
+        let sigma = self.state.sigma_at(i)?;
+        let sigma_next = self.state.sigma_at(i + 1)?;
         let gamma = if options.s_tmin <= sigma && sigma <= options.s_tmax {
-            (options.s_churn / (self.sigmas.len() - 1) as f32).min(2f32.sqrt() - 1.0)
+            (options.s_churn / (self.state.sigmas.len() - 1) as f32).min(2f32.sqrt() - 1.0)
         } else {
             0.0
         };
@@ -282,32 +246,10 @@ impl EulerDiscreteScheduler {
         let derivative = (sample.clone() - pred.clone()).div_scalar(sigma_hat);
         let dt = sigma_next - sigma_hat;
         let prev = round_tensor(sample + derivative.mul_scalar(dt), half);
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,
             pred_original_sample: Some(pred),
         })
-    }
-
-    /// `add_noise`: x0 + z·σ at the timesteps' (or the begin index's) sigma.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        crate::common::k_add_noise(
-            &self.index,
-            &self.timesteps,
-            &self.sigmas,
-            original,
-            noise,
-            timesteps,
-        )
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
     }
 }

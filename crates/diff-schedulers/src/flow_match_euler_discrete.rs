@@ -1,11 +1,13 @@
 //! `FlowMatchEulerDiscreteScheduler`: Euler steps for rectified-flow models (SD3, Flux), with
 //! static or dynamic (resolution-dependent `mu`) shifting.
 
-use crate::common::{
-    check_sigma_flags, exponential_sigmas, karras_sigmas, noise_like, np_linspace, unsupported,
-};
+use crate::array_math::np_linspace;
+use crate::random::noise_like;
+use crate::sigma_schedules::{check_sigma_flags, exponential_sigmas, karras_sigmas};
+use crate::unsupported;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::FlowMatchEulerDiscreteSchedulerConfig;
@@ -19,14 +21,16 @@ pub struct FlowMatchEulerDiscreteScheduler {
     shift: f64,
     sigma_min: f64,
     sigma_max: f64,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
-    index: StepIndex,
+    state: SchedulerState,
 }
 
-impl FlowMatchEulerDiscreteScheduler {
+impl SchedulerMixin for FlowMatchEulerDiscreteScheduler {
+    type Config = FlowMatchEulerDiscreteSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: FlowMatchEulerDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: FlowMatchEulerDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
         check_sigma_flags(
             CLASS,
             config.use_karras_sigmas,
@@ -62,24 +66,12 @@ impl FlowMatchEulerDiscreteScheduler {
             config,
             sigma_min,
             sigma_max,
-            timesteps,
-            sigmas,
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::FlowMatch, timesteps, sigmas, Vec::new()),
         })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &FlowMatchEulerDiscreteSchedulerConfig {
-        &self.config
-    }
-
-    /// `set_shift`.
-    pub fn set_shift(&mut self, shift: f64) {
-        self.shift = shift;
-    }
-
     /// `set_timesteps(num_inference_steps | sigmas | timesteps, mu)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         let c = &self.config;
         let t_train = c.num_train_timesteps as f64;
         if c.use_dynamic_shifting && request.mu.is_none() {
@@ -151,7 +143,7 @@ impl FlowMatchEulerDiscreteScheduler {
         } else if c.use_exponential_sigmas {
             sig = exponential_sigmas(min, max, n);
         } else if c.use_beta_sigmas {
-            sig = crate::common::beta_sigmas(min, max, n);
+            sig = crate::sigma_schedules::beta_sigmas(min, max, n);
         }
         let mut sigmas: Vec<f32> = sig.into_iter().map(|s| s as f32).collect();
         let scale = c.num_train_timesteps as f32;
@@ -166,48 +158,14 @@ impl FlowMatchEulerDiscreteScheduler {
         } else {
             sigmas.push(0.0);
         }
-        self.timesteps = timesteps;
-        self.sigmas = sigmas;
-        self.index = StepIndex::default();
+        self.state.timesteps = timesteps;
+        self.state.sigmas = sigmas;
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (σ·T in float32).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas, one more than the timesteps.
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// diffusers' flow-matching scheduler has no `init_noise_sigma`; pipelines do not scale
-    /// their latents, which is what 1.0 means here.
-    pub fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// The class has no `scale_model_input`; the identity.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        _timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
     /// One Euler step of the flow ODE (or the stochastic re-noising variant).
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -215,9 +173,9 @@ impl FlowMatchEulerDiscreteScheduler {
         options: &StepOptions,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let sigma = self.sigma_at(i)?;
-        let sigma_next = self.sigma_at(i + 1)?;
+        let i = self.state.current_index(timestep)?;
+        let sigma = self.state.sigma_at(i)?;
+        let sigma_next = self.state.sigma_at(i + 1)?;
         let prev = if self.config.stochastic_sampling {
             let x0 = sample.clone() - model_output.mul_scalar(sigma);
             let noise = noise_like(&sample, generator, options.noise_dtype)?;
@@ -225,30 +183,17 @@ impl FlowMatchEulerDiscreteScheduler {
         } else {
             sample + model_output.mul_scalar(sigma_next - sigma)
         };
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,
             pred_original_sample: None,
         })
     }
+}
 
-    /// `scale_noise` (the flow-matching counterpart of `add_noise`, used by img2img):
-    /// σ·z + (1 − σ)·x0.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let sigmas =
-            crate::common::noise_sigmas(&self.index, &self.timesteps, &self.sigmas, timesteps)?;
-        crate::per_batch(original, noise, &sigmas, |x, z, s| {
-            z.mul_scalar(s) + x.mul_scalar(1.0 - s)
-        })
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
+impl FlowMatchEulerDiscreteScheduler {
+    /// `set_shift`.
+    pub fn set_shift(&mut self, shift: f64) {
+        self.shift = shift;
     }
 }

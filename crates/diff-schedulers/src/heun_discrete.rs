@@ -1,9 +1,13 @@
 //! `HeunDiscreteScheduler`: Heun's second-order method on the k-diffusion sigmas (two model
 //! calls per interval, the last interval Euler only).
 
-use crate::common::{Prediction, Spacing, check_sigma_flags, k_alphas, k_schedule, k_x0};
+use crate::betas::{alphas_cumprod_of, beta_config};
+use crate::prediction::{Prediction, k_x0};
+use crate::sigma_schedules::{check_sigma_flags, k_schedule};
+use crate::timestep_spacing::Spacing;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::HeunDiscreteSchedulerConfig;
@@ -16,18 +20,21 @@ pub struct HeunDiscreteScheduler {
     config: HeunDiscreteSchedulerConfig,
     prediction: Prediction,
     spacing: Spacing,
-    alphas_cumprod: Vec<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
+    state: SchedulerState,
     /// First-stage state: derivative, dt and sample (diffusers' `prev_derivative`, `dt`,
     /// `sample`), flattened.
     first_stage: Option<(Tensor<1>, f32, Tensor<1>)>,
-    index: StepIndex,
 }
 
-impl HeunDiscreteScheduler {
+impl SchedulerMixin for HeunDiscreteScheduler {
+    const ORDER: usize = 2;
+
+    type Config = HeunDiscreteSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: HeunDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: HeunDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -44,38 +51,22 @@ impl HeunDiscreteScheduler {
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
         )?;
-        let ac = k_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &["exp"],
-        )?;
+        let ac = alphas_cumprod_of(CLASS, &beta_config!(config), false, &["exp"])?;
         let mut s = Self {
             config,
             prediction,
             spacing,
-            alphas_cumprod: ac,
-            timesteps: Vec::new(),
-            sigmas: Vec::new(),
             first_stage: None,
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::Sigma(spacing), Vec::new(), Vec::new(), ac),
         };
         // diffusers' __init__ calls set_timesteps(num_train_timesteps).
         let n = s.config.num_train_timesteps;
-        s.set_timesteps(&TimestepsRequest::steps(n))?;
+        s.set_timesteps(n)?;
         Ok(s)
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &HeunDiscreteSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps | timesteps)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.sigmas.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS} takes no custom sigmas"
@@ -90,14 +81,14 @@ impl HeunDiscreteScheduler {
                 )));
             }
             let ts: Vec<f64> = custom.iter().map(|t| f64::from(*t as f32)).collect();
-            let train = crate::common::train_sigmas(&self.alphas_cumprod);
-            let sig = crate::common::np_interp(&ts, &train);
+            let train = crate::betas::train_sigmas(&self.state.alphas_cumprod);
+            let sig = crate::interpolation::np_interp(&ts, &train);
             (ts, sig)
         } else {
             let n = request.resolved_steps(CLASS)?;
             let (ts, sig, _) = k_schedule(
                 self.spacing,
-                &self.alphas_cumprod,
+                &self.state.alphas_cumprod,
                 n,
                 c.steps_offset,
                 c.use_karras_sigmas,
@@ -109,57 +100,22 @@ impl HeunDiscreteScheduler {
         };
         let mut s32: Vec<f32> = sig.into_iter().map(|v| v as f32).collect();
         s32.push(0.0);
-        let sigmas = crate::common::interleave_inner(&s32);
+        let sigmas = crate::array_math::interleave_inner(&s32);
         let ts32: Vec<f64> = ts.iter().map(|t| f64::from(*t as f32)).collect();
         let mut timesteps = vec![ts32[0]];
         for t in &ts32[1..] {
             timesteps.push(*t);
             timesteps.push(*t);
         }
-        self.timesteps = timesteps;
-        self.sigmas = sigmas;
+        self.state.timesteps = timesteps;
+        self.state.sigmas = sigmas;
         self.first_stage = None;
-        self.index = StepIndex::default();
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (2n − 1 entries: every one but the first repeated).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas (2n entries).
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
-    pub fn init_noise_sigma(&self) -> f32 {
-        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
-    /// `scale_model_input`: x / √(σ² + 1) with σ = `sigmas[step_index]`.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let sigma = self.sigma_at(i)?;
-        Ok(sample.div_scalar((sigma * sigma + 1.0).sqrt()))
-    }
-
     /// One Heun stage.
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -167,18 +123,18 @@ impl HeunDiscreteScheduler {
         _options: &StepOptions,
         _generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let dims = sample.dims();
         let first = self.first_stage.is_none();
         let (sigma, sigma_next) = if first {
-            (self.sigma_at(i)?, self.sigma_at(i + 1)?)
+            (self.state.sigma_at(i)?, self.state.sigma_at(i + 1)?)
         } else {
             (
-                self.sigma_at(
+                self.state.sigma_at(
                     i.checked_sub(1)
                         .ok_or(SchedulerError::StepOutOfRange { index: 0, len: 0 })?,
                 )?,
-                self.sigma_at(i)?,
+                self.state.sigma_at(i)?,
             )
         };
         let sigma_hat = sigma;
@@ -204,32 +160,10 @@ impl HeunDiscreteScheduler {
                 stored + derivative.mul_scalar(dt)
             }
         };
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev.reshape(dims),
             pred_original_sample: Some(x0),
         })
-    }
-
-    /// `add_noise`: x0 + z·σ.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        crate::common::k_add_noise(
-            &self.index,
-            &self.timesteps,
-            &self.sigmas,
-            original,
-            noise,
-            timesteps,
-        )
-    }
-
-    /// `order` (2).
-    pub fn order(&self) -> usize {
-        2
     }
 }

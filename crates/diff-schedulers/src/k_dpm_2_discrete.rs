@@ -2,18 +2,19 @@
 //! midpoint sigma, then the full step with the midpoint derivative). The ancestral variant in
 //! `k_dpm_2_ancestral_discrete` shares the machinery here.
 
-use crate::common::{
-    Prediction, SigmaToT, Spacing, check_sigma_flags, interleave_pairs, k_alphas, k_schedule, k_x0,
-    lerp_half, noise_like, sigma_to_t_f32, torch_exp_f32, torch_log_f32,
-};
+use crate::array_math::{interleave_pairs, lerp_half};
+use crate::float_kernels::{torch_exp_f32, torch_log_f32};
+use crate::interpolation::{SigmaToT, sigma_to_t_f32};
+use crate::prediction::{Prediction, k_x0};
+use crate::random::noise_like;
+use crate::sigma_schedules::{check_sigma_flags, k_schedule};
+use crate::timestep_spacing::Spacing;
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    NoiseDtype, NoiseKind, SchedulerError, SchedulerOutput, SchedulerState, StepIndex,
+    TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::KDPM2DiscreteSchedulerConfig;
-
-const CLASS: &str = "KDPM2DiscreteScheduler";
 
 /// The tables and state shared by KDPM2 and KDPM2 ancestral.
 #[derive(Debug, Clone)]
@@ -22,15 +23,12 @@ pub(crate) struct KDpm2Core {
     pub(crate) ancestral: bool,
     pub(crate) prediction: Prediction,
     pub(crate) spacing: Spacing,
-    pub(crate) alphas_cumprod: Vec<f32>,
-    pub(crate) timesteps: Vec<f64>,
-    pub(crate) sigmas: Vec<f32>,
+    pub(crate) state: SchedulerState,
     pub(crate) sigmas_interpol: Vec<f32>,
     pub(crate) sigmas_up: Vec<f32>,
     pub(crate) sigmas_down: Vec<f32>,
     /// The sample stored by the first stage (diffusers' `self.sample`), flattened.
     pub(crate) stored: Option<Tensor<1>>,
-    pub(crate) index: StepIndex,
 }
 
 impl KDpm2Core {
@@ -56,7 +54,7 @@ impl KDpm2Core {
         )?;
         if prediction == Prediction::Sample {
             // diffusers raises NotImplementedError for `sample` in both KDPM2 schedulers.
-            return Err(crate::common::unsupported(
+            return Err(crate::unsupported(
                 class,
                 "prediction_type",
                 prediction_type,
@@ -69,14 +67,11 @@ impl KDpm2Core {
             ancestral,
             prediction,
             spacing,
-            alphas_cumprod: alphas?,
-            timesteps: Vec::new(),
-            sigmas: Vec::new(),
             sigmas_interpol: Vec::new(),
             sigmas_up: Vec::new(),
             sigmas_down: Vec::new(),
             stored: None,
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::Sigma(spacing), Vec::new(), Vec::new(), alphas?),
         })
     }
 
@@ -97,7 +92,7 @@ impl KDpm2Core {
         let n = request.resolved_steps(self.class)?;
         let (ts, sig, log_sigmas) = k_schedule(
             self.spacing,
-            &self.alphas_cumprod,
+            &self.state.alphas_cumprod,
             n,
             steps_offset,
             karras,
@@ -162,18 +157,14 @@ impl KDpm2Core {
             timesteps.push(cast(*a));
             timesteps.push(*b);
         }
-        self.timesteps = timesteps;
-        self.sigmas = interleave_pairs(&s);
+        self.state.timesteps = timesteps;
+        self.state.sigmas = interleave_pairs(&s);
         self.sigmas_interpol = interleave_pairs(&interpol);
         self.sigmas_up = interleave_pairs(&up);
         self.sigmas_down = interleave_pairs(&down);
         self.stored = None;
-        self.index = StepIndex::default();
+        self.state.index = StepIndex::default();
         Ok(())
-    }
-
-    pub(crate) fn init_noise_sigma(&self) -> f32 {
-        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
     }
 
     fn at(table: &[f32], i: Option<usize>) -> Result<f32, SchedulerError> {
@@ -189,9 +180,9 @@ impl KDpm2Core {
         sample: Tensor<D>,
         timestep: f64,
     ) -> Result<Tensor<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let sigma = if self.stored.is_none() {
-            Self::at(&self.sigmas, Some(i))?
+            Self::at(&self.state.sigmas, Some(i))?
         } else if self.ancestral {
             Self::at(&self.sigmas_interpol, i.checked_sub(1))?
         } else {
@@ -208,13 +199,13 @@ impl KDpm2Core {
         noise_dtype: NoiseDtype,
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
+        let i = self.state.current_index(timestep)?;
         let first = self.stored.is_none();
         let prev_i = i.checked_sub(1);
         let (sigma, sigma_interpol, sigma_next, sigma_up, sigma_down) = if self.ancestral {
             if first {
                 (
-                    Self::at(&self.sigmas, Some(i))?,
+                    Self::at(&self.state.sigmas, Some(i))?,
                     Self::at(&self.sigmas_interpol, Some(i))?,
                     0.0,
                     Self::at(&self.sigmas_up, Some(i))?,
@@ -226,7 +217,7 @@ impl KDpm2Core {
                 )
             } else {
                 (
-                    Self::at(&self.sigmas, prev_i)?,
+                    Self::at(&self.state.sigmas, prev_i)?,
                     Self::at(&self.sigmas_interpol, prev_i)?,
                     0.0,
                     Self::at(&self.sigmas_up, prev_i)?,
@@ -235,17 +226,17 @@ impl KDpm2Core {
             }
         } else if first {
             (
-                Self::at(&self.sigmas, Some(i))?,
+                Self::at(&self.state.sigmas, Some(i))?,
                 Self::at(&self.sigmas_interpol, Some(i + 1))?,
-                Self::at(&self.sigmas, Some(i + 1))?,
+                Self::at(&self.state.sigmas, Some(i + 1))?,
                 0.0,
                 0.0,
             )
         } else {
             (
-                Self::at(&self.sigmas, prev_i)?,
+                Self::at(&self.state.sigmas, prev_i)?,
                 Self::at(&self.sigmas_interpol, Some(i))?,
-                Self::at(&self.sigmas, Some(i))?,
+                Self::at(&self.state.sigmas, Some(i))?,
                 0.0,
                 0.0,
             )
@@ -285,145 +276,107 @@ impl KDpm2Core {
                 prev
             }
         };
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev.reshape(dims),
             pred_original_sample: Some(x0),
         })
     }
-
-    pub(crate) fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        crate::common::k_add_noise(
-            &self.index,
-            &self.timesteps,
-            &self.sigmas,
-            original,
-            noise,
-            timesteps,
-        )
-    }
 }
 
-/// diffusers' `KDPM2DiscreteScheduler`.
-#[derive(Debug, Clone)]
-pub struct KDPM2DiscreteScheduler {
-    config: KDPM2DiscreteSchedulerConfig,
-    core: KDpm2Core,
+/// Declares a KDPM2 class (the struct: its config and the shared [`KDpm2Core`], and its
+/// `SchedulerMixin` impl); the two classes differ only in their config struct and `ancestral`.
+macro_rules! kdpm2_class {
+    ($(#[$meta:meta])* $name:ident, $config:ty, ancestral: $ancestral:expr) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            config: $config,
+            core: $crate::k_dpm_2_discrete::KDpm2Core,
+        }
+
+        impl $crate::SchedulerMixin for $name {
+            const ORDER: usize = 2;
+
+            type Config = $config;
+
+            $crate::mixin::state_accessors!(core.state);
+
+            /// Builds the scheduler (diffusers' `__init__`), validating every option.
+            fn new(config: $config) -> Result<Self, $crate::SchedulerError> {
+                use diff_format::configs::scheduler::SchedulerConfigClass;
+                let class = <$config as SchedulerConfigClass>::CLASS_NAME;
+                let alphas = $crate::betas::alphas_cumprod_of(
+                    class,
+                    &$crate::betas::beta_config!(config),
+                    false,
+                    &[],
+                );
+                let mut core = $crate::k_dpm_2_discrete::KDpm2Core::new(
+                    class,
+                    $ancestral,
+                    &config.prediction_type,
+                    &config.timestep_spacing,
+                    config.use_karras_sigmas,
+                    config.use_exponential_sigmas,
+                    config.use_beta_sigmas,
+                    alphas,
+                )?;
+                core.set_timesteps(
+                    &$crate::TimestepsRequest::steps(config.num_train_timesteps),
+                    config.steps_offset,
+                    config.use_karras_sigmas,
+                    config.use_exponential_sigmas,
+                    config.use_beta_sigmas,
+                )?;
+                Ok(Self { config, core })
+            }
+
+            /// `set_timesteps(num_inference_steps)`.
+            fn set_timesteps_with(
+                &mut self,
+                request: &$crate::TimestepsRequest,
+            ) -> Result<(), $crate::SchedulerError> {
+                let c = &self.config;
+                self.core.set_timesteps(
+                    request,
+                    c.steps_offset,
+                    c.use_karras_sigmas,
+                    c.use_exponential_sigmas,
+                    c.use_beta_sigmas,
+                )
+            }
+
+            /// `scale_model_input`: x / √(σ² + 1) with the stage's σ.
+            fn scale_model_input<const D: usize>(
+                &mut self,
+                sample: burn::tensor::Tensor<D>,
+                timestep: f64,
+            ) -> Result<burn::tensor::Tensor<D>, $crate::SchedulerError> {
+                self.core.scale_model_input(sample, timestep)
+            }
+
+            /// One DPM2 stage (the ancestral class's second stage draws
+            /// `randn(model_output.shape)`).
+            fn step<const D: usize>(
+                &mut self,
+                model_output: burn::tensor::Tensor<D>,
+                timestep: f64,
+                sample: burn::tensor::Tensor<D>,
+                options: &$crate::StepOptions,
+                generator: Option<&mut [$crate::TorchGenerator]>,
+            ) -> Result<$crate::SchedulerOutput<D>, $crate::SchedulerError> {
+                self.core
+                    .step(model_output, timestep, sample, options.noise_dtype, generator)
+            }
+        }
+    };
 }
+pub(crate) use kdpm2_class;
 
-impl KDPM2DiscreteScheduler {
-    /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: KDPM2DiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
-        let alphas = k_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
-        );
-        let mut core = KDpm2Core::new(
-            CLASS,
-            false,
-            &config.prediction_type,
-            &config.timestep_spacing,
-            config.use_karras_sigmas,
-            config.use_exponential_sigmas,
-            config.use_beta_sigmas,
-            alphas,
-        )?;
-        core.set_timesteps(
-            &TimestepsRequest::steps(config.num_train_timesteps),
-            config.steps_offset,
-            config.use_karras_sigmas,
-            config.use_exponential_sigmas,
-            config.use_beta_sigmas,
-        )?;
-        Ok(Self { config, core })
-    }
-
-    /// The config, for re-save.
-    pub fn config(&self) -> &KDPM2DiscreteSchedulerConfig {
-        &self.config
-    }
-
-    /// `set_timesteps(num_inference_steps)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
-        let c = &self.config;
-        self.core.set_timesteps(
-            request,
-            c.steps_offset,
-            c.use_karras_sigmas,
-            c.use_exponential_sigmas,
-            c.use_beta_sigmas,
-        )
-    }
-
-    /// The inference timesteps (2n − 1 entries, midpoints interleaved).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.core.timesteps
-    }
-
-    /// The sigmas (2n + 2 entries, as diffusers lays them out).
-    pub fn sigmas(&self) -> &[f32] {
-        &self.core.sigmas
-    }
-
-    /// `init_noise_sigma`.
-    pub fn init_noise_sigma(&self) -> f32 {
-        self.core.init_noise_sigma()
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.core.index
-    }
-
-    /// `scale_model_input`: x / √(σ² + 1) with the stage's σ.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        self.core.scale_model_input(sample, timestep)
-    }
-
-    /// One DPM2 stage.
-    pub fn step<const D: usize>(
-        &mut self,
-        model_output: Tensor<D>,
-        timestep: f64,
-        sample: Tensor<D>,
-        options: &StepOptions,
-        generator: Option<&mut [TorchGenerator]>,
-    ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        self.core.step(
-            model_output,
-            timestep,
-            sample,
-            options.noise_dtype,
-            generator,
-        )
-    }
-
-    /// `add_noise`: x0 + z·σ.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        self.core.add_noise(original, noise, timesteps)
-    }
-
-    /// `order` (2).
-    pub fn order(&self) -> usize {
-        2
-    }
-}
+kdpm2_class!(
+    /// diffusers' `KDPM2DiscreteScheduler`.
+    KDPM2DiscreteScheduler,
+    KDPM2DiscreteSchedulerConfig,
+    ancestral: false
+);

@@ -1,10 +1,14 @@
 //! `LCMScheduler`: latent consistency models (multi-step consistency sampling, noise at every
 //! step but the last).
 
-use crate::common::{Prediction, ddpm_x0, noise_like, np_linspace_open};
-use crate::ddim::{add_noise_ddpm, clip_or_threshold, ddpm_family_alphas};
+use crate::array_math::np_linspace_open;
+use crate::betas::{alphas_cumprod_of, beta_config};
+use crate::prediction::clip_or_threshold;
+use crate::prediction::{Prediction, ddpm_x0};
+use crate::random::noise_like;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::LCMSchedulerConfig;
@@ -77,16 +81,17 @@ pub(crate) fn consistency_timesteps(
 pub struct LCMScheduler {
     config: LCMSchedulerConfig,
     prediction: Prediction,
-    alphas_cumprod: Vec<f32>,
+    state: SchedulerState,
     final_alpha_cumprod: f32,
-    timesteps: Vec<f64>,
-    num_inference_steps: Option<usize>,
-    index: StepIndex,
 }
 
-impl LCMScheduler {
+impl SchedulerMixin for LCMScheduler {
+    type Config = LCMSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: LCMSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: LCMSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -96,13 +101,9 @@ impl LCMScheduler {
                 Prediction::VPrediction,
             ],
         )?;
-        let ac = ddpm_family_alphas(
+        let ac = alphas_cumprod_of(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
+            &beta_config!(config),
             config.rescale_betas_zero_snr,
             &[],
         )?;
@@ -114,21 +115,13 @@ impl LCMScheduler {
         Ok(Self {
             config,
             prediction,
-            alphas_cumprod: ac,
             final_alpha_cumprod,
-            timesteps,
-            num_inference_steps: None,
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::AlphasCumprod, timesteps, Vec::new(), ac),
         })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &LCMSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps | timesteps, original_inference_steps, strength)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.sigmas.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS} takes no custom sigmas"
@@ -149,48 +142,14 @@ impl LCMScheduler {
         let origin: Vec<i64> = (1..=((original as f64 * strength) as i64))
             .map(|i| i * k - 1)
             .collect();
-        self.timesteps = consistency_timesteps(CLASS, origin, t, request, original)?;
-        self.num_inference_steps = Some(self.timesteps.len());
-        self.index = StepIndex::default();
+        self.state.timesteps = consistency_timesteps(CLASS, origin, t, request, original)?;
+        self.state.num_inference_steps = Some(self.state.timesteps.len());
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (integers).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// `init_noise_sigma` (1.0).
-    pub fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// `scale_model_input`: the identity.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        _timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        if t < 0 {
-            return Ok(self.final_alpha_cumprod);
-        }
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
-    }
-
     /// One consistency step.
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -199,13 +158,18 @@ impl LCMScheduler {
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
         let n = self
+            .state
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialised(CLASS))?;
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let prev_t = self.timesteps.get(i + 1).copied().unwrap_or(timestep) as i64;
+        let i = self.state.current_index(timestep)?;
+        let prev_t = self.state.timesteps.get(i + 1).copied().unwrap_or(timestep) as i64;
         let t = timestep as i64;
-        let alpha_t = self.alpha(t)?;
-        let alpha_prev = self.alpha(prev_t)?;
+        let alpha_t = self
+            .state
+            .alpha_cumprod_or_final(t, self.final_alpha_cumprod)?;
+        let alpha_prev = self
+            .state
+            .alpha_cumprod_or_final(prev_t, self.final_alpha_cumprod)?;
         let beta_prev = 1.0 - alpha_prev;
         // The timestep is an int64 tensor; times a Python float it becomes float32.
         let scaled = t as f32 * self.config.timestep_scaling as f32;
@@ -233,25 +197,10 @@ impl LCMScheduler {
         } else {
             denoised.clone()
         };
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,
             pred_original_sample: Some(denoised),
         })
-    }
-
-    /// `add_noise`: √ᾱ_t·x0 + √(1-ᾱ_t)·z.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        add_noise_ddpm(&self.alphas_cumprod, original, noise, timesteps)
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
     }
 }

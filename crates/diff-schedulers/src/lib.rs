@@ -14,6 +14,30 @@
 //! **Must not know:** models, pipelines, the hub, file layouts. Configs come from
 //! `diff-format` (typed structs and the `from_config` rules); this crate only adds maths.
 //!
+//! **Layout.** Every class implements [`SchedulerMixin`] (diffusers' `SchedulerMixin` protocol:
+//! `set_timesteps_with`, `step`, `scale_model_input`, `add_noise`, `timesteps`, `sigmas`,
+//! `init_noise_sigma`, `order`, `set_begin_index`, `step_index`, `config_json`, `class_name`,
+//! `compatibles`) and embeds a [`SchedulerState`] (timesteps, sigmas, `alphas_cumprod`, step /
+//! begin index); the trait's default methods read that state and follow the class's
+//! [`NoiseKind`] (DDPM-style, k-diffusion σ, DPM-Solver α/σ, flow matching), so a class file
+//! holds only its own maths. [`Scheduler`], [`SCHEDULER_CLASSES`] and [`SCHEDULER_REGISTRY`]
+//! (class name, config keys, compatibles, order, builder) are all made from the one registry in
+//! `src/scheduler.rs`. The shared host maths is split by topic: `betas.rs` (betas and
+//! `alphas_cumprod`), `sigma_schedules.rs` (karras / exponential / beta sigmas, the k-diffusion
+//! schedule), `timestep_spacing.rs`, `interpolation.rs` (`np.interp`, `_sigma_to_t`,
+//! `index_for_timestep`), `prediction.rs` (x0 conversions, thresholding), `array_math.rs`
+//! (numpy / torch array ops), `dpm_family.rs` (the DPM-Solver family's shared steps) and
+//! `float_kernels.rs` (numpy's and torch's `log` / `exp`).
+//!
+//! **A new scheduler** is one file and one registry line: `src/<diffusers_module_name>.rs` with
+//! a struct holding `config` (its diff-format config struct) and `state: SchedulerState`, and an
+//! `impl SchedulerMixin` giving `type Config`, `state_accessors!()`, `new`,
+//! `set_timesteps_with` and `step` (plus `ORDER` or an override where the class differs from
+//! its [`NoiseKind`] defaults); then `Variant => module::Type;` in `registry!` in
+//! `src/scheduler.rs` (and `pub mod module;` here). Its config struct goes in
+//! `diff-format/src/configs/scheduler.rs`; its parity case in
+//! `tests/fixtures/10-schedulers/generate.py`.
+//!
 //! See `README.md` for the list of classes, the numerics and the measured parity with
 //! diffusers 0.42.1 (`tests/parity.rs`, `tests/rng.rs` against `tests/fixtures/10-schedulers`;
 //! `tests/dpmsolver_sde.rs` against `tests/fixtures/12-dpmsolver-sde`).
@@ -24,8 +48,9 @@
 //! when step noise has no seeded generator). Dev-only: `sha2` (hashing a 4 MB torch draw instead of storing it).
 #![deny(missing_docs)]
 
+mod array_math;
+mod betas;
 pub mod brownian_tree;
-mod common;
 pub mod ddim;
 pub mod ddpm;
 pub mod deis_multistep;
@@ -39,22 +64,31 @@ pub mod euler_discrete;
 mod float_kernels;
 pub mod flow_match_euler_discrete;
 pub mod heun_discrete;
+mod interpolation;
 pub mod k_dpm_2_ancestral_discrete;
 pub mod k_dpm_2_discrete;
 pub mod lcm;
 pub mod lms_discrete;
+mod mixin;
 pub mod pndm;
 pub mod precision;
+mod prediction;
 pub mod random;
 pub mod replay;
 mod scheduler;
+mod sigma_schedules;
 pub mod tcd;
+mod timestep_spacing;
 pub mod unipc_multistep;
 
-pub use common::Prediction;
+pub use mixin::{NoiseKind, SchedulerMixin, SchedulerState, StepIndex};
+pub use prediction::Prediction;
 pub use random::{NoiseDtype, TorchGenerator, randn_tensor, to_tensor};
 pub use replay::{ReplayOutput, replay_trace};
-pub use scheduler::{CONFIG_NAME, SCHEDULER_CLASSES, Scheduler};
+pub use scheduler::{
+    CONFIG_NAME, SCHEDULER_CLASSES, SCHEDULER_REGISTRY, Scheduler, SchedulerClass,
+};
+pub use timestep_spacing::Spacing;
 
 use burn::tensor::Tensor;
 
@@ -222,52 +256,6 @@ impl TimestepsRequest {
     }
 }
 
-/// The step index bookkeeping every diffusers scheduler shares (`_step_index`,
-/// `_begin_index`, `_init_step_index`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StepIndex {
-    /// The index of the next `step` in the schedule, once known.
-    pub step_index: Option<usize>,
-    /// The index a pipeline starts at (`set_begin_index`; img2img's strength).
-    pub begin_index: Option<usize>,
-}
-
-impl StepIndex {
-    /// The current index, initialising it from `timestep` (or the begin index) on first use.
-    pub fn current(&mut self, schedule: &[f64], timestep: f64) -> Result<usize, SchedulerError> {
-        if let Some(i) = self.step_index {
-            return Ok(i);
-        }
-        let i = match self.begin_index {
-            Some(b) => b,
-            None => common::index_for_timestep(schedule, timestep)?,
-        };
-        self.step_index = Some(i);
-        Ok(i)
-    }
-
-    /// Moves on by `n` entries.
-    pub fn advance(&mut self, n: usize) {
-        self.step_index = Some(self.step_index.unwrap_or(0) + n);
-    }
-
-    /// The schedule indices `add_noise` uses for each batch item's timestep.
-    pub fn noise_indices(
-        &self,
-        schedule: &[f64],
-        timesteps: &[f64],
-    ) -> Result<Vec<usize>, SchedulerError> {
-        match (self.begin_index, self.step_index) {
-            (None, _) => timesteps
-                .iter()
-                .map(|t| common::index_for_timestep(schedule, *t))
-                .collect(),
-            (Some(_), Some(i)) => Ok(vec![i; timesteps.len()]),
-            (Some(b), None) => Ok(vec![b; timesteps.len()]),
-        }
-    }
-}
-
 /// Applies `f(x, z, scalar)` per batch item with that item's scalar (one scalar for all items
 /// when they agree), as diffusers broadcasts a per-item coefficient.
 pub(crate) fn per_batch<const D: usize>(
@@ -320,4 +308,13 @@ pub fn img2img_begin_index(num_inference_steps: usize, strength: f64, order: usi
     let init = ((num_inference_steps as f64 * strength) as usize).min(num_inference_steps);
     let t_start = num_inference_steps.saturating_sub(init);
     t_start * order
+}
+
+/// The typed error for an option value this port does not support (or diffusers rejects).
+pub(crate) fn unsupported(class: &'static str, key: &'static str, value: &str) -> SchedulerError {
+    SchedulerError::Unsupported {
+        class,
+        key,
+        value: value.to_string(),
+    }
 }

@@ -1,9 +1,13 @@
 //! `LMSDiscreteScheduler`: the linear multistep method on the k-diffusion sigmas (up to
 //! fourth order, coefficients from integrating the Lagrange basis between sigmas).
 
-use crate::common::{Prediction, Spacing, check_sigma_flags, k_alphas, k_schedule, k_x0};
+use crate::betas::{alphas_cumprod_of, beta_config};
+use crate::prediction::{Prediction, k_x0};
+use crate::sigma_schedules::{check_sigma_flags, k_schedule};
+use crate::timestep_spacing::Spacing;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::LMSDiscreteSchedulerConfig;
@@ -18,16 +22,17 @@ pub struct LMSDiscreteScheduler {
     config: LMSDiscreteSchedulerConfig,
     prediction: Prediction,
     spacing: Spacing,
-    alphas_cumprod: Vec<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
+    state: SchedulerState,
     derivatives: Vec<Tensor<1>>,
-    index: StepIndex,
 }
 
-impl LMSDiscreteScheduler {
+impl SchedulerMixin for LMSDiscreteScheduler {
+    type Config = LMSDiscreteSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: LMSDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: LMSDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -44,38 +49,22 @@ impl LMSDiscreteScheduler {
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
         )?;
-        let ac = k_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            &[],
-        )?;
-        let mut sigmas = crate::common::train_sigmas(&ac);
+        let ac = alphas_cumprod_of(CLASS, &beta_config!(config), false, &[])?;
+        let mut sigmas = crate::betas::train_sigmas(&ac);
         sigmas.reverse();
         sigmas.push(0.0);
-        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
+        let timesteps = crate::timestep_spacing::initial_timesteps(config.num_train_timesteps);
         Ok(Self {
             config,
             prediction,
             spacing,
-            alphas_cumprod: ac,
-            timesteps,
-            sigmas,
             derivatives: Vec::new(),
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::Sigma(spacing), timesteps, sigmas, ac),
         })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &LMSDiscreteSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.timesteps.is_some() || request.sigmas.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS}.set_timesteps takes only num_inference_steps"
@@ -85,7 +74,7 @@ impl LMSDiscreteScheduler {
         let c = &self.config;
         let (ts, sig, _) = k_schedule(
             self.spacing,
-            &self.alphas_cumprod,
+            &self.state.alphas_cumprod,
             n,
             c.steps_offset,
             c.use_karras_sigmas,
@@ -95,82 +84,15 @@ impl LMSDiscreteScheduler {
         );
         let mut sigmas: Vec<f32> = sig.into_iter().map(|v| v as f32).collect();
         sigmas.push(0.0);
-        self.timesteps = ts.into_iter().map(|t| f64::from(t as f32)).collect();
-        self.sigmas = sigmas;
+        self.state.timesteps = ts.into_iter().map(|t| f64::from(t as f32)).collect();
+        self.state.sigmas = sigmas;
         self.derivatives.clear();
-        self.index = StepIndex::default();
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (float32 values).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas, one more than the timesteps.
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// `init_noise_sigma`: max σ for linspace/trailing spacing, √(max σ² + 1) for leading.
-    pub fn init_noise_sigma(&self) -> f32 {
-        crate::common::k_init_noise_sigma(&self.sigmas, self.spacing)
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
-    /// `scale_model_input`: x / √(σ² + 1).
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let sigma = self.sigma_at(i)?;
-        Ok(sample.div_scalar((sigma * sigma + 1.0).sqrt()))
-    }
-
-    /// `get_lms_coefficient`: ∫ from σ_t to σ_{t+1} of the Lagrange basis polynomial of
-    /// `current` among the last `order` sigmas. diffusers integrates with `scipy.quad`; the
-    /// integrand is a polynomial of degree ≤ 3, which 3-point Gauss–Legendre integrates
-    /// exactly, so the results agree to rounding (float32 evaluation in diffusers).
-    fn lms_coefficient(
-        &self,
-        order: usize,
-        t: usize,
-        current: usize,
-    ) -> Result<f64, SchedulerError> {
-        let s = |i: usize| -> Result<f64, SchedulerError> { Ok(f64::from(self.sigma_at(i)?)) };
-        let basis = |tau: f64| -> Result<f64, SchedulerError> {
-            let mut prod = 1.0;
-            for k in 0..order {
-                if k == current {
-                    continue;
-                }
-                let sk = s(t - k)?;
-                prod *= (tau - sk) / (s(t - current)? - sk);
-            }
-            Ok(prod)
-        };
-        let (a, b) = (s(t)?, s(t + 1)?);
-        let half = (b - a) / 2.0;
-        let mid = (a + b) / 2.0;
-        let node = (3.0f64 / 5.0).sqrt();
-        let sum = 5.0 / 9.0 * basis(mid - half * node)?
-            + 8.0 / 9.0 * basis(mid)?
-            + 5.0 / 9.0 * basis(mid + half * node)?;
-        Ok(sum * half)
-    }
-
     /// One LMS step (order 4, lower while the history fills).
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -178,8 +100,8 @@ impl LMSDiscreteScheduler {
         _options: &StepOptions,
         _generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let sigma = self.sigma_at(i)?;
+        let i = self.state.current_index(timestep)?;
+        let sigma = self.state.sigma_at(i)?;
         let dims = sample.dims();
         let x0 = k_x0(self.prediction, model_output, sample.clone(), sigma);
         let x = sample.flatten::<1>(0, D - 1);
@@ -202,32 +124,45 @@ impl LMSDiscreteScheduler {
             Some(a) => x + a,
             None => x,
         };
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev.reshape(dims),
             pred_original_sample: Some(x0),
         })
     }
+}
 
-    /// `add_noise`: x0 + z·σ.
-    pub fn add_noise<const D: usize>(
+impl LMSDiscreteScheduler {
+    /// `get_lms_coefficient`: ∫ from σ_t to σ_{t+1} of the Lagrange basis polynomial of
+    /// `current` among the last `order` sigmas. diffusers integrates with `scipy.quad`; the
+    /// integrand is a polynomial of degree ≤ 3, which 3-point Gauss–Legendre integrates
+    /// exactly, so the results agree to rounding (float32 evaluation in diffusers).
+    fn lms_coefficient(
         &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        crate::common::k_add_noise(
-            &self.index,
-            &self.timesteps,
-            &self.sigmas,
-            original,
-            noise,
-            timesteps,
-        )
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
+        order: usize,
+        t: usize,
+        current: usize,
+    ) -> Result<f64, SchedulerError> {
+        let s =
+            |i: usize| -> Result<f64, SchedulerError> { Ok(f64::from(self.state.sigma_at(i)?)) };
+        let basis = |tau: f64| -> Result<f64, SchedulerError> {
+            let mut prod = 1.0;
+            for k in 0..order {
+                if k == current {
+                    continue;
+                }
+                let sk = s(t - k)?;
+                prod *= (tau - sk) / (s(t - current)? - sk);
+            }
+            Ok(prod)
+        };
+        let (a, b) = (s(t)?, s(t + 1)?);
+        let half = (b - a) / 2.0;
+        let mid = (a + b) / 2.0;
+        let node = (3.0f64 / 5.0).sqrt();
+        let sum = 5.0 / 9.0 * basis(mid - half * node)?
+            + 8.0 / 9.0 * basis(mid)?
+            + 5.0 / 9.0 * basis(mid + half * node)?;
+        Ok(sum * half)
     }
 }

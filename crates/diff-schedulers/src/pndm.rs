@@ -1,12 +1,14 @@
 //! `PNDMScheduler`: pseudo numerical methods for diffusion models (Runge–Kutta warm-up steps,
 //! then linear multistep; Stable Diffusion 1.x ships it with `skip_prk_steps`).
 
-use crate::common::{Prediction, Spacing, np_arange, np_linspace, np_round};
-use crate::ddim::{add_noise_ddpm, ddpm_family_alphas};
+use crate::array_math::{np_arange, np_linspace, np_round};
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::precision::{mul_left, round_tensor};
+use crate::prediction::Prediction;
+use crate::timestep_spacing::Spacing;
 use crate::{
-    NoiseDtype, SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest,
-    TorchGenerator,
+    NoiseDtype, NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState,
+    StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::PNDMSchedulerConfig;
@@ -20,63 +22,47 @@ pub struct PNDMScheduler {
     config: PNDMSchedulerConfig,
     prediction: Prediction,
     spacing: Spacing,
-    alphas_cumprod: Vec<f32>,
+    state: SchedulerState,
     final_alpha_cumprod: f32,
-    timesteps: Vec<f64>,
     prk_timesteps: Vec<i64>,
-    num_inference_steps: Option<usize>,
     counter: usize,
     /// Running Runge–Kutta sum (diffusers' `cur_model_output`, 0 when `None`).
     cur_model_output: Option<Tensor<1>>,
     cur_sample: Option<Tensor<1>>,
     ets: Vec<Tensor<1>>,
-    index: StepIndex,
 }
 
-impl PNDMScheduler {
+impl SchedulerMixin for PNDMScheduler {
+    type Config = PNDMSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: PNDMSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: PNDMSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
             &[Prediction::Epsilon, Prediction::VPrediction],
         )?;
         let spacing = Spacing::parse(CLASS, &config.timestep_spacing)?;
-        let ac = ddpm_family_alphas(
-            CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
-            false,
-            &[],
-        )?;
+        let ac = alphas_cumprod_of(CLASS, &beta_config!(config), false, &[])?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { ac[0] };
         Ok(Self {
             config,
             prediction,
             spacing,
-            alphas_cumprod: ac,
             final_alpha_cumprod,
-            timesteps: Vec::new(),
             prk_timesteps: Vec::new(),
-            num_inference_steps: None,
             counter: 0,
             cur_model_output: None,
             cur_sample: None,
             ets: Vec::new(),
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::AlphasCumprod, Vec::new(), Vec::new(), ac),
         })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &PNDMSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.timesteps.is_some() || request.sigmas.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS}.set_timesteps takes only num_inference_steps"
@@ -139,52 +125,50 @@ impl PNDMScheduler {
             plms.reverse();
             (prk, plms)
         };
-        self.timesteps = prk.iter().chain(plms.iter()).map(|v| *v as f64).collect();
+        self.state.timesteps = prk.iter().chain(plms.iter()).map(|v| *v as f64).collect();
         self.prk_timesteps = prk;
-        self.num_inference_steps = Some(n);
+        self.state.num_inference_steps = Some(n);
         self.ets.clear();
         self.counter = 0;
         self.cur_model_output = None;
         self.cur_sample = None;
-        self.index = StepIndex::default();
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (integers; the second-largest is repeated with
-    /// `skip_prk_steps`).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// `init_noise_sigma` (1.0).
-    pub fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    /// The index bookkeeping (PNDM itself counts calls; this only records the begin index).
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// `scale_model_input`: the identity.
-    pub fn scale_model_input<const D: usize>(
+    /// One PRK or PLMS step, by the call counter as diffusers does.
+    fn step<const D: usize>(
         &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
         sample: Tensor<D>,
-        _timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        Ok(sample)
+        options: &StepOptions,
+        _generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        // PNDM computes in the sample's dtype: with float16 / bfloat16 latents every op is
+        // rounded to it (the identity in float32).
+        let half = options.noise_dtype;
+        let n = self
+            .state
+            .num_inference_steps
+            .ok_or(SchedulerError::NotInitialised(CLASS))?;
+        let dims = sample.dims();
+        let mo = model_output.flatten::<1>(0, D - 1);
+        let x = sample.flatten::<1>(0, D - 1);
+        let prev = if self.counter < self.prk_timesteps.len() && !self.config.skip_prk_steps {
+            self.step_prk(mo, timestep as i64, x, n, half)?
+        } else {
+            self.step_plms(mo, timestep as i64, x, n, half)?
+        };
+        self.state.index.advance(1);
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: None,
+        })
     }
+}
 
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        if t < 0 {
-            return Ok(self.final_alpha_cumprod);
-        }
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
-    }
-
+impl PNDMScheduler {
     /// `_get_prev_sample` (PNDM paper eq. 9), on flattened tensors.
     fn prev_sample(
         &self,
@@ -195,8 +179,12 @@ impl PNDMScheduler {
         half: NoiseDtype,
     ) -> Result<Tensor<1>, SchedulerError> {
         let r = |t: Tensor<1>| round_tensor(t, half);
-        let alpha_t = self.alpha(t)?;
-        let alpha_prev = self.alpha(prev_t)?;
+        let alpha_t = self
+            .state
+            .alpha_cumprod_or_final(t, self.final_alpha_cumprod)?;
+        let alpha_prev = self
+            .state
+            .alpha_cumprod_or_final(prev_t, self.final_alpha_cumprod)?;
         let beta_t = 1.0 - alpha_t;
         let beta_prev = 1.0 - alpha_prev;
         let model_output = if self.prediction == Prediction::VPrediction {
@@ -213,36 +201,6 @@ impl PNDMScheduler {
             - r(
                 mul_left(alpha_prev - alpha_t, model_output, half).div_scalar(denom)
             )))
-    }
-
-    /// One PRK or PLMS step, by the call counter as diffusers does.
-    pub fn step<const D: usize>(
-        &mut self,
-        model_output: Tensor<D>,
-        timestep: f64,
-        sample: Tensor<D>,
-        options: &StepOptions,
-        _generator: Option<&mut [TorchGenerator]>,
-    ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        // PNDM computes in the sample's dtype: with float16 / bfloat16 latents every op is
-        // rounded to it (the identity in float32).
-        let half = options.noise_dtype;
-        let n = self
-            .num_inference_steps
-            .ok_or(SchedulerError::NotInitialised(CLASS))?;
-        let dims = sample.dims();
-        let mo = model_output.flatten::<1>(0, D - 1);
-        let x = sample.flatten::<1>(0, D - 1);
-        let prev = if self.counter < self.prk_timesteps.len() && !self.config.skip_prk_steps {
-            self.step_prk(mo, timestep as i64, x, n, half)?
-        } else {
-            self.step_plms(mo, timestep as i64, x, n, half)?
-        };
-        self.index.advance(1);
-        Ok(SchedulerOutput {
-            prev_sample: prev.reshape(dims),
-            pred_original_sample: None,
-        })
     }
 
     fn step_prk(
@@ -349,20 +307,5 @@ impl PNDMScheduler {
         let prev = self.prev_sample(sample, t, prev_t, model_output, half)?;
         self.counter += 1;
         Ok(prev)
-    }
-
-    /// `add_noise`: √ᾱ_t·x0 + √(1-ᾱ_t)·z.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        add_noise_ddpm(&self.alphas_cumprod, original, noise, timesteps)
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
     }
 }

@@ -366,6 +366,28 @@ pub fn to_tensor<const D: usize>(
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
 }
 
+/// Draws `randn(shape)` from the generators (or a fresh clock-seeded one when none is given,
+/// as torch would use its global generator) as a burn tensor on `like`'s device.
+pub(crate) fn noise_like<const D: usize>(
+    like: &Tensor<D>,
+    generators: Option<&mut [crate::TorchGenerator]>,
+    dtype: crate::NoiseDtype,
+) -> Result<Tensor<D>, crate::SchedulerError> {
+    let dims = like.dims();
+    let values = match generators {
+        Some(gens) => crate::randn_tensor(&dims, gens, dtype)?,
+        None => {
+            // torch would draw from its unseeded global generator: results are not reproducible.
+            tracing::debug!(
+                "no generator passed to step; drawing noise from a clock-seeded generator"
+            );
+            let mut g = crate::TorchGenerator::from_entropy();
+            crate::randn_tensor(&dims, std::slice::from_mut(&mut g), dtype)?
+        }
+    };
+    crate::to_tensor(values, dims, &like.device())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

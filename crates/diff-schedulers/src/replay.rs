@@ -68,7 +68,7 @@ pub fn replay_trace(
         x = scheduler
             .step(out, *t, x, options, Some(&mut generator))?
             .prev_sample;
-        prev_samples.extend(crate::common::tensor_values(&x)?);
+        prev_samples.extend(crate::array_math::tensor_values(&x)?);
     }
     let final_sample = prev_samples[prev_samples.len().saturating_sub(numel)..].to_vec();
     Ok(ReplayOutput {

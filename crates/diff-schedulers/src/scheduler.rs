@@ -1,12 +1,62 @@
-//! [`Scheduler`]: one enum over every scheduler class, what a pipeline holds.
+//! [`Scheduler`]: one enum over every scheduler class, what a pipeline holds, made from the
+//! one registry below ([`SCHEDULER_REGISTRY`]). A new class is one line there.
 
+use crate::mixin::SchedulerMixin;
 use crate::{SchedulerError, SchedulerOutput, StepOptions, TimestepsRequest, TorchGenerator};
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::{self as cfg, SchedulerConfigClass};
 use serde_json::{Map, Value};
 
-macro_rules! schedulers {
-    ($( $variant:ident => $module:ident :: $ty:ident, $config:ident; )*) => {
+/// diffusers' `SCHEDULER_CONFIG_NAME`.
+pub const CONFIG_NAME: &str = "scheduler_config.json";
+
+/// `Class.from_config(config, **overrides)` of one registered class.
+pub type BuildFn =
+    fn(&Map<String, Value>, &Map<String, Value>) -> Result<Scheduler, SchedulerError>;
+
+/// One registered scheduler class: its diffusers name, the config keys its config struct
+/// takes (the `__init__` arguments, in signature order), its `_compatibles`, and how to
+/// build it from a config.
+#[derive(Clone, Copy)]
+pub struct SchedulerClass {
+    /// The diffusers class name (`_class_name`).
+    pub name: &'static str,
+    /// The keys the class's config struct accepts (diffusers' `__init__` arguments).
+    pub config_keys: &'static [&'static str],
+    /// diffusers' `_compatibles`.
+    pub compatibles: &'static [&'static str],
+    /// `order` (model calls per step of the underlying solver).
+    pub order: usize,
+    /// `Class.from_config(config, **overrides)`.
+    pub build: BuildFn,
+}
+
+impl std::fmt::Debug for SchedulerClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerClass")
+            .field("name", &self.name)
+            .field("config_keys", &self.config_keys)
+            .field("compatibles", &self.compatibles)
+            .field("order", &self.order)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a class of the registry: diffusers' `from_config` rules on the config, then `new`.
+fn build<S: SchedulerMixin>(
+    config: &Map<String, Value>,
+    overrides: &Map<String, Value>,
+    wrap: fn(S) -> Scheduler,
+) -> Result<Scheduler, SchedulerError> {
+    let c: S::Config = cfg::from_config(config, overrides)?;
+    Ok(wrap(S::new(c)?))
+}
+
+/// The registry: one line per class (`Variant => module::Type`) makes the enum variant, the
+/// [`SCHEDULER_REGISTRY`] entry (name, config keys and compatibles from the class's config
+/// struct), [`SCHEDULER_CLASSES`] and the dispatch of every [`Scheduler`] method.
+macro_rules! registry {
+    ($( $variant:ident => $module:ident :: $ty:ident; )*) => {
         /// Any of the implemented diffusers schedulers.
         #[derive(Debug, Clone)]
         #[non_exhaustive]
@@ -17,198 +67,78 @@ macro_rules! schedulers {
             )*
         }
 
-        /// The diffusers class names implemented here.
-        pub const SCHEDULER_CLASSES: &[&str] = &[ $( <cfg::$config as SchedulerConfigClass>::CLASS_NAME, )* ];
+        /// Every class this crate implements, in registry order.
+        pub const SCHEDULER_REGISTRY: &[SchedulerClass] = &[ $(
+            SchedulerClass {
+                name: <<crate::$module::$ty as SchedulerMixin>::Config as SchedulerConfigClass>::CLASS_NAME,
+                config_keys: <<crate::$module::$ty as SchedulerMixin>::Config as SchedulerConfigClass>::INIT_KEYS,
+                compatibles: <<crate::$module::$ty as SchedulerMixin>::Config as SchedulerConfigClass>::COMPATIBLES,
+                order: <crate::$module::$ty as SchedulerMixin>::ORDER,
+                build: |config, overrides| build(config, overrides, Scheduler::$variant),
+            },
+        )* ];
 
-        impl Scheduler {
-            /// `Class.from_config(config, **overrides)` for the class named `class_name`,
-            /// with diffusers' rules (see `diff_format::configs::scheduler::from_config`).
-            pub fn from_config_as(
-                class_name: &str,
-                config: &Map<String, Value>,
-                overrides: &Map<String, Value>,
-            ) -> Result<Self, SchedulerError> {
-                $(
-                    if class_name == <cfg::$config as SchedulerConfigClass>::CLASS_NAME {
-                        let c: cfg::$config = cfg::from_config(config, overrides)?;
-                        return Ok(Scheduler::$variant(crate::$module::$ty::new(c)?));
-                    }
-                )*
-                Err(SchedulerError::UnknownClass(class_name.to_string()))
-            }
+        /// The diffusers class names implemented here, in registry order.
+        pub const SCHEDULER_CLASSES: &[&str] = &[ $(
+            <<crate::$module::$ty as SchedulerMixin>::Config as SchedulerConfigClass>::CLASS_NAME,
+        )* ];
 
-            /// The diffusers class name.
-            pub fn class_name(&self) -> &'static str {
-                match self {
-                    $( Scheduler::$variant(_) => <cfg::$config as SchedulerConfigClass>::CLASS_NAME, )*
+        /// Runs `$body` with `$s` bound to the class inside a [`Scheduler`].
+        macro_rules! dispatch {
+            ($self:expr, $s:ident => $body:expr) => {
+                match $self {
+                    $( Scheduler::$variant($s) => $body, )*
                 }
-            }
-
-            /// diffusers' `compatibles`: the classes that can be built from this one's config.
-            pub fn compatibles(&self) -> &'static [&'static str] {
-                match self {
-                    $( Scheduler::$variant(_) => <cfg::$config as SchedulerConfigClass>::COMPATIBLES, )*
-                }
-            }
-
-            /// The config as diffusers would save it (`_class_name` set, foreign keys kept).
-            pub fn config_json(&self) -> Result<Map<String, Value>, SchedulerError> {
-                Ok(match self {
-                    $( Scheduler::$variant(s) => s.config().to_json_map()?, )*
-                })
-            }
-
-            /// `set_timesteps`.
-            pub fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
-                match self {
-                    $( Scheduler::$variant(s) => s.set_timesteps(request), )*
-                }
-            }
-
-            /// The timesteps of the current schedule, in loop order (integers for the
-            /// integer schedulers, float32 values otherwise).
-            pub fn timesteps(&self) -> &[f64] {
-                match self {
-                    $( Scheduler::$variant(s) => s.timesteps(), )*
-                }
-            }
-
-            /// The sigmas (σ-type schedulers), or `None` where diffusers has none.
-            pub fn sigmas(&self) -> Option<&[f32]> {
-                match self {
-                    $( Scheduler::$variant(s) => crate::scheduler::Sigmas::sigmas_opt(s), )*
-                }
-            }
-
-            /// `init_noise_sigma`.
-            pub fn init_noise_sigma(&self) -> f32 {
-                match self {
-                    $( Scheduler::$variant(s) => s.init_noise_sigma(), )*
-                }
-            }
-
-            /// `order` (model calls per step of the underlying solver).
-            pub fn order(&self) -> usize {
-                match self {
-                    $( Scheduler::$variant(s) => s.order(), )*
-                }
-            }
-
-            /// `set_begin_index`: the loop starts at this index of `timesteps()`.
-            pub fn set_begin_index(&mut self, begin_index: usize) {
-                match self {
-                    $( Scheduler::$variant(s) => s.step_index().begin_index = Some(begin_index), )*
-                }
-            }
-
-            /// The current `step_index`, if the loop has started.
-            pub fn current_step_index(&mut self) -> Option<usize> {
-                match self {
-                    $( Scheduler::$variant(s) => s.step_index().step_index, )*
-                }
-            }
-
-            /// `scale_model_input`.
-            pub fn scale_model_input<const D: usize>(
-                &mut self,
-                sample: Tensor<D>,
-                timestep: f64,
-            ) -> Result<Tensor<D>, SchedulerError> {
-                match self {
-                    $( Scheduler::$variant(s) => s.scale_model_input(sample, timestep), )*
-                }
-            }
-
-            /// `step`.
-            pub fn step<const D: usize>(
-                &mut self,
-                model_output: Tensor<D>,
-                timestep: f64,
-                sample: Tensor<D>,
-                options: &StepOptions,
-                generator: Option<&mut [TorchGenerator]>,
-            ) -> Result<SchedulerOutput<D>, SchedulerError> {
-                match self {
-                    $( Scheduler::$variant(s) => s.step(model_output, timestep, sample, options, generator), )*
-                }
-            }
-
-            /// `add_noise` (img2img): noise `original` to the given timesteps (one per batch
-            /// item, or one for all).
-            pub fn add_noise<const D: usize>(
-                &self,
-                original: Tensor<D>,
-                noise: Tensor<D>,
-                timesteps: &[f64],
-            ) -> Result<Tensor<D>, SchedulerError> {
-                match self {
-                    $( Scheduler::$variant(s) => s.add_noise(original, noise, timesteps), )*
-                }
-            }
+            };
         }
     };
 }
 
-/// diffusers' `SCHEDULER_CONFIG_NAME`.
-pub const CONFIG_NAME: &str = "scheduler_config.json";
-
-/// Whether a scheduler exposes sigmas.
-pub(crate) trait Sigmas {
-    fn sigmas_opt(&self) -> Option<&[f32]>;
-}
-
-macro_rules! no_sigmas {
-    ($($ty:ty),*) => { $( impl Sigmas for $ty { fn sigmas_opt(&self) -> Option<&[f32]> { None } } )* };
-}
-macro_rules! has_sigmas {
-    ($($ty:ty),*) => { $( impl Sigmas for $ty { fn sigmas_opt(&self) -> Option<&[f32]> { Some(self.sigmas()) } } )* };
-}
-
-no_sigmas!(
-    crate::ddim::DDIMScheduler,
-    crate::ddpm::DDPMScheduler,
-    crate::pndm::PNDMScheduler,
-    crate::lcm::LCMScheduler,
-    crate::tcd::TCDScheduler
-);
-has_sigmas!(
-    crate::euler_discrete::EulerDiscreteScheduler,
-    crate::euler_ancestral_discrete::EulerAncestralDiscreteScheduler,
-    crate::dpmsolver_multistep::DPMSolverMultistepScheduler,
-    crate::flow_match_euler_discrete::FlowMatchEulerDiscreteScheduler,
-    crate::heun_discrete::HeunDiscreteScheduler,
-    crate::k_dpm_2_discrete::KDPM2DiscreteScheduler,
-    crate::k_dpm_2_ancestral_discrete::KDPM2AncestralDiscreteScheduler,
-    crate::lms_discrete::LMSDiscreteScheduler,
-    crate::edm_euler::EDMEulerScheduler,
-    crate::unipc_multistep::UniPCMultistepScheduler,
-    crate::deis_multistep::DEISMultistepScheduler,
-    crate::dpmsolver_singlestep::DPMSolverSinglestepScheduler,
-    crate::dpmsolver_sde::DPMSolverSDEScheduler
-);
-
-schedulers! {
-    Ddim => ddim::DDIMScheduler, DDIMSchedulerConfig;
-    Ddpm => ddpm::DDPMScheduler, DDPMSchedulerConfig;
-    Pndm => pndm::PNDMScheduler, PNDMSchedulerConfig;
-    EulerDiscrete => euler_discrete::EulerDiscreteScheduler, EulerDiscreteSchedulerConfig;
-    EulerAncestralDiscrete => euler_ancestral_discrete::EulerAncestralDiscreteScheduler, EulerAncestralDiscreteSchedulerConfig;
-    DpmSolverMultistep => dpmsolver_multistep::DPMSolverMultistepScheduler, DPMSolverMultistepSchedulerConfig;
-    HeunDiscrete => heun_discrete::HeunDiscreteScheduler, HeunDiscreteSchedulerConfig;
-    KDpm2Discrete => k_dpm_2_discrete::KDPM2DiscreteScheduler, KDPM2DiscreteSchedulerConfig;
-    KDpm2AncestralDiscrete => k_dpm_2_ancestral_discrete::KDPM2AncestralDiscreteScheduler, KDPM2AncestralDiscreteSchedulerConfig;
-    EdmEuler => edm_euler::EDMEulerScheduler, EDMEulerSchedulerConfig;
-    DpmSolverSinglestep => dpmsolver_singlestep::DPMSolverSinglestepScheduler, DPMSolverSinglestepSchedulerConfig;
-    DpmSolverSde => dpmsolver_sde::DPMSolverSDEScheduler, DPMSolverSDESchedulerConfig;
-    Lcm => lcm::LCMScheduler, LCMSchedulerConfig;
-    LmsDiscrete => lms_discrete::LMSDiscreteScheduler, LMSDiscreteSchedulerConfig;
-    Tcd => tcd::TCDScheduler, TCDSchedulerConfig;
-    DeisMultistep => deis_multistep::DEISMultistepScheduler, DEISMultistepSchedulerConfig;
-    UniPcMultistep => unipc_multistep::UniPCMultistepScheduler, UniPCMultistepSchedulerConfig;
-    FlowMatchEulerDiscrete => flow_match_euler_discrete::FlowMatchEulerDiscreteScheduler, FlowMatchEulerDiscreteSchedulerConfig;
+registry! {
+    Ddim => ddim::DDIMScheduler;
+    Ddpm => ddpm::DDPMScheduler;
+    Pndm => pndm::PNDMScheduler;
+    EulerDiscrete => euler_discrete::EulerDiscreteScheduler;
+    EulerAncestralDiscrete => euler_ancestral_discrete::EulerAncestralDiscreteScheduler;
+    DpmSolverMultistep => dpmsolver_multistep::DPMSolverMultistepScheduler;
+    HeunDiscrete => heun_discrete::HeunDiscreteScheduler;
+    KDpm2Discrete => k_dpm_2_discrete::KDPM2DiscreteScheduler;
+    KDpm2AncestralDiscrete => k_dpm_2_ancestral_discrete::KDPM2AncestralDiscreteScheduler;
+    EdmEuler => edm_euler::EDMEulerScheduler;
+    DpmSolverSinglestep => dpmsolver_singlestep::DPMSolverSinglestepScheduler;
+    DpmSolverSde => dpmsolver_sde::DPMSolverSDEScheduler;
+    Lcm => lcm::LCMScheduler;
+    LmsDiscrete => lms_discrete::LMSDiscreteScheduler;
+    Tcd => tcd::TCDScheduler;
+    DeisMultistep => deis_multistep::DEISMultistepScheduler;
+    UniPcMultistep => unipc_multistep::UniPCMultistepScheduler;
+    FlowMatchEulerDiscrete => flow_match_euler_discrete::FlowMatchEulerDiscreteScheduler;
 }
 
 impl Scheduler {
+    /// The registry entry of the class named `class_name`.
+    pub fn registered(class_name: &str) -> Option<&'static SchedulerClass> {
+        SCHEDULER_REGISTRY.iter().find(|c| c.name == class_name)
+    }
+
+    /// The config keys the class named `class_name` takes (its config struct's keys), or
+    /// `None` for a class this crate does not implement.
+    pub fn config_keys(class_name: &str) -> Option<&'static [&'static str]> {
+        Self::registered(class_name).map(|c| c.config_keys)
+    }
+
+    /// `Class.from_config(config, **overrides)` for the class named `class_name`,
+    /// with diffusers' rules (see `diff_format::configs::scheduler::from_config`).
+    pub fn from_config_as(
+        class_name: &str,
+        config: &Map<String, Value>,
+        overrides: &Map<String, Value>,
+    ) -> Result<Self, SchedulerError> {
+        let class = Self::registered(class_name)
+            .ok_or_else(|| SchedulerError::UnknownClass(class_name.to_string()))?;
+        (class.build)(config, overrides)
+    }
+
     /// Builds the scheduler a `scheduler_config.json` names in `_class_name`.
     pub fn from_config(config: &Map<String, Value>) -> Result<Self, SchedulerError> {
         let class = match config.get("_class_name") {
@@ -243,8 +173,102 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The diffusers class name.
+    pub fn class_name(&self) -> &'static str {
+        dispatch!(self, s => s.class_name())
+    }
+
+    /// diffusers' `compatibles`: the classes that can be built from this one's config.
+    pub fn compatibles(&self) -> &'static [&'static str] {
+        dispatch!(self, s => s.compatibles())
+    }
+
+    /// The config as diffusers would save it (`_class_name` set, foreign keys kept).
+    pub fn config_json(&self) -> Result<Map<String, Value>, SchedulerError> {
+        dispatch!(self, s => s.config_json())
+    }
+
     /// `set_timesteps(num_inference_steps)`.
     pub fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<(), SchedulerError> {
-        self.set_timesteps_with(&TimestepsRequest::steps(num_inference_steps))
+        dispatch!(self, s => s.set_timesteps(num_inference_steps))
+    }
+
+    /// `set_timesteps` with custom timesteps / sigmas / `mu`.
+    pub fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+        dispatch!(self, s => s.set_timesteps_with(request))
+    }
+
+    /// The timesteps of the current schedule, in loop order (integers for the integer
+    /// schedulers, float32 values otherwise).
+    pub fn timesteps(&self) -> &[f64] {
+        dispatch!(self, s => s.timesteps())
+    }
+
+    /// The sigmas (σ-type schedulers), or `None` where diffusers has none.
+    pub fn sigmas(&self) -> Option<&[f32]> {
+        dispatch!(self, s => s.sigmas())
+    }
+
+    /// `init_noise_sigma`.
+    pub fn init_noise_sigma(&self) -> f32 {
+        dispatch!(self, s => s.init_noise_sigma())
+    }
+
+    /// `order` (model calls per step of the underlying solver).
+    pub fn order(&self) -> usize {
+        dispatch!(self, s => s.order())
+    }
+
+    /// `set_begin_index`: the loop starts at this index of `timesteps()`.
+    pub fn set_begin_index(&mut self, begin_index: usize) {
+        dispatch!(self, s => s.set_begin_index(begin_index))
+    }
+
+    /// `step_index`: the index of the next step, once the loop has started.
+    pub fn step_index(&self) -> Option<usize> {
+        dispatch!(self, s => s.step_index())
+    }
+
+    /// The current `step_index`, if the loop has started (the same as
+    /// [`step_index`](Self::step_index)).
+    pub fn current_step_index(&self) -> Option<usize> {
+        self.step_index()
+    }
+
+    /// `begin_index`, if a pipeline set one.
+    pub fn begin_index(&self) -> Option<usize> {
+        dispatch!(self, s => s.begin_index())
+    }
+
+    /// `scale_model_input`.
+    pub fn scale_model_input<const D: usize>(
+        &mut self,
+        sample: Tensor<D>,
+        timestep: f64,
+    ) -> Result<Tensor<D>, SchedulerError> {
+        dispatch!(self, s => s.scale_model_input(sample, timestep))
+    }
+
+    /// `step`.
+    pub fn step<const D: usize>(
+        &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
+        sample: Tensor<D>,
+        options: &StepOptions,
+        generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        dispatch!(self, s => s.step(model_output, timestep, sample, options, generator))
+    }
+
+    /// `add_noise` (img2img): noise `original` to the given timesteps (one per batch
+    /// item, or one for all).
+    pub fn add_noise<const D: usize>(
+        &self,
+        original: Tensor<D>,
+        noise: Tensor<D>,
+        timesteps: &[f64],
+    ) -> Result<Tensor<D>, SchedulerError> {
+        dispatch!(self, s => s.add_noise(original, noise, timesteps))
     }
 }

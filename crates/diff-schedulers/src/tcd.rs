@@ -1,11 +1,13 @@
 //! `TCDScheduler`: trajectory consistency distillation (strategic stochastic sampling with
 //! `eta`, default 0.3).
 
-use crate::common::{Prediction, ddpm_x0, noise_like};
-use crate::ddim::{add_noise_ddpm, ddpm_family_alphas};
+use crate::betas::{alphas_cumprod_of, beta_config};
 use crate::lcm::consistency_timesteps;
+use crate::prediction::{Prediction, ddpm_x0};
+use crate::random::noise_like;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::TCDSchedulerConfig;
@@ -17,16 +19,17 @@ const CLASS: &str = "TCDScheduler";
 pub struct TCDScheduler {
     config: TCDSchedulerConfig,
     prediction: Prediction,
-    alphas_cumprod: Vec<f32>,
+    state: SchedulerState,
     final_alpha_cumprod: f32,
-    timesteps: Vec<f64>,
-    num_inference_steps: Option<usize>,
-    index: StepIndex,
 }
 
-impl TCDScheduler {
+impl SchedulerMixin for TCDScheduler {
+    type Config = TCDSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(config: TCDSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(config: TCDSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -36,13 +39,9 @@ impl TCDScheduler {
                 Prediction::VPrediction,
             ],
         )?;
-        let ac = ddpm_family_alphas(
+        let ac = alphas_cumprod_of(
             CLASS,
-            &config.beta_schedule,
-            config.beta_start,
-            config.beta_end,
-            config.num_train_timesteps,
-            config.trained_betas.as_deref(),
+            &beta_config!(config),
             config.rescale_betas_zero_snr,
             &[],
         )?;
@@ -54,23 +53,15 @@ impl TCDScheduler {
         Ok(Self {
             config,
             prediction,
-            alphas_cumprod: ac,
             final_alpha_cumprod,
-            timesteps,
-            num_inference_steps: None,
-            index: StepIndex::default(),
+            state: SchedulerState::new(NoiseKind::AlphasCumprod, timesteps, Vec::new(), ac),
         })
-    }
-
-    /// The config, for re-save.
-    pub fn config(&self) -> &TCDSchedulerConfig {
-        &self.config
     }
 
     /// `set_timesteps(num_inference_steps | timesteps, original_inference_steps, strength)`.
     /// An explicit `original_inference_steps` selects from every training timestep, as in
     /// diffusers.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         if request.sigmas.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
                 "{CLASS} takes no custom sigmas"
@@ -97,48 +88,14 @@ impl TCDScheduler {
             }
             Some(_) => ((0..((t as f64 * strength) as i64)).collect(), t),
         };
-        self.timesteps = consistency_timesteps(CLASS, origin, t, request, limit)?;
-        self.num_inference_steps = Some(self.timesteps.len());
-        self.index = StepIndex::default();
+        self.state.timesteps = consistency_timesteps(CLASS, origin, t, request, limit)?;
+        self.state.num_inference_steps = Some(self.state.timesteps.len());
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (integers).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// `init_noise_sigma` (1.0).
-    pub fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// `scale_model_input`: the identity.
-    pub fn scale_model_input<const D: usize>(
-        &mut self,
-        sample: Tensor<D>,
-        _timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn alpha(&self, t: i64) -> Result<f32, SchedulerError> {
-        if t < 0 {
-            return Ok(self.final_alpha_cumprod);
-        }
-        usize::try_from(t)
-            .ok()
-            .and_then(|i| self.alphas_cumprod.get(i).copied())
-            .ok_or(SchedulerError::UnknownTimestep(t as f64))
-    }
-
     /// One TCD step (`options.eta`, default 0.3).
-    pub fn step<const D: usize>(
+    fn step<const D: usize>(
         &mut self,
         model_output: Tensor<D>,
         timestep: f64,
@@ -147,6 +104,7 @@ impl TCDScheduler {
         generator: Option<&mut [TorchGenerator]>,
     ) -> Result<SchedulerOutput<D>, SchedulerError> {
         let n = self
+            .state
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialised(CLASS))?;
         let eta = options.eta.unwrap_or(0.3);
@@ -155,14 +113,20 @@ impl TCDScheduler {
                 "{CLASS}: eta {eta} must be in [0, 1]"
             )));
         }
-        let i = self.index.current(&self.timesteps, timestep)?;
-        let prev_t = self.timesteps.get(i + 1).copied().unwrap_or(0.0) as i64;
+        let i = self.state.current_index(timestep)?;
+        let prev_t = self.state.timesteps.get(i + 1).copied().unwrap_or(0.0) as i64;
         // (1 - eta) is a Python double; times the int64 tensor it becomes float32.
         let s = ((1.0 - f64::from(eta)) as f32 * prev_t as f32).floor() as i64;
-        let alpha_t = self.alpha(timestep as i64)?;
+        let alpha_t = self
+            .state
+            .alpha_cumprod_or_final(timestep as i64, self.final_alpha_cumprod)?;
         let beta_t = 1.0 - alpha_t;
-        let alpha_prev = self.alpha(prev_t)?;
-        let alpha_s = self.alpha(s)?;
+        let alpha_prev = self
+            .state
+            .alpha_cumprod_or_final(prev_t, self.final_alpha_cumprod)?;
+        let alpha_s = self
+            .state
+            .alpha_cumprod_or_final(s, self.final_alpha_cumprod)?;
         let beta_s = 1.0 - alpha_s;
         let (x0, eps) = match self.prediction {
             Prediction::Sample => {
@@ -199,25 +163,10 @@ impl TCDScheduler {
         } else {
             noised.clone()
         };
-        self.index.advance(1);
+        self.state.index.advance(1);
         Ok(SchedulerOutput {
             prev_sample: prev,
             pred_original_sample: Some(noised),
         })
-    }
-
-    /// `add_noise`: √ᾱ_t·x0 + √(1-ᾱ_t)·z.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        add_noise_ddpm(&self.alphas_cumprod, original, noise, timesteps)
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
     }
 }

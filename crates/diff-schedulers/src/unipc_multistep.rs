@@ -1,15 +1,18 @@
 //! `UniPCMultistepScheduler`: the unified predictor-corrector solver (UniP predictor, UniC
 //! corrector, B(h) variants bh1 / bh2).
 
-use crate::common::{
-    Prediction, Spacing, check_sigma_flags, exponential_sigmas, karras_sigmas, np_arange,
-    np_interp, np_linspace, np_round, numpy_log_f32, sigma_to_t, train_sigmas, unsupported,
-};
-use crate::dpm_family::{
-    ModelOutputs, Thresholding, alpha_sigma, convert_model_output, dpm_add_noise, lambda,
-};
+use crate::array_math::{np_arange, np_linspace, np_round};
+use crate::betas::train_sigmas;
+use crate::dpm_family::{ModelOutputs, Thresholding, alpha_sigma, convert_model_output, lambda};
+use crate::float_kernels::numpy_log_f32;
+use crate::interpolation::{np_interp, sigma_to_t};
+use crate::prediction::Prediction;
+use crate::sigma_schedules::{check_sigma_flags, exponential_sigmas, karras_sigmas};
+use crate::timestep_spacing::Spacing;
+use crate::unsupported;
 use crate::{
-    SchedulerError, SchedulerOutput, StepIndex, StepOptions, TimestepsRequest, TorchGenerator,
+    NoiseKind, SchedulerError, SchedulerMixin, SchedulerOutput, SchedulerState, StepIndex,
+    StepOptions, TimestepsRequest, TorchGenerator,
 };
 use burn::tensor::Tensor;
 use diff_format::configs::scheduler::UniPCMultistepSchedulerConfig;
@@ -58,20 +61,20 @@ pub struct UniPCMultistepScheduler {
     prediction: Prediction,
     spacing: Spacing,
     bh1: bool,
-    alphas_cumprod: Vec<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
+    state: SchedulerState,
     model_outputs: ModelOutputs,
     last_sample: Option<Tensor<1>>,
     this_order: usize,
     lower_order_nums: usize,
-    num_inference_steps: Option<usize>,
-    index: StepIndex,
 }
 
-impl UniPCMultistepScheduler {
+impl SchedulerMixin for UniPCMultistepScheduler {
+    type Config = UniPCMultistepSchedulerConfig;
+
+    crate::mixin::state_accessors!();
+
     /// Builds the scheduler (diffusers' `__init__`), validating every option.
-    pub fn new(mut config: UniPCMultistepSchedulerConfig) -> Result<Self, SchedulerError> {
+    fn new(mut config: UniPCMultistepSchedulerConfig) -> Result<Self, SchedulerError> {
         let prediction = Prediction::parse(
             CLASS,
             &config.prediction_type,
@@ -117,38 +120,32 @@ impl UniPCMultistepScheduler {
                 "flow_prediction with predict_x0=false",
             ));
         }
-        let ac = crate::common::alphas_cumprod_zero_snr(
+        let ac = crate::betas::alphas_cumprod_zero_snr(
             CLASS,
-            &crate::common::beta_config!(config),
+            &crate::betas::beta_config!(config),
             config.rescale_betas_zero_snr,
         )?;
         let sigmas = train_sigmas(&ac);
         let order = config.solver_order;
-        let timesteps = crate::common::initial_timesteps(config.num_train_timesteps);
+        let timesteps = crate::timestep_spacing::initial_timesteps(config.num_train_timesteps);
+        let kind = NoiseKind::AlphaSigma {
+            flow: config.use_flow_sigmas,
+        };
         Ok(Self {
             config,
             prediction,
             spacing,
             bh1,
-            alphas_cumprod: ac,
-            timesteps,
-            sigmas,
             model_outputs: ModelOutputs::new(CLASS, order),
             last_sample: None,
             this_order: 1,
             lower_order_nums: 0,
-            num_inference_steps: None,
-            index: StepIndex::default(),
+            state: SchedulerState::new(kind, timesteps, sigmas, ac),
         })
     }
 
-    /// The config, for re-save.
-    pub fn config(&self) -> &UniPCMultistepSchedulerConfig {
-        &self.config
-    }
-
     /// `set_timesteps(num_inference_steps | sigmas (flow sigmas only), mu)`.
-    pub fn set_timesteps(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
+    fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
         let c = &self.config;
         if request.timesteps.is_some() {
             return Err(SchedulerError::InvalidArgument(format!(
@@ -195,7 +192,7 @@ impl UniPCMultistepScheduler {
                     .collect()
             }
         };
-        let train = train_sigmas(&self.alphas_cumprod);
+        let train = train_sigmas(&self.state.alphas_cumprod);
         let log_sigmas: Vec<f32> = train.iter().map(|s| numpy_log_f32(*s)).collect();
         let last_min = |sig: &[f64]| sig.last().copied().unwrap_or(0.0);
         let (mut sig, last): (Vec<f64>, f64) =
@@ -207,7 +204,7 @@ impl UniPCMultistepScheduler {
                 } else if c.use_exponential_sigmas {
                     exponential_sigmas(smin, smax, n)
                 } else {
-                    crate::common::beta_sigmas(smin, smax, n)
+                    crate::sigma_schedules::beta_sigmas(smin, smax, n)
                 };
                 if c.use_karras_sigmas && c.use_flow_sigmas {
                     s = s.into_iter().map(|v| v / (v + 1.0)).collect();
@@ -276,7 +273,7 @@ impl UniPCMultistepScheduler {
             } else {
                 let s = np_interp(&ts, &train);
                 let l = if c.final_sigmas_type == "sigma_min" {
-                    let a0 = self.alphas_cumprod[0];
+                    let a0 = self.state.alphas_cumprod[0];
                     f64::from(((1.0 - a0) / a0).sqrt())
                 } else {
                     0.0
@@ -284,51 +281,61 @@ impl UniPCMultistepScheduler {
                 (s, l)
             };
         sig.push(last);
-        self.sigmas = sig.into_iter().map(|s| s as f32).collect();
-        self.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
-        self.num_inference_steps = Some(self.timesteps.len());
+        self.state.sigmas = sig.into_iter().map(|s| s as f32).collect();
+        self.state.timesteps = ts.into_iter().map(|t| (t as i64) as f64).collect();
+        self.state.num_inference_steps = Some(self.state.timesteps.len());
         self.model_outputs = ModelOutputs::new(CLASS, c.solver_order);
         self.lower_order_nums = 0;
         self.last_sample = None;
-        self.index = StepIndex::default();
+        self.state.index = StepIndex::default();
         Ok(())
     }
 
-    /// The inference timesteps (integers).
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// The sigmas, one more than the timesteps.
-    pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    /// `init_noise_sigma` (1.0).
-    pub fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    /// The index bookkeeping.
-    pub fn step_index(&mut self) -> &mut StepIndex {
-        &mut self.index
-    }
-
-    /// `scale_model_input`: the identity.
-    pub fn scale_model_input<const D: usize>(
+    /// One UniPC step: corrector on the previous prediction, then predictor.
+    fn step<const D: usize>(
         &mut self,
+        model_output: Tensor<D>,
+        timestep: f64,
         sample: Tensor<D>,
-        _timestep: f64,
-    ) -> Result<Tensor<D>, SchedulerError> {
-        Ok(sample)
+        _options: &StepOptions,
+        _generator: Option<&mut [TorchGenerator]>,
+    ) -> Result<SchedulerOutput<D>, SchedulerError> {
+        let i = self.state.dpm_step_index(CLASS, timestep)?;
+        let dims = sample.dims();
+        let use_corrector = i > 0
+            && !self.config.disable_corrector.contains(&(i as i64 - 1))
+            && self.last_sample.is_some();
+        let converted = self
+            .convert(model_output, sample.clone(), i)?
+            .flatten::<1>(0, D - 1);
+        let mut x = sample.flatten::<1>(0, D - 1);
+        if use_corrector && let Some(last) = self.last_sample.clone() {
+            x = self.corrector(converted.clone(), last, i, self.this_order)?;
+        }
+        self.model_outputs.push(converted);
+        let len = self.state.timesteps.len();
+        let order = if self.config.lower_order_final {
+            self.config.solver_order.min(len - i)
+        } else {
+            self.config.solver_order
+        };
+        self.this_order = order.min(self.lower_order_nums + 1);
+        self.last_sample = Some(x.clone());
+        let prev = self.predictor(x, i, self.this_order)?;
+        if self.lower_order_nums < self.config.solver_order {
+            self.lower_order_nums += 1;
+        }
+        self.state.index.advance(1);
+        Ok(SchedulerOutput {
+            prev_sample: prev.reshape(dims),
+            pred_original_sample: None,
+        })
     }
+}
 
-    fn sigma_at(&self, i: usize) -> Result<f32, SchedulerError> {
-        crate::common::sigma_at(&self.sigmas, i)
-    }
-
+impl UniPCMultistepScheduler {
     fn asl(&self, i: usize) -> Result<(f32, f32, f32), SchedulerError> {
-        let (a, s) = alpha_sigma(self.sigma_at(i)?, self.config.use_flow_sigmas);
+        let (a, s) = alpha_sigma(self.state.sigma_at(i)?, self.config.use_flow_sigmas);
         Ok((a, s, lambda(a, s)))
     }
 
@@ -349,7 +356,7 @@ impl UniPCMultistepScheduler {
         convert_model_output(
             model_output,
             sample,
-            self.sigma_at(i)?,
+            self.state.sigma_at(i)?,
             c.use_flow_sigmas,
             self.prediction,
             c.predict_x0,
@@ -498,78 +505,5 @@ impl UniPCMultistepScheduler {
                 - m0.mul_scalar(sigma_t * h_phi_1)
                 - inner.mul_scalar(sigma_t * b_h)
         })
-    }
-
-    /// One UniPC step: corrector on the previous prediction, then predictor.
-    pub fn step<const D: usize>(
-        &mut self,
-        model_output: Tensor<D>,
-        timestep: f64,
-        sample: Tensor<D>,
-        _options: &StepOptions,
-        _generator: Option<&mut [TorchGenerator]>,
-    ) -> Result<SchedulerOutput<D>, SchedulerError> {
-        if self.num_inference_steps.is_none() {
-            return Err(SchedulerError::NotInitialised(CLASS));
-        }
-        if self.index.step_index.is_none() {
-            let i = match self.index.begin_index {
-                Some(b) => b,
-                None => crate::common::index_for_timestep(&self.timesteps, timestep)
-                    .unwrap_or(self.timesteps.len().saturating_sub(1)),
-            };
-            self.index.step_index = Some(i);
-        }
-        let i = self.index.step_index.unwrap_or(0);
-        let dims = sample.dims();
-        let use_corrector = i > 0
-            && !self.config.disable_corrector.contains(&(i as i64 - 1))
-            && self.last_sample.is_some();
-        let converted = self
-            .convert(model_output, sample.clone(), i)?
-            .flatten::<1>(0, D - 1);
-        let mut x = sample.flatten::<1>(0, D - 1);
-        if use_corrector && let Some(last) = self.last_sample.clone() {
-            x = self.corrector(converted.clone(), last, i, self.this_order)?;
-        }
-        self.model_outputs.push(converted);
-        let len = self.timesteps.len();
-        let order = if self.config.lower_order_final {
-            self.config.solver_order.min(len - i)
-        } else {
-            self.config.solver_order
-        };
-        self.this_order = order.min(self.lower_order_nums + 1);
-        self.last_sample = Some(x.clone());
-        let prev = self.predictor(x, i, self.this_order)?;
-        if self.lower_order_nums < self.config.solver_order {
-            self.lower_order_nums += 1;
-        }
-        self.index.advance(1);
-        Ok(SchedulerOutput {
-            prev_sample: prev.reshape(dims),
-            pred_original_sample: None,
-        })
-    }
-
-    /// `add_noise`: α_t·x0 + σ_t·z.
-    pub fn add_noise<const D: usize>(
-        &self,
-        original: Tensor<D>,
-        noise: Tensor<D>,
-        timesteps: &[f64],
-    ) -> Result<Tensor<D>, SchedulerError> {
-        let idx = self.index.noise_indices(&self.timesteps, timesteps)?;
-        let flow = self.config.use_flow_sigmas;
-        let pairs = idx
-            .into_iter()
-            .map(|i| self.sigma_at(i).map(|s| alpha_sigma(s, flow)))
-            .collect::<Result<Vec<_>, _>>()?;
-        dpm_add_noise(original, noise, &pairs)
-    }
-
-    /// `order`.
-    pub fn order(&self) -> usize {
-        1
     }
 }

@@ -157,6 +157,15 @@ pub fn run(args: Args) -> Result<()> {
             args.config.display()
         ),
     };
+    if let Some(keys) = Scheduler::config_keys(&class) {
+        for key in overrides.keys().filter(|k| !keys.contains(&k.as_str())) {
+            eprintln!(
+                "warning: {class} does not take `{key}`; the override is ignored (as diffusers \
+                 ignores it). {class} takes: {}",
+                keys.join(", ")
+            );
+        }
+    }
     let mut scheduler = Scheduler::from_config_as(&class, &config, &overrides)
         .with_context(|| format!("building {class} from {}", args.config.display()))?;
     scheduler
