@@ -9,6 +9,12 @@
 //! half weights and rounded once, attention as torch's CPU flash kernel computes it), so half
 //! precision outputs match diffusers' `torch_dtype=torch.float16 / bfloat16` on the CPU.
 //!
+//! Attention processors (`attention_processor`) and LoRA adapter layers (`lora`) are runtime
+//! state inside the layers, behind `Arc<RwLock<..>>` fields marked `#[module(skip)]`: a model
+//! shared by `Arc` shows the same processors and adapters to every holder, as diffusers' shared
+//! `nn.Module`s do. With the default processor and no active adapter the forward runs the same
+//! code as a plain layer.
+//!
 //! **Must not know:** pipelines, schedulers, the Hub. Configs and file names come from
 //! `diff-format`.
 //!
@@ -34,19 +40,27 @@ pub mod safety_checker;
 
 // UNet and VAE (UNET+VAE engineer).
 pub mod attention;
+pub mod attention_processor;
 pub mod autoencoder_kl;
 pub mod downsampling;
 pub mod embeddings;
+pub mod lora;
+mod named;
 pub mod resnet;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
 pub mod upsampling;
 pub mod vae;
 
+pub use attention_processor::{
+    AttentionProcessor, AttnProcessor, AttnProcessor2_0, AttnProcessorRef, AttnProcessorSetting,
+    CrossAttnStoreProcessor, IPAdapterAttnProcessor2_0, IpAdapterLayer,
+};
 pub use autoencoder_kl::AutoencoderKL;
 pub use clip::{CLIPTextModel, CLIPTextModelWithProjection};
 pub use clip_vision::{CLIPVisionModel, CLIPVisionModelWithProjection};
 pub use error::ModelError;
 pub use image_processor::CLIPImageProcessor;
+pub use lora::{LoraAdapters, LoraConv2d, LoraLayerRef, LoraLinear, LoraModel, LoraWeights};
 pub use safety_checker::StableDiffusionSafetyChecker;
 pub use unet_2d_condition::{UNet2DConditionInput, UNet2DConditionModel};
