@@ -42,6 +42,7 @@ pub mod safety_checker;
 pub mod attention;
 pub mod attention_processor;
 pub mod autoencoder_kl;
+pub mod block_scales;
 pub mod downsampling;
 pub mod embeddings;
 pub mod lora;
@@ -57,6 +58,7 @@ pub use attention_processor::{
     CrossAttnStoreProcessor, IPAdapterAttnProcessor2_0, IpAdapterLayer,
 };
 pub use autoencoder_kl::AutoencoderKL;
+pub use block_scales::{BlockScale, ExpandedScale, PartScale, ScaleConfig};
 pub use clip::{CLIPTextModel, CLIPTextModelWithProjection};
 pub use clip_vision::{CLIPVisionModel, CLIPVisionModelWithProjection};
 pub use error::ModelError;

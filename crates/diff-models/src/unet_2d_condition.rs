@@ -698,6 +698,17 @@ impl UNet2DConditionModel {
                 s.context_dim
             )));
         }
+        if let Some(bad) = input
+            .ip_hidden_states
+            .iter()
+            .flatten()
+            .find(|ip| ip.dims()[0] != b)
+        {
+            return Err(invalid(format!(
+                "`ip_hidden_states` holds {:?}, expected batch size {b}",
+                bad.dims()
+            )));
+        }
         let t = input.timestep.dims()[0];
         if t != 1 && t != b {
             return Err(invalid(format!(

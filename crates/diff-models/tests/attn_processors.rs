@@ -11,9 +11,9 @@ use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
 use diff_format::configs::unet::UNet2DConditionConfig;
 use diff_models::weights::{LoadOptions, TensorSource, load_file};
 use diff_models::{
-    AttnProcessor2_0, AttnProcessorRef, AttnProcessorSetting, CrossAttnStoreProcessor,
-    IPAdapterAttnProcessor2_0, IpAdapterLayer, ModelError, UNet2DConditionInput,
-    UNet2DConditionModel,
+    AttnProcessor2_0, AttnProcessorRef, AttnProcessorSetting, BlockScale, CrossAttnStoreProcessor,
+    IPAdapterAttnProcessor2_0, IpAdapterLayer, ModelError, PartScale, ScaleConfig,
+    UNet2DConditionInput, UNet2DConditionModel,
 };
 
 fn root() -> PathBuf {
@@ -162,19 +162,16 @@ fn default_attn_processor_is_the_classic_one_and_matches_diffusers() {
     assert!(err.to_string().contains("CrossAttnStoreProcessor"), "{err}");
 }
 
-#[test]
-fn ip_adapter_processor_matches_diffusers() {
-    let device = Device::default();
-    let unet = tiny_unet(&device);
-    let src = io();
+/// Installs the fixture's IP-Adapter processors (scale 0.6) on every `attn2`.
+fn install_ip_adapters(unet: &UNet2DConditionModel, src: &TensorSource, device: &Device) {
     let mut map = Vec::new();
     for (name, _) in unet.attn_processors() {
         let processor: AttnProcessorRef = if name.ends_with("attn1.processor") {
             Arc::new(AttnProcessor2_0)
         } else {
             let layer = IpAdapterLayer::from_torch(
-                tensor(&src, &format!("ip.{name}.to_k_ip"), &device),
-                tensor(&src, &format!("ip.{name}.to_v_ip"), &device),
+                tensor(src, &format!("ip.{name}.to_k_ip"), device),
+                tensor(src, &format!("ip.{name}.to_v_ip"), device),
                 4,
             );
             let p = IPAdapterAttnProcessor2_0::new(vec![layer]);
@@ -185,6 +182,14 @@ fn ip_adapter_processor_matches_diffusers() {
     }
     unet.set_attn_processor(AttnProcessorSetting::ByName(map))
         .expect("by name");
+}
+
+#[test]
+fn ip_adapter_processor_matches_diffusers() {
+    let device = Device::default();
+    let unet = tiny_unet(&device);
+    let src = io();
+    install_ip_adapters(&unet, &src, &device);
 
     // The image tokens as a separate tuple member (diffusers' form)...
     let mut inp = input(&src, &device);
@@ -265,4 +270,49 @@ fn a_processor_set_through_one_arc_is_seen_by_every_holder() {
     let src = io();
     other.forward(input(&src, &device)).expect("forward");
     assert!(store.attention_probs().is_some());
+}
+
+#[test]
+fn instantstyle_block_scales_set_ip_adapter_scales_as_diffusers() {
+    let device = Device::default();
+    let unet = tiny_unet(&device);
+    let src = io();
+    install_ip_adapters(&unet, &src, &device);
+    // {"down": {"block_0": 0.3}, "up": {"block_1": [0.0, 1.0]}}
+    let config = ScaleConfig::PerBlock {
+        down: Some(PartScale::Blocks(vec![(0, BlockScale::All(0.3))])),
+        mid: None,
+        up: Some(PartScale::Blocks(vec![(
+            1,
+            BlockScale::PerLayer(vec![0.0, 1.0]),
+        )])),
+    };
+    unet.set_ip_adapter_scale(&[config]).expect("scale");
+    let want: std::collections::BTreeMap<String, Vec<f64>> =
+        serde_json::from_value(names_json()["instantstyle_scales"].clone()).expect("map");
+    let mut got = std::collections::BTreeMap::new();
+    for (name, p) in unet.attn_processors() {
+        if let Some(ip) = p.as_any().downcast_ref::<IPAdapterAttnProcessor2_0>() {
+            got.insert(name, ip.scale());
+        }
+    }
+    assert_eq!(got, want);
+    let mut inp = input(&src, &device);
+    inp.ip_hidden_states = Some(vec![tensor(&src, "ip_image_embeds", &device)]);
+    let out = unet.forward(inp).expect("forward");
+    // Tolerance: 1e-4 relative.
+    let err = rel_err(out, tensor(&src, "out_ip_instantstyle", &device));
+    assert!(err <= 1e-4, "InstantStyle output: {err:e}");
+
+    // A block list of the wrong length is refused.
+    let bad = ScaleConfig::PerBlock {
+        down: None,
+        mid: None,
+        up: Some(PartScale::Blocks(vec![(
+            1,
+            BlockScale::PerLayer(vec![1.0; 3]),
+        )])),
+    };
+    let err = unet.set_ip_adapter_scale(&[bad]).expect_err("wrong length");
+    assert!(err.to_string().contains("up.block_1"), "{err}");
 }

@@ -260,3 +260,23 @@ fn unet_layers_are_reached_by_diffusers_names_and_keep_their_outputs() {
     unet.delete_adapters(&["style"]).expect("delete");
     assert!(other.list_adapters().is_empty());
 }
+
+#[test]
+fn clip_text_layers_use_transformers_names() {
+    let device = Device::default();
+    let folder = root().join("tests/fixtures/tiny-sd/text_encoder");
+    let config = diff_format::load_config(&folder.join("config.json")).expect("config");
+    let clip = diff_models::CLIPTextModel::new(&config, &device).expect("build");
+    let names: Vec<String> = clip.lora_layers().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        &names[..6],
+        [
+            "text_model.encoder.layers.0.self_attn.k_proj",
+            "text_model.encoder.layers.0.self_attn.v_proj",
+            "text_model.encoder.layers.0.self_attn.q_proj",
+            "text_model.encoder.layers.0.self_attn.out_proj",
+            "text_model.encoder.layers.0.mlp.fc1",
+            "text_model.encoder.layers.0.mlp.fc2",
+        ]
+    );
+}
