@@ -445,7 +445,7 @@ impl From<AttnProcessorRef> for AttnProcessorSetting {
 
 /// The attention layers of a model by processor name (`<module>.processor`), in diffusers'
 /// `attn_processors` order.
-pub(crate) fn attention_layers<'a, M: NamedLayers>(model: &'a M) -> Vec<(String, &'a Attention)> {
+pub(crate) fn attention_layers<M: NamedLayers>(model: &M) -> Vec<(String, &Attention)> {
     let mut out = Vec::new();
     model.visit_named("", &mut |name, layer| {
         if let NamedLayer::Attention(a) = layer {

@@ -47,7 +47,7 @@ fn rel_err<const D: usize>(ours: Tensor<D>, reference: Tensor<D>) -> f64 {
 fn tiny_unet(device: &Device) -> UNet2DConditionModel {
     let folder = root().join("tests/fixtures/tiny-sd/unet");
     let config: UNet2DConditionConfig =
-        diff_format::load_config(&folder.join("config.json")).expect("config");
+        diff_format::load_config(folder.join("config.json")).expect("config");
     let model = UNet2DConditionModel::from_config(&config, device, DType::F32).expect("build");
     let (model, report) = load_file(
         model,
@@ -93,7 +93,7 @@ fn attn_processor_names_and_order_match_diffusers() {
 fn vae_attn_processor_names_match_diffusers() {
     let device = Device::default();
     let folder = root().join("tests/fixtures/tiny-sd/vae");
-    let config = diff_format::load_config(&folder.join("config.json")).expect("config");
+    let config = diff_format::load_config(folder.join("config.json")).expect("config");
     let vae = diff_models::AutoencoderKL::from_config(&config, &device, DType::F32).expect("vae");
     let names: Vec<String> = vae.attn_processors().into_iter().map(|(n, _)| n).collect();
     let want: Vec<String> = serde_json::from_value(names_json()["vae"].clone()).expect("list");

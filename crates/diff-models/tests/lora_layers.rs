@@ -209,7 +209,7 @@ fn unet_layers_are_reached_by_diffusers_names_and_keep_their_outputs() {
     let device = Device::default();
     let folder = root().join("tests/fixtures/tiny-sd/unet");
     let config: UNet2DConditionConfig =
-        diff_format::load_config(&folder.join("config.json")).expect("config");
+        diff_format::load_config(folder.join("config.json")).expect("config");
     let unet =
         Arc::new(UNet2DConditionModel::from_config(&config, &device, DType::F32).expect("build"));
     let names: Vec<String> = unet.lora_layers().into_iter().map(|(n, _)| n).collect();
@@ -265,7 +265,7 @@ fn unet_layers_are_reached_by_diffusers_names_and_keep_their_outputs() {
 fn clip_text_layers_use_transformers_names() {
     let device = Device::default();
     let folder = root().join("tests/fixtures/tiny-sd/text_encoder");
-    let config = diff_format::load_config(&folder.join("config.json")).expect("config");
+    let config = diff_format::load_config(folder.join("config.json")).expect("config");
     let clip = diff_models::CLIPTextModel::new(&config, &device).expect("build");
     let names: Vec<String> = clip.lora_layers().into_iter().map(|(n, _)| n).collect();
     assert_eq!(
