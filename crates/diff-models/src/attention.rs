@@ -10,11 +10,13 @@
 //! so half-precision models round where torch rounds.
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, GroupNorm, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
+use crate::attention_processor::{AttnProcessorRef, ProcessorSlot};
+use crate::lora::{LoraConv2d, LoraLinear};
+use crate::named::{NamedLayer, NamedLayers, join, visit_fields};
 use crate::resnet::{conv2d, group_norm, linear};
 
 /// A linear layer over `[batch, n, d_in]` tokens run as one `[batch * n, d_in]` matmul: burn-flex
@@ -27,13 +29,41 @@ pub fn linear_tokens(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     y.reshape([b, n, out])
 }
 
-/// [`linear_tokens`] for tokens that torch holds as a transposed (non-contiguous) view, where
-/// its half-precision `F.linear` rounds the product and the bias addition separately.
-fn linear_tokens_strided(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
+/// [`linear_tokens`] for an adapter-capable layer (its adapters, when any are in effect).
+pub fn lora_linear_tokens(layer: &LoraLinear, x: Tensor<3>) -> Tensor<3> {
     let [b, n, d] = x.dims();
-    let y = crate::precision::linear_strided(layer, x.reshape([b * n, d]));
+    let y = layer.forward_with(x.reshape([b * n, d]), crate::precision::linear);
     let out = y.dims()[1];
     y.reshape([b, n, out])
+}
+
+/// [`lora_linear_tokens`] for tokens that torch holds as a transposed (non-contiguous) view,
+/// where its half-precision `F.linear` rounds the product and the bias addition separately.
+fn lora_linear_tokens_strided(layer: &LoraLinear, x: Tensor<3>) -> Tensor<3> {
+    let [b, n, d] = x.dims();
+    let y = layer.forward_with(x.reshape([b * n, d]), crate::precision::linear_strided);
+    let out = y.dims()[1];
+    y.reshape([b, n, out])
+}
+
+/// The states an attention layer attends to: diffusers' `encoder_hidden_states`, which the UNet
+/// turns into the tuple `(text, image_embeds)` when IP-Adapters are loaded.
+#[derive(Debug, Clone)]
+pub struct EncoderHiddenStates {
+    /// The text states, `[batch, m, cross_attention_dim]`.
+    pub hidden_states: Tensor<3>,
+    /// The projected image-prompt tokens, one `[batch, tokens, cross_attention_dim]` tensor per
+    /// IP-Adapter (the tuple's second member); empty without IP-Adapters.
+    pub ip_hidden_states: Vec<Tensor<3>>,
+}
+
+impl From<Tensor<3>> for EncoderHiddenStates {
+    fn from(hidden_states: Tensor<3>) -> Self {
+        Self {
+            hidden_states,
+            ip_hidden_states: Vec::new(),
+        }
+    }
 }
 
 /// `softmax(q kᵀ / sqrt(d)) v` per head.
@@ -65,19 +95,22 @@ pub struct Attention {
     /// Group norm of the VAE mid-block attention (over channels, before the projections).
     pub group_norm: Option<GroupNorm>,
     /// Query projection.
-    pub to_q: Linear,
+    pub to_q: LoraLinear,
     /// Key projection.
-    pub to_k: Linear,
+    pub to_k: LoraLinear,
     /// Value projection.
-    pub to_v: Linear,
+    pub to_v: LoraLinear,
     /// Output projection (`to_out.0`; `to_out.1` is a dropout without weights).
-    pub to_out: Vec<Linear>,
+    pub to_out: Vec<LoraLinear>,
     /// Number of heads.
     pub heads: usize,
     /// Add the input back (the VAE's form).
     pub residual_connection: bool,
     /// The output is divided by this.
     pub rescale_output_factor: f64,
+    /// The attention processor (runtime state shared by clones; see `attention_processor`).
+    #[module(skip)]
+    pub processor: ProcessorSlot,
 }
 
 /// Settings of an [`Attention`].
@@ -110,54 +143,86 @@ impl AttentionConfig {
             group_norm: self
                 .group_norm
                 .map(|(g, eps)| group_norm(g, self.query_dim, eps, device)),
-            to_q: linear(self.query_dim, inner, self.bias, device),
-            to_k: linear(kv_dim, inner, self.bias, device),
-            to_v: linear(kv_dim, inner, self.bias, device),
-            to_out: vec![linear(inner, self.query_dim, true, device)],
+            to_q: linear(self.query_dim, inner, self.bias, device).into(),
+            to_k: linear(kv_dim, inner, self.bias, device).into(),
+            to_v: linear(kv_dim, inner, self.bias, device).into(),
+            to_out: vec![linear(inner, self.query_dim, true, device).into()],
             heads: self.heads,
             residual_connection: self.residual_connection,
             rescale_output_factor: self.rescale_output_factor,
+            processor: ProcessorSlot::default(),
         }
     }
 }
 
 impl Attention {
-    /// Attention over a token sequence.
+    /// Attention over a token sequence through the layer's processor (diffusers'
+    /// `Attention.forward`, which calls `self.processor(...)`).
     ///
     /// # Shapes
     /// - `x`: `[batch, n, query_dim]`
-    /// - `context`: `[batch, m, cross_attention_dim]`, or `None` for self-attention
+    /// - `context`: `[batch, m, cross_attention_dim]` (plus image-prompt tokens), or `None`
+    ///   for self-attention
     /// - `bias`: additive mask broadcastable to `[batch, heads, n, m]`
     /// - output: `[batch, n, query_dim]`
     pub fn forward(
         &self,
         x: Tensor<3>,
-        context: Option<&Tensor<3>>,
+        context: Option<&EncoderHiddenStates>,
         bias: Option<Tensor<4>>,
     ) -> Tensor<3> {
         let _span = tracing::trace_span!("Attention").entered();
-        let residual = x.clone();
-        // diffusers' processor feeds the projections a transposed view when it group-normalises
-        // (always, for the VAE's attention over a feature map); torch rounds such a linear twice.
-        let strided = self.group_norm.is_some();
-        let h = match &self.group_norm {
-            Some(norm) => crate::precision::group_norm(norm, x.swap_dims(1, 2)).swap_dims(1, 2),
-            None => x,
-        };
-        let project = |layer: &Linear, t: Tensor<3>| {
-            if strided {
-                linear_tokens_strided(layer, t)
-            } else {
-                linear_tokens(layer, t)
-            }
-        };
-        let q = project(&self.to_q, h.clone());
-        let ctx = context.cloned().unwrap_or(h);
-        let k = project(&self.to_k, ctx.clone());
-        let v = project(&self.to_v, ctx);
-        let out = scaled_dot_product_attention(q, k, v, self.heads, bias);
+        self.processor.get().call(self, x, context, bias)
+    }
+
+    /// The processor in use (diffusers' `get_processor`).
+    pub fn get_processor(&self) -> AttnProcessorRef {
+        self.processor.get()
+    }
+
+    /// Replaces the processor (diffusers' `set_processor`); every holder of this layer sees it.
+    pub fn set_processor(&self, processor: AttnProcessorRef) {
+        self.processor.set(processor);
+    }
+
+    /// The width of one head (`inner_dim / heads`).
+    pub fn head_dim(&self) -> usize {
+        self.to_q.dims()[1] / self.heads.max(1)
+    }
+
+    /// diffusers' `Attention.scale`: `dim_head ** -0.5`.
+    pub fn scale(&self) -> f64 {
+        (self.head_dim() as f64).powf(-0.5)
+    }
+
+    /// The input of the projections: the group-normalised tokens when the layer has a group
+    /// norm (the VAE's form), else `x`; and whether torch holds them as a transposed view
+    /// (diffusers' processor feeds the projections a transposed view when it group-normalises,
+    /// and torch rounds such a half-precision linear twice).
+    pub fn prepare_input(&self, x: Tensor<3>) -> (Tensor<3>, bool) {
+        match &self.group_norm {
+            Some(norm) => (
+                crate::precision::group_norm(norm, x.swap_dims(1, 2)).swap_dims(1, 2),
+                true,
+            ),
+            None => (x, false),
+        }
+    }
+
+    /// One of the projections over tokens (`strided` as [`prepare_input`](Self::prepare_input)
+    /// returns it).
+    pub fn project(&self, layer: &LoraLinear, t: Tensor<3>, strided: bool) -> Tensor<3> {
+        if strided {
+            lora_linear_tokens_strided(layer, t)
+        } else {
+            lora_linear_tokens(layer, t)
+        }
+    }
+
+    /// `to_out.0`, then the residual and the output rescaling.
+    pub fn finish(&self, out: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         let mut out = match self.to_out.first() {
-            Some(proj) => linear_tokens(proj, out),
+            Some(proj) => lora_linear_tokens(proj, out),
             None => out,
         };
         if self.residual_connection {
@@ -182,11 +247,18 @@ impl Attention {
     }
 }
 
+impl NamedLayers for Attention {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        f(prefix, NamedLayer::Attention(self));
+        visit_fields!(self, prefix, f; to_q, to_k, to_v, to_out);
+    }
+}
+
 /// diffusers' `GEGLU`: one projection to twice the width, halves multiplied as `a * gelu(b)`.
 #[derive(Module, Debug)]
 pub struct Geglu {
     /// The projection to `2 * inner_dim`.
-    pub proj: Linear,
+    pub proj: LoraLinear,
 }
 
 impl Geglu {
@@ -195,7 +267,7 @@ impl Geglu {
     /// - output: `[batch, n, inner_dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let _span = tracing::trace_span!("GEGLU").entered();
-        let h = linear_tokens(&self.proj, x);
+        let h = lora_linear_tokens(&self.proj, x);
         let width = h.dims()[2] / 2;
         let hidden = h.clone().narrow(2, 0, width);
         let gate = h.narrow(2, width, width);
@@ -211,7 +283,7 @@ pub enum FeedForwardLayer {
     /// `net.1`: a dropout, without weights.
     Dropout(Dropout),
     /// `net.2`: the output projection.
-    Linear(Linear),
+    Linear(LoraLinear),
 }
 
 /// diffusers' `FeedForward` with the default `geglu` activation and `mult = 4`.
@@ -228,10 +300,10 @@ impl FeedForward {
         Self {
             net: vec![
                 FeedForwardLayer::Geglu(Geglu {
-                    proj: linear(dim, inner * 2, true, device),
+                    proj: linear(dim, inner * 2, true, device).into(),
                 }),
                 FeedForwardLayer::Dropout(DropoutConfig::new(0.0).init()),
-                FeedForwardLayer::Linear(linear(inner, dim, true, device)),
+                FeedForwardLayer::Linear(linear(inner, dim, true, device).into()),
             ],
         }
     }
@@ -244,8 +316,22 @@ impl FeedForward {
         self.net.iter().fold(x, |h, layer| match layer {
             FeedForwardLayer::Geglu(g) => g.forward(h),
             FeedForwardLayer::Dropout(_) => h,
-            FeedForwardLayer::Linear(l) => linear_tokens(l, h),
+            FeedForwardLayer::Linear(l) => lora_linear_tokens(l, h),
         })
+    }
+}
+
+impl NamedLayers for FeedForward {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        let net = join(prefix, "net");
+        for (i, layer) in self.net.iter().enumerate() {
+            let name = join(&net, &i.to_string());
+            match layer {
+                FeedForwardLayer::Geglu(g) => g.proj.visit_named(&join(&name, "proj"), f),
+                FeedForwardLayer::Dropout(_) => {}
+                FeedForwardLayer::Linear(l) => l.visit_named(&name, f),
+            }
+        }
     }
 }
 
@@ -313,7 +399,7 @@ impl BasicTransformerBlock {
     pub fn forward(
         &self,
         x: Tensor<3>,
-        context: &Tensor<3>,
+        context: &EncoderHiddenStates,
         context_bias: Option<&Tensor<4>>,
     ) -> Tensor<3> {
         let _span = tracing::trace_span!("BasicTransformerBlock").entered();
@@ -331,14 +417,29 @@ impl BasicTransformerBlock {
     }
 }
 
+impl NamedLayers for BasicTransformerBlock {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; attn1, attn2, ff);
+    }
+}
+
 /// `proj_in` / `proj_out` of a [`Transformer2DModel`]: a 1x1 convolution (SD 1.x) or a linear
 /// layer (`use_linear_projection`, SD 2.x and SDXL).
 #[derive(Module, Debug)]
 pub enum Projection {
     /// 1x1 convolution over the feature map.
-    Conv(Conv2d),
+    Conv(LoraConv2d),
     /// Linear layer over the token sequence.
-    Linear(Linear),
+    Linear(LoraLinear),
+}
+
+impl NamedLayers for Projection {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        match self {
+            Self::Conv(c) => c.visit_named(prefix, f),
+            Self::Linear(l) => l.visit_named(prefix, f),
+        }
+    }
 }
 
 /// Settings of a [`Transformer2DModel`].
@@ -368,9 +469,9 @@ impl Transformer2DConfig {
         let inner = self.num_attention_heads * self.attention_head_dim;
         let proj = |a: usize, b: usize| {
             if self.use_linear_projection {
-                Projection::Linear(linear(a, b, true, device))
+                Projection::Linear(linear(a, b, true, device).into())
             } else {
-                Projection::Conv(conv2d(a, b, 1, 1, 0, device))
+                Projection::Conv(conv2d(a, b, 1, 1, 0, device).into())
             }
         };
         Transformer2DModel {
@@ -415,7 +516,7 @@ impl Transformer2DModel {
     pub fn forward(
         &self,
         x: Tensor<4>,
-        context: &Tensor<3>,
+        context: &EncoderHiddenStates,
         context_bias: Option<&Tensor<4>>,
     ) -> Tensor<4> {
         let _span = tracing::trace_span!("Transformer2DModel").entered();
@@ -431,16 +532,22 @@ impl Transformer2DModel {
             t.reshape([b, h, w, c]).permute([0, 3, 1, 2])
         };
         let mut tokens = match &self.proj_in {
-            Projection::Conv(c) => to_tokens(crate::precision::conv2d(c, x)),
-            Projection::Linear(l) => linear_tokens(l, to_tokens(x)),
+            Projection::Conv(c) => to_tokens(c.forward(x)),
+            Projection::Linear(l) => lora_linear_tokens(l, to_tokens(x)),
         };
         for block in &self.transformer_blocks {
             tokens = block.forward(tokens, context, context_bias);
         }
         let out = match &self.proj_out {
-            Projection::Conv(c) => crate::precision::conv2d(c, to_map(tokens)),
-            Projection::Linear(l) => to_map(linear_tokens(l, tokens)),
+            Projection::Conv(c) => c.forward(to_map(tokens)),
+            Projection::Linear(l) => to_map(lora_linear_tokens(l, tokens)),
         };
         out + residual
+    }
+}
+
+impl NamedLayers for Transformer2DModel {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; proj_in, transformer_blocks, proj_out);
     }
 }

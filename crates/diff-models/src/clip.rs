@@ -18,6 +18,9 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use diff_format::configs::clip::{CLIPTextConfig, TokenIds};
 
 use crate::ModelError;
+use crate::lora::{LoraLayerRef, LoraLinear, LoraModel};
+use crate::named::{NamedLayer, NamedLayers, join, visit_fields};
+
 
 /// The activations transformers' `ACT2FN` offers that CLIP checkpoints use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,20 +111,20 @@ pub(crate) fn check_heads(dims: &EncoderDims, model: &str) -> Result<(), ModelEr
 #[derive(Module, Debug)]
 pub struct CLIPAttention {
     /// `k_proj`.
-    pub k_proj: Linear,
+    pub k_proj: LoraLinear,
     /// `v_proj`.
-    pub v_proj: Linear,
+    pub v_proj: LoraLinear,
     /// `q_proj`.
-    pub q_proj: Linear,
+    pub q_proj: LoraLinear,
     /// `out_proj`.
-    pub out_proj: Linear,
+    pub out_proj: LoraLinear,
     /// Number of heads.
     pub num_heads: usize,
 }
 
 impl CLIPAttention {
     fn new(dims: &EncoderDims, device: &Device) -> Self {
-        let lin = || LinearConfig::new(dims.hidden, dims.hidden).init(device);
+        let lin = || LoraLinear::from(LinearConfig::new(dims.hidden, dims.hidden).init(device));
         Self {
             k_proj: lin(),
             v_proj: lin(),
@@ -142,12 +145,13 @@ impl CLIPAttention {
         let [b, s, h] = x.dims();
         let head_dim = h / self.num_heads;
         let split = |t: Tensor<3>| t.reshape([b, s, self.num_heads, head_dim]).swap_dims(1, 2);
-        let q = split(crate::precision::linear(&self.q_proj, x.clone()));
-        let k = split(crate::precision::linear(&self.k_proj, x.clone()));
-        let v = split(crate::precision::linear(&self.v_proj, x));
+        let q = split(self.q_proj.forward(x.clone()));
+        let k = split(self.k_proj.forward(x.clone()));
+        let v = split(self.v_proj.forward(x));
         let scale = (head_dim as f64).powf(-0.5);
         let out = crate::precision::attention(q, k, v, key_mask, None, Some(scale), causal);
-        crate::precision::linear(&self.out_proj, out.swap_dims(1, 2).reshape([b, s, h]))
+        self.out_proj
+            .forward(out.swap_dims(1, 2).reshape([b, s, h]))
     }
 }
 
@@ -155,9 +159,9 @@ impl CLIPAttention {
 #[derive(Module, Debug)]
 pub struct CLIPMLP {
     /// `fc1`.
-    pub fc1: Linear,
+    pub fc1: LoraLinear,
     /// `fc2`.
-    pub fc2: Linear,
+    pub fc2: LoraLinear,
     /// `hidden_act`.
     #[module(skip)]
     pub act: HiddenAct,
@@ -166,10 +170,7 @@ pub struct CLIPMLP {
 impl CLIPMLP {
     /// Applies the MLP.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        crate::precision::linear(
-            &self.fc2,
-            self.act.forward(crate::precision::linear(&self.fc1, x)),
-        )
+        self.fc2.forward(self.act.forward(self.fc1.forward(x)))
     }
 }
 
@@ -223,8 +224,12 @@ impl CLIPEncoder {
                     .with_epsilon(dims.eps)
                     .init(device),
                 mlp: CLIPMLP {
-                    fc1: LinearConfig::new(dims.hidden, dims.intermediate).init(device),
-                    fc2: LinearConfig::new(dims.intermediate, dims.hidden).init(device),
+                    fc1: LinearConfig::new(dims.hidden, dims.intermediate)
+                        .init(device)
+                        .into(),
+                    fc2: LinearConfig::new(dims.intermediate, dims.hidden)
+                        .init(device)
+                        .into(),
                     act: dims.act,
                 },
                 layer_norm2: LayerNormConfig::new(dims.hidden)
@@ -545,5 +550,56 @@ impl CLIPTextModelWithProjection {
             last_hidden_state: out.last_hidden_state,
             hidden_states: out.hidden_states,
         })
+    }
+}
+
+impl NamedLayers for CLIPAttention {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; k_proj, v_proj, q_proj, out_proj);
+    }
+}
+
+impl NamedLayers for CLIPMLP {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; fc1, fc2);
+    }
+}
+
+impl NamedLayers for CLIPEncoderLayer {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; self_attn, mlp);
+    }
+}
+
+impl NamedLayers for CLIPEncoder {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; layers);
+    }
+}
+
+/// Forwards each adapter-capable layer of a walk to a [`LoraModel`] callback.
+fn lora_only<'a>(
+    f: &mut dyn FnMut(&str, LoraLayerRef<'a>),
+) -> impl FnMut(&str, NamedLayer<'a>) + '_ {
+    move |name, layer| match layer {
+        NamedLayer::Linear(l) => f(name, LoraLayerRef::Linear(l)),
+        NamedLayer::Conv2d(c) => f(name, LoraLayerRef::Conv2d(c)),
+        NamedLayer::Attention(_) => {}
+    }
+}
+
+/// transformers' names: `CLIPTextModel` holds its transformer as `text_model`, so layers are
+/// `text_model.encoder.layers.0.self_attn.q_proj` (the names peft and diffusers' LoRA keys use).
+impl LoraModel for CLIPTextModel {
+    fn for_each_lora_layer<'a>(&'a self, f: &mut dyn FnMut(&str, LoraLayerRef<'a>)) {
+        self.encoder
+            .visit_named(&join("text_model", "encoder"), &mut lora_only(f));
+    }
+}
+
+/// `text_model.encoder.layers.0.self_attn.q_proj`, as for [`CLIPTextModel`].
+impl LoraModel for CLIPTextModelWithProjection {
+    fn for_each_lora_layer<'a>(&'a self, f: &mut dyn FnMut(&str, LoraLayerRef<'a>)) {
+        self.text_model.for_each_lora_layer(f);
     }
 }

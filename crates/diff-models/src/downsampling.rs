@@ -3,14 +3,17 @@
 use burn::module::Module;
 use burn::nn::Initializer;
 use burn::nn::PaddingConfig2d;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2dConfig;
 use burn::tensor::{Device, Tensor};
+
+use crate::lora::LoraConv2d;
+use crate::named::{NamedLayer, NamedLayers, visit_fields};
 
 /// diffusers' `Downsample2D` with `use_conv=True`, the form every SD UNet and VAE uses.
 #[derive(Module, Debug)]
 pub struct Downsample2D {
     /// The stride-2 convolution.
-    pub conv: Conv2d,
+    pub conv: LoraConv2d,
 }
 
 impl Downsample2D {
@@ -28,7 +31,7 @@ impl Downsample2D {
             .with_padding(pad)
             .with_initializer(Initializer::Zeros)
             .init(device);
-        Self { conv }
+        Self { conv: conv.into() }
     }
 
     /// # Shapes
@@ -36,6 +39,12 @@ impl Downsample2D {
     /// - output: `[batch, out_channels, ceil(height / 2), ceil(width / 2)]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let _span = tracing::trace_span!("Downsample2D").entered();
-        crate::precision::conv2d(&self.conv, x)
+        self.conv.forward(x)
+    }
+}
+
+impl NamedLayers for Downsample2D {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; conv);
     }
 }

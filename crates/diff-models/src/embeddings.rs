@@ -3,6 +3,9 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, Linear};
+
+use crate::lora::LoraLinear;
+use crate::named::{NamedLayer, NamedLayers, visit_fields};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::resnet::{Activation, linear};
@@ -78,9 +81,9 @@ impl Timesteps {
 #[derive(Module, Debug)]
 pub struct TimestepEmbedding {
     /// First projection.
-    pub linear_1: Linear,
+    pub linear_1: LoraLinear,
     /// Second projection.
-    pub linear_2: Linear,
+    pub linear_2: LoraLinear,
     /// Projection of a condition added to the input (LCM's guidance embedding).
     pub cond_proj: Option<Linear>,
     /// Activation between the projections.
@@ -102,8 +105,8 @@ impl TimestepEmbedding {
         device: &Device,
     ) -> Self {
         Self {
-            linear_1: linear(in_channels, time_embed_dim, true, device),
-            linear_2: linear(time_embed_dim, time_embed_dim, true, device),
+            linear_1: linear(in_channels, time_embed_dim, true, device).into(),
+            linear_2: linear(time_embed_dim, time_embed_dim, true, device).into(),
             cond_proj: cond_proj_dim.map(|d| linear(d, in_channels, false, device)),
             act,
             post_act,
@@ -120,9 +123,9 @@ impl TimestepEmbedding {
             (Some(p), Some(c)) => sample + crate::precision::linear(p, c),
             _ => sample,
         };
-        let h = crate::precision::linear(&self.linear_1, sample);
+        let h = self.linear_1.forward(sample);
         let h = self.act.forward(h);
-        let h = crate::precision::linear(&self.linear_2, h);
+        let h = self.linear_2.forward(h);
         match self.post_act {
             Some(a) => a.forward(h),
             None => h,
@@ -165,4 +168,10 @@ pub enum ClassLabels {
     Labels(Tensor<1>),
     /// Label vectors (`Identity`, `Projection`, `SimpleProjection`), `[batch, dim]`.
     Embeds(Tensor<2>),
+}
+
+impl NamedLayers for TimestepEmbedding {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; linear_1, linear_2);
+    }
 }

@@ -78,6 +78,24 @@ pub enum ModelError {
         /// What is wrong, with expected vs got.
         reason: String,
     },
+    /// A LoRA adapter operation failed (wrong shapes, an unknown or fused adapter).
+    #[error("adapter `{adapter}`: {reason}")]
+    Adapter {
+        /// The adapter name.
+        adapter: String,
+        /// What is wrong, with expected vs got.
+        reason: String,
+    },
+    /// `set_attn_processor` got a map whose keys do not match the model's processors.
+    #[error("{model}: attention processor `{key}`: {reason}")]
+    AttnProcessor {
+        /// The model class.
+        model: String,
+        /// The processor name (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor`).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A config file could not be parsed.
     #[error("invalid config `{path}`: {reason}")]
     Config {

@@ -12,6 +12,11 @@
 //! Every model loads through one trait, [`FromPretrained`] (`from_pretrained(folder,
 //! &ModelLoadOptions)`, `config()`), whose weight files come from diff-format's resolver with the
 //! owning library's rules (diffusers or transformers).
+//! Attention processors (`attention_processor`) and LoRA adapter layers (`lora`) are runtime
+//! state inside the layers, behind `Arc<RwLock<..>>` fields marked `#[module(skip)]`: a model
+//! shared by `Arc` shows the same processors and adapters to every holder, as diffusers' shared
+//! `nn.Module`s do. With the default processor and no active adapter the forward runs the same
+//! code as a plain layer.
 //!
 //! **Must not know:** pipelines, schedulers, the Hub. Configs and file names come from
 //! `diff-format`.
@@ -39,20 +44,30 @@ pub mod safety_checker;
 
 // UNet and VAE (UNET+VAE engineer).
 pub mod attention;
+pub mod attention_processor;
 pub mod autoencoder_kl;
+pub mod block_scales;
 pub mod downsampling;
 pub mod embeddings;
+pub mod lora;
+mod named;
 pub mod resnet;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
 pub mod upsampling;
 pub mod vae;
 
+pub use attention_processor::{
+    AttentionProcessor, AttnProcessor, AttnProcessor2_0, AttnProcessorRef, AttnProcessorSetting,
+    CrossAttnStoreProcessor, IPAdapterAttnProcessor2_0, IpAdapterLayer,
+};
 pub use autoencoder_kl::AutoencoderKL;
+pub use block_scales::{BlockScale, ExpandedScale, PartScale, ScaleConfig};
 pub use clip::{CLIPTextModel, CLIPTextModelWithProjection};
 pub use clip_vision::{CLIPVisionModel, CLIPVisionModelWithProjection};
 pub use error::ModelError;
 pub use image_processor::CLIPImageProcessor;
 pub use pretrained::{FromPretrained, ModelLoadOptions};
+pub use lora::{LoraAdapters, LoraConv2d, LoraLayerRef, LoraLinear, LoraModel, LoraWeights};
 pub use safety_checker::StableDiffusionSafetyChecker;
 pub use unet_2d_condition::{UNet2DConditionInput, UNet2DConditionModel};

@@ -8,6 +8,8 @@ use burn::tensor::activation;
 use burn::tensor::{Device, Tensor};
 
 use crate::ModelError;
+use crate::lora::{LoraConv2d, LoraLinear};
+use crate::named::{NamedLayer, NamedLayers, visit_fields};
 
 /// An activation function named by a diffusers config (`act_fn`), as `get_activation` maps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,17 +156,17 @@ impl ResnetBlock2DConfig {
                 TimeEmbeddingNorm::Default => self.out_channels,
                 TimeEmbeddingNorm::ScaleShift => self.out_channels * 2,
             };
-            linear(t, out, true, device)
+            LoraLinear::from(linear(t, out, true, device))
         });
         // diffusers adds a 1x1 shortcut exactly when the channel count changes.
         let conv_shortcut = (self.in_channels != self.out_channels)
-            .then(|| conv2d(self.in_channels, self.out_channels, 1, 1, 0, device));
+            .then(|| conv2d(self.in_channels, self.out_channels, 1, 1, 0, device).into());
         Ok(ResnetBlock2D {
             norm1: group_norm(self.groups, self.in_channels, self.eps, device),
-            conv1: conv2d(self.in_channels, self.out_channels, 3, 1, 1, device),
+            conv1: conv2d(self.in_channels, self.out_channels, 3, 1, 1, device).into(),
             time_emb_proj,
             norm2: group_norm(self.groups, self.out_channels, self.eps, device),
-            conv2: conv2d(self.out_channels, self.out_channels, 3, 1, 1, device),
+            conv2: conv2d(self.out_channels, self.out_channels, 3, 1, 1, device).into(),
             conv_shortcut,
             act: self.act,
             scale_shift: self.time_embedding_norm == TimeEmbeddingNorm::ScaleShift,
@@ -181,15 +183,15 @@ pub struct ResnetBlock2D {
     /// First norm.
     pub norm1: GroupNorm,
     /// First convolution.
-    pub conv1: Conv2d,
+    pub conv1: LoraConv2d,
     /// Projection of the time embedding.
-    pub time_emb_proj: Option<Linear>,
+    pub time_emb_proj: Option<LoraLinear>,
     /// Second norm.
     pub norm2: GroupNorm,
     /// Second convolution.
-    pub conv2: Conv2d,
+    pub conv2: LoraConv2d,
     /// 1x1 shortcut when input and output widths differ.
-    pub conv_shortcut: Option<Conv2d>,
+    pub conv_shortcut: Option<LoraConv2d>,
     /// Activation.
     #[module(skip)]
     pub act: Activation,
@@ -210,7 +212,7 @@ impl ResnetBlock2D {
         let _span = tracing::trace_span!("ResnetBlock2D").entered();
         let h = crate::precision::group_norm(&self.norm1, x.clone());
         let h = self.act.forward(h);
-        let mut h = crate::precision::conv2d(&self.conv1, h);
+        let mut h = self.conv1.forward(h);
 
         let temb = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(t)) => {
@@ -219,7 +221,7 @@ impl ResnetBlock2D {
                 } else {
                     self.act.forward(t.clone())
                 };
-                let t: Tensor<4> = crate::precision::linear(proj, t).unsqueeze_dims(&[2, 3]);
+                let t: Tensor<4> = proj.forward(t).unsqueeze_dims(&[2, 3]);
                 Some(t)
             }
             _ => None,
@@ -240,10 +242,10 @@ impl ResnetBlock2D {
             h = crate::precision::group_norm(&self.norm2, h);
         }
         let h = self.act.forward(h);
-        let h = crate::precision::conv2d(&self.conv2, h);
+        let h = self.conv2.forward(h);
 
         let x = match &self.conv_shortcut {
-            Some(c) => crate::precision::conv2d(c, x),
+            Some(c) => c.forward(x),
             None => x,
         };
         let out = x + h;
@@ -252,5 +254,11 @@ impl ResnetBlock2D {
         } else {
             out.div_scalar(self.output_scale_factor)
         }
+    }
+}
+
+impl NamedLayers for ResnetBlock2D {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; conv1, time_emb_proj, conv2, conv_shortcut);
     }
 }

@@ -10,8 +10,11 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::ModelError;
-use crate::attention::{Attention, AttentionConfig, Transformer2DConfig, Transformer2DModel};
+use crate::attention::{
+    Attention, AttentionConfig, EncoderHiddenStates, Transformer2DConfig, Transformer2DModel,
+};
 use crate::downsampling::Downsample2D;
+use crate::named::{NamedLayer, NamedLayers, visit_fields};
 use crate::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use crate::upsampling::Upsample2D;
 
@@ -166,7 +169,7 @@ impl DownBlock2D {
         &self,
         x: Tensor<4>,
         temb: Option<&Tensor<2>>,
-        context: Option<&Tensor<3>>,
+        context: Option<&EncoderHiddenStates>,
         context_bias: Option<&Tensor<4>>,
     ) -> (Tensor<4>, Vec<Tensor<4>>) {
         let _span = tracing::trace_span!("DownBlock2D").entered();
@@ -264,7 +267,7 @@ impl UpBlock2D {
         x: Tensor<4>,
         mut skips: Option<&mut Vec<Tensor<4>>>,
         temb: Option<&Tensor<2>>,
-        context: Option<&Tensor<3>>,
+        context: Option<&EncoderHiddenStates>,
         context_bias: Option<&Tensor<4>>,
         upsample_size: Option<[usize; 2]>,
     ) -> Tensor<4> {
@@ -320,7 +323,7 @@ impl UNetMidBlock2DCrossAttn {
         &self,
         x: Tensor<4>,
         temb: Option<&Tensor<2>>,
-        context: &Tensor<3>,
+        context: &EncoderHiddenStates,
         context_bias: Option<&Tensor<4>>,
     ) -> Tensor<4> {
         let _span = tracing::trace_span!("UNetMidBlock2DCrossAttn").entered();
@@ -397,5 +400,30 @@ impl UNetMidBlock2D {
             h = resnet.forward(h, None);
         }
         h
+    }
+}
+
+// Children in the order diffusers' blocks register them: `attentions` before `resnets`.
+impl NamedLayers for DownBlock2D {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; attentions, resnets, downsamplers);
+    }
+}
+
+impl NamedLayers for UpBlock2D {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; attentions, resnets, upsamplers);
+    }
+}
+
+impl NamedLayers for UNetMidBlock2DCrossAttn {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; attentions, resnets);
+    }
+}
+
+impl NamedLayers for UNetMidBlock2D {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; attentions, resnets);
     }
 }

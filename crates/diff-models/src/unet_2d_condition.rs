@@ -8,14 +8,17 @@
 //! (see [`crate::attention`]).
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::nn::{EmbeddingConfig, GroupNorm, Initializer, Linear};
 use burn::tensor::{DType, Device, Int, Tensor};
 use diff_format::configs::unet::{PerBlock, TransformerLayers, UNet2DConditionConfig};
 
 use crate::ModelError;
+use crate::attention::EncoderHiddenStates;
+use crate::attention_processor::{AttnProcessorRef, AttnProcessorSetting};
 pub use crate::embeddings::{ClassEmbedKind, ClassEmbedding, ClassLabels};
 use crate::embeddings::{TimestepEmbedding, Timesteps};
+use crate::lora::LoraConv2d;
+use crate::named::{NamedLayer, NamedLayers, visit_fields};
 use crate::resnet::{
     Activation, ResnetBlock2DConfig, TimeEmbeddingNorm, conv2d, group_norm, linear,
 };
@@ -68,6 +71,12 @@ pub struct UNet2DConditionInput {
     pub down_block_additional_residuals: Option<Vec<Tensor<4>>>,
     /// ControlNet residual added to the mid-block output.
     pub mid_block_additional_residual: Option<Tensor<4>>,
+    /// IP-Adapter image-prompt tokens, one `[batch, tokens, cross_attention_dim]` tensor per
+    /// loaded adapter, already projected (what diffusers' `encoder_hid_proj` makes of
+    /// `added_cond_kwargs["image_embeds"]`); the attention layers receive them beside the text
+    /// states (diffusers' `encoder_hidden_states = (text, image_embeds)`), and only an
+    /// `IPAdapterAttnProcessor2_0` reads them.
+    pub ip_hidden_states: Option<Vec<Tensor<3>>>,
 }
 
 impl UNet2DConditionInput {
@@ -84,6 +93,7 @@ impl UNet2DConditionInput {
             time_ids: None,
             down_block_additional_residuals: None,
             mid_block_additional_residual: None,
+            ip_hidden_states: None,
         }
     }
 }
@@ -121,7 +131,7 @@ pub struct UNetSettings {
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel {
     /// Input convolution.
-    pub conv_in: Conv2d,
+    pub conv_in: LoraConv2d,
     /// Timestep MLP.
     pub time_embedding: TimestepEmbedding,
     /// Projection of the text states (`encoder_hid_dim_type = "text_proj"`).
@@ -139,7 +149,7 @@ pub struct UNet2DConditionModel {
     /// Output norm (absent when `norm_num_groups` is null).
     pub conv_norm_out: Option<GroupNorm>,
     /// Output convolution.
-    pub conv_out: Conv2d,
+    pub conv_out: LoraConv2d,
     /// Values derived from the config.
     #[module(skip)]
     pub settings: UNetSettings,
@@ -612,7 +622,8 @@ impl UNet2DConditionModel {
                 1,
                 conv_pad(conv_in_kernel),
                 device,
-            ),
+            )
+            .into(),
             time_embedding,
             encoder_hid_proj,
             class_embedding,
@@ -628,7 +639,8 @@ impl UNet2DConditionModel {
                 1,
                 conv_pad(conv_out_kernel),
                 device,
-            ),
+            )
+            .into(),
             settings: UNetSettings {
                 in_channels,
                 context_dim: encoder_hid.unwrap_or(context_dim),
@@ -661,6 +673,17 @@ impl UNet2DConditionModel {
             return Err(invalid(format!(
                 "`encoder_hidden_states` is [{eb}, _, {ed}], expected [{b}, _, {}]",
                 s.context_dim
+            )));
+        }
+        if let Some(bad) = input
+            .ip_hidden_states
+            .iter()
+            .flatten()
+            .find(|ip| ip.dims()[0] != b)
+        {
+            return Err(invalid(format!(
+                "`ip_hidden_states` holds {:?}, expected batch size {b}",
+                bad.dims()
             )));
         }
         let t = input.timestep.dims()[0];
@@ -834,7 +857,7 @@ impl UNet2DConditionModel {
                 .forward(ids.reshape([b * n_ids]).cast(DType::F32))
                 .reshape([b, n_ids * proj.num_channels]);
             let add_embeds = Tensor::cat(vec![text.cast(dtype), time_embeds.cast(dtype)], 1);
-            let want = add.linear_1.weight.dims()[0];
+            let want = add.linear_1.dims()[0];
             if add_embeds.dims()[1] != want {
                 return Err(invalid(format!(
                     "`text_embeds` ({} wide) and {n_ids} `time_ids` give {} features, expected projection_class_embeddings_input_dim = {want}",
@@ -851,9 +874,18 @@ impl UNet2DConditionModel {
         if let Some(p) = &self.encoder_hid_proj {
             context = crate::precision::linear(p, context);
         }
+        let context = EncoderHiddenStates {
+            hidden_states: context,
+            ip_hidden_states: input
+                .ip_hidden_states
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| t.cast(dtype))
+                .collect(),
+        };
 
         // 4. Down.
-        let mut h = crate::precision::conv2d(&self.conv_in, sample);
+        let mut h = self.conv_in.forward(sample);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
             let (out, states) = block.forward(h, Some(&emb), Some(&context), context_bias.as_ref());
@@ -930,6 +962,41 @@ impl UNet2DConditionModel {
         if let Some(norm) = &self.conv_norm_out {
             h = s.conv_act.forward(crate::precision::group_norm(norm, h));
         }
-        Ok(crate::precision::conv2d(&self.conv_out, h))
+        Ok(self.conv_out.forward(h))
+    }
+}
+
+impl NamedLayers for UNet2DConditionModel {
+    /// Children in the order diffusers' `__init__` registers them: `up_blocks` before
+    /// `mid_block`, which is what `attn_processors` lists.
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; conv_in, time_embedding, add_embedding, down_blocks, up_blocks, mid_block, conv_out);
+    }
+}
+
+crate::named::lora_model_from_named!(UNet2DConditionModel);
+
+/// Attention processors (diffusers' `AttentionMixin` on the UNet).
+impl UNet2DConditionModel {
+    /// Every attention layer's processor by name
+    /// (`down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor`), in diffusers'
+    /// `attn_processors` order (down blocks, up blocks, mid block).
+    pub fn attn_processors(&self) -> Vec<(String, AttnProcessorRef)> {
+        crate::attention_processor::attn_processors(self)
+    }
+
+    /// Sets one processor on every attention layer, or one per name (diffusers'
+    /// `set_attn_processor`); a map must name every layer and nothing else, and an error names
+    /// the first unknown or missing key (nothing changes then).
+    pub fn set_attn_processor(
+        &self,
+        processor: impl Into<AttnProcessorSetting>,
+    ) -> Result<(), ModelError> {
+        crate::attention_processor::set_attn_processor(MODEL, self, processor.into())
+    }
+
+    /// diffusers' `set_default_attn_processor`: the classic `AttnProcessor` everywhere.
+    pub fn set_default_attn_processor(&self) -> Result<(), ModelError> {
+        crate::attention_processor::set_default_attn_processor(MODEL, self)
     }
 }

@@ -1,25 +1,26 @@
 //! `Upsample2D` (diffusers `models/upsampling.py`): nearest-neighbour x2, then a 3x3 convolution.
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
+use crate::lora::LoraConv2d;
+use crate::named::{NamedLayer, NamedLayers, visit_fields};
 use crate::resnet::conv2d;
 
 /// diffusers' `Upsample2D` with `use_conv=True`.
 #[derive(Module, Debug)]
 pub struct Upsample2D {
     /// The 3x3 convolution after interpolation.
-    pub conv: Conv2d,
+    pub conv: LoraConv2d,
 }
 
 impl Upsample2D {
     /// Builds the layer.
     pub fn new(channels: usize, out_channels: usize, device: &Device) -> Self {
         Self {
-            conv: conv2d(channels, out_channels, 3, 1, 1, device),
+            conv: conv2d(channels, out_channels, 3, 1, 1, device).into(),
         }
     }
 
@@ -37,6 +38,12 @@ impl Upsample2D {
             x,
             InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
         );
-        crate::precision::conv2d(&self.conv, x)
+        self.conv.forward(x)
+    }
+}
+
+impl NamedLayers for Upsample2D {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; conv);
     }
 }

@@ -7,6 +7,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor};
 
 use crate::ModelError;
+use crate::named::{NamedLayer, NamedLayers, visit_fields};
 use crate::resnet::{Activation, ResnetBlock2DConfig, TimeEmbeddingNorm, conv2d, group_norm};
 use crate::unet_2d_blocks::{BlockResnets, DownBlock2D, UNetMidBlock2D, UpBlock2D};
 
@@ -254,5 +255,19 @@ impl DiagonalGaussianDistribution {
     /// The variance, `exp(logvar)`.
     pub fn var(&self) -> Tensor<4> {
         self.logvar.clone().exp()
+    }
+}
+
+// Children in diffusers' registration order (the decoder registers `up_blocks` before
+// `mid_block`).
+impl NamedLayers for Encoder {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; down_blocks, mid_block);
+    }
+}
+
+impl NamedLayers for Decoder {
+    fn visit_named<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, NamedLayer<'a>)) {
+        visit_fields!(self, prefix, f; up_blocks, mid_block);
     }
 }

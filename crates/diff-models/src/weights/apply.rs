@@ -8,7 +8,8 @@
 //! - a `LayerNorm`'s / `GroupNorm`'s `gamma` / `beta` are PyTorch's `weight` / `bias`.
 //!
 //! Enum wrappers are transparent (burn adds the variant name to the path; PyTorch has no such
-//! level). Parameters are loaded one at a time into still-lazy burn params, so the random
+//! level), and so is the `base` field of the adapter-capable `LoraLinear` / `LoraConv2d` (their
+//! adapters are runtime state, not parameters; a `Linear` weight under them is still transposed). Parameters are loaded one at a time into still-lazy burn params, so the random
 //! initialisation of a freshly built module never runs for a loaded key. Only float parameters
 //! are loaded; int and bool parameters (none of our models has any) keep their values.
 
@@ -65,7 +66,7 @@ impl PathTracker {
         let parent = self.containers.last().map(String::as_str).unwrap_or("");
         let mut parts: Vec<&str> = Vec::with_capacity(self.names.len());
         for (i, (name, container)) in self.names.iter().zip(&self.containers).enumerate() {
-            if container.starts_with("Enum:") {
+            if container.starts_with("Enum:") || is_transparent(container, name) {
                 continue;
             }
             let name = name.as_str();
@@ -84,6 +85,12 @@ impl PathTracker {
             parent == "Struct:Linear" && self.names.last().is_some_and(|n| n == "weight");
         (parts.join("."), transpose)
     }
+}
+
+/// The `base` field of an adapter-capable layer (`crate::lora`): its parameters are the
+/// wrapped layer's, under the wrapper's own key (`to_q.weight`, not `to_q.base.weight`).
+fn is_transparent(container: &str, name: &str) -> bool {
+    name == "base" && matches!(container, "Struct:LoraLinear" | "Struct:LoraConv2d")
 }
 
 fn is_norm(container: &str) -> bool {
