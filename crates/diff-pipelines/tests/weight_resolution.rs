@@ -62,6 +62,7 @@ fn a_component_without_the_variant_loads_its_plain_weights() {
     .0;
     let conv = |u: &diff_models::UNet2DConditionModel| {
         u.conv_in
+            .base
             .weight
             .val()
             .into_data()
