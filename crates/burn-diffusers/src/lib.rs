@@ -8,6 +8,7 @@ pub use diff_convert as convert;
 pub use diff_format as format;
 pub use diff_hub as hub;
 pub use diff_image as image;
+pub use diff_lora as lora;
 pub use diff_models as models;
 pub use diff_pipelines as pipelines;
 pub use diff_schedulers as schedulers;
