@@ -14,6 +14,14 @@ pub enum PipelineError {
         /// The operating-system error (in the message, not chained, so it prints once).
         error: std::io::Error,
     },
+    /// A latents file (`--latents`, `--image-latents`) is not one 4-dimensional float tensor.
+    #[error("invalid latents file `{path}`: {message}")]
+    Latents {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong with it (format, tensor names, dtype, shape).
+        message: String,
+    },
     /// A JSON file is malformed or does not have the expected shape.
     #[error("invalid JSON in `{path}`: {message}")]
     Json {

@@ -6,29 +6,13 @@ use crate::error::PipelineError;
 use crate::image_processor::FloatImages;
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn temp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), PipelineError>,
-) -> Result<(), PipelineError> {
-    let tmp = temp_name(path);
-    if let Err(e) = write(&tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        PipelineError::io(path, e)
-    })
+/// Writes `bytes` to a user-named `path` by diff-format's rules: through a symbolic link to its
+/// target, never over a folder, FIFO or device, the folder checked first, and atomically (a
+/// temporary name in the same folder, then a rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
+    Ok(diff_format::fsutil::write_atomic(path, bytes)?)
 }
 
 /// Writes an RGB image as PNG (atomically; [`diff_image::save_png`]).
@@ -51,9 +35,7 @@ pub fn save_float_images(path: &Path, images: &FloatImages) -> Result<(), Pipeli
             format!("cannot serialize {}: {e}", path.display()),
         )
     })?;
-    write_atomic(path, |tmp| {
-        std::fs::write(tmp, &data).map_err(|e| PipelineError::io(tmp, e))
-    })
+    write_atomic(path, &data)
 }
 
 /// Writes latents `[N, C, h, w]` as a safetensors file with one float32 tensor under the key
@@ -77,16 +59,14 @@ pub fn save_latents(path: &Path, latents: &Tensor<4>) -> Result<(), PipelineErro
             format!("cannot serialize {}: {e}", path.display()),
         )
     })?;
-    write_atomic(path, |tmp| {
-        std::fs::write(tmp, &data).map_err(|e| PipelineError::io(tmp, e))
-    })
+    write_atomic(path, &data)
 }
 
 /// Reads initial latents `[N, C, h, w]` (float32, float16 or bfloat16) from a safetensors file:
 /// the tensor named `latents`, or the only tensor in the file.
 pub fn load_latents(path: &Path, device: &Device) -> Result<Tensor<4>, PipelineError> {
     let bytes = std::fs::read(path).map_err(|e| PipelineError::io(path, e))?;
-    let bad = |message: String| PipelineError::Json {
+    let bad = |message: String| PipelineError::Latents {
         path: path.to_path_buf(),
         message,
     };
@@ -136,7 +116,7 @@ pub fn load_latents(path: &Path, device: &Device) -> Result<Tensor<4>, PipelineE
 /// [`save_float_images`] (the tensor `images`).
 pub fn load_float_images(path: &Path) -> Result<FloatImages, PipelineError> {
     let bytes = std::fs::read(path).map_err(|e| PipelineError::io(path, e))?;
-    let bad = |message: String| PipelineError::Json {
+    let bad = |message: String| PipelineError::Latents {
         path: path.to_path_buf(),
         message,
     };

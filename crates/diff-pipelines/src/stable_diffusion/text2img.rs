@@ -51,13 +51,20 @@ pub(crate) fn call(
         height / factor,
         width / factor,
     ];
-    // diffusers fails deep in the UNet on a wrongly shaped `latents`; name it here.
-    if let Some(l) = args.latents.as_ref().filter(|l| l.dims() != shape) {
+    // Given `latents` decide the output size, as in diffusers (no check against height and
+    // width); a batch or channel count that cannot work fails deep in diffusers' UNet, so name
+    // it here.
+    if let Some(l) = args
+        .latents
+        .as_ref()
+        .filter(|l| l.dims()[..2] != shape[..2])
+    {
         return Err(PipelineError::arg(
             "latents",
             format!(
-                "`latents` has shape {:?}, expected {shape:?} ([batch * num_images_per_prompt, channels, height / {factor}, width / {factor}])",
-                l.dims()
+                "`latents` has shape {:?}; its batch and channels must be {:?} ([batch * num_images_per_prompt, channels, h, w])",
+                l.dims(),
+                &shape[..2]
             ),
         ));
     }
