@@ -78,7 +78,12 @@ fn images(out: &diff_pipelines::PipelineOutput) -> Vec<f32> {
 }
 
 fn latents(out: &diff_pipelines::PipelineOutput) -> Vec<f32> {
-    out.latents.clone().into_data().convert::<f32>().try_to_vec().unwrap()
+    out.latents
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap()
 }
 
 fn run_case(name: &str) {
@@ -169,7 +174,10 @@ fn sag_from_pipe_shares_components_and_matches_a_fresh_sag_pipeline() {
         sd.text_encoder().unwrap(),
         sag.text_encoder().unwrap()
     ));
-    assert!(Arc::ptr_eq(sd.tokenizer().unwrap(), sag.tokenizer().unwrap()));
+    assert!(Arc::ptr_eq(
+        sd.tokenizer().unwrap(),
+        sag.tokenizer().unwrap()
+    ));
     // The config carries over as diffusers' from_pipe keeps it.
     assert_eq!(sag.config(), sd.config());
     assert_eq!(

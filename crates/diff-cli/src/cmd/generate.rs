@@ -14,10 +14,13 @@
 //! value is read as JSON when it parses (`0.5`, `true`, `"linear"`, `[1, 2]`) and as a plain
 //! string otherwise (`linear`).
 
+use super::pipeline_arg::Requested;
 use anyhow::{Context, Result, bail};
+use burn_diffusers::format::model_index::{ModelIndex, PipelineClass as IndexClass};
 use burn_diffusers::models::{AutoencoderKL, FromPretrained, ModelLoadOptions};
 use burn_diffusers::pipelines::image_processor::load_image;
 use burn_diffusers::pipelines::outputs::{load_latents, save_float_images, save_latents, save_png};
+use burn_diffusers::pipelines::pipeline::resolve_folder;
 use burn_diffusers::pipelines::single_file::{
     SingleFileLoadOptions, autoencoder_kl_from_single_file, is_single_file,
 };
@@ -25,9 +28,6 @@ use burn_diffusers::pipelines::{
     CallArgs, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions, OutputType,
     Passed, PipelineClass, SagArgs, StepControl, StepInfo, XlArgs,
 };
-use super::pipeline_arg::Requested;
-use burn_diffusers::format::model_index::{ModelIndex, PipelineClass as IndexClass};
-use burn_diffusers::pipelines::pipeline::resolve_folder;
 use burn_diffusers::schedulers::SCHEDULER_CLASSES;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
@@ -311,8 +311,8 @@ fn requested_class(
                     task.name()
                 );
             }
-            let folder = resolve_folder(model, options)
-                .with_context(|| format!("loading {model}"))?;
+            let folder =
+                resolve_folder(model, options).with_context(|| format!("loading {model}"))?;
             let index_path = folder.join("model_index.json");
             let index = ModelIndex::load(&index_path)
                 .with_context(|| format!("reading {}", index_path.display()))?;
@@ -915,7 +915,10 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .sum::<f32>()
             / want.data.len() as f32;
-        assert!(max <= 2.0 / 255.0 && mean < 0.5 / 255.0, "max {max}, mean {mean}");
+        assert!(
+            max <= 2.0 / 255.0 && mean < 0.5 / 255.0,
+            "max {max}, mean {mean}"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -135,14 +135,22 @@ mod tests {
             ),
         ];
         for (task, from, want) in cases {
-            assert_eq!(task.class_for(from).unwrap(), want, "{} {from}", task.name());
+            assert_eq!(
+                task.class_for(from).unwrap(),
+                want,
+                "{} {from}",
+                task.name()
+            );
         }
     }
 
     #[test]
     fn auto_pipelines_refuse_classes_outside_their_mappings() {
         for name in ["StableDiffusionSAGPipeline", "KandinskyPipeline"] {
-            let msg = AutoTask::Text2Image.class_for(name).unwrap_err().to_string();
+            let msg = AutoTask::Text2Image
+                .class_for(name)
+                .unwrap_err()
+                .to_string();
             assert!(
                 msg.contains(&format!("can't find a pipeline linked to {name}")),
                 "{msg}"

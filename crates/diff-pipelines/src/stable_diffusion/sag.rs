@@ -429,7 +429,11 @@ fn nearest_resize(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
 
 /// diffusers' `gaussian_blur_2d`: a normalised 1-D Gaussian on `linspace(-k/2, k/2, k)`, its
 /// outer product as a depthwise kernel, reflect padding of `k / 2` on each side.
-fn gaussian_blur_2d(img: Tensor<4>, kernel_size: usize, sigma: f32) -> Result<Tensor<4>, PipelineError> {
+fn gaussian_blur_2d(
+    img: Tensor<4>,
+    kernel_size: usize,
+    sigma: f32,
+) -> Result<Tensor<4>, PipelineError> {
     let [_, c, h, w] = img.dims();
     let half = kernel_size / 2;
     if half >= h || half >= w {
@@ -477,11 +481,19 @@ mod tests {
     #[test]
     fn nearest_resize_doubles_each_cell() {
         let device = burn::tensor::Device::default();
-        let x = Tensor::<4>::from_data(TensorData::new(vec![1f32, 2., 3., 4.], [1, 1, 2, 2]), &device);
-        let y: Vec<f32> = nearest_resize(x, 4, 4).into_data().try_to_vec().unwrap_or_default();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(vec![1f32, 2., 3., 4.], [1, 1, 2, 2]),
+            &device,
+        );
+        let y: Vec<f32> = nearest_resize(x, 4, 4)
+            .into_data()
+            .try_to_vec()
+            .unwrap_or_default();
         assert_eq!(
             y,
-            vec![1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]
+            vec![
+                1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.
+            ]
         );
     }
 
