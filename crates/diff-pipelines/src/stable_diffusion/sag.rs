@@ -217,8 +217,8 @@ impl<'a> ProcessorRestore<'a> {
 impl Drop for ProcessorRestore<'_> {
     fn drop(&mut self) {
         if let Some(o) = self.original.take() {
-            // Only reached on an early return (a panic unwinding through the call): the names
-            // come from the same UNet, so this cannot fail.
+            // Reached on an early return or a panic unwinding through the call; the names come
+            // from the same UNet, so this cannot fail.
             let _ = self
                 .unet
                 .set_attn_processor(AttnProcessorSetting::ByName(o));
