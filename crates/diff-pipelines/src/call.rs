@@ -88,6 +88,22 @@ pub struct CallArgs {
     pub inpaint: InpaintArgs,
     /// The SDXL part (second prompts, added conditioning, ensemble of experts).
     pub xl: XlArgs,
+    /// The self-attention guidance part (`StableDiffusionSAGPipeline`).
+    pub sag: SagArgs,
+}
+
+/// The arguments only `StableDiffusionSAGPipeline` takes.
+#[derive(Debug, Clone, Copy)]
+pub struct SagArgs {
+    /// `sag_scale` (default 0.75): the weight of the self-attention guidance term; 0 turns the
+    /// guidance (and its second UNet pass) off.
+    pub sag_scale: f32,
+}
+
+impl Default for SagArgs {
+    fn default() -> Self {
+        Self { sag_scale: 0.75 }
+    }
 }
 
 /// The arguments of the image-to-image tasks (img2img and inpaint).
@@ -198,6 +214,7 @@ impl Default for CallArgs {
             img2img: Img2ImgArgs::default(),
             inpaint: InpaintArgs::default(),
             xl: XlArgs::default(),
+            sag: SagArgs::default(),
         }
     }
 }
@@ -281,6 +298,12 @@ impl CallArgs {
     /// Sets the inpaint `mask_image` to one mask.
     pub fn with_mask_image(mut self, mask_image: RgbImage) -> Self {
         self.inpaint.mask_image = Some(vec![mask_image]);
+        self
+    }
+
+    /// Sets self-attention guidance's `sag_scale`.
+    pub fn with_sag_scale(mut self, sag_scale: f32) -> Self {
+        self.sag.sag_scale = sag_scale;
         self
     }
 

@@ -21,6 +21,7 @@ pub(crate) const FLOWS: &[(PipelineClass, Flow)] = &[
     (PipelineClass::StableDiffusionXL, sdxl::text2img::call),
     (PipelineClass::StableDiffusionXLImg2Img, sdxl::img2img::call),
     (PipelineClass::StableDiffusionXLInpaint, sdxl::inpaint::call),
+    (PipelineClass::StableDiffusionSAG, sd::sag::call),
 ];
 
 /// The flow registered for `class`.

@@ -91,8 +91,8 @@ pub mod validate;
 /// burn's dtype and device types, re-exported for callers that pick them (the CLI).
 pub use burn::tensor::{DType, Device};
 pub use call::{
-    CallArgs, Generators, Img2ImgArgs, InpaintArgs, OutputType, PipelineOutput, StepCallback,
-    StepControl, StepInfo, XlArgs,
+    CallArgs, Generators, Img2ImgArgs, InpaintArgs, OutputType, PipelineOutput, SagArgs,
+    StepCallback, StepControl, StepInfo, XlArgs,
 };
 pub use denoise::guide;
 pub use device::{DeviceChoice, DeviceError, default_device, parse_device};

@@ -1,7 +1,7 @@
 //! `DiffusionPipeline`: loading a pipeline folder, its components and configs, swapping the
 //! scheduler, and `from_pipe`.
 //!
-//! One [`DiffusionPipeline`] type serves the six pipeline classes; its [`PipelineClass`] decides
+//! One [`DiffusionPipeline`] type serves every pipeline class; its [`PipelineClass`] decides
 //! which `__call__` flow runs. Components are held in `Arc`s so that `from_pipe` shares them
 //! without copying weights (the scheduler, small and stateful, is cloned as diffusers'
 //! pipelines would each mutate their own timesteps). What each slot is, accepts and loads is the
@@ -43,16 +43,20 @@ pub enum PipelineClass {
     /// `StableDiffusionXLInpaintPipeline` (4-channel UNets such as the base's, and 9-channel
     /// inpainting UNets).
     StableDiffusionXLInpaint,
+    /// `StableDiffusionSAGPipeline` (self-attention guidance, diffusers'
+    /// `pipelines/deprecated/stable_diffusion_sag/`; SD components).
+    StableDiffusionSAG,
 }
 
 /// Every supported class, in the order listed in errors.
-pub const SUPPORTED_PIPELINES: [PipelineClass; 6] = [
+pub const SUPPORTED_PIPELINES: [PipelineClass; 7] = [
     PipelineClass::StableDiffusion,
     PipelineClass::StableDiffusionImg2Img,
     PipelineClass::StableDiffusionInpaint,
     PipelineClass::StableDiffusionXL,
     PipelineClass::StableDiffusionXLImg2Img,
     PipelineClass::StableDiffusionXLInpaint,
+    PipelineClass::StableDiffusionSAG,
 ];
 
 impl PipelineClass {
@@ -65,6 +69,7 @@ impl PipelineClass {
             PipelineClass::StableDiffusionXL => "StableDiffusionXLPipeline",
             PipelineClass::StableDiffusionXLImg2Img => "StableDiffusionXLImg2ImgPipeline",
             PipelineClass::StableDiffusionXLInpaint => "StableDiffusionXLInpaintPipeline",
+            PipelineClass::StableDiffusionSAG => "StableDiffusionSAGPipeline",
         }
     }
 
@@ -100,7 +105,8 @@ impl PipelineClass {
         match self {
             PipelineClass::StableDiffusion
             | PipelineClass::StableDiffusionImg2Img
-            | PipelineClass::StableDiffusionInpaint => {
+            | PipelineClass::StableDiffusionInpaint
+            | PipelineClass::StableDiffusionSAG => {
                 vec![("requires_safety_checker", Value::Bool(true))]
             }
             PipelineClass::StableDiffusionXL => {

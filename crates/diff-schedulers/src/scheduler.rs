@@ -209,6 +209,12 @@ impl Scheduler {
         dispatch!(self, s => s.sigmas())
     }
 
+    /// `alphas_cumprod` (float32, as torch builds it; empty where the class has none), read
+    /// by pipelines that index it by timestep (self-attention guidance's `pred_x0`).
+    pub fn alphas_cumprod(&self) -> &[f32] {
+        dispatch!(self, s => &s.state().alphas_cumprod)
+    }
+
     /// `init_noise_sigma`.
     pub fn init_noise_sigma(&self) -> f32 {
         dispatch!(self, s => s.init_noise_sigma())

@@ -7,21 +7,26 @@
 //!
 //! The pipeline class comes from `model_index.json`; `--image` switches SD / SDXL text-to-image
 //! checkpoints to their img2img class and `--mask` to the inpaint class, as a diffusers user
-//! would pick `StableDiffusionImg2ImgPipeline.from_pretrained(same repo)`. `--scheduler CLASS`
+//! would pick `StableDiffusionImg2ImgPipeline.from_pretrained(same repo)`. `--pipeline CLASS`
+//! names the class instead (`StableDiffusionSAGPipeline`, an AutoPipeline; see
+//! `pipeline_arg.rs`), and `--sag-scale` is the SAG class's `sag_scale`. `--scheduler CLASS`
 //! builds `CLASS.from_config(pipe.scheduler.config, **overrides)`; each `--scheduler-set k=v`
 //! value is read as JSON when it parses (`0.5`, `true`, `"linear"`, `[1, 2]`) and as a plain
 //! string otherwise (`linear`).
 
+use super::pipeline_arg::Requested;
 use anyhow::{Context, Result, bail};
+use burn_diffusers::format::model_index::{ModelIndex, PipelineClass as IndexClass};
 use burn_diffusers::models::{AutoencoderKL, FromPretrained, ModelLoadOptions};
 use burn_diffusers::pipelines::image_processor::load_image;
 use burn_diffusers::pipelines::outputs::{load_latents, save_float_images, save_latents, save_png};
+use burn_diffusers::pipelines::pipeline::resolve_folder;
 use burn_diffusers::pipelines::single_file::{
     SingleFileLoadOptions, autoencoder_kl_from_single_file, is_single_file,
 };
 use burn_diffusers::pipelines::{
     CallArgs, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions, OutputType,
-    Passed, PipelineClass, StepControl, StepInfo, XlArgs,
+    Passed, PipelineClass, SagArgs, StepControl, StepInfo, XlArgs,
 };
 use burn_diffusers::schedulers::SCHEDULER_CLASSES;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -43,6 +48,13 @@ pub struct Args {
     /// its config files are downloaded).
     #[arg(long, value_name = "REPO_OR_DIR")]
     pub config: Option<String>,
+    /// Load the model's components into this pipeline class, as `CLASS.from_pretrained(model)`
+    /// would: a supported class (`StableDiffusionSAGPipeline`, `StableDiffusionImg2ImgPipeline`,
+    /// ...) or an AutoPipeline (`AutoPipelineForText2Image`, `AutoPipelineForImage2Image`,
+    /// `AutoPipelineForInpainting`: the task class of the model's family). Without it the class
+    /// is `model_index.json`'s, switched to img2img / inpaint by --image / --mask.
+    #[arg(long, value_name = "CLASS")]
+    pub pipeline: Option<String>,
     /// Replace the VAE (diffusers' `vae=`): a diffusers VAE folder, or a single-file VAE
     /// (`vae-ft-mse-840000-ema-pruned.safetensors`) converted with the `vae/config.json` of
     /// --config, or of --model when that is a folder or repo.
@@ -67,6 +79,10 @@ pub struct Args {
     /// standard deviation (zero-terminal-SNR models).
     #[arg(long, allow_negative_numbers = true)]
     pub guidance_rescale: Option<f32>,
+    /// StableDiffusionSAGPipeline's `sag_scale` (default 0.75; 0 turns self-attention guidance
+    /// off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub sag_scale: Option<f32>,
     /// `eta` (default 0): the DDIM noise weight (DDIM-family schedulers only; ignored by the
     /// others, as in diffusers).
     #[arg(long, allow_negative_numbers = true)]
@@ -274,6 +290,69 @@ fn load_vae(vae: &Path, args: &Args, options: &LoadOptions) -> Result<Autoencode
     })
 }
 
+/// Applies `--pipeline`: a class is loaded as `CLASS.from_pretrained` would (`pipeline_class`);
+/// an AutoPipeline reads the model's `_class_name` first (the folder or repo resolved once, the
+/// load then reads that folder) and picks its family's task class. Returns the model to load.
+fn requested_class(
+    requested: Option<Requested>,
+    model: &str,
+    options: &mut LoadOptions,
+) -> Result<String> {
+    match requested {
+        None => Ok(model.to_string()),
+        Some(Requested::Class(class)) => {
+            options.pipeline_class = Some(class);
+            Ok(model.to_string())
+        }
+        Some(Requested::Auto(task)) => {
+            if is_single_file(model) {
+                bail!(
+                    "--pipeline {}: AutoPipelines load diffusers folders and repos (diffusers has no AutoPipeline from_single_file); name the class instead",
+                    task.name()
+                );
+            }
+            let folder =
+                resolve_folder(model, options).with_context(|| format!("loading {model}"))?;
+            let index_path = folder.join("model_index.json");
+            let index = ModelIndex::load(&index_path)
+                .with_context(|| format!("reading {}", index_path.display()))?;
+            let name = match &index.class_name {
+                IndexClass::Builtin(n) => n.clone(),
+                IndexClass::Custom { class_name, .. } => class_name.clone(),
+            };
+            options.pipeline_class = Some(task.class_for(&name)?);
+            Ok(folder.display().to_string())
+        }
+    }
+}
+
+/// With `--pipeline`, the inputs must be the class's: `--mask` for an inpainting class, `--image`
+/// for an image-to-image or inpainting one, and neither for text-to-image (diffusers' `__call__`
+/// raises a TypeError on an unexpected `image=` / `mask_image=`).
+fn check_inputs_fit(class: PipelineClass, has_image: bool, has_mask: bool) -> Result<()> {
+    let inpaint = matches!(
+        class,
+        PipelineClass::StableDiffusionInpaint | PipelineClass::StableDiffusionXLInpaint
+    );
+    let img2img = matches!(
+        class,
+        PipelineClass::StableDiffusionImg2Img | PipelineClass::StableDiffusionXLImg2Img
+    );
+    if has_mask && !inpaint {
+        bail!(
+            "--mask is for the inpainting classes; --pipeline {} does not take `mask_image`",
+            class.name()
+        );
+    }
+    if has_image && !(inpaint || img2img) {
+        bail!(
+            "--image is for the image-to-image and inpainting classes; --pipeline {} does not take `image`",
+            class.name()
+        );
+    }
+    Ok(())
+}
+
 /// Runs `generate`.
 pub fn run(args: Args) -> Result<()> {
     if args.out.is_none() && args.out_array.is_none() && args.out_latents.is_none() {
@@ -283,6 +362,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     let device = burn_diffusers::pipelines::parse_device(&args.device)
         .with_context(|| format!("--device {}", args.device))?;
+    let requested = args
+        .pipeline
+        .as_deref()
+        .map(super::pipeline_arg::parse)
+        .transpose()?;
     // img2img (an --image without --mask) ignores the size flags, as diffusers does; the other
     // modes check them here, before any model is loaded.
     let sized = args.image.is_none() || args.mask.is_some();
@@ -366,6 +450,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(vae) = &args.vae {
         options.components.vae = Passed::Replace(Arc::new(load_vae(vae, &args, &options)?));
     }
+    let model = requested_class(requested, &args.model, &mut options)?;
     let latents = match &args.latents {
         Some(p) => Some(
             load_latents(p, &options.device)
@@ -386,7 +471,7 @@ pub fn run(args: Args) -> Result<()> {
             load: options,
             ..SingleFileLoadOptions::default()
         };
-        DiffusionPipeline::from_single_file(&args.model, &options)
+        DiffusionPipeline::from_single_file(&model, &options)
             .with_context(|| format!("loading the single-file checkpoint {}", args.model))?
     } else {
         if let Some(config) = &args.config {
@@ -395,7 +480,7 @@ pub fn run(args: Args) -> Result<()> {
                 args.model
             );
         }
-        DiffusionPipeline::from_pretrained(&args.model, &options)
+        DiffusionPipeline::from_pretrained(&model, &options)
             .with_context(|| format!("loading {}", args.model))?
     };
     if image_latents.is_some() && !pipe.class().is_xl() {
@@ -407,6 +492,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     let has_image = image.is_some() || image_latents.is_some();
     let wanted = match (pipe.class(), has_image, mask.is_some()) {
+        // The class asked for is kept: its inputs must fit it.
+        (c, _, _) if requested.is_some() => {
+            check_inputs_fit(c, has_image, mask.is_some())?;
+            None
+        }
         (c, _, true) if c.is_xl() => Some(PipelineClass::StableDiffusionXLInpaint),
         (_, _, true) => Some(PipelineClass::StableDiffusionInpaint),
         (c, true, false) if c.is_xl() => Some(PipelineClass::StableDiffusionXLImg2Img),
@@ -442,6 +532,13 @@ pub fn run(args: Args) -> Result<()> {
                 .copied()
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+    }
+    // diffusers' `sag_scale` is an argument of StableDiffusionSAGPipeline only.
+    if args.sag_scale.is_some() && pipe.class() != PipelineClass::StableDiffusionSAG {
+        bail!(
+            "--sag-scale is for StableDiffusionSAGPipeline (pass --pipeline StableDiffusionSAGPipeline); {} does not take `sag_scale`",
+            pipe.class().name()
         );
     }
     // diffusers' `__call__`s take `denoising_end` only in the SDXL pipelines and
@@ -506,6 +603,9 @@ pub fn run(args: Args) -> Result<()> {
             denoising_start: args.denoising_start,
             denoising_end: args.denoising_end,
             ..XlArgs::default()
+        },
+        sag: SagArgs {
+            sag_scale: args.sag_scale.unwrap_or(SagArgs::default().sag_scale),
         },
         num_images_per_prompt: args.num_images,
         // diffusers pastes the crop back onto the 8-bit image, so it needs output_type="pil".
@@ -590,6 +690,7 @@ mod tests {
         Args {
             model: fixtures().join("tiny-sd").display().to_string(),
             config: None,
+            pipeline: None,
             vae: None,
             hub: super::super::download::HubArgs::default(),
             prompt: "a photo of an astronaut riding a horse on mars".into(),
@@ -597,6 +698,7 @@ mod tests {
             steps: 4,
             guidance: Some(7.5),
             guidance_rescale: None,
+            sag_scale: None,
             eta: None,
             clip_skip: None,
             seed: Some(0),
@@ -772,6 +874,116 @@ mod tests {
             ..base_args(&dir)
         });
         assert!(msg.contains("NoSuchScheduler"), "{msg}");
+        assert!(
+            !dir.join("out.png").exists(),
+            "a failed run wrote an output"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// `--pipeline StableDiffusionSAGPipeline --sag-scale 1.0` on the `ddim_cfg_off_sag1` case
+    /// of tests/fixtures/45-sag (2/255 per pixel, 0.5/255 mean).
+    #[test]
+    fn generate_with_the_sag_pipeline_matches_the_diffusers_fixture() {
+        let dir = scratch("sag");
+        run(Args {
+            pipeline: Some("StableDiffusionSAGPipeline".into()),
+            sag_scale: Some(1.0),
+            guidance: Some(1.0),
+            steps: 3,
+            width: Some(48),
+            ..base_args(&dir)
+        })
+        .unwrap();
+        let got = load_float_images(&dir.join("out.safetensors")).unwrap();
+        let want =
+            load_float_images(&fixtures().join("45-sag/ddim_cfg_off_sag1.safetensors")).unwrap();
+        assert_eq!(
+            (got.count, got.height, got.width),
+            (want.count, want.height, want.width)
+        );
+        let max = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let mean = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / want.data.len() as f32;
+        assert!(
+            max <= 2.0 / 255.0 && mean < 0.5 / 255.0,
+            "max {max}, mean {mean}"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// `AutoPipelineForText2Image` on the tiny SD folder is its StableDiffusionPipeline: the
+    /// same image as without `--pipeline`.
+    #[test]
+    fn generate_with_an_auto_pipeline_picks_the_family_task_class() {
+        let dir = scratch("auto");
+        run(Args {
+            pipeline: Some("AutoPipelineForText2Image".into()),
+            ..base_args(&dir)
+        })
+        .unwrap();
+        let got = load_float_images(&dir.join("out.safetensors")).unwrap();
+        let want =
+            load_float_images(&fixtures().join("40-pipeline-runs/sd_txt2img_ddim.safetensors"))
+                .unwrap();
+        let max = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert_eq!(got.data.len(), want.data.len());
+        assert!(max <= 2.0 / 255.0, "max {max}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn bad_pipeline_flags_give_clear_errors() {
+        let dir = scratch("bad-pipeline");
+        let err = |args: Args| format!("{:#}", run(args).unwrap_err());
+        let msg = err(Args {
+            pipeline: Some("StableDiffusionPAGPipeline".into()),
+            ..base_args(&dir)
+        });
+        assert!(
+            msg.contains("--pipeline StableDiffusionPAGPipeline: unknown pipeline class")
+                && msg.contains("StableDiffusionSAGPipeline")
+                && msg.contains("AutoPipelineForInpainting"),
+            "{msg}"
+        );
+        let msg = err(Args {
+            sag_scale: Some(0.5),
+            ..base_args(&dir)
+        });
+        assert!(
+            msg.contains("--sag-scale is for StableDiffusionSAGPipeline"),
+            "{msg}"
+        );
+        let image = fixtures().join("40-pipeline-runs/inputs");
+        let first = std::fs::read_dir(&image)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "png"))
+            .unwrap();
+        let msg = err(Args {
+            pipeline: Some("StableDiffusionSAGPipeline".into()),
+            image: Some(first),
+            ..base_args(&dir)
+        });
+        assert!(
+            msg.contains("--image is for the image-to-image and inpainting classes"),
+            "{msg}"
+        );
         assert!(
             !dir.join("out.png").exists(),
             "a failed run wrote an output"

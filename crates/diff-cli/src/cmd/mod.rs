@@ -4,6 +4,7 @@ pub mod convert;
 pub mod download;
 pub mod generate;
 pub mod inspect;
+pub mod pipeline_arg;
 pub mod push;
 pub mod save;
 pub mod schedule;

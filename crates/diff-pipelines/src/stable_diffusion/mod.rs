@@ -3,7 +3,10 @@
 //!
 //! - `text2img.rs`: `StableDiffusionPipeline`;
 //! - `img2img.rs`: `StableDiffusionImg2ImgPipeline`;
-//! - `inpaint.rs`: `StableDiffusionInpaintPipeline`.
+//! - `inpaint.rs`: `StableDiffusionInpaintPipeline`;
+//! - `sag.rs`: `StableDiffusionSAGPipeline` (diffusers' `pipelines/deprecated/stable_diffusion_sag/`:
+//!   text-to-image with self-attention guidance, its second UNet pass in the loop's
+//!   `noise_pred` hook).
 //!
 //! Each runs diffusers' numbered steps in diffusers' order of random draws and arithmetic; the
 //! prompt encoding (`prompt.rs`), the latent and timestep preparation (`latents.rs`,
@@ -12,6 +15,7 @@
 
 pub(crate) mod img2img;
 pub(crate) mod inpaint;
+pub(crate) mod sag;
 pub(crate) mod text2img;
 
 use crate::call::CallArgs;
