@@ -79,6 +79,7 @@ mod flows;
 pub mod image_processor;
 mod inpaint_common;
 mod latents;
+pub mod lora;
 pub mod outputs;
 pub mod pipeline;
 mod prompt;
@@ -104,6 +105,7 @@ pub use diff_tokenizer::{ClipTokenizer, TokenizerError};
 pub use error::PipelineError;
 pub use image_processor::{FloatImages, VaeImageProcessor};
 pub use latents::noise_dtype;
+pub use lora::AdapterWeight;
 pub use pipeline::{
     Components, DiffusionPipeline, LoadOptions, Passed, PassedComponents, PipelineClass,
     SUPPORTED_PIPELINES,

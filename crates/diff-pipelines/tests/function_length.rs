@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 /// The longest a function body may be, in lines between its braces.
 const MAX_LINES: usize = 150;
 
-
 /// The source with comments, string and character literals blanked (newlines kept), so that
 /// braces are only the code's.
 fn strip(src: &str) -> Vec<u8> {
