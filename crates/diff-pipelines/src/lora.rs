@@ -130,6 +130,19 @@ fn module_weight(scale: &ExpandedScale, module: &str) -> Result<f64, PipelineErr
         ExpandedScale::Uniform(v) => return Ok(*v),
         ExpandedScale::Prefixes(list) => list,
     };
+    // diffusers' expanded dictionary names the mid block `mid_block.attentions.0`
+    // (`_translate_into_actual_layer_name`), so the mid block's resnets fall through to 1.0.
+    let list: Vec<(String, f64)> = list
+        .iter()
+        .map(|(block, w)| {
+            let block = if block == "mid_block" {
+                "mid_block.attentions.0".to_owned()
+            } else {
+                block.clone()
+            };
+            (block, *w)
+        })
+        .collect();
     if let Some((_, w)) = list
         .iter()
         .find(|(block, _)| module.contains(block.as_str()))
