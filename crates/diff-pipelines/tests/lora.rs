@@ -452,3 +452,23 @@ fn two_adapters_mixed_and_per_block_weights_match_diffusers() {
         );
     }
 }
+
+/// `fuse_lora` then `unload_lora_weights` keeps the merged weights, as in diffusers (peft's base
+/// layer holds the merged weight when the wrappers are removed).
+#[test]
+fn unloading_after_fusing_keeps_the_fused_model() {
+    let case = "sd_kohya";
+    let e = expected(case);
+    let pipe = load("StableDiffusionPipeline");
+    pipe.load_lora_weights(lora_path(case, &e).to_str().unwrap(), None, Some("style"))
+        .unwrap();
+    pipe.fuse_lora(e["fuse_lora_scale"].as_f64().unwrap(), None);
+    pipe.unload_lora_weights();
+    assert!(pipe.get_list_adapters().is_empty());
+    let images = cases_dir().join(case).join("images.safetensors");
+    check(
+        "fused then unloaded",
+        &generate(&pipe, e["prompt"].as_str().unwrap()),
+        &common::read_tensor(&images, "fused").1,
+    );
+}
