@@ -21,7 +21,6 @@ use crate::ModelError;
 use crate::lora::{LoraLayerRef, LoraLinear, LoraModel};
 use crate::named::{NamedLayer, NamedLayers, join, visit_fields};
 
-
 /// The activations transformers' `ACT2FN` offers that CLIP checkpoints use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HiddenAct {

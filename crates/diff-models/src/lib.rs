@@ -67,7 +67,7 @@ pub use clip::{CLIPTextModel, CLIPTextModelWithProjection};
 pub use clip_vision::{CLIPVisionModel, CLIPVisionModelWithProjection};
 pub use error::ModelError;
 pub use image_processor::CLIPImageProcessor;
-pub use pretrained::{FromPretrained, ModelLoadOptions};
 pub use lora::{LoraAdapters, LoraConv2d, LoraLayerRef, LoraLinear, LoraModel, LoraWeights};
+pub use pretrained::{FromPretrained, ModelLoadOptions};
 pub use safety_checker::StableDiffusionSafetyChecker;
 pub use unet_2d_condition::{UNet2DConditionInput, UNet2DConditionModel};
