@@ -266,6 +266,15 @@ impl LoraAdapters {
         state.merged.clear();
     }
 
+    /// Removes every adapter, keeping a fused copy in use (diffusers' `unload_lora_weights`
+    /// after `fuse_lora`: peft's base layer keeps the merged weight).
+    pub fn unload(&self) {
+        let mut state = self.write();
+        state.adapters.clear();
+        state.active.clear();
+        state.merged.clear();
+    }
+
     /// Deletes an adapter (peft's `delete_adapter`): it leaves the active set; when the active
     /// set becomes empty the first remaining adapter is activated, as peft does. Fails when the
     /// adapter is fused (unfuse first); deleting an absent name is a no-op returning `false`.

@@ -118,6 +118,10 @@ pub enum PipelineError {
     /// A model could not be built, loaded or run (from diff-models).
     #[error(transparent)]
     Model(Box<diff_models::ModelError>),
+    /// A LoRA file could not be read, converted or attached (diff-lora's error, naming the
+    /// file or key).
+    #[error(transparent)]
+    Lora(Box<diff_lora::LoraError>),
     /// A single-file checkpoint could not be read, recognised or converted (from
     /// diff-checkpoint: a corrupt file, an unknown architecture, a tensor the conversion needs).
     #[error(transparent)]

@@ -29,6 +29,11 @@
 //! - [`DiffusionPipeline::from_single_file`] with [`SingleFileLoadOptions`]: an original
 //!   single-file checkpoint (`.safetensors` / `.ckpt`) converted in memory by diff-checkpoint
 //!   and loaded as a pipeline, configs from `config=` or the family's default repo.
+//! - LoRA ([`lora`]): [`DiffusionPipeline::load_lora_weights`], `set_adapters` (with
+//!   [`AdapterWeight`]), `fuse_lora` / `unfuse_lora`, `unload_lora_weights`, `delete_adapters`,
+//!   `enable_lora` / `disable_lora`, `get_active_adapters`, `get_list_adapters`; the adapters
+//!   live in the models, so `from_pipe` pipelines share them. Gate: `tests/lora.rs` on
+//!   `tests/fixtures/25-lora-formats`.
 //! - [`DiffusionPipeline::prepare_latents`]: the initial latents of a text-to-image call, drawn
 //!   in the pipeline's dtype as torch does.
 //! - Half precision: with `LoadOptions::dtype` float16 / bfloat16 the denoising loop rounds to
@@ -62,7 +67,8 @@
 //! [`diff_hub::HubApi::resolve`]; `diff-hub-server` only as a dev-dependency, for the download
 //! test), `diff-schedulers`, `diff-models`, `diff-image` (Pillow-exact image bytes),
 //! `diff-tokenizer` (the CLIP tokenizer), `diff-checkpoint` (the burn-free key conversion of
-//! `from_single_file`), `burn` (tensors), `image` (the `RgbImage` type of inputs and outputs),
+//! `from_single_file`), `diff-lora` (LoRA files read and planned as diffusers does, for
+//! `load_lora_weights` in `lora.rs`), `burn` (tensors), `image` (the `RgbImage` type of inputs and outputs),
 //! `serde`/`serde_json` (configs), `thiserror` (the typed error), `tracing` (warnings diffusers
 //! prints, such as the truncated-prompt and safety-checker ones), `safetensors` and `half`
 //! (`--out-array` float images and `--latents` input files, as the models' weights already
@@ -79,6 +85,7 @@ mod flows;
 pub mod image_processor;
 mod inpaint_common;
 mod latents;
+pub mod lora;
 pub mod outputs;
 pub mod pipeline;
 mod prompt;
@@ -104,6 +111,7 @@ pub use diff_tokenizer::{ClipTokenizer, TokenizerError};
 pub use error::PipelineError;
 pub use image_processor::{FloatImages, VaeImageProcessor};
 pub use latents::noise_dtype;
+pub use lora::AdapterWeight;
 pub use pipeline::{
     Components, DiffusionPipeline, LoadOptions, Passed, PassedComponents, PipelineClass,
     SUPPORTED_PIPELINES,
