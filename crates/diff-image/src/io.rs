@@ -157,7 +157,7 @@ fn jpeg_to_rgb(path: &Path, decoded: DecodedJpeg) -> Result<RgbImage, ImageError
 }
 
 /// A hidden temporary name beside `path`, for write-then-rename.
-fn temp_name(path: &Path) -> PathBuf {
+pub(crate) fn temp_name(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -8,6 +8,11 @@
 //!   RGB), with Pillow's decompression-bomb rule checked on the header before any pixel is
 //!   decoded ([`MAX_IMAGE_PIXELS`]: a warning above it, [`ImageError::DecompressionBomb`] above
 //!   twice it), and [`save_png`] (atomic);
+//! - output encoding (`encode.rs`): [`encode_png_with_text`] (PNG with `tEXt` / `iTXt` chunks
+//!   as Pillow's `PngInfo` writes them; AUTOMATIC1111's `parameters` chunk is one) and
+//!   [`read_png_text`] to read them back, [`encode_jpeg`] (quality on Pillow's scale),
+//!   [`encode_webp_lossless`], [`ImageFormat`] (the format an extension names) and
+//!   [`write_atomic`];
 //! - [`jpeg`]: a JPEG decoder giving libjpeg-turbo's bytes as Pillow decodes them (ISLOW IDCT,
 //!   fancy upsampling, fixed-point YCbCr; baseline and progressive), gate
 //!   `tests/fixtures/44-jpeg`;
@@ -19,17 +24,23 @@
 //! **Must not know:** burn or tensors (the float half of the image processors is
 //! `diff_pipelines::VaeImageProcessor`), pipelines, models, the Hub.
 //!
-//! Dependencies: `image` (PNG decoding and encoding, EXIF orientation, the fallback decoder for
-//! JPEG kinds [`jpeg`] does not implement), `thiserror` (the typed [`ImageError`]), `tracing`
+//! Dependencies: `image` (PNG decoding and encoding, JPEG and lossless WebP encoding, EXIF
+//! orientation, the fallback decoder for JPEG kinds [`jpeg`] does not implement), `png` (text
+//! chunks, which `image` does not expose), `thiserror` (the typed [`ImageError`]), `tracing`
 //! (the warnings Pillow prints: decompression-bomb size, fallback decoder).
 #![deny(missing_docs)]
 
+mod encode;
 mod error;
 mod io;
 pub mod jpeg;
 pub mod processor;
 pub mod resample;
 
+pub use encode::{
+    DEFAULT_JPEG_QUALITY, ImageFormat, MAX_TEXT_CHUNK_BYTES, PngText, encode_jpeg,
+    encode_png_with_text, encode_webp_lossless, read_png_text, write_atomic,
+};
 pub use error::ImageError;
 pub use io::{
     MAX_IMAGE_PIXELS, check_decompression_bomb, decode_image, image_dimensions, load_image,
