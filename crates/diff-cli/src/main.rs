@@ -4,12 +4,13 @@
 //! `run(args) -> anyhow::Result<()>` function. `anyhow` is used here only: the library crates
 //! have typed errors, the binary just reports them.
 //!
-//! Dependencies: `clap` (argument parsing), `indicatif` (progress bars on downloads and
-//! denoising loops), `tracing-subscriber` (log output, `RUST_LOG`), `anyhow` (error reporting).
+//! Dependencies: `clap` (argument parsing), `indicatif` (progress bars on downloads, model
+//! loading, denoising loops and the VAE decode, drawn from the library's callbacks), `image`
+//! (the decoded images' type), `rayon` (`generate --threads`), `tracing-subscriber` (log output, `RUST_LOG`), `anyhow` (error reporting).
 
 mod cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Hugging Face diffusers' pipelines, in one native binary.
 #[derive(Parser)]
@@ -17,6 +18,13 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// No progress bars and no informational lines (errors and warnings still print).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More log output: -v info, -vv debug, -vvv trace (RUST_LOG directives still apply on
+    /// top).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Subcommand)]
@@ -41,13 +49,22 @@ enum Command {
     Schedule(cmd::schedule::Args),
 }
 
-/// The log filter: `RUST_LOG` (default `warn`), with the HTTP library's wire dump switched off
-/// whatever `RUST_LOG` says, since it holds the `authorization` header
+/// The log filter: the level of `-q` / `-v` (`error` / `info`, `-vv` `debug`, `-vvv` `trace`;
+/// default `warn`), then the directives of `RUST_LOG` on top, with the HTTP library's wire dump
+/// switched off whatever `RUST_LOG` says, since it holds the `authorization` header
 /// (`burn_diffusers::hub::SECRET_LOG_TARGETS`): no log level ever shows the token.
-fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+fn log_filter(rust_log: Option<&str>, quiet: bool, verbose: u8) -> tracing_subscriber::EnvFilter {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
     let mut filter = rust_log
-        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(format!("{level},{v}")).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
     for target in burn_diffusers::hub::SECRET_LOG_TARGETS {
         if let Ok(directive) = format!("{target}=off").parse() {
             filter = filter.add_directive(directive);
@@ -77,12 +94,46 @@ fn error_line(err: &anyhow::Error) -> String {
     burn_diffusers::hub::printable(&line)
 }
 
+/// Parses the command line. `generate --from-png X` is parsed twice: once as given, then with
+/// the recipe's arguments added (`cmd::recipe::expand_from_png`). The `generate` arguments as
+/// parsed are kept in its `Args` for the recipe of each image.
+fn parse() -> anyhow::Result<Cli> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut matches = Cli::command().get_matches_from(&argv);
+    let generate = || Cli::command().find_subcommand("generate").cloned();
+    if let (Some(("generate", sub)), Some(command)) = (matches.subcommand(), generate())
+        && let Some(png) = sub.get_one::<std::path::PathBuf>("from_png")
+    {
+        let given = cmd::recipe::Invocation::from_matches(&command, sub);
+        let expanded = cmd::recipe::expand_from_png(&argv, png, &given.explicit)?;
+        matches = Cli::command().get_matches_from(expanded);
+    }
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Generate(args), Some(("generate", sub)), Some(command)) =
+        (&mut cli.command, matches.subcommand(), generate())
+    {
+        args.output.invocation = cmd::recipe::Invocation::from_matches(&command, sub);
+    }
+    Ok(cli)
+}
+
 fn main() -> std::process::ExitCode {
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("error: {}", error_line(&err));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    cmd::progress::set_quiet(cli.quiet);
     tracing_subscriber::fmt()
-        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
+        .with_env_filter(log_filter(
+            std::env::var("RUST_LOG").ok().as_deref(),
+            cli.quiet,
+            cli.verbose,
+        ))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Download(args) => cmd::download::run(args),

@@ -78,7 +78,9 @@ fn check_keyword(keyword: &str) -> Result<(), ImageError> {
         && !keyword.starts_with(' ')
         && !keyword.ends_with(' ')
         && !keyword.contains("  ")
-        && keyword.chars().all(|c| c == ' ' || (!c.is_control() && c != '\u{a0}'));
+        && keyword
+            .chars()
+            .all(|c| c == ' ' || (!c.is_control() && c != '\u{a0}'));
     if ok {
         Ok(())
     } else {

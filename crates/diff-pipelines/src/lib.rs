@@ -88,6 +88,7 @@ mod latents;
 pub mod lora;
 pub mod outputs;
 pub mod pipeline;
+pub mod progress;
 mod prompt;
 pub mod single_file;
 mod stable_diffusion;
@@ -116,5 +117,6 @@ pub use pipeline::{
     Components, DiffusionPipeline, LoadOptions, Passed, PassedComponents, PipelineClass,
     SUPPORTED_PIPELINES,
 };
+pub use progress::LoadProgress;
 pub use prompt::XlEmbeds;
 pub use single_file::SingleFileLoadOptions;

@@ -157,6 +157,9 @@ pub struct LoadOptions {
     /// Hub endpoint, token and cache for repo ids; `None` reads the environment (`HF_ENDPOINT`,
     /// `HF_TOKEN`, `HF_HUB_CACHE`, `HF_HUB_OFFLINE`, ...) as huggingface_hub does.
     pub hub: Option<diff_hub::HubConfig>,
+    /// Where the download of a repo id and each component's load are reported (progress bars);
+    /// `None` reports nothing.
+    pub progress: Option<Arc<dyn crate::progress::LoadProgress>>,
 }
 
 impl Default for LoadOptions {
@@ -172,6 +175,7 @@ impl Default for LoadOptions {
             config: BTreeMap::new(),
             pipeline_class: None,
             hub: None,
+            progress: None,
         }
     }
 }
@@ -259,7 +263,8 @@ pub fn resolve_folder(
         ..Default::default()
     };
     let revision = options.revision.as_deref().unwrap_or("main");
-    Ok(api.resolve(repo_or_folder, revision, &selection, &diff_hub::NoProgress)?)
+    let progress = crate::progress::hub_progress(options.progress.as_deref());
+    Ok(api.resolve(repo_or_folder, revision, &selection, progress)?)
 }
 
 impl DiffusionPipeline {
@@ -632,7 +637,14 @@ fn load_components(
                     dtype: options.dtype,
                     device: &options.device,
                 };
+                let progress = options.progress.as_deref();
+                if let Some(p) = progress {
+                    p.on_component_start(slot.name, &class_name);
+                }
                 slot.load(&mut comps, &ctx)?;
+                if let Some(p) = progress {
+                    p.on_component_done(slot.name);
+                }
             }
         }
     }

@@ -116,7 +116,8 @@ pub fn config_folder(config: &str, options: &LoadOptions) -> Result<PathBuf, Pip
         local_files_only: options.local_files_only,
         ..Default::default()
     };
-    Ok(diff_hub::HubApi::new(hub).snapshot_download(config, &snapshot, &diff_hub::NoProgress)?)
+    let progress = crate::progress::hub_progress(options.progress.as_deref());
+    Ok(diff_hub::HubApi::new(hub).snapshot_download(config, &snapshot, progress)?)
 }
 
 /// The config folder to use: `config` when given, else the family's default repo; a checkpoint

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use burn_diffusers::format::SelectionOptions;
 use burn_diffusers::hub::{HubApi, HubConfig, HubError, Progress, SnapshotOptions};
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::path::PathBuf;
 
 /// Hub options shared by every command that accepts a repo id.
@@ -119,15 +119,9 @@ pub struct Args {
 pub struct Bar(pub ProgressBar);
 
 impl Bar {
-    /// A byte-count bar on stderr (hidden when stderr is not a terminal).
+    /// A byte-count bar on stderr (hidden when stderr is not a terminal, and under `-q`).
     pub fn new() -> Self {
-        let bar = ProgressBar::new(0);
-        if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        Self(bar)
+        Self(super::progress::bar(0, super::progress::DOWNLOAD_TEMPLATE))
     }
 }
 
@@ -140,7 +134,7 @@ impl Default for Bar {
 impl Progress for Bar {
     fn on_start(&self, files: usize, bytes: u64) {
         self.0.set_length(bytes);
-        self.0.set_message(format!("{files} files"));
+        self.0.set_message(format!("downloading {files} files"));
     }
     fn on_bytes(&self, _path: &str, bytes: u64) {
         self.0.inc(bytes);

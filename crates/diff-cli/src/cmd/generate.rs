@@ -19,17 +19,16 @@ use anyhow::{Context, Result, bail};
 use burn_diffusers::format::model_index::{ModelIndex, PipelineClass as IndexClass};
 use burn_diffusers::models::{AutoencoderKL, FromPretrained, ModelLoadOptions};
 use burn_diffusers::pipelines::image_processor::load_image;
-use burn_diffusers::pipelines::outputs::{load_latents, save_float_images, save_latents, save_png};
+use burn_diffusers::pipelines::outputs::{load_latents, save_float_images, save_latents};
 use burn_diffusers::pipelines::pipeline::resolve_folder;
 use burn_diffusers::pipelines::single_file::{
     SingleFileLoadOptions, autoencoder_kl_from_single_file, is_single_file,
 };
 use burn_diffusers::pipelines::{
     AdapterWeight, CallArgs, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions,
-    OutputType, Passed, PipelineClass, SagArgs, StepControl, StepInfo, XlArgs,
+    OutputType, Passed, PipelineClass, SagArgs, StepInfo, XlArgs,
 };
 use burn_diffusers::schedulers::SCHEDULER_CLASSES;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,7 +40,7 @@ pub struct Args {
     /// Hugging Face cache; `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE` apply), or an original
     /// single-file checkpoint (`FILE.safetensors`, `FILE.ckpt`), converted in memory as
     /// diffusers' `from_single_file` does.
-    #[arg(long)]
+    #[arg(long, required = false, required_unless_present = "from_png")]
     pub model: String,
     /// For a single-file --model: the diffusers folder or Hub repo id its configs, tokenizers
     /// and scheduler come from (default: the repo diffusers uses for the detected family; only
@@ -63,41 +62,52 @@ pub struct Args {
     /// Where a repo id comes from: `--revision`, `--endpoint`, `--offline`, `--cache-dir`.
     #[command(flatten)]
     pub hub: super::download::HubArgs,
-    /// The prompt.
-    #[arg(long)]
+    /// `prompt`: the prompt or prompts to guide image generation.
+    #[arg(long, default_value = "", hide_default_value = true,
+          required_unless_present_any = ["prompts", "from_png"])]
     pub prompt: String,
-    /// The negative prompt.
+    /// `negative_prompt`: the prompt or prompts to guide what to not include in image
+    /// generation. Ignored when not using guidance (`guidance_scale` < 1).
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    /// Denoising steps (`num_inference_steps`).
+    /// `num_inference_steps`: the number of denoising steps. More denoising steps usually lead
+    /// to a higher quality image at the expense of slower inference. For img2img / inpaint the
+    /// steps run are `steps * strength`.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
-    /// Classifier-free guidance scale (default 7.5, SDXL 5.0); CFG only when > 1.
+    /// `guidance_scale` (default 7.5, SDXL 5.0): a higher guidance scale value encourages the
+    /// model to generate images closely linked to the text `prompt` at the expense of lower
+    /// image quality. Guidance is enabled when `guidance_scale > 1`.
     #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
-    /// `guidance_rescale` (default 0): rescales the guided noise towards the text prediction's
-    /// standard deviation (zero-terminal-SNR models).
+    /// `guidance_rescale` (default 0): guidance rescale factor from "Common Diffusion Noise
+    /// Schedules and Sample Steps are Flawed"; fixes overexposure when using zero terminal SNR.
     #[arg(long, allow_negative_numbers = true)]
     pub guidance_rescale: Option<f32>,
     /// StableDiffusionSAGPipeline's `sag_scale` (default 0.75; 0 turns self-attention guidance
     /// off).
     #[arg(long, allow_negative_numbers = true)]
     pub sag_scale: Option<f32>,
-    /// `eta` (default 0): the DDIM noise weight (DDIM-family schedulers only; ignored by the
-    /// others, as in diffusers).
+    /// `eta` (default 0): corresponds to parameter eta (η) from the DDIM paper; only applies to
+    /// the DDIMScheduler and is ignored in other schedulers.
     #[arg(long, allow_negative_numbers = true)]
     pub eta: Option<f32>,
-    /// `clip_skip`: use the text encoder's hidden state this many layers before the last.
+    /// `clip_skip`: number of layers to be skipped from CLIP while computing the prompt
+    /// embeddings. A value of 1 means that the output of the pre-final layer is used
+    /// (AUTOMATIC1111's "Clip skip: 2").
     #[arg(long)]
     pub clip_skip: Option<usize>,
-    /// Seed of the torch-compatible CPU generator (random when absent): 0 ..= 2^64-1, or a
-    /// negative one down to -2^63, which torch's `manual_seed` wraps to 2^64 + seed.
+    /// The seed of the `torch.Generator("cpu")` that makes the generation deterministic:
+    /// 0 ..= 2^64-1, or a negative one down to -2^63 (torch's `manual_seed` wraps it to
+    /// 2^64 + seed). Image i of a run uses seed + i (AUTOMATIC1111's rule). When absent, one is
+    /// drawn, printed and recorded in the image.
     #[arg(long, allow_negative_numbers = true, value_parser = parse_seed)]
     pub seed: Option<u64>,
-    /// Output height (multiple of 8; default from the UNet config or the input image).
+    /// `height`: the height in pixels of the generated image, a multiple of 8 (default:
+    /// `unet.config.sample_size * vae_scale_factor`, or the input image's for inpaint).
     #[arg(long)]
     pub height: Option<usize>,
-    /// Output width (multiple of 8).
+    /// `width`: the width in pixels of the generated image, a multiple of 8.
     #[arg(long)]
     pub width: Option<usize>,
     /// Replace the scheduler with this class built from the loaded scheduler config.
@@ -120,13 +130,17 @@ pub struct Args {
     /// the GPU backends need a binary built with `--features wgpu` / `--features cuda`.
     #[arg(long, default_value = "flex")]
     pub device: String,
-    /// Init image for img2img / inpaint.
+    /// `image`: the image used as the starting point (img2img), or the image to repaint
+    /// (inpaint, with --mask); PNG or JPEG, read as PIL reads it.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// img2img / inpaint strength in [0, 1].
+    /// `strength` in [0, 1]: indicates the extent to transform the reference `image`. `image`
+    /// is used as a starting point and more noise is added the higher the `strength`; the
+    /// number of denoising steps run is `steps * strength`. A value of 1 essentially ignores
+    /// `image` (default 0.8; SDXL img2img 0.3, inpaint 1.0 / SDXL 0.9999).
     #[arg(long, requires = "image", allow_negative_numbers = true)]
     pub strength: Option<f32>,
-    /// Inpaint mask (white = repaint).
+    /// `mask_image`: white pixels in the mask are repainted while black pixels are preserved.
     #[arg(long, requires = "image")]
     pub mask: Option<PathBuf>,
     /// Inpaint `padding_mask_crop`: generate only in the masked region grown by N pixels (and
@@ -141,7 +155,9 @@ pub struct Args {
     /// SDXL img2img / inpaint `negative_aesthetic_score` (default 2.5).
     #[arg(long)]
     pub negative_aesthetic_score: Option<f32>,
-    /// Initial latents (safetensors, tensor `latents` or the only tensor).
+    /// `latents`: pre-generated noisy latents sampled from a Gaussian distribution, used as
+    /// inputs for image generation (a safetensors file: tensor `latents` or the only tensor).
+    /// Can be used to tweak the same generation with different prompts.
     #[arg(long)]
     pub latents: Option<PathBuf>,
     /// SDXL img2img / inpaint: the `image` given as latents (a safetensors file, key `latents`,
@@ -158,13 +174,19 @@ pub struct Args {
     /// schedule, without noising the input (strength is then ignored, as in diffusers).
     #[arg(long)]
     pub denoising_start: Option<f32>,
-    /// Images to generate (`num_images_per_prompt`).
+    /// `num_images_per_prompt`: the number of images to generate per prompt, image i with
+    /// seed + i (AUTOMATIC1111's rule: each equals a single run with that seed).
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
     /// Do not load the safety checker (diffusers' `safety_checker=None`).
     #[arg(long)]
     pub no_safety_checker: bool,
-    /// Output PNG; with several images, `-1`, `-2` ... are inserted before the extension.
+    /// The image file to write; its extension picks the format: `.png` (with AUTOMATIC1111's
+    /// `parameters` and the full recipe, see --from-png), `.jpg` / `.jpeg` (--jpeg-quality),
+    /// `.webp` (lossless). A pattern names each image of a batch: `{seed}`, `{index}` (0-based
+    /// position in the run), `{job}` (--prompts line), e.g. `img-{seed}-{index}.png`; without
+    /// one, several images get `-1`, `-2`, ... before the extension. An existing file is an
+    /// error unless --overwrite.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Write the float images in [0, 1], [N, H, W, 3], under the key `images`.
@@ -184,6 +206,9 @@ pub struct Args {
     /// Fuse the weighted LoRAs into the layers before generating (`fuse_lora`).
     #[arg(long, requires = "lora")]
     pub fuse_lora: bool,
+    /// Outputs, batches, reproduction and run settings (`output.rs`).
+    #[command(flatten)]
+    pub output: super::output::OutputArgs,
 }
 
 /// `--lora` / `--lora-scale` / `--fuse-lora`: loads each LoRA (`default_0`, `default_1`, ...),
@@ -242,21 +267,6 @@ fn parse_override(item: &str) -> Result<(String, Value)> {
     Ok((k.trim().to_string(), value))
 }
 
-fn numbered(path: &Path, index: usize, count: usize) -> PathBuf {
-    if count == 1 {
-        return path.to_path_buf();
-    }
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let ext = path
-        .extension()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "png".into());
-    path.with_file_name(format!("{stem}-{}.{ext}", index + 1))
-}
-
 /// The default output size is the UNet's `sample_size` times the VAE scale factor: for a
 /// local folder, check it against the pixel limit before any model is loaded (a `sample_size`
 /// of 1e9 would otherwise allocate latents of exabytes). Configs that do not load are left to
@@ -291,19 +301,6 @@ fn check_default_size(model: &str, height: Option<usize>, width: Option<usize>) 
     super::check_pixels(clamp(h), clamp(w)).with_context(|| {
         format!("the default output size comes from {model}/unet/config.json `sample_size`; pass --height and --width")
     })
-}
-
-/// `--out` writes PNG bytes: refuse another image extension rather than write PNG bytes under
-/// a `.jpg` name (diffusers users pick the format by the name given to `Image.save`).
-fn check_png_name(path: &Path) -> Result<()> {
-    match path.extension().and_then(|e| e.to_str()) {
-        None => Ok(()),
-        Some(ext) if ext.eq_ignore_ascii_case("png") => Ok(()),
-        Some(ext) => bail!(
-            "--out {}: only PNG is written; use a .png name (got .{ext})",
-            path.display()
-        ),
-    }
 }
 
 /// The `--vae` model: a diffusers folder as it is, a single file converted with the VAE config
@@ -396,6 +393,7 @@ fn check_inputs_fit(class: PipelineClass, has_image: bool, has_mask: bool) -> Re
 
 /// Runs `generate`.
 pub fn run(args: Args) -> Result<()> {
+    super::output::apply_threads(args.output.threads)?;
     if args.out.is_none() && args.out_array.is_none() && args.out_latents.is_none() {
         bail!(
             "nothing to write: pass --out OUT.png and/or --out-array OUT.safetensors, or --out-latents OUT.safetensors"
@@ -433,27 +431,28 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Check every output path before any work, so a missing folder or a path that is a folder,
     // FIFO or device fails now, not after the denoising loop.
-    let out_png = match &args.out {
-        Some(p) => {
-            check_png_name(p)?;
-            let count = args.num_images;
-            for i in 0..count {
-                super::check_out("--out", &numbered(p, i, count))?;
-            }
-            Some(p.clone())
-        }
-        None => None,
-    };
+    let seed = args.seed.unwrap_or_else(super::output::draw_seed);
+    let plan = super::output::plan(
+        args.out.as_deref(),
+        &args.prompt,
+        seed,
+        args.num_images,
+        &args.output,
+    )?;
+    let overwrite = args.output.overwrite;
     let out_array = args
         .out_array
         .as_deref()
-        .map(|p| super::check_out("--out-array", p))
+        .map(|p| super::output::check_new("--out-array", p, overwrite))
         .transpose()?;
     let out_latents = args
         .out_latents
         .as_deref()
-        .map(|p| super::check_out("--out-latents", p))
+        .map(|p| super::output::check_new("--out-latents", p, overwrite))
         .transpose()?;
+    if args.seed.is_none() {
+        crate::info_line!("seed {seed} (drawn at random; --seed {seed} makes the same image)");
+    }
     for (flag, path) in [
         ("--latents", &args.latents),
         ("--image-latents", &args.image_latents),
@@ -491,6 +490,8 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(vae) = &args.vae {
         options.components.vae = Passed::Replace(Arc::new(load_vae(vae, &args, &options)?));
     }
+    let load_bars = Arc::new(super::progress::LoadBars::new());
+    options.progress = Some(load_bars.clone());
     let model = requested_class(requested, &args.model, &mut options)?;
     let latents = match &args.latents {
         Some(p) => Some(
@@ -509,7 +510,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut pipe = if is_single_file(&args.model) {
         let options = SingleFileLoadOptions {
             config: args.config.clone(),
-            load: options,
+            load: options.clone(),
             ..SingleFileLoadOptions::default()
         };
         DiffusionPipeline::from_single_file(&model, &options)
@@ -524,6 +525,8 @@ pub fn run(args: Args) -> Result<()> {
         DiffusionPipeline::from_pretrained(&model, &options)
             .with_context(|| format!("loading {}", args.model))?
     };
+    load_bars.finish();
+    let source = super::recipe::ModelSource::resolve(&args.model, &model, &args.hub, &options);
     if image_latents.is_some() && !pipe.class().is_xl() {
         bail!(
             "--image-latents is for the SDXL pipelines (diffusers' Stable Diffusion img2img encodes a pixel image); {} is {}",
@@ -559,6 +562,7 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("--scheduler {class}"))?;
     }
     apply_loras(&pipe, &args)?;
+    pipe = super::output::apply_vae(pipe, &args.output)?;
     // The Stable Diffusion pipelines drive a scheduler through `init_noise_sigma`,
     // `scale_model_input` and `add_noise`, which the flow-matching scheduler (SD3 / Flux) does
     // not have: diffusers raises AttributeError there, so refuse it before any work.
@@ -617,8 +621,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     // diffusers reads a height or width of 0 as "not given".
     let size = |v: Option<usize>| v.filter(|v| *v > 0 && !img2img);
-    let call = CallArgs {
-        prompt: vec![args.prompt.clone()],
+    let mut call = CallArgs {
+        prompt: Vec::new(),
         negative_prompt: args.negative_prompt.clone().map(|n| vec![n]),
         num_inference_steps: args.steps,
         guidance_scale: args.guidance,
@@ -627,7 +631,7 @@ pub fn run(args: Args) -> Result<()> {
         clip_skip: args.clip_skip,
         height: size(args.height),
         width: size(args.width),
-        generator: args.seed.map_or(Generators::Random, Generators::Seed),
+        generator: Generators::Random,
         latents,
         img2img: Img2ImgArgs {
             image: image.map(|i| vec![i]),
@@ -660,52 +664,48 @@ pub fn run(args: Args) -> Result<()> {
         },
         ..CallArgs::default()
     };
-    let bar = ProgressBar::new(args.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} denoising [{bar:30}] {pos}/{len} step, t={msg} ({elapsed})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut on_step = |info: &StepInfo<'_>| {
-        bar.set_length(info.total as u64);
-        bar.set_position(info.step as u64 + 1);
-        bar.set_message(format!("{}", info.timestep));
-        StepControl::Continue
-    };
-    let out = pipe.call(&call, Some(&mut on_step))?;
-    bar.finish_and_clear();
-    if let Some(path) = &out_latents {
-        save_latents(path, &out.latents)?;
-        eprintln!(
-            "wrote {} ({:?} float32 latents under `latents`)",
-            path.display(),
-            out.latents.dims()
-        );
-        return Ok(());
-    }
-    let images = out
-        .images
-        .as_ref()
-        .context("the pipeline returned no images")?;
-    if let Some(path) = &out_png {
-        for (i, img) in images.to_rgb8_all().iter().enumerate() {
-            let p = numbered(path, i, images.count);
-            // Re-checked: the folder may have changed during the loop. The checked target is
-            // written (the end of a symbolic link), never a folder, FIFO or device.
-            save_png(&super::check_out("--out", &p)?, img)?;
-            eprintln!("wrote {}", p.display());
+    let jobs = plan.jobs.len();
+    for (j, job) in plan.jobs.iter().enumerate() {
+        call.prompt = vec![job.prompt.clone()];
+        call.generator = Generators::Seeds(job.seeds.clone());
+        let label = if jobs > 1 {
+            format!(" (job {}/{jobs})", j + 1)
+        } else {
+            String::new()
+        };
+        let mut bars = super::progress::DenoiseBars::new(args.steps, label, out_latents.is_none());
+        let out = pipe.call(&call, Some(&mut |i: &StepInfo<'_>| bars.on_step(i)))?;
+        bars.finish();
+        if let Some(path) = &out_latents {
+            save_latents(path, &out.latents)?;
+            crate::info_line!(
+                "wrote {} ({:?} float32 latents under `latents`)",
+                path.display(),
+                out.latents.dims()
+            );
+            continue;
         }
-    }
-    if let Some(path) = &out_array {
-        save_float_images(path, images)?;
-        eprintln!(
-            "wrote {} ([{}, {}, {}, 3] float32 under `images`)",
-            path.display(),
-            images.count,
-            images.height,
-            images.width
-        );
+        let images = out
+            .images
+            .as_ref()
+            .context("the pipeline returned no images")?;
+        if let Some(format) = plan.format {
+            let context = super::recipe::RunContext::new(&pipe, &args, &source);
+            let written = super::output::write_job(job, &images.to_rgb8_all(), format, &context)?;
+            for p in written {
+                crate::info_line!("wrote {}", p.display());
+            }
+        }
+        if let Some(path) = &out_array {
+            save_float_images(path, images)?;
+            crate::info_line!(
+                "wrote {} ([{}, {}, {}, 3] float32 under `images`)",
+                path.display(),
+                images.count,
+                images.height,
+                images.width
+            );
+        }
     }
     Ok(())
 }
