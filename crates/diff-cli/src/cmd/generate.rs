@@ -769,6 +769,7 @@ mod tests {
             lora: Vec::new(),
             lora_scale: Vec::new(),
             fuse_lora: false,
+            output: Default::default(),
         }
     }
 
@@ -887,10 +888,10 @@ mod tests {
         });
         assert!(msg.contains("character device"), "{msg}");
         let msg = err(Args {
-            out: Some(dir.join("x.jpg")),
+            out: Some(dir.join("x.gif")),
             ..quick(&dir)
         });
-        assert!(msg.contains("only PNG"), "{msg}");
+        assert!(msg.contains("use one of .png"), "{msg}");
         let msg = err(Args {
             steps: usize::MAX,
             ..quick(&dir)
