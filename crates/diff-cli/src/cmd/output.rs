@@ -221,10 +221,14 @@ pub fn plan(
         None => vec![prompt.to_string()],
     };
     let total = prompts.len().saturating_mul(num_images);
-    let format = out.map(format_of).transpose()?;
     let pattern = out
         .map(|p| p.to_string_lossy().into_owned())
         .filter(|p| p.contains(['{', '}']));
+    if let (Some(out), None) = (out, &pattern) {
+        // The path rules first: a folder, FIFO or device says so, whatever its name.
+        super::check_out("--out", out)?;
+    }
+    let format = out.map(format_of).transpose()?;
     let mut jobs = Vec::with_capacity(prompts.len());
     let mut seen = std::collections::BTreeSet::new();
     for (j, prompt) in prompts.into_iter().enumerate() {
