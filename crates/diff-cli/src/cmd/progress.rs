@@ -8,6 +8,7 @@
 use burn_diffusers::hub::Progress;
 use burn_diffusers::pipelines::{LoadProgress, StepControl, StepInfo};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -67,65 +68,62 @@ pub const DOWNLOAD_TEMPLATE: &str =
 
 /// Download and load progress of `from_pretrained` / `from_single_file`: a byte bar while files
 /// come from the Hub, then one spinner line per component.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LoadBars {
-    download: ProgressBar,
-    component: std::sync::Mutex<Option<ProgressBar>>,
+    download: Mutex<Option<ProgressBar>>,
+    component: Mutex<Option<ProgressBar>>,
+}
+
+/// Clears the bar held in `slot`, if any.
+fn clear(slot: &Mutex<Option<ProgressBar>>) {
+    if let Ok(mut held) = slot.lock()
+        && let Some(b) = held.take()
+    {
+        b.finish_and_clear();
+    }
 }
 
 impl LoadBars {
-    /// Bars for the load of `model`.
+    /// No bar yet: the download bar appears when a download starts (never for a local
+    /// folder), a spinner when a component starts loading.
     pub fn new() -> Self {
-        let download = bar(0, DOWNLOAD_TEMPLATE);
-        download.set_message("downloading");
-        Self {
-            download,
-            component: std::sync::Mutex::new(None),
-        }
+        Self::default()
     }
 
     /// Clears whatever is still drawn.
     pub fn finish(&self) {
-        self.download.finish_and_clear();
-        if let Ok(mut c) = self.component.lock()
-            && let Some(s) = c.take()
-        {
-            s.finish_and_clear();
-        }
-    }
-}
-
-impl Default for LoadBars {
-    fn default() -> Self {
-        Self::new()
+        clear(&self.download);
+        clear(&self.component);
     }
 }
 
 impl Progress for LoadBars {
     fn on_start(&self, files: usize, bytes: u64) {
-        self.download.set_length(bytes);
-        self.download
-            .set_message(format!("downloading {files} files"));
+        let b = bar(bytes, DOWNLOAD_TEMPLATE);
+        b.set_message(format!("downloading {files} files"));
+        if let Ok(mut held) = self.download.lock() {
+            *held = Some(b);
+        }
     }
     fn on_bytes(&self, _path: &str, bytes: u64) {
-        self.download.inc(bytes);
+        if let Ok(held) = self.download.lock()
+            && let Some(b) = held.as_ref()
+        {
+            b.inc(bytes);
+        }
     }
 }
 
 impl LoadProgress for LoadBars {
     fn on_component_start(&self, name: &str, class_name: &str) {
-        self.download.finish_and_clear();
+        clear(&self.download);
         let s = spinner(format!("loading {name} ({class_name})"));
-        if let Ok(mut c) = self.component.lock() {
-            *c = Some(s);
+        if let Ok(mut held) = self.component.lock() {
+            *held = Some(s);
         }
     }
     fn on_component_done(&self, name: &str) {
-        if let Ok(mut c) = self.component.lock()
-            && let Some(s) = c.take()
-        {
-            s.finish_and_clear();
-        }
+        clear(&self.component);
         tracing::info!("loaded {name}");
     }
 }
@@ -158,12 +156,6 @@ impl DenoiseBars {
 
     /// The per-step callback: moves the bar; after the last step, starts the decode spinner.
     pub fn on_step(&mut self, info: &StepInfo<'_>) -> StepControl {
-        if self.steps.position() == 0 {
-            // Measure the rate from the first step on, not from the bar's creation (the text
-            // encoders and the latents preparation ran in between).
-            self.steps.reset_elapsed();
-            self.steps.reset_eta();
-        }
         self.steps.set_length(info.total as u64);
         self.steps.set_position(info.step as u64 + 1);
         if info.step + 1 == info.total {
