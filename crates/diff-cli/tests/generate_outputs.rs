@@ -482,3 +482,64 @@ fn vae_switches_and_threads_are_accepted() {
     ]);
     assert!(!o.status.success() && stderr(&o).contains("--threads 0"));
 }
+
+/// A Hub repo id: the recipe records the commit the files came from, and `--from-png` pins the
+/// model to it (here offline, from the cache the first run filled).
+#[test]
+fn a_hub_model_is_recorded_with_its_commit_and_replayed_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("hub");
+    common::copy_tree(&common::fixture_path("tiny-sd"), &root.join("org/tiny-sd"));
+    let server =
+        diff_hub_server::HubServer::start(diff_hub_server::ServerConfig::new(&root)).unwrap();
+    let cache = dir.path().join("cache");
+    let png = dir.path().join("hub.png");
+    let run = |args: &[&str]| {
+        bin()
+            .args(args)
+            .env("HF_HOME", dir.path().join("home"))
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_ENDPOINT")
+            .env_remove("HF_TOKEN")
+            .output()
+            .unwrap()
+    };
+    ok(run(&[
+        "generate",
+        "--model",
+        "org/tiny-sd",
+        "--endpoint",
+        server.endpoint(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--seed",
+        "5",
+        "--no-safety-checker",
+        "--out",
+        png.to_str().unwrap(),
+    ]));
+    let r = recipe(&png);
+    let commit = r["model"]["commit"].as_str().unwrap().to_string();
+    assert_eq!(commit.len(), 40, "{r}");
+    assert_eq!(r["model"]["revision"], "main");
+    let again = dir.path().join("again.png");
+    ok(run(&[
+        "-q",
+        "generate",
+        "--from-png",
+        png.to_str().unwrap(),
+        "--offline",
+        "--out",
+        again.to_str().unwrap(),
+    ]));
+    assert_eq!(pixels(&png), pixels(&again));
+    assert_eq!(recipe(&again)["arguments"]["revision"], commit.as_str());
+}
