@@ -110,7 +110,9 @@ pub struct Args {
     /// `width`: the width in pixels of the generated image, a multiple of 8.
     #[arg(long)]
     pub width: Option<usize>,
-    /// Replace the scheduler with this class built from the loaded scheduler config.
+    /// `scheduler`: a scheduler class to be used in combination with `unet` to denoise the
+    /// encoded image latents, built as `CLASS.from_config(pipe.scheduler.config)` (e.g.
+    /// `DPMSolverMultistepScheduler`, `EulerAncestralDiscreteScheduler`).
     #[arg(long)]
     pub scheduler: Option<String>,
     /// `key=value` override for `--scheduler` (repeatable).
@@ -120,10 +122,10 @@ pub struct Args {
         requires = "scheduler"
     )]
     pub scheduler_set: Vec<String>,
-    /// Weight variant (`fp16`, ...).
+    /// `variant`: load weights from a specified variant filename such as `"fp16"` or `"ema"`.
     #[arg(long)]
     pub variant: Option<String>,
-    /// Model dtype.
+    /// `torch_dtype`: the dtype the models are loaded and run in.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
     /// Device: `flex` (or `cpu`, the default), `wgpu`, `wgpu:N`, `wgpu:cpu`, `cuda`, `cuda:N`;
@@ -148,11 +150,13 @@ pub struct Args {
     /// keeps (image and mask must have the same size).
     #[arg(long, requires = "mask")]
     pub padding_mask_crop: Option<usize>,
-    /// SDXL img2img / inpaint `aesthetic_score` (default 6.0), used when the pipeline has
-    /// `requires_aesthetics_score` (the refiner).
+    /// SDXL img2img / inpaint `aesthetic_score` (default 6.0): used to simulate an aesthetic
+    /// score of the generated image by influencing the positive text condition; part of SDXL's
+    /// micro-conditioning (used when the pipeline has `requires_aesthetics_score`, the refiner).
     #[arg(long)]
     pub aesthetic_score: Option<f32>,
-    /// SDXL img2img / inpaint `negative_aesthetic_score` (default 2.5).
+    /// SDXL img2img / inpaint `negative_aesthetic_score` (default 2.5): used to simulate an
+    /// aesthetic score of the generated image by influencing the negative text condition.
     #[arg(long)]
     pub negative_aesthetic_score: Option<f32>,
     /// `latents`: pre-generated noisy latents sampled from a Gaussian distribution, used as
@@ -178,7 +182,8 @@ pub struct Args {
     /// seed + i (AUTOMATIC1111's rule: each equals a single run with that seed).
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
-    /// Do not load the safety checker (diffusers' `safety_checker=None`).
+    /// `safety_checker=None`: do not load the classification module that estimates whether
+    /// generated images could be considered offensive or harmful.
     #[arg(long)]
     pub no_safety_checker: bool,
     /// The image file to write; its extension picks the format: `.png` (with AUTOMATIC1111's
