@@ -53,7 +53,12 @@ fn single_file_generation_matches_diffusers_from_single_file() {
             guidance_scale: Some(a["guidance"].as_f64().unwrap() as f32),
             num_images_per_prompt: a.get("num_images").and_then(Value::as_u64).unwrap_or(1)
                 as usize,
-            generator: Generators::Seed(a["seed"].as_u64().unwrap()),
+            // Image k from seed + k (the fixture's `generator=[...]`, as `generate` does).
+            generator: Generators::Seeds(
+                (0..a.get("num_images").and_then(Value::as_u64).unwrap_or(1))
+                    .map(|k| a["seed"].as_u64().unwrap() + k)
+                    .collect(),
+            ),
             output_type: OutputType::Np,
             ..CallArgs::default()
         };
