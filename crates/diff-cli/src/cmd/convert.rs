@@ -128,7 +128,7 @@ pub fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("reading {}", args.ckpt.display()))?;
             let family = detect_model_type(&ckpt)?;
             let repo = family.default_config_repo();
-            eprintln!(
+            crate::info_line!(
                 "detected {} ({family:?}); using the configs of {repo} (pass --config to choose)",
                 family.diffusers_name()
             );
@@ -150,13 +150,17 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(vae) = &args.vae {
         options.components.insert("vae".into(), vae.clone());
     }
-    convert_single_file_with(&args.ckpt, &folder, &args.out, &options).with_context(|| {
-        format!(
-            "converting {} with the configs of {config}",
-            args.ckpt.display()
-        )
-    })?;
-    eprintln!(
+    let spinner = super::progress::spinner(format!("converting {}", args.ckpt.display()));
+    let converted = convert_single_file_with(&args.ckpt, &folder, &args.out, &options)
+        .with_context(|| {
+            format!(
+                "converting {} with the configs of {config}",
+                args.ckpt.display()
+            )
+        });
+    spinner.finish_and_clear();
+    converted?;
+    crate::info_line!(
         "converted {} to {}",
         args.ckpt.display(),
         args.out.display()

@@ -59,8 +59,11 @@ pub fn run(args: Args) -> Result<()> {
         options = options.with_max_shard_size(size)?;
     }
     let src = super::download::resolve_source(&args.src, &args.hub, args.variant.as_deref())?;
-    save_pipeline(&src, &args.out, &options)
-        .with_context(|| format!("saving {} to {}", args.src, args.out.display()))?;
+    let spinner = super::progress::spinner(format!("saving to {}", args.out.display()));
+    let saved = save_pipeline(&src, &args.out, &options)
+        .with_context(|| format!("saving {} to {}", args.src, args.out.display()));
+    spinner.finish_and_clear();
+    saved?;
     if args.card {
         let is_repo = !Path::new(&args.src).exists();
         let options = burn_diffusers::convert::card::ModelCardOptions {
@@ -73,6 +76,6 @@ pub fn run(args: Args) -> Result<()> {
         };
         burn_diffusers::convert::card::write_model_card(&args.out, &options)?;
     }
-    eprintln!("saved {} to {}", args.src, args.out.display());
+    crate::info_line!("saved {} to {}", args.src, args.out.display());
     Ok(())
 }

@@ -242,7 +242,7 @@ fn replay(scheduler: &mut Scheduler, trace: &Path, out: &Path, seed: u64) -> Res
     // Written beside the target, then renamed, so a failure never leaves a half-written file;
     // never over anything but a regular file.
     burn_diffusers::format::fsutil::write_atomic(out, &data)?;
-    eprintln!("wrote {} ({} steps)", out.display(), t);
+    crate::info_line!("wrote {} ({} steps)", out.display(), t);
     Ok(())
 }
 
