@@ -97,6 +97,13 @@ impl LoadBars {
     }
 }
 
+impl Drop for LoadBars {
+    /// A load that failed leaves no bar behind.
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl Progress for LoadBars {
     fn on_start(&self, files: usize, bytes: u64) {
         let b = bar(bytes, DOWNLOAD_TEMPLATE);
@@ -168,10 +175,17 @@ impl DenoiseBars {
     }
 
     /// Clears the bars.
-    pub fn finish(self) {
+    pub fn finish(&mut self) {
         self.steps.finish_and_clear();
-        if let Some(d) = self.decode {
+        if let Some(d) = self.decode.take() {
             d.finish_and_clear();
         }
+    }
+}
+
+impl Drop for DenoiseBars {
+    /// A call that failed leaves no bar behind.
+    fn drop(&mut self) {
+        self.finish();
     }
 }
