@@ -303,6 +303,22 @@ fn the_extension_picks_the_format_and_each_decodes() {
         ]));
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(image::guess_format(&bytes).unwrap(), format, "{name}");
+        // AUTOMATIC1111's `parameters` ride in the EXIF UserComment, as A1111 writes them.
+        let exif = image::ImageReader::new(std::io::Cursor::new(&bytes))
+            .with_guessed_format()
+            .unwrap()
+            .into_decoder()
+            .map(|mut d| {
+                use image::ImageDecoder;
+                d.exif_metadata().unwrap()
+            })
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}: no EXIF"));
+        let comment = burn_diffusers::image::read_exif_user_comment(&exif).unwrap();
+        assert!(
+            comment.starts_with("x\nSteps: 2, Sampler: Euler a,") && comment.contains("Seed: 3,"),
+            "{name}: {comment}"
+        );
         let got = pixels(&path);
         if format == image::ImageFormat::WebP {
             assert_eq!(got, reference, "lossless WebP");

@@ -8,6 +8,8 @@
 //! - [`encode_jpeg`]: baseline JPEG at a quality from 1 to 100 (Pillow's scale; Pillow's default
 //!   is [`DEFAULT_JPEG_QUALITY`]). The bytes are the `image` crate's encoder's, not libjpeg's.
 //! - [`encode_webp_lossless`]: lossless WebP (the `image` crate's encoder).
+//! - [`exif_user_comment`] / [`read_exif_user_comment`]: the EXIF `UserComment` in which
+//!   AUTOMATIC1111 stores its `parameters` in JPEG and WebP files.
 //! - [`ImageFormat`]: the output format named by a file extension, and [`write_atomic`].
 
 use crate::error::ImageError;
@@ -160,27 +162,145 @@ pub fn read_png_text(bytes: &[u8], path: &Path) -> Result<Vec<PngText>, ImageErr
     Ok(out)
 }
 
+/// The most bytes of an EXIF `UserComment` [`read_exif_user_comment`] returns.
+const MAX_USER_COMMENT: usize = 16 * 1024 * 1024;
+
+/// An EXIF block (a big-endian TIFF structure, without the `Exif\0\0` marker) holding
+/// `comment` as the Exif IFD's `UserComment` (tag 0x9286) in UTF-16 with the `UNICODE\0`
+/// prefix: what AUTOMATIC1111 writes into JPEG and WebP files with
+/// `piexif.helper.UserComment.dump(parameters, encoding="unicode")`.
+pub fn exif_user_comment(comment: &str) -> Vec<u8> {
+    let mut data = b"UNICODE\0".to_vec();
+    for unit in comment.encode_utf16() {
+        data.extend_from_slice(&unit.to_be_bytes());
+    }
+    let mut out = b"MM\x00\x2a".to_vec();
+    out.extend_from_slice(&8u32.to_be_bytes());
+    // IFD0: one entry, the pointer to the Exif IFD (at 8 + 2 + 12 + 4 = 26).
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&0x8769u16.to_be_bytes());
+    out.extend_from_slice(&4u16.to_be_bytes());
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.extend_from_slice(&26u32.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    // Exif IFD: one entry, UserComment (UNDEFINED bytes at 26 + 2 + 12 + 4 = 44).
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&0x9286u16.to_be_bytes());
+    out.extend_from_slice(&7u16.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(&44u32.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// The EXIF `UserComment` of an EXIF block (a TIFF structure, with or without the
+/// `Exif\0\0` marker), decoded by its 8-byte prefix (`UNICODE`: UTF-16 in the block's byte
+/// order, `ASCII` or none: bytes as Latin-1); `None` when there is none or the block is
+/// malformed. Every offset is bounds-checked.
+pub fn read_exif_user_comment(exif: &[u8]) -> Option<String> {
+    let tiff = exif.strip_prefix(b"Exif\0\0").unwrap_or(exif);
+    let big = match tiff.get(0..2)? {
+        b"MM" => true,
+        b"II" => false,
+        _ => return None,
+    };
+    let u16_at = |at: usize| -> Option<u16> {
+        let b: [u8; 2] = tiff.get(at..at.checked_add(2)?)?.try_into().ok()?;
+        Some(if big {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
+    };
+    let u32_at = |at: usize| -> Option<usize> {
+        let b: [u8; 4] = tiff.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        let v = if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        };
+        usize::try_from(v).ok()
+    };
+    // The entry `tag` of the IFD at `ifd`: (type, count, value or offset field position).
+    let find = |ifd: usize, tag: u16| -> Option<(u16, usize, usize)> {
+        let n = usize::from(u16_at(ifd)?);
+        (0..n).find_map(|i| {
+            let e = ifd.checked_add(2)?.checked_add(i.checked_mul(12)?)?;
+            (u16_at(e)? == tag).then(|| Some((u16_at(e + 2)?, u32_at(e + 4)?, e + 8)))?
+        })
+    };
+    let ifd0 = u32_at(4)?;
+    let (_, _, pointer) = find(ifd0, 0x8769)?;
+    let exif_ifd = u32_at(pointer)?;
+    let (_, count, field) = find(exif_ifd, 0x9286)?;
+    if count > MAX_USER_COMMENT {
+        return None;
+    }
+    let start = if count <= 4 { field } else { u32_at(field)? };
+    let data = tiff.get(start..start.checked_add(count)?)?;
+    let (prefix, text) = (data.get(..8)?, data.get(8..)?);
+    if prefix == b"UNICODE\0" {
+        let units: Vec<u16> = text
+            .chunks_exact(2)
+            .map(|c| {
+                if big {
+                    u16::from_be_bytes([c[0], c[1]])
+                } else {
+                    u16::from_le_bytes([c[0], c[1]])
+                }
+            })
+            .collect();
+        Some(String::from_utf16_lossy(&units))
+    } else {
+        Some(text.iter().map(|&b| char::from(b)).collect())
+    }
+}
+
 /// Baseline JPEG bytes of `image` at `quality` (1 to 100, Pillow's scale: 75 is Pillow's
-/// default, 95 its advised maximum). The encoder is the `image` crate's, so the bytes differ
-/// from Pillow's at the same quality.
-pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, ImageError> {
+/// default, 95 its advised maximum), with `exif` (e.g. [`exif_user_comment`]) in an APP1
+/// segment when given. The encoder is the `image` crate's, so the bytes differ from Pillow's
+/// at the same quality.
+pub fn encode_jpeg(
+    image: &RgbImage,
+    quality: u8,
+    exif: Option<Vec<u8>>,
+) -> Result<Vec<u8>, ImageError> {
     if !(1..=100).contains(&quality) {
         return Err(ImageError::arg(
             "quality",
             format!("JPEG quality must be from 1 to 100, got {quality}"),
         ));
     }
+    use image::ImageEncoder;
     let mut bytes = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality)
+    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality);
+    if let Some(exif) = exif {
+        encoder
+            .set_exif_metadata(exif)
+            .map_err(|e| ImageError::decode("<memory>", e.to_string()))?;
+    }
+    encoder
         .encode_image(image)
         .map_err(|e| ImageError::decode("<memory>", e.to_string()))?;
     Ok(bytes)
 }
 
-/// Lossless WebP bytes of `image`.
-pub fn encode_webp_lossless(image: &RgbImage) -> Result<Vec<u8>, ImageError> {
+/// Lossless WebP bytes of `image`, with `exif` (e.g. [`exif_user_comment`]) in an `EXIF`
+/// chunk when given.
+pub fn encode_webp_lossless(
+    image: &RgbImage,
+    exif: Option<Vec<u8>>,
+) -> Result<Vec<u8>, ImageError> {
+    use image::ImageEncoder;
     let mut bytes = Vec::new();
-    image::codecs::webp::WebPEncoder::new_lossless(&mut bytes)
+    let mut encoder = image::codecs::webp::WebPEncoder::new_lossless(&mut bytes);
+    if let Some(exif) = exif {
+        encoder
+            .set_exif_metadata(exif)
+            .map_err(|e| ImageError::decode("<memory>", e.to_string()))?;
+    }
+    encoder
         .encode(
             image.as_raw(),
             image.width(),
@@ -236,20 +356,20 @@ mod tests {
             );
         }
         for q in [0, 101] {
-            assert!(encode_jpeg(&gradient(), q).is_err(), "{q}");
+            assert!(encode_jpeg(&gradient(), q, None).is_err(), "{q}");
         }
     }
 
     #[test]
     fn jpeg_and_webp_decode_to_the_image() {
         let img = gradient();
-        let webp = encode_webp_lossless(&img).unwrap();
+        let webp = encode_webp_lossless(&img, None).unwrap();
         let back = image::load_from_memory_with_format(&webp, image::ImageFormat::WebP)
             .unwrap()
             .to_rgb8();
         assert_eq!(back, img, "lossless WebP");
-        let small = encode_jpeg(&img, 10).unwrap();
-        let large = encode_jpeg(&img, 95).unwrap();
+        let small = encode_jpeg(&img, 10, None).unwrap();
+        let large = encode_jpeg(&img, 95, None).unwrap();
         assert!(small.starts_with(&[0xFF, 0xD8]) && small.len() < large.len());
         let back = image::load_from_memory(&large).unwrap().to_rgb8();
         let max = back
@@ -260,6 +380,27 @@ mod tests {
             .max()
             .unwrap();
         assert!(max < 24, "quality 95 is close to the source: {max}");
+    }
+
+    #[test]
+    fn exif_user_comments_round_trip_through_jpeg_and_webp() {
+        use image::ImageDecoder;
+        let text = "a red circle, été\nSteps: 4, Seed: 1";
+        let exif = exif_user_comment(text);
+        assert_eq!(read_exif_user_comment(&exif).as_deref(), Some(text));
+        let jpeg = encode_jpeg(&gradient(), 90, Some(exif.clone())).unwrap();
+        let mut d = image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(&jpeg)).unwrap();
+        let got = d.exif_metadata().unwrap().unwrap();
+        assert_eq!(read_exif_user_comment(&got).as_deref(), Some(text));
+        let webp = encode_webp_lossless(&gradient(), Some(exif.clone())).unwrap();
+        let mut d = image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(&webp)).unwrap();
+        let got = d.exif_metadata().unwrap().unwrap();
+        assert_eq!(read_exif_user_comment(&got).as_deref(), Some(text));
+        // Malformed blocks give None, not a panic.
+        for cut in 0..exif.len() {
+            let _ = read_exif_user_comment(&exif[..cut]);
+        }
+        assert_eq!(read_exif_user_comment(b"MM\x00\x2a\xff\xff\xff\xff"), None);
     }
 
     #[test]

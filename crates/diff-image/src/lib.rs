@@ -11,7 +11,8 @@
 //! - output encoding (`encode.rs`): [`encode_png_with_text`] (PNG with `tEXt` / `iTXt` chunks
 //!   as Pillow's `PngInfo` writes them; AUTOMATIC1111's `parameters` chunk is one) and
 //!   [`read_png_text`] to read them back, [`encode_jpeg`] (quality on Pillow's scale),
-//!   [`encode_webp_lossless`], [`ImageFormat`] (the format an extension names) and
+//!   [`encode_webp_lossless`], [`exif_user_comment`] / [`read_exif_user_comment`] (where A1111
+//!   keeps `parameters` in JPEG and WebP), [`ImageFormat`] (the format an extension names) and
 //!   [`write_atomic`];
 //! - [`jpeg`]: a JPEG decoder giving libjpeg-turbo's bytes as Pillow decodes them (ISLOW IDCT,
 //!   fancy upsampling, fixed-point YCbCr; baseline and progressive), gate
@@ -39,7 +40,8 @@ pub mod resample;
 
 pub use encode::{
     DEFAULT_JPEG_QUALITY, ImageFormat, MAX_TEXT_CHUNK_BYTES, PngText, encode_jpeg,
-    encode_png_with_text, encode_webp_lossless, read_png_text, write_atomic,
+    encode_png_with_text, encode_webp_lossless, exif_user_comment, read_exif_user_comment,
+    read_png_text, write_atomic,
 };
 pub use error::ImageError;
 pub use io::{

@@ -9,7 +9,8 @@
 use super::recipe::Invocation;
 use anyhow::{Context, Result, bail};
 use burn_diffusers::image::{
-    ImageFormat, PngText, encode_jpeg, encode_png_with_text, encode_webp_lossless, write_atomic,
+    ImageFormat, PngText, encode_jpeg, encode_png_with_text, encode_webp_lossless,
+    exif_user_comment, write_atomic,
 };
 use burn_diffusers::pipelines::{DiffusionPipeline, Passed, components::PassedComponents};
 use std::path::{Path, PathBuf};
@@ -277,9 +278,17 @@ pub fn write_image(
     jpeg_quality: u8,
     texts: &[PngText],
 ) -> Result<()> {
+    // JPEG and WebP carry AUTOMATIC1111's `parameters` as it writes them there: the EXIF
+    // UserComment (the full recipe stays a PNG's).
+    let exif = || {
+        texts
+            .iter()
+            .find(|t| t.keyword == super::recipe::A1111_KEY)
+            .map(|t| exif_user_comment(&t.text))
+    };
     let bytes = match format {
-        ImageFormat::Jpeg => encode_jpeg(image, jpeg_quality)?,
-        ImageFormat::WebP => encode_webp_lossless(image)?,
+        ImageFormat::Jpeg => encode_jpeg(image, jpeg_quality, exif())?,
+        ImageFormat::WebP => encode_webp_lossless(image, exif())?,
         _ => encode_png_with_text(image, texts)?,
     };
     let target = super::check_out("--out", path)?;
