@@ -105,7 +105,11 @@ fn parse() -> anyhow::Result<Cli> {
         && let Some(png) = sub.get_one::<std::path::PathBuf>("from_png")
     {
         let given = cmd::recipe::Invocation::from_matches(&command, sub);
-        let expanded = cmd::recipe::expand_from_png(&argv, png, &given.explicit)?;
+        let known = command
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        let expanded = cmd::recipe::expand_from_png(&argv, png, &given.explicit, &known)?;
         matches = Cli::command().get_matches_from(expanded);
     }
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

@@ -475,11 +475,13 @@ pub fn read_recipe(png: &Path) -> Result<Value> {
 
 /// `generate --from-png X`: the command line `argv` (as given) followed by the recipe's
 /// arguments that `explicit` (the flags given now) does not override and that are not output
-/// settings, plus `--revision <commit>` for a Hub model unless `--revision` was given.
+/// settings, plus `--revision <commit>` for a Hub model unless `--revision` was given. A flag
+/// this build does not have (`known` lists its flags) is left out with a warning.
 pub fn expand_from_png(
     argv: &[OsString],
     png: &Path,
     explicit: &BTreeSet<String>,
+    known: &BTreeSet<String>,
 ) -> Result<Vec<OsString>> {
     let recipe = read_recipe(png)?;
     let arguments = recipe
@@ -507,6 +509,13 @@ pub fn expand_from_png(
             continue;
         }
         if flag == "revision" {
+            continue;
+        }
+        if !known.contains(flag) {
+            eprintln!(
+                "warning: --from-png {}: the recipe's --{flag} is not a flag of this build; left out",
+                png.display()
+            );
             continue;
         }
         let value = ArgValue::from_json(value).with_context(|| {
@@ -595,6 +604,65 @@ mod tests {
         assert_eq!(a1111_quote("a, b"), "\"a, b\"");
         assert_eq!(short_float(7.5), "7.5");
         assert_eq!(short_float(5.0), "5");
+    }
+
+    #[test]
+    fn from_png_adds_the_recipe_arguments_not_given_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("r.png");
+        let recipe = json!({
+            "model": {"commit": "c0ffee"},
+            "arguments": {
+                "model": "org/m", "prompt": "-a, b", "seed": "5", "steps": "4",
+                "out": "old.png", "overwrite": true, "no-safety-checker": true,
+                "fuse-lora": false, "lora": ["x", "y"], "revision": "main", "gone": "1",
+            },
+        });
+        let bytes = burn_diffusers::image::encode_png_with_text(
+            &image::RgbImage::new(8, 8),
+            &[PngText::new(RECIPE_KEY, recipe.to_string())],
+        )
+        .unwrap();
+        std::fs::write(&png, bytes).unwrap();
+        let explicit: BTreeSet<String> = ["steps".to_string()].into();
+        let known: BTreeSet<String> = [
+            "model",
+            "prompt",
+            "seed",
+            "steps",
+            "out",
+            "overwrite",
+            "no-safety-checker",
+            "fuse-lora",
+            "lora",
+            "revision",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let argv: Vec<OsString> =
+            vec!["bd".into(), "generate".into(), "--steps".into(), "9".into()];
+        let got = expand_from_png(&argv, &png, &explicit, &known).unwrap();
+        let got: Vec<String> = got
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "bd",
+                "generate",
+                "--steps",
+                "9",
+                "--lora=x",
+                "--lora=y",
+                "--model=org/m",
+                "--no-safety-checker",
+                "--prompt=-a, b",
+                "--seed=5",
+                "--revision=c0ffee",
+            ]
+        );
     }
 
     #[test]
