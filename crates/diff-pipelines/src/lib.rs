@@ -75,6 +75,7 @@
 //! use).
 #![deny(missing_docs)]
 
+pub mod auto_pipeline;
 pub mod call;
 pub mod components;
 mod decode;
@@ -87,6 +88,7 @@ mod inpaint_common;
 mod latents;
 pub mod lora;
 pub mod outputs;
+pub mod pag;
 pub mod pipeline;
 mod prompt;
 pub mod single_file;
@@ -107,11 +109,13 @@ pub use device::{DeviceChoice, DeviceError, default_device, parse_device};
 pub use diff_image::{jpeg, resample};
 /// The CLIP tokenizer (diff-tokenizer), under its former path.
 pub use diff_tokenizer::clip as clip_tokenizer;
+pub use auto_pipeline::AutoTask;
 pub use diff_tokenizer::{ClipTokenizer, TokenizerError};
 pub use error::PipelineError;
 pub use image_processor::{FloatImages, VaeImageProcessor};
 pub use latents::noise_dtype;
 pub use lora::AdapterWeight;
+pub use pag::PagArgs;
 pub use pipeline::{
     Components, DiffusionPipeline, LoadOptions, Passed, PassedComponents, PipelineClass,
     SUPPORTED_PIPELINES,

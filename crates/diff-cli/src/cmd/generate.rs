@@ -83,6 +83,10 @@ pub struct Args {
     /// off).
     #[arg(long, allow_negative_numbers = true)]
     pub sag_scale: Option<f32>,
+    /// Perturbed-Attention Guidance: `--pag-scale`, `--pag-adaptive-scale`,
+    /// `--pag-applied-layers` (`generate_pag.rs`).
+    #[command(flatten)]
+    pub pag: super::generate_pag::PagArgs,
     /// `eta` (default 0): the DDIM noise weight (DDIM-family schedulers only; ignored by the
     /// others, as in diffusers).
     #[arg(long, allow_negative_numbers = true)]
@@ -361,7 +365,7 @@ fn requested_class(
                 IndexClass::Builtin(n) => n.clone(),
                 IndexClass::Custom { class_name, .. } => class_name.clone(),
             };
-            options.pipeline_class = Some(task.class_for(&name)?);
+            options.pipeline_class = Some(task.class_for(&name, None)?);
             Ok(folder.display().to_string())
         }
     }
@@ -377,7 +381,10 @@ fn check_inputs_fit(class: PipelineClass, has_image: bool, has_mask: bool) -> Re
     );
     let img2img = matches!(
         class,
-        PipelineClass::StableDiffusionImg2Img | PipelineClass::StableDiffusionXLImg2Img
+        PipelineClass::StableDiffusionImg2Img
+            | PipelineClass::StableDiffusionXLImg2Img
+            | PipelineClass::StableDiffusionPAGImg2Img
+            | PipelineClass::StableDiffusionXLPAGImg2Img
     );
     if has_mask && !inpaint {
         bail!(
@@ -549,6 +556,11 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(class) = wanted.filter(|c| *c != pipe.class()) {
         pipe = pipe.from_pipe(class, &Default::default(), &Default::default())?;
     }
+    let explicit = requested.and_then(|r| match r {
+        Requested::Class(c) => Some(c),
+        Requested::Auto(_) => None,
+    });
+    pipe = super::generate_pag::apply(&args.pag, pipe, explicit)?;
     if let Some(class) = &args.scheduler {
         let mut overrides = Map::new();
         for item in &args.scheduler_set {
@@ -595,7 +607,9 @@ pub fn run(args: Args) -> Result<()> {
     if args.denoising_start.is_some()
         && !matches!(
             pipe.class(),
-            PipelineClass::StableDiffusionXLImg2Img | PipelineClass::StableDiffusionXLInpaint
+            PipelineClass::StableDiffusionXLImg2Img
+                | PipelineClass::StableDiffusionXLInpaint
+                | PipelineClass::StableDiffusionXLPAGImg2Img
         )
     {
         bail!(
@@ -607,7 +621,10 @@ pub fn run(args: Args) -> Result<()> {
     // has the input image's size. Do the same, and say so.
     let img2img = matches!(
         pipe.class(),
-        PipelineClass::StableDiffusionImg2Img | PipelineClass::StableDiffusionXLImg2Img
+        PipelineClass::StableDiffusionImg2Img
+            | PipelineClass::StableDiffusionXLImg2Img
+            | PipelineClass::StableDiffusionPAGImg2Img
+            | PipelineClass::StableDiffusionXLPAGImg2Img
     );
     if img2img && (args.height.is_some() || args.width.is_some()) {
         tracing::warn!(
@@ -649,6 +666,7 @@ pub fn run(args: Args) -> Result<()> {
         sag: SagArgs {
             sag_scale: args.sag_scale.unwrap_or(SagArgs::default().sag_scale),
         },
+        pag: args.pag.call_args(),
         num_images_per_prompt: args.num_images,
         // diffusers pastes the crop back onto the 8-bit image, so it needs output_type="pil".
         output_type: if args.out_latents.is_some() {
@@ -741,6 +759,7 @@ mod tests {
             guidance: Some(7.5),
             guidance_rescale: None,
             sag_scale: None,
+            pag: Default::default(),
             eta: None,
             clip_skip: None,
             seed: Some(0),
