@@ -76,7 +76,12 @@ impl AttentionProcessor for PAGCFGIdentitySelfAttnProcessor2_0 {
 /// The shared body: torch's `chunk(chunks)` of the batch (chunks of `ceil(b / chunks)` rows),
 /// the last chunk perturbed, the others attended together. diffusers' processors read no
 /// `encoder_hidden_states` (they are only installed on self-attention layers).
-fn perturbed_call(attn: &Attention, x: Tensor<3>, bias: Option<Tensor<4>>, chunks: usize) -> Tensor<3> {
+fn perturbed_call(
+    attn: &Attention,
+    x: Tensor<3>,
+    bias: Option<Tensor<4>>,
+    chunks: usize,
+) -> Tensor<3> {
     let b = x.dims()[0];
     let per = b.div_ceil(chunks).max(1);
     let n_org = (per * (chunks - 1)).min(b);
@@ -187,10 +192,7 @@ mod tests {
             .into_data()
             .assert_approx_eq::<f32>(&plain.into_data(), Tolerance::default());
         let ptb = x.narrow(0, 2, 1);
-        let identity = attn.finish(
-            attn.project(&attn.to_v, ptb.clone(), false),
-            ptb,
-        );
+        let identity = attn.finish(attn.project(&attn.to_v, ptb.clone(), false), ptb);
         out.narrow(0, 2, 1)
             .into_data()
             .assert_approx_eq::<f32>(&identity.into_data(), Tolerance::default());

@@ -271,7 +271,7 @@ impl AutoTask {
     ) -> Result<DiffusionPipeline, PipelineError> {
         let class = self.class_for_pipe(pipe.class(), enable_pag)?;
         pipe.check_from_pipe(class, passed, FromPipeRule::Auto)?;
-        pipe.from_pipe_unchecked(class, passed, config)
+        pipe.share_into(class, passed, config)
     }
 }
 
@@ -344,37 +344,96 @@ mod tests {
         let t = AutoTask::Text2Image;
         let i = AutoTask::Image2Image;
         let p = AutoTask::Inpainting;
-        assert_eq!(t.class_for("StableDiffusionInpaintPipeline", None).unwrap(), C::StableDiffusion);
-        assert_eq!(i.class_for("StableDiffusionPipeline", None).unwrap(), C::StableDiffusionImg2Img);
-        assert_eq!(p.class_for("StableDiffusionXLPipeline", None).unwrap(), C::StableDiffusionXLInpaint);
-        assert_eq!(t.class_for("StableDiffusionPipeline", Some(true)).unwrap(), C::StableDiffusionPAG);
-        assert_eq!(t.class_for("StableDiffusionXLPipeline", Some(true)).unwrap(), C::StableDiffusionXLPAG);
         assert_eq!(
-            i.class_for("StableDiffusionXLImg2ImgPipeline", Some(true)).unwrap(),
+            t.class_for("StableDiffusionInpaintPipeline", None).unwrap(),
+            C::StableDiffusion
+        );
+        assert_eq!(
+            i.class_for("StableDiffusionPipeline", None).unwrap(),
+            C::StableDiffusionImg2Img
+        );
+        assert_eq!(
+            p.class_for("StableDiffusionXLPipeline", None).unwrap(),
+            C::StableDiffusionXLInpaint
+        );
+        assert_eq!(
+            t.class_for("StableDiffusionPipeline", Some(true)).unwrap(),
+            C::StableDiffusionPAG
+        );
+        assert_eq!(
+            t.class_for("StableDiffusionXLPipeline", Some(true))
+                .unwrap(),
+            C::StableDiffusionXLPAG
+        );
+        assert_eq!(
+            i.class_for("StableDiffusionXLImg2ImgPipeline", Some(true))
+                .unwrap(),
             C::StableDiffusionXLPAGImg2Img
         );
-        assert_eq!(i.class_for("StableDiffusionPipeline", Some(true)).unwrap(), C::StableDiffusionPAGImg2Img);
+        assert_eq!(
+            i.class_for("StableDiffusionPipeline", Some(true)).unwrap(),
+            C::StableDiffusionPAGImg2Img
+        );
         // An img2img checkpoint with enable_pag for text-to-image: no such class in diffusers.
-        let e = t.class_for("StableDiffusionImg2ImgPipeline", Some(true)).unwrap_err().to_string();
-        assert!(e.contains("can't find a pipeline linked to StableDiffusionImg2ImgPAGPipeline for None"), "{e}");
+        let e = t
+            .class_for("StableDiffusionImg2ImgPipeline", Some(true))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "can't find a pipeline linked to StableDiffusionImg2ImgPAGPipeline for None"
+            ),
+            "{e}"
+        );
         // Mapped by diffusers, not implemented here.
-        let e = p.class_for("StableDiffusionPipeline", Some(true)).unwrap_err().to_string();
-        assert!(e.contains("StableDiffusionPAGInpaintPipeline, which is not implemented"), "{e}");
-        let e = t.class_for("StableDiffusionSAGPipeline", None).unwrap_err().to_string();
-        assert!(e.contains("can't find a pipeline linked to StableDiffusionSAGPipeline for None"), "{e}");
+        let e = p
+            .class_for("StableDiffusionPipeline", Some(true))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("StableDiffusionPAGInpaintPipeline, which is not implemented"),
+            "{e}"
+        );
+        let e = t
+            .class_for("StableDiffusionSAGPipeline", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("can't find a pipeline linked to StableDiffusionSAGPipeline for None"),
+            "{e}"
+        );
     }
 
     #[test]
     fn from_pipe_classes_add_and_strip_pag() {
         let t = AutoTask::Text2Image;
         let i = AutoTask::Image2Image;
-        assert_eq!(t.class_for_pipe(C::StableDiffusionImg2Img, Some(true)).unwrap(), C::StableDiffusionPAG);
-        assert_eq!(t.class_for_pipe(C::StableDiffusionPAG, Some(false)).unwrap(), C::StableDiffusion);
-        assert_eq!(t.class_for_pipe(C::StableDiffusionPAG, None).unwrap(), C::StableDiffusionPAG);
-        assert_eq!(i.class_for_pipe(C::StableDiffusionXLPAG, None).unwrap(), C::StableDiffusionXLPAGImg2Img);
-        assert_eq!(i.class_for_pipe(C::StableDiffusionXL, Some(true)).unwrap(), C::StableDiffusionXLPAGImg2Img);
         assert_eq!(
-            AutoTask::Inpainting.class_for_pipe(C::StableDiffusionXLPAG, Some(false)).unwrap(),
+            t.class_for_pipe(C::StableDiffusionImg2Img, Some(true))
+                .unwrap(),
+            C::StableDiffusionPAG
+        );
+        assert_eq!(
+            t.class_for_pipe(C::StableDiffusionPAG, Some(false))
+                .unwrap(),
+            C::StableDiffusion
+        );
+        assert_eq!(
+            t.class_for_pipe(C::StableDiffusionPAG, None).unwrap(),
+            C::StableDiffusionPAG
+        );
+        assert_eq!(
+            i.class_for_pipe(C::StableDiffusionXLPAG, None).unwrap(),
+            C::StableDiffusionXLPAGImg2Img
+        );
+        assert_eq!(
+            i.class_for_pipe(C::StableDiffusionXL, Some(true)).unwrap(),
+            C::StableDiffusionXLPAGImg2Img
+        );
+        assert_eq!(
+            AutoTask::Inpainting
+                .class_for_pipe(C::StableDiffusionXLPAG, Some(false))
+                .unwrap(),
             C::StableDiffusionXLInpaint
         );
     }

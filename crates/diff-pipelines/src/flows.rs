@@ -26,7 +26,10 @@ pub(crate) const FLOWS: &[(PipelineClass, Flow)] = &[
     (PipelineClass::StableDiffusionPAG, sd::text2img::call),
     (PipelineClass::StableDiffusionPAGImg2Img, sd::img2img::call),
     (PipelineClass::StableDiffusionXLPAG, sdxl::text2img::call),
-    (PipelineClass::StableDiffusionXLPAGImg2Img, sdxl::img2img::call),
+    (
+        PipelineClass::StableDiffusionXLPAGImg2Img,
+        sdxl::img2img::call,
+    ),
 ];
 
 /// The flow registered for `class`.

@@ -97,6 +97,7 @@ mod stable_diffusion_xl;
 mod timesteps;
 pub mod validate;
 
+pub use auto_pipeline::AutoTask;
 /// burn's dtype and device types, re-exported for callers that pick them (the CLI).
 pub use burn::tensor::{DType, Device};
 pub use call::{
@@ -109,7 +110,6 @@ pub use device::{DeviceChoice, DeviceError, default_device, parse_device};
 pub use diff_image::{jpeg, resample};
 /// The CLIP tokenizer (diff-tokenizer), under its former path.
 pub use diff_tokenizer::clip as clip_tokenizer;
-pub use auto_pipeline::AutoTask;
 pub use diff_tokenizer::{ClipTokenizer, TokenizerError};
 pub use error::PipelineError;
 pub use image_processor::{FloatImages, VaeImageProcessor};

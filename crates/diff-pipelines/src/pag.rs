@@ -32,8 +32,8 @@ use diff_models::{
     AttnProcessorRef, AttnProcessorSetting, PAGCFGIdentitySelfAttnProcessor2_0,
     PAGIdentitySelfAttnProcessor2_0, UNet2DConditionInput, UNet2DConditionModel,
 };
-use diff_schedulers::{NoiseDtype, Scheduler, TorchGenerator};
 use diff_schedulers::precision::round_tensor;
+use diff_schedulers::{NoiseDtype, Scheduler, TorchGenerator};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -389,7 +389,10 @@ mod tests {
     fn fake_integral_matches_are_refused() {
         assert!(is_fake_integral_match("blocks.1", "x.blocks.1"));
         assert!(!is_fake_integral_match("blocks.1", "x.blocks.10"));
-        assert!(!is_fake_integral_match("mid", "mid_block.attentions.0.transformer_blocks.0.attn1"));
+        assert!(!is_fake_integral_match(
+            "mid",
+            "mid_block.attentions.0.transformer_blocks.0.attn1"
+        ));
     }
 
     #[test]
@@ -397,7 +400,10 @@ mod tests {
         let mut c = BTreeMap::new();
         assert_eq!(applied_layers_from(&c).unwrap(), None);
         c.insert(PAG_APPLIED_LAYERS_KEY.to_owned(), Value::from("mid"));
-        assert_eq!(applied_layers_from(&c).unwrap(), Some(vec!["mid".to_owned()]));
+        assert_eq!(
+            applied_layers_from(&c).unwrap(),
+            Some(vec!["mid".to_owned()])
+        );
         c.insert(
             PAG_APPLIED_LAYERS_KEY.to_owned(),
             serde_json::json!(["down_blocks.1", "up"]),

@@ -532,11 +532,11 @@ impl DiffusionPipeline {
         config: &BTreeMap<String, Value>,
     ) -> Result<Self, PipelineError> {
         self.check_from_pipe(class, passed, crate::auto_pipeline::FromPipeRule::Pipeline)?;
-        self.from_pipe_unchecked(class, passed, config)
+        self.share_into(class, passed, config)
     }
 
     /// `from_pipe` without the missing-component rule (the AutoPipelines check their own).
-    pub(crate) fn from_pipe_unchecked(
+    pub(crate) fn share_into(
         &self,
         class: PipelineClass,
         passed: &PassedComponents,

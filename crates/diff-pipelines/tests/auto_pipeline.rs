@@ -82,20 +82,33 @@ fn auto_pipelines_and_from_pipe_build_what_diffusers_builds() {
         let name = step["name"].as_str().unwrap();
         let got = run(step, &pipes);
         if let Some(want) = step.get("error").and_then(Value::as_str) {
-            let e = got.err().unwrap_or_else(|| panic!("{name}: built, diffusers refuses: {want}"));
+            let e = got
+                .err()
+                .unwrap_or_else(|| panic!("{name}: built, diffusers refuses: {want}"));
             // The same refusal: the class named, and for the missing-component case the
             // components diffusers expected.
             let key = if want.contains("can't find a pipeline linked to") {
                 want.to_owned()
             } else {
-                want.split(" expected ").next().unwrap().rsplit('.').next().unwrap().trim_end_matches("'>").to_owned()
+                want.split(" expected ")
+                    .next()
+                    .unwrap()
+                    .rsplit('.')
+                    .next()
+                    .unwrap()
+                    .trim_end_matches("'>")
+                    .to_owned()
             };
             assert!(e.contains(&key), "{name}: {e}\n  diffusers: {want}");
             eprintln!("{name}: refused: {e}");
             continue;
         }
         let pipe = got.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(pipe.class().name(), step["class_name"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            pipe.class().name(),
+            step["class_name"].as_str().unwrap(),
+            "{name}"
+        );
         let want_config = step["config"].as_object().unwrap();
         let mut got_config: BTreeMap<String, Value> = pipe.config().clone();
         let name_or_path = std::path::Path::new(pipe.name_or_path())
@@ -104,8 +117,10 @@ fn auto_pipelines_and_from_pipe_build_what_diffusers_builds() {
             .to_string_lossy()
             .to_string();
         got_config.insert("_name_or_path".into(), Value::from(name_or_path));
-        let want: BTreeMap<String, Value> =
-            want_config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let want: BTreeMap<String, Value> = want_config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         assert_eq!(got_config, want, "{name}: config");
         if let Some(layers) = step["pag_applied_layers"].as_array() {
             let layers: Vec<&str> = layers.iter().map(|v| v.as_str().unwrap()).collect();
@@ -117,5 +132,8 @@ fn auto_pipelines_and_from_pipe_build_what_diffusers_builds() {
     let sd = &pipes["sd"];
     let pag = &pipes["sd_to_pag"];
     assert!(Arc::ptr_eq(sd.unet().unwrap(), pag.unet().unwrap()));
-    assert!(Arc::ptr_eq(sd.vae().unwrap(), pipes["pag_to_i2i"].vae().unwrap()));
+    assert!(Arc::ptr_eq(
+        sd.vae().unwrap(),
+        pipes["pag_to_i2i"].vae().unwrap()
+    ));
 }

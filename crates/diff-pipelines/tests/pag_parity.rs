@@ -131,9 +131,12 @@ fn run_case(name: &str) {
     let out = pipe
         .call(&call_args(&case["args"]), None)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let want_procs: Vec<String> =
-        serde_json::from_value(case["processors_after"].clone()).unwrap();
-    assert_eq!(processor_names(&pipe), want_procs, "{name}: processors after");
+    let want_procs: Vec<String> = serde_json::from_value(case["processors_after"].clone()).unwrap();
+    assert_eq!(
+        processor_names(&pipe),
+        want_procs,
+        "{name}: processors after"
+    );
     if let Some(base) = &base {
         assert_eq!(processor_names(base), want_procs, "{name}: base processors");
     }

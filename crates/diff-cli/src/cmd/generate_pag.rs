@@ -55,9 +55,10 @@ impl PagArgs {
 fn task_of(class: PipelineClass) -> Option<AutoTask> {
     use PipelineClass as C;
     match class {
-        C::StableDiffusion | C::StableDiffusionXL | C::StableDiffusionPAG | C::StableDiffusionXLPAG => {
-            Some(AutoTask::Text2Image)
-        }
+        C::StableDiffusion
+        | C::StableDiffusionXL
+        | C::StableDiffusionPAG
+        | C::StableDiffusionXLPAG => Some(AutoTask::Text2Image),
         C::StableDiffusionImg2Img
         | C::StableDiffusionXLImg2Img
         | C::StableDiffusionPAGImg2Img
@@ -145,12 +146,88 @@ mod tests {
         let e = apply(&args, tiny_sd(), Some(PipelineClass::StableDiffusion))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--pipeline StableDiffusionPipeline does not take `pag_scale`"), "{e}");
+        assert!(
+            e.contains("--pipeline StableDiffusionPipeline does not take `pag_scale`"),
+            "{e}"
+        );
         let bad = PagArgs {
             pag_applied_layers: vec!["nowhere".into()],
             ..PagArgs::default()
         };
         let e = apply(&bad, tiny_sd(), None).unwrap_err().to_string();
-        assert!(e.contains("Cannot find PAG layer to set attention processor for: nowhere"), "{e}");
+        assert!(
+            e.contains("Cannot find PAG layer to set attention processor for: nowhere"),
+            "{e}"
+        );
+    }
+
+    /// `generate --pag-scale 3 --pag-applied-layers down_blocks.0` on tiny-sd (no --pipeline:
+    /// enable_pag picks StableDiffusionPAGPipeline) against the
+    /// `sd_text2img_auto_from_pipe_cfg_off` case of tests/fixtures/56-pag (2/255 per pixel,
+    /// 0.5/255 mean).
+    #[test]
+    fn generate_with_pag_flags_matches_the_diffusers_fixture() {
+        use burn_diffusers::pipelines::outputs::load_float_images;
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: super::super::generate::Args,
+        }
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let dir = std::env::temp_dir().join(format!("burn-diffusers-pag-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out.safetensors");
+        let model = fixtures.join("tiny-sd");
+        let cli = Cli::try_parse_from([
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a photo of an astronaut riding a horse on mars",
+            "--steps",
+            "3",
+            "--guidance",
+            "1.0",
+            "--scheduler",
+            "EulerDiscreteScheduler",
+            "--seed",
+            "6",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--no-safety-checker",
+            "--pag-scale",
+            "3",
+            "--pag-applied-layers",
+            "down_blocks.0",
+            "--out-array",
+            out.to_str().unwrap(),
+        ])
+        .unwrap();
+        super::super::generate::run(cli.args).unwrap();
+        let got = load_float_images(&out).unwrap();
+        let want = load_float_images(
+            &fixtures.join("56-pag/sd_text2img_auto_from_pipe_cfg_off.safetensors"),
+        )
+        .unwrap();
+        assert_eq!(
+            (got.count, got.height, got.width),
+            (want.count, want.height, want.width)
+        );
+        let diffs: Vec<f32> = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .collect();
+        let max = diffs.iter().copied().fold(0f32, f32::max);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        assert!(
+            max <= 2.0 / 255.0 && mean < 0.5 / 255.0,
+            "max {max}, mean {mean}"
+        );
+        std::fs::remove_dir_all(dir).ok();
     }
 }
