@@ -34,6 +34,13 @@
 //!   `enable_lora` / `disable_lora`, `get_active_adapters`, `get_list_adapters`; the adapters
 //!   live in the models, so `from_pipe` pipelines share them. Gate: `tests/lora.rs` on
 //!   `tests/fixtures/25-lora-formats`.
+//! - Perturbed-Attention Guidance ([`pag`]): the PAG classes (`StableDiffusion{,XL}PAG{,Img2Img}
+//!   Pipeline`) run their base task's flow with PAG added in the loop (`pag::run_loop`), the PAG
+//!   attention processors installed on `pag_applied_layers` for the call; [`PagArgs`]
+//!   (`pag_scale`, `pag_adaptive_scale`). Gate: `tests/pag_parity.rs` on `tests/fixtures/56-pag`.
+//! - AutoPipelines ([`auto_pipeline`], [`AutoTask`]): `from_pretrained` / `from_pipe` of
+//!   `AutoPipelineFor{Text2Image,Image2Image,Inpainting}` with diffusers' mappings and
+//!   `enable_pag`. Gate: `tests/auto_pipeline.rs` on `tests/fixtures/57-auto-pipeline`.
 //! - [`DiffusionPipeline::prepare_latents`]: the initial latents of a text-to-image call, drawn
 //!   in the pipeline's dtype as torch does.
 //! - Half precision: with `LoadOptions::dtype` float16 / bfloat16 the denoising loop rounds to
