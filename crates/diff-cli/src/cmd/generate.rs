@@ -1074,11 +1074,11 @@ mod tests {
         let dir = scratch("bad-pipeline");
         let err = |args: Args| format!("{:#}", run(args).unwrap_err());
         let msg = err(Args {
-            pipeline: Some("StableDiffusionPAGPipeline".into()),
+            pipeline: Some("StableDiffusionControlNetPipeline".into()),
             ..base_args(&dir)
         });
         assert!(
-            msg.contains("--pipeline StableDiffusionPAGPipeline: unknown pipeline class")
+            msg.contains("--pipeline StableDiffusionControlNetPipeline: unknown pipeline class")
                 && msg.contains("StableDiffusionSAGPipeline")
                 && msg.contains("AutoPipelineForInpainting"),
             "{msg}"
