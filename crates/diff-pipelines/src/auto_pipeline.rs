@@ -16,8 +16,8 @@
 //!   A component the class requires (not in its `_optional_components`) that neither the source
 //!   pipeline has nor the caller passes is an error.
 //!
-//! Classes of diffusers' mappings not implemented here (`StableDiffusionPAGInpaintPipeline`,
-//! ControlNet, other families) are named in the error.
+//! Classes of other families (ControlNet, Kandinsky, ...) are outside these mappings: the error
+//! says so.
 
 use crate::components::{COMPONENTS, PassedKind, Role};
 use crate::error::PipelineError;
@@ -385,14 +385,10 @@ mod tests {
             ),
             "{e}"
         );
-        // Mapped by diffusers, not implemented here.
-        let e = p
-            .class_for("StableDiffusionPipeline", Some(true))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("StableDiffusionPAGInpaintPipeline, which is not implemented"),
-            "{e}"
+        assert_eq!(
+            p.class_for("StableDiffusionInpaintPipeline", Some(true))
+                .unwrap(),
+            C::StableDiffusionPAGInpaint
         );
         let e = t
             .class_for("StableDiffusionSAGPipeline", None)

@@ -26,6 +26,11 @@ pub(crate) const FLOWS: &[(PipelineClass, Flow)] = &[
     (PipelineClass::StableDiffusionPAG, sd::text2img::call),
     (PipelineClass::StableDiffusionPAGImg2Img, sd::img2img::call),
     (PipelineClass::StableDiffusionXLPAG, sdxl::text2img::call),
+    (PipelineClass::StableDiffusionPAGInpaint, sd::inpaint::call),
+    (
+        PipelineClass::StableDiffusionXLPAGInpaint,
+        sdxl::inpaint::call,
+    ),
     (
         PipelineClass::StableDiffusionXLPAGImg2Img,
         sdxl::img2img::call,

@@ -34,8 +34,8 @@
 //!   `enable_lora` / `disable_lora`, `get_active_adapters`, `get_list_adapters`; the adapters
 //!   live in the models, so `from_pipe` pipelines share them. Gate: `tests/lora.rs` on
 //!   `tests/fixtures/25-lora-formats`.
-//! - Perturbed-Attention Guidance ([`pag`]): the PAG classes (`StableDiffusion{,XL}PAG{,Img2Img}
-//!   Pipeline`) run their base task's flow with PAG added in the loop (`pag::run_loop`), the PAG
+//! - Perturbed-Attention Guidance ([`pag`]): the PAG classes (`StableDiffusion{,XL}PAG{,Img2Img,
+//!   Inpaint}Pipeline`) run their base task's flow with PAG added in the loop (`pag::run_loop`), the PAG
 //!   attention processors installed on `pag_applied_layers` for the call; [`PagArgs`]
 //!   (`pag_scale`, `pag_adaptive_scale`). Gate: `tests/pag_parity.rs` on `tests/fixtures/56-pag`.
 //! - AutoPipelines ([`auto_pipeline`], [`AutoTask`]): `from_pretrained` / `from_pipe` of

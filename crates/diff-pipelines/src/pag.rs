@@ -22,9 +22,7 @@
 //! behaves as its base task.
 
 use crate::call::{CallArgs, StepCallback};
-use crate::denoise::{
-    DenoiseLoop, Denoised, Guidance, NoHook, StepContext, StepHook, rescale_noise_cfg,
-};
+use crate::denoise::{DenoiseLoop, Denoised, Guidance, StepContext, StepHook, rescale_noise_cfg};
 use crate::error::PipelineError;
 use crate::pipeline::{DiffusionPipeline, PipelineClass};
 use burn::tensor::Tensor;
@@ -192,6 +190,24 @@ pub(crate) fn enabled(pipe: &DiffusionPipeline, args: &CallArgs) -> bool {
     args.pag.pag_scale > 0.0 && !pipe.pag_applied_layers.is_empty()
 }
 
+/// `StableDiffusionPAGInpaintPipeline`'s `guidance_rescale`: used with classifier-free guidance
+/// when PAG is off; with PAG on diffusers 0.42.1 fails on it (`noise_pred_text` is unset on that
+/// path), so it is refused here with a clear error instead.
+pub(crate) fn inpaint_guidance_rescale(
+    pipe: &DiffusionPipeline,
+    args: &CallArgs,
+    guidance_scale: f32,
+) -> Result<f32, PipelineError> {
+    let cfg = guidance_scale > 1.0;
+    if args.guidance_rescale > 0.0 && cfg && enabled(pipe, args) {
+        return Err(PipelineError::arg(
+            "guidance_rescale",
+            "StableDiffusionPAGInpaintPipeline cannot rescale the guidance while perturbed-attention guidance runs (diffusers 0.42.1 fails there: its PAG branch does not return the text prediction); pass guidance_rescale=0 or pag_scale=0",
+        ));
+    }
+    Ok(args.guidance_rescale)
+}
+
 /// The UNet's processors before the call, put back when the guard is restored or dropped.
 pub(crate) struct PagProcessors<'a> {
     unet: &'a UNet2DConditionModel,
@@ -246,7 +262,9 @@ impl Drop for PagProcessors<'_> {
 
 /// The PAG step: the batch made `[uncond, cond, cond]` / `[cond, cond]` at the UNet input and
 /// the three (two) predictions combined after it. The loop itself runs without guidance.
-pub(crate) struct PagHook {
+pub(crate) struct PagHook<'h> {
+    /// The base task's hook (inpaint's), run on the batch as the base task makes it.
+    inner: &'h mut dyn StepHook,
     guidance: Option<Guidance>,
     pag: PagArgs,
     dtype: NoiseDtype,
@@ -263,12 +281,12 @@ pub(crate) fn run_loop(
     args: &CallArgs,
     mut denoise: DenoiseLoop<'_>,
     (scheduler, timesteps): (&mut Scheduler, &[f64]),
-    latents: Tensor<4>,
-    gens: &mut [TorchGenerator],
+    (latents, gens): (Tensor<4>, &mut [TorchGenerator]),
+    inner: &mut dyn StepHook,
     callback: Option<&mut StepCallback<'_>>,
 ) -> Result<Denoised, PipelineError> {
     if !(pipe.class().is_pag() && enabled(pipe, args)) {
-        return denoise.run(scheduler, timesteps, latents, gens, &mut NoHook, callback);
+        return denoise.run(scheduler, timesteps, latents, gens, inner, callback);
     }
     let guidance = denoise.guidance.take();
     let do_cfg = guidance.is_some();
@@ -284,6 +302,7 @@ pub(crate) fn run_loop(
         }
     });
     let mut hook = PagHook {
+        inner,
         guidance,
         pag: args.pag,
         dtype: denoise.dtype,
@@ -305,7 +324,7 @@ fn perturbed_batch<const D: usize>(x: Tensor<D>, do_cfg: bool) -> Tensor<D> {
     }
 }
 
-impl PagHook {
+impl PagHook<'_> {
     /// `_get_pag_scale(t)`.
     fn scale_at(&self, t: f64) -> f32 {
         let PagArgs {
@@ -320,24 +339,49 @@ impl PagHook {
     }
 }
 
-impl StepHook for PagHook {
+impl StepHook for PagHook<'_> {
+    /// The base task's input (the latents doubled with CFG, then its hook: inpaint's mask and
+    /// masked-image latents on the channel axis), then the perturbed copy of its conditional
+    /// rows, as `_prepare_perturbed_attention_guidance` makes the latents, mask and masked-image
+    /// latents.
     fn unet_input(
         &mut self,
         mut input: UNet2DConditionInput,
-        _ctx: &StepContext<'_>,
+        ctx: &StepContext<'_>,
     ) -> Result<UNet2DConditionInput, PipelineError> {
-        let copies = if self.guidance.is_some() { 3 } else { 2 };
-        input.sample = Tensor::cat(vec![input.sample; copies], 0);
+        let do_cfg = self.guidance.is_some();
+        if do_cfg {
+            input.sample = Tensor::cat(vec![input.sample.clone(), input.sample], 0);
+        }
+        let mut input = self.inner.unet_input(input, ctx)?;
+        input.sample = perturbed_batch(input.sample, do_cfg);
         Ok(input)
+    }
+
+    fn after_step(
+        &mut self,
+        latents: Tensor<4>,
+        ctx: &StepContext<'_>,
+    ) -> Result<Tensor<4>, PipelineError> {
+        self.inner.after_step(latents, ctx)
     }
 
     fn noise_pred(
         &mut self,
         guided: Tensor<4>,
-        _raw: &Tensor<4>,
-        _latents: &Tensor<4>,
+        raw: &Tensor<4>,
+        latents: &Tensor<4>,
         ctx: &StepContext<'_>,
     ) -> Result<Tensor<4>, PipelineError> {
+        let pred = self.guide(guided, ctx)?;
+        self.inner.noise_pred(pred, raw, latents, ctx)
+    }
+}
+
+impl PagHook<'_> {
+    /// `_apply_perturbed_attention_guidance`, then `rescale_noise_cfg` where the class takes
+    /// `guidance_rescale`.
+    fn guide(&self, guided: Tensor<4>, ctx: &StepContext<'_>) -> Result<Tensor<4>, PipelineError> {
         let r = |t: Tensor<4>| round_tensor(t, self.dtype);
         let s = self.scale_at(ctx.timestep);
         let b = guided.dims()[0];

@@ -55,10 +55,14 @@ pub enum PipelineClass {
     StableDiffusionXLPAG,
     /// `StableDiffusionXLPAGImg2ImgPipeline`.
     StableDiffusionXLPAGImg2Img,
+    /// `StableDiffusionPAGInpaintPipeline`.
+    StableDiffusionPAGInpaint,
+    /// `StableDiffusionXLPAGInpaintPipeline`.
+    StableDiffusionXLPAGInpaint,
 }
 
 /// Every supported class, in the order listed in errors.
-pub const SUPPORTED_PIPELINES: [PipelineClass; 11] = [
+pub const SUPPORTED_PIPELINES: [PipelineClass; 13] = [
     PipelineClass::StableDiffusion,
     PipelineClass::StableDiffusionImg2Img,
     PipelineClass::StableDiffusionInpaint,
@@ -70,6 +74,8 @@ pub const SUPPORTED_PIPELINES: [PipelineClass; 11] = [
     PipelineClass::StableDiffusionPAGImg2Img,
     PipelineClass::StableDiffusionXLPAG,
     PipelineClass::StableDiffusionXLPAGImg2Img,
+    PipelineClass::StableDiffusionPAGInpaint,
+    PipelineClass::StableDiffusionXLPAGInpaint,
 ];
 
 impl PipelineClass {
@@ -87,6 +93,8 @@ impl PipelineClass {
             PipelineClass::StableDiffusionPAGImg2Img => "StableDiffusionPAGImg2ImgPipeline",
             PipelineClass::StableDiffusionXLPAG => "StableDiffusionXLPAGPipeline",
             PipelineClass::StableDiffusionXLPAGImg2Img => "StableDiffusionXLPAGImg2ImgPipeline",
+            PipelineClass::StableDiffusionPAGInpaint => "StableDiffusionPAGInpaintPipeline",
+            PipelineClass::StableDiffusionXLPAGInpaint => "StableDiffusionXLPAGInpaintPipeline",
         }
     }
 
@@ -104,6 +112,7 @@ impl PipelineClass {
                 | PipelineClass::StableDiffusionXLInpaint
                 | PipelineClass::StableDiffusionXLPAG
                 | PipelineClass::StableDiffusionXLPAGImg2Img
+                | PipelineClass::StableDiffusionXLPAGInpaint
         )
     }
 
@@ -116,6 +125,8 @@ impl PipelineClass {
                 | PipelineClass::StableDiffusionPAGImg2Img
                 | PipelineClass::StableDiffusionXLPAG
                 | PipelineClass::StableDiffusionXLPAGImg2Img
+                | PipelineClass::StableDiffusionPAGInpaint
+                | PipelineClass::StableDiffusionXLPAGInpaint
         )
     }
 
@@ -139,7 +150,8 @@ impl PipelineClass {
             | PipelineClass::StableDiffusionInpaint
             | PipelineClass::StableDiffusionSAG
             | PipelineClass::StableDiffusionPAG
-            | PipelineClass::StableDiffusionPAGImg2Img => {
+            | PipelineClass::StableDiffusionPAGImg2Img
+            | PipelineClass::StableDiffusionPAGInpaint => {
                 vec![("requires_safety_checker", Value::Bool(true))]
             }
             PipelineClass::StableDiffusionXL | PipelineClass::StableDiffusionXLPAG => {
@@ -147,7 +159,8 @@ impl PipelineClass {
             }
             PipelineClass::StableDiffusionXLImg2Img
             | PipelineClass::StableDiffusionXLInpaint
-            | PipelineClass::StableDiffusionXLPAGImg2Img => {
+            | PipelineClass::StableDiffusionXLPAGImg2Img
+            | PipelineClass::StableDiffusionXLPAGInpaint => {
                 vec![
                     ("requires_aesthetics_score", Value::Bool(false)),
                     ("force_zeros_for_empty_prompt", Value::Bool(true)),

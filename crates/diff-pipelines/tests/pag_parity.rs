@@ -38,7 +38,7 @@ fn layers_config(case: &Value) -> BTreeMap<String, Value> {
 fn load(case: &Value) -> (DiffusionPipeline, Option<DiffusionPipeline>) {
     let model = case["model"].as_str().unwrap();
     let folder = fixtures().join(model).display().to_string();
-    let sd = model == "tiny-sd";
+    let sd = model != "tiny-sdxl";
     let mut options = LoadOptions::default();
     if sd {
         options.components.safety_checker = Passed::Drop;
@@ -99,6 +99,12 @@ fn call_args(args: &Value) -> CallArgs {
             diff_pipelines::image_processor::load_image(&path).unwrap(),
         ]);
         call.img2img.strength = f("strength");
+    }
+    if let Some(p) = get("mask_image").and_then(Value::as_str) {
+        let path = fixtures().join("56-pag").join(p);
+        call.inpaint.mask_image = Some(vec![
+            diff_pipelines::image_processor::load_image(&path).unwrap(),
+        ]);
     }
     call
 }
@@ -188,6 +194,9 @@ parity! {
     sdxl_cfg_off_layers_up_ddim => sdxl_pag_without_cfg_on_the_up_blocks_matches_diffusers;
     sdxl_rescale_two_per_prompt => sdxl_pag_with_rescale_adaptive_scale_and_two_images_matches_diffusers;
     sdxl_img2img_auto_from_pipe => sdxl_pag_img2img_by_auto_pipeline_from_pipe_matches_diffusers;
+    sd_inpaint_9ch_ddim => pag_inpaint_with_a_9_channel_unet_matches_diffusers;
+    sd_inpaint_legacy_4ch_cfg_off_auto_from_pipe => pag_legacy_inpaint_without_cfg_by_auto_pipeline_matches_diffusers;
+    sdxl_inpaint_4ch_auto_from_pipe => sdxl_pag_inpaint_by_auto_pipeline_from_pipe_matches_diffusers;
 }
 
 #[test]
@@ -245,4 +254,25 @@ fn pag_layers_are_matched_as_diffusers_matches_them() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("pag_applied_layers"), "{e}");
+}
+
+#[test]
+fn pag_inpaint_refuses_guidance_rescale_where_diffusers_fails() {
+    let folder = fixtures().join("tiny-sd-inpaint").display().to_string();
+    let mut options = LoadOptions {
+        pipeline_class: Some(PipelineClass::StableDiffusionPAGInpaint),
+        ..LoadOptions::default()
+    };
+    options.components.safety_checker = Passed::Drop;
+    let pipe = DiffusionPipeline::from_pretrained(&folder, &options).unwrap();
+    let dir = fixtures().join("40-pipeline-runs/inputs");
+    let load = |n: &str| diff_pipelines::image_processor::load_image(&dir.join(n)).unwrap();
+    let mut args = CallArgs::prompt("x")
+        .with_image(load("image_32x32.png"))
+        .with_mask_image(load("mask_32x32.png"));
+    args.guidance_rescale = 0.5;
+    args.num_inference_steps = 2;
+    let e = pipe.call(&args, None).unwrap_err().to_string();
+    assert!(e.contains("cannot rescale the guidance"), "{e}");
+    assert_eq!(processor_names(&pipe), ["AttnProcessor2_0"]);
 }

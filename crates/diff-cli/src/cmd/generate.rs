@@ -377,7 +377,10 @@ fn requested_class(
 fn check_inputs_fit(class: PipelineClass, has_image: bool, has_mask: bool) -> Result<()> {
     let inpaint = matches!(
         class,
-        PipelineClass::StableDiffusionInpaint | PipelineClass::StableDiffusionXLInpaint
+        PipelineClass::StableDiffusionInpaint
+            | PipelineClass::StableDiffusionXLInpaint
+            | PipelineClass::StableDiffusionPAGInpaint
+            | PipelineClass::StableDiffusionXLPAGInpaint
     );
     let img2img = matches!(
         class,
@@ -610,6 +613,7 @@ pub fn run(args: Args) -> Result<()> {
             PipelineClass::StableDiffusionXLImg2Img
                 | PipelineClass::StableDiffusionXLInpaint
                 | PipelineClass::StableDiffusionXLPAGImg2Img
+                | PipelineClass::StableDiffusionXLPAGInpaint
         )
     {
         bail!(

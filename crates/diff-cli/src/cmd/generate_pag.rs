@@ -6,8 +6,8 @@
 //!   that class's `pag_scale` / `pag_adaptive_scale` and its `pag_applied_layers`;
 //! - without `--pipeline`, or with an AutoPipeline, a PAG flag is diffusers' `enable_pag=True`:
 //!   the model's class (after --image / --mask picked the task) becomes its PAG class, as
-//!   `AutoPipelineFor<Task>.from_pipe(pipe, enable_pag=True)` maps it (SD and SDXL text-to-image
-//!   and img2img; an unmapped or unimplemented class is an error naming it);
+//!   `AutoPipelineFor<Task>.from_pipe(pipe, enable_pag=True)` maps it (SD and SDXL
+//!   text-to-image, img2img and inpaint; an unmapped class, such as SAG's, is an error);
 //! - with `--pipeline` naming a class that is not a PAG class it is an error: diffusers'
 //!   `__call__` of that class takes no `pag_scale`.
 
@@ -63,7 +63,10 @@ fn task_of(class: PipelineClass) -> Option<AutoTask> {
         | C::StableDiffusionXLImg2Img
         | C::StableDiffusionPAGImg2Img
         | C::StableDiffusionXLPAGImg2Img => Some(AutoTask::Image2Image),
-        C::StableDiffusionInpaint | C::StableDiffusionXLInpaint => Some(AutoTask::Inpainting),
+        C::StableDiffusionInpaint
+        | C::StableDiffusionXLInpaint
+        | C::StableDiffusionPAGInpaint
+        | C::StableDiffusionXLPAGInpaint => Some(AutoTask::Inpainting),
         _ => None,
     }
 }

@@ -83,8 +83,8 @@ pub(crate) fn call(
         args,
         denoise,
         (&mut scheduler, &timesteps),
-        latents,
-        &mut gens,
+        (latents, &mut gens),
+        &mut crate::denoise::NoHook,
         callback,
     )?;
 
