@@ -45,6 +45,7 @@ pub mod safety_checker;
 // UNet and VAE (UNET+VAE engineer).
 pub mod attention;
 pub mod attention_processor;
+pub mod attention_processor_pag;
 pub mod autoencoder_kl;
 pub mod block_scales;
 pub mod downsampling;
@@ -60,6 +61,9 @@ pub mod vae;
 pub use attention_processor::{
     AttentionProcessor, AttnProcessor, AttnProcessor2_0, AttnProcessorRef, AttnProcessorSetting,
     CrossAttnStoreProcessor, IPAdapterAttnProcessor2_0, IpAdapterLayer,
+};
+pub use attention_processor_pag::{
+    PAGCFGIdentitySelfAttnProcessor2_0, PAGIdentitySelfAttnProcessor2_0,
 };
 pub use autoencoder_kl::AutoencoderKL;
 pub use block_scales::{BlockScale, ExpandedScale, PartScale, ScaleConfig};

@@ -88,6 +88,8 @@ pub struct CallArgs {
     pub inpaint: InpaintArgs,
     /// The SDXL part (second prompts, added conditioning, ensemble of experts).
     pub xl: XlArgs,
+    /// The Perturbed-Attention Guidance part (the PAG classes).
+    pub pag: crate::pag::PagArgs,
     /// The self-attention guidance part (`StableDiffusionSAGPipeline`).
     pub sag: SagArgs,
 }
@@ -214,6 +216,7 @@ impl Default for CallArgs {
             img2img: Img2ImgArgs::default(),
             inpaint: InpaintArgs::default(),
             xl: XlArgs::default(),
+            pag: crate::pag::PagArgs::default(),
             sag: SagArgs::default(),
         }
     }

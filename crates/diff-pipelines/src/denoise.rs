@@ -311,7 +311,7 @@ pub fn guide(
 }
 
 /// diffusers' `rescale_noise_cfg`: std over all but the batch dim, unbiased.
-fn rescale_noise_cfg(cfg: Tensor<4>, text: Tensor<4>, phi: f32) -> Tensor<4> {
+pub(crate) fn rescale_noise_cfg(cfg: Tensor<4>, text: Tensor<4>, phi: f32) -> Tensor<4> {
     let std = |x: Tensor<4>| {
         let [b, c, h, w] = x.dims();
         let flat = x.reshape([b, c * h * w]);

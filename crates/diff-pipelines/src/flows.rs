@@ -22,6 +22,19 @@ pub(crate) const FLOWS: &[(PipelineClass, Flow)] = &[
     (PipelineClass::StableDiffusionXLImg2Img, sdxl::img2img::call),
     (PipelineClass::StableDiffusionXLInpaint, sdxl::inpaint::call),
     (PipelineClass::StableDiffusionSAG, sd::sag::call),
+    // The PAG classes run their base task's flow; `pag::run_loop` adds the guidance.
+    (PipelineClass::StableDiffusionPAG, sd::text2img::call),
+    (PipelineClass::StableDiffusionPAGImg2Img, sd::img2img::call),
+    (PipelineClass::StableDiffusionXLPAG, sdxl::text2img::call),
+    (PipelineClass::StableDiffusionPAGInpaint, sd::inpaint::call),
+    (
+        PipelineClass::StableDiffusionXLPAGInpaint,
+        sdxl::inpaint::call,
+    ),
+    (
+        PipelineClass::StableDiffusionXLPAGImg2Img,
+        sdxl::img2img::call,
+    ),
 ];
 
 /// The flow registered for `class`.

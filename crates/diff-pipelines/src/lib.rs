@@ -34,6 +34,13 @@
 //!   `enable_lora` / `disable_lora`, `get_active_adapters`, `get_list_adapters`; the adapters
 //!   live in the models, so `from_pipe` pipelines share them. Gate: `tests/lora.rs` on
 //!   `tests/fixtures/25-lora-formats`.
+//! - Perturbed-Attention Guidance ([`pag`]): the PAG classes (`StableDiffusion{,XL}PAG{,Img2Img,
+//!   Inpaint}Pipeline`) run their base task's flow with PAG added in the loop (`pag::run_loop`), the PAG
+//!   attention processors installed on `pag_applied_layers` for the call; [`PagArgs`]
+//!   (`pag_scale`, `pag_adaptive_scale`). Gate: `tests/pag_parity.rs` on `tests/fixtures/56-pag`.
+//! - AutoPipelines ([`auto_pipeline`], [`AutoTask`]): `from_pretrained` / `from_pipe` of
+//!   `AutoPipelineFor{Text2Image,Image2Image,Inpainting}` with diffusers' mappings and
+//!   `enable_pag`. Gate: `tests/auto_pipeline.rs` on `tests/fixtures/57-auto-pipeline`.
 //! - [`DiffusionPipeline::prepare_latents`]: the initial latents of a text-to-image call, drawn
 //!   in the pipeline's dtype as torch does.
 //! - Half precision: with `LoadOptions::dtype` float16 / bfloat16 the denoising loop rounds to
@@ -75,6 +82,7 @@
 //! use).
 #![deny(missing_docs)]
 
+pub mod auto_pipeline;
 pub mod call;
 pub mod components;
 mod decode;
@@ -87,6 +95,7 @@ mod inpaint_common;
 mod latents;
 pub mod lora;
 pub mod outputs;
+pub mod pag;
 pub mod pipeline;
 pub mod progress;
 mod prompt;
@@ -96,6 +105,7 @@ mod stable_diffusion_xl;
 mod timesteps;
 pub mod validate;
 
+pub use auto_pipeline::AutoTask;
 /// burn's dtype and device types, re-exported for callers that pick them (the CLI).
 pub use burn::tensor::{DType, Device};
 pub use call::{
@@ -113,6 +123,7 @@ pub use error::PipelineError;
 pub use image_processor::{FloatImages, VaeImageProcessor};
 pub use latents::noise_dtype;
 pub use lora::AdapterWeight;
+pub use pag::PagArgs;
 pub use pipeline::{
     Components, DiffusionPipeline, LoadOptions, Passed, PassedComponents, PipelineClass,
     SUPPORTED_PIPELINES,

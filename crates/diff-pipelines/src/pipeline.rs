@@ -46,10 +46,23 @@ pub enum PipelineClass {
     /// `StableDiffusionSAGPipeline` (self-attention guidance, diffusers'
     /// `pipelines/deprecated/stable_diffusion_sag/`; SD components).
     StableDiffusionSAG,
+    /// `StableDiffusionPAGPipeline` (text-to-image with Perturbed-Attention Guidance,
+    /// diffusers' `pipelines/pag/`; SD components).
+    StableDiffusionPAG,
+    /// `StableDiffusionPAGImg2ImgPipeline`.
+    StableDiffusionPAGImg2Img,
+    /// `StableDiffusionXLPAGPipeline`.
+    StableDiffusionXLPAG,
+    /// `StableDiffusionXLPAGImg2ImgPipeline`.
+    StableDiffusionXLPAGImg2Img,
+    /// `StableDiffusionPAGInpaintPipeline`.
+    StableDiffusionPAGInpaint,
+    /// `StableDiffusionXLPAGInpaintPipeline`.
+    StableDiffusionXLPAGInpaint,
 }
 
 /// Every supported class, in the order listed in errors.
-pub const SUPPORTED_PIPELINES: [PipelineClass; 7] = [
+pub const SUPPORTED_PIPELINES: [PipelineClass; 13] = [
     PipelineClass::StableDiffusion,
     PipelineClass::StableDiffusionImg2Img,
     PipelineClass::StableDiffusionInpaint,
@@ -57,6 +70,12 @@ pub const SUPPORTED_PIPELINES: [PipelineClass; 7] = [
     PipelineClass::StableDiffusionXLImg2Img,
     PipelineClass::StableDiffusionXLInpaint,
     PipelineClass::StableDiffusionSAG,
+    PipelineClass::StableDiffusionPAG,
+    PipelineClass::StableDiffusionPAGImg2Img,
+    PipelineClass::StableDiffusionXLPAG,
+    PipelineClass::StableDiffusionXLPAGImg2Img,
+    PipelineClass::StableDiffusionPAGInpaint,
+    PipelineClass::StableDiffusionXLPAGInpaint,
 ];
 
 impl PipelineClass {
@@ -70,6 +89,12 @@ impl PipelineClass {
             PipelineClass::StableDiffusionXLImg2Img => "StableDiffusionXLImg2ImgPipeline",
             PipelineClass::StableDiffusionXLInpaint => "StableDiffusionXLInpaintPipeline",
             PipelineClass::StableDiffusionSAG => "StableDiffusionSAGPipeline",
+            PipelineClass::StableDiffusionPAG => "StableDiffusionPAGPipeline",
+            PipelineClass::StableDiffusionPAGImg2Img => "StableDiffusionPAGImg2ImgPipeline",
+            PipelineClass::StableDiffusionXLPAG => "StableDiffusionXLPAGPipeline",
+            PipelineClass::StableDiffusionXLPAGImg2Img => "StableDiffusionXLPAGImg2ImgPipeline",
+            PipelineClass::StableDiffusionPAGInpaint => "StableDiffusionPAGInpaintPipeline",
+            PipelineClass::StableDiffusionXLPAGInpaint => "StableDiffusionXLPAGInpaintPipeline",
         }
     }
 
@@ -85,6 +110,23 @@ impl PipelineClass {
             PipelineClass::StableDiffusionXL
                 | PipelineClass::StableDiffusionXLImg2Img
                 | PipelineClass::StableDiffusionXLInpaint
+                | PipelineClass::StableDiffusionXLPAG
+                | PipelineClass::StableDiffusionXLPAGImg2Img
+                | PipelineClass::StableDiffusionXLPAGInpaint
+        )
+    }
+
+    /// Whether this is a Perturbed-Attention Guidance class (`PAGMixin`: `pag_applied_layers`,
+    /// `pag_scale`).
+    pub fn is_pag(self) -> bool {
+        matches!(
+            self,
+            PipelineClass::StableDiffusionPAG
+                | PipelineClass::StableDiffusionPAGImg2Img
+                | PipelineClass::StableDiffusionXLPAG
+                | PipelineClass::StableDiffusionXLPAGImg2Img
+                | PipelineClass::StableDiffusionPAGInpaint
+                | PipelineClass::StableDiffusionXLPAGInpaint
         )
     }
 
@@ -106,13 +148,19 @@ impl PipelineClass {
             PipelineClass::StableDiffusion
             | PipelineClass::StableDiffusionImg2Img
             | PipelineClass::StableDiffusionInpaint
-            | PipelineClass::StableDiffusionSAG => {
+            | PipelineClass::StableDiffusionSAG
+            | PipelineClass::StableDiffusionPAG
+            | PipelineClass::StableDiffusionPAGImg2Img
+            | PipelineClass::StableDiffusionPAGInpaint => {
                 vec![("requires_safety_checker", Value::Bool(true))]
             }
-            PipelineClass::StableDiffusionXL => {
+            PipelineClass::StableDiffusionXL | PipelineClass::StableDiffusionXLPAG => {
                 vec![("force_zeros_for_empty_prompt", Value::Bool(true))]
             }
-            PipelineClass::StableDiffusionXLImg2Img | PipelineClass::StableDiffusionXLInpaint => {
+            PipelineClass::StableDiffusionXLImg2Img
+            | PipelineClass::StableDiffusionXLInpaint
+            | PipelineClass::StableDiffusionXLPAGImg2Img
+            | PipelineClass::StableDiffusionXLPAGInpaint => {
                 vec![
                     ("requires_aesthetics_score", Value::Bool(false)),
                     ("force_zeros_for_empty_prompt", Value::Bool(true)),
@@ -189,6 +237,8 @@ pub struct DiffusionPipeline {
     name_or_path: String,
     device: Device,
     dtype: DType,
+    /// `pag_applied_layers` (the PAG classes' attribute; see `pag.rs`).
+    pub(crate) pag_applied_layers: Vec<String>,
 }
 
 /// The class to build: the one asked for (a task pipeline ignores `_class_name`, as diffusers
@@ -319,6 +369,8 @@ impl DiffusionPipeline {
             name_or_path: name_or_path.to_string(),
             device: options.device.clone(),
             dtype: options.dtype,
+            pag_applied_layers: crate::pag::applied_layers_from(&options.config)?
+                .unwrap_or_else(crate::pag::default_applied_layers),
         };
         pipe.check_required()?;
         if pipe.components.safety_checker.is_some() && pipe.components.feature_extractor.is_none() {
@@ -483,8 +535,26 @@ impl DiffusionPipeline {
     /// `NewPipeline.from_pipe(pipe, **kwargs)`: a pipeline of `class` built from this one's
     /// components, shared (`Arc` clones, no weight copies); `passed` replaces or drops some,
     /// `config` overrides scalar config (passed > this pipeline's config > the new class's
-    /// default).
+    /// default) and may hold `pag_applied_layers` for a PAG class (default `["mid"]`, as
+    /// diffusers does not carry it over). `name_or_path` is kept; config the new class does not
+    /// take is kept under an underscore key (`_requires_safety_checker`) and taken back by a
+    /// class that does. A component the new class takes that this pipeline does not have at all
+    /// (SD -> SDXL: `text_encoder_2`) must be passed, unless the new class's `__init__` has a
+    /// default for it or it is one of this pipeline's optional components, as diffusers checks.
+    /// The dtype is kept (diffusers casts to its `torch_dtype` argument, float32 by default;
+    /// shared models cannot be cast here).
     pub fn from_pipe(
+        &self,
+        class: PipelineClass,
+        passed: &PassedComponents,
+        config: &BTreeMap<String, Value>,
+    ) -> Result<Self, PipelineError> {
+        self.check_from_pipe(class, passed, crate::auto_pipeline::FromPipeRule::Pipeline)?;
+        self.share_into(class, passed, config)
+    }
+
+    /// `from_pipe` without the missing-component rule (the AutoPipelines check their own).
+    pub(crate) fn share_into(
         &self,
         class: PipelineClass,
         passed: &PassedComponents,
@@ -520,6 +590,8 @@ impl DiffusionPipeline {
             name_or_path: self.name_or_path.clone(),
             device: self.device.clone(),
             dtype: self.dtype,
+            pag_applied_layers: crate::pag::applied_layers_from(config)?
+                .unwrap_or_else(crate::pag::default_applied_layers),
         };
         pipe.check_required()?;
         Ok(pipe)

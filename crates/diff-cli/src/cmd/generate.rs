@@ -88,6 +88,10 @@ pub struct Args {
     /// off).
     #[arg(long, allow_negative_numbers = true)]
     pub sag_scale: Option<f32>,
+    /// Perturbed-Attention Guidance: `--pag-scale`, `--pag-adaptive-scale`,
+    /// `--pag-applied-layers` (`generate_pag.rs`).
+    #[command(flatten)]
+    pub pag: super::generate_pag::PagArgs,
     /// `eta` (default 0): corresponds to parameter eta (η) from the DDIM paper; only applies to
     /// the DDIMScheduler and is ignored in other schedulers.
     #[arg(long, allow_negative_numbers = true)]
@@ -363,7 +367,7 @@ fn requested_class(
                 IndexClass::Builtin(n) => n.clone(),
                 IndexClass::Custom { class_name, .. } => class_name.clone(),
             };
-            options.pipeline_class = Some(task.class_for(&name)?);
+            options.pipeline_class = Some(task.class_for(&name, None)?);
             Ok(folder.display().to_string())
         }
     }
@@ -375,11 +379,17 @@ fn requested_class(
 fn check_inputs_fit(class: PipelineClass, has_image: bool, has_mask: bool) -> Result<()> {
     let inpaint = matches!(
         class,
-        PipelineClass::StableDiffusionInpaint | PipelineClass::StableDiffusionXLInpaint
+        PipelineClass::StableDiffusionInpaint
+            | PipelineClass::StableDiffusionXLInpaint
+            | PipelineClass::StableDiffusionPAGInpaint
+            | PipelineClass::StableDiffusionXLPAGInpaint
     );
     let img2img = matches!(
         class,
-        PipelineClass::StableDiffusionImg2Img | PipelineClass::StableDiffusionXLImg2Img
+        PipelineClass::StableDiffusionImg2Img
+            | PipelineClass::StableDiffusionXLImg2Img
+            | PipelineClass::StableDiffusionPAGImg2Img
+            | PipelineClass::StableDiffusionXLPAGImg2Img
     );
     if has_mask && !inpaint {
         bail!(
@@ -557,6 +567,11 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(class) = wanted.filter(|c| *c != pipe.class()) {
         pipe = pipe.from_pipe(class, &Default::default(), &Default::default())?;
     }
+    let explicit = requested.and_then(|r| match r {
+        Requested::Class(c) => Some(c),
+        Requested::Auto(_) => None,
+    });
+    pipe = super::generate_pag::apply(&args.pag, pipe, explicit)?;
     if let Some(class) = &args.scheduler {
         let mut overrides = Map::new();
         for item in &args.scheduler_set {
@@ -604,7 +619,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.denoising_start.is_some()
         && !matches!(
             pipe.class(),
-            PipelineClass::StableDiffusionXLImg2Img | PipelineClass::StableDiffusionXLInpaint
+            PipelineClass::StableDiffusionXLImg2Img
+                | PipelineClass::StableDiffusionXLInpaint
+                | PipelineClass::StableDiffusionXLPAGImg2Img
+                | PipelineClass::StableDiffusionXLPAGInpaint
         )
     {
         bail!(
@@ -616,7 +634,10 @@ pub fn run(args: Args) -> Result<()> {
     // has the input image's size. Do the same, and say so.
     let img2img = matches!(
         pipe.class(),
-        PipelineClass::StableDiffusionImg2Img | PipelineClass::StableDiffusionXLImg2Img
+        PipelineClass::StableDiffusionImg2Img
+            | PipelineClass::StableDiffusionXLImg2Img
+            | PipelineClass::StableDiffusionPAGImg2Img
+            | PipelineClass::StableDiffusionXLPAGImg2Img
     );
     if img2img && (args.height.is_some() || args.width.is_some()) {
         tracing::warn!(
@@ -658,6 +679,7 @@ pub fn run(args: Args) -> Result<()> {
         sag: SagArgs {
             sag_scale: args.sag_scale.unwrap_or(SagArgs::default().sag_scale),
         },
+        pag: args.pag.call_args(),
         num_images_per_prompt: args.num_images,
         // diffusers pastes the crop back onto the 8-bit image, so it needs output_type="pil".
         output_type: if args.out_latents.is_some() {
@@ -746,6 +768,7 @@ mod tests {
             guidance: Some(7.5),
             guidance_rescale: None,
             sag_scale: None,
+            pag: Default::default(),
             eta: None,
             clip_skip: None,
             seed: Some(0),
@@ -1061,11 +1084,11 @@ mod tests {
         let dir = scratch("bad-pipeline");
         let err = |args: Args| format!("{:#}", run(args).unwrap_err());
         let msg = err(Args {
-            pipeline: Some("StableDiffusionPAGPipeline".into()),
+            pipeline: Some("StableDiffusionControlNetPipeline".into()),
             ..base_args(&dir)
         });
         assert!(
-            msg.contains("--pipeline StableDiffusionPAGPipeline: unknown pipeline class")
+            msg.contains("--pipeline StableDiffusionControlNetPipeline: unknown pipeline class")
                 && msg.contains("StableDiffusionSAGPipeline")
                 && msg.contains("AutoPipelineForInpainting"),
             "{msg}"

@@ -3,6 +3,7 @@
 pub mod convert;
 pub mod download;
 pub mod generate;
+pub mod generate_pag;
 pub mod inspect;
 pub mod output;
 pub mod pipeline_arg;

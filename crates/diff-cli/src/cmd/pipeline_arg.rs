@@ -2,8 +2,8 @@
 //! `CLASS.from_pretrained(model)` would load it. `CLASS` is one of the supported pipeline classes
 //! or one of diffusers' AutoPipelines, which pick the task class of the model's family from its
 //! `model_index.json` `_class_name` (diffusers 0.42.1 `pipelines/auto_pipeline.py`: the
-//! `"stable-diffusion"` and `"stable-diffusion-xl"` entries of the text-to-image, image-to-image
-//! and inpainting mappings).
+//! `"stable-diffusion"`, `"stable-diffusion-xl"` and their `-pag` entries of the text-to-image,
+//! image-to-image and inpainting mappings; `burn_diffusers::pipelines::auto_pipeline`).
 
 use anyhow::{Result, bail};
 use burn_diffusers::pipelines::{PipelineClass, SUPPORTED_PIPELINES};
@@ -17,61 +17,10 @@ pub enum Requested {
     Auto(AutoTask),
 }
 
-/// The three AutoPipelines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AutoTask {
-    /// `AutoPipelineForText2Image`.
-    Text2Image,
-    /// `AutoPipelineForImage2Image`.
-    Image2Image,
-    /// `AutoPipelineForInpainting`.
-    Inpainting,
-}
-
-const AUTO_TASKS: [AutoTask; 3] = [
-    AutoTask::Text2Image,
-    AutoTask::Image2Image,
-    AutoTask::Inpainting,
-];
-
-impl AutoTask {
-    /// diffusers' class name.
-    pub fn name(self) -> &'static str {
-        match self {
-            AutoTask::Text2Image => "AutoPipelineForText2Image",
-            AutoTask::Image2Image => "AutoPipelineForImage2Image",
-            AutoTask::Inpainting => "AutoPipelineForInpainting",
-        }
-    }
-
-    /// diffusers' `_get_task_class(mapping, class_name)`: the family (`_get_model`: the mapping
-    /// key of the task class named `class_name`), then this task's class for that family.
-    pub fn class_for(self, class_name: &str) -> Result<PipelineClass> {
-        let family = PipelineClass::from_name(class_name)
-            .filter(|c| *c != PipelineClass::StableDiffusionSAG)
-            .map(PipelineClass::is_xl);
-        let Some(xl) = family else {
-            bail!(
-                "{}: AutoPipeline can't find a pipeline linked to {class_name} for None (it maps the classes of the stable-diffusion and stable-diffusion-xl families: {})",
-                self.name(),
-                SUPPORTED_PIPELINES
-                    .iter()
-                    .filter(|c| **c != PipelineClass::StableDiffusionSAG)
-                    .map(|c| c.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        };
-        Ok(match (self, xl) {
-            (AutoTask::Text2Image, false) => PipelineClass::StableDiffusion,
-            (AutoTask::Image2Image, false) => PipelineClass::StableDiffusionImg2Img,
-            (AutoTask::Inpainting, false) => PipelineClass::StableDiffusionInpaint,
-            (AutoTask::Text2Image, true) => PipelineClass::StableDiffusionXL,
-            (AutoTask::Image2Image, true) => PipelineClass::StableDiffusionXLImg2Img,
-            (AutoTask::Inpainting, true) => PipelineClass::StableDiffusionXLInpaint,
-        })
-    }
-}
+/// The three AutoPipelines (the library's; `class_for` follows diffusers' mappings, PAG
+/// families included).
+pub use burn_diffusers::pipelines::AutoTask;
+use burn_diffusers::pipelines::auto_pipeline::AUTO_TASKS;
 
 /// Every name `--pipeline` accepts, as listed in errors.
 pub fn supported_names() -> Vec<&'static str> {
@@ -136,7 +85,7 @@ mod tests {
         ];
         for (task, from, want) in cases {
             assert_eq!(
-                task.class_for(from).unwrap(),
+                task.class_for(from, None).unwrap(),
                 want,
                 "{} {from}",
                 task.name()
@@ -148,7 +97,7 @@ mod tests {
     fn auto_pipelines_refuse_classes_outside_their_mappings() {
         for name in ["StableDiffusionSAGPipeline", "KandinskyPipeline"] {
             let msg = AutoTask::Text2Image
-                .class_for(name)
+                .class_for(name, None)
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -168,7 +117,13 @@ mod tests {
             parse("AutoPipelineForInpainting").unwrap(),
             Requested::Auto(AutoTask::Inpainting)
         );
-        let msg = parse("StableDiffusionPAGPipeline").unwrap_err().to_string();
+        assert_eq!(
+            parse("StableDiffusionXLPAGPipeline").unwrap(),
+            Requested::Class(PipelineClass::StableDiffusionXLPAG)
+        );
+        let msg = parse("StableDiffusionControlNetPipeline")
+            .unwrap_err()
+            .to_string();
         assert!(
             msg.contains("unknown pipeline class")
                 && msg.contains("StableDiffusionSAGPipeline")

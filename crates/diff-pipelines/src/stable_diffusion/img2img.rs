@@ -5,7 +5,6 @@
 use super::{default_size, encode_and_loop, no_guidance_rescale};
 use crate::call::{CallArgs, PipelineOutput, StepCallback};
 use crate::decode::finish;
-use crate::denoise::NoHook;
 use crate::error::PipelineError;
 use crate::image_processor::VaeImageProcessor;
 use crate::latents::{
@@ -83,12 +82,13 @@ pub(crate) fn call(
 
     // 7. Prepare extra step kwargs: in `denoise`.
     // 8. Denoising loop
-    let denoised = denoise.run(
-        &mut scheduler,
-        &timesteps,
-        latents,
-        &mut gens,
-        &mut NoHook,
+    let denoised = crate::pag::run_loop(
+        pipe,
+        args,
+        denoise,
+        (&mut scheduler, &timesteps),
+        (latents, &mut gens),
+        &mut crate::denoise::NoHook,
         callback,
     )?;
 

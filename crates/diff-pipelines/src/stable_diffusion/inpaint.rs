@@ -46,12 +46,21 @@ pub(crate) fn call(
             format!("`height` and `width` have to be divisible by 8 but are {height} and {width}."),
         ));
     }
-    let strength = args.img2img.strength.unwrap_or(1.0);
+    // StableDiffusionPAGInpaintPipeline's default is 0.9999, as SDXL's.
+    let pag_class = pipe.class() == crate::pipeline::PipelineClass::StableDiffusionPAGInpaint;
+    let strength = args
+        .img2img
+        .strength
+        .unwrap_or(if pag_class { 0.9999 } else { 1.0 });
     check_strength(strength)?;
 
     // 2. Define call parameters
     let guidance_scale = args.guidance_scale.unwrap_or(7.5);
-    let guidance_rescale = no_guidance_rescale(pipe, args);
+    let guidance_rescale = if pag_class {
+        crate::pag::inpaint_guidance_rescale(pipe, args, guidance_scale)?
+    } else {
+        no_guidance_rescale(pipe, args)
+    };
     let dtype = noise_dtype(pipe.dtype());
 
     // 3. Encode input prompt
@@ -104,7 +113,7 @@ pub(crate) fn call(
         image_latents.as_ref(),
         &mut gens,
         dtype,
-        (&scheduler, first_t),
+        (&scheduler, first_t, is_strength_max),
         &device,
     )?;
 
@@ -132,11 +141,12 @@ pub(crate) fn call(
 
     // 9. Prepare extra step kwargs (and 9.1 the guidance embedding): in `denoise`.
     // 10. Denoising loop
-    let denoised = denoise.run(
-        &mut scheduler,
-        &timesteps,
-        latents,
-        &mut gens,
+    let denoised = crate::pag::run_loop(
+        pipe,
+        args,
+        denoise,
+        (&mut scheduler, &timesteps),
+        (latents, &mut gens),
         &mut hook,
         callback,
     )?;
@@ -250,7 +260,7 @@ fn prepare_latents(
     image_latents: Option<&Tensor<4>>,
     gens: &mut [TorchGenerator],
     dtype: NoiseDtype,
-    (scheduler, first_t): (&Scheduler, f64),
+    (scheduler, first_t, is_strength_max): (&Scheduler, f64, bool),
     device: &Device,
 ) -> Result<(Tensor<4>, Tensor<4>), PipelineError> {
     let sigma0 = scheduler.init_noise_sigma();
@@ -258,7 +268,7 @@ fn prepare_latents(
         return Ok((l.clone().mul_scalar(sigma0), l.clone()));
     }
     let noise = randn_as(shape, gens, dtype, device)?;
-    let latents = if args.img2img.strength.unwrap_or(1.0) == 1.0 {
+    let latents = if is_strength_max {
         noise.clone().mul_scalar(sigma0)
     } else {
         let il = image_latents

@@ -4,7 +4,6 @@
 use super::{default_size, encode_and_loop};
 use crate::call::{CallArgs, PipelineOutput, StepCallback, check_size};
 use crate::decode::finish;
-use crate::denoise::NoHook;
 use crate::error::PipelineError;
 use crate::latents::{
     generators_for, noise_dtype, prepare_text2img_latents, unet_sample_size, vae_latent_channels,
@@ -79,12 +78,13 @@ pub(crate) fn call(
 
     // 6. Prepare extra step kwargs (eta) and 6.1 the guidance embedding: in `denoise`.
     // 7. Denoising loop
-    let denoised = denoise.run(
-        &mut scheduler,
-        &timesteps,
-        latents,
-        &mut gens,
-        &mut NoHook,
+    let denoised = crate::pag::run_loop(
+        pipe,
+        args,
+        denoise,
+        (&mut scheduler, &timesteps),
+        (latents, &mut gens),
+        &mut crate::denoise::NoHook,
         callback,
     )?;
 

@@ -8,7 +8,6 @@
 use super::{Task, check_latents, denoise_loop, encode, prepare_timesteps};
 use crate::call::{CallArgs, PipelineOutput, StepCallback, check_size};
 use crate::decode::{finish, latents_stats};
-use crate::denoise::NoHook;
 use crate::error::PipelineError;
 use crate::image_processor::VaeImageProcessor;
 use crate::latents::{
@@ -83,12 +82,13 @@ pub(crate) fn call(
     let denoise = denoise_loop(pipe, unet, args, encoded, size, Task::Img2Img)?;
 
     // 9. Denoising loop
-    let denoised = denoise.run(
-        &mut scheduler,
-        &timesteps,
-        latents,
-        &mut gens,
-        &mut NoHook,
+    let denoised = crate::pag::run_loop(
+        pipe,
+        args,
+        denoise,
+        (&mut scheduler, &timesteps),
+        (latents, &mut gens),
+        &mut crate::denoise::NoHook,
         callback,
     )?;
 

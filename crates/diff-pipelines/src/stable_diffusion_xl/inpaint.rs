@@ -124,11 +124,12 @@ pub(crate) fn call(
     )?;
 
     // 11. Denoising loop
-    let denoised = denoise.run(
-        &mut scheduler,
-        &timesteps,
-        prepared.latents,
-        &mut gens,
+    let denoised = crate::pag::run_loop(
+        pipe,
+        args,
+        denoise,
+        (&mut scheduler, &timesteps),
+        (prepared.latents, &mut gens),
         &mut hook,
         callback,
     )?;

@@ -5,7 +5,6 @@
 use super::{Task, check_latents, denoise_loop, encode, prepare_timesteps};
 use crate::call::{CallArgs, PipelineOutput, StepCallback, check_size};
 use crate::decode::finish;
-use crate::denoise::NoHook;
 use crate::error::PipelineError;
 use crate::latents::{
     generators_for, noise_dtype, prepare_text2img_latents, unet_sample_size, vae_latent_channels,
@@ -62,12 +61,13 @@ pub(crate) fn call(
 
     // 8. Denoising loop
     scheduler.set_begin_index(0);
-    let denoised = denoise.run(
-        &mut scheduler,
-        &timesteps,
-        latents,
-        &mut gens,
-        &mut NoHook,
+    let denoised = crate::pag::run_loop(
+        pipe,
+        args,
+        denoise,
+        (&mut scheduler, &timesteps),
+        (latents, &mut gens),
+        &mut crate::denoise::NoHook,
         callback,
     )?;
 
