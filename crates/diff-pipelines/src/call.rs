@@ -90,6 +90,8 @@ pub struct CallArgs {
     pub xl: XlArgs,
     /// The self-attention guidance part (`StableDiffusionSAGPipeline`).
     pub sag: SagArgs,
+    /// The video part (`AnimateDiffPipeline`: `num_frames`, `decode_chunk_size`).
+    pub video: crate::animatediff::VideoArgs,
 }
 
 /// The arguments only `StableDiffusionSAGPipeline` takes.
@@ -215,6 +217,7 @@ impl Default for CallArgs {
             inpaint: InpaintArgs::default(),
             xl: XlArgs::default(),
             sag: SagArgs::default(),
+            video: Default::default(),
         }
     }
 }

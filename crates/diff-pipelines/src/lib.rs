@@ -75,6 +75,7 @@
 //! use).
 #![deny(missing_docs)]
 
+pub mod animatediff;
 pub mod call;
 pub mod components;
 mod decode;

@@ -46,10 +46,13 @@ pub enum PipelineClass {
     /// `StableDiffusionSAGPipeline` (self-attention guidance, diffusers'
     /// `pipelines/deprecated/stable_diffusion_sag/`; SD components).
     StableDiffusionSAG,
+    /// `AnimateDiffPipeline` (text-to-video: SD components without the safety checker, plus a
+    /// `motion_adapter`; its `unet` is a `UNetMotionModel` sharing the 2D UNet).
+    AnimateDiff,
 }
 
 /// Every supported class, in the order listed in errors.
-pub const SUPPORTED_PIPELINES: [PipelineClass; 7] = [
+pub const SUPPORTED_PIPELINES: [PipelineClass; 8] = [
     PipelineClass::StableDiffusion,
     PipelineClass::StableDiffusionImg2Img,
     PipelineClass::StableDiffusionInpaint,
@@ -57,6 +60,7 @@ pub const SUPPORTED_PIPELINES: [PipelineClass; 7] = [
     PipelineClass::StableDiffusionXLImg2Img,
     PipelineClass::StableDiffusionXLInpaint,
     PipelineClass::StableDiffusionSAG,
+    PipelineClass::AnimateDiff,
 ];
 
 impl PipelineClass {
@@ -70,6 +74,7 @@ impl PipelineClass {
             PipelineClass::StableDiffusionXLImg2Img => "StableDiffusionXLImg2ImgPipeline",
             PipelineClass::StableDiffusionXLInpaint => "StableDiffusionXLInpaintPipeline",
             PipelineClass::StableDiffusionSAG => "StableDiffusionSAGPipeline",
+            PipelineClass::AnimateDiff => "AnimateDiffPipeline",
         }
     }
 
@@ -118,6 +123,7 @@ impl PipelineClass {
                     ("force_zeros_for_empty_prompt", Value::Bool(true)),
                 ]
             }
+            PipelineClass::AnimateDiff => Vec::new(),
         }
     }
 }
@@ -307,6 +313,7 @@ impl DiffusionPipeline {
         if !class.is_xl() {
             patch_outdated_scheduler(&mut comps)?;
         }
+        crate::animatediff::attach_motion_unet(&mut comps, class)?;
         let pipe = DiffusionPipeline {
             class,
             components: comps,
@@ -487,6 +494,7 @@ impl DiffusionPipeline {
     ) -> Result<Self, PipelineError> {
         let mut comps = self.components.clone();
         apply_passed(&mut comps, passed);
+        crate::animatediff::attach_motion_unet(&mut comps, class)?;
         let mut merged = BTreeMap::new();
         for (key, default) in class.scalar_defaults() {
             let value = config

@@ -184,6 +184,9 @@ pub struct Args {
     /// Fuse the weighted LoRAs into the layers before generating (`fuse_lora`).
     #[arg(long, requires = "lora")]
     pub fuse_lora: bool,
+    /// AnimateDiff (`--pipeline AnimateDiffPipeline`): `--motion-adapter`, `--num-frames`, ...
+    #[command(flatten)]
+    pub animatediff: super::generate_animatediff::AnimateDiffArgs,
 }
 
 /// `--lora` / `--lora-scale` / `--fuse-lora`: loads each LoRA (`default_0`, `default_1`, ...),
@@ -396,7 +399,11 @@ fn check_inputs_fit(class: PipelineClass, has_image: bool, has_mask: bool) -> Re
 
 /// Runs `generate`.
 pub fn run(args: Args) -> Result<()> {
-    if args.out.is_none() && args.out_array.is_none() && args.out_latents.is_none() {
+    if args.out.is_none()
+        && args.out_array.is_none()
+        && args.out_latents.is_none()
+        && args.animatediff.frames_dir.is_none()
+    {
         bail!(
             "nothing to write: pass --out OUT.png and/or --out-array OUT.safetensors, or --out-latents OUT.safetensors"
         );
@@ -408,6 +415,12 @@ pub fn run(args: Args) -> Result<()> {
         .as_deref()
         .map(super::pipeline_arg::parse)
         .transpose()?;
+    let video = super::generate_animatediff::is_video(requested);
+    let requested = super::generate_animatediff::check(
+        &args.animatediff,
+        requested,
+        args.out.as_deref().filter(|_| video),
+    )?;
     // img2img (an --image without --mask) ignores the size flags, as diffusers does; the other
     // modes check them here, before any model is loaded.
     let sized = args.image.is_none() || args.mask.is_some();
@@ -434,7 +447,7 @@ pub fn run(args: Args) -> Result<()> {
     // Check every output path before any work, so a missing folder or a path that is a folder,
     // FIFO or device fails now, not after the denoising loop.
     let out_png = match &args.out {
-        Some(p) => {
+        Some(p) if !video => {
             check_png_name(p)?;
             let count = args.num_images;
             for i in 0..count {
@@ -442,7 +455,7 @@ pub fn run(args: Args) -> Result<()> {
             }
             Some(p.clone())
         }
-        None => None,
+        _ => None,
     };
     let out_array = args
         .out_array
@@ -506,6 +519,7 @@ pub fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
+    let video_options = options.clone();
     let mut pipe = if is_single_file(&args.model) {
         let options = SingleFileLoadOptions {
             config: args.config.clone(),
@@ -548,6 +562,13 @@ pub fn run(args: Args) -> Result<()> {
     };
     if let Some(class) = wanted.filter(|c| *c != pipe.class()) {
         pipe = pipe.from_pipe(class, &Default::default(), &Default::default())?;
+    }
+    if video {
+        pipe = super::generate_animatediff::into_animatediff(
+            pipe,
+            &args.animatediff,
+            &video_options,
+        )?;
     }
     if let Some(class) = &args.scheduler {
         let mut overrides = Map::new();
@@ -650,6 +671,7 @@ pub fn run(args: Args) -> Result<()> {
             sag_scale: args.sag_scale.unwrap_or(SagArgs::default().sag_scale),
         },
         num_images_per_prompt: args.num_images,
+        video: args.animatediff.video_args(),
         // diffusers pastes the crop back onto the 8-bit image, so it needs output_type="pil".
         output_type: if args.out_latents.is_some() {
             OutputType::Latent
@@ -683,6 +705,14 @@ pub fn run(args: Args) -> Result<()> {
             out.latents.dims()
         );
         return Ok(());
+    }
+    if video {
+        return super::generate_animatediff::write_outputs(
+            &out,
+            &args.animatediff,
+            args.out.as_deref(),
+            out_array.as_deref(),
+        );
     }
     let images = out
         .images
@@ -769,6 +799,7 @@ mod tests {
             lora: Vec::new(),
             lora_scale: Vec::new(),
             fuse_lora: false,
+            animatediff: Default::default(),
         }
     }
 
