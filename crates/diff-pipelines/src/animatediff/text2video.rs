@@ -79,6 +79,21 @@ pub(crate) fn call(
     args: &CallArgs,
     callback: Option<&mut StepCallback<'_>>,
 ) -> Result<PipelineOutput, PipelineError> {
+    // diffusers' `__call__` sets `num_videos_per_prompt = 1` whatever it is given.
+    let one_per_prompt;
+    let args = if args.num_images_per_prompt != 1 {
+        tracing::warn!(
+            "AnimateDiffPipeline makes one video per prompt (diffusers sets num_videos_per_prompt = 1); {} is ignored",
+            args.num_images_per_prompt
+        );
+        one_per_prompt = CallArgs {
+            num_images_per_prompt: 1,
+            ..args.clone()
+        };
+        &one_per_prompt
+    } else {
+        args
+    };
     let model = pipe.require(pipe.unet_motion(), "unet")?;
     let unet = &*model.unet;
     let vae = pipe.require(pipe.vae(), "vae")?;
