@@ -120,7 +120,12 @@ fn animatediff_gif_frames_and_array_match_diffusers() {
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    let mean = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).sum::<f32>() / got.len() as f32;
+    let mean = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f32>()
+        / got.len() as f32;
     eprintln!("CLI frames vs diffusers: max {max:.2e}, mean {mean:.2e}");
     assert!(max <= max_tol && mean < mean_tol, "max {max}, mean {mean}");
 
@@ -152,8 +157,18 @@ fn animatediff_bad_inputs_are_refused() {
     let gif = gif.to_str().unwrap();
     // More frames than the adapter's motion_max_seq_length (32).
     let out = generate(&[
-        "--prompt", "x", "--num-frames", "33", "--steps", "1", "--height", "16", "--width", "16",
-        "--out", gif,
+        "--prompt",
+        "x",
+        "--num-frames",
+        "33",
+        "--steps",
+        "1",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--out",
+        gif,
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("num_frames"), "{err}");
@@ -171,5 +186,8 @@ fn animatediff_bad_inputs_are_refused() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("AnimateDiffPipeline"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("AnimateDiffPipeline"),
+        "{err}"
+    );
 }

@@ -316,7 +316,11 @@ impl MotionAdapter {
             .collect::<Result<_, _>>()?;
         let n = boc.len();
         if n == 0 {
-            return Err(unsupported("block_out_channels", &boc, "needs at least one block"));
+            return Err(unsupported(
+                "block_out_channels",
+                &boc,
+                "needs at least one block",
+            ));
         }
         let expand = |key: &str, v: &diff_format::configs::unet::PerBlock<u64>| {
             v.expand(n)

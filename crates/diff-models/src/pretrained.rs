@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use burn::module::Module;
 use burn::tensor::{DType, Device};
-use diff_format::configs::motion_adapter::MotionAdapterConfig;
 use diff_format::configs::clip::{CLIPConfig, CLIPTextConfig, CLIPVisionConfig};
+use diff_format::configs::motion_adapter::MotionAdapterConfig;
 use diff_format::configs::unet::UNet2DConditionConfig;
 use diff_format::configs::vae::AutoencoderKLConfig;
 use diff_format::weights::Naming;
@@ -27,7 +27,8 @@ use serde::de::DeserializeOwned;
 use crate::weights::{LoadOptions, LoadReport, TensorSource, load_component, load_source};
 use crate::{
     AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModel,
-    CLIPVisionModelWithProjection, ModelError, MotionAdapter, StableDiffusionSafetyChecker, UNet2DConditionModel,
+    CLIPVisionModelWithProjection, ModelError, MotionAdapter, StableDiffusionSafetyChecker,
+    UNet2DConditionModel,
 };
 
 /// The keyword arguments of a model's `from_pretrained` (diffusers' and transformers' names).

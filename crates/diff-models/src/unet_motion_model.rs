@@ -298,7 +298,11 @@ impl UNetMotionModel {
 
         // 3. Down.
         let mut skips = vec![hs.clone()];
-        for (block, motion) in unet.down_blocks.iter().zip(&self.motion_adapter.down_blocks) {
+        for (block, motion) in unet
+            .down_blocks
+            .iter()
+            .zip(&self.motion_adapter.down_blocks)
+        {
             let (out, states) = self.down_block(block, motion, hs, &emb, &context, f);
             hs = out;
             skips.extend(states);

@@ -22,7 +22,10 @@ pub(crate) const FLOWS: &[(PipelineClass, Flow)] = &[
     (PipelineClass::StableDiffusionXLImg2Img, sdxl::img2img::call),
     (PipelineClass::StableDiffusionXLInpaint, sdxl::inpaint::call),
     (PipelineClass::StableDiffusionSAG, sd::sag::call),
-    (PipelineClass::AnimateDiff, crate::animatediff::text2video::call),
+    (
+        PipelineClass::AnimateDiff,
+        crate::animatediff::text2video::call,
+    ),
 ];
 
 /// The flow registered for `class`.

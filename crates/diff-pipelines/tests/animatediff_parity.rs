@@ -218,8 +218,7 @@ fn adapter_with_other_channels_is_refused() {
     let mut config: diff_format::configs::motion_adapter::MotionAdapterConfig =
         diff_format::load_config(dir().join("motion_adapter/config.json")).unwrap();
     config.block_out_channels = vec![32, 64];
-    let adapter = MotionAdapter::from_config(&config, &Default::default(), DType::F32)
-        .unwrap();
+    let adapter = MotionAdapter::from_config(&config, &Default::default(), DType::F32).unwrap();
     let err = sd
         .animatediff_from_pipe(Arc::new(adapter))
         .unwrap_err()

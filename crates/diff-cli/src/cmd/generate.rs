@@ -564,11 +564,8 @@ pub fn run(args: Args) -> Result<()> {
         pipe = pipe.from_pipe(class, &Default::default(), &Default::default())?;
     }
     if video {
-        pipe = super::generate_animatediff::into_animatediff(
-            pipe,
-            &args.animatediff,
-            &video_options,
-        )?;
+        pipe =
+            super::generate_animatediff::into_animatediff(pipe, &args.animatediff, &video_options)?;
     }
     if let Some(class) = &args.scheduler {
         let mut overrides = Map::new();

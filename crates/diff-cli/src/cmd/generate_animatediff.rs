@@ -15,9 +15,7 @@ use burn_diffusers::pipelines::animatediff::{
 };
 use burn_diffusers::pipelines::outputs::save_png;
 use burn_diffusers::pipelines::pipeline::resolve_folder;
-use burn_diffusers::pipelines::{
-    DiffusionPipeline, LoadOptions, PipelineClass, PipelineOutput,
-};
+use burn_diffusers::pipelines::{DiffusionPipeline, LoadOptions, PipelineClass, PipelineOutput};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

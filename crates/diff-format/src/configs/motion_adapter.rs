@@ -108,6 +108,9 @@ mod tests {
             "motion_max_seq_length":32,"use_motion_mid_block":true}"#;
         let c: MotionAdapterConfig = serde_json::from_str(json).expect("valid json");
         assert_eq!(c.extra["_class_name"], "MotionAdapter");
-        assert_eq!(c.motion_transformer_layers_per_block, TransformerLayers::One(1));
+        assert_eq!(
+            c.motion_transformer_layers_per_block,
+            TransformerLayers::One(1)
+        );
     }
 }

@@ -76,11 +76,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.gif");
         let frames: Vec<RgbImage> = (0..5u8)
-            .map(|i| RgbImage::from_fn(24, 16, |x, y| image::Rgb([i * 40, x as u8 * 8, y as u8 * 12])))
+            .map(|i| {
+                RgbImage::from_fn(24, 16, |x, y| {
+                    image::Rgb([i * 40, x as u8 * 8, y as u8 * 12])
+                })
+            })
             .collect();
         export_to_gif(&frames, &path, 8).unwrap();
         let file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
-        let decoded = GifDecoder::new(file).unwrap().into_frames().collect_frames().unwrap();
+        let decoded = GifDecoder::new(file)
+            .unwrap()
+            .into_frames()
+            .collect_frames()
+            .unwrap();
         assert_eq!(decoded.len(), 5);
         for (d, f) in decoded.iter().zip(&frames) {
             assert_eq!(d.buffer().dimensions(), (24, 16));
@@ -92,7 +100,12 @@ mod tests {
                 .buffer()
                 .pixels()
                 .zip(f.pixels())
-                .map(|(a, b)| (0..3).map(|c| a[c].abs_diff(b[c]) as u32).max().unwrap_or(0))
+                .map(|(a, b)| {
+                    (0..3)
+                        .map(|c| a[c].abs_diff(b[c]) as u32)
+                        .max()
+                        .unwrap_or(0)
+                })
                 .max()
                 .unwrap_or(0);
             assert!(err < 48, "palette error {err}");

@@ -114,7 +114,10 @@ impl DiffusionPipeline {
     /// own (it is the UNet and the adapter), so it is not listed.
     pub fn model_parameter_bytes(&self) -> Vec<(usize, usize)> {
         fn entry<M: Module>(m: &Arc<M>, bytes_per: usize) -> (usize, usize) {
-            (Arc::as_ptr(m) as *const () as usize, m.num_params() * bytes_per)
+            (
+                Arc::as_ptr(m) as *const () as usize,
+                m.num_params() * bytes_per,
+            )
         }
         let c = self.components();
         let b = self.dtype().size();

@@ -49,7 +49,8 @@ impl NoisePredictor for MotionPredictor<'_> {
 fn repeat_per_frame(embeds: Tensor<3>, num_frames: usize) -> Tensor<3> {
     let [n, t, d] = embeds.dims();
     let e: Tensor<4> = embeds.reshape([n, 1, t, d]);
-    e.expand([n, num_frames, t, d]).reshape([n * num_frames, t, d])
+    e.expand([n, num_frames, t, d])
+        .reshape([n * num_frames, t, d])
 }
 
 /// Step 1's checks of the video arguments.
