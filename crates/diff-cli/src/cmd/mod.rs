@@ -1,6 +1,7 @@
 //! One module per subcommand, and the argument checks they share.
 
 pub mod convert;
+pub mod convert_motion_module;
 pub mod download;
 pub mod generate;
 pub mod generate_animatediff;
