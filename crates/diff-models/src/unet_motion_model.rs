@@ -520,7 +520,7 @@ mod tests {
         let device = Default::default();
         let x = Tensor::<2>::from_data(TensorData::new(vec![1f32, 2., 3., 4.], [2, 2]), &device);
         let y = repeat_interleave(x, 3);
-        let v = y.into_data().to_vec::<f32>().unwrap_or_default();
+        let v = y.into_data().try_to_vec::<f32>().unwrap_or_default();
         assert_eq!(v, vec![1., 2., 1., 2., 1., 2., 3., 4., 3., 4., 3., 4.]);
     }
 }
