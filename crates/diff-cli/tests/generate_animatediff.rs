@@ -191,3 +191,29 @@ fn animatediff_bad_inputs_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn convert_motion_module_is_wired_and_refuses_a_file_without_motion_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    // A diffusers UNet file has no original motion-module keys.
+    let not_mm = root().join("tests/fixtures/tiny-sd/unet/diffusion_pytorch_model.safetensors");
+    let out_dir = dir.path().join("adapter");
+    let out = Command::new(env!("CARGO_BIN_EXE_burn-diffusers"))
+        .args(["convert", "--motion-module"])
+        .arg(&not_mm)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("motion modules"),
+        "{err}"
+    );
+    assert!(!out_dir.exists());
+    let help = Command::new(env!("CARGO_BIN_EXE_burn-diffusers"))
+        .args(["convert", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--motion-module"));
+}

@@ -48,7 +48,12 @@ impl AutoTask {
     /// key of the task class named `class_name`), then this task's class for that family.
     pub fn class_for(self, class_name: &str) -> Result<PipelineClass> {
         let family = PipelineClass::from_name(class_name)
-            .filter(|c| *c != PipelineClass::StableDiffusionSAG)
+            .filter(|c| {
+                !matches!(
+                    c,
+                    PipelineClass::StableDiffusionSAG | PipelineClass::AnimateDiff
+                )
+            })
             .map(PipelineClass::is_xl);
         let Some(xl) = family else {
             bail!(
@@ -56,7 +61,12 @@ impl AutoTask {
                 self.name(),
                 SUPPORTED_PIPELINES
                     .iter()
-                    .filter(|c| **c != PipelineClass::StableDiffusionSAG)
+                    .filter(|c| {
+                        !matches!(
+                            c,
+                            PipelineClass::StableDiffusionSAG | PipelineClass::AnimateDiff
+                        )
+                    })
                     .map(|c| c.name())
                     .collect::<Vec<_>>()
                     .join(", ")
