@@ -420,6 +420,7 @@ pub fn run(args: Args) -> Result<()> {
         &args.animatediff,
         requested,
         args.out.as_deref().filter(|_| video),
+        args.latents.is_some() || args.out_latents.is_some(),
     )?;
     // img2img (an --image without --mask) ignores the size flags, as diffusers does; the other
     // modes check them here, before any model is loaded.

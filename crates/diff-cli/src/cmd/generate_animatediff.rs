@@ -74,6 +74,7 @@ pub fn check(
     args: &AnimateDiffArgs,
     requested: Option<Requested>,
     out: Option<&Path>,
+    latents_flag: bool,
 ) -> Result<Option<Requested>> {
     if !is_video(requested) {
         if args.any_set() {
@@ -82,6 +83,11 @@ pub fn check(
             );
         }
         return Ok(requested);
+    }
+    if latents_flag {
+        bail!(
+            "--latents / --out-latents hold [N, C, h, w] image latents; AnimateDiffPipeline's are [batch, C, F, h, w] (use --out-array for the frames)"
+        );
     }
     if args.motion_adapter.is_none() {
         bail!("--pipeline AnimateDiffPipeline needs --motion-adapter REPO_OR_DIR");

@@ -65,6 +65,12 @@ fn check_video_args(model: &UNetMotionModel, args: &CallArgs) -> Result<(), Pipe
             ),
         ));
     }
+    if args.latents.is_some() {
+        return Err(PipelineError::arg(
+            "latents",
+            "AnimateDiffPipeline takes video latents [batch, C, F, h, w]: pass them as `video.latents`",
+        ));
+    }
     if args.video.decode_chunk_size == 0 {
         return Err(PipelineError::arg(
             "decode_chunk_size",
