@@ -228,3 +228,68 @@ fn adapter_with_other_channels_is_refused() {
         "unexpected error: {err}"
     );
 }
+
+/// IP-Adapter with AnimateDiff: the projected image tokens (one row per video) reach the 2D
+/// cross-attention of every frame, as diffusers' `image_embeds.repeat_interleave(num_frames)`;
+/// the motion modules keep their own processors.
+#[test]
+fn ip_adapter_tokens_reach_the_2d_cross_attention_of_every_frame() {
+    use burn::tensor::{Distribution, Tensor};
+    use diff_models::{IPAdapterAttnProcessor2_0, IpAdapterLayer, UNet2DConditionInput};
+
+    let sd = load_sd();
+    let pipe = sd.animatediff_from_pipe(adapter()).unwrap();
+    let motion = pipe.unet_motion().unwrap();
+    let device = Default::default();
+    let attn2 = &motion.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2;
+    let hidden = attn2.to_q.dims()[1];
+    let layer = IpAdapterLayer::from_torch(
+        Tensor::random([hidden, 16], Distribution::Normal(0.0, 0.5), &device),
+        Tensor::random([hidden, 16], Distribution::Normal(0.0, 0.5), &device),
+        4,
+    );
+    let before = attn2.get_processor();
+    attn2.set_processor(Arc::new(IPAdapterAttnProcessor2_0::new(vec![layer])));
+
+    let (b, f) = (1usize, 4usize);
+    let sample: Tensor<4> =
+        Tensor::random([b * f, 4, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+    let text: Tensor<3> = Tensor::random([b * f, 5, 16], Distribution::Normal(0.0, 1.0), &device);
+    let ip: Tensor<3> = Tensor::random([b, 4, 16], Distribution::Normal(0.0, 1.0), &device);
+    let t = Tensor::<1>::from_floats([500.0], &device);
+    let run = |ip: Option<Tensor<3>>| {
+        let mut input = UNet2DConditionInput::new(sample.clone(), t.clone(), text.clone());
+        input.ip_hidden_states = ip.map(|i| vec![i]);
+        motion
+            .forward_frames(input, f)
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let per_video = run(Some(ip.clone()));
+    let per_frame = run(Some(ip.clone().repeat_dim(0, f)));
+    let without = run(None);
+    attn2.set_processor(before);
+    let diff = |a: &[f32], c: &[f32]| {
+        a.iter()
+            .zip(c)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        diff(&per_video, &per_frame) < 1e-6,
+        "one row per video = the row repeated per frame"
+    );
+    assert!(
+        diff(&per_video, &without) > 1e-4,
+        "the image tokens change the prediction"
+    );
+    // The motion modules' attention layers keep the default processor.
+    for (name, p) in motion.attn_processors() {
+        if name.contains("motion_modules") {
+            assert_eq!(p.name(), "AttnProcessor2_0", "{name}");
+        }
+    }
+}
