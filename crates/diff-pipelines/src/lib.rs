@@ -34,6 +34,11 @@
 //!   `enable_lora` / `disable_lora`, `get_active_adapters`, `get_list_adapters`; the adapters
 //!   live in the models, so `from_pipe` pipelines share them. Gate: `tests/lora.rs` on
 //!   `tests/fixtures/25-lora-formats`.
+//! - AnimateDiff ([`animatediff`]): [`DiffusionPipeline::animatediff_from_pipe`] (a
+//!   `MotionAdapter` on an SD pipeline's shared components; the `UNetMotionModel` holds the 2D
+//!   UNet's `Arc`), `CallArgs::video` (`num_frames`, `decode_chunk_size`), frames, GIF and
+//!   `[batch, F, H, W, 3]` outputs. Gate: `tests/animatediff_parity.rs` on
+//!   `tests/fixtures/70-animatediff`.
 //! - [`DiffusionPipeline::prepare_latents`]: the initial latents of a text-to-image call, drawn
 //!   in the pipeline's dtype as torch does.
 //! - Half precision: with `LoadOptions::dtype` float16 / bfloat16 the denoising loop rounds to
