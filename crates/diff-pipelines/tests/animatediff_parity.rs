@@ -293,3 +293,45 @@ fn ip_adapter_tokens_reach_the_2d_cross_attention_of_every_frame() {
         }
     }
 }
+
+/// `AnimateDiffPipeline.from_pretrained(folder)` of a folder with a `motion_adapter` component
+/// (the SD components plus the adapter, as diffusers saves one whose UNet is 2D): the adapter
+/// loads through the component table and the call equals the `from_pipe` pipeline's.
+#[test]
+fn from_pretrained_folder_with_motion_adapter_equals_from_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("anim");
+    common::copy_dir(&fixtures().join("tiny-sd"), &folder);
+    std::fs::remove_dir_all(folder.join("safety_checker")).unwrap();
+    common::copy_dir(&dir_adapter(), &folder.join("motion_adapter"));
+    let index_path = folder.join("model_index.json");
+    let mut index: Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    index["_class_name"] = Value::String("AnimateDiffPipeline".into());
+    index["motion_adapter"] = serde_json::json!(["diffusers", "MotionAdapter"]);
+    let map = index.as_object_mut().unwrap();
+    map.remove("safety_checker");
+    map.remove("requires_safety_checker");
+    std::fs::write(&index_path, serde_json::to_string(&index).unwrap()).unwrap();
+
+    let loaded =
+        DiffusionPipeline::from_pretrained(folder.to_str().unwrap(), &LoadOptions::default())
+            .unwrap();
+    assert_eq!(loaded.class().name(), "AnimateDiffPipeline");
+    assert!(loaded.safety_checker().is_none());
+    assert!(loaded.unet_motion().is_some());
+    let shared = load_sd().animatediff_from_pipe(adapter()).unwrap();
+    let mut args = CallArgs::prompt("a bear")
+        .with_steps(2)
+        .with_size(16, 16)
+        .with_seed(3)
+        .with_output_type(OutputType::Np);
+    args.video.num_frames = 3;
+    let a = loaded.call(&args, None).unwrap().images.unwrap().data;
+    let b = shared.call(&args, None).unwrap().images.unwrap().data;
+    assert_eq!(a, b);
+}
+
+fn dir_adapter() -> PathBuf {
+    dir().join("motion_adapter")
+}
