@@ -39,6 +39,7 @@
 pub mod card;
 pub mod cast;
 mod error;
+pub mod motion_module;
 pub mod order;
 pub mod publish;
 pub mod save;

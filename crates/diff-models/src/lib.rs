@@ -1,6 +1,7 @@
 //! `diff-models`: the networks of Stable Diffusion 1.x/2.x and SDXL on burn.
 //!
-//! Owns CLIP text and vision models, UNet2DConditionModel, AutoencoderKL, the safety checker and
+//! Owns CLIP text and vision models, UNet2DConditionModel, AnimateDiff's MotionAdapter and
+//! UNetMotionModel (sharing the 2D UNet by `Arc`), AutoencoderKL, the safety checker and
 //! weight loading (safetensors, sharded indexes, restricted `.bin`), built from their
 //! `config.json` and numerically equal to diffusers/transformers.
 //!
@@ -51,10 +52,12 @@ pub mod block_scales;
 pub mod downsampling;
 pub mod embeddings;
 pub mod lora;
+pub mod motion_adapter;
 mod named;
 pub mod resnet;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
+pub mod unet_motion_model;
 pub mod upsampling;
 pub mod vae;
 
@@ -72,6 +75,8 @@ pub use clip_vision::{CLIPVisionModel, CLIPVisionModelWithProjection};
 pub use error::ModelError;
 pub use image_processor::CLIPImageProcessor;
 pub use lora::{LoraAdapters, LoraConv2d, LoraLayerRef, LoraLinear, LoraModel, LoraWeights};
+pub use motion_adapter::MotionAdapter;
 pub use pretrained::{FromPretrained, ModelLoadOptions};
 pub use safety_checker::StableDiffusionSafetyChecker;
 pub use unet_2d_condition::{UNet2DConditionInput, UNet2DConditionModel};
+pub use unet_motion_model::UNetMotionModel;

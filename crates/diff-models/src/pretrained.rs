@@ -18,6 +18,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::tensor::{DType, Device};
 use diff_format::configs::clip::{CLIPConfig, CLIPTextConfig, CLIPVisionConfig};
+use diff_format::configs::motion_adapter::MotionAdapterConfig;
 use diff_format::configs::unet::UNet2DConditionConfig;
 use diff_format::configs::vae::AutoencoderKLConfig;
 use diff_format::weights::Naming;
@@ -26,7 +27,8 @@ use serde::de::DeserializeOwned;
 use crate::weights::{LoadOptions, LoadReport, TensorSource, load_component, load_source};
 use crate::{
     AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModel,
-    CLIPVisionModelWithProjection, ModelError, StableDiffusionSafetyChecker, UNet2DConditionModel,
+    CLIPVisionModelWithProjection, ModelError, MotionAdapter, StableDiffusionSafetyChecker,
+    UNet2DConditionModel,
 };
 
 /// The keyword arguments of a model's `from_pretrained` (diffusers' and transformers' names).
@@ -332,5 +334,23 @@ impl FromPretrained for StableDiffusionSafetyChecker {
                     .map(|rest| format!("vision_model.{rest}"))
             }))
             .ignore_unexpected_suffix("position_ids")
+    }
+}
+
+impl FromPretrained for MotionAdapter {
+    type Config = MotionAdapterConfig;
+    const CLASS_NAME: &'static str = "MotionAdapter";
+    const NAMING: Naming = Naming::Diffusers;
+
+    fn from_config(
+        config: &Self::Config,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        MotionAdapter::from_config(config, device, dtype)
+    }
+
+    fn config(&self) -> &Self::Config {
+        &self.config
     }
 }

@@ -92,6 +92,8 @@ pub struct CallArgs {
     pub pag: crate::pag::PagArgs,
     /// The self-attention guidance part (`StableDiffusionSAGPipeline`).
     pub sag: SagArgs,
+    /// The video part (`AnimateDiffPipeline`: `num_frames`, `decode_chunk_size`).
+    pub video: crate::animatediff::VideoArgs,
 }
 
 /// The arguments only `StableDiffusionSAGPipeline` takes.
@@ -218,6 +220,7 @@ impl Default for CallArgs {
             xl: XlArgs::default(),
             pag: crate::pag::PagArgs::default(),
             sag: SagArgs::default(),
+            video: Default::default(),
         }
     }
 }

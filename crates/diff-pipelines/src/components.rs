@@ -17,7 +17,8 @@ use burn::tensor::{DType, Device};
 use diff_models::weights::{LoadReport, TensorSource};
 use diff_models::{
     AutoencoderKL, CLIPImageProcessor, CLIPTextModel, CLIPTextModelWithProjection, FromPretrained,
-    ModelLoadOptions, StableDiffusionSafetyChecker, UNet2DConditionModel,
+    ModelLoadOptions, MotionAdapter, StableDiffusionSafetyChecker, UNet2DConditionModel,
+    UNetMotionModel,
 };
 use diff_schedulers::Scheduler;
 use serde_json::{Map, Value};
@@ -80,6 +81,8 @@ pub struct PassedComponents {
     pub safety_checker: Passed<Arc<StableDiffusionSafetyChecker>>,
     /// `feature_extractor=` (the CLIP image processor feeding the safety checker).
     pub feature_extractor: Passed<Arc<CLIPImageProcessor>>,
+    /// `motion_adapter=` (AnimateDiff).
+    pub motion_adapter: Passed<Arc<MotionAdapter>>,
 }
 
 /// The loaded components of a pipeline. Each model carries its typed config (`unet.config`),
@@ -104,6 +107,11 @@ pub struct Components {
     pub safety_checker: Option<Arc<StableDiffusionSafetyChecker>>,
     /// `feature_extractor`.
     pub feature_extractor: Option<Arc<CLIPImageProcessor>>,
+    /// `motion_adapter` (AnimateDiff).
+    pub motion_adapter: Option<Arc<MotionAdapter>>,
+    /// AnimateDiff's `unet`: the 2D `unet` and the `motion_adapter` together, sharing both by
+    /// `Arc` (made when an AnimateDiff pipeline is built, not a slot of its own).
+    pub unet_motion: Option<Arc<UNetMotionModel>>,
     /// The `model_index.json` entry of each component, `None` for `[null, null]`.
     pub entries: BTreeMap<String, Option<(String, String)>>,
 }
@@ -189,6 +197,15 @@ impl std::fmt::Debug for ComponentSlot {
 impl ComponentSlot {
     /// Its role in `class`.
     pub fn role(&self, class: PipelineClass) -> Role {
+        if class == PipelineClass::AnimateDiff {
+            // AnimateDiffPipeline: SD's components without the safety checker, plus the
+            // motion adapter.
+            return match self.name {
+                "safety_checker" => Role::Absent,
+                "motion_adapter" => Role::Required,
+                _ => self.sd,
+            };
+        }
         if class.is_xl() { self.xl } else { self.sd }
     }
 
@@ -400,7 +417,7 @@ use Role::{Absent, Optional, Required};
 /// `image_encoder` before `feature_extractor`, which changes nothing: both are optional). The
 /// UNet comes after the VAE and text encoders: `from_single_file` converts in this order, and
 /// moves the UNet (most of a checkpoint) out last rather than copying it.
-pub static COMPONENTS: [ComponentSlot; 10] = [
+pub static COMPONENTS: [ComponentSlot; 11] = [
     slot_of(
         "vae",
         &[("diffusers", "AutoencoderKL")],
@@ -544,6 +561,21 @@ pub static COMPONENTS: [ComponentSlot; 10] = [
         }),
         None,
         |c| to_map(&c.feature_extractor.as_ref()?.config),
+    ),
+    // AnimateDiff's motion modules (their role in AnimateDiffPipeline is set in `role`).
+    slot_of(
+        "motion_adapter",
+        &[("diffusers", "MotionAdapter")],
+        "config.json",
+        (Absent, Absent),
+        &[],
+        slot_fields!(motion_adapter),
+        Some(|c, ctx| {
+            c.motion_adapter = Some(load_model(ctx)?);
+            Ok(())
+        }),
+        None,
+        |c| to_map(&c.motion_adapter.as_ref()?.config),
     ),
     // The IP-Adapter image encoder is not loaded yet: any class is accepted and skipped.
     slot_of(

@@ -110,10 +110,19 @@ pub(crate) struct NoHook;
 
 impl StepHook for NoHook {}
 
+/// A model the loop calls in place of the 2D UNet (a video UNet, whose input carries the frame
+/// axis): the same inputs and output layout as `UNet2DConditionModel::forward`.
+pub(crate) trait NoisePredictor {
+    /// The noise prediction for `input`.
+    fn predict(&self, input: UNet2DConditionInput) -> Result<Tensor<4>, PipelineError>;
+}
+
 /// The loop's fixed parts: the model, its conditioning, guidance and the step options.
 pub(crate) struct DenoiseLoop<'a> {
     /// The UNet.
     pub unet: &'a UNet2DConditionModel,
+    /// The model called instead of `unet` when set (AnimateDiff's motion UNet).
+    pub model: Option<&'a dyn NoisePredictor>,
     /// The conditioning of every step.
     pub conditioning: Conditioning,
     /// Classifier-free guidance, when on.
@@ -148,6 +157,7 @@ impl<'a> DenoiseLoop<'a> {
     ) -> Self {
         Self {
             unet,
+            model: None,
             conditioning,
             guidance,
             step_options: StepOptions {
@@ -226,7 +236,11 @@ impl<'a> DenoiseLoop<'a> {
         unet_in.time_ids = cond.time_ids.clone();
         unet_in.timestep_cond = cond.timestep_cond.clone();
         let unet_in = hook.unet_input(unet_in, &ctx)?;
-        let raw = self.unet.forward(unet_in)?.cast(burn::tensor::DType::F32);
+        let raw = match self.model {
+            Some(model) => model.predict(unet_in)?,
+            None => self.unet.forward(unet_in)?,
+        }
+        .cast(burn::tensor::DType::F32);
         let guided = match self.guidance {
             Some(g) => guide(raw.clone(), g.scale, g.rescale, self.dtype),
             None => raw.clone(),

@@ -35,6 +35,10 @@ pub(crate) const FLOWS: &[(PipelineClass, Flow)] = &[
         PipelineClass::StableDiffusionXLPAGImg2Img,
         sdxl::img2img::call,
     ),
+    (
+        PipelineClass::AnimateDiff,
+        crate::animatediff::text2video::call,
+    ),
 ];
 
 /// The flow registered for `class`.

@@ -41,6 +41,11 @@
 //! - AutoPipelines ([`auto_pipeline`], [`AutoTask`]): `from_pretrained` / `from_pipe` of
 //!   `AutoPipelineFor{Text2Image,Image2Image,Inpainting}` with diffusers' mappings and
 //!   `enable_pag`. Gate: `tests/auto_pipeline.rs` on `tests/fixtures/57-auto-pipeline`.
+//! - AnimateDiff ([`animatediff`]): [`DiffusionPipeline::animatediff_from_pipe`] (a
+//!   `MotionAdapter` on an SD pipeline's shared components; the `UNetMotionModel` holds the 2D
+//!   UNet's `Arc`), `CallArgs::video` (`num_frames`, `decode_chunk_size`), frames, GIF and
+//!   `[batch, F, H, W, 3]` outputs. Gate: `tests/animatediff_parity.rs` on
+//!   `tests/fixtures/70-animatediff`.
 //! - [`DiffusionPipeline::prepare_latents`]: the initial latents of a text-to-image call, drawn
 //!   in the pipeline's dtype as torch does.
 //! - Half precision: with `LoadOptions::dtype` float16 / bfloat16 the denoising loop rounds to
@@ -83,6 +88,7 @@
 #![deny(missing_docs)]
 
 pub mod auto_pipeline;
+pub mod animatediff;
 pub mod call;
 pub mod components;
 mod decode;

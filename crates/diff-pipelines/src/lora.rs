@@ -172,7 +172,16 @@ impl DiffusionPipeline {
     /// The LoRA-loadable models present, in diffusers' `_lora_loadable_modules` order.
     fn lora_components(&self) -> Vec<LoraComponent<'_>> {
         let mut out = Vec::new();
-        if let Some(unet) = self.unet() {
+        if let Some(motion) = self.unet_motion() {
+            // AnimateDiff's `unet` is the motion UNet: the 2D layers and the motion modules'.
+            out.push(LoraComponent {
+                name: "unet",
+                class: "UNetMotionModel",
+                model: motion.as_ref(),
+                strip_text_model: false,
+                plain: Vec::new(),
+            });
+        } else if let Some(unet) = self.unet() {
             out.push(LoraComponent {
                 name: "unet",
                 class: "UNet2DConditionModel",
@@ -548,7 +557,10 @@ impl DiffusionPipeline {
     /// `pipe.get_active_adapters()`: the UNet's active adapters (diffusers reads them from the
     /// first adapter layer of the `ModelMixin` models only).
     pub fn get_active_adapters(&self) -> Vec<String> {
-        self.unet().map(|u| u.active_adapters()).unwrap_or_default()
+        self.lora_components()
+            .first()
+            .map(|c| c.model.active_adapters())
+            .unwrap_or_default()
     }
 
     /// `pipe.get_list_adapters()`: per LoRA-loadable model that has adapters, their names.

@@ -59,10 +59,13 @@ pub enum PipelineClass {
     StableDiffusionPAGInpaint,
     /// `StableDiffusionXLPAGInpaintPipeline`.
     StableDiffusionXLPAGInpaint,
+    /// `AnimateDiffPipeline` (text-to-video: SD components without the safety checker, plus a
+    /// `motion_adapter`; its `unet` is a `UNetMotionModel` sharing the 2D UNet).
+    AnimateDiff,
 }
 
 /// Every supported class, in the order listed in errors.
-pub const SUPPORTED_PIPELINES: [PipelineClass; 13] = [
+pub const SUPPORTED_PIPELINES: [PipelineClass; 14] = [
     PipelineClass::StableDiffusion,
     PipelineClass::StableDiffusionImg2Img,
     PipelineClass::StableDiffusionInpaint,
@@ -76,6 +79,7 @@ pub const SUPPORTED_PIPELINES: [PipelineClass; 13] = [
     PipelineClass::StableDiffusionXLPAGImg2Img,
     PipelineClass::StableDiffusionPAGInpaint,
     PipelineClass::StableDiffusionXLPAGInpaint,
+    PipelineClass::AnimateDiff,
 ];
 
 impl PipelineClass {
@@ -95,6 +99,7 @@ impl PipelineClass {
             PipelineClass::StableDiffusionXLPAGImg2Img => "StableDiffusionXLPAGImg2ImgPipeline",
             PipelineClass::StableDiffusionPAGInpaint => "StableDiffusionPAGInpaintPipeline",
             PipelineClass::StableDiffusionXLPAGInpaint => "StableDiffusionXLPAGInpaintPipeline",
+            PipelineClass::AnimateDiff => "AnimateDiffPipeline",
         }
     }
 
@@ -166,6 +171,7 @@ impl PipelineClass {
                     ("force_zeros_for_empty_prompt", Value::Bool(true)),
                 ]
             }
+            PipelineClass::AnimateDiff => Vec::new(),
         }
     }
 }
@@ -362,6 +368,7 @@ impl DiffusionPipeline {
         if !class.is_xl() {
             patch_outdated_scheduler(&mut comps)?;
         }
+        crate::animatediff::attach_motion_unet(&mut comps, class)?;
         let pipe = DiffusionPipeline {
             class,
             components: comps,
@@ -562,6 +569,7 @@ impl DiffusionPipeline {
     ) -> Result<Self, PipelineError> {
         let mut comps = self.components.clone();
         apply_passed(&mut comps, passed);
+        crate::animatediff::attach_motion_unet(&mut comps, class)?;
         let mut merged = BTreeMap::new();
         for (key, default) in class.scalar_defaults() {
             let value = config

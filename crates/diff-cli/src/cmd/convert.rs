@@ -50,7 +50,8 @@ converted (model_index.json gets [null, null] for it, as diffusers writes).";
 #[command(after_long_help = FAMILIES_HELP)]
 pub struct Args {
     /// The single-file checkpoint (`.safetensors`, `.ckpt`, `.pt`, `.bin`).
-    pub ckpt: PathBuf,
+    #[arg(required_unless_present = "motion_module")]
+    pub ckpt: Option<PathBuf>,
     /// The folder to write (created, or replaced atomically if it exists).
     #[arg(long)]
     pub out: PathBuf,
@@ -84,6 +85,9 @@ pub struct Args {
     /// Where a repo id given to --config (or the default one) is fetched from.
     #[command(flatten)]
     pub hub: super::download::HubArgs,
+    /// `--motion-module FILE`: an AnimateDiff motion module to a MotionAdapter folder.
+    #[command(flatten)]
+    pub motion: super::convert_motion_module::MotionModuleArgs,
 }
 
 /// The dtype to save in: `--dtype`, else the one a `fp16`/`bf16` variant name implies.
@@ -121,11 +125,18 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(size) = &args.max_shard_size {
         save = save.with_max_shard_size(size)?;
     }
+    if let Some(mm) = &args.motion.motion_module {
+        return super::convert_motion_module::run(&args.motion, mm, &args.out, save);
+    }
+    let ckpt_path = args
+        .ckpt
+        .clone()
+        .context("the checkpoint to convert is missing")?;
     let config = match &args.config {
         Some(c) => c.clone(),
         None => {
-            let ckpt = Checkpoint::open(&args.ckpt)
-                .with_context(|| format!("reading {}", args.ckpt.display()))?;
+            let ckpt = Checkpoint::open(&ckpt_path)
+                .with_context(|| format!("reading {}", ckpt_path.display()))?;
             let family = detect_model_type(&ckpt)?;
             let repo = family.default_config_repo();
             crate::info_line!(
@@ -150,19 +161,19 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(vae) = &args.vae {
         options.components.insert("vae".into(), vae.clone());
     }
-    let spinner = super::progress::spinner(format!("converting {}", args.ckpt.display()));
-    let converted = convert_single_file_with(&args.ckpt, &folder, &args.out, &options)
+    let spinner = super::progress::spinner(format!("converting {}", ckpt_path.display()));
+    let converted = convert_single_file_with(&ckpt_path, &folder, &args.out, &options)
         .with_context(|| {
             format!(
                 "converting {} with the configs of {config}",
-                args.ckpt.display()
+                ckpt_path.display()
             )
         });
     spinner.finish_and_clear();
     converted?;
     crate::info_line!(
         "converted {} to {}",
-        args.ckpt.display(),
+        ckpt_path.display(),
         args.out.display()
     );
     Ok(())

@@ -218,6 +218,9 @@ pub struct Args {
     /// Outputs, batches, reproduction and run settings (`output.rs`).
     #[command(flatten)]
     pub output: super::output::OutputArgs,
+    /// AnimateDiff (`--pipeline AnimateDiffPipeline`): `--motion-adapter`, `--num-frames`, ...
+    #[command(flatten)]
+    pub animatediff: super::generate_animatediff::AnimateDiffArgs,
 }
 
 /// `--lora` / `--lora-scale` / `--fuse-lora`: loads each LoRA (`default_0`, `default_1`, ...),
@@ -409,7 +412,11 @@ fn check_inputs_fit(class: PipelineClass, has_image: bool, has_mask: bool) -> Re
 /// Runs `generate`.
 pub fn run(args: Args) -> Result<()> {
     super::output::apply_threads(args.output.threads)?;
-    if args.out.is_none() && args.out_array.is_none() && args.out_latents.is_none() {
+    if args.out.is_none()
+        && args.out_array.is_none()
+        && args.out_latents.is_none()
+        && args.animatediff.frames_dir.is_none()
+    {
         bail!(
             "nothing to write: pass --out OUT.png and/or --out-array OUT.safetensors, or --out-latents OUT.safetensors"
         );
@@ -421,6 +428,13 @@ pub fn run(args: Args) -> Result<()> {
         .as_deref()
         .map(super::pipeline_arg::parse)
         .transpose()?;
+    let video = super::generate_animatediff::is_video(requested);
+    let requested = super::generate_animatediff::check(
+        &args.animatediff,
+        requested,
+        args.out.as_deref().filter(|_| video),
+        args.latents.is_some() || args.out_latents.is_some(),
+    )?;
     // img2img (an --image without --mask) ignores the size flags, as diffusers does; the other
     // modes check them here, before any model is loaded.
     let sized = args.image.is_none() || args.mask.is_some();
@@ -448,7 +462,7 @@ pub fn run(args: Args) -> Result<()> {
     // FIFO or device fails now, not after the denoising loop.
     let seed = args.seed.unwrap_or_else(super::output::draw_seed);
     let plan = super::output::plan(
-        args.out.as_deref(),
+        args.out.as_deref().filter(|_| !video),
         &args.prompt,
         seed,
         args.num_images,
@@ -522,6 +536,7 @@ pub fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
+    let video_options = options.clone();
     let mut pipe = if is_single_file(&args.model) {
         let options = SingleFileLoadOptions {
             config: args.config.clone(),
@@ -572,6 +587,10 @@ pub fn run(args: Args) -> Result<()> {
         Requested::Auto(_) => None,
     });
     pipe = super::generate_pag::apply(&args.pag, pipe, explicit)?;
+    if video {
+        pipe =
+            super::generate_animatediff::into_animatediff(pipe, &args.animatediff, &video_options)?;
+    }
     if let Some(class) = &args.scheduler {
         let mut overrides = Map::new();
         for item in &args.scheduler_set {
@@ -681,6 +700,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         pag: args.pag.call_args(),
         num_images_per_prompt: args.num_images,
+        video: args.animatediff.video_args(),
         // diffusers pastes the crop back onto the 8-bit image, so it needs output_type="pil".
         output_type: if args.out_latents.is_some() {
             OutputType::Latent
@@ -710,6 +730,15 @@ pub fn run(args: Args) -> Result<()> {
                 path.display(),
                 out.latents.dims()
             );
+            continue;
+        }
+        if video {
+            super::generate_animatediff::write_outputs(
+                &out,
+                &args.animatediff,
+                args.out.as_deref(),
+                out_array.as_deref(),
+            )?;
             continue;
         }
         let images = out
@@ -798,6 +827,7 @@ mod tests {
             lora_scale: Vec::new(),
             fuse_lora: false,
             output: Default::default(),
+            animatediff: Default::default(),
         }
     }
 

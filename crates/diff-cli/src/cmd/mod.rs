@@ -1,9 +1,11 @@
 //! One module per subcommand, and the argument checks they share.
 
 pub mod convert;
+pub mod convert_motion_module;
 pub mod download;
 pub mod generate;
 pub mod generate_pag;
+pub mod generate_animatediff;
 pub mod inspect;
 pub mod output;
 pub mod pipeline_arg;

@@ -3,6 +3,7 @@
 //! round-trips them.
 
 pub mod clip;
+pub mod motion_adapter;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod unet;
