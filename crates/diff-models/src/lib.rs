@@ -49,6 +49,7 @@ pub mod autoencoder_kl;
 pub mod block_scales;
 pub mod downsampling;
 pub mod embeddings;
+pub mod ip_adapter;
 pub mod lora;
 mod named;
 pub mod resnet;
@@ -67,6 +68,10 @@ pub use clip::{CLIPTextModel, CLIPTextModelWithProjection};
 pub use clip_vision::{CLIPVisionModel, CLIPVisionModelWithProjection};
 pub use error::ModelError;
 pub use image_processor::CLIPImageProcessor;
+pub use ip_adapter::{
+    ImageEmbeds, IpAdapterKind, IpAdapterStateDict, IpImageProjection,
+    MultiIPAdapterImageProjection, StateTensor,
+};
 pub use lora::{LoraAdapters, LoraConv2d, LoraLayerRef, LoraLinear, LoraModel, LoraWeights};
 pub use pretrained::{FromPretrained, ModelLoadOptions};
 pub use safety_checker::StableDiffusionSafetyChecker;

@@ -16,8 +16,9 @@ use crate::pipeline::PipelineClass;
 use burn::tensor::{DType, Device};
 use diff_models::weights::{LoadReport, TensorSource};
 use diff_models::{
-    AutoencoderKL, CLIPImageProcessor, CLIPTextModel, CLIPTextModelWithProjection, FromPretrained,
-    ModelLoadOptions, StableDiffusionSafetyChecker, UNet2DConditionModel,
+    AutoencoderKL, CLIPImageProcessor, CLIPTextModel, CLIPTextModelWithProjection,
+    CLIPVisionModelWithProjection, FromPretrained, ModelLoadOptions, StableDiffusionSafetyChecker,
+    UNet2DConditionModel,
 };
 use diff_schedulers::Scheduler;
 use serde_json::{Map, Value};
@@ -80,6 +81,8 @@ pub struct PassedComponents {
     pub safety_checker: Passed<Arc<StableDiffusionSafetyChecker>>,
     /// `feature_extractor=` (the CLIP image processor feeding the safety checker).
     pub feature_extractor: Passed<Arc<CLIPImageProcessor>>,
+    /// `image_encoder=` (the IP-Adapter image encoder).
+    pub image_encoder: Passed<Arc<CLIPVisionModelWithProjection>>,
 }
 
 /// The loaded components of a pipeline. Each model carries its typed config (`unet.config`),
@@ -104,6 +107,8 @@ pub struct Components {
     pub safety_checker: Option<Arc<StableDiffusionSafetyChecker>>,
     /// `feature_extractor`.
     pub feature_extractor: Option<Arc<CLIPImageProcessor>>,
+    /// `image_encoder` (IP-Adapters; `load_ip_adapter` registers it).
+    pub image_encoder: Option<Arc<CLIPVisionModelWithProjection>>,
     /// The `model_index.json` entry of each component, `None` for `[null, null]`.
     pub entries: BTreeMap<String, Option<(String, String)>>,
 }
@@ -545,16 +550,18 @@ pub static COMPONENTS: [ComponentSlot; 10] = [
         None,
         |c| to_map(&c.feature_extractor.as_ref()?.config),
     ),
-    // The IP-Adapter image encoder is not loaded yet: any class is accepted and skipped.
     slot_of(
         "image_encoder",
-        &[],
+        &[("transformers", "CLIPVisionModelWithProjection")],
         "config.json",
         (Optional, Optional),
         &[],
-        (|_| PassedKind::Default, |_, _| {}, |_| false),
+        slot_fields!(image_encoder),
+        Some(|c, ctx| {
+            c.image_encoder = Some(load_model(ctx)?);
+            Ok(())
+        }),
         None,
-        None,
-        |_| None,
+        |c| to_map(&c.image_encoder.as_ref()?.vision_model.config),
     ),
 ];

@@ -24,6 +24,7 @@ use crate::call::{CallArgs, PipelineOutput, StepCallback, check_size};
 use crate::decode::finish;
 use crate::denoise::{Conditioning, DenoiseLoop, Guidance, StepContext, StepHook};
 use crate::error::PipelineError;
+use crate::ip_adapter::{EmbedsRepeat, ip_hidden_states};
 use crate::latents::{generators_for, noise_dtype, prepare_text2img_latents, unet_sample_size};
 use crate::pipeline::DiffusionPipeline;
 use crate::timesteps::check_steps_left;
@@ -95,6 +96,15 @@ pub(crate) fn call(
         None => cond,
     };
     let mut gens = generators_for(args, total)?;
+    // IP-Adapter image tokens (the SAG pipeline's own batching: `batch * num_images_per_prompt`
+    // copies of encoded images, given embeddings as they are).
+    let ip_hidden_states = ip_hidden_states(
+        pipe,
+        unet,
+        &args.ip_adapter,
+        EmbedsRepeat::Sag(total),
+        do_cfg,
+    )?;
 
     // 4. Prepare timesteps
     let mut scheduler = pipe.require(pipe.scheduler(), "scheduler")?.clone();
@@ -136,6 +146,7 @@ pub(crate) fn call(
         text_embeds: None,
         time_ids: None,
         timestep_cond: None,
+        ip_hidden_states,
     };
     let guidance = do_cfg.then(|| Guidance {
         scale: guidance_scale,
@@ -253,17 +264,24 @@ impl StepHook for SagHook {
         })?;
         let alpha = alpha_prod(ctx.scheduler, ctx.timestep)?;
         let ehs = &ctx.conditioning.encoder_hidden_states;
-        // With CFG the unconditional half (first) is guided; without, the only prediction.
-        let (eps, attn, emb) = if ctx.guidance.is_some() {
+        let ip = ctx.conditioning.ip_hidden_states.clone();
+        // With CFG the unconditional half (first) is guided, with the negative image tokens
+        // (`added_uncond_kwargs`); without, the only prediction.
+        let (eps, attn, emb, ip) = if ctx.guidance.is_some() {
             let half = raw.dims()[0] / 2;
             let p_half = probs.dims()[0] / 2;
+            let first_half = |t: Tensor<3>| {
+                let n = t.dims()[0] / 2;
+                t.narrow(0, 0, n)
+            };
             (
                 raw.clone().narrow(0, 0, half),
                 probs.narrow(0, 0, p_half),
-                ehs.clone().narrow(0, 0, ehs.dims()[0] / 2),
+                first_half(ehs.clone()),
+                ip.map(|v| v.into_iter().map(first_half).collect()),
             )
         } else {
-            (guided.clone(), probs, ehs.clone())
+            (guided.clone(), probs, ehs.clone(), ip)
         };
         let x0 = self.prediction_type.pred_x0(latents, &eps, alpha);
         let pred_eps = self.prediction_type.pred_epsilon(latents, &eps, alpha);
@@ -272,10 +290,9 @@ impl StepHook for SagHook {
             TensorData::new(vec![ctx.timestep as f32], [1]),
             &latents.device(),
         );
-        let degraded_pred = ctx
-            .unet
-            .forward(UNet2DConditionInput::new(degraded, t, emb))?
-            .cast(burn::tensor::DType::F32);
+        let mut input = UNet2DConditionInput::new(degraded, t, emb);
+        input.ip_hidden_states = ip;
+        let degraded_pred = ctx.unet.forward(input)?.cast(burn::tensor::DType::F32);
         Ok(guided + (eps - degraded_pred).mul_scalar(self.sag_scale))
     }
 }
