@@ -393,29 +393,7 @@ impl IpImageProjection {
         device: &Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
-        let kind = IpAdapterKind::detect(image_proj);
-        match kind {
-            IpAdapterKind::FaceId | IpAdapterKind::FaceIdPlus => {
-                let key = if kind == IpAdapterKind::FaceId {
-                    "image_proj.norm.weight"
-                } else {
-                    "image_proj.perceiver_resampler.proj_in.weight"
-                };
-                return Err(ip_error(
-                    source,
-                    key,
-                    format!(
-                        "this is an IP-Adapter {} checkpoint; FaceID variants are not supported yet (plain, Plus and Full IP-Adapters are)",
-                        if kind == IpAdapterKind::FaceId {
-                            "FaceID"
-                        } else {
-                            "FaceID Plus"
-                        }
-                    ),
-                ));
-            }
-            _ => {}
-        }
+        let kind = check_supported(image_proj, source)?;
         let renamed = convert_image_proj_keys(kind, image_proj);
         let mut take = Take {
             dict: renamed,
@@ -483,6 +461,29 @@ impl IpImageProjection {
             Self::Plus(p) => p.proj_in.weight.val().dims()[0],
         }
     }
+}
+
+/// The variant of an `image_proj` state dict, refusing the FaceID variants with a clear error.
+pub fn check_supported(
+    image_proj: &BTreeMap<String, StateTensor>,
+    source: &str,
+) -> Result<IpAdapterKind, ModelError> {
+    let kind = IpAdapterKind::detect(image_proj);
+    let (key, variant) = match kind {
+        IpAdapterKind::FaceId => ("image_proj.norm.weight", "FaceID"),
+        IpAdapterKind::FaceIdPlus => (
+            "image_proj.perceiver_resampler.proj_in.weight",
+            "FaceID Plus",
+        ),
+        _ => return Ok(kind),
+    };
+    Err(ip_error(
+        source,
+        key,
+        format!(
+            "this is an IP-Adapter {variant} checkpoint; FaceID variants are not supported yet (plain, Plus and Full IP-Adapters are)"
+        ),
+    ))
 }
 
 fn plus_from(take: &mut Take<'_>) -> Result<IPAdapterPlusImageProjection, ModelError> {

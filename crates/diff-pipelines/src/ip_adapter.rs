@@ -347,7 +347,9 @@ impl DiffusionPipeline {
                 &source.subfolder,
                 &source.weight_name,
             )?;
-            state_dicts.push(read_ip_adapter_file(&path, &source.weight_name)?);
+            let sd = read_ip_adapter_file(&path, &source.weight_name)?;
+            diff_models::ip_adapter::check_supported(&sd.image_proj, &sd.source)?;
+            state_dicts.push(sd);
         }
         let mut image_encoder = self.components.image_encoder.clone();
         if image_encoder.is_none() {
@@ -716,4 +718,73 @@ pub fn distinct_parameter_bytes(pipes: &[&DiffusionPipeline]) -> usize {
         }
     }
     seen.values().sum()
+}
+
+/// A scale as Python writes it for `set_ip_adapter_scale`: a number, or InstantStyle's
+/// dictionary (`{"down": {"block_2": [0.0, 1.0]}, "mid": 0.5, "up": {"block_0": 1.0}}`).
+pub fn scale_config_from_json(value: &serde_json::Value) -> Result<ScaleConfig, PipelineError> {
+    use diff_models::{BlockScale, PartScale};
+    use serde_json::Value;
+    let bad = |m: String| PipelineError::arg("scale", m);
+    let block = |v: &Value, at: &str| -> Result<BlockScale, PipelineError> {
+        match v {
+            Value::Number(n) => Ok(BlockScale::All(n.as_f64().unwrap_or(0.0))),
+            Value::Array(items) => items
+                .iter()
+                .map(|x| {
+                    x.as_f64()
+                        .ok_or_else(|| bad(format!("{at}: {x} is not a number")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(BlockScale::PerLayer),
+            other => Err(bad(format!(
+                "{at}: expected a number or a list, got {other}"
+            ))),
+        }
+    };
+    let part = |v: &Value, at: &str| -> Result<PartScale, PipelineError> {
+        match v {
+            Value::Number(n) => Ok(PartScale::All(n.as_f64().unwrap_or(0.0))),
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| {
+                    let index = k
+                        .strip_prefix("block_")
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .ok_or_else(|| bad(format!("{at}: key {k:?} is not `block_<n>`")))?;
+                    Ok((index, block(v, &format!("{at}.{k}"))?))
+                })
+                .collect::<Result<Vec<_>, PipelineError>>()
+                .map(PartScale::Blocks),
+            other => Err(bad(format!(
+                "{at}: expected a number or a dictionary, got {other}"
+            ))),
+        }
+    };
+    match value {
+        Value::Number(n) => Ok(ScaleConfig::Uniform(n.as_f64().unwrap_or(0.0))),
+        Value::Object(map) => {
+            let (mut down, mut mid, mut up) = (None, None, None);
+            for (k, v) in map {
+                match k.as_str() {
+                    "down" => down = Some(part(v, "down")?),
+                    "up" => up = Some(part(v, "up")?),
+                    "mid" => mid = Some(block(v, "mid")?),
+                    other => return Err(bad(format!("unknown part {other:?} (down, mid, up)"))),
+                }
+            }
+            Ok(ScaleConfig::PerBlock { down, mid, up })
+        }
+        other => Err(bad(format!(
+            "expected a number or a dictionary, got {other}"
+        ))),
+    }
+}
+
+/// `set_ip_adapter_scale`'s argument from JSON: a list (one config per adapter) or one config.
+pub fn scales_from_json(value: &serde_json::Value) -> Result<Vec<ScaleConfig>, PipelineError> {
+    match value {
+        serde_json::Value::Array(items) => items.iter().map(scale_config_from_json).collect(),
+        one => Ok(vec![scale_config_from_json(one)?]),
+    }
 }
