@@ -17,6 +17,8 @@
 //! shared by `Arc` shows the same processors and adapters to every holder, as diffusers' shared
 //! `nn.Module`s do. With the default processor and no active adapter the forward runs the same
 //! code as a plain layer.
+//! IP-Adapters (`ip_adapter`) are the same kind of state: image projections in the UNet's slot
+//! and `IPAdapterAttnProcessor2_0`s on its cross-attentions.
 //!
 //! **Must not know:** pipelines, schedulers, the Hub. Configs and file names come from
 //! `diff-format`.

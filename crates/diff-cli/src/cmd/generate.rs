@@ -184,6 +184,9 @@ pub struct Args {
     /// Fuse the weighted LoRAs into the layers before generating (`fuse_lora`).
     #[arg(long, requires = "lora")]
     pub fuse_lora: bool,
+    /// `--ip-adapter` and its flags (`generate_ip_adapter.rs`).
+    #[command(flatten)]
+    pub ip_adapter: super::generate_ip_adapter::IpAdapterFlags,
 }
 
 /// `--lora` / `--lora-scale` / `--fuse-lora`: loads each LoRA (`default_0`, `default_1`, ...),
@@ -617,7 +620,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     // diffusers reads a height or width of 0 as "not given".
     let size = |v: Option<usize>| v.filter(|v| *v > 0 && !img2img);
-    let call = CallArgs {
+    let mut call = CallArgs {
         prompt: vec![args.prompt.clone()],
         negative_prompt: args.negative_prompt.clone().map(|n| vec![n]),
         num_inference_steps: args.steps,
@@ -660,6 +663,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         ..CallArgs::default()
     };
+    super::generate_ip_adapter::apply(&mut pipe, &args.ip_adapter, &mut call)?;
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -769,6 +773,7 @@ mod tests {
             lora: Vec::new(),
             lora_scale: Vec::new(),
             fuse_lora: false,
+            ip_adapter: Default::default(),
         }
     }
 
