@@ -39,6 +39,10 @@ pub struct Inputs {
     pub size: Option<(usize, usize)>,
     /// The seed (33 in the guide).
     pub seed: u64,
+    /// The prompt ("bear eats pizza" in the guide).
+    pub prompt: String,
+    /// The negative prompt.
+    pub negative_prompt: String,
 }
 
 impl Inputs {
@@ -54,6 +58,9 @@ impl Inputs {
             steps: 3,
             size: Some((32, 32)),
             seed: 0,
+            // The prompts of the fixture's diffusers runs.
+            prompt: "a photo of an astronaut riding a horse on mars".into(),
+            negative_prompt: "blurry".into(),
         }
     }
 }
@@ -106,8 +113,8 @@ pub fn run(inputs: &Inputs) -> Result<Report, PipelineError> {
     let image = burn_diffusers::image::load_image(&inputs.image)?;
     let ip_adapter = LoadIpAdapter::new(&inputs.ip_repo, "models", &inputs.weight_name);
     let call = |guidance: f32, sag_scale: Option<f32>, with_image: bool| {
-        let mut args = CallArgs::prompt("bear eats pizza")
-            .with_negative_prompt("blurry")
+        let mut args = CallArgs::prompt(inputs.prompt.clone())
+            .with_negative_prompt(inputs.negative_prompt.clone())
             .with_steps(inputs.steps)
             .with_seed(inputs.seed)
             .with_guidance_scale(guidance)
@@ -202,6 +209,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             steps: 50,
             size: None,
             seed: 33,
+            prompt: "bear eats pizza".into(),
+            negative_prompt: "wrong white balance, dark, sketches,worst quality,low quality".into(),
         },
         _ => {
             return Err(
