@@ -355,9 +355,7 @@ impl DiffusionPipeline {
         if image_encoder.is_none() {
             match &load.image_encoder_folder {
                 Some(folder) => {
-                    let rel = if folder.contains('/') {
-                        folder.clone()
-                    } else if first.subfolder.is_empty() {
+                    let rel = if folder.contains('/') || first.subfolder.is_empty() {
                         folder.clone()
                     } else {
                         format!("{}/{folder}", first.subfolder.trim_end_matches('/'))

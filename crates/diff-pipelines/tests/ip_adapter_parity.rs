@@ -271,7 +271,8 @@ fn loading_errors_name_the_file_and_faceid_is_refused() {
         let n: usize = shape.iter().product();
         (shape, vec![0u8; n * 4])
     };
-    let tensors: Vec<(String, (Vec<usize>, Vec<u8>))> = vec![
+    type Raw = (Vec<usize>, Vec<u8>);
+    let tensors: Vec<(String, Raw)> = vec![
         ("image_proj.norm.weight".into(), t(vec![16])),
         ("image_proj.proj.0.weight".into(), t(vec![32, 16])),
         ("ip_adapter.1.to_k_ip.weight".into(), t(vec![16, 16])),
