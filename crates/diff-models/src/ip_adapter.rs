@@ -453,6 +453,15 @@ impl IpImageProjection {
         }
     }
 
+    /// The dtype of its weights (inputs are cast to it, as `image_embeds.to(weight.dtype)`).
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Plain(p) => p.image_embeds.weight.val().dtype(),
+            Self::Full(p) => p.ff_in.weight.val().dtype(),
+            Self::Plus(p) => p.proj_in.weight.val().dtype(),
+        }
+    }
+
     /// The width of the embeddings it takes.
     pub fn input_dim(&self) -> usize {
         match self {
@@ -655,6 +664,7 @@ impl MultiIPAdapterImageProjection {
             .enumerate()
         {
             let want = layer.input_dim();
+            let dtype = layer.dtype();
             let hidden = |t: &Tensor<4>, f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
                 let [b, m, s, d] = t.dims();
                 if d != want {
@@ -663,7 +673,7 @@ impl MultiIPAdapterImageProjection {
                         format!("hidden states are {d} wide, the projection takes {want}"),
                     ));
                 }
-                let y = f(t.clone().reshape([b * m, s, d]));
+                let y = f(t.clone().reshape([b * m, s, d]).cast(dtype));
                 let [_, tok, c] = y.dims();
                 Ok(y.reshape([b, m * tok, c]))
             };
@@ -676,7 +686,7 @@ impl MultiIPAdapterImageProjection {
                             format!("image embeds are {d} wide, the projection takes {want}"),
                         ));
                     }
-                    let y = p.forward(t.clone().reshape([b * m, d]));
+                    let y = p.forward(t.clone().reshape([b * m, d]).cast(dtype));
                     let [_, tok, c] = y.dims();
                     y.reshape([b, m * tok, c])
                 }

@@ -19,7 +19,9 @@ use burn::tensor::{DType, Tensor};
 use diff_format::configs::clip::{CLIPImageProcessorConfig, SizeSpec};
 use diff_format::pickle::{PickleCheckpoint, StorageDtype, Value};
 use diff_models::image_processor::ImageU8;
-use diff_models::ip_adapter::{ImageEmbeds, IpAdapterStateDict, StateTensor};
+use diff_models::ip_adapter::{
+    ImageEmbeds, IpAdapterStateDict, MultiIPAdapterImageProjection, StateTensor,
+};
 use diff_models::{
     CLIPImageProcessor, CLIPVisionModelWithProjection, FromPretrained, ModelError,
     ModelLoadOptions, ScaleConfig, UNet2DConditionModel,
@@ -61,7 +63,7 @@ pub struct IpAdapterSource {
 
 /// The arguments of `load_ip_adapter(pretrained_model_name_or_path_or_dict, subfolder,
 /// weight_name, image_encoder_folder)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LoadIpAdapter {
     /// The adapters, loaded together (several adapters at once, as diffusers' lists).
     pub sources: Vec<IpAdapterSource>,
@@ -69,6 +71,9 @@ pub struct LoadIpAdapter {
     /// the first adapter's `subfolder`, a path with `/` from the repo's root; `None` loads no
     /// image encoder (then only `ip_adapter_image_embeds` can be used).
     pub image_encoder_folder: Option<String>,
+    /// Hub endpoint, token and cache for repo ids; `None` reads the environment (`HF_ENDPOINT`,
+    /// `HF_TOKEN`, `HF_HUB_CACHE`, `HF_HUB_OFFLINE`, ...).
+    pub hub: Option<diff_hub::HubConfig>,
 }
 
 impl LoadIpAdapter {
@@ -81,6 +86,7 @@ impl LoadIpAdapter {
                 weight_name: weight_name.to_owned(),
             }],
             image_encoder_folder: Some("image_encoder".to_owned()),
+            hub: None,
         }
     }
 
@@ -125,7 +131,14 @@ impl LoadIpAdapter {
         Ok(Self {
             sources,
             image_encoder_folder: Some("image_encoder".to_owned()),
+            hub: None,
         })
+    }
+
+    /// Sets the Hub configuration used for repo ids.
+    pub fn with_hub(mut self, hub: diff_hub::HubConfig) -> Self {
+        self.hub = Some(hub);
+        self
     }
 
     /// Sets `image_encoder_folder` (`None`: no image encoder).
@@ -147,6 +160,7 @@ fn ip_err(checkpoint: &Path, key: &str, reason: impl Into<String>) -> PipelineEr
 /// `repo_or_folder` + `subfolder/name`: a local file, or the file fetched from the Hub
 /// (through the cache and `HF_HUB_OFFLINE`).
 fn resolve_file(
+    hub: Option<&diff_hub::HubConfig>,
     repo_or_folder: &str,
     subfolder: &str,
     name: &str,
@@ -173,12 +187,19 @@ fn resolve_file(
             format!("\"{repo_or_folder}\" is neither a local folder nor a valid repo id"),
         )
     })?;
-    let api = diff_hub::HubApi::from_env()?;
+    let api = match hub {
+        Some(config) => diff_hub::HubApi::new(config.clone()),
+        None => diff_hub::HubApi::from_env()?,
+    };
     Ok(api.hf_hub_download(repo_or_folder, &rel, &diff_hub::DownloadOptions::default())?)
 }
 
 /// The local folder of the image encoder: `config.json` and its weights (safetensors first).
-fn resolve_encoder_folder(repo_or_folder: &str, rel: &str) -> Result<PathBuf, PipelineError> {
+fn resolve_encoder_folder(
+    hub: Option<&diff_hub::HubConfig>,
+    repo_or_folder: &str,
+    rel: &str,
+) -> Result<PathBuf, PipelineError> {
     let folder = Path::new(repo_or_folder);
     if folder.is_dir() {
         let path = folder.join(rel);
@@ -190,9 +211,9 @@ fn resolve_encoder_folder(repo_or_folder: &str, rel: &str) -> Result<PathBuf, Pi
             message: format!("no image encoder (config.json) in {rel}"),
         });
     }
-    let config = resolve_file(repo_or_folder, rel, "config.json")?;
-    if resolve_file(repo_or_folder, rel, "model.safetensors").is_err() {
-        resolve_file(repo_or_folder, rel, "pytorch_model.bin")?;
+    let config = resolve_file(hub, repo_or_folder, rel, "config.json")?;
+    if resolve_file(hub, repo_or_folder, rel, "model.safetensors").is_err() {
+        resolve_file(hub, repo_or_folder, rel, "pytorch_model.bin")?;
     }
     config
         .parent()
@@ -343,6 +364,7 @@ impl DiffusionPipeline {
         let mut state_dicts = Vec::with_capacity(load.sources.len());
         for source in &load.sources {
             let path = resolve_file(
+                load.hub.as_ref(),
                 &source.repo_or_folder,
                 &source.subfolder,
                 &source.weight_name,
@@ -361,7 +383,8 @@ impl DiffusionPipeline {
                         format!("{}/{folder}", first.subfolder.trim_end_matches('/'))
                     };
                     tracing::info!("loading image_encoder from {}", first.repo_or_folder);
-                    let dir = resolve_encoder_folder(&first.repo_or_folder, &rel)?;
+                    let dir =
+                        resolve_encoder_folder(load.hub.as_ref(), &first.repo_or_folder, &rel)?;
                     let options = ModelLoadOptions::new(self.device()).with_dtype(self.dtype());
                     let (model, _) =
                         CLIPVisionModelWithProjection::from_pretrained(&dir, &options)?;
@@ -553,9 +576,12 @@ pub enum EmbedsRepeat {
 
 /// diffusers' `prepare_ip_adapter_image_embeds`: one [`ImageEmbeds`] per adapter, batch-doubled
 /// with CFG (negative first).
+///
+/// `projection` is the denoising model's `encoder_hid_proj` (`UNet2DConditionModel::
+/// ip_image_projection`; a video model passes its own).
 pub fn prepare_ip_adapter_image_embeds(
     pipe: &DiffusionPipeline,
-    unet: &UNet2DConditionModel,
+    projection: Option<Arc<MultiIPAdapterImageProjection>>,
     args: &IpAdapterArgs,
     repeat: EmbedsRepeat,
     do_cfg: bool,
@@ -566,7 +592,7 @@ pub fn prepare_ip_adapter_image_embeds(
             "Provide either `ip_adapter_image` or `ip_adapter_image_embeds`. Cannot leave both `ip_adapter_image` and `ip_adapter_image_embeds` defined.",
         ));
     }
-    let projection = unet.ip_image_projection().ok_or_else(|| {
+    let projection = projection.ok_or_else(|| {
         PipelineError::arg(
             "ip_adapter_image",
             "the UNet has no IP-Adapter loaded (`unet.encoder_hid_proj` is None): call load_ip_adapter first; unload_ip_adapter on any pipeline sharing this UNet (from_pipe) removes it for all of them",
@@ -631,11 +657,23 @@ pub fn ip_hidden_states(
     repeat: EmbedsRepeat,
     do_cfg: bool,
 ) -> Result<Option<Vec<Tensor<3>>>, PipelineError> {
+    ip_hidden_states_with(pipe, unet.ip_image_projection(), args, repeat, do_cfg)
+}
+
+/// [`ip_hidden_states`] with the projections given (a denoising model other than
+/// `UNet2DConditionModel`, such as a motion UNet, passes its own `encoder_hid_proj`).
+pub fn ip_hidden_states_with(
+    pipe: &DiffusionPipeline,
+    projection: Option<Arc<MultiIPAdapterImageProjection>>,
+    args: &IpAdapterArgs,
+    repeat: EmbedsRepeat,
+    do_cfg: bool,
+) -> Result<Option<Vec<Tensor<3>>>, PipelineError> {
     if !args.is_set() {
         return Ok(None);
     }
-    let embeds = prepare_ip_adapter_image_embeds(pipe, unet, args, repeat, do_cfg)?;
-    let projection = unet.ip_image_projection().ok_or_else(|| {
+    let embeds = prepare_ip_adapter_image_embeds(pipe, projection.clone(), args, repeat, do_cfg)?;
+    let projection = projection.ok_or_else(|| {
         PipelineError::arg("ip_adapter_image", "the UNet has no IP-Adapter loaded")
     })?;
     Ok(Some(projection.forward(&embeds)?))

@@ -191,7 +191,7 @@ fn precomputed_image_embeds_give_the_same_images() {
     let args = call_args(&case);
     let embeds = prepare_ip_adapter_image_embeds(
         &pipe,
-        pipe.unet().unwrap(),
+        pipe.unet().unwrap().ip_image_projection(),
         &args.ip_adapter,
         EmbedsRepeat::PerPrompt(1),
         true,
@@ -346,4 +346,45 @@ fn sdxl_unload_drops_the_feature_extractor_it_made() {
     pipe.unload_ip_adapter().unwrap();
     assert!(pipe.feature_extractor().is_none());
     assert!(pipe.image_encoder().is_none());
+}
+
+/// A repo id: `h94/IP-Adapter`'s layout served by the test Hub; the weight file and the image
+/// encoder are downloaded into the cache, and the images are diffusers'.
+#[test]
+fn an_ip_adapter_repo_id_is_downloaded_from_the_hub() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    common::copy_dir(
+        &dir().join("repo"),
+        &root.path().join("tiny-org/IP-Adapter"),
+    );
+    let server =
+        diff_hub_server::HubServer::start(diff_hub_server::ServerConfig::new(root.path())).unwrap();
+    let cache_dir = cache.path().to_string_lossy().into_owned();
+    let mut hub =
+        diff_hub::HubConfig::from_lookup(|k| (k == "HF_HUB_CACHE").then(|| cache_dir.clone()))
+            .unwrap();
+    hub.endpoint = server.endpoint().to_string();
+    hub.cache_dir = cache.path().to_path_buf();
+    let meta = meta();
+    let case = case_named(&meta, "cases", "t2i_plain_bin_cfg");
+    let mut pipe = load(PipelineClass::StableDiffusion);
+    let load =
+        LoadIpAdapter::new("tiny-org/IP-Adapter", "models", "ip-adapter_tiny.bin").with_hub(hub);
+    pipe.load_ip_adapter(&load).unwrap();
+    let fetched: Vec<String> = server.requests().iter().map(|r| r.url.clone()).collect();
+    for file in [
+        "models/ip-adapter_tiny.bin",
+        "models/image_encoder/model.safetensors",
+    ] {
+        assert!(
+            fetched.iter().any(|u| u.contains(file)),
+            "{file}: {fetched:?}"
+        );
+    }
+    server.shutdown();
+    pipe.set_ip_adapter_scale(&scales_from_json(&case["scale"]).unwrap())
+        .unwrap();
+    let out = pipe.call(&call_args(&case), None).unwrap();
+    check_images("t2i_plain_bin_cfg", &out);
 }
