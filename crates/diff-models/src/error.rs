@@ -96,6 +96,17 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// An IP-Adapter checkpoint does not fit (a missing, unexpected or mis-shaped key, a
+    /// variant not supported).
+    #[error("IP-Adapter `{checkpoint}`: `{key}`: {reason}")]
+    IpAdapter {
+        /// The checkpoint (file or repo).
+        checkpoint: String,
+        /// The key (`ip_adapter.1.to_k_ip.weight`, `image_proj.proj.weight`).
+        key: String,
+        /// What is wrong, with expected vs got.
+        reason: String,
+    },
     /// A config file could not be parsed.
     #[error("invalid config `{path}`: {reason}")]
     Config {

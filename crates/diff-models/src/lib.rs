@@ -18,6 +18,8 @@
 //! shared by `Arc` shows the same processors and adapters to every holder, as diffusers' shared
 //! `nn.Module`s do. With the default processor and no active adapter the forward runs the same
 //! code as a plain layer.
+//! IP-Adapters (`ip_adapter`) are the same kind of state: image projections in the UNet's slot
+//! and `IPAdapterAttnProcessor2_0`s on its cross-attentions.
 //!
 //! **Must not know:** pipelines, schedulers, the Hub. Configs and file names come from
 //! `diff-format`.
@@ -51,6 +53,7 @@ pub mod autoencoder_kl;
 pub mod block_scales;
 pub mod downsampling;
 pub mod embeddings;
+pub mod ip_adapter;
 pub mod lora;
 pub mod motion_adapter;
 mod named;
@@ -74,6 +77,10 @@ pub use clip::{CLIPTextModel, CLIPTextModelWithProjection};
 pub use clip_vision::{CLIPVisionModel, CLIPVisionModelWithProjection};
 pub use error::ModelError;
 pub use image_processor::CLIPImageProcessor;
+pub use ip_adapter::{
+    ImageEmbeds, IpAdapterKind, IpAdapterStateDict, IpImageProjection,
+    MultiIPAdapterImageProjection, StateTensor,
+};
 pub use lora::{LoraAdapters, LoraConv2d, LoraLayerRef, LoraLinear, LoraModel, LoraWeights};
 pub use motion_adapter::MotionAdapter;
 pub use pretrained::{FromPretrained, ModelLoadOptions};

@@ -157,6 +157,10 @@ pub struct UNet2DConditionModel {
     /// `time_cond_proj_dim`, ... from it).
     #[module(skip)]
     pub config: UNet2DConditionConfig,
+    /// The loaded IP-Adapters' image projections (runtime state shared by clones; see
+    /// `ip_adapter`).
+    #[module(skip)]
+    pub ip_adapter_projection: crate::ip_adapter::IpAdapterSlot,
 }
 
 /// `transformer_layers_per_block` of block `i` as one count per layer.
@@ -656,6 +660,7 @@ impl UNet2DConditionModel {
                 dtype,
             },
             config: c.clone(),
+            ip_adapter_projection: Default::default(),
         })
     }
 

@@ -94,6 +94,9 @@ pub struct CallArgs {
     pub sag: SagArgs,
     /// The video part (`AnimateDiffPipeline`: `num_frames`, `decode_chunk_size`).
     pub video: crate::animatediff::VideoArgs,
+    /// The IP-Adapter part (`ip_adapter_image`, `ip_adapter_image_embeds`; every SD and SDXL
+    /// task).
+    pub ip_adapter: crate::ip_adapter::IpAdapterArgs,
 }
 
 /// The arguments only `StableDiffusionSAGPipeline` takes.
@@ -221,6 +224,7 @@ impl Default for CallArgs {
             pag: crate::pag::PagArgs::default(),
             sag: SagArgs::default(),
             video: Default::default(),
+            ip_adapter: Default::default(),
         }
     }
 }
@@ -310,6 +314,12 @@ impl CallArgs {
     /// Sets self-attention guidance's `sag_scale`.
     pub fn with_sag_scale(mut self, sag_scale: f32) -> Self {
         self.sag.sag_scale = sag_scale;
+        self
+    }
+
+    /// Sets `ip_adapter_image` to one image for one loaded IP-Adapter.
+    pub fn with_ip_adapter_image(mut self, image: RgbImage) -> Self {
+        self.ip_adapter.ip_adapter_image = Some(vec![vec![image]]);
         self
     }
 

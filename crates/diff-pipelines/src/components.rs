@@ -16,9 +16,9 @@ use crate::pipeline::PipelineClass;
 use burn::tensor::{DType, Device};
 use diff_models::weights::{LoadReport, TensorSource};
 use diff_models::{
-    AutoencoderKL, CLIPImageProcessor, CLIPTextModel, CLIPTextModelWithProjection, FromPretrained,
-    ModelLoadOptions, MotionAdapter, StableDiffusionSafetyChecker, UNet2DConditionModel,
-    UNetMotionModel,
+    AutoencoderKL, CLIPImageProcessor, CLIPTextModel, CLIPTextModelWithProjection,
+    CLIPVisionModelWithProjection, FromPretrained, ModelLoadOptions, MotionAdapter,
+    StableDiffusionSafetyChecker, UNet2DConditionModel, UNetMotionModel,
 };
 use diff_schedulers::Scheduler;
 use serde_json::{Map, Value};
@@ -83,6 +83,8 @@ pub struct PassedComponents {
     pub feature_extractor: Passed<Arc<CLIPImageProcessor>>,
     /// `motion_adapter=` (AnimateDiff).
     pub motion_adapter: Passed<Arc<MotionAdapter>>,
+    /// `image_encoder=` (the IP-Adapter image encoder).
+    pub image_encoder: Passed<Arc<CLIPVisionModelWithProjection>>,
 }
 
 /// The loaded components of a pipeline. Each model carries its typed config (`unet.config`),
@@ -112,6 +114,8 @@ pub struct Components {
     /// AnimateDiff's `unet`: the 2D `unet` and the `motion_adapter` together, sharing both by
     /// `Arc` (made when an AnimateDiff pipeline is built, not a slot of its own).
     pub unet_motion: Option<Arc<UNetMotionModel>>,
+    /// `image_encoder` (IP-Adapters; `load_ip_adapter` registers it).
+    pub image_encoder: Option<Arc<CLIPVisionModelWithProjection>>,
     /// The `model_index.json` entry of each component, `None` for `[null, null]`.
     pub entries: BTreeMap<String, Option<(String, String)>>,
 }
@@ -577,16 +581,18 @@ pub static COMPONENTS: [ComponentSlot; 11] = [
         None,
         |c| to_map(&c.motion_adapter.as_ref()?.config),
     ),
-    // The IP-Adapter image encoder is not loaded yet: any class is accepted and skipped.
     slot_of(
         "image_encoder",
-        &[],
+        &[("transformers", "CLIPVisionModelWithProjection")],
         "config.json",
         (Optional, Optional),
         &[],
-        (|_| PassedKind::Default, |_, _| {}, |_| false),
+        slot_fields!(image_encoder),
+        Some(|c, ctx| {
+            c.image_encoder = Some(load_model(ctx)?);
+            Ok(())
+        }),
         None,
-        None,
-        |_| None,
+        |c| to_map(&c.image_encoder.as_ref()?.vision_model.config),
     ),
 ];

@@ -37,6 +37,8 @@ pub(crate) struct Conditioning {
     /// `timestep_cond`: `guidance_scale - 1` embedded, for guidance-distilled UNets
     /// (`time_cond_proj_dim`).
     pub timestep_cond: Option<Tensor<2>>,
+    /// IP-Adapter image tokens, one per adapter (`crate::ip_adapter::ip_hidden_states`).
+    pub ip_hidden_states: Option<Vec<Tensor<3>>>,
 }
 
 /// Classifier-free guidance of one run (present only when `do_classifier_free_guidance`).
@@ -235,6 +237,7 @@ impl<'a> DenoiseLoop<'a> {
         unet_in.text_embeds = cond.text_embeds.clone();
         unet_in.time_ids = cond.time_ids.clone();
         unet_in.timestep_cond = cond.timestep_cond.clone();
+        unet_in.ip_hidden_states = cond.ip_hidden_states.clone();
         let unet_in = hook.unet_input(unet_in, &ctx)?;
         let raw = match self.model {
             Some(model) => model.predict(unet_in)?,

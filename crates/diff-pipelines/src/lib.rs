@@ -80,7 +80,8 @@
 //! test), `diff-schedulers`, `diff-models`, `diff-image` (Pillow-exact image bytes),
 //! `diff-tokenizer` (the CLIP tokenizer), `diff-checkpoint` (the burn-free key conversion of
 //! `from_single_file`), `diff-lora` (LoRA files read and planned as diffusers does, for
-//! `load_lora_weights` in `lora.rs`), `burn` (tensors), `image` (the `RgbImage` type of inputs and outputs),
+//! `load_lora_weights` in `lora.rs`; its pickle reader path also serves `load_ip_adapter`'s `.bin`
+//! files through diff-format), `burn` (tensors), `image` (the `RgbImage` type of inputs and outputs),
 //! `serde`/`serde_json` (configs), `thiserror` (the typed error), `tracing` (warnings diffusers
 //! prints, such as the truncated-prompt and safety-checker ones), `safetensors` and `half`
 //! (`--out-array` float images and `--latents` input files, as the models' weights already
@@ -98,6 +99,7 @@ mod error;
 mod flows;
 pub mod image_processor;
 mod inpaint_common;
+pub mod ip_adapter;
 mod latents;
 pub mod lora;
 pub mod outputs;
@@ -127,6 +129,7 @@ pub use diff_tokenizer::clip as clip_tokenizer;
 pub use diff_tokenizer::{ClipTokenizer, TokenizerError};
 pub use error::PipelineError;
 pub use image_processor::{FloatImages, VaeImageProcessor};
+pub use ip_adapter::{IpAdapterArgs, IpAdapterSource, LoadIpAdapter};
 pub use latents::noise_dtype;
 pub use lora::AdapterWeight;
 pub use pag::PagArgs;

@@ -238,7 +238,7 @@ impl Default for LoadOptions {
 #[derive(Debug, Clone)]
 pub struct DiffusionPipeline {
     class: PipelineClass,
-    components: Components,
+    pub(crate) components: Components,
     config: BTreeMap<String, Value>,
     name_or_path: String,
     device: Device,

@@ -221,6 +221,9 @@ pub struct Args {
     /// AnimateDiff (`--pipeline AnimateDiffPipeline`): `--motion-adapter`, `--num-frames`, ...
     #[command(flatten)]
     pub animatediff: super::generate_animatediff::AnimateDiffArgs,
+    /// `--ip-adapter` and its flags (`generate_ip_adapter.rs`).
+    #[command(flatten)]
+    pub ip_adapter: super::generate_ip_adapter::IpAdapterFlags,
 }
 
 /// `--lora` / `--lora-scale` / `--fuse-lora`: loads each LoRA (`default_0`, `default_1`, ...),
@@ -711,6 +714,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         ..CallArgs::default()
     };
+    super::generate_ip_adapter::apply(&mut pipe, &args.ip_adapter, &mut call)?;
     let jobs = plan.jobs.len();
     for (j, job) in plan.jobs.iter().enumerate() {
         call.prompt = vec![job.prompt.clone()];
@@ -828,6 +832,7 @@ mod tests {
             fuse_lora: false,
             output: Default::default(),
             animatediff: Default::default(),
+            ip_adapter: Default::default(),
         }
     }
 

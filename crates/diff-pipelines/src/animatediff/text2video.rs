@@ -128,8 +128,18 @@ pub(crate) fn call(
         Some(u) => Tensor::cat(vec![u, cond], 0),
         None => cond,
     };
+    // The IP-Adapter image tokens: one row per video (the motion UNet repeats them per frame,
+    // as diffusers does); the processors live on the shared 2D UNet.
+    let ip_hidden_states = crate::ip_adapter::ip_hidden_states(
+        pipe,
+        unet,
+        &args.ip_adapter,
+        crate::ip_adapter::EmbedsRepeat::PerPrompt(1),
+        do_cfg,
+    )?;
     let conditioning = Conditioning {
         encoder_hidden_states: repeat_per_frame(prompt_embeds, num_frames),
+        ip_hidden_states,
         text_embeds: None,
         time_ids: None,
         timestep_cond: None,

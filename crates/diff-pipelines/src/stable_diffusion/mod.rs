@@ -23,6 +23,7 @@ use crate::denoise::{
     Conditioning, DenoiseLoop, Guidance, do_classifier_free_guidance, timestep_cond,
 };
 use crate::error::PipelineError;
+use crate::ip_adapter::{EmbedsRepeat, ip_hidden_states};
 use crate::latents::noise_dtype;
 use crate::pipeline::{DiffusionPipeline, PipelineClass};
 use burn::tensor::Tensor;
@@ -74,11 +75,14 @@ fn encode_and_loop<'a>(
         Some(u) => Tensor::cat(vec![u, cond], 0),
         None => cond,
     };
+    let repeat = EmbedsRepeat::PerPrompt(args.num_images_per_prompt);
+    let ip_hidden_states = ip_hidden_states(pipe, unet, &args.ip_adapter, repeat, do_cfg)?;
     let conditioning = Conditioning {
         encoder_hidden_states,
         text_embeds: None,
         time_ids: None,
         timestep_cond: timestep_cond(unet, guidance_scale, total, &device),
+        ip_hidden_states,
     };
     let guidance = do_cfg.then_some(Guidance {
         scale: guidance_scale,

@@ -24,6 +24,7 @@ use crate::call::{CallArgs, PipelineOutput, StepCallback, check_size};
 use crate::decode::finish;
 use crate::denoise::{Conditioning, DenoiseLoop, Guidance, StepContext, StepHook};
 use crate::error::PipelineError;
+use crate::ip_adapter::{EmbedsRepeat, ip_hidden_states};
 use crate::latents::{generators_for, noise_dtype, prepare_text2img_latents, unet_sample_size};
 use crate::pipeline::DiffusionPipeline;
 use crate::timesteps::check_steps_left;
@@ -95,6 +96,16 @@ pub(crate) fn call(
         None => cond,
     };
     let mut gens = generators_for(args, total)?;
+    // IP-Adapter image tokens (the SAG pipeline's own batching: `batch * num_images_per_prompt`
+    // copies of encoded images, given embeddings as they are).
+    let ip_all = ip_hidden_states(
+        pipe,
+        unet,
+        &args.ip_adapter,
+        EmbedsRepeat::Sag(total),
+        do_cfg,
+    )?;
+    let (ip_hidden_states, ip_uncond) = split_sag_ip_states(ip_all, do_cfg)?;
 
     // 4. Prepare timesteps
     let mut scheduler = pipe.require(pipe.scheduler(), "scheduler")?.clone();
@@ -136,6 +147,7 @@ pub(crate) fn call(
         text_embeds: None,
         time_ids: None,
         timestep_cond: None,
+        ip_hidden_states,
     };
     let guidance = do_cfg.then(|| Guidance {
         scale: guidance_scale,
@@ -148,6 +160,7 @@ pub(crate) fn call(
     let store = Arc::new(CrossAttnStoreProcessor::new());
     let restore = ProcessorRestore::install(unet, store.clone())?;
     let mut hook = SagHook {
+        ip_uncond,
         store,
         sag_scale,
         map_size: mid_block_size(unet, lh, lw),
@@ -226,8 +239,44 @@ impl Drop for ProcessorRestore<'_> {
     }
 }
 
+/// The SAG pipeline's image tokens: without CFG, all of them for both passes; with CFG the
+/// negative half for the second pass, and for the main pass only the positive half, which
+/// diffusers 0.42.1 hands a batch-doubled UNet (`added_cond_kwargs = {"image_embeds":
+/// image_embeds}` after `chunk(2)`): its IP-Adapter processors' `view(batch_size, -1, ...)`
+/// then gives each of the `2B` rows half of the positive tokens, in order. Reproduced as that
+/// reshape; an odd token count fails there in diffusers and is a clear error here.
+#[allow(clippy::type_complexity)]
+fn split_sag_ip_states(
+    ip: Option<Vec<Tensor<3>>>,
+    do_cfg: bool,
+) -> Result<(Option<Vec<Tensor<3>>>, Option<Vec<Tensor<3>>>), PipelineError> {
+    let ip = match ip {
+        Some(ip) if do_cfg => ip,
+        other => return Ok((other, None)),
+    };
+    let mut main = Vec::with_capacity(ip.len());
+    let mut uncond = Vec::with_capacity(ip.len());
+    for t in ip {
+        let [b2, tokens, c] = t.dims();
+        let b = b2 / 2;
+        if tokens % 2 != 0 {
+            return Err(PipelineError::arg(
+                "ip_adapter_image",
+                format!(
+                    "StableDiffusionSAGPipeline with classifier-free guidance spreads the {tokens} image tokens of an IP-Adapter over the doubled batch (as diffusers 0.42.1 does), which needs an even token count; use guidance_scale <= 1 with this adapter"
+                ),
+            ));
+        }
+        uncond.push(t.clone().narrow(0, 0, b));
+        main.push(t.narrow(0, b, b).reshape([b2, tokens / 2, c]));
+    }
+    Ok((Some(main), Some(uncond)))
+}
+
 /// The SAG step: the second UNet pass on the degraded latents after guidance.
 struct SagHook {
+    /// The negative image tokens of the unconditional second pass, with CFG.
+    ip_uncond: Option<Vec<Tensor<3>>>,
     store: Arc<CrossAttnStoreProcessor>,
     sag_scale: f32,
     /// The mid block's spatial size (`map_size`).
@@ -253,17 +302,20 @@ impl StepHook for SagHook {
         })?;
         let alpha = alpha_prod(ctx.scheduler, ctx.timestep)?;
         let ehs = &ctx.conditioning.encoder_hidden_states;
-        // With CFG the unconditional half (first) is guided; without, the only prediction.
-        let (eps, attn, emb) = if ctx.guidance.is_some() {
+        // With CFG the unconditional half (first) is guided, with the negative image tokens
+        // (`added_uncond_kwargs`); without, the only prediction.
+        let (eps, attn, emb, ip) = if ctx.guidance.is_some() {
             let half = raw.dims()[0] / 2;
             let p_half = probs.dims()[0] / 2;
             (
                 raw.clone().narrow(0, 0, half),
                 probs.narrow(0, 0, p_half),
                 ehs.clone().narrow(0, 0, ehs.dims()[0] / 2),
+                self.ip_uncond.clone(),
             )
         } else {
-            (guided.clone(), probs, ehs.clone())
+            let ip = ctx.conditioning.ip_hidden_states.clone();
+            (guided.clone(), probs, ehs.clone(), ip)
         };
         let x0 = self.prediction_type.pred_x0(latents, &eps, alpha);
         let pred_eps = self.prediction_type.pred_epsilon(latents, &eps, alpha);
@@ -272,10 +324,9 @@ impl StepHook for SagHook {
             TensorData::new(vec![ctx.timestep as f32], [1]),
             &latents.device(),
         );
-        let degraded_pred = ctx
-            .unet
-            .forward(UNet2DConditionInput::new(degraded, t, emb))?
-            .cast(burn::tensor::DType::F32);
+        let mut input = UNet2DConditionInput::new(degraded, t, emb);
+        input.ip_hidden_states = ip;
+        let degraded_pred = ctx.unet.forward(input)?.cast(burn::tensor::DType::F32);
         Ok(guided + (eps - degraded_pred).mul_scalar(self.sag_scale))
     }
 }

@@ -28,6 +28,7 @@ use crate::denoise::{
     Conditioning, DenoiseLoop, Guidance, do_classifier_free_guidance, timestep_cond,
 };
 use crate::error::PipelineError;
+use crate::ip_adapter::{EmbedsRepeat, ip_hidden_states};
 use crate::latents::noise_dtype;
 use crate::pipeline::DiffusionPipeline;
 use crate::prompt::XlEmbeds;
@@ -343,11 +344,14 @@ fn denoise_loop<'a>(
         ),
         _ => (embeds.prompt_embeds, embeds.pooled),
     };
+    let repeat = EmbedsRepeat::PerPrompt(args.num_images_per_prompt);
+    let ip_hidden_states = ip_hidden_states(pipe, unet, &args.ip_adapter, repeat, do_cfg)?;
     let conditioning = Conditioning {
         encoder_hidden_states: prompt_embeds,
         text_embeds: Some(text_embeds),
         time_ids: Some(time_ids),
         timestep_cond: timestep_cond(unet, guidance_scale, total, &device),
+        ip_hidden_states,
     };
     let guidance = do_cfg.then_some(Guidance {
         scale: guidance_scale,
