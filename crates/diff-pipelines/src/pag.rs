@@ -294,6 +294,14 @@ pub(crate) fn run_loop(
     let c = &mut denoise.conditioning;
     c.encoder_hidden_states = perturbed_batch(c.encoder_hidden_states.clone(), do_cfg);
     c.text_embeds = c.text_embeds.take().map(|t| perturbed_batch(t, do_cfg));
+    // diffusers perturbs the IP-Adapter image embeddings the same way (before the projection,
+    // which works row by row, so after it is the same).
+    c.ip_hidden_states = c.ip_hidden_states.take().map(|states| {
+        states
+            .into_iter()
+            .map(|t| perturbed_batch(t, do_cfg))
+            .collect()
+    });
     c.time_ids = c.time_ids.take().map(|t| {
         if pipe.class() == PipelineClass::StableDiffusionXLPAG {
             xl_text2img_time_ids(&t, total, do_cfg)
