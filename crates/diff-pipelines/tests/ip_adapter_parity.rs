@@ -102,6 +102,9 @@ fn call_args(case: &Value) -> CallArgs {
     if let Some(s) = get("sag_scale").and_then(Value::as_f64) {
         args.sag.sag_scale = s as f32;
     }
+    if let Some(s) = get("pag_scale").and_then(Value::as_f64) {
+        args.pag.pag_scale = s as f32;
+    }
     if let Some(s) = get("strength").and_then(Value::as_f64) {
         args.img2img.strength = Some(s as f32);
     }
@@ -173,6 +176,9 @@ parity! {
     sag_plain_nocfg => sag_with_an_adapter_without_cfg_matches_diffusers;
     xl_t2i_plain_cfg => sdxl_with_an_adapter_and_cfg_matches_diffusers;
     xl_t2i_plain_nocfg => sdxl_with_an_adapter_without_cfg_matches_diffusers;
+    pag_plain_cfg => pag_with_an_adapter_and_cfg_matches_diffusers;
+    pag_plus_nocfg => pag_with_a_plus_adapter_without_cfg_matches_diffusers;
+    xl_pag_plain_cfg => sdxl_pag_with_an_adapter_matches_diffusers;
 }
 
 #[test]
