@@ -8,6 +8,7 @@
 //! - `e2e`: burn-diffusers against Python `huggingface_hub` through that server (loopback only).
 //! - `sweep [--only S]... [--report FILE]`: the CLI against Python diffusers on hundreds of
 //!   command lines (`tests/fixtures/60-cli-sweep/sweep.py`).
+//! - `train-demo [--preview]`: retrain the bundled demo pipeline (`tests/fixtures/demo-shapes`).
 //!
 //! Dependencies: `anyhow`; `diff-hub-server` (tiny_http, for `hub-server` and `e2e`) and
 //! `serde_json` (the server's log and the Python peer's answers). This binary must stay cheap
@@ -18,6 +19,7 @@ mod e2e;
 mod fixtures;
 mod hub_server;
 mod sweep;
+mod train_demo;
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -32,6 +34,7 @@ fn main() -> Result<()> {
         "e2e" => e2e::run(&rest),
         "bench" => bench::run(&rest),
         "sweep" => sweep::run(&rest),
+        "train-demo" => train_demo::run(&rest),
         "" | "help" | "--help" | "-h" => {
             println!("{}", USAGE);
             Ok(())
@@ -50,7 +53,8 @@ tasks:
   e2e [--with-diffusers]      Python huggingface_hub <-> burn-diffusers through hub-server (loopback);
                               --with-diffusers also loads the pushed repos in Python diffusers (needs .venv-fixtures)
   sweep [--only S]... [--report FILE] [--list]
-                              the CLI vs Python diffusers on hundreds of command lines (needs .venv-fixtures)";
+                              the CLI vs Python diffusers on hundreds of command lines (needs .venv-fixtures)
+  train-demo [--preview]      retrain the bundled demo pipeline tests/fixtures/demo-shapes (about 25 min of CPU)";
 
 /// The repository root (the parent of this crate's folder).
 pub fn repo_root() -> Result<PathBuf> {
