@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod kernels;
 mod precision;
 mod pretrained;
 pub mod weights;
@@ -51,6 +52,7 @@ pub mod downsampling;
 pub mod embeddings;
 pub mod lora;
 mod named;
+pub mod offload;
 pub mod resnet;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;

@@ -86,6 +86,7 @@ pub mod image_processor;
 mod inpaint_common;
 mod latents;
 pub mod lora;
+pub mod offload;
 pub mod outputs;
 pub mod pipeline;
 mod prompt;

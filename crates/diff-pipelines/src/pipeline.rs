@@ -185,6 +185,8 @@ pub struct DiffusionPipeline {
     name_or_path: String,
     device: Device,
     dtype: DType,
+    /// Model offload (`enable_model_cpu_offload`, `offload.rs`).
+    offload: crate::offload::OffloadState,
 }
 
 /// The class to build: the one asked for (a task pipeline ignores `_class_name`, as diffusers
@@ -307,6 +309,13 @@ impl DiffusionPipeline {
         if !class.is_xl() {
             patch_outdated_scheduler(&mut comps)?;
         }
+        let from_folder = COMPONENTS
+            .iter()
+            .filter(|s| {
+                s.passed(&options.components) == PassedKind::Default
+                    && s.passed(preloaded) == PassedKind::Default
+            })
+            .map(|s| s.name.to_string());
         let pipe = DiffusionPipeline {
             class,
             components: comps,
@@ -314,6 +323,7 @@ impl DiffusionPipeline {
             name_or_path: name_or_path.to_string(),
             device: options.device.clone(),
             dtype: options.dtype,
+            offload: crate::offload::OffloadState::from_folder(folder, options, from_folder),
         };
         pipe.check_required()?;
         if pipe.components.safety_checker.is_some() && pipe.components.feature_extractor.is_none() {
@@ -393,6 +403,18 @@ impl DiffusionPipeline {
     /// The dtype the models were loaded in.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    pub(crate) fn offload_state(&self) -> &crate::offload::OffloadState {
+        &self.offload
+    }
+
+    pub(crate) fn offload_state_mut(&mut self) -> &mut crate::offload::OffloadState {
+        &mut self.offload
+    }
+
+    pub(crate) fn components_mut(&mut self) -> &mut Components {
+        &mut self.components
     }
 
     /// All components.
@@ -508,15 +530,17 @@ impl DiffusionPipeline {
                 merged.insert(stashed, value.clone());
             }
         }
-        let pipe = DiffusionPipeline {
+        let mut pipe = DiffusionPipeline {
             class,
             components: comps,
             config: merged,
             name_or_path: self.name_or_path.clone(),
             device: self.device.clone(),
             dtype: self.dtype,
+            offload: self.offload.for_pipe(),
         };
         pipe.check_required()?;
+        pipe.reapply_offload(self)?;
         Ok(pipe)
     }
 

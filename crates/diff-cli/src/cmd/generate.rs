@@ -63,6 +63,8 @@ pub struct Args {
     /// Where a repo id comes from: `--revision`, `--endpoint`, `--offline`, `--cache-dir`.
     #[command(flatten)]
     pub hub: super::download::HubArgs,
+    #[command(flatten)]
+    pub offload: super::generate_offload::OffloadArgs,
     /// The prompt.
     #[arg(long)]
     pub prompt: String,
@@ -524,6 +526,7 @@ pub fn run(args: Args) -> Result<()> {
         DiffusionPipeline::from_pretrained(&model, &options)
             .with_context(|| format!("loading {}", args.model))?
     };
+    args.offload.apply(&mut pipe)?;
     if image_latents.is_some() && !pipe.class().is_xl() {
         bail!(
             "--image-latents is for the SDXL pipelines (diffusers' Stable Diffusion img2img encodes a pixel image); {} is {}",
@@ -735,6 +738,7 @@ mod tests {
             pipeline: None,
             vae: None,
             hub: super::super::download::HubArgs::default(),
+            offload: Default::default(),
             prompt: "a photo of an astronaut riding a horse on mars".into(),
             negative_prompt: None,
             steps: 4,

@@ -3,6 +3,7 @@
 pub mod convert;
 pub mod download;
 pub mod generate;
+pub mod generate_offload;
 pub mod inspect;
 pub mod pipeline_arg;
 pub mod push;
