@@ -17,7 +17,7 @@ fn tiny_sd() -> DiffusionPipeline {
 }
 
 fn values(t: &Tensor<4>) -> Vec<f32> {
-    t.clone().into_data().to_vec::<f32>().unwrap()
+    t.clone().into_data().try_to_vec::<f32>().unwrap()
 }
 
 fn run(pipe: &DiffusionPipeline) -> (Vec<f32>, Vec<f32>) {

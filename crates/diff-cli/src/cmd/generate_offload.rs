@@ -2,8 +2,8 @@
 //! `diff_pipelines::offload`).
 
 use anyhow::{Context, Result};
+use burn_diffusers::pipelines::DiffusionPipeline;
 use clap::{Args, ValueEnum};
-use diff_pipelines::DiffusionPipeline;
 
 /// What `--offload` keeps out of memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
