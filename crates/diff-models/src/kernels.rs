@@ -167,55 +167,70 @@ pub(crate) fn conv2d(layer: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
             .for_each(|(row, dst)| dst.fill(bs[row % cout]));
     }
     let direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && pt + pl + pb + pr == 0;
+    let geom = Im2col {
+        h,
+        w,
+        kh,
+        kw,
+        sh,
+        sw,
+        pt,
+        pl,
+        wo,
+    };
+    // The column matrix is built for a band of output rows at a time, at most COLS_BUDGET
+    // values (a 512x512 VAE layer would otherwise need `128·9 x 262144` floats, 1.2 GB).
+    let band = if direct {
+        ho
+    } else {
+        (COLS_BUDGET / (k * wo).max(1)).clamp(1, ho)
+    };
     let mut cols = if direct {
         Vec::new()
     } else {
-        vec![0f32; k * n]
+        vec![0f32; k * band * wo]
     };
     for bi in 0..batch {
         let xb = &xs[bi * cin * h * w..(bi + 1) * cin * h * w];
-        let rhs = if direct {
-            xb.as_ptr()
-        } else {
-            let geom = Im2col {
-                h,
-                w,
-                kh,
-                kw,
-                sh,
-                sw,
-                pt,
-                pl,
-                ho,
-                wo,
+        for oy0 in (0..ho).step_by(band) {
+            let oy1 = (oy0 + band).min(ho);
+            let cols_n = (oy1 - oy0) * wo;
+            let rhs = if direct {
+                xb.as_ptr()
+            } else {
+                cols[..k * cols_n]
+                    .par_chunks_mut(cols_n)
+                    .enumerate()
+                    .for_each(|(row, dst)| geom.row(xb, row, oy0..oy1, dst));
+                cols.as_ptr()
             };
-            cols.par_chunks_mut(n)
-                .enumerate()
-                .for_each(|(row, dst)| geom.row(xb, row, dst));
-            cols.as_ptr()
-        };
-        let dst = out[bi * cout * n..].as_mut_ptr();
-        // SAFETY: `dst` covers `cout * n` values of `out`; `ws` is `[cout, k]`, `rhs` is
-        // `[k, n]`, all row-major.
-        unsafe {
-            gemm_rm(
-                cout,
-                n,
-                k,
-                dst,
-                n,
-                bias.is_some(),
-                ws.as_ptr(),
-                1,
-                k as isize,
-                rhs,
-                1,
-                n as isize,
-            );
+            let dst = out[bi * cout * n + oy0 * wo..].as_mut_ptr();
+            // SAFETY: `dst` starts at column `oy0 * wo` of image `bi`'s `[cout, n]` output
+            // (row stride n) and covers `cols_n` columns; `ws` is `[cout, k]`, `rhs` is
+            // `[k, cols_n]` (the input itself, `[cin, h·w]`, when direct), all row-major.
+            unsafe {
+                gemm_rm(
+                    cout,
+                    cols_n,
+                    k,
+                    dst,
+                    n,
+                    bias.is_some(),
+                    ws.as_ptr(),
+                    1,
+                    k as isize,
+                    rhs,
+                    1,
+                    cols_n as isize,
+                );
+            }
         }
     }
     Some(wrap(out, [batch, cout, ho, wo], &x.device()))
 }
+
+/// Most values of one column-matrix band of [`conv2d`] (32 MB of float32).
+const COLS_BUDGET: usize = 8 << 20;
 
 /// The geometry of one im2col.
 struct Im2col {
@@ -227,20 +242,21 @@ struct Im2col {
     sw: usize,
     pt: usize,
     pl: usize,
-    ho: usize,
     wo: usize,
 }
 
 impl Im2col {
-    /// Row `row = (c, i, j)` of the column matrix: input channel `c` shifted by kernel tap
-    /// `(i, j)`, zero outside the image.
-    fn row(&self, x: &[f32], row: usize, dst: &mut [f32]) {
+    /// Row `row = (c, i, j)` of the column matrix for output rows `oys`: input channel `c`
+    /// shifted by kernel tap `(i, j)`, zero outside the image.
+    fn row(&self, x: &[f32], row: usize, oys: std::ops::Range<usize>, dst: &mut [f32]) {
         let c = row / (self.kh * self.kw);
         let i = (row / self.kw) % self.kh;
         let j = row % self.kw;
         let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
-        for oy in 0..self.ho {
-            let out_row = &mut dst[oy * self.wo..(oy + 1) * self.wo];
+        let first_oy = oys.start;
+        for oy in oys {
+            let at = (oy - first_oy) * self.wo;
+            let out_row = &mut dst[at..at + self.wo];
             let iy = (oy * self.sh + i) as isize - self.pt as isize;
             if iy < 0 || iy >= self.h as isize {
                 out_row.fill(0.0);
@@ -581,4 +597,136 @@ pub(crate) fn attention(
         },
     );
     Some(wrap(out, [b, n, h, dv], &q.device()).swap_dims(1, 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::{GroupNormConfig, Initializer};
+
+    fn values(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn max_rel(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        let a = a.into_data().try_to_vec::<f32>().unwrap();
+        let b = b.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+
+    /// The gemm convolution against burn's: 3x3 split into row bands (a column matrix over
+    /// the budget), stride 2 with asymmetric padding, and 1x1 fed straight to the matmul.
+    #[test]
+    fn conv2d_matches_burn_in_bands_strides_and_1x1() {
+        let device = Device::flex();
+        let cases = [
+            (
+                64,
+                6,
+                3,
+                [1, 1],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+                128,
+                128,
+            ),
+            (
+                5,
+                7,
+                3,
+                [2, 2],
+                PaddingConfig2d::Explicit(0, 1, 1, 0),
+                9,
+                11,
+            ),
+            (12, 4, 1, [1, 1], PaddingConfig2d::Valid, 6, 5),
+        ];
+        for (cin, cout, k, stride, padding, h, w) in cases {
+            let mut conv = Conv2dConfig::new([cin, cout], [k, k])
+                .with_stride(stride)
+                .with_padding(padding.clone())
+                .with_initializer(Initializer::Zeros)
+                .init(&device);
+            conv.weight = burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(values(1, cout * cin * k * k), [cout, cin, k, k]),
+                &device,
+            ));
+            conv.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(values(2, cout), [cout]),
+                &device,
+            )));
+            let x = Tensor::<4>::from_data(
+                TensorData::new(values(3, 2 * cin * h * w), [2, cin, h, w]),
+                &device,
+            );
+            if cin * k * k * w * h > COLS_BUDGET {
+                assert!(
+                    COLS_BUDGET / (cin * k * k * w) < h,
+                    "the first case uses bands"
+                );
+            }
+            let ours = conv2d(&conv, &x).expect("covered");
+            let reference = conv.forward(x);
+            assert_eq!(ours.dims(), reference.dims());
+            assert!(
+                max_rel(ours, reference) < 1e-5,
+                "{cin}->{cout} k{k} {padding:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn group_norm_silu_and_attention_match_burn() {
+        let device = Device::flex();
+        let mut norm = GroupNormConfig::new(4, 8).init(&device);
+        norm.gamma = Some(burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(values(4, 8), [8]),
+            &device,
+        )));
+        let x = Tensor::<4>::from_data(
+            TensorData::new(values(5, 2 * 8 * 25), [2, 8, 5, 5]),
+            &device,
+        );
+        let ours = group_norm(&norm, &x, true).expect("covered");
+        let reference = burn::tensor::activation::silu(norm.forward(x));
+        assert!(max_rel(ours, reference) < 1e-5);
+
+        let t = |seed: u64, n: usize| {
+            Tensor::<4>::from_data(
+                TensorData::new(values(seed, 2 * 3 * n * 8), [2, n, 3, 8]),
+                &device,
+            )
+            .swap_dims(1, 2)
+        };
+        let (q, k, v) = (t(6, 300), t(7, 300), t(8, 300));
+        for causal in [false, true] {
+            let ours = attention(&q, &k, &v, None, causal).expect("covered");
+            let reference = burn::tensor::module::attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                None,
+                None,
+                burn::tensor::ops::AttentionModuleOptions {
+                    scale: None,
+                    softcap: None,
+                    is_causal: causal,
+                },
+            );
+            assert!(max_rel(ours, reference) < 1e-5, "causal {causal}");
+        }
+    }
 }
