@@ -19,6 +19,22 @@ use std::sync::{Arc, Mutex, Weak};
 
 use memmap2::Mmap;
 
+/// The process-wide default of [`crate::ModelLoadOptions::map_weights`] (off).
+static MAP_WEIGHTS_DEFAULT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every later [`crate::ModelLoadOptions::new`] leave float parameters in the mapped
+/// files (`true`), as a program that will enable model offload wants from the first load: the
+/// weights are then never copied, so loading does not raise the peak either.
+pub fn set_map_weights_default(on: bool) {
+    MAP_WEIGHTS_DEFAULT.store(on, Ordering::Relaxed);
+}
+
+/// The current default set by [`set_map_weights_default`].
+pub fn map_weights_default() -> bool {
+    MAP_WEIGHTS_DEFAULT.load(Ordering::Relaxed)
+}
+
 /// The memory-mapped weight files of one model (empty for a model whose weights were copied).
 #[derive(Clone, Default)]
 pub struct MappedWeights {

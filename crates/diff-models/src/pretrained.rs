@@ -61,7 +61,7 @@ impl ModelLoadOptions {
             device: device.clone(),
             strict: true,
             ignore_mismatched_sizes: false,
-            map_weights: false,
+            map_weights: crate::offload::map_weights_default(),
         }
     }
 

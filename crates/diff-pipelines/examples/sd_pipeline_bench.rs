@@ -75,6 +75,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..LoadOptions::default()
     };
     load.components.safety_checker = Passed::Drop;
+    if offload {
+        // Load mapped from the start, as `generate --offload model` does.
+        diff_models::offload::set_map_weights_default(true);
+    }
     let start = Instant::now();
     let mut pipe = DiffusionPipeline::from_pretrained(folder, &load)?;
     if offload {

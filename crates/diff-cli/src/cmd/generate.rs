@@ -508,6 +508,7 @@ pub fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
+    args.offload.before_load();
     let mut pipe = if is_single_file(&args.model) {
         let options = SingleFileLoadOptions {
             config: args.config.clone(),

@@ -24,6 +24,14 @@ pub struct OffloadArgs {
 }
 
 impl OffloadArgs {
+    /// Before loading: with `--offload model` the models load with their weights left in the
+    /// mapped files, so they are never copied.
+    pub fn before_load(&self) {
+        if self.offload == Some(Offload::Model) {
+            burn_diffusers::models::offload::set_map_weights_default(true);
+        }
+    }
+
     /// Applies the flag to a loaded pipeline (call again after `from_pipe` is not needed:
     /// `from_pipe` re-applies it).
     pub fn apply(&self, pipe: &mut DiffusionPipeline) -> Result<()> {
