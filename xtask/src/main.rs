@@ -3,7 +3,7 @@
 //! - `fixtures [--only NAME]...`: create `.venv-fixtures/` (torch, diffusers, transformers,
 //!   open-clip-torch from `tests/fixtures/requirements.txt`) and run every
 //!   `tests/fixtures/<case>/generate.py`, in name order, from the repository root.
-//! - `bench [--threads N] [--dev]`: UNet / VAE / CLIP speed and memory, ours against PyTorch.
+//! - `bench [--threads N] [--runs N] [--quick] [--device cpu|wgpu|cuda] [--dtype f32|f16]`: UNet / VAE / CLIP and whole SD 1.5 pipeline speed and memory, ours against PyTorch.
 //! - `hub-server --root DIR --port PORT`: the local Hub server (`diff-hub-server`).
 //! - `e2e`: burn-diffusers against Python `huggingface_hub` through that server (loopback only).
 //! - `sweep [--only S]... [--report FILE]`: the CLI against Python diffusers on hundreds of
@@ -47,7 +47,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   fixtures [--only CASE]...   regenerate tests/fixtures/ with real diffusers (needs network to PyPI)
-  bench [--threads N] [--dev] time SD 1.5 UNet/VAE/CLIP, ours vs PyTorch (makes 3.4 GB of weights)
+  bench [--threads N] [--runs N] [--quick] [--device D] [--dtype T] SD 1.5 speed/memory vs PyTorch
   hub-server --root DIR --port PORT [--token T] [--log FILE] ...
                               serve DIR/<org>/<name>/ folders as Hub model repos on 127.0.0.1
   e2e [--with-diffusers]      Python huggingface_hub <-> burn-diffusers through hub-server (loopback);

@@ -213,6 +213,7 @@ impl AutoencoderKL {
     /// - moments of the result: `[batch, latent_channels, h / 2^(blocks - 1), ...]`
     pub fn encode(&self, x: Tensor<4>) -> Result<DiagonalGaussianDistribution, ModelError> {
         let _span = tracing::debug_span!("AutoencoderKL::encode").entered();
+        crate::offload::enter(self);
         self.check("x", &x, self.settings.in_channels)?;
         let x = x.cast(self.settings.dtype);
         let b = x.dims()[0];
@@ -253,6 +254,7 @@ impl AutoencoderKL {
     /// - output: `[batch, out_channels, h * 2^(blocks - 1), w * 2^(blocks - 1)]`
     pub fn decode(&self, z: Tensor<4>) -> Result<Tensor<4>, ModelError> {
         let _span = tracing::debug_span!("AutoencoderKL::decode").entered();
+        crate::offload::enter(self);
         self.check("z", &z, self.settings.latent_channels)?;
         let z = z.cast(self.settings.dtype);
         let b = z.dims()[0];

@@ -385,6 +385,7 @@ impl CLIPTextModel {
     ) -> Result<CLIPTextOutput, ModelError> {
         let _span =
             tracing::debug_span!("CLIPTextModel::forward", dims = ?input_ids.dims()).entered();
+        crate::offload::enter(self);
         let [b, s] = input_ids.dims();
         let max_pos = self.embeddings.position_embedding.weight.dims()[0];
         if s > max_pos || s == 0 {
@@ -541,6 +542,7 @@ impl CLIPTextModelWithProjection {
         attention_mask: Option<Tensor<2, Int>>,
     ) -> Result<CLIPTextModelWithProjectionOutput, ModelError> {
         let _span = tracing::debug_span!("CLIPTextModelWithProjection::forward").entered();
+        crate::offload::enter(self);
         let out = self
             .text_model
             .forward_with_mask(input_ids, attention_mask)?;

@@ -227,6 +227,7 @@ impl CLIPVisionModelWithProjection {
         pixel_values: Tensor<4>,
     ) -> Result<CLIPVisionModelWithProjectionOutput, ModelError> {
         let _span = tracing::debug_span!("CLIPVisionModelWithProjection::forward").entered();
+        crate::offload::enter(self);
         let out = self.vision_model.forward(pixel_values)?;
         Ok(CLIPVisionModelWithProjectionOutput {
             image_embeds: self.visual_projection.forward(out.pooler_output),

@@ -35,6 +35,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod kernels;
 mod precision;
 mod pretrained;
 pub mod weights;
@@ -57,6 +58,7 @@ pub mod ip_adapter;
 pub mod lora;
 pub mod motion_adapter;
 mod named;
+pub mod offload;
 pub mod resnet;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;

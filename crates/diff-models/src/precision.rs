@@ -51,6 +51,12 @@ fn wide<const D: usize>(p: &Param<Tensor<D>>) -> Param<Tensor<D>> {
 pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     let dtype = x.dtype();
     if !is_half(dtype) {
+        if let Some(out) = crate::kernels::enabled()
+            .then(|| crate::kernels::linear(layer, &x))
+            .flatten()
+        {
+            return out;
+        }
         return layer.forward(x);
     }
     burn::tensor::module::linear(
@@ -91,6 +97,12 @@ pub(crate) fn linear_strided<const D: usize>(layer: &Linear, x: Tensor<D>) -> Te
 pub(crate) fn conv2d(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let dtype = x.dtype();
     if !is_half(dtype) {
+        if let Some(out) = crate::kernels::enabled()
+            .then(|| crate::kernels::conv2d(layer, &x))
+            .flatten()
+        {
+            return out;
+        }
         return layer.forward(x);
     }
     let mut wide_layer = layer.clone();
@@ -103,12 +115,41 @@ pub(crate) fn conv2d(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 pub(crate) fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
     let dtype = x.dtype();
     if !is_half(dtype) {
+        if let Some(out) = crate::kernels::enabled()
+            .then(|| crate::kernels::group_norm(norm, &x, false))
+            .flatten()
+        {
+            return out;
+        }
         return norm.forward(x);
     }
     let mut wide_norm = norm.clone();
     wide_norm.gamma = norm.gamma.as_ref().map(wide);
     wide_norm.beta = norm.beta.as_ref().map(wide);
     wide_norm.forward(x.cast(DType::F32)).cast(dtype)
+}
+
+/// `silu(norm.forward(x))` (`silu`) or `norm.forward(x)`: the group norm and the SiLU that
+/// follows it fused into one pass on the CPU in float32; otherwise the two ops, each computed in
+/// float32 and rounded once for half inputs.
+pub(crate) fn group_norm_silu<const D: usize>(
+    norm: &GroupNorm,
+    x: Tensor<D>,
+    silu: bool,
+) -> Tensor<D> {
+    if !is_half(x.dtype())
+        && let Some(out) = crate::kernels::enabled()
+            .then(|| crate::kernels::group_norm(norm, &x, silu))
+            .flatten()
+    {
+        return out;
+    }
+    let h = group_norm(norm, x);
+    if silu {
+        elementwise(h, burn::tensor::activation::silu)
+    } else {
+        h
+    }
 }
 
 /// `norm.forward(x)` for a layer norm, computed in float32 and rounded once for half inputs.
@@ -222,6 +263,15 @@ pub(crate) fn attention(
     causal: bool,
 ) -> Tensor<4> {
     let dtype = q.dtype();
+    if !is_half(dtype)
+        && mask.is_none()
+        && bias.is_none()
+        && let Some(out) = crate::kernels::enabled()
+            .then(|| crate::kernels::attention(&q, &k, &v, scale, causal))
+            .flatten()
+    {
+        return out;
+    }
     if !is_half(dtype) || q.device() != Device::flex() {
         return fused_attention(
             q,

@@ -47,6 +47,9 @@ pub struct ModelLoadOptions {
     pub strict: bool,
     /// `ignore_mismatched_sizes=` (default `false`).
     pub ignore_mismatched_sizes: bool,
+    /// Keep float parameters in the memory-mapped safetensors files instead of copying them
+    /// (CPU device, dtype as on disk; see [`crate::offload`]). Default `false`.
+    pub map_weights: bool,
 }
 
 impl ModelLoadOptions {
@@ -60,6 +63,7 @@ impl ModelLoadOptions {
             device: device.clone(),
             strict: true,
             ignore_mismatched_sizes: false,
+            map_weights: crate::offload::map_weights_default(),
         }
     }
 
@@ -92,6 +96,7 @@ impl ModelLoadOptions {
         let mut options = LoadOptions::new().with_dtype(self.dtype);
         options.strict = self.strict;
         options.ignore_mismatched_sizes = self.ignore_mismatched_sizes;
+        options.map_weights = self.map_weights;
         options
     }
 }

@@ -50,6 +50,19 @@ impl Activation {
             Self::Relu => activation::relu(x),
         }
     }
+
+    /// `self.forward(norm(x))`: on the CPU in float32 a SiLU is fused into the group norm's
+    /// pass.
+    pub(crate) fn after_group_norm<const D: usize>(
+        self,
+        norm: &GroupNorm,
+        x: Tensor<D>,
+    ) -> Tensor<D> {
+        match self {
+            Self::Silu => crate::precision::group_norm_silu(norm, x, true),
+            other => other.forward(crate::precision::group_norm(norm, x)),
+        }
+    }
 }
 
 /// A `torch.nn.Conv2d` with a square kernel, symmetric padding and a bias.
@@ -210,8 +223,7 @@ impl ResnetBlock2D {
     /// - output: `[batch, out_channels, height, width]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
         let _span = tracing::trace_span!("ResnetBlock2D").entered();
-        let h = crate::precision::group_norm(&self.norm1, x.clone());
-        let h = self.act.forward(h);
+        let h = self.act.after_group_norm(&self.norm1, x.clone());
         let mut h = self.conv1.forward(h);
 
         let temb = match (&self.time_emb_proj, temb) {
@@ -239,9 +251,13 @@ impl ResnetBlock2D {
             if let Some(t) = temb {
                 h = h + t;
             }
-            h = crate::precision::group_norm(&self.norm2, h);
+            h = self.act.after_group_norm(&self.norm2, h);
         }
-        let h = self.act.forward(h);
+        let h = if self.scale_shift {
+            self.act.forward(h)
+        } else {
+            h
+        };
         let h = self.conv2.forward(h);
 
         let x = match &self.conv_shortcut {

@@ -129,6 +129,7 @@ impl StableDiffusionSafetyChecker {
         images: Tensor<4>,
     ) -> Result<SafetyCheckerOutput, ModelError> {
         let _span = tracing::debug_span!("StableDiffusionSafetyChecker::forward").entered();
+        crate::offload::enter(self);
         let batch = clip_input.dims()[0];
         if images.dims()[0] != batch {
             return Err(ModelError::InvalidInput {

@@ -751,6 +751,7 @@ impl UNet2DConditionModel {
     /// - output: `[batch, out_channels, height, width]`
     pub fn forward(&self, input: UNet2DConditionInput) -> Result<Tensor<4>, ModelError> {
         let _span = tracing::debug_span!("UNet2DConditionModel::forward").entered();
+        crate::offload::enter(self);
         self.check_inputs(&input)?;
         let s = &self.settings;
         let dtype = s.dtype;
@@ -965,7 +966,7 @@ impl UNet2DConditionModel {
 
         // 7. Out.
         if let Some(norm) = &self.conv_norm_out {
-            h = s.conv_act.forward(crate::precision::group_norm(norm, h));
+            h = s.conv_act.after_group_norm(norm, h);
         }
         Ok(self.conv_out.forward(h))
     }

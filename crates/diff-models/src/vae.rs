@@ -125,9 +125,7 @@ impl Encoder {
             h = block.forward(h, None, None, None).0;
         }
         h = self.mid_block.forward(h);
-        h = self
-            .act
-            .forward(crate::precision::group_norm(&self.conv_norm_out, h));
+        h = self.act.after_group_norm(&self.conv_norm_out, h);
         crate::precision::conv2d(&self.conv_out, h)
     }
 }
@@ -206,9 +204,7 @@ impl Decoder {
         for block in &self.up_blocks {
             h = block.forward(h, None, None, None, None, None);
         }
-        h = self
-            .act
-            .forward(crate::precision::group_norm(&self.conv_norm_out, h));
+        h = self.act.after_group_norm(&self.conv_norm_out, h);
         crate::precision::conv2d(&self.conv_out, h)
     }
 }

@@ -64,7 +64,9 @@ impl DiffusionPipeline {
                 ),
             )
         })?;
-        flow(self, args, callback)
+        let out = flow(self, args, callback);
+        self.offload_release_all();
+        out
     }
 }
 

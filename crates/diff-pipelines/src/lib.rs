@@ -102,6 +102,7 @@ mod inpaint_common;
 pub mod ip_adapter;
 mod latents;
 pub mod lora;
+pub mod offload;
 pub mod outputs;
 pub mod pag;
 pub mod pipeline;

@@ -245,6 +245,8 @@ pub struct DiffusionPipeline {
     dtype: DType,
     /// `pag_applied_layers` (the PAG classes' attribute; see `pag.rs`).
     pub(crate) pag_applied_layers: Vec<String>,
+    /// Model offload (`enable_model_cpu_offload`, `offload.rs`).
+    offload: crate::offload::OffloadState,
 }
 
 /// The class to build: the one asked for (a task pipeline ignores `_class_name`, as diffusers
@@ -369,6 +371,13 @@ impl DiffusionPipeline {
             patch_outdated_scheduler(&mut comps)?;
         }
         crate::animatediff::attach_motion_unet(&mut comps, class)?;
+        let from_folder = COMPONENTS
+            .iter()
+            .filter(|s| {
+                s.passed(&options.components) == PassedKind::Default
+                    && s.passed(preloaded) == PassedKind::Default
+            })
+            .map(|s| s.name.to_string());
         let pipe = DiffusionPipeline {
             class,
             components: comps,
@@ -378,6 +387,7 @@ impl DiffusionPipeline {
             dtype: options.dtype,
             pag_applied_layers: crate::pag::applied_layers_from(&options.config)?
                 .unwrap_or_else(crate::pag::default_applied_layers),
+            offload: crate::offload::OffloadState::from_folder(folder, options, from_folder),
         };
         pipe.check_required()?;
         if pipe.components.safety_checker.is_some() && pipe.components.feature_extractor.is_none() {
@@ -457,6 +467,18 @@ impl DiffusionPipeline {
     /// The dtype the models were loaded in.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    pub(crate) fn offload_state(&self) -> &crate::offload::OffloadState {
+        &self.offload
+    }
+
+    pub(crate) fn offload_state_mut(&mut self) -> &mut crate::offload::OffloadState {
+        &mut self.offload
+    }
+
+    pub(crate) fn components_mut(&mut self) -> &mut Components {
+        &mut self.components
     }
 
     /// All components.
@@ -591,7 +613,7 @@ impl DiffusionPipeline {
                 merged.insert(stashed, value.clone());
             }
         }
-        let pipe = DiffusionPipeline {
+        let mut pipe = DiffusionPipeline {
             class,
             components: comps,
             config: merged,
@@ -600,8 +622,10 @@ impl DiffusionPipeline {
             dtype: self.dtype,
             pag_applied_layers: crate::pag::applied_layers_from(config)?
                 .unwrap_or_else(crate::pag::default_applied_layers),
+            offload: self.offload.for_pipe(),
         };
         pipe.check_required()?;
+        pipe.reapply_offload(self)?;
         Ok(pipe)
     }
 

@@ -62,6 +62,8 @@ pub struct Args {
     /// Where a repo id comes from: `--revision`, `--endpoint`, `--offline`, `--cache-dir`.
     #[command(flatten)]
     pub hub: super::download::HubArgs,
+    #[command(flatten)]
+    pub offload: super::generate_offload::OffloadArgs,
     /// `prompt`: the prompt or prompts to guide image generation.
     #[arg(long, default_value = "", hide_default_value = true,
           required_unless_present_any = ["prompts", "from_png"])]
@@ -540,6 +542,7 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let video_options = options.clone();
+    args.offload.before_load();
     let mut pipe = if is_single_file(&args.model) {
         let options = SingleFileLoadOptions {
             config: args.config.clone(),
@@ -560,6 +563,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     load_bars.finish();
     let source = super::recipe::ModelSource::resolve(&args.model, &model, &args.hub, &options);
+    args.offload.apply(&mut pipe)?;
     if image_latents.is_some() && !pipe.class().is_xl() {
         bail!(
             "--image-latents is for the SDXL pipelines (diffusers' Stable Diffusion img2img encodes a pixel image); {} is {}",
@@ -795,6 +799,7 @@ mod tests {
             pipeline: None,
             vae: None,
             hub: super::super::download::HubArgs::default(),
+            offload: Default::default(),
             prompt: "a photo of an astronaut riding a horse on mars".into(),
             negative_prompt: None,
             steps: 4,

@@ -6,6 +6,7 @@ pub mod download;
 pub mod generate;
 pub mod generate_animatediff;
 pub mod generate_ip_adapter;
+pub mod generate_offload;
 pub mod generate_pag;
 pub mod inspect;
 pub mod output;

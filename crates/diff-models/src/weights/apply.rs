@@ -132,6 +132,10 @@ struct Loader<'a> {
     dtype: DType,
     error: Option<ModelError>,
     loaded: usize,
+    /// Leave parameters in the mapping where possible.
+    map_weights: bool,
+    /// Parameters left in the mapping.
+    mapped: usize,
 }
 
 impl ModuleMapper for Loader<'_> {
@@ -151,9 +155,24 @@ impl ModuleMapper for Loader<'_> {
         let Some((ckpt_key, slot)) = self.plan.get(&key) else {
             return param;
         };
+        let device = param.lazy_device();
+        let mapped = (self.map_weights && device == burn::tensor::Device::flex())
+            .then(|| mapped_data(self.source, ckpt_key, slot, self.dtype))
+            .flatten();
+        if let Some(data) = mapped {
+            let id = param.id;
+            let mut tensor = Tensor::<D>::from_data(data, (&device, self.dtype));
+            if slot.transpose {
+                tensor = tensor.transpose();
+            }
+            // The pages stay mapped; they become resident when a forward reads them.
+            self.source.release(ckpt_key);
+            self.loaded += 1;
+            self.mapped += 1;
+            return param.transform_for_load(tensor, id);
+        }
         match tensor_data(self.source, ckpt_key, slot, self.dtype) {
             Ok(data) => {
-                let device = param.lazy_device();
                 let id = param.id;
                 let mut tensor = Tensor::<D>::from_data(data, (&device, self.dtype));
                 if slot.transpose {
@@ -171,6 +190,23 @@ impl ModuleMapper for Loader<'_> {
             }
         }
     }
+}
+
+/// A checkpoint tensor as host data that borrows the file mapping, when its dtype on disk is
+/// `dtype` and its start is aligned for it; `None` otherwise (the caller copies).
+fn mapped_data(source: &TensorSource, key: &str, slot: &Slot, dtype: DType) -> Option<TensorData> {
+    let info = source.info(key)?;
+    let disk = match info.dtype {
+        RawDType::F32 => DType::F32,
+        RawDType::F16 => DType::F16,
+        RawDType::BF16 => DType::BF16,
+        _ => return None,
+    };
+    if disk != dtype {
+        return None;
+    }
+    let bytes = source.mapped(key, dtype.size())?;
+    TensorData::try_from_bytes(bytes, slot.torch_shape(), dtype).ok()
 }
 
 /// Reads one checkpoint tensor into host data of `dtype`, in the checkpoint's (PyTorch) layout.
@@ -285,12 +321,17 @@ pub(super) fn apply<M: Module>(
         dtype: options.dtype,
         error: None,
         loaded: 0,
+        map_weights: options.map_weights,
+        mapped: 0,
     };
     let module = module.map(&mut loader);
     if let Some(e) = loader.error {
         return Err(e);
     }
     report.loaded = loader.loaded;
+    if loader.mapped > 0 {
+        report.mapped = source.mappings();
+    }
     Ok((module, report))
 }
 

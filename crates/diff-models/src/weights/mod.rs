@@ -65,6 +65,10 @@ pub struct LoadOptions {
     /// Checkpoint keys (after renames) that are never reported as unexpected: a key is ignored
     /// when it ends with one of these strings (transformers' `_keys_to_ignore_on_load_unexpected`).
     pub ignore_unexpected: Vec<String>,
+    /// Keep float parameters whose dtype on disk is [`LoadOptions::dtype`] in the
+    /// memory-mapped safetensors file (CPU device only; others are copied as usual). The
+    /// report's [`LoadReport::mapped`] then holds the mappings, for [`crate::offload`].
+    pub map_weights: bool,
     renames: Vec<KeyRename>,
 }
 
@@ -87,6 +91,7 @@ impl Default for LoadOptions {
             strict: true,
             ignore_mismatched_sizes: false,
             ignore_unexpected: Vec::new(),
+            map_weights: false,
             renames: Vec::new(),
         }
     }
@@ -172,6 +177,8 @@ pub struct LoadReport {
     pub unexpected: Vec<String>,
     /// Keys present in both with different shapes.
     pub mismatched: Vec<ShapeMismatch>,
+    /// The mappings parameters were left in ([`LoadOptions::map_weights`]); empty otherwise.
+    pub mapped: crate::offload::MappedWeights,
 }
 
 impl LoadReport {

@@ -105,7 +105,8 @@ pub struct TensorInfo {
 
 struct MappedFile {
     path: PathBuf,
-    mmap: Mmap,
+    /// Shared with the tensors of a model loaded with [`super::LoadOptions::map_weights`].
+    mmap: std::sync::Arc<Mmap>,
 }
 
 /// The tensors of one checkpoint: a safetensors file or sharded index (memory-mapped), a
@@ -165,7 +166,7 @@ fn map_file(path: &Path) -> Result<MappedFile, ModelError> {
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
     Ok(MappedFile {
         path: path.to_path_buf(),
-        mmap,
+        mmap: std::sync::Arc::new(mmap),
     })
 }
 
@@ -506,6 +507,42 @@ impl TensorSource {
         self.files.get(info.file)?.mmap.get(info.range.clone())
     }
 
+    /// The bytes of a safetensors tensor as a buffer that borrows the mapping (no copy; the
+    /// buffer keeps the mapping alive), or `None` for pickle and in-memory sources and for a
+    /// tensor whose start is not aligned to `align` bytes.
+    pub fn mapped(&self, name: &str, align: usize) -> Option<burn::tensor::Bytes> {
+        if self.pickle.is_some() || self.memory.is_some() {
+            return None;
+        }
+        let info = self.tensors.get(name)?;
+        let file = self.files.get(info.file)?;
+        file.mmap.get(info.range.clone())?;
+        if !(file.mmap.as_ptr() as usize + info.range.start).is_multiple_of(align.max(1)) {
+            return None;
+        }
+        let owner = MappedRange {
+            mmap: std::sync::Arc::clone(&file.mmap),
+            range: info.range.clone(),
+        };
+        Some(burn::tensor::Bytes::from_shared(
+            bytes::Bytes::from_owner(owner),
+            burn::tensor::AllocationProperty::File,
+        ))
+    }
+
+    /// The memory mappings of this source's files (empty for pickle and in-memory sources).
+    pub fn mappings(&self) -> crate::offload::MappedWeights {
+        if self.pickle.is_some() || self.memory.is_some() {
+            return crate::offload::MappedWeights::default();
+        }
+        crate::offload::MappedWeights::new(
+            self.files
+                .iter()
+                .map(|f| std::sync::Arc::clone(&f.mmap))
+                .collect(),
+        )
+    }
+
     /// Decodes a floating-point tensor to `f32` (F16, BF16, F32 and F64 on disk).
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         let info = self
@@ -547,6 +584,19 @@ impl TensorSource {
         if end > start {
             release_range(&file.mmap, start, end - start);
         }
+    }
+}
+
+/// A byte range of a shared mapping, owned by a tensor buffer.
+struct MappedRange {
+    mmap: std::sync::Arc<Mmap>,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for MappedRange {
+    fn as_ref(&self) -> &[u8] {
+        // The range was checked against the mapping when this was made.
+        self.mmap.get(self.range.clone()).unwrap_or(&[])
     }
 }
 
