@@ -111,7 +111,7 @@ pub use diff_tokenizer::{ClipTokenizer, TokenizerError};
 pub use error::PipelineError;
 pub use image_processor::{FloatImages, VaeImageProcessor};
 pub use latents::noise_dtype;
-pub use lora::AdapterWeight;
+pub use lora::{AdapterWeight, LoraLoadOptions};
 pub use pipeline::{
     Components, DiffusionPipeline, LoadOptions, Passed, PassedComponents, PipelineClass,
     SUPPORTED_PIPELINES,
