@@ -4,6 +4,7 @@ pub mod convert;
 pub mod download;
 pub mod generate;
 pub mod inspect;
+pub mod lora_flags;
 pub mod pipeline_arg;
 pub mod push;
 pub mod save;
