@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
     let pixels = image_dimensions(&bytes).map(|(w, h)| w.saturating_mul(h));
     match pixels {
         Some(p) if p > 2 * MAX_IMAGE_PIXELS => {
-            assert!(decode_image(&bytes, path).is_err(), "a bomb header was decoded");
+            assert!(
+                decode_image(&bytes, path).is_err(),
+                "a bomb header was decoded"
+            );
             assert!(jpeg::decode(&bytes).is_err(), "a bomb frame was decoded");
         }
         Some(p) if p > 1 << 20 => {}

@@ -18,7 +18,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -75,14 +79,23 @@ fn build(data: &[u8]) -> Vec<u8> {
     let rest = data.get(11..).unwrap_or(&[]);
     if byte(0) & 2 != 0 {
         let n = (usize::from(byte(11)) % 256 + 1) * 3;
-        chunk(&mut out, b"PLTE", rest.get(..n.min(rest.len())).unwrap_or(&[]));
+        chunk(
+            &mut out,
+            b"PLTE",
+            rest.get(..n.min(rest.len())).unwrap_or(&[]),
+        );
     }
     if byte(0) & 4 != 0 {
-        chunk(&mut out, b"tRNS", rest.get(..rest.len().min(8)).unwrap_or(&[]));
+        chunk(
+            &mut out,
+            b"tRNS",
+            rest.get(..rest.len().min(8)).unwrap_or(&[]),
+        );
     }
     if byte(0) & 8 != 0 {
         // An EXIF orientation tag (big-endian TIFF), value from the input.
-        let mut exif = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01".to_vec();
+        let mut exif =
+            b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01".to_vec();
         exif.extend([0, byte(12) % 10, 0, 0, 0, 0, 0, 0]);
         chunk(&mut out, b"eXIf", &exif);
     }
@@ -100,7 +113,10 @@ fuzz_target!(|data: &[u8]| {
     let pixels = image_dimensions(&bytes).map(|(w, h)| w.saturating_mul(h));
     match pixels {
         Some(p) if p > 2 * MAX_IMAGE_PIXELS => {
-            assert!(decode_image(&bytes, path).is_err(), "a bomb header was decoded");
+            assert!(
+                decode_image(&bytes, path).is_err(),
+                "a bomb header was decoded"
+            );
         }
         Some(p) if p > 1 << 20 => {}
         _ => {

@@ -126,12 +126,17 @@ fuzz_target!(|data: &[u8]| {
     let numel = u64::from(data[2]);
     let offset = u64::from(data[3] % 32);
     let word = |i: usize| {
-        data.get(i..i + 4)
-            .map_or(0, |b| u64::from(u32::from_le_bytes(b.try_into().unwrap_or([0; 4]))))
+        data.get(i..i + 4).map_or(0, |b| {
+            u64::from(u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+        })
     };
     let shape: Vec<u64> = (0..rank).map(|d| word(4 + 8 * d) >> (flags & 7)).collect();
     let stride: Vec<u64> = (0..rank).map(|d| word(8 + 8 * d) >> 1).collect();
-    let prefix = if flags & 0x40 != 0 { "model" } else { "archive" };
+    let prefix = if flags & 0x40 != 0 {
+        "model"
+    } else {
+        "archive"
+    };
     let storage = vec![0u8; numel as usize * 4];
     let names = [
         format!("{prefix}/data.pkl"),
@@ -150,7 +155,11 @@ fuzz_target!(|data: &[u8]| {
     for patch in patches.chunks_exact(3).take(32) {
         let at = usize::from(u16::from_le_bytes([patch[0], patch[1]]));
         // Aim at the tail (central directory and end records) as often as at the head.
-        let at = if at & 1 == 0 { at >> 1 } else { file.len().saturating_sub(1 + (at >> 1)) };
+        let at = if at & 1 == 0 {
+            at >> 1
+        } else {
+            file.len().saturating_sub(1 + (at >> 1))
+        };
         if let Some(b) = file.get_mut(at) {
             *b = patch[2];
         }

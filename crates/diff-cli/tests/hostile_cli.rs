@@ -134,7 +134,12 @@ fn schedules_the_loop_cannot_finish_name_the_class_and_setting() {
     let dir = tempfile::tempdir().unwrap();
     for (class, key, value, steps) in [
         ("EulerDiscreteScheduler", "num_train_timesteps", "1", "10"),
-        ("DPMSolverMultistepScheduler", "timestep_spacing", "\"leading\"", "2000"),
+        (
+            "DPMSolverMultistepScheduler",
+            "timestep_spacing",
+            "\"leading\"",
+            "2000",
+        ),
         ("DDIMScheduler", "steps_offset", "5000", "10"),
     ] {
         let path = dir.path().join("scheduler_config.json");

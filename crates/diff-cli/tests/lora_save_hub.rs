@@ -31,7 +31,14 @@ fn ok(out: &Output) {
 fn generate(model: &str, out: &Path, extra: &[&str]) -> Output {
     bin()
         .args(["generate", "--model", model, "--prompt", "a red circle"])
-        .args(["--steps", "2", "--seed", "0", "--no-safety-checker", "--out-array"])
+        .args([
+            "--steps",
+            "2",
+            "--seed",
+            "0",
+            "--no-safety-checker",
+            "--out-array",
+        ])
         .arg(out)
         .args(extra)
         .output()
@@ -44,7 +51,10 @@ fn images(path: &Path) -> Vec<f32> {
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// `save --lora FILE` writes the fused UNet and text-encoder weights: the saved folder, loaded
@@ -152,7 +162,11 @@ fn lora_from_a_hub_repo_id_matches_the_local_file() {
     );
     let from_file = dir.path().join("file.safetensors");
     let file = lora_dir.join("pytorch_lora_weights.safetensors");
-    ok(&generate(model, &from_file, &["--lora", file.to_str().unwrap()]));
+    ok(&generate(
+        model,
+        &from_file,
+        &["--lora", file.to_str().unwrap()],
+    ));
     assert_eq!(images(&from_hub), images(&from_file));
     // Offline, from the cache the first run filled.
     server.shutdown();

@@ -362,7 +362,6 @@ impl DiffusionPipeline {
         Ok(name)
     }
 
-
     /// `pipe.set_adapters(adapter_names, adapter_weights)`: activates these adapters, in this
     /// order, with one weight each (a float, or per component with a UNet per-block
     /// dictionary expanded as diffusers' `_maybe_expand_lora_scales`). `weights` empty means
@@ -624,7 +623,10 @@ fn resolve_lora_file(
         Some(config) => diff_hub::HubApi::new(config.clone()),
         None => diff_hub::HubApi::from_env()?,
     };
-    let revision = options.revision.clone().unwrap_or_else(|| "main".to_owned());
+    let revision = options
+        .revision
+        .clone()
+        .unwrap_or_else(|| "main".to_owned());
     let offline = options.local_files_only || api.is_offline();
     let file = match weight_name {
         Some(w) => w.to_owned(),

@@ -354,14 +354,17 @@ fn a_default_size_over_the_pixel_limit_is_an_invalid_argument() {
         .replace("\"sample_size\": 8", "\"sample_size\": 1000000000");
     std::fs::remove_file(&config).unwrap();
     std::fs::write(&config, text).unwrap();
-    let pipe = DiffusionPipeline::from_pretrained(dir.path().to_str().unwrap(), &no_checker())
-        .unwrap();
+    let pipe =
+        DiffusionPipeline::from_pretrained(dir.path().to_str().unwrap(), &no_checker()).unwrap();
     let args = CallArgs {
         num_inference_steps: 1,
         ..CallArgs::prompt("a cat")
     };
     let err = pipe.call(&args, None).unwrap_err().to_string();
-    assert!(err.contains("pixels") && err.contains("sample_size"), "{err}");
+    assert!(
+        err.contains("pixels") && err.contains("sample_size"),
+        "{err}"
+    );
     let pipe = load("tiny-sd", &no_checker()).unwrap();
     let args = CallArgs {
         num_inference_steps: 1,

@@ -610,7 +610,12 @@ fn a_lora_from_a_hub_repo_id_matches_the_local_file() {
     }
     let pipe = load("StableDiffusionPipeline");
     let err = pipe
-        .load_lora_weights_with("someone/tiny-lora", Some("absent.safetensors"), None, &options)
+        .load_lora_weights_with(
+            "someone/tiny-lora",
+            Some("absent.safetensors"),
+            None,
+            &options,
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("absent.safetensors"), "{err}");

@@ -25,8 +25,8 @@ use burn_diffusers::pipelines::single_file::{
     SingleFileLoadOptions, autoencoder_kl_from_single_file, is_single_file,
 };
 use burn_diffusers::pipelines::{
-    CallArgs, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions,
-    OutputType, Passed, PipelineClass, SagArgs, StepControl, StepInfo, XlArgs,
+    CallArgs, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions, OutputType,
+    Passed, PipelineClass, SagArgs, StepControl, StepInfo, XlArgs,
 };
 use burn_diffusers::schedulers::SCHEDULER_CLASSES;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -189,7 +189,13 @@ pub struct Args {
 /// `--lora` / `--lora-scale` / `--fuse-lora`: loads each LoRA (`default_0`, `default_1`, ...),
 /// activates them together with their weights (`set_adapters`) and fuses them if asked.
 fn apply_loras(pipe: &DiffusionPipeline, args: &Args) -> Result<()> {
-    super::lora_flags::apply(pipe, &args.lora, &args.lora_scale, args.fuse_lora, &args.hub)
+    super::lora_flags::apply(
+        pipe,
+        &args.lora,
+        &args.lora_scale,
+        args.fuse_lora,
+        &args.hub,
+    )
 }
 
 /// `torch.Generator.manual_seed`'s range: a u64, or a negative i64 taken modulo 2^64.

@@ -124,7 +124,10 @@ fn fused_lora_weights(src: &Path, args: &Args) -> Result<Replacements> {
         replacements.insert(component, by_key);
     }
     if replacements.is_empty() {
-        anyhow::bail!("--lora: no layer of {} took an adapter, nothing to fuse", args.src);
+        anyhow::bail!(
+            "--lora: no layer of {} took an adapter, nothing to fuse",
+            args.src
+        );
     }
     Ok(replacements)
 }
