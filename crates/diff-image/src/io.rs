@@ -85,7 +85,7 @@ fn check_png_palette(bytes: &[u8], path: &Path) -> Result<(), ImageError> {
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
         match &head[4..8] {
             b"PLTE" => {
-                if len == 0 || len % 3 != 0 || len > 3 * 256 {
+                if len == 0 || !len.is_multiple_of(3) || len > 3 * 256 {
                     return Err(broken(format!(
                         "PLTE chunk of {len} bytes (a palette is 1 to 256 RGB entries)"
                     )));
