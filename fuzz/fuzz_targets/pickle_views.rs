@@ -52,7 +52,9 @@ fuzz_target!(|data: &[u8]| {
     root.extend(b"t\x89ccollections\nOrderedDict\n)RtRu");
     let mut file = vec![0x80, 2, 0x8a, 10];
     file.extend(&0x1950_A86A_20F9_469C_FC6Cu128.to_le_bytes()[..10]);
-    file.extend([b'.', 0x80, 2, b'M', 0xe9, 0x03, b'.', 0x80, 2, b'}', b'.', 0x80, 2]);
+    file.extend([
+        b'.', 0x80, 2, b'M', 0xe9, 0x03, b'.', 0x80, 2, b'}', b'.', 0x80, 2,
+    ]);
     file.extend(root);
     file.extend([b'.', 0x80, 2, b']', b'(']);
     s(&mut file, "0");

@@ -4,6 +4,8 @@
 //!   open-clip-torch from `tests/fixtures/requirements.txt`) and run every
 //!   `tests/fixtures/<case>/generate.py`, in name order, from the repository root.
 //! - `bench [--threads N] [--runs N] [--quick] [--device cpu|wgpu|cuda] [--dtype f32|f16]`: UNet / VAE / CLIP and whole SD 1.5 pipeline speed and memory, ours against PyTorch.
+//! - `bench --only lora-memory [--dev] [--rank R]`: peak RSS loading SD 1.5 without and with a
+//!   LoRA (`bench_lora.rs`).
 //! - `hub-server --root DIR --port PORT`: the local Hub server (`diff-hub-server`).
 //! - `e2e`: burn-diffusers against Python `huggingface_hub` through that server (loopback only).
 //! - `sweep [--only S]... [--report FILE]`: the CLI against Python diffusers on hundreds of
@@ -15,6 +17,7 @@
 //! to build.
 
 mod bench;
+mod bench_lora;
 mod e2e;
 mod fixtures;
 mod hub_server;
@@ -32,6 +35,7 @@ fn main() -> Result<()> {
         "fixtures" => fixtures::run(&rest),
         "hub-server" => hub_server::run(&rest),
         "e2e" => e2e::run(&rest),
+        "bench" if bench_lora::wanted(&rest) => bench_lora::run(&rest),
         "bench" => bench::run(&rest),
         "sweep" => sweep::run(&rest),
         "train-demo" => train_demo::run(&rest),
@@ -48,6 +52,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   fixtures [--only CASE]...   regenerate tests/fixtures/ with real diffusers (needs network to PyPI)
   bench [--threads N] [--runs N] [--quick] [--device D] [--dtype T] SD 1.5 speed/memory vs PyTorch
+  bench --only lora-memory [--dev] [--rank R]  peak RSS loading SD 1.5, without and with a LoRA
   hub-server --root DIR --port PORT [--token T] [--log FILE] ...
                               serve DIR/<org>/<name>/ folders as Hub model repos on 127.0.0.1
   e2e [--with-diffusers]      Python huggingface_hub <-> burn-diffusers through hub-server (loopback);

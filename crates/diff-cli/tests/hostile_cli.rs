@@ -127,6 +127,41 @@ fn scheduler_configs_with_impossible_values_fail_with_the_key() {
     }
 }
 
+/// Settings whose schedule the loop cannot finish are refused by `schedule` (and `generate`)
+/// naming the class and the setting, not with an internal step-index message.
+#[test]
+fn schedules_the_loop_cannot_finish_name_the_class_and_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (class, key, value, steps) in [
+        ("EulerDiscreteScheduler", "num_train_timesteps", "1", "10"),
+        (
+            "DPMSolverMultistepScheduler",
+            "timestep_spacing",
+            "\"leading\"",
+            "2000",
+        ),
+        ("DDIMScheduler", "steps_offset", "5000", "10"),
+    ] {
+        let path = dir.path().join("scheduler_config.json");
+        std::fs::write(
+            &path,
+            format!(r#"{{"_class_name": "{class}", "{key}": {value}}}"#),
+        )
+        .unwrap();
+        let out = bin()
+            .args(["schedule", "--steps", steps, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{class} {key}={value}");
+        assert!(
+            err.contains(class) && err.contains(key) && !err.contains("step index"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn save_and_convert_never_replace_a_file_at_out() {
     let dir = tempfile::tempdir().unwrap();

@@ -53,7 +53,8 @@ pub mod validate;
 pub use cast::SaveDtype;
 pub use error::ConvertError;
 pub use save::{
-    Library, SaveOptions, save_component, save_component_as, save_pipeline, save_weights,
+    Library, Replacements, SaveOptions, save_component, save_component_as, save_pipeline,
+    save_pipeline_with, save_weights,
 };
 pub use single_file::{
     Checkpoint, ModelType, SingleFileOptions, convert_single_file, convert_single_file_with,

@@ -55,7 +55,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 mod outdir;
+mod replace;
 use outdir::{check_not_inside, clean_stale, resolved};
+pub use replace::Replacements;
 
 /// diffusers' default `max_shard_size` for its models.
 pub const DIFFUSERS_MAX_SHARD_SIZE: u64 = 10_000_000_000;
@@ -521,7 +523,19 @@ pub fn save_component_as(
     name_or_path: Option<&str>,
     class: Option<&str>,
 ) -> Result<(), ConvertError> {
-    let weights = match read_component_weights(src, options.variant.as_deref())? {
+    save_component_replacing(src, dst, options, name_or_path, class, None)
+}
+
+/// [`save_component_as`] with some tensors replaced by in-memory ones (see [`Replacements`]).
+fn save_component_replacing(
+    src: &Path,
+    dst: &Path,
+    options: &SaveOptions,
+    name_or_path: Option<&str>,
+    class: Option<&str>,
+    replace: Option<&BTreeMap<String, RawTensor>>,
+) -> Result<(), ConvertError> {
+    let mut weights = match read_component_weights(src, options.variant.as_deref())? {
         Some(w) => Some(w),
         None => read_component_weights(src, None)?,
     };
@@ -578,6 +592,16 @@ pub fn save_component_as(
             copy_file(&path, &dst.join(&file))?;
         }
     }
+    match (&mut weights, replace) {
+        (Some((_, tensors)), Some(replace)) => replace::apply(src, tensors, replace)?,
+        (None, Some(replace)) if !replace.is_empty() => {
+            return Err(ConvertError::NoWeights {
+                folder: src.to_path_buf(),
+                looked_for: "the weights the in-memory tensors replace".into(),
+            });
+        }
+        _ => {}
+    }
     if let Some((library, tensors)) = weights {
         save_weights(dst, library, tensors, &options)?;
     }
@@ -613,6 +637,21 @@ fn is_weights_file(name: &str) -> bool {
 /// [`save_component`]; `[null, null]` components are skipped. The whole save is atomic (module
 /// doc): `dst` is replaced only once everything has been written.
 pub fn save_pipeline(src: &Path, dst: &Path, options: &SaveOptions) -> Result<(), ConvertError> {
+    save_pipeline_with(src, dst, options, &Replacements::new())
+}
+
+/// [`save_pipeline`] with tensors of some components replaced by in-memory ones: diffusers'
+/// `save_pretrained` of a pipeline whose weights changed after loading (`fuse_lora`). Each
+/// replacement names a stored tensor (with or without a `text_model.` prefix) and is written
+/// in that tensor's dtype, then cast by [`SaveOptions::dtype`] like every other tensor. A
+/// replacement for a component the pipeline does not have, or for a key or shape its weights
+/// do not have, is an error and nothing is written.
+pub fn save_pipeline_with(
+    src: &Path,
+    dst: &Path,
+    options: &SaveOptions,
+    replacements: &Replacements,
+) -> Result<(), ConvertError> {
     check_variant(options.variant.as_deref())?;
     let index_path = src.join("model_index.json");
     let text =
@@ -654,9 +693,21 @@ pub fn save_pipeline(src: &Path, dst: &Path, options: &SaveOptions) -> Result<()
             });
         }
     }
+    if let Some(unknown) = replacements.keys().find(|c| !components.contains(c)) {
+        return Err(ConvertError::BadJson {
+            path: src.join("model_index.json"),
+            reason: format!("no component `{unknown}` to write in-memory weights into"),
+        });
+    }
     atomic_folder(dst, |tmp| {
         for name in &components {
             let from = src.join(name);
+            if !from.is_dir() && replacements.contains_key(name) {
+                return Err(ConvertError::NoWeights {
+                    folder: from,
+                    looked_for: "the component folder the in-memory weights replace".into(),
+                });
+            }
             if !from.is_dir() {
                 tracing::warn!(component = %name, "component folder missing in {}", src.display());
                 continue;
@@ -670,7 +721,14 @@ pub fn save_pipeline(src: &Path, dst: &Path, options: &SaveOptions) -> Result<()
                 .and_then(|a| a.get(1))
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            save_component_as(&from, &to, options, Some(&component_path), class.as_deref())?;
+            save_component_replacing(
+                &from,
+                &to,
+                options,
+                Some(&component_path),
+                class.as_deref(),
+                replacements.get(name),
+            )?;
         }
         if let Some(class) = index.get("_class_name").and_then(Value::as_str) {
             apply_init_fixes(class, src, tmp)?;

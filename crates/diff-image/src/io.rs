@@ -66,6 +66,52 @@ fn jpeg_dimensions(bytes: &[u8]) -> Option<(u64, u64)> {
     }
 }
 
+/// The palette chunks of a PNG, checked before the `png` crate sees them: it panics (slice
+/// index out of range) on a `PLTE` chunk whose length is not a multiple of 3 or holds more than
+/// 256 entries, and on a `tRNS` chunk longer than the palette of an indexed image (both found
+/// by fuzzing, `fuzz/fuzz_targets/image_png.rs`). Such files are broken by the PNG
+/// specification; they are refused here as a decode error. Other chunks are left to the
+/// decoder; the walk stops at the first `IDAT` or at anything it cannot read.
+fn check_png_palette(bytes: &[u8], path: &Path) -> Result<(), ImageError> {
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if !bytes.starts_with(PNG) {
+        return Ok(());
+    }
+    let broken = |what: String| ImageError::decode(path, format!("broken PNG file: {what}"));
+    let colour_type = bytes.get(25).copied();
+    let mut palette_entries = None;
+    let mut at = PNG.len();
+    while let Some(head) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        match &head[4..8] {
+            b"PLTE" => {
+                if len == 0 || !len.is_multiple_of(3) || len > 3 * 256 {
+                    return Err(broken(format!(
+                        "PLTE chunk of {len} bytes (a palette is 1 to 256 RGB entries)"
+                    )));
+                }
+                palette_entries = Some(len / 3);
+            }
+            b"tRNS" if colour_type == Some(3) => match palette_entries {
+                None => return Err(broken("tRNS chunk before the PLTE chunk".into())),
+                Some(n) if len > n => {
+                    return Err(broken(format!(
+                        "tRNS chunk of {len} entries for a palette of {n}"
+                    )));
+                }
+                Some(_) => {}
+            },
+            b"IDAT" | b"IEND" => break,
+            _ => {}
+        }
+        at = match at.checked_add(12).and_then(|a| a.checked_add(len)) {
+            Some(next) => next,
+            None => break,
+        };
+    }
+    Ok(())
+}
+
 /// Pillow's `_decompression_bomb_check`: a warning above [`MAX_IMAGE_PIXELS`], an
 /// [`ImageError::DecompressionBomb`] above twice it.
 pub fn check_decompression_bomb(path: &Path, width: u64, height: u64) -> Result<(), ImageError> {
@@ -118,6 +164,7 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
             Err(e) => return Err(ImageError::decode(path, e.to_string())),
         }
     }
+    check_png_palette(bytes, path)?;
     let bad = |e: image::ImageError| ImageError::decode(path, e.to_string());
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
@@ -198,6 +245,77 @@ mod tests {
         b.extend_from_slice(&[8, 2, 0, 0, 0]);
         b.extend_from_slice(&[0; 4]);
         b
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], body: &[u8]) {
+        out.extend((body.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend(kind);
+        out.extend(body);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+
+    /// A valid 2x2 indexed PNG (CRCs right, one stored zlib block) with these PLTE and tRNS
+    /// bodies.
+    fn palette_png(plte: &[u8], trns: Option<&[u8]>) -> Vec<u8> {
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend(2u32.to_be_bytes());
+        ihdr.extend(2u32.to_be_bytes());
+        ihdr.extend([8, 3, 0, 0, 0]);
+        chunk(&mut out, b"IHDR", &ihdr);
+        chunk(&mut out, b"PLTE", plte);
+        if let Some(trns) = trns {
+            chunk(&mut out, b"tRNS", trns);
+        }
+        let raw = [0u8, 0, 0, 0, 0, 0];
+        let (mut a, mut b) = (1u32, 0u32);
+        for &x in &raw {
+            a = (a + u32::from(x)) % 65_521;
+            b = (b + a) % 65_521;
+        }
+        let mut z = vec![0x78, 0x01, 1, 6, 0, !6, !0];
+        z.extend(raw);
+        z.extend(((b << 16) | a).to_be_bytes());
+        chunk(&mut out, b"IDAT", &z);
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    /// Regression (fuzzing, issue 18): the `png` crate panics on a palette whose length is
+    /// not a multiple of 3, on more than 256 entries and on a `tRNS` longer than the palette;
+    /// each is a decode error naming the chunk, and a well-formed palette image decodes.
+    #[test]
+    fn broken_png_palettes_are_decode_errors_not_panics() {
+        let p = Path::new("p.png");
+        let img = decode_image(&palette_png(&[255, 0, 0], Some(&[128])), p).unwrap();
+        assert_eq!(img.get_pixel(0, 0).0, [255, 0, 0]);
+        for (plte, trns) in [
+            (vec![1u8, 2], None),
+            (vec![7u8; 3 * 257], None),
+            (vec![1u8, 2, 3], Some(vec![0u8, 0])),
+        ] {
+            let err = decode_image(&palette_png(&plte, trns.as_deref()), p)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("broken PNG"), "{err}");
+        }
     }
 
     #[test]

@@ -637,6 +637,22 @@ impl LoraLayerRef<'_> {
         }
     }
 
+    /// The fused weight when adapters are fused into this layer (what diffusers'
+    /// `save_pretrained` writes after `fuse_lora`), in PyTorch's layout (`[out, in]` for a
+    /// linear layer, `[out, in, kh, kw]` for a convolution) and float32; `None` when the layer
+    /// runs its base weight. The bias is never changed by fusing.
+    pub fn fused_weight(&self) -> Option<TensorData> {
+        let state = self.adapters().read();
+        let data = match (&state.fused, self) {
+            (Some(FusedLayer::Linear(l)), Self::Linear(_)) => {
+                l.weight.val().transpose().into_data()
+            }
+            (Some(FusedLayer::Conv2d(c)), Self::Conv2d(_)) => c.weight.val().into_data(),
+            _ => return None,
+        };
+        Some(data.convert::<f32>())
+    }
+
     /// Adds an adapter from host data in peft's layout (`lora_A.weight`, `lora_B.weight` as a
     /// checkpoint stores them: rank 2 for a linear layer, rank 4 for a convolution), built on
     /// the base weight's device and dtype.

@@ -387,6 +387,18 @@ pub(crate) fn check_size(height: usize, width: usize) -> Result<(), PipelineErro
             format!("`height` and `width` have to be divisible by 8 but are {height} and {width}."),
         ));
     }
+    // Not in diffusers: a size (given, or `unet.config.sample_size` times the VAE factor from
+    // a stranger's config) whose latents could not be allocated is refused up front.
+    let pixels = (height as u64).saturating_mul(width as u64);
+    if pixels > diff_image::MAX_IMAGE_PIXELS {
+        return Err(PipelineError::arg(
+            "height/width",
+            format!(
+                "{height} x {width} is {pixels} pixels, above the limit of {} (Pillow's MAX_IMAGE_PIXELS); when not given, the size is the UNet config's `sample_size` times the VAE scale factor",
+                diff_image::MAX_IMAGE_PIXELS
+            ),
+        ));
+    }
     Ok(())
 }
 

@@ -57,9 +57,10 @@ pub(crate) fn generators_for(
 }
 
 /// `unet.config.sample_size` (the first side of a `[height, width]` pair), or `default` when
-/// the config has none.
+/// the config has none. Clamped to 2^32, so that times the VAE factor it cannot overflow
+/// (`check_size` refuses such a size with the pixel limit).
 pub(crate) fn unet_sample_size(unet: &UNet2DConditionModel, default: usize) -> usize {
-    let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let to_usize = |v: u64| usize::try_from(v.min(1 << 32)).unwrap_or(usize::MAX);
     match &unet.config.sample_size {
         Some(SampleSize::Square(s)) => to_usize(*s),
         Some(SampleSize::HeightWidth(v)) => v.first().copied().map_or(default, to_usize),

@@ -132,7 +132,7 @@ pub use error::PipelineError;
 pub use image_processor::{FloatImages, VaeImageProcessor};
 pub use ip_adapter::{IpAdapterArgs, IpAdapterSource, LoadIpAdapter};
 pub use latents::noise_dtype;
-pub use lora::AdapterWeight;
+pub use lora::{AdapterWeight, LoraLoadOptions};
 pub use pag::PagArgs;
 pub use pipeline::{
     Components, DiffusionPipeline, LoadOptions, Passed, PassedComponents, PipelineClass,

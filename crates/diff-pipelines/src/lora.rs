@@ -10,7 +10,7 @@
 //! Module names are diffusers': the UNet's as `named_modules` gives them, `text_encoder`'s
 //! without `text_model.` (transformers 5 flattens `CLIPTextModel`), `text_encoder_2`'s with it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::TensorData;
@@ -45,6 +45,18 @@ impl From<f64> for AdapterWeight {
     fn from(v: f64) -> Self {
         Self::Uniform(v)
     }
+}
+
+/// The Hub keyword arguments of diffusers' `load_lora_weights` for a repo id.
+#[derive(Debug, Clone, Default)]
+pub struct LoraLoadOptions {
+    /// Endpoint, cache folder, token and offline mode (`None`: the environment, as
+    /// huggingface_hub reads it).
+    pub hub: Option<diff_hub::HubConfig>,
+    /// `revision` (`None`: `main`).
+    pub revision: Option<String>,
+    /// `local_files_only`: only the cache is looked at.
+    pub local_files_only: bool,
 }
 
 /// A LoRA-loadable model of the pipeline (`_lora_loadable_modules`).
@@ -242,6 +254,21 @@ impl DiffusionPipeline {
         weight_name: Option<&str>,
         adapter_name: Option<&str>,
     ) -> Result<String, PipelineError> {
+        let options = LoraLoadOptions::default();
+        self.load_lora_weights_with(repo_or_folder_or_file, weight_name, adapter_name, &options)
+    }
+
+    /// [`load_lora_weights`](Self::load_lora_weights) with the Hub keyword arguments of
+    /// diffusers' `load_lora_weights` for a repo id (`revision`, `local_files_only`, the
+    /// endpoint, cache and token of a [`diff_hub::HubConfig`]); a local file or folder ignores
+    /// them.
+    pub fn load_lora_weights_with(
+        &self,
+        repo_or_folder_or_file: &str,
+        weight_name: Option<&str>,
+        adapter_name: Option<&str>,
+        options: &LoraLoadOptions,
+    ) -> Result<String, PipelineError> {
         let family = if self.class().is_xl() {
             Family::StableDiffusionXL
         } else {
@@ -266,7 +293,7 @@ impl DiffusionPipeline {
                 ),
             ));
         }
-        let path = self.resolve_lora_file(repo_or_folder_or_file, weight_name)?;
+        let path = resolve_lora_file(repo_or_folder_or_file, weight_name, options)?;
         let state_dict = read_state_dict(&path).map_err(lora_err)?;
         // SDXL's LDM block names are mapped with an integer `layers_per_block`.
         let layers_per_block = self.unet().map_or(1, |u| match &u.config.layers_per_block {
@@ -342,31 +369,6 @@ impl DiffusionPipeline {
             }
         }
         Ok(name)
-    }
-
-    /// The LoRA file of a local file, a local folder or a Hub repo id.
-    fn resolve_lora_file(
-        &self,
-        source: &str,
-        weight_name: Option<&str>,
-    ) -> Result<PathBuf, PipelineError> {
-        let path = Path::new(source);
-        if path.exists() {
-            return diff_lora::resolve_weight_file(path, weight_name).map_err(lora_err);
-        }
-        diff_hub::validate_repo_id(source).map_err(|_| {
-            PipelineError::arg(
-                "pretrained_model_name_or_path_or_dict",
-                format!("\"{source}\" is neither a local file or folder nor a valid repo id"),
-            )
-        })?;
-        let api = diff_hub::HubApi::from_env()?;
-        let file = match weight_name {
-            Some(w) => w.to_owned(),
-            None if api.is_offline() => LORA_WEIGHT_NAME_SAFE.to_owned(),
-            None => best_guess_weight_name(&api, source)?,
-        };
-        Ok(api.hf_hub_download(source, &file, &diff_hub::DownloadOptions::default())?)
     }
 
     /// `pipe.set_adapters(adapter_names, adapter_weights)`: activates these adapters, in this
@@ -474,6 +476,28 @@ impl DiffusionPipeline {
         for c in self.lora_components() {
             c.model.fuse_lora(lora_scale, adapter_names);
         }
+    }
+
+    /// The weights `save_pretrained` writes after `fuse_lora`: for each LoRA-loadable
+    /// component (`unet`, `text_encoder`, `text_encoder_2`), the fused weight of every layer
+    /// with adapters fused into it, keyed `{module}.weight` with the module's full name
+    /// (`text_model.encoder.layers.0.self_attn.q_proj.weight` for the text encoders), in
+    /// PyTorch's layout and float32. Components with no fused layer are left out; the map is
+    /// empty when nothing is fused.
+    pub fn fused_lora_weights(&self) -> BTreeMap<String, Vec<(String, TensorData)>> {
+        let mut out = BTreeMap::new();
+        for c in self.lora_components() {
+            let mut fused = Vec::new();
+            c.model.for_each_lora_layer(&mut |name, layer| {
+                if let Some(weight) = layer.fused_weight() {
+                    fused.push((format!("{name}.weight"), weight));
+                }
+            });
+            if !fused.is_empty() {
+                out.insert(c.name.to_owned(), fused);
+            }
+        }
+        out
     }
 
     /// `pipe.unfuse_lora()`: every layer runs its base weight (and the adapters) again.
@@ -591,11 +615,53 @@ fn check_shapes(weight: &[usize], a: &[usize], b: &[usize]) -> Result<(), String
     }
 }
 
+/// The LoRA file of a local file, a local folder or a Hub repo id.
+fn resolve_lora_file(
+    source: &str,
+    weight_name: Option<&str>,
+    options: &LoraLoadOptions,
+) -> Result<PathBuf, PipelineError> {
+    let path = Path::new(source);
+    if path.exists() {
+        return diff_lora::resolve_weight_file(path, weight_name).map_err(lora_err);
+    }
+    diff_hub::validate_repo_id(source).map_err(|_| {
+        PipelineError::arg(
+            "pretrained_model_name_or_path_or_dict",
+            format!("\"{source}\" is neither a local file or folder nor a valid repo id"),
+        )
+    })?;
+    let api = match &options.hub {
+        Some(config) => diff_hub::HubApi::new(config.clone()),
+        None => diff_hub::HubApi::from_env()?,
+    };
+    let revision = options
+        .revision
+        .clone()
+        .unwrap_or_else(|| "main".to_owned());
+    let offline = options.local_files_only || api.is_offline();
+    let file = match weight_name {
+        Some(w) => w.to_owned(),
+        None if offline => LORA_WEIGHT_NAME_SAFE.to_owned(),
+        None => best_guess_weight_name(&api, source, &revision)?,
+    };
+    let download = diff_hub::DownloadOptions {
+        revision,
+        local_files_only: options.local_files_only,
+        ..diff_hub::DownloadOptions::default()
+    };
+    Ok(api.hf_hub_download(source, &file, &download)?)
+}
+
 /// diffusers' `_best_guess_weight_name` on a Hub repo: the root-level `.safetensors` files
 /// (`.bin` when there are none) without `scheduler`, `optimizer` or `checkpoint` in the name,
 /// `pytorch_lora_weights.*` preferred, the first when several remain.
-fn best_guess_weight_name(api: &diff_hub::HubApi, repo: &str) -> Result<String, PipelineError> {
-    let entries = api.list_repo_tree(repo, "main")?;
+fn best_guess_weight_name(
+    api: &diff_hub::HubApi,
+    repo: &str,
+    revision: &str,
+) -> Result<String, PipelineError> {
+    let entries = api.list_repo_tree(repo, revision)?;
     let files: Vec<&str> = entries
         .iter()
         .filter(|e| e.kind == "file" && !e.path.contains('/'))

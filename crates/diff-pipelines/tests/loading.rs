@@ -335,6 +335,47 @@ fn height_not_multiple_of_8_is_an_invalid_argument() {
     );
 }
 
+/// Issue 18: a UNet config whose `sample_size` asks for a huge default size (a stranger's repo)
+/// is an invalid argument naming the limit, before any latents are allocated; a size given
+/// over the limit too.
+#[test]
+fn a_default_size_over_the_pixel_limit_is_an_invalid_argument() {
+    let dir = edited_copy("tiny-sd", |_| {});
+    let unet = dir.path().join("unet");
+    std::fs::remove_file(&unet).unwrap();
+    std::fs::create_dir(&unet).unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-sd/unet")).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), unet.join(entry.file_name())).unwrap();
+    }
+    let config = unet.join("config.json");
+    let text = std::fs::read_to_string(fixture("tiny-sd/unet/config.json"))
+        .unwrap()
+        .replace("\"sample_size\": 8", "\"sample_size\": 1000000000");
+    std::fs::remove_file(&config).unwrap();
+    std::fs::write(&config, text).unwrap();
+    let pipe =
+        DiffusionPipeline::from_pretrained(dir.path().to_str().unwrap(), &no_checker()).unwrap();
+    let args = CallArgs {
+        num_inference_steps: 1,
+        ..CallArgs::prompt("a cat")
+    };
+    let err = pipe.call(&args, None).unwrap_err().to_string();
+    assert!(
+        err.contains("pixels") && err.contains("sample_size"),
+        "{err}"
+    );
+    let pipe = load("tiny-sd", &no_checker()).unwrap();
+    let args = CallArgs {
+        num_inference_steps: 1,
+        height: Some(100_000),
+        width: Some(100_000),
+        ..CallArgs::prompt("a cat")
+    };
+    let err = pipe.call(&args, None).unwrap_err().to_string();
+    assert!(err.contains("pixels") && err.contains("limit"), "{err}");
+}
+
 #[test]
 fn sd_init_fixes_outdated_scheduler_config_in_memory() {
     let dir = edited_copy("tiny-sd", |_| {});

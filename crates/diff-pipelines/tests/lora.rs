@@ -472,3 +472,153 @@ fn unloading_after_fusing_keeps_the_fused_model() {
         &common::read_tensor(&images, "fused").1,
     );
 }
+
+/// A `set_adapters` weight as the fixtures record it (JSON as diffusers takes it).
+fn adapter_weight(w: &Value) -> AdapterWeight {
+    use diff_models::{BlockScale, PartScale, ScaleConfig};
+    let block = |v: &Value| match v {
+        Value::Array(a) => BlockScale::PerLayer(a.iter().map(|x| x.as_f64().unwrap()).collect()),
+        v => BlockScale::All(v.as_f64().unwrap()),
+    };
+    let part = |v: &Value| match v {
+        Value::Object(m) => PartScale::Blocks(
+            m.iter()
+                .map(|(k, v)| (k.trim_start_matches("block_").parse().unwrap(), block(v)))
+                .collect(),
+        ),
+        v => PartScale::All(v.as_f64().unwrap()),
+    };
+    match w {
+        Value::Number(n) => AdapterWeight::Uniform(n.as_f64().unwrap()),
+        Value::Object(m) => AdapterWeight::PerComponent {
+            unet: m.get("unet").map(|u| match u {
+                Value::Object(parts) => ScaleConfig::PerBlock {
+                    down: parts.get("down").map(part),
+                    mid: parts.get("mid").map(block),
+                    up: parts.get("up").map(part),
+                },
+                v => ScaleConfig::Uniform(v.as_f64().unwrap()),
+            }),
+            text_encoder: m.get("text_encoder").and_then(Value::as_f64),
+            text_encoder_2: m.get("text_encoder_2").and_then(Value::as_f64),
+        },
+        other => panic!("unexpected adapter weight {other}"),
+    }
+}
+
+/// `tests/fixtures/27-lora-mix-sdxl`: on tiny SDXL, two adapters ("a": kohya with LDM names and
+/// `lora_te1_` / `lora_te2_` parts, "b": PEFT on the UNet and both text encoders) mixed by
+/// `set_adapters` weights (two seeds), a per-component dictionary with UNet per-block weights
+/// (one a per-transformer list) and both text encoders, the mix fused with `lora_scale=0.8`, and
+/// the same mix unfused again; against diffusers' images, same tolerance.
+#[test]
+fn sdxl_two_adapters_per_block_and_fused_mix_match_diffusers() {
+    let dir = common::fixtures().join("27-lora-mix-sdxl");
+    let e: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let pipe = load("StableDiffusionXLPipeline");
+    for pair in e["loras"].as_array().unwrap() {
+        let path = common::fixtures().join(pair[1].as_str().unwrap());
+        pipe.load_lora_weights(path.to_str().unwrap(), None, pair[0].as_str())
+            .unwrap();
+    }
+    let prompt = e["prompt"].as_str().unwrap();
+    let images = dir.join("images.safetensors");
+    for case in e["cases"].as_array().unwrap() {
+        let key = case["key"].as_str().unwrap();
+        let names: Vec<&str> = case["adapter_names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        let weights: Vec<AdapterWeight> = case["adapter_weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(adapter_weight)
+            .collect();
+        pipe.set_adapters(&names, &weights).unwrap();
+        let fuse = case["fuse_lora_scale"].as_f64();
+        if let Some(scale) = fuse {
+            pipe.fuse_lora(scale, None);
+        }
+        let call = CallArgs {
+            prompt: vec![prompt.to_owned()],
+            num_inference_steps: e["steps"].as_u64().unwrap() as usize,
+            generator: Generators::Seed(case["seed"].as_u64().unwrap()),
+            output_type: OutputType::Np,
+            ..CallArgs::default()
+        };
+        let got = pipe.call(&call, None).unwrap().images.unwrap().data;
+        if fuse.is_some() {
+            pipe.unfuse_lora();
+        }
+        check(
+            &format!("27-lora-mix-sdxl {key}"),
+            &got,
+            &common::read_tensor(&images, key).1,
+        );
+    }
+}
+
+/// `load_lora_weights("user/repo", weight_name=...)` against the local Hub server: the named
+/// file, and without a name diffusers' best guess from the repo's file listing (the one
+/// `.safetensors` at the root, here not named `pytorch_lora_weights`), give the images of the
+/// same file loaded from disk. A missing file is a clear error and leaves the pipeline as it
+/// was.
+#[test]
+fn a_lora_from_a_hub_repo_id_matches_the_local_file() {
+    use diff_pipelines::LoraLoadOptions;
+    let root = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let case = "sd_peft_metadata";
+    let e = expected(case);
+    let file = lora_path(case, &e);
+    std::fs::create_dir_all(root.path().join("someone/tiny-lora")).unwrap();
+    std::fs::copy(
+        &file,
+        root.path().join("someone/tiny-lora/my_style.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(root.path().join("someone/tiny-lora/README.md"), "a LoRA\n").unwrap();
+    let server =
+        diff_hub_server::HubServer::start(diff_hub_server::ServerConfig::new(root.path())).unwrap();
+    let cache_dir = cache.path().to_string_lossy().into_owned();
+    let mut hub =
+        diff_hub::HubConfig::from_lookup(|k| (k == "HF_HUB_CACHE").then(|| cache_dir.clone()))
+            .unwrap();
+    hub.endpoint = server.endpoint().to_string();
+    hub.cache_dir = cache.path().to_path_buf();
+    let options = LoraLoadOptions {
+        hub: Some(hub),
+        ..LoraLoadOptions::default()
+    };
+    let prompt = e["prompt"].as_str().unwrap();
+    let local = load("StableDiffusionPipeline");
+    local
+        .load_lora_weights(file.to_str().unwrap(), None, Some("style"))
+        .unwrap();
+    let want = generate(&local, prompt);
+    for weight_name in [Some("my_style.safetensors"), None] {
+        let pipe = load("StableDiffusionPipeline");
+        let name = pipe
+            .load_lora_weights_with("someone/tiny-lora", weight_name, Some("style"), &options)
+            .unwrap();
+        assert_eq!(name, "style");
+        assert_eq!(generate(&pipe, prompt), want, "weight_name {weight_name:?}");
+    }
+    let pipe = load("StableDiffusionPipeline");
+    let err = pipe
+        .load_lora_weights_with(
+            "someone/tiny-lora",
+            Some("absent.safetensors"),
+            None,
+            &options,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("absent.safetensors"), "{err}");
+    assert!(pipe.get_list_adapters().is_empty());
+    server.shutdown();
+}

@@ -189,13 +189,77 @@ impl Scheduler {
     }
 
     /// `set_timesteps(num_inference_steps)`.
+    ///
+    /// A schedule the loop could not run to its end is refused here, naming the class and the
+    /// settings, where diffusers fails later with an internal index error (see
+    /// [`check_schedule`](Self::check_schedule)).
     pub fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<(), SchedulerError> {
-        dispatch!(self, s => s.set_timesteps(num_inference_steps))
+        dispatch!(self, s => s.set_timesteps(num_inference_steps))?;
+        self.check_schedule()
     }
 
-    /// `set_timesteps` with custom timesteps / sigmas / `mu`.
+    /// `set_timesteps` with custom timesteps / sigmas / `mu`; checked as
+    /// [`set_timesteps`](Self::set_timesteps) is.
     pub fn set_timesteps_with(&mut self, request: &TimestepsRequest) -> Result<(), SchedulerError> {
-        dispatch!(self, s => s.set_timesteps_with(request))
+        dispatch!(self, s => s.set_timesteps_with(request))?;
+        self.check_schedule()
+    }
+
+    /// Refuses a schedule the denoising loop cannot run to its end, as a
+    /// [`SchedulerError::InvalidConfig`] naming the class and the settings that made it:
+    /// - its first timestep repeats (more steps than `num_train_timesteps`, a `leading` spacing
+    ///   with a step ratio of 0, Karras sigmas rounding to the same timestep): diffusers'
+    ///   `_init_step_index` starts at the second occurrence, so the last step would read past the
+    ///   end of the schedule (an `IndexError` in diffusers);
+    /// - a timestep of an `alphas_cumprod` scheduler (DDIM, DDPM, PNDM, LCM, TCD) lies past the
+    ///   last trained timestep (a large `steps_offset`), which diffusers indexes out of range.
+    pub fn check_schedule(&self) -> Result<(), SchedulerError> {
+        let ts = self.timesteps();
+        let class = self.class_name();
+        let config = self.config_json().unwrap_or_default();
+        let setting = |key: &str| config.get(key).map(|v| format!("`{key}` {v}"));
+        let settings = |keys: &[&str]| -> String {
+            keys.iter()
+                .filter_map(|k| setting(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(first) = ts.first()
+            && ts.iter().skip(1).any(|t| t == first)
+        {
+            return Err(SchedulerError::InvalidConfig {
+                class,
+                message: format!(
+                    "the schedule of {} timesteps repeats its first timestep {first} ({}), so the \
+                     steps would run past its end; use fewer inference steps than \
+                     `num_train_timesteps`, or another `timestep_spacing` / sigma schedule",
+                    ts.len(),
+                    settings(&[
+                        "num_train_timesteps",
+                        "timestep_spacing",
+                        "steps_offset",
+                        "use_karras_sigmas",
+                        "use_exponential_sigmas",
+                        "use_beta_sigmas",
+                    ]),
+                ),
+            });
+        }
+        let trained = self.alphas_cumprod().len();
+        if self.sigmas().is_none()
+            && trained > 0
+            && let Some(t) = ts.iter().find(|t| **t >= trained as f64)
+        {
+            return Err(SchedulerError::InvalidConfig {
+                class,
+                message: format!(
+                    "timestep {t} of the schedule lies past the last trained timestep {} ({})",
+                    trained - 1,
+                    settings(&["num_train_timesteps", "steps_offset", "timestep_spacing"]),
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The timesteps of the current schedule, in loop order (integers for the integer

@@ -25,8 +25,8 @@ use burn_diffusers::pipelines::single_file::{
     SingleFileLoadOptions, autoencoder_kl_from_single_file, is_single_file,
 };
 use burn_diffusers::pipelines::{
-    AdapterWeight, CallArgs, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions,
-    OutputType, Passed, PipelineClass, SagArgs, StepInfo, XlArgs,
+    CallArgs, DiffusionPipeline, Generators, Img2ImgArgs, InpaintArgs, LoadOptions, OutputType,
+    Passed, PipelineClass, SagArgs, StepInfo, XlArgs,
 };
 use burn_diffusers::schedulers::SCHEDULER_CLASSES;
 use serde_json::{Map, Value};
@@ -231,32 +231,13 @@ pub struct Args {
 /// `--lora` / `--lora-scale` / `--fuse-lora`: loads each LoRA (`default_0`, `default_1`, ...),
 /// activates them together with their weights (`set_adapters`) and fuses them if asked.
 fn apply_loras(pipe: &DiffusionPipeline, args: &Args) -> Result<()> {
-    if args.lora_scale.len() > args.lora.len() {
-        bail!(
-            "{} --lora-scale values for {} --lora; each --lora-scale pairs with the --lora at the same position",
-            args.lora_scale.len(),
-            args.lora.len()
-        );
-    }
-    if args.lora.is_empty() {
-        return Ok(());
-    }
-    let mut names = Vec::new();
-    for src in &args.lora {
-        let name = pipe
-            .load_lora_weights(src, None, None)
-            .with_context(|| format!("--lora {src}"))?;
-        names.push(name);
-    }
-    let weights: Vec<AdapterWeight> = (0..names.len())
-        .map(|i| AdapterWeight::Uniform(args.lora_scale.get(i).copied().unwrap_or(1.0)))
-        .collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    pipe.set_adapters(&refs, &weights)?;
-    if args.fuse_lora {
-        pipe.fuse_lora(1.0, None);
-    }
-    Ok(())
+    super::lora_flags::apply(
+        pipe,
+        &args.lora,
+        &args.lora_scale,
+        args.fuse_lora,
+        &args.hub,
+    )
 }
 
 /// `torch.Generator.manual_seed`'s range: a u64, or a negative i64 taken modulo 2^64.
@@ -285,22 +266,43 @@ fn parse_override(item: &str) -> Result<(String, Value)> {
 }
 
 /// The default output size is the UNet's `sample_size` times the VAE scale factor: for a
-/// local folder, check it against the pixel limit before any model is loaded (a `sample_size`
-/// of 1e9 would otherwise allocate latents of exabytes). Configs that do not load are left to
-/// the loader, which names the file and key.
-fn check_default_size(model: &str, height: Option<usize>, width: Option<usize>) -> Result<()> {
+/// local folder or a repo id (its two small config files fetched first, as diffusers fetches
+/// configs before weights), check it against the pixel limit before any model is loaded or
+/// any weight downloaded (a `sample_size` of 1e9 would otherwise allocate latents of
+/// exabytes). Configs that do not load are left to the loader, which names the file and key.
+fn check_default_size(
+    model: &str,
+    height: Option<usize>,
+    width: Option<usize>,
+    hub: &super::download::HubArgs,
+) -> Result<()> {
     use burn_diffusers::format::configs::unet::{SampleSize, UNet2DConditionConfig};
     use burn_diffusers::format::configs::vae::AutoencoderKLConfig;
     use burn_diffusers::format::load_config;
     let folder = Path::new(model);
-    if !folder.is_dir() {
-        return Ok(());
-    }
-    let Ok(unet) = load_config::<UNet2DConditionConfig>(folder.join("unet/config.json")) else {
+    let config_file = |name: &str| -> Option<PathBuf> {
+        if folder.is_dir() {
+            return Some(folder.join(name));
+        }
+        if is_single_file(model) || burn_diffusers::hub::validate_repo_id(model).is_err() {
+            return None;
+        }
+        let options = burn_diffusers::hub::DownloadOptions {
+            revision: hub.revision.clone(),
+            local_files_only: hub.offline,
+            ..Default::default()
+        };
+        hub.api().ok()?.hf_hub_download(model, name, &options).ok()
+    };
+    let Some(unet_path) = config_file("unet/config.json") else {
         return Ok(());
     };
-    let scale: u64 = load_config::<AutoencoderKLConfig>(folder.join("vae/config.json"))
-        .ok()
+    let Ok(unet) = load_config::<UNet2DConditionConfig>(&unet_path) else {
+        return Ok(());
+    };
+    let vae = config_file("vae/config.json");
+    let scale: u64 = vae
+        .and_then(|p| load_config::<AutoencoderKLConfig>(p).ok())
         .map_or(8, |v| {
             1u64.checked_shl(v.block_out_channels.len().saturating_sub(1) as u32)
                 .unwrap_or(u64::MAX)
@@ -457,7 +459,7 @@ pub fn run(args: Args) -> Result<()> {
         super::check_pixels(side, 8)?;
     }
     if sized && (args.height.is_none() || args.width.is_none()) {
-        check_default_size(&args.model, args.height, args.width)?;
+        check_default_size(&args.model, args.height, args.width, &args.hub)?;
     }
     if args.num_images == 0 {
         // diffusers fails on an empty batch (a reshape of 0 elements); say why instead.

@@ -9,6 +9,7 @@ pub mod generate_ip_adapter;
 pub mod generate_offload;
 pub mod generate_pag;
 pub mod inspect;
+pub mod lora_flags;
 pub mod output;
 pub mod pipeline_arg;
 pub mod progress;

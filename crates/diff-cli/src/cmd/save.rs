@@ -5,7 +5,7 @@
 //! it; see `diff_convert::save` for the rules (variants, casts, sharding, atomic replacement).
 
 use anyhow::{Context, Result};
-use burn_diffusers::convert::{SaveOptions, save_pipeline};
+use burn_diffusers::convert::{RawTensor, Replacements, SaveOptions, save_pipeline_with};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `save`.
@@ -41,6 +41,19 @@ pub struct Args {
     /// `base_model` for the model card (default: SRC when it is a repo id).
     #[arg(long)]
     pub base_model: Option<String>,
+    /// A LoRA to fuse into the saved weights: a file, a folder or a Hub repo id (repeatable).
+    /// As diffusers' `load_lora_weights`, `set_adapters`, `fuse_lora`, `unload_lora_weights`
+    /// then `save_pretrained`: the UNet and text encoder weights written are the fused ones.
+    #[arg(long, value_name = "SRC")]
+    pub lora: Vec<String>,
+    /// The weight of the `--lora` at the same position (repeatable; default 1.0 each).
+    #[arg(long = "lora-scale", value_name = "W", allow_negative_numbers = true)]
+    pub lora_scale: Vec<f64>,
+    /// Fuse the `--lora` adapters into the saved weights (what `save` does with `--lora`
+    /// anyway: a diffusers folder has no place for unfused adapters; accepted so that a
+    /// `generate --lora ... --fuse-lora` line can be reused).
+    #[arg(long, requires = "lora")]
+    pub fuse_lora: bool,
 }
 
 /// Runs `save`.
@@ -59,8 +72,9 @@ pub fn run(args: Args) -> Result<()> {
         options = options.with_max_shard_size(size)?;
     }
     let src = super::download::resolve_source(&args.src, &args.hub, args.variant.as_deref())?;
+    let replacements = fused_lora_weights(&src, &args)?;
     let spinner = super::progress::spinner(format!("saving to {}", args.out.display()));
-    let saved = save_pipeline(&src, &args.out, &options)
+    let saved = save_pipeline_with(&src, &args.out, &options, &replacements)
         .with_context(|| format!("saving {} to {}", args.src, args.out.display()));
     spinner.finish_and_clear();
     saved?;
@@ -78,4 +92,45 @@ pub fn run(args: Args) -> Result<()> {
     }
     crate::info_line!("saved {} to {}", args.src, args.out.display());
     Ok(())
+}
+
+/// With `--lora`: loads the pipeline (float32, without the safety checker, which LoRA does not
+/// touch), loads and fuses the adapters, and returns the fused weights to write in place
+/// of the stored ones. Without `--lora`: nothing to replace.
+fn fused_lora_weights(src: &Path, args: &Args) -> Result<Replacements> {
+    use burn_diffusers::pipelines::{DiffusionPipeline, LoadOptions, Passed};
+    let mut replacements = Replacements::new();
+    if args.lora.is_empty() {
+        return Ok(replacements);
+    }
+    let mut options = LoadOptions {
+        variant: args.variant.clone(),
+        local_files_only: true,
+        ..LoadOptions::default()
+    };
+    options.components.safety_checker = Passed::Drop;
+    let pipe = DiffusionPipeline::from_pretrained(&src.display().to_string(), &options)
+        .with_context(|| format!("loading {} to fuse --lora into it", args.src))?;
+    super::lora_flags::apply(&pipe, &args.lora, &args.lora_scale, true, &args.hub)?;
+    for (component, tensors) in pipe.fused_lora_weights() {
+        let mut by_key = std::collections::BTreeMap::new();
+        for (key, data) in tensors {
+            let shape = data.shape().to_vec();
+            let values = data
+                .try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("fused weight {component}.{key}: {e:?}"))?;
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let raw = RawTensor::new(safetensors::Dtype::F32, shape, bytes)
+                .map_err(|e| anyhow::anyhow!("fused weight {component}.{key}: {e}"))?;
+            by_key.insert(key, raw);
+        }
+        replacements.insert(component, by_key);
+    }
+    if replacements.is_empty() {
+        anyhow::bail!(
+            "--lora: no layer of {} took an adapter, nothing to fuse",
+            args.src
+        );
+    }
+    Ok(replacements)
 }
