@@ -681,7 +681,8 @@ pub fn ip_hidden_states_with(
 
 /// Bytes of parameters a pipeline holds, model by model (`accelerate`'s
 /// `compute_module_sizes` summed per component): `(component, bytes)`, with the IP-Adapter
-/// layers (held by the UNet's processors and projections) as `unet.ip_adapter`.
+/// layers (held by the UNet's processors and projections) as `unet.ip_adapter`, and an
+/// AnimateDiff pipeline's `motion_adapter`.
 pub fn parameter_bytes(pipe: &DiffusionPipeline) -> Vec<(String, usize)> {
     use burn::module::Module;
     let bytes = |n: usize| n * pipe.dtype().size();
@@ -717,6 +718,10 @@ pub fn parameter_bytes(pipe: &DiffusionPipeline) -> Vec<(String, usize)> {
         "image_encoder",
         c.image_encoder.as_ref().map(|m| m.num_params()),
     );
+    push(
+        "motion_adapter",
+        c.motion_adapter.as_ref().map(|m| m.num_params()),
+    );
     out
 }
 
@@ -750,6 +755,9 @@ pub fn distinct_parameter_bytes(pipes: &[&DiffusionPipeline]) -> usize {
             add(Arc::as_ptr(m) as usize, m.num_params());
         }
         if let Some(m) = &c.image_encoder {
+            add(Arc::as_ptr(m) as usize, m.num_params());
+        }
+        if let Some(m) = &c.motion_adapter {
             add(Arc::as_ptr(m) as usize, m.num_params());
         }
     }
