@@ -88,8 +88,8 @@
 //! use).
 #![deny(missing_docs)]
 
-pub mod auto_pipeline;
 pub mod animatediff;
+pub mod auto_pipeline;
 pub mod call;
 pub mod components;
 mod decode;

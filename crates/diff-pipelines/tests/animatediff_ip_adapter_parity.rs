@@ -196,8 +196,9 @@ fn every_recorded_case_is_tested() {
 }
 
 /// The guide's memory point, and its unload warning: the AnimateDiff pipeline adds only the
-/// motion adapter's bytes to what the SD pipeline holds (the UNet, with the IP-Adapter layers
-/// and the motion LoRA, the VAE, the text and image encoders are shared); and after
+/// motion adapter's bytes and the motion LoRA's (held by the adapter's motion modules) to what
+/// the SD pipeline holds (the UNet with the IP-Adapter layers, the VAE, the text and image
+/// encoders are shared); and after
 /// `pipe_sag.unload_ip_adapter()` the SD pipeline had no IP-Adapter (diffusers raises
 /// `AttributeError: 'NoneType' object has no attribute 'image_projection_layers'`).
 #[test]
@@ -236,7 +237,19 @@ fn guide_flow_shares_models_and_the_unload_reaches_the_sd_pipeline() {
     let anim = distinct_parameter_bytes(&[&pipe]);
     let both = distinct_parameter_bytes(&[&pipe_sd, &pipe]);
     eprintln!("parameter bytes: SD {sd}, AnimateDiff {anim}, both {both}, adapter {adapter_bytes}");
-    assert_eq!(anim, sd + adapter_bytes);
+    // The motion LoRA's lora_A / lora_B (float32 in the file, as the pipeline holds them).
+    let lora_file = std::fs::read(
+        fixtures().join("70-animatediff/motion_lora/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let lora_bytes: usize = safetensors::SafeTensors::deserialize(&lora_file)
+        .unwrap()
+        .tensors()
+        .iter()
+        .map(|(_, t)| t.data().len())
+        .sum();
+    eprintln!("motion LoRA bytes {lora_bytes}");
+    assert_eq!(anim, sd + adapter_bytes + lora_bytes);
     assert_eq!(both, anim);
     assert!(Arc::ptr_eq(
         pipe.image_encoder().unwrap(),
