@@ -280,3 +280,34 @@ fn the_image_prompt_changes_the_frames_beyond_the_tolerance() {
     eprintln!("scale 0 vs diffusers at 0.6: max abs {max}");
     assert!(max > 5.0 * max_tol, "max abs {max}");
 }
+
+/// Without the guide's unload-then-reload: the IP-Adapter loaded on the SD pipeline is on the
+/// UNet the AnimateDiff pipeline shares, so `from_pipe` alone gives diffusers' frames (diffusers
+/// needs the reload because its `from_pipe` copies the UNet into a new `UNetMotionModel`).
+#[test]
+fn ip_adapter_loaded_before_from_pipe_gives_the_same_frames() {
+    let meta = meta();
+    let (max_tol, mean_tol) = tolerance(&meta);
+    let case = case_named(&meta, "cases", "ip_cfg_lora075_16f");
+    let mut pipe_sd = load_sd();
+    pipe_sd.load_ip_adapter(&ip_adapter()).unwrap();
+    let mut pipe = pipe_sd.animatediff_from_pipe(motion_adapter()).unwrap();
+    let overrides: Map<String, Value> = meta["scheduler_overrides"].as_object().cloned().unwrap();
+    pipe.swap_scheduler("DDIMScheduler", &overrides).unwrap();
+    let lora = fixtures().join("70-animatediff/motion_lora");
+    pipe.load_lora_weights(lora.to_str().unwrap(), None, Some("zoom-out"))
+        .unwrap();
+    pipe.set_adapters(&["zoom-out"], &[AdapterWeight::Uniform(0.75)])
+        .unwrap();
+    let out = pipe.call(&call_args(&case["args"]), None).unwrap();
+    let (_, want) = read_f16(&dir().join("ip_cfg_lora075_16f.safetensors"), "frames");
+    let stats = compare(
+        "reuse without reload",
+        &out.images.as_ref().unwrap().data,
+        &want,
+        max_tol,
+        mean_tol,
+    );
+    eprintln!("{stats:?}");
+    stats.unwrap();
+}
