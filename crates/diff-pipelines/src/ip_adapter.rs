@@ -28,6 +28,8 @@ use diff_models::{
 };
 use image::RgbImage;
 
+use crate::lora::lora_num_params;
+
 use crate::error::PipelineError;
 use crate::pipeline::DiffusionPipeline;
 
@@ -681,7 +683,8 @@ pub fn ip_hidden_states_with(
 
 /// Bytes of parameters a pipeline holds, model by model (`accelerate`'s
 /// `compute_module_sizes` summed per component): `(component, bytes)`, with the IP-Adapter
-/// layers (held by the UNet's processors and projections) as `unet.ip_adapter`.
+/// layers (held by the UNet's processors and projections) as `unet.ip_adapter`, an
+/// AnimateDiff pipeline's `motion_adapter`, and the LoRA adapters of all of them as `lora`.
 pub fn parameter_bytes(pipe: &DiffusionPipeline) -> Vec<(String, usize)> {
     use burn::module::Module;
     let bytes = |n: usize| n * pipe.dtype().size();
@@ -717,11 +720,27 @@ pub fn parameter_bytes(pipe: &DiffusionPipeline) -> Vec<(String, usize)> {
         "image_encoder",
         c.image_encoder.as_ref().map(|m| m.num_params()),
     );
+    push(
+        "motion_adapter",
+        c.motion_adapter.as_ref().map(|m| m.num_params()),
+    );
+    let lora = c.unet.as_ref().map_or(0, |m| lora_num_params(m.as_ref()))
+        + c.text_encoder
+            .as_ref()
+            .map_or(0, |m| lora_num_params(m.as_ref()))
+        + c.text_encoder_2
+            .as_ref()
+            .map_or(0, |m| lora_num_params(m.as_ref()))
+        + c.motion_adapter
+            .as_ref()
+            .map_or(0, |m| lora_num_params(m.as_ref()));
+    push("lora", Some(lora).filter(|n| *n > 0));
     out
 }
 
 /// Bytes of distinct parameters held by all of `pipes` together: a model shared by `Arc`
-/// (`from_pipe`) counts once. Equal to one pipeline's total when the others add nothing.
+/// (`from_pipe`) counts once, with the IP-Adapter layers and LoRA adapters its layers hold.
+/// Equal to one pipeline's total when the others add nothing.
 pub fn distinct_parameter_bytes(pipes: &[&DiffusionPipeline]) -> usize {
     use burn::module::Module;
     let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
@@ -734,23 +753,35 @@ pub fn distinct_parameter_bytes(pipes: &[&DiffusionPipeline]) -> usize {
         if let Some(m) = &c.unet {
             add(
                 Arc::as_ptr(m) as usize,
-                m.num_params() + m.ip_adapter_num_params(),
+                m.num_params() + m.ip_adapter_num_params() + lora_num_params(m.as_ref()),
             );
         }
         if let Some(m) = &c.vae {
             add(Arc::as_ptr(m) as usize, m.num_params());
         }
         if let Some(m) = &c.text_encoder {
-            add(Arc::as_ptr(m) as usize, m.num_params());
+            add(
+                Arc::as_ptr(m) as usize,
+                m.num_params() + lora_num_params(m.as_ref()),
+            );
         }
         if let Some(m) = &c.text_encoder_2 {
-            add(Arc::as_ptr(m) as usize, m.num_params());
+            add(
+                Arc::as_ptr(m) as usize,
+                m.num_params() + lora_num_params(m.as_ref()),
+            );
         }
         if let Some(m) = &c.safety_checker {
             add(Arc::as_ptr(m) as usize, m.num_params());
         }
         if let Some(m) = &c.image_encoder {
             add(Arc::as_ptr(m) as usize, m.num_params());
+        }
+        if let Some(m) = &c.motion_adapter {
+            add(
+                Arc::as_ptr(m) as usize,
+                m.num_params() + lora_num_params(m.as_ref()),
+            );
         }
     }
     seen.values().sum()

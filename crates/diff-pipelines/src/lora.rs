@@ -130,6 +130,26 @@ fn weight_shape(layer: &LoraLayerRef<'_>) -> Vec<usize> {
     }
 }
 
+/// The LoRA parameters `model`'s layers hold, every adapter counted (peft's `lora_A` /
+/// `lora_B`: `r x in` and `out x r` for a linear layer, `r x in x kh x kw` and `out x r x 1 x 1`
+/// for a convolution). The adapters live inside the model's layers, so a model shared by
+/// `from_pipe` holds them once.
+pub fn lora_num_params<M: LoraModel + ?Sized>(model: &M) -> usize {
+    let mut total = 0;
+    model.for_each_lora_layer(&mut |_, layer| {
+        let shape = weight_shape(&layer);
+        let (out, fan_in) = (shape[0], shape[1..].iter().product::<usize>());
+        let adapters = layer.adapters();
+        total += adapters
+            .names()
+            .iter()
+            .filter_map(|n| adapters.rank_alpha(n))
+            .map(|(r, _)| r * (fan_in + out))
+            .sum::<usize>();
+    });
+    total
+}
+
 fn lora_err(e: LoraError) -> PipelineError {
     PipelineError::Lora(Box::new(e))
 }
