@@ -39,6 +39,8 @@ enum Command {
     Generate(Box<cmd::generate::Args>),
     /// Print a scheduler's timesteps and sigmas from a scheduler_config.json, or replay a trace.
     Schedule(cmd::schedule::Args),
+    /// Serve the model over HTTP (OpenAI-compatible and AUTOMATIC1111 APIs, a web page at /).
+    Serve(Box<cmd::serve::Args>),
 }
 
 /// The log filter: `RUST_LOG` (default `warn`), with the HTTP library's wire dump switched off
@@ -92,6 +94,7 @@ fn main() -> std::process::ExitCode {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Generate(args) => cmd::generate::run(*args),
         Command::Schedule(args) => cmd::schedule::run(args),
+        Command::Serve(args) => cmd::serve::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -235,7 +235,7 @@ pub fn printable(text: &str, max: usize) -> String {
 
 /// Checks an output side: a multiple of 8, at least 8, at most `limits.max_side`.
 fn check_side(name: &str, value: usize, limits: &Limits) -> Result<(), ApiError> {
-    if value < 8 || value % 8 != 0 {
+    if value < 8 || !value.is_multiple_of(8) {
         return Err(ApiError::bad_request(format!(
             "{name} {value} is not a multiple of 8 of at least 8 (the VAE works on 8x8 blocks)"
         )));

@@ -176,7 +176,7 @@ async fn run_sync(state: &AppState, request: GenRequest) -> Result<Arc<JobOutput
     }
 }
 
-fn b64(bytes: &[u8]) -> String {
+fn b64(bytes: impl AsRef<[u8]>) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -312,7 +312,7 @@ fn job_json(job: &Job) -> Value {
             v["total"] = json!(total);
         }
         JobState::Done(out) => {
-            v["images"] = json!(out.images.iter().map(|p| b64(p)).collect::<Vec<_>>());
+            v["images"] = json!(out.images.iter().map(b64).collect::<Vec<_>>());
             v["seeds"] = json!(out.seeds);
             v["info"] = out.info.clone();
             v["interrupted"] = json!(out.interrupted);
@@ -416,7 +416,7 @@ fn a1111_answer(request_body: &Value, out: &JobOutput) -> Response {
     let mut info = out.info.clone();
     info["interrupted"] = json!(out.interrupted);
     axum::Json(json!({
-        "images": out.images.iter().map(|p| b64(p)).collect::<Vec<_>>(),
+        "images": out.images.iter().map(b64).collect::<Vec<_>>(),
         "parameters": request_body,
         "info": info.to_string(),
     }))

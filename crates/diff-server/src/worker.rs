@@ -177,11 +177,10 @@ pub fn run(
         .images
         .first()
         .and_then(|b| image::load_from_memory(b).ok())
+        && let Some(map) = output.info.as_object_mut()
     {
-        if let Some(map) = output.info.as_object_mut() {
-            map.insert("width".into(), first.width().into());
-            map.insert("height".into(), first.height().into());
-        }
+        map.insert("width".into(), first.width().into());
+        map.insert("height".into(), first.height().into());
     }
     Ok(output)
 }

@@ -8,6 +8,7 @@ pub mod pipeline_arg;
 pub mod push;
 pub mod save;
 pub mod schedule;
+pub mod serve;
 pub mod validate;
 
 use anyhow::{Result, bail};
