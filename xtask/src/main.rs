@@ -15,6 +15,7 @@
 
 mod bench;
 mod e2e;
+mod e2e_serve;
 mod fixtures;
 mod hub_server;
 mod sweep;
