@@ -10,8 +10,16 @@ use serde_json::{Map, Value};
 /// The flow-matching scheduler, which the Stable Diffusion pipelines cannot drive.
 const FLOW_MATCH: &str = "FlowMatchEulerDiscreteScheduler";
 
+/// One sampler: A1111's name, the diffusers class, and `from_config` overrides as
+/// `(key, JSON value)` pairs.
+pub type Sampler = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 /// A1111 sampler name, diffusers class, and the overrides as `(key, value)` pairs.
-pub const A1111_SAMPLERS: &[(&str, &str, &[(&str, &str)])] = &[
+pub const A1111_SAMPLERS: &[Sampler] = &[
     ("Euler a", "EulerAncestralDiscreteScheduler", &[]),
     ("Euler", "EulerDiscreteScheduler", &[]),
     ("LMS", "LMSDiscreteScheduler", &[]),
