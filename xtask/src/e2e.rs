@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 
 /// The Python client version the protocol notes were verified with.
 const HF_HUB_VERSION: &str = "2.4.0";
+/// The OpenAI client and selenium versions scenario 5 (`serve`) runs.
+const OPENAI_VERSION: &str = "3.51.0";
+const SELENIUM_VERSION: &str = "4.40.0";
 const TOKEN: &str = "hf_e2eWriteToken0000000000000000";
 const REPO_PY: &str = "user/e2e-from-python";
 const REPO_RS: &str = "user/e2e-from-rust";
@@ -317,7 +320,9 @@ fn ensure_venv(target: &Path) -> Result<PathBuf> {
     } else {
         venv.join("bin/python")
     };
-    let stamp = venv.join(format!(".huggingface_hub-{HF_HUB_VERSION}"));
+    let stamp = venv.join(format!(
+        ".huggingface_hub-{HF_HUB_VERSION}-openai-{OPENAI_VERSION}-selenium-{SELENIUM_VERSION}"
+    ));
     if stamp.exists() {
         return Ok(python);
     }
@@ -341,6 +346,9 @@ fn ensure_venv(target: &Path) -> Result<PathBuf> {
             "--disable-pip-version-check",
         ])
         .arg(format!("huggingface_hub=={HF_HUB_VERSION}"))
+        // `burn-diffusers serve`'s clients (scenario 5): the OpenAI client and selenium.
+        .arg(format!("openai=={OPENAI_VERSION}"))
+        .arg(format!("selenium=={SELENIUM_VERSION}"))
         .status()
         .context("pip install huggingface_hub")?;
     ensure!(
@@ -353,11 +361,18 @@ fn ensure_venv(target: &Path) -> Result<PathBuf> {
 
 /// Runs the task.
 pub fn run(args: &[String]) -> Result<()> {
-    let with_diffusers = match args {
+    // `--serve-only`: scenario 5 (`burn-diffusers serve`) alone, for work on the server.
+    let serve_only = args.iter().any(|a| a == "--serve-only");
+    let args: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--serve-only")
+        .cloned()
+        .collect();
+    let with_diffusers = match args.as_slice() {
         [] => false,
         [flag] if flag == "--with-diffusers" => true,
         [arg, ..] => {
-            bail!("unknown argument `{arg}` (cargo xtask e2e takes only --with-diffusers)")
+            bail!("unknown argument `{arg}` (cargo xtask e2e takes --with-diffusers, --serve-only)")
         }
     };
     let started = Instant::now();
@@ -393,6 +408,9 @@ pub fn run(args: &[String]) -> Result<()> {
         home: work.join("hf-home"),
     };
     std::fs::create_dir_all(&peers.home)?;
+    if serve_only {
+        return crate::e2e_serve::run(&peers.cli, &peers.python, &root, &work);
+    }
     let hub_root = work.join("hub");
     let fixture = root.join("tests/fixtures/tiny-sd");
     ensure!(
@@ -762,6 +780,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "  [3b] restarted: resumed with Range: {wanted}; blob {sha} verified (sha256); python offline reads it"
     );
     drop(server);
+    crate::e2e_serve::run(&peers.cli, &peers.python, &root, &work)?;
     eprintln!(
         "xtask e2e: all scenarios passed in {:.1} s ({:.1} s total including build and venv)",
         scenarios.elapsed().as_secs_f64(),

@@ -19,6 +19,7 @@
 mod bench;
 mod bench_lora;
 mod e2e;
+mod e2e_serve;
 mod fixtures;
 mod hub_server;
 mod sweep;

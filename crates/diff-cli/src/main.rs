@@ -47,6 +47,8 @@ enum Command {
     Generate(Box<cmd::generate::Args>),
     /// Print a scheduler's timesteps and sigmas from a scheduler_config.json, or replay a trace.
     Schedule(cmd::schedule::Args),
+    /// Serve the model over HTTP (OpenAI-compatible and AUTOMATIC1111 APIs, a web page at /).
+    Serve(Box<cmd::serve::Args>),
 }
 
 /// The log filter: the level of `-q` / `-v` (`error` / `info`, `-vv` `debug`, `-vvv` `trace`;
@@ -147,6 +149,7 @@ fn main() -> std::process::ExitCode {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Generate(args) => cmd::generate::run(*args),
         Command::Schedule(args) => cmd::schedule::run(args),
+        Command::Serve(args) => cmd::serve::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

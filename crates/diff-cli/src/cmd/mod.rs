@@ -17,6 +17,7 @@ pub mod push;
 pub mod recipe;
 pub mod save;
 pub mod schedule;
+pub mod serve;
 pub mod validate;
 
 use anyhow::{Result, bail};
