@@ -72,18 +72,52 @@ fn sized_input(image: &RgbImage, request: &GenRequest) -> Result<RgbImage, ApiEr
 
 /// PNG bytes of one image.
 ///
-/// TODO(metadata): `generate` writes its parameters into PNG text chunks through diff-image's
-/// PNG text helpers (being added with the CLI issue); once merged, encode with them here,
-/// passing `info` (the A1111 `parameters` text) so served images carry the same metadata.
-pub fn encode_png(image: &RgbImage, _info: &serde_json::Value) -> Result<Vec<u8>, ApiError> {
-    let mut bytes = Vec::new();
-    image
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| ApiError::internal(format!("encoding the PNG: {e}")))?;
-    Ok(bytes)
+/// PNG bytes of `image` carrying the metadata `generate` writes: AUTOMATIC1111's `parameters`
+/// text chunk (what other tools read: the prompt, `Negative prompt: ...`, then `Steps: N,
+/// Sampler: S, CFG scale: G, Seed: S, Size: WxH, Model: M`) and the request as JSON under
+/// `burn-diffusers` (`info`: the A1111 `info` object of the response, seed included).
+pub fn encode_png(image: &RgbImage, info: &serde_json::Value) -> Result<Vec<u8>, ApiError> {
+    let texts = [
+        burn_diffusers::image::PngText::new("parameters", a1111_parameters(image, info)),
+        burn_diffusers::image::PngText::new("burn-diffusers", info.to_string()),
+    ];
+    burn_diffusers::image::encode_png_with_text(image, &texts)
+        .map_err(|e| ApiError::internal(format!("encoding the PNG: {e}")))
+}
+
+/// The A1111 infotext of one served image (`info` is [`GenRequest::describe`] with the model).
+fn a1111_parameters(image: &RgbImage, info: &serde_json::Value) -> String {
+    let text = |k: &str| info.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let mut out = text("prompt").to_string();
+    let negative = text("negative_prompt");
+    if !negative.is_empty() {
+        out.push_str(&format!("\nNegative prompt: {negative}"));
+    }
+    let mut fields = vec![format!(
+        "Steps: {}",
+        info.get("steps").unwrap_or(&serde_json::Value::Null)
+    )];
+    if let Some(s) = info.get("sampler_name").and_then(|v| v.as_str()) {
+        fields.push(format!("Sampler: {s}"));
+    }
+    if let Some(g) = info.get("cfg_scale").and_then(|v| v.as_f64()) {
+        fields.push(format!("CFG scale: {g}"));
+    }
+    if let Some(seed) = info.get("seed").and_then(|v| v.as_u64()) {
+        fields.push(format!("Seed: {seed}"));
+    }
+    fields.push(format!("Size: {}x{}", image.width(), image.height()));
+    let model = text("model");
+    if !model.is_empty() {
+        fields.push(format!("Model: {model}"));
+    }
+    fields.push(format!(
+        "Version: burn-diffusers {}",
+        env!("CARGO_PKG_VERSION")
+    ));
+    out.push('\n');
+    out.push_str(&fields.join(", "));
+    out
 }
 
 /// Runs `request` on `base`. `progress(step, total)` is told after each step (over all the
@@ -183,4 +217,39 @@ pub fn run(
         map.insert("height".into(), first.height().into());
     }
     Ok(output)
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::*;
+
+    #[test]
+    fn served_pngs_carry_the_a1111_parameters_and_the_request() {
+        let image = RgbImage::from_pixel(8, 4, image::Rgb([10, 20, 30]));
+        let info = serde_json::json!({
+            "prompt": "a red circle", "negative_prompt": "blurry", "steps": 3,
+            "cfg_scale": 7.5, "seed": 42, "sampler_name": "DDIMScheduler",
+        });
+        let bytes = encode_png(&image, &info).unwrap();
+        let texts =
+            burn_diffusers::image::read_png_text(&bytes, std::path::Path::new("<served>")).unwrap();
+        let get = |k: &str| {
+            texts
+                .iter()
+                .find(|t| t.keyword == k)
+                .map(|t| t.text.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            get("parameters"),
+            format!(
+                "a red circle\nNegative prompt: blurry\nSteps: 3, Sampler: DDIMScheduler, CFG scale: 7.5, Seed: 42, Size: 8x4, Version: burn-diffusers {}",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        let json: serde_json::Value = serde_json::from_str(&get("burn-diffusers")).unwrap();
+        assert_eq!(json["seed"], 42);
+        let decoded = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        assert_eq!(decoded, image);
+    }
 }
