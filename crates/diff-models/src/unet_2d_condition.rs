@@ -44,6 +44,53 @@ fn invalid(reason: String) -> ModelError {
     }
 }
 
+/// ControlNet's `down_block_additional_residuals` added to the skip states, one per state,
+/// each of the state's shape (shared by the 2D and the motion UNet).
+pub(crate) fn add_down_residuals(
+    skips: Vec<Tensor<4>>,
+    res: Vec<Tensor<4>>,
+    dtype: DType,
+) -> Result<Vec<Tensor<4>>, ModelError> {
+    if res.len() != skips.len() {
+        return Err(invalid(format!(
+            "{} `down_block_additional_residuals`, expected {}",
+            res.len(),
+            skips.len()
+        )));
+    }
+    skips
+        .into_iter()
+        .zip(res)
+        .map(|(s, r)| {
+            if s.dims() == r.dims() {
+                Ok(s + r.cast(dtype))
+            } else {
+                Err(invalid(format!(
+                    "a down residual is {:?}, expected {:?}",
+                    r.dims(),
+                    s.dims()
+                )))
+            }
+        })
+        .collect()
+}
+
+/// ControlNet's `mid_block_additional_residual` added to the mid block's output.
+pub(crate) fn add_mid_residual(
+    h: Tensor<4>,
+    r: Tensor<4>,
+    dtype: DType,
+) -> Result<Tensor<4>, ModelError> {
+    if r.dims() != h.dims() {
+        return Err(invalid(format!(
+            "the mid residual is {:?}, expected {:?}",
+            r.dims(),
+            h.dims()
+        )));
+    }
+    Ok(h + r.cast(dtype))
+}
+
 fn to_usize(key: &str, v: u64) -> Result<usize, ModelError> {
     usize::try_from(v).map_err(|_| unsupported(key, v, "does not fit in usize"))
 }
@@ -899,28 +946,7 @@ impl UNet2DConditionModel {
             skips.extend(states);
         }
         if let Some(res) = input.down_block_additional_residuals {
-            if res.len() != skips.len() {
-                return Err(invalid(format!(
-                    "{} `down_block_additional_residuals`, expected {}",
-                    res.len(),
-                    skips.len()
-                )));
-            }
-            skips = skips
-                .into_iter()
-                .zip(res)
-                .map(|(s, r)| {
-                    if s.dims() == r.dims() {
-                        Ok(s + r.cast(dtype))
-                    } else {
-                        Err(invalid(format!(
-                            "a down residual is {:?}, expected {:?}",
-                            r.dims(),
-                            s.dims()
-                        )))
-                    }
-                })
-                .collect::<Result<_, _>>()?;
+            skips = add_down_residuals(skips, res, dtype)?;
         }
 
         // 5. Mid.
@@ -928,14 +954,7 @@ impl UNet2DConditionModel {
             h = mid.forward(h, Some(&emb), &context, context_bias.as_ref());
         }
         if let Some(r) = input.mid_block_additional_residual {
-            if r.dims() != h.dims() {
-                return Err(invalid(format!(
-                    "the mid residual is {:?}, expected {:?}",
-                    r.dims(),
-                    h.dims()
-                )));
-            }
-            h = h + r.cast(dtype);
+            h = add_mid_residual(h, r, dtype)?;
         }
 
         // 6. Up: each block consumes one skip state per resnet from the end of the list.

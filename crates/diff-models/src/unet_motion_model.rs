@@ -308,28 +308,7 @@ impl UNetMotionModel {
             skips.extend(states);
         }
         if let Some(res) = input.down_block_additional_residuals {
-            if res.len() != skips.len() {
-                return Err(invalid(format!(
-                    "{} `down_block_additional_residuals`, expected {}",
-                    res.len(),
-                    skips.len()
-                )));
-            }
-            skips = skips
-                .into_iter()
-                .zip(res)
-                .map(|(s, r)| {
-                    if s.dims() == r.dims() {
-                        Ok(s + r.cast(dtype))
-                    } else {
-                        Err(invalid(format!(
-                            "a down residual is {:?}, expected {:?}",
-                            r.dims(),
-                            s.dims()
-                        )))
-                    }
-                })
-                .collect::<Result<_, _>>()?;
+            skips = crate::unet_2d_condition::add_down_residuals(skips, res, dtype)?;
         }
 
         // 4. Mid.
@@ -340,14 +319,7 @@ impl UNetMotionModel {
             };
         }
         if let Some(r) = input.mid_block_additional_residual {
-            if r.dims() != hs.dims() {
-                return Err(invalid(format!(
-                    "the mid residual is {:?}, expected {:?}",
-                    r.dims(),
-                    hs.dims()
-                )));
-            }
-            hs = hs + r.cast(dtype);
+            hs = crate::unet_2d_condition::add_mid_residual(hs, r, dtype)?;
         }
 
         // 5. Up: each block consumes one skip state per resnet from the end of the list.
