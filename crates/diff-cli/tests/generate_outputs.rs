@@ -488,15 +488,17 @@ fn vae_switches_and_threads_are_accepted() {
     }
     let r = recipe(&dir.path().join("sliced-1.png"));
     assert_eq!(r["arguments"]["vae-slicing"], true);
+    let never = dir.path().join("never.safetensors");
     let o = generate(&[
         "--prompt",
         "x",
         "--threads",
         "0",
         "--out-array",
-        "/tmp/never.safetensors",
+        never.to_str().unwrap(),
     ]);
     assert!(!o.status.success() && stderr(&o).contains("--threads 0"));
+    assert!(!never.exists());
 }
 
 /// A Hub repo id: the recipe records the commit the files came from, and `--from-png` pins the
