@@ -24,16 +24,14 @@ pub struct IpAdapterFlags {
     /// folder laid out the same way; needs --ip-adapter-weight-name and --ip-adapter-image.
     #[arg(long = "ip-adapter", value_name = "REPO_OR_DIR")]
     pub ip_adapter: Option<String>,
-    /// The folder of the weight file in the repo (`subfolder`; `models` for SD 1.5 adapters,
-    /// `sdxl_models` for SDXL ones). The image encoder is read from `<subfolder>/image_encoder`.
-    #[arg(
-        long = "ip-adapter-subfolder",
-        value_name = "S",
-        default_value = "models"
-    )]
-    pub ip_adapter_subfolder: String,
+    /// The folder of the weight file in the repo (`subfolder`; default `models` for SD
+    /// pipelines and `sdxl_models` for SDXL ones, as h94/IP-Adapter lays them out). The image
+    /// encoder is read from `<subfolder>/image_encoder`.
+    #[arg(long = "ip-adapter-subfolder", value_name = "S")]
+    pub ip_adapter_subfolder: Option<String>,
     /// The weight file (`weight_name`): `ip-adapter_sd15.bin`,
-    /// `ip-adapter-plus_sd15.safetensors`, `ip-adapter_sdxl.safetensors`, ...
+    /// `ip-adapter-plus_sd15.safetensors`, `ip-adapter_sdxl.safetensors`, ... Optional for a
+    /// local folder whose subfolder holds exactly one `.bin` / `.safetensors` file.
     #[arg(long = "ip-adapter-weight-name", value_name = "NAME")]
     pub ip_adapter_weight_name: Option<String>,
     /// The image prompt (`ip_adapter_image`): a PNG or JPEG file.
@@ -75,11 +73,18 @@ pub fn apply(
             "--ip-adapter-image / --ip-adapter-weight-name / --ip-adapter-scale need --ip-adapter REPO_OR_DIR"
         );
     };
-    let Some(weight_name) = &flags.ip_adapter_weight_name else {
-        bail!(
-            "--ip-adapter needs --ip-adapter-weight-name (e.g. ip-adapter_sd15.bin in subfolder models, ip-adapter_sdxl.safetensors in sdxl_models)"
-        );
+    let subfolder = flags.ip_adapter_subfolder.clone().unwrap_or_else(|| {
+        if pipe.class().is_xl() {
+            "sdxl_models".to_string()
+        } else {
+            "models".to_string()
+        }
+    });
+    let weight_name = match &flags.ip_adapter_weight_name {
+        Some(name) => name.clone(),
+        None => only_weight_file(repo, &subfolder)?,
     };
+    let weight_name = &weight_name;
     let Some(image_path) = &flags.ip_adapter_image else {
         bail!("--ip-adapter needs --ip-adapter-image IMG (the image prompt)");
     };
@@ -94,12 +99,9 @@ pub fn apply(
             Some(scales_from_json(&value).with_context(|| format!("--ip-adapter-scale {text}"))?)
         }
     };
-    let load = LoadIpAdapter::new(repo, &flags.ip_adapter_subfolder, weight_name);
+    let load = LoadIpAdapter::new(repo, &subfolder, weight_name);
     pipe.load_ip_adapter(&load).with_context(|| {
-        format!(
-            "--ip-adapter {repo} (subfolder {:?}, weight name {weight_name})",
-            flags.ip_adapter_subfolder
-        )
+        format!("--ip-adapter {repo} (subfolder {subfolder:?}, weight name {weight_name})")
     })?;
     if let Some(scales) = scales {
         pipe.set_ip_adapter_scale(&scales)
@@ -107,6 +109,38 @@ pub fn apply(
     }
     call.ip_adapter.ip_adapter_image = Some(vec![vec![image]]);
     Ok(())
+}
+
+/// Without `--ip-adapter-weight-name`: the one `.bin` / `.safetensors` file of a local
+/// folder's subfolder (a repo id's files are not listed: its weight name must be given).
+fn only_weight_file(repo: &str, subfolder: &str) -> Result<String> {
+    let dir = std::path::Path::new(repo).join(subfolder);
+    if !std::path::Path::new(repo).is_dir() {
+        bail!(
+            "--ip-adapter {repo}: pass --ip-adapter-weight-name (e.g. ip-adapter_sd15.bin in subfolder models, ip-adapter_sdxl.safetensors in sdxl_models)"
+        );
+    }
+    let entries = std::fs::read_dir(&dir)
+        .with_context(|| format!("--ip-adapter: reading {}", dir.display()))?;
+    let mut found: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".bin") || n.ends_with(".safetensors"))
+        .collect();
+    found.sort();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "--ip-adapter: no .bin or .safetensors file in {}",
+            dir.display()
+        ),
+        many => bail!(
+            "--ip-adapter: {} holds several weight files ({}); pass --ip-adapter-weight-name",
+            dir.display(),
+            many.join(", ")
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +239,39 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(max <= 2.0 / 255.0, "max abs diff {max}");
+    }
+
+    /// Without `--ip-adapter-weight-name`, a local subfolder's only weight file is used (here
+    /// the SDXL adapter, refused by the SD UNet by its key), and several files are an error
+    /// naming them.
+    #[test]
+    fn the_weight_name_may_be_left_out_when_the_subfolder_has_one_weight_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.safetensors");
+        let (repo, img) = (repo(), ip_image());
+        let one = args(
+            &out,
+            &[
+                "--ip-adapter",
+                &repo,
+                "--ip-adapter-subfolder",
+                "sdxl_models",
+                "--ip-adapter-image",
+                &img,
+            ],
+        );
+        let err = format!("{:#}", generate::run(one).unwrap_err());
+        assert!(
+            err.contains("ip-adapter_tiny_sdxl.safetensors")
+                && err.contains("ip_adapter.1.to_k_ip.weight"),
+            "{err}"
+        );
+        let several = args(&out, &["--ip-adapter", &repo, "--ip-adapter-image", &img]);
+        let err = format!("{:#}", generate::run(several).unwrap_err());
+        assert!(
+            err.contains("several weight files") && err.contains("ip-adapter_tiny.bin"),
+            "{err}"
+        );
     }
 
     #[test]
