@@ -11,12 +11,16 @@ use std::path::{Path, PathBuf};
 /// Arguments of `save`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A local diffusers pipeline folder or a Hub repo id.
+    /// `pretrained_model_name_or_path`: a local diffusers pipeline folder (with
+    /// `model_index.json`) or a Hub repo id (`stable-diffusion-v1-5/stable-diffusion-v1-5`).
     pub src: String,
-    /// The folder to write (created, or updated atomically if it exists).
+    /// `save_directory`: directory to save a pipeline to. Will be created if it doesn't exist
+    /// (an existing one is updated atomically).
     #[arg(long)]
     pub out: PathBuf,
-    /// Write the weights under this variant name (`fp16`, `non_ema`, ...) beside existing ones.
+    /// `variant`: if specified, weights are saved in the format
+    /// `pytorch_model.<variant>.bin` / `diffusion_pytorch_model.<variant>.safetensors` (`fp16`,
+    /// `non_ema`, ...), beside existing ones.
     /// `fp16` / `bf16` also cast to that dtype unless `--dtype` says otherwise (diffusers'
     /// `variant=` only renames; a half-precision variant of full-precision weights is what the
     /// name promises).
@@ -25,8 +29,9 @@ pub struct Args {
     /// Cast floating-point weights on save: f32, f16 or bf16 (ints are never cast).
     #[arg(long, value_name = "f32|f16|bf16")]
     pub dtype: Option<String>,
-    /// Shard weights larger than this ("10GB", "200KB" or bytes); default: each library's own
-    /// (10GB diffusers, 50GB transformers).
+    /// `max_shard_size`: the maximum size for a checkpoint before being sharded. Checkpoints
+    /// shard will then be each of size lower than this size ("10GB", "200KB" or bytes);
+    /// default: each library's own (10GB diffusers, 50GB transformers).
     #[arg(long, value_name = "SIZE")]
     pub max_shard_size: Option<String>,
     /// Where a repo id comes from: `--revision`, `--endpoint`, `--offline`, `--cache-dir`.
