@@ -88,7 +88,9 @@ fn save_with_lora_writes_the_fused_weights() {
     ok(&generate(saved.to_str().unwrap(), &got, &[]));
     let (want, got) = (images(&want), images(&got));
     let diff = max_abs(&want, &got);
-    assert!(diff <= 1e-6, "saved fused folder differs by {diff}");
+    // Float32 rounding only: the fused layers in memory and the same weights read back from
+    // the saved folder take different matmul paths (in place vs transposed-weight kernels).
+    assert!(diff <= 1e-5, "saved fused folder differs by {diff}");
     // And the LoRA changed the image: the saved weights are not the base ones.
     let base = dir.path().join("base.safetensors");
     ok(&generate(model, &base, &[]));
